@@ -1,0 +1,136 @@
+"""The backend protocol: one small async contract every LLM backend implements.
+
+A backend turns a `GenerationRequest` into a `Completion` that carries what the inference engine
+needs to keep weights honest:
+
+- `token_logprobs`: log q(token) under the distribution the token was actually sampled from
+  (the proposal: temperature, top-p, …), so `Completion.log_prob` = log q(completion);
+- `base_token_logprobs`: log p(token) under the base model at temperature 1 with no truncation,
+  where the backend can know it (None otherwise), so weights can correct a tempered proposal;
+- token usage and latency, for budgets and for the GenAI span attributes.
+
+Backends: `LlamaCpp` (in-process llama.cpp, the embedded SmolLM2 default), `OpenAICompatible`
+(any OpenAI-compatible endpoint through the official `openai` client), `Scripted` (a test double).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class GenerationSettings(BaseModel):
+    """Sampling settings. Validation names the field at fault."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int = Field(128, gt=0)
+    temperature: float = Field(1.0, ge=0.0)
+    """0 means greedy decoding (the proposal is then a point mass: log q = 0)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    unit: Literal["text", "token", "word", "line"] = "text"
+    """Stepwise generation: stop after one token / one word / one line, so SMC can resample between
+    chunks. The recorded log-probability is that of the chunk under this chunking proposal."""
+
+
+class GenerationRequest(BaseModel):
+    """Exactly one of `messages` (chat) or `prompt` (raw completion). `assistant_prefix` continues a
+    partial assistant reply (chunked generation); `seed` makes sampling reproducible."""
+
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    assistant_prefix: str = ""
+    settings: GenerationSettings = Field(default_factory=GenerationSettings)
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI-format tool schemas ({"type": "function", "function": {...}})."""
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "GenerationRequest":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("GenerationRequest needs exactly one of 'messages' or 'prompt'")
+        return self
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: str
+    """The raw JSON text of the arguments, as the model wrote it."""
+
+
+class Completion(BaseModel):
+    text: str
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    base_token_logprobs: list[float] | None = None
+    stop_log_prob: float = 0.0
+    """log-probability of the event that ended the chunk (e.g. the mass of word-boundary tokens for
+    unit="word"), part of the chunk's proposal probability; 0 when stopping was deterministic."""
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_s: float = 0.0
+    model: str = ""
+    backend: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+    @property
+    def log_prob(self) -> float:
+        """log q(completion) under the proposal it was sampled from."""
+        return math.fsum(self.token_logprobs) + self.stop_log_prob
+
+    @property
+    def base_log_prob(self) -> float | None:
+        """log p(completion) under the base model at temperature 1, if the backend knows it."""
+        if self.base_token_logprobs is None:
+            return None
+        return math.fsum(self.base_token_logprobs)
+
+
+class BackendError(Exception):
+    """A backend call failed for good (after retries, or a non-retryable 4xx)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retryable = retryable
+
+
+class Backend(abc.ABC):
+    """An LLM backend. Implementations must be safe to call concurrently from one event loop."""
+
+    name: str = "backend"
+    model: str = ""
+
+    @abc.abstractmethod
+    async def complete(self, request: GenerationRequest) -> Completion:
+        """Generate one completion for `request`."""
+
+    def identity(self) -> str:
+        """A stable string naming this backend and model: part of every response-cache key."""
+        return f"{self.name}:{self.model}"
+
+    async def aclose(self) -> None:
+        """Release connections, models, threads."""

@@ -1,0 +1,1 @@
+"""Observability: OpenTelemetry spans, trace files, the `swarm` CLI views."""

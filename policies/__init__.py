@@ -1,0 +1,1 @@
+"""Inference policies: each a small class with `.run(program, *args, **kwargs) -> Result`."""

@@ -1,0 +1,1 @@
+"""plp-swarm core (filled in by the core commit)."""

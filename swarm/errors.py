@@ -1,0 +1,63 @@
+"""The error hierarchy. Every error the framework raises on purpose derives from `SwarmError`."""
+
+from __future__ import annotations
+
+
+class SwarmError(Exception):
+    """Base class of every error raised by plp-swarm on purpose."""
+
+
+class InvalidPotentialError(SwarmError, ValueError):
+    """A `factor` got a log-potential that is NaN, +inf, non-numeric or not a scalar.
+
+    −inf is allowed (it kills the particle, like a failed `guarantee`); NaN and +inf are
+    programming errors: they would corrupt every normalised weight of the population.
+    """
+
+
+class InvalidDistributionError(SwarmError, ValueError):
+    """A distribution was built with invalid parameters (negative or non-normalised probabilities,
+    an empty support, mismatched lengths)."""
+
+
+class DuplicateSiteError(SwarmError, ValueError):
+    """Two sites of one trace share an address. Replay and enumeration address sites by name, so
+    every `sample`/`factor`/`guarantee` in one execution needs a distinct name."""
+
+
+class NondeterminismError(SwarmError):
+    """A program re-executed under replay did something other than what its recorded trace says.
+
+    Replay (how resampled offspring get their own copy of a particle) requires the program to be
+    deterministic given its sampled values: every stochastic or external effect must go through
+    `sample`, `interact` or an agent.
+    """
+
+
+class EnumerationError(SwarmError):
+    """`Enumerate` met a site whose distribution has no finite support (an LLM generation, say)."""
+
+
+class RejectionError(SwarmError):
+    """`Rejection` met a potential outside {0, 1} (a soft factor), or ran out of attempts."""
+
+
+class NoSurvivingParticles(SwarmError):
+    """Every particle of the population has weight zero.
+
+    `causes` maps each factor/guarantee address (or error type) that killed particles to how many
+    it killed, so the message says what to relax.
+    """
+
+    def __init__(self, causes: dict[str, int], *, policy: str = "", detail: str = "") -> None:
+        self.causes = dict(causes)
+        parts = ", ".join(f"{site!r} killed {n}" for site, n in sorted(causes.items(), key=lambda kv: -kv[1]))
+        where = f"{policy}: " if policy else ""
+        msg = f"{where}no surviving particles; {parts or 'no particle was weighted'}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+
+class BudgetExhausted(SwarmError):
+    """Raised only where a policy cannot return a population at all within its budget."""

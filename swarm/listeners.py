@@ -1,0 +1,155 @@
+"""The listener interface: how observers (OpenTelemetry, trace files, progress bars) see a run.
+
+The core imports no observer. A policy reports what happens through these records to every
+listener passed to it (`listeners=[...]`) and every listener registered globally with
+`add_listener`. Records carry wall-clock times (`time.time_ns()`), so an observer can build spans
+after the fact with exact start and end times, and they carry the weights:
+
+- `RunStarted`   once, before the first step;
+- `StepRecord`   after every population step (an SMC step: all live particles advanced to their next
+                 weighting statement, weights normalised, maybe resampled);
+- `RunFinished`  once, with the final population summary (or the error that ended the run).
+
+Listeners must not raise; an exception in a listener is reported once and the listener is dropped,
+so an observer can never cost the user a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from swarm.trace import Event
+
+log = logging.getLogger("swarm.listeners")
+
+
+class RunStarted(BaseModel):
+    run_id: str
+    policy: str
+    program: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    num_particles: int
+    runtime: str = "local"
+    started_at_ns: int
+
+
+class ParticleStep(BaseModel):
+    """One particle advanced by one step: from its previous weighting statement to its next one."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    particle_id: int
+    """Unique within the run; an offspring of resampling gets a new id."""
+    parent_id: int | None = None
+    """The particle this one was copied from at the last resampling (None at step 0)."""
+    index: int
+    """Position in the population array at this step."""
+    step: int
+    status: Literal["running", "finished", "dead"]
+    site: str | None = None
+    """Address of the weighting statement the particle stopped at (None when it finished)."""
+    log_weight: float
+    """Unnormalised log weight after this step (before any resampling)."""
+    log_increment: float
+    normalized_weight: float = 0.0
+    new_events: list[Event] = Field(default_factory=list)
+    started_at_ns: int
+    ended_at_ns: int
+    value: Any = None
+    killed_by: str | None = None
+
+
+class StepRecord(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    run_id: str
+    step: int
+    particles: list[ParticleStep]
+    ess: float
+    log_evidence: float
+    """Running estimate of log Z after this step (the evidence accumulated so far)."""
+    resampled: bool
+    ancestors: list[int] | None = None
+    """If resampled: ancestors[j] is the index (at this step) of the parent of new particle j."""
+    offspring_ids: list[int] | None = None
+    """If resampled: the particle ids of the new population, in order."""
+    started_at_ns: int
+    ended_at_ns: int
+    tokens: int = 0
+    llm_calls: int = 0
+
+
+class RunFinished(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    run_id: str
+    policy: str
+    log_evidence: float | None = None
+    ess: float | None = None
+    num_particles: int = 0
+    log_weights: list[float] = Field(default_factory=list)
+    particle_ids: list[int] = Field(default_factory=list)
+    values: list[Any] = Field(default_factory=list)
+    marginal: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+    ended_at_ns: int
+    tokens: int = 0
+    llm_calls: int = 0
+
+
+class RunListener:
+    """Base class: override what you need. Every method is called from the coordinator's thread."""
+
+    def on_run_start(self, record: RunStarted) -> None:  # pragma: no cover - default no-op
+        pass
+
+    def on_step(self, record: StepRecord) -> None:  # pragma: no cover - default no-op
+        pass
+
+    def on_run_end(self, record: RunFinished) -> None:  # pragma: no cover - default no-op
+        pass
+
+
+_global: list[RunListener] = []
+_lock = threading.Lock()
+
+
+def add_listener(listener: RunListener) -> RunListener:
+    """Register a listener for every run in this process (what `observability.instrument` does)."""
+    with _lock:
+        if listener not in _global:
+            _global.append(listener)
+    return listener
+
+
+def remove_listener(listener: RunListener) -> None:
+    with _lock:
+        if listener in _global:
+            _global.remove(listener)
+
+
+def global_listeners() -> list[RunListener]:
+    with _lock:
+        return list(_global)
+
+
+class Broadcaster:
+    """Fans records out to listeners, dropping (once, loudly) any listener that raises."""
+
+    def __init__(self, listeners: Sequence[RunListener] = ()) -> None:
+        self.listeners = [*global_listeners(), *[l for l in listeners if l not in _global]]
+
+    def __bool__(self) -> bool:
+        return bool(self.listeners)
+
+    def emit(self, method: str, record: BaseModel) -> None:
+        for listener in list(self.listeners):
+            try:
+                getattr(listener, method)(record)
+            except Exception:  # an observer must never cost the user the run
+                log.exception("listener %r failed in %s; it is detached for this run", listener, method)
+                self.listeners.remove(listener)

@@ -1,0 +1,175 @@
+"""The trace τ of one execution: an ordered list of events, one per primitive statement.
+
+Every event is a pydantic model (events cross process boundaries and are written to trace files).
+Inside the hot path they are built with `model_construct` after the handler has validated the
+values itself, so recording an event costs a few microseconds, not a validation pass.
+
+The trace's weights (see plp-theory §1.1, factorised form):
+
+    log π(τ)   = Σ_sample log q_i(τ_i | τ_pa(i))           (`proposal_log_prob`)
+    log Φ(τ)   = Σ_target-factor ℓ_f(τ) + Σ_guarantee log 1[c]   (`log_potential`)
+    log w(τ)   = log Φ(τ) + Σ_sample (log p_i − log q_i)    (`log_weight`)
+
+The last sum is zero unless a site was drawn from a proposal q other than its distribution p (a
+custom proposal, or an LLM sampled at temperature ≠ 1 whose target is the base model).
+Shaping factors (twists) are recorded but excluded: they telescope and leave the target unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Iterator, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=False)
+
+    address: str
+    """The site's full address: its name, prefixed by enclosing plates as `plate[i]/name`."""
+
+
+class SampleEvent(_Event):
+    """`sample(name, dist)`: a value drawn from the proposal, with its log-probabilities."""
+
+    type: Literal["sample"] = "sample"
+    value: Any
+    log_prob: float
+    """log q(value): the log-probability under the distribution the value was actually drawn from."""
+    target_log_prob: float | None = None
+    """log p(value) under the site's model distribution when it differs from the proposal; None
+    when the value was drawn from the model itself (the weight then does not change)."""
+    dist: str = ""
+    info: dict[str, Any] = Field(default_factory=dict)
+    """Backend metadata for generations: tokens, per-token log-probs, usage, latency, model."""
+
+    @property
+    def log_weight_increment(self) -> float:
+        """log p − log q: the importance correction this site adds to the trace weight."""
+        if self.target_log_prob is None:
+            return 0.0
+        return self.target_log_prob - self.log_prob
+
+
+class FactorEvent(_Event):
+    """`factor(name, ℓ)`: a log-potential. Target factors define p; shaping factors only guide."""
+
+    type: Literal["factor"] = "factor"
+    log_potential: float
+    shaping: bool = False
+    scale: float = 1.0
+    """Multiplier applied by a `scale`/temper handler (β in π·Φ^β); the weight gains scale·ℓ."""
+
+
+class GuaranteeEvent(_Event):
+    """`guarantee(name, condition)`: a hard constraint, Φ ∈ {0, 1}."""
+
+    type: Literal["guarantee"] = "guarantee"
+    satisfied: bool
+    scale: float = 1.0
+
+    @property
+    def log_potential(self) -> float:
+        return 0.0 if self.satisfied else -math.inf
+
+
+class InteractEvent(_Event):
+    """`interact(sender, receiver, content)`: a message between agents, or a tool/environment step."""
+
+    type: Literal["interact"] = "interact"
+    sender: str
+    receiver: str
+    content: Any
+    kind: str = "message"
+    """"message", "tool_call", "tool_result", "observation", …"""
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorEvent(_Event):
+    """The program raised: the particle dies and the exception is kept here."""
+
+    type: Literal["error"] = "error"
+    error_type: str
+    message: str
+
+
+Event = Annotated[
+    Union[SampleEvent, FactorEvent, GuaranteeEvent, InteractEvent, ErrorEvent],
+    Field(discriminator="type"),
+]
+WEIGHTING_TYPES = ("factor", "guarantee")
+
+
+class Trace(BaseModel):
+    """The events of one execution, in program order."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    events: list[Event] = Field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __getitem__(self, address: str) -> Any:
+        for event in self.events:
+            if event.address == address:
+                return event
+        raise KeyError(f"no site {address!r} in this trace")
+
+    def __contains__(self, address: object) -> bool:
+        return any(event.address == address for event in self.events)
+
+    def samples(self) -> dict[str, Any]:
+        """{address: value} for every sample site."""
+        return {e.address: e.value for e in self.events if e.type == "sample"}
+
+    def of_type(self, type_: str) -> list[Any]:
+        return [e for e in self.events if e.type == type_]
+
+    @property
+    def proposal_log_prob(self) -> float:
+        """log π(τ): the sum of the log-probabilities of every sampled value under its proposal."""
+        return math.fsum(e.log_prob for e in self.events if e.type == "sample")
+
+    @property
+    def log_potential(self) -> float:
+        """log Φ(τ): target factors plus guarantees (shaping factors excluded), each scaled."""
+        total = 0.0
+        for e in self.events:
+            if e.type == "factor" and not e.shaping:
+                total += e.scale * e.log_potential
+            elif e.type == "guarantee" and not e.satisfied:
+                return -math.inf
+        return total
+
+    @property
+    def log_weight(self) -> float:
+        """log w(τ) = log Φ(τ) + Σ (log p − log q): the importance weight against the proposal."""
+        lw = self.log_potential
+        if lw == -math.inf:
+            return lw
+        return lw + math.fsum(e.log_weight_increment for e in self.events if e.type == "sample")
+
+    @property
+    def error(self) -> ErrorEvent | None:
+        for e in self.events:
+            if e.type == "error":
+                return e
+        return None
+
+    def killed_by(self) -> str | None:
+        """The address of the first statement that set this trace's weight to zero, if any."""
+        for e in self.events:
+            if e.type == "guarantee" and not e.satisfied:
+                return e.address
+            if e.type == "factor" and not e.shaping and e.log_potential == -math.inf:
+                return e.address
+            if e.type == "sample" and e.target_log_prob == -math.inf:
+                return e.address
+            if e.type == "error":
+                return f"{e.address} raised {e.error_type}"
+        return None
