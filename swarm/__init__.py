@@ -1,1 +1,39 @@
-"""plp-swarm core (filled in by the core commit)."""
+"""plp-swarm core: traces, the five primitives, distributions, handlers, the population.
+
+    from swarm import sample, factor, guarantee, plate, interact, Categorical, Bernoulli
+"""
+
+from swarm.distributions import Bernoulli, Categorical, Delta, Distribution, Draw, Uniform
+from swarm.errors import (
+    BudgetExhausted,
+    DuplicateSiteError,
+    EnumerationError,
+    InvalidDistributionError,
+    InvalidPotentialError,
+    NondeterminismError,
+    NoSurvivingParticles,
+    RejectionError,
+    SwarmError,
+)
+from swarm.listeners import RunListener, add_listener, remove_listener
+from swarm.primitives import factor, guarantee, interact, plate, sample
+from swarm.result import Particle, Result
+from swarm.trace import (
+    ErrorEvent,
+    FactorEvent,
+    GuaranteeEvent,
+    InteractEvent,
+    SampleEvent,
+    Trace,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sample", "factor", "guarantee", "plate", "interact",
+    "Distribution", "Draw", "Categorical", "Bernoulli", "Delta", "Uniform",
+    "Trace", "SampleEvent", "FactorEvent", "GuaranteeEvent", "InteractEvent", "ErrorEvent",
+    "Particle", "Result", "RunListener", "add_listener", "remove_listener",
+    "SwarmError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
+    "NondeterminismError", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
+]

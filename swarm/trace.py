@@ -141,7 +141,8 @@ class Trace(BaseModel):
         total = 0.0
         for e in self.events:
             if e.type == "factor" and not e.shaping:
-                total += e.scale * e.log_potential
+                if e.scale != 0.0:  # Φ^0 = 1, even where Φ = 0
+                    total += e.scale * e.log_potential
             elif e.type == "guarantee" and not e.satisfied:
                 return -math.inf
         return total
@@ -166,7 +167,7 @@ class Trace(BaseModel):
         for e in self.events:
             if e.type == "guarantee" and not e.satisfied:
                 return e.address
-            if e.type == "factor" and not e.shaping and e.log_potential == -math.inf:
+            if e.type == "factor" and not e.shaping and e.log_potential == -math.inf and e.scale > 0:
                 return e.address
             if e.type == "sample" and e.target_log_prob == -math.inf:
                 return e.address

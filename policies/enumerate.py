@@ -1,0 +1,96 @@
+"""Exact inference by enumerating every execution path of a program with finite supports."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from policies.base import Policy, RunContext
+from swarm.errors import EnumerationError, NoSurvivingParticles
+from swarm.execution import SegmentTask
+from swarm.population import logsumexp
+from swarm.result import Particle, Result
+from swarm.runtime import UNSET, Handler, Message
+
+
+class _Branch(BaseException):
+    """Control signal: execution reached a sample site that the current path has not chosen yet."""
+
+    def __init__(self, address: str, choices: list[tuple[Any, float]]) -> None:
+        super().__init__(address)
+        self.address = address
+        self.choices = choices
+
+
+class _FollowPath(Handler):
+    """Set every sample site on the path to its chosen value (with log p under the site's model
+    distribution); stop at the first site off the path so the caller can branch on it."""
+
+    def __init__(self, path: dict[str, tuple[Any, float]]) -> None:
+        super().__init__()
+        self.path = path
+
+    def process_message(self, msg: Message) -> None:
+        if msg.type != "sample" or msg.value is not UNSET:
+            return
+        chosen = self.path.get(msg.name)
+        if chosen is not None:
+            msg.value, msg.log_prob = chosen
+            msg.target_log_prob = None
+            return
+        dist = msg.fn
+        if dist.is_async or dist.support is None:
+            raise EnumerationError(
+                f"Enumerate: sample site {msg.name!r} draws from {dist.describe()}, which has no finite support; "
+                "use Importance or SMC for programs with LLM generations or continuous distributions")
+        raise _Branch(msg.name, dist.enumerate_support())
+
+
+class Enumerate(Policy):
+    """Exact posterior and evidence by depth-first enumeration of every path.
+
+    Each complete path τ has joint log mass log π(τ) + log Φ(τ), with π built from each site's own
+    distribution (a custom proposal is ignored: enumeration needs no proposal). Then
+
+        Z = Σ_τ π(τ)Φ(τ)   (exact `log_evidence`),     p(τ) = π(τ)Φ(τ)/Z   (exact particle weights).
+
+    The program is re-executed once per node of the path tree; a path ends early at a failed
+    guarantee or −∞ factor. Shaping factors are excluded: the target is unchanged by them.
+    """
+
+    max_paths: int = Field(1_000_000, gt=0)
+
+    async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
+        ctx.emit_start(0)
+        current: dict[str, Any] = {}
+        runner = ctx.runner(args, kwargs)
+        runner.extra_handlers = lambda: [_FollowPath(current["path"])]
+        particles: list[Particle] = []
+        stack: list[dict[str, tuple[Any, float]]] = [{}]
+        executions = 0
+        while stack:
+            current["path"] = stack.pop()
+            executions += 1
+            if executions > self.max_paths:
+                raise EnumerationError(f"Enumerate: more than max_paths={self.max_paths} executions; "
+                                       "the program's path tree is too large to enumerate")
+            try:
+                seg = await runner.run(SegmentTask(stream=0))
+            except _Branch as branch:
+                for value, lp in reversed(branch.choices):
+                    stack.append({**current["path"], branch.address: (value, lp)})
+                continue
+            ctx.account([seg])
+            if seg.status != "finished":
+                continue
+            log_joint = seg.trace.proposal_log_prob + seg.trace.log_weight
+            if log_joint > -math.inf:
+                particles.append(Particle(id=len(particles), value=seg.value, log_weight=log_joint, trace=seg.trace))
+        if not particles:
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="Enumerate", detail="every path has zero mass")
+        log_w = np.array([p.log_weight for p in particles])
+        return ctx.result("Enumerate", particles, logsumexp(log_w), exact=True,
+                          extra={"executions": executions})

@@ -1,0 +1,80 @@
+"""Rejection sampling: exact samples from p when every potential is 0 or 1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from policies.base import Policy, RunContext
+from policies.independent import particle_of, run_independent
+from swarm.errors import NoSurvivingParticles, RejectionError
+from swarm.execution import Segment
+from swarm.result import Result
+from swarm.trace import Trace
+
+
+def _check_hard(trace: Trace) -> None:
+    """Rejection is exact only for Φ ∈ {0, 1}: every target factor must be 0 or −∞ and no site may
+    carry an importance correction."""
+    for e in trace.events:
+        if e.type == "factor" and not e.shaping and e.scale != 0 and e.log_potential not in (0.0, -math.inf):
+            raise RejectionError(
+                f"Rejection needs potentials in {{0, 1}}, but factor {e.address!r} has log-potential "
+                f"{e.log_potential!r}; use Importance or SMC for soft factors")
+        if e.type == "sample" and e.target_log_prob is not None and e.log_weight_increment != 0.0:
+            raise RejectionError(f"Rejection cannot use site {e.address!r}: it was drawn from a proposal other "
+                                 "than its distribution (its weight is not 0 or 1)")
+
+
+class Rejection(Policy):
+    """Draw from π until `num_samples` traces satisfy every constraint (at most `max_attempts` draws).
+
+    Accepted traces are exact samples of p(τ) ∝ π(τ)·1[constraints]. The acceptance probability is
+    Z, estimated without bias by (k−1)/(n−1) when stopped at the k-th acceptance after n draws
+    (inverse binomial sampling, k ≥ 2) and by k/n when `max_attempts` stopped it first.
+    Draws run in batches of `batch_size` but are consumed in order, so the stopping rule is exactly
+    the sequential one.
+    """
+
+    num_samples: int = Field(1000, gt=0)
+    max_attempts: int = Field(1_000_000, gt=0)
+    batch_size: int = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _attempts_cover_samples(self) -> "Rejection":
+        if self.max_attempts < self.num_samples:
+            raise ValueError(f"max_attempts ({self.max_attempts}) must be ≥ num_samples ({self.num_samples})")
+        return self
+
+    async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
+        ctx.emit_start(self.num_samples)
+        runner = ctx.runner(args, kwargs)
+        accepted: list[tuple[int, Segment]] = []
+        attempts = 0
+        while len(accepted) < self.num_samples and attempts < self.max_attempts:
+            size = min(self.batch_size, self.max_attempts - attempts)
+            batch = await run_independent(ctx, runner, size, first_stream=attempts)
+            for seg in batch:
+                attempts += 1
+                if seg.status == "finished":
+                    _check_hard(seg.trace)
+                    if seg.log_weight() == 0.0:
+                        accepted.append((attempts - 1, seg))
+                        if len(accepted) == self.num_samples:
+                            break
+            if ctx.out_of_budget() or len(batch) < size:
+                break
+        k = len(accepted)
+        if k == 0:
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="Rejection",
+                                       detail=f"0 of {attempts} draws accepted")
+        stopped_at_k = k == self.num_samples and k >= 2
+        z_hat = (k - 1) / (attempts - 1) if stopped_at_k else k / attempts
+        particles = [particle_of(stream, seg, 0.0) for stream, seg in accepted]
+        log_w = np.zeros(k)
+        ctx.emit_step(0, [s for _, s in accepted], [0] * k, [i for i, _ in accepted], [None] * k, log_w, log_w,
+                      math.log(z_hat) if z_hat > 0 else -math.inf, accepted[0][1].started_ns)
+        return ctx.result("Rejection", particles, math.log(z_hat) if z_hat > 0 else -math.inf,
+                          extra={"attempts": attempts, "accepted": k, "acceptance_rate": k / attempts})

@@ -1,0 +1,237 @@
+"""Running a program one *segment* at a time: from the start (replaying a recorded prefix) up to
+its k-th synchronisation point, where it is suspended.
+
+Synchronisation points are the weighting statements in program order (top-level `factor` and
+`guarantee`, and the exit of a `plate` that weighted anything), the observe-based SMC of
+Anglican/WebPPL. A particle is advanced from sync point k−1 to k by re-executing the program with
+its recorded trace replayed (no distribution and no LLM is called for a recorded site) and letting
+it run live past the prefix until the k-th sync point. Because a resampled offspring is just a new
+execution of the ancestor's trace, offspring never share mutable state: each continues on its own
+fresh copy of the program's Python state (the ARCHITECTURE's replay mechanism). A trace is never
+mutated once its segment has ended, so offspring may share the recorded events themselves.
+
+A particle dies (its log weight becomes −∞) at a failed guarantee, a −∞ factor or observation, or
+an exception raised by the program (recorded as an `ErrorEvent`; the run goes on). Errors that are
+the framework's own (`SwarmError`: NaN potentials, duplicate sites, non-determinism) abort the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
+
+from swarm.errors import SwarmError
+from swarm.handlers import replay, scale, seed, trace
+from swarm.runtime import Handler, Message
+from swarm.trace import Trace
+
+Status = Literal["running", "finished", "dead", "failed"]
+
+
+class _Suspend(BaseException):
+    """Control signal: the particle reached the sync point it was asked to stop at."""
+
+
+class Killed(BaseException):
+    """Control signal: the particle's weight became zero; nothing after this point matters."""
+
+    def __init__(self, site: str) -> None:
+        super().__init__(site)
+        self.site = site
+
+
+class Engine(trace):
+    """The outermost handler of a particle execution: records the trace, counts sync points,
+    suspends at `stop_at`, and ends the execution early when the weight becomes zero."""
+
+    def __init__(self, stop_at: int | None = None, *, kill: bool = True) -> None:
+        super().__init__()
+        self.stop_at = stop_at
+        self.kill = kill
+        self.sync_count = 0
+        self.site: str | None = None
+        self.tokens = 0
+        self.llm_calls = 0
+        self._pending = False
+
+    def postprocess_message(self, msg: Message) -> None:
+        super().postprocess_message(msg)
+        kind = msg.type
+        if kind == "sample":
+            if not msg.replayed and msg.info:
+                self._count_usage(msg.info)
+            if msg.target_log_prob is not None:
+                if msg.target_log_prob == -math.inf and self.kill:
+                    raise Killed(msg.name)
+                self._pending = True
+        elif kind == "factor" or kind == "guarantee":
+            if self.kill and _kills(msg):
+                raise Killed(msg.name)
+            if msg.plates:
+                self._pending = True
+            else:
+                self._sync(msg.name)
+        elif kind == "sync" and not msg.plates and self._pending:
+            self._sync(msg.name)
+
+    def _count_usage(self, info: dict[str, Any]) -> None:
+        usage = info.get("usage")
+        if usage:
+            self.llm_calls += 1
+            self.tokens += int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+
+    def _sync(self, site: str) -> None:
+        self._pending = False
+        self.sync_count += 1
+        self.site = site
+        if self.stop_at is not None and self.sync_count >= self.stop_at:
+            raise _Suspend(site)
+
+
+def _kills(msg: Message) -> bool:
+    if msg.type == "guarantee":
+        return not msg.value
+    return (not msg.shaping) and msg.value == -math.inf and msg.scale > 0
+
+
+@dataclass
+class Segment:
+    """What one execution segment produced."""
+
+    trace: Trace
+    status: Status
+    value: Any = None
+    sync_count: int = 0
+    site: str | None = None
+    """The address of the sync point the particle stopped at, or the statement that killed it."""
+    started_ns: int = 0
+    ended_ns: int = 0
+    tokens: int = 0
+    llm_calls: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    def log_weight(self) -> float:
+        """The particle's current log weight for resampling: the trace's target weight plus, while it
+        is still running, its current twist (the last shaping factor), which telescopes away."""
+        if self.status in ("dead", "failed"):
+            return -math.inf
+        lw = self.trace.log_weight
+        if self.status == "running" and lw > -math.inf:
+            lw += current_twist(self.trace)
+        return lw
+
+
+def current_twist(trace_: Trace) -> float:
+    """The value of the last shaping factor of a trace (0 when there is none)."""
+    for event in reversed(trace_.events):
+        if event.type == "factor" and event.shaping:
+            return event.scale * event.log_potential
+    return 0.0
+
+
+@dataclass
+class SegmentTask:
+    """Advance one particle: replay `prefix` and run to sync point `stop_at` (None: to the end)."""
+
+    stream: int | str
+    prefix: Trace | None = None
+    stop_at: int | None = None
+
+
+def _program_name(program: Callable[..., Any]) -> str:
+    return getattr(program, "__qualname__", None) or repr(program)
+
+
+@contextlib.contextmanager
+def _installed(handlers: Iterable[Handler]):
+    with contextlib.ExitStack() as stack:
+        for handler in handlers:
+            stack.enter_context(handler)
+        yield
+
+
+class SegmentRunner:
+    """Runs segments of one program (with fixed arguments) under one seed and temperature."""
+
+    def __init__(self, program: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
+                 seed: int | None = None, beta: float | None = None, kill: bool = True,
+                 extra_handlers: Callable[[], list[Handler]] | None = None) -> None:
+        if not callable(program):
+            raise TypeError(f"a program must be callable, got {type(program).__name__}")
+        self.program = program
+        self.args = args
+        self.kwargs = kwargs or {}
+        self.seed = seed
+        self.beta = beta
+        self.kill = kill
+        self.extra_handlers = extra_handlers
+        self.is_async = inspect.iscoroutinefunction(program) or inspect.iscoroutinefunction(
+            getattr(program, "__call__", None))
+        self.name = _program_name(program)
+
+    def _handlers(self, task: SegmentTask) -> tuple[Engine, replay | None, list[Handler]]:
+        engine = Engine(task.stop_at, kill=self.kill)
+        handlers: list[Handler] = [engine, seed(self.seed, task.stream)]
+        if self.beta is not None:
+            handlers.append(scale(self.beta))
+        if self.extra_handlers is not None:
+            handlers.extend(self.extra_handlers())
+        rp = replay(task.prefix) if task.prefix is not None and len(task.prefix) else None
+        if rp is not None:
+            handlers.append(rp)
+        return engine, rp, handlers
+
+    def run_sync(self, task: SegmentTask) -> Segment:
+        """Run a segment of a plain (non-async) program."""
+        engine, rp, handlers = self._handlers(task)
+        started = time.time_ns()
+        with _installed(handlers):
+            try:
+                value = self.program(*self.args, **self.kwargs)
+                if inspect.isawaitable(value):
+                    raise TypeError(f"{self.name} returned an awaitable: declare it `async def`")
+                return self._finish(engine, rp, "finished", value, started)
+            except BaseException as exc:  # noqa: BLE001 - control signals and program errors
+                return self._ended(engine, rp, exc, started)
+
+    async def run(self, task: SegmentTask) -> Segment:
+        """Run a segment of an async (or plain) program."""
+        if not self.is_async:
+            return self.run_sync(task)
+        engine, rp, handlers = self._handlers(task)
+        started = time.time_ns()
+        with _installed(handlers):
+            try:
+                value = await self.program(*self.args, **self.kwargs)
+                return self._finish(engine, rp, "finished", value, started)
+            except BaseException as exc:  # noqa: BLE001
+                return self._ended(engine, rp, exc, started)
+
+    def _ended(self, engine: Engine, rp: replay | None, exc: BaseException, started: int) -> Segment:
+        if isinstance(exc, _Suspend):
+            return self._finish(engine, rp, "running", None, started)
+        if isinstance(exc, Killed):
+            seg = self._finish(engine, None, "dead", None, started)
+            seg.site = exc.site
+            return seg
+        if isinstance(exc, (SwarmError, KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
+            raise exc
+        address = engine.trace.events[-1].address if engine.trace.events else "<program start>"
+        engine.record_error(address, exc)
+        seg = self._finish(engine, None, "failed", None, started)
+        seg.site = f"{type(exc).__name__} after {address}"
+        return seg
+
+    def _finish(self, engine: Engine, rp: replay | None, status: Status, value: Any, started: int) -> Segment:
+        if rp is not None:
+            rp.check_consumed()
+        return Segment(trace=engine.trace, status=status, value=value, sync_count=engine.sync_count,
+                       site=engine.site, started_ns=started, ended_ns=time.time_ns(),
+                       tokens=engine.tokens, llm_calls=engine.llm_calls)

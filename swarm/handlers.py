@@ -1,0 +1,198 @@
+"""Effect handlers: each a few lines, composed by policies (and by users) as context managers.
+
+    with seed(0), trace() as tr:       # record what a forward run did
+        model()
+    with replay(tr.trace):             # re-run it with the same sampled values
+        model()
+
+- `trace`       records every statement as an event of a `Trace` (duplicate addresses are an error);
+- `replay`      feeds recorded sample values back (no distribution, and no LLM, is called) and checks
+                that re-executed weighting statements agree with the record (else NondeterminismError);
+- `condition`   fixes sample sites to observed values: the site's weight gains log p(value);
+- `substitute`  fixes sample sites to given values without weighting (an intervention);
+- `block`       hides sites from the handlers outside it;
+- `scale`       multiplies target log-potentials by β (tempering: Φ^β);
+- `seed`        gives each sample site its own random stream from (seed, stream, address).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+from swarm.errors import DuplicateSiteError, NondeterminismError
+from swarm.randomness import SiteRandom
+from swarm.runtime import UNSET, Handler, Message
+from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
+
+__all__ = ["trace", "replay", "condition", "substitute", "block", "scale", "seed", "event_from_message"]
+
+_SITE_TYPES = ("sample", "factor", "guarantee")
+
+
+def event_from_message(msg: Message) -> Any:
+    """Build the trace event of a processed message (built without re-validation: the primitives
+    validated the values already)."""
+    if msg.type == "sample":
+        return SampleEvent.model_construct(
+            address=msg.name, value=msg.value, log_prob=float(msg.log_prob),
+            target_log_prob=None if msg.target_log_prob is None else float(msg.target_log_prob),
+            dist=msg.fn.describe(), info=msg.info or {}, type="sample")
+    if msg.type == "factor":
+        return FactorEvent.model_construct(address=msg.name, log_potential=msg.value, shaping=msg.shaping,
+                                           scale=msg.scale, type="factor")
+    if msg.type == "guarantee":
+        return GuaranteeEvent.model_construct(address=msg.name, satisfied=msg.value, scale=1.0, type="guarantee")
+    if msg.type == "interact":
+        a = msg.args or {}
+        return InteractEvent.model_construct(address=msg.name, sender=a["sender"], receiver=a["receiver"],
+                                             content=msg.value, kind=a["kind"], info=a["info"], type="interact")
+    raise ValueError(f"no event for message type {msg.type!r}")
+
+
+class trace(Handler):
+    """Record every statement that reaches this handler as an event of `self.trace`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trace = Trace()
+        self._addresses: set[str] = set()
+
+    def postprocess_message(self, msg: Message) -> None:
+        if msg.type == "sync":
+            return
+        if msg.type in _SITE_TYPES:
+            if msg.name in self._addresses:
+                raise DuplicateSiteError(
+                    f"site {msg.name!r} appears twice in one trace; give every {msg.type} a distinct name "
+                    "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
+            self._addresses.add(msg.name)
+        self.trace.events.append(event_from_message(msg))
+
+    def record_error(self, address: str, exc: BaseException) -> None:
+        self.trace.events.append(ErrorEvent.model_construct(
+            address=address, error_type=type(exc).__name__, message=str(exc)[:2000], type="error"))
+
+
+class replay(Handler):
+    """Feed the sample values of a recorded trace back into a re-execution.
+
+    Replayed sites keep their recorded log-probabilities and metadata (an LLM is not called again).
+    Weighting statements met again must reproduce their recorded values: a program whose control
+    flow or potentials changed under replay is not deterministic given its samples, and resampled
+    offspring would silently diverge from their ancestor, so that raises NondeterminismError.
+    """
+
+    def __init__(self, recorded: Trace | Iterable[Any]) -> None:
+        super().__init__()
+        events = recorded.events if isinstance(recorded, Trace) else list(recorded)
+        self._events = {e.address: e for e in events if e.type in _SITE_TYPES}
+        self._unvisited = {a for a, e in self._events.items() if e.type == "sample"}
+
+    def process_message(self, msg: Message) -> None:
+        recorded = self._events.get(msg.name)
+        if recorded is None:
+            return
+        if msg.type == "sample":
+            if recorded.type != "sample":
+                raise NondeterminismError(f"replay: site {msg.name!r} was a {recorded.type}, now it is a sample")
+            msg.value = recorded.value
+            msg.log_prob = recorded.log_prob
+            msg.target_log_prob = recorded.target_log_prob
+            msg.info = recorded.info
+            msg.replayed = True
+            self._unvisited.discard(msg.name)
+        elif msg.type == "factor":
+            if recorded.type != "factor" or not _same_float(recorded.log_potential, msg.value):
+                raise NondeterminismError(
+                    f"replay: factor {msg.name!r} now gives {msg.value!r}, the recorded trace has "
+                    f"{getattr(recorded, 'log_potential', recorded.type)!r}; the program is not deterministic "
+                    "given its sampled values (route every random or external effect through sample/interact)")
+        elif msg.type == "guarantee":
+            if recorded.type != "guarantee" or recorded.satisfied != msg.value:
+                raise NondeterminismError(
+                    f"replay: guarantee {msg.name!r} now evaluates to {msg.value!r}, the recorded trace has "
+                    f"{getattr(recorded, 'satisfied', recorded.type)!r}; the program is not deterministic given its samples")
+
+    def check_consumed(self) -> None:
+        """Every recorded sample must have been met again; otherwise control flow diverged."""
+        if self._unvisited:
+            missing = sorted(self._unvisited)[0]
+            raise NondeterminismError(
+                f"replay: recorded sample site {missing!r} was never reached again; the program's control "
+                "flow is not deterministic given its sampled values")
+
+
+def _same_float(a: float, b: float) -> bool:
+    return a == b or (math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12))
+
+
+class condition(Handler):
+    """Observe sample sites: `condition({"x": 3})` fixes x = 3 and weights the trace by log p(3)."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.data = dict(data)
+
+    def process_message(self, msg: Message) -> None:
+        if msg.type == "sample" and msg.name in self.data and msg.value is UNSET:
+            msg.value = self.data[msg.name]
+            msg.log_prob = 0.0  # the proposal is a point mass at the observed value
+            msg.target_log_prob = msg.fn.log_prob(msg.value)
+
+
+class substitute(Handler):
+    """Intervene on sample sites: fix their values without weighting the trace."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.data = dict(data)
+
+    def process_message(self, msg: Message) -> None:
+        if msg.type == "sample" and msg.name in self.data and msg.value is UNSET:
+            msg.value = self.data[msg.name]
+            msg.log_prob = 0.0
+
+
+class block(Handler):
+    """Hide statements from every handler outside this one (all, or those `hide_fn` selects)."""
+
+    def __init__(self, hide: Iterable[str] | None = None, hide_fn: Callable[[Message], bool] | None = None) -> None:
+        super().__init__()
+        names = set(hide) if hide is not None else None
+        self.hide_fn = hide_fn or (lambda msg: names is None or msg.name in names)
+
+    def process_message(self, msg: Message) -> None:
+        if self.hide_fn(msg):
+            msg.stop = True
+
+
+class scale(Handler):
+    """Multiply target log-potentials by `beta`: the program then targets π·Φ^β (tempering).
+
+    Guarantees are hard constraints and hold at every temperature: they are not scaled.
+    """
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        beta = float(beta)
+        if not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"scale: beta must be a finite non-negative number, got {beta!r}")
+        self.beta = beta
+
+    def process_message(self, msg: Message) -> None:
+        if msg.type == "factor" and not msg.shaping:
+            msg.scale *= self.beta
+
+
+class seed(Handler):
+    """Give every sample site a random stream derived from (seed, stream, site address)."""
+
+    def __init__(self, seed: int | None, stream: int | str = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self.stream = stream
+
+    def process_message(self, msg: Message) -> None:
+        if msg.type == "sample" and msg.rng is None:
+            msg.rng = SiteRandom.for_site(self.seed, self.stream, msg.name)

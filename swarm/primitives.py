@@ -1,0 +1,194 @@
+"""The five primitives of Probabilistic Language Programming.
+
+- `sample(name, dist)`       draw from a proposal and record log q (and log p when they differ);
+- `factor(name, ℓ)`          add a log-potential ℓ = log Φ_f to the trace weight (target), or a
+                             telescoping twist (`shaping=True`) that only guides inference;
+- `guarantee(name, c)`       a hard constraint Φ ∈ {0, 1} (log weight −∞ when `c` is false);
+- `plate(name, n, fn, ...)`  n conditionally independent replicas of `fn` inside one trace;
+- `interact(s, r, content)`  a message between agents, or a tool/environment step.
+
+Each builds a message and sends it through the handler stack (`swarm.runtime`); what the statement
+*means* (record it, weight by it, replay it, suspend at it) is decided by the handlers a policy has
+installed. Called outside any policy, a program just runs forward: samples are drawn from their
+distributions with fresh entropy and weighting statements are validated and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import numbers
+from typing import Any, Callable
+
+import numpy as np
+
+from swarm.distributions import Distribution
+from swarm.errors import InvalidPotentialError
+from swarm.runtime import Handler, Message, apply_stack, apply_stack_async
+
+__all__ = ["sample", "factor", "guarantee", "plate", "interact"]
+
+
+def _check_name(name: Any, primitive: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{primitive}() needs a non-empty string site name, got {name!r}")
+    return name
+
+
+def as_log_potential(name: str, value: Any) -> float:
+    """Validate a log-potential: a real scalar, not NaN, not +inf (−inf is allowed: it kills)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidPotentialError(
+            f"factor {name!r}: got a boolean ({value!r}); use guarantee({name!r}, condition) for hard constraints")
+    if isinstance(value, np.ndarray):
+        if value.shape != ():
+            raise InvalidPotentialError(
+                f"factor {name!r}: the log-potential must be a scalar, got an array of shape {value.shape}")
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise InvalidPotentialError(
+            f"factor {name!r}: the log-potential must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value):
+        raise InvalidPotentialError(f"factor {name!r}: the log-potential is NaN")
+    if value == math.inf:
+        raise InvalidPotentialError(f"factor {name!r}: the log-potential is +inf (Φ must be finite)")
+    return value
+
+
+def _as_condition(name: str, condition: Any) -> bool:
+    if isinstance(condition, np.ndarray):
+        if condition.size != 1:
+            raise InvalidPotentialError(
+                f"guarantee {name!r}: the condition must be a single truth value, got an array of shape {condition.shape}")
+        condition = condition.item()
+    try:
+        return bool(condition)
+    except Exception as exc:  # e.g. an object whose __bool__ raises
+        raise InvalidPotentialError(f"guarantee {name!r}: the condition has no truth value ({exc})") from exc
+
+
+def sample(name: str, dist: Distribution, *, proposal: Distribution | None = None) -> Any:
+    """Draw a value at site `name` from `dist` (or from `proposal`, weighting by log p − log q).
+
+    With a synchronous distribution the value is returned. With an asynchronous one (an LLM
+    generation) an awaitable is returned: `text = await sample("draft", writer.generate(prompt))`.
+    """
+    _check_name(name, "sample")
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"sample {name!r}: expected a swarm Distribution, got {type(dist).__name__}")
+    if proposal is not None and not isinstance(proposal, Distribution):
+        raise TypeError(f"sample {name!r}: proposal must be a swarm Distribution, got {type(proposal).__name__}")
+    msg = Message("sample", name, fn=dist, proposal=proposal)
+    if dist.is_async or (proposal is not None and proposal.is_async):
+        return _await_value(apply_stack_async(msg))
+    return apply_stack(msg).value
+
+
+async def _await_value(pending: Any) -> Any:
+    return (await pending).value
+
+
+def factor(name: str, log_potential: float, *, shaping: bool = False) -> None:
+    """Multiply the trace's potential by exp(log_potential).
+
+    A target factor (the default) changes p(τ) ∝ π(τ)Φ(τ). A shaping factor (`shaping=True`) is a
+    twist: each one *replaces* the particle's previous shaping factor and the last is removed when
+    the program ends, so Σ of the increments telescopes to zero and the target is unchanged; it only
+    changes which particles survive resampling (plp-theory §1.2, §4).
+    """
+    _check_name(name, "factor")
+    value = as_log_potential(name, log_potential)
+    apply_stack(Message("factor", name, value=value, shaping=bool(shaping)))
+
+
+def guarantee(name: str, condition: Any) -> None:
+    """A hard constraint: Φ = 1 when `condition` holds, 0 (log weight −∞) otherwise."""
+    _check_name(name, "guarantee")
+    apply_stack(Message("guarantee", name, value=_as_condition(name, condition)))
+
+
+def interact(sender: str, receiver: str, content: Any, *, kind: str = "message", name: str | None = None,
+             info: dict[str, Any] | None = None) -> None:
+    """Record a message from `sender` to `receiver` (or a tool call/result, an observation)."""
+    if not isinstance(sender, str) or not isinstance(receiver, str):
+        raise TypeError(f"interact() needs string sender and receiver, got {sender!r} → {receiver!r}")
+    address = name or f"{kind}:{sender}->{receiver}"
+    apply_stack(Message("interact", address, value=content,
+                        args={"sender": sender, "receiver": receiver, "kind": kind, "info": info or {}}))
+
+
+class _PlateScope(Handler):
+    """Prefixes the addresses of the sites inside replica i of a plate: `name[i]/site`."""
+
+    def __init__(self, prefix: str, plate: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.plate = plate
+
+    def process_message(self, msg: Message) -> None:
+        if msg.type in ("sample", "factor", "guarantee", "interact", "sync"):
+            msg.name = f"{self.prefix}/{msg.name}"
+            msg.plates = (self.plate, *msg.plates)
+
+
+def _plate_exit(name: str) -> None:
+    """A synchronisation point after a plate: weighting statements inside a plate do not suspend
+    a particle one by one; the plate as a whole is one step when it weighted anything."""
+    apply_stack(Message("sync", name))
+
+
+def plate(name: str, size: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run `size` conditionally independent replicas of `fn(*args, **kwargs)` inside this trace.
+
+    Sites inside replica i are addressed `name[i]/site`. For an `async def` fn the replicas run
+    concurrently and an awaitable is returned (`votes = await plate("vote", 5, ask)`); otherwise they
+    run in order and the list of results is returned.
+    """
+    _check_name(name, "plate")
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+        raise ValueError(f"plate {name!r}: size must be a non-negative integer, got {size!r}")
+    if inspect.iscoroutinefunction(fn):
+        return _plate_async(name, int(size), fn, args, kwargs)
+    results = []
+    for i in range(int(size)):
+        with _PlateScope(f"{name}[{i}]", name):
+            results.append(fn(*args, **kwargs))
+    _plate_exit(name)
+    return results
+
+
+async def _plate_async(name: str, size: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> list[Any]:
+    async def replica(i: int) -> Any:
+        with _PlateScope(f"{name}[{i}]", name):
+            return await fn(*args, **kwargs)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(replica(i)) for i in range(size)]
+    except BaseExceptionGroup as group:  # re-raise the replica's own exception, not the group
+        raise _first_leaf(group) from None
+    _plate_exit(name)
+    return [t.result() for t in tasks]
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The exception that ended a plate: control signals and swarm errors before ordinary ones."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    from swarm.errors import SwarmError
+
+    for kind in (lambda e: not isinstance(e, Exception), lambda e: isinstance(e, SwarmError)):
+        for exc in leaves:
+            if kind(exc):
+                return exc
+    return leaves[0]

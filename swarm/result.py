@@ -1,0 +1,137 @@
+"""What a policy returns: a weighted population of traces, the evidence estimate, diagnostics."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Callable, Hashable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from swarm.population import ess as _ess
+from swarm.population import normalized_weights
+from swarm.trace import Trace
+
+
+class Particle(BaseModel):
+    """One member of the final population."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: int
+    value: Any = None
+    log_weight: float
+    trace: Trace
+    status: str = "finished"
+    """finished | running (a budget stopped the run first) | dead | failed"""
+    parent_id: int | None = None
+
+
+class StepStats(BaseModel):
+    step: int
+    ess: float
+    log_evidence: float
+    resampled: bool
+    num_alive: int
+    unique_ancestors: int | None = None
+    beta: float | None = None
+
+
+class Diagnostics(BaseModel):
+    steps: list[StepStats] = Field(default_factory=list)
+    genealogy: list[list[int]] = Field(default_factory=list)
+    """genealogy[k][j]: index at step k of the parent of the particle at index j after step k."""
+    deaths: dict[str, int] = Field(default_factory=dict)
+    """address (or error) that killed particles → how many."""
+    tokens: int = 0
+    llm_calls: int = 0
+    wall_time_s: float = 0.0
+    stopped_by: str | None = None
+    """Why the run stopped early ("max_tokens", "max_llm_calls", "max_seconds"), if it did."""
+
+    @property
+    def ess_per_step(self) -> list[float]:
+        return [s.ess for s in self.steps]
+
+    @property
+    def log_evidence_per_step(self) -> list[float]:
+        return [s.log_evidence for s in self.steps]
+
+
+def hashable(value: Any) -> Hashable:
+    """A dictionary key for a value: the value itself if hashable, else a canonical tuple/repr."""
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        if isinstance(value, (list, tuple)):
+            return tuple(hashable(v) for v in value)
+        if isinstance(value, dict):
+            return tuple(sorted((k, hashable(v)) for k, v in value.items()))
+        if isinstance(value, BaseModel):
+            return value.model_dump_json()
+        return repr(value)
+
+
+class Result(BaseModel):
+    """A weighted population: `particles`, the evidence estimate `log_evidence`, and diagnostics."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    policy: str
+    particles: list[Particle]
+    log_evidence: float
+    """An estimate of log Z = log Σ_τ π(τ)Φ(τ) (exact for Enumerate; for the sampling policies the
+    estimate Ẑ is unbiased for Z, so log Ẑ is biased low by Jensen)."""
+    seed: int | None = None
+    exact: bool = False
+    diagnostics: Diagnostics = Field(default_factory=Diagnostics)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def log_weights(self) -> np.ndarray:
+        return np.array([p.log_weight for p in self.particles], dtype=float)
+
+    @property
+    def normalized_weights(self) -> np.ndarray:
+        if not self.particles:
+            return np.zeros(0)
+        return normalized_weights(self.log_weights)
+
+    @property
+    def ess(self) -> float:
+        """Effective sample size of the final population, 1/Σ w̄² (Kong)."""
+        return float(_ess(self.log_weights)) if self.particles else 0.0
+
+    @property
+    def values(self) -> list[Any]:
+        return [p.value for p in self.particles]
+
+    def marginal(self, fn: Callable[[Any], Any] | None = None) -> dict[Any, float]:
+        """The posterior over return values (or over `fn(value)`): Σᵢ w̄ᵢ 1(vᵢ = v), most likely first.
+        Unhashable values are keyed by a canonical tuple or repr."""
+        mass: dict[Hashable, float] = defaultdict(float)
+        for particle, w in zip(self.particles, self.normalized_weights):
+            if w > 0:
+                value = particle.value if fn is None else fn(particle.value)
+                mass[hashable(value)] += float(w)
+        return dict(sorted(mass.items(), key=lambda kv: -kv[1]))
+
+    def expectation(self, fn: Callable[[Any], float]) -> float:
+        """The self-normalised estimate Σᵢ w̄ᵢ fn(vᵢ) (plp-theory §1.1)."""
+        w = self.normalized_weights
+        return float(math.fsum(wi * float(fn(p.value)) for p, wi in zip(self.particles, w) if wi > 0))
+
+    def map(self) -> Particle:
+        """The particle of largest weight."""
+        return self.particles[int(np.argmax(self.log_weights))]
+
+    def summary(self) -> str:
+        top = list(self.marginal().items())[:5]
+        shown = ", ".join(f"{k!r}: {v:.3f}" for k, v in top)
+        return (f"{self.policy}: {len(self.particles)} particles, log Z = {self.log_evidence:.4f}, "
+                f"ESS = {self.ess:.1f}; marginal {{{shown}}}")
+
+    def __repr__(self) -> str:
+        return f"Result({self.summary()})"
