@@ -32,13 +32,15 @@ class ParticlePopulation:
         self.log_w = np.zeros(n)
         self.eff = np.zeros(n)
         self.next_id = n
+        self.resume: list[int | None] = list(range(n))
+        """The stream whose suspended execution particle i may continue (None: replay its trace)."""
 
     def running(self) -> list[int]:
         return [i for i, s in enumerate(self.segments) if s is None or s.status == "running"]
 
     def tasks(self, indices: list[int], stop_at: int | None) -> list[SegmentTask]:
         return [SegmentTask(stream=self.ids[i], prefix=None if self.segments[i] is None else self.segments[i].trace,
-                            stop_at=stop_at) for i in indices]
+                            stop_at=stop_at, continue_from=self.resume[i]) for i in indices]
 
     def update(self, indices: list[int], segments: list[Segment]) -> np.ndarray:
         """Store new segments and add their weight increments; return the increments (per index)."""
@@ -58,6 +60,11 @@ class ParticlePopulation:
         self.segments = [self.segments[a] for a in ancestors]
         self.eff = self.eff[ancestors]
         self.parents = [self.ids[a] for a in ancestors]
+        claimed: set[int] = set()
+        self.resume = []
+        for parent in self.parents:  # the first offspring of each parent may continue its execution
+            self.resume.append(None if parent in claimed else parent)
+            claimed.add(parent)
         self.ids = list(range(self.next_id, self.next_id + self.n))
         self.next_id += self.n
         self.log_w = np.full(self.n, mean)
@@ -119,6 +126,7 @@ class SMC(Policy):
             prefixes = [0 if s is None else len(s.trace) for s in pop.segments]
             segments = await ctx.advance(runner, pop.tasks(running, stop_at=step))
             increments = pop.update(running, segments)
+            pop.resume = list(pop.ids)
             moved: list[Segment | None] = [None] * pop.n
             for i, seg in zip(running, segments):
                 moved[i] = seg

@@ -10,6 +10,7 @@ by-product of sampling and cannot be recomputed cheaply afterwards.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
@@ -82,53 +83,58 @@ class Categorical(Distribution):
 
     def __init__(self, values: Sequence[Any], probs: Sequence[float] | None = None,
                  logits: Sequence[float] | None = None) -> None:
-        values = list(values)
+        values = tuple(values)
         if not values:
             raise InvalidDistributionError("Categorical needs a non-empty list of values (the support is empty)")
         if probs is not None and logits is not None:
             raise InvalidDistributionError("Categorical takes 'probs' or 'logits', not both")
-        self.values = tuple(values)
+        self.values = values
         self._log_probs = self._normalised_log_probs(len(values), probs, logits)
-        self._probs = np.exp(self._log_probs)
-        cdf = np.cumsum(self._probs)
-        cdf[-1] = 1.0
-        self._cdf = cdf.tolist()
-        self._index: dict[Hashable, int] = {}
-        for i, v in enumerate(self.values):
-            k = _key(v)
-            if k in self._index:
-                raise InvalidDistributionError(f"Categorical values must be distinct; {v!r} appears twice")
-            self._index[k] = i
+        self._probs = [math.exp(lp) for lp in self._log_probs]
+        self._cdf: list[float] | None = None
+        self._index: dict[Hashable, int] | None = None
+        if len(values) <= 64:  # small supports: check distinctness now (large ones lazily)
+            self._lookup()
+
+    def _lookup(self) -> dict[Hashable, int]:
+        if self._index is None:
+            index: dict[Hashable, int] = {}
+            for i, v in enumerate(self.values):
+                k = _key(v)
+                if k in index:
+                    raise InvalidDistributionError(f"Categorical values must be distinct; {v!r} appears twice")
+                index[k] = i
+            self._index = index
+        return self._index
 
     @staticmethod
-    def _normalised_log_probs(n: int, probs: Sequence[float] | None, logits: Sequence[float] | None) -> np.ndarray:
+    def _normalised_log_probs(n: int, probs: Sequence[float] | None, logits: Sequence[float] | None) -> list[float]:
+        """log p as a list, validated (pure Python: building small categoricals inside a program must
+        cost microseconds, not a numpy round trip)."""
         if probs is None and logits is None:
-            return np.full(n, -math.log(n))
+            return [-math.log(n)] * n
         if probs is not None:
-            p = np.asarray(probs, dtype=float)
-            if p.shape != (n,):
-                raise InvalidDistributionError(f"Categorical got {n} values but probs of shape {p.shape}")
-            if not np.all(np.isfinite(p)):
-                raise InvalidDistributionError(f"Categorical probs must be finite, got {p.tolist()}")
-            if np.any(p < 0):
-                bad = int(np.argmin(p))
-                raise InvalidDistributionError(f"Categorical probs must be non-negative; probs[{bad}] = {p[bad]}")
-            total = float(p.sum())
+            p = _as_floats(probs, n, "probs")
+            for i, pi in enumerate(p):
+                if not math.isfinite(pi):
+                    raise InvalidDistributionError(f"Categorical probs must be finite; probs[{i}] = {pi!r}")
+                if pi < 0:
+                    raise InvalidDistributionError(f"Categorical probs must be non-negative; probs[{i}] = {pi!r}")
+            total = math.fsum(p)
             if abs(total - 1.0) > _PROB_TOLERANCE:
                 raise InvalidDistributionError(
                     f"Categorical probs must sum to 1 (within {_PROB_TOLERANCE}), they sum to {total!r}; "
                     "pass logits= for unnormalised weights")
-            with np.errstate(divide="ignore"):
-                return np.log(p / total)
-        lg = np.asarray(logits, dtype=float)
-        if lg.shape != (n,):
-            raise InvalidDistributionError(f"Categorical got {n} values but logits of shape {lg.shape}")
-        if np.any(np.isnan(lg)) or np.any(lg == math.inf):
-            raise InvalidDistributionError(f"Categorical logits must not be NaN or +inf, got {lg.tolist()}")
-        top = lg.max()
+            return [math.log(pi / total) if pi > 0 else -math.inf for pi in p]
+        lg = _as_floats(logits, n, "logits")
+        for i, li in enumerate(lg):
+            if math.isnan(li) or li == math.inf:
+                raise InvalidDistributionError(f"Categorical logits must not be NaN or +inf; logits[{i}] = {li!r}")
+        top = max(lg)
         if top == -math.inf:
             raise InvalidDistributionError("Categorical logits are all -inf: the distribution has no mass")
-        return lg - (top + math.log(np.exp(lg - top).sum()))
+        log_norm = top + math.log(math.fsum(math.exp(li - top) for li in lg))
+        return [li - log_norm for li in lg]
 
     @property
     def support(self) -> tuple[Any, ...]:
@@ -136,24 +142,27 @@ class Categorical(Distribution):
 
     @property
     def probs(self) -> np.ndarray:
-        return self._probs.copy()
+        return np.array(self._probs)
 
     def sample(self, rng: SiteRandom) -> Any:
-        i = bisect.bisect_right(self._cdf, rng.random())
-        i = min(i, len(self.values) - 1)
+        cdf = self._cdf
+        if cdf is None:
+            cdf = self._cdf = list(itertools.accumulate(self._probs))
+            cdf[-1] = 1.0
+        i = min(bisect.bisect_right(cdf, rng.random()), len(self.values) - 1)
         while self._probs[i] == 0.0:  # never land on a zero-probability value
             i -= 1
         return self.values[i]
 
     def log_prob(self, value: Any) -> float:
-        i = self._index.get(_key(value))
-        return -math.inf if i is None else float(self._log_probs[i])
+        i = self._lookup().get(_key(value))
+        return -math.inf if i is None else self._log_probs[i]
 
     def describe(self) -> str:
         return f"Categorical({len(self.values)})"
 
     def __repr__(self) -> str:
-        return f"Categorical(values={list(self.values)!r}, probs={np.round(self._probs, 6).tolist()})"
+        return f"Categorical(values={list(self.values)!r}, probs={[round(p, 6) for p in self._probs]})"
 
 
 class Uniform(Categorical):
@@ -205,3 +214,17 @@ class Delta(Distribution):
 
     def __repr__(self) -> str:
         return f"Delta({self.value!r})"
+
+
+def _as_floats(xs: Sequence[float], n: int, what: str) -> list[float]:
+    if isinstance(xs, np.ndarray):
+        if xs.shape != (n,):
+            raise InvalidDistributionError(f"Categorical got {n} values but {what} of shape {xs.shape}")
+        return [float(x) for x in xs]
+    try:
+        out = [float(x) for x in xs]
+    except (TypeError, ValueError) as exc:
+        raise InvalidDistributionError(f"Categorical {what} must be numbers: {exc}") from exc
+    if len(out) != n:
+        raise InvalidDistributionError(f"Categorical got {n} values but {len(out)} {what}")
+    return out

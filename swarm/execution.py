@@ -18,11 +18,14 @@ the framework's own (`SwarmError`: NaN potentials, duplicate sites, non-determin
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
+
+import greenlet
 
 from swarm.errors import SwarmError
 from swarm.handlers import replay, scale, seed, trace
@@ -56,6 +59,8 @@ class Engine(trace):
         self.site: str | None = None
         self.tokens = 0
         self.llm_calls = 0
+        self.live = False
+        """Live mode: at `stop_at`, switch back to the coordinator's greenlet instead of unwinding."""
         self._pending = False
 
     def postprocess_message(self, msg: Message) -> None:
@@ -89,7 +94,10 @@ class Engine(trace):
         self.sync_count += 1
         self.site = site
         if self.stop_at is not None and self.sync_count >= self.stop_at:
-            raise _Suspend(site)
+            if self.live:
+                greenlet.getcurrent().parent.switch(_SUSPENDED)
+            else:
+                raise _Suspend(site)
 
 
 def _kills(msg: Message) -> bool:
@@ -138,11 +146,20 @@ def current_twist(trace_: Trace) -> float:
 
 @dataclass
 class SegmentTask:
-    """Advance one particle: replay `prefix` and run to sync point `stop_at` (None: to the end)."""
+    """Advance one particle: replay `prefix` and run to sync point `stop_at` (None: to the end).
+
+    `continue_from` names the stream whose suspended execution (if the runtime kept one alive and
+    it stands exactly at `prefix`) may be continued instead of replaying the prefix: the particle's
+    own id when it was not resampled, its parent's id for the first offspring of each parent.
+    """
 
     stream: int | str
     prefix: Trace | None = None
     stop_at: int | None = None
+    continue_from: int | str | None = None
+
+
+_SUSPENDED = object()
 
 
 def _program_name(program: Callable[..., Any]) -> str:
@@ -175,6 +192,7 @@ class SegmentRunner:
         self.is_async = inspect.iscoroutinefunction(program) or inspect.iscoroutinefunction(
             getattr(program, "__call__", None))
         self.name = _program_name(program)
+        self.live: dict[int | str, LiveExecution] = {}
 
     def _handlers(self, task: SegmentTask) -> tuple[Engine, replay | None, list[Handler]]:
         engine = Engine(task.stop_at, kill=self.kill)
@@ -214,6 +232,28 @@ class SegmentRunner:
             except BaseException as exc:  # noqa: BLE001
                 return self._ended(engine, rp, exc, started)
 
+    def run_batch_sync(self, tasks: list[SegmentTask]) -> list[Segment]:
+        """Run segments of a plain program, continuing suspended executions where possible.
+
+        Executions suspended at the end of the previous batch are kept alive in greenlets; a task
+        whose `continue_from` names one continues it (O(new work)), any other task replays its
+        prefix in a fresh execution. Executions no task claimed are dropped (and unwound).
+        """
+        previous, self.live = self.live, {}
+        out = []
+        for task in tasks:
+            if task.stop_at is None:
+                out.append(self.run_sync(task))
+                continue
+            execution = previous.pop(task.continue_from, None) if task.continue_from is not None else None
+            if execution is None or not execution.stands_at(task):
+                execution = LiveExecution(self, task)
+            seg = execution.advance(task.stream, task.stop_at)
+            if seg.status == "running":
+                self.live[task.stream] = execution
+            out.append(seg)
+        return out
+
     def _ended(self, engine: Engine, rp: replay | None, exc: BaseException, started: int) -> Segment:
         if isinstance(exc, _Suspend):
             return self._finish(engine, rp, "running", None, started)
@@ -232,6 +272,58 @@ class SegmentRunner:
     def _finish(self, engine: Engine, rp: replay | None, status: Status, value: Any, started: int) -> Segment:
         if rp is not None:
             rp.check_consumed()
-        return Segment(trace=engine.trace, status=status, value=value, sync_count=engine.sync_count,
+        recorded = engine.trace
+        if engine.live:  # the execution goes on mutating its trace: hand out a snapshot
+            recorded = Trace.model_construct(events=list(recorded.events))
+        return Segment(trace=recorded, status=status, value=value, sync_count=engine.sync_count,
                        site=engine.site, started_ns=started, ended_ns=time.time_ns(),
                        tokens=engine.tokens, llm_calls=engine.llm_calls)
+
+
+class LiveExecution:
+    """One execution of a plain program kept alive between steps in its own greenlet.
+
+    At its `stop_at`-th sync point the engine switches back to the coordinator instead of unwinding
+    the stack; `advance` switches in again to run to the next one. A copy of the particle made by
+    resampling cannot share this live stack, so it gets a fresh execution that replays the trace.
+    The seed handler's stream is updated on every advance, so the draws after a resampling are those
+    of the particle's new id, exactly as when replaying: live continuation changes cost, not results.
+    """
+
+    def __init__(self, runner: SegmentRunner, task: SegmentTask) -> None:
+        self.runner = runner
+        self.engine, self.replayer, self.handlers = runner._handlers(task)
+        self.engine.live = True
+        self.seed_handler = self.handlers[1]
+        self.greenlet = greenlet.greenlet(self._body)
+        self.greenlet.gr_context = contextvars.Context()
+
+    def stands_at(self, task: SegmentTask) -> bool:
+        prefix_len = 0 if task.prefix is None else len(task.prefix)
+        return (self.engine.sync_count + 1 == task.stop_at and len(self.engine.trace.events) == prefix_len
+                and not self.greenlet.dead)
+
+    def _body(self) -> tuple[str, Any]:
+        with _installed(self.handlers):
+            try:
+                value = self.runner.program(*self.runner.args, **self.runner.kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the coordinator to classify
+                if isinstance(exc, greenlet.GreenletExit):
+                    raise
+                return ("raised", exc)
+        if inspect.isawaitable(value):
+            return ("raised", TypeError(f"{self.runner.name} returned an awaitable: declare it `async def`"))
+        return ("finished", value)
+
+    def advance(self, stream: int | str, stop_at: int) -> Segment:
+        self.seed_handler.stream = stream
+        engine = self.engine
+        engine.stop_at, engine.tokens, engine.llm_calls = stop_at, 0, 0
+        started = time.time_ns()
+        outcome = self.greenlet.switch()
+        if outcome is _SUSPENDED:
+            return self.runner._finish(engine, self.replayer, "running", None, started)
+        kind, payload = outcome
+        if kind == "finished":
+            return self.runner._finish(engine, self.replayer, "finished", payload, started)
+        return self.runner._ended(engine, self.replayer, payload, started)

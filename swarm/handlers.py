@@ -34,19 +34,17 @@ def event_from_message(msg: Message) -> Any:
     """Build the trace event of a processed message (built without re-validation: the primitives
     validated the values already)."""
     if msg.type == "sample":
-        return SampleEvent.model_construct(
-            address=msg.name, value=msg.value, log_prob=float(msg.log_prob),
-            target_log_prob=None if msg.target_log_prob is None else float(msg.target_log_prob),
-            dist=msg.fn.describe(), info=msg.info or {}, type="sample")
+        return SampleEvent(address=msg.name, value=msg.value, log_prob=float(msg.log_prob),
+                           target_log_prob=None if msg.target_log_prob is None else float(msg.target_log_prob),
+                           dist=msg.fn.describe(), info=msg.info or {})
     if msg.type == "factor":
-        return FactorEvent.model_construct(address=msg.name, log_potential=msg.value, shaping=msg.shaping,
-                                           scale=msg.scale, type="factor")
+        return FactorEvent(address=msg.name, log_potential=msg.value, shaping=msg.shaping, scale=msg.scale)
     if msg.type == "guarantee":
-        return GuaranteeEvent.model_construct(address=msg.name, satisfied=msg.value, scale=1.0, type="guarantee")
+        return GuaranteeEvent(address=msg.name, satisfied=msg.value)
     if msg.type == "interact":
         a = msg.args or {}
-        return InteractEvent.model_construct(address=msg.name, sender=a["sender"], receiver=a["receiver"],
-                                             content=msg.value, kind=a["kind"], info=a["info"], type="interact")
+        return InteractEvent(address=msg.name, sender=a["sender"], receiver=a["receiver"],
+                             content=msg.value, kind=a["kind"], info=a["info"])
     raise ValueError(f"no event for message type {msg.type!r}")
 
 
@@ -55,7 +53,7 @@ class trace(Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.trace = Trace()
+        self.trace = Trace.model_construct(events=[])
         self._addresses: set[str] = set()
 
     def postprocess_message(self, msg: Message) -> None:
@@ -70,8 +68,7 @@ class trace(Handler):
         self.trace.events.append(event_from_message(msg))
 
     def record_error(self, address: str, exc: BaseException) -> None:
-        self.trace.events.append(ErrorEvent.model_construct(
-            address=address, error_type=type(exc).__name__, message=str(exc)[:2000], type="error"))
+        self.trace.events.append(ErrorEvent(address=address, error_type=type(exc).__name__, message=str(exc)[:2000]))
 
 
 class replay(Handler):

@@ -43,7 +43,7 @@ class LocalRuntime(Runtime):
 
     async def run_segments(self, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
         if not runner.is_async:
-            return [runner.run_sync(task) for task in tasks]
+            return runner.run_batch_sync(tasks)
         if self.max_concurrency is None or self.max_concurrency >= len(tasks):
             return list(await asyncio.gather(*(runner.run(task) for task in tasks)))
         gate = asyncio.Semaphore(self.max_concurrency)
