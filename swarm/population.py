@@ -170,7 +170,7 @@ class EvidenceAccumulator:
     exp(logmeanexp(W_t)) = Π_{epochs e} mean_i(Π_{s ∈ e} G_s,i), the product over resampling epochs
     of the mean incremental weight since the last resampling.
 
-    Unbiasedness (Del Moral 2004, Thm 7.4.2): if each resampling is unbiased, i.e. the expected
+    Unbiasedness (Del Moral 2004, Feynman-Kac Formulae, ch. 7): if each resampling is unbiased, i.e. the expected
     offspring count of particle i is N·w̄_i (true of every scheme in `swarm.resampling`), then
     E[Ẑ] = Z exactly, for any N ≥ 1 and any resampling schedule. The log is concave, so by Jensen
     E[log Ẑ] ≤ log E[Ẑ] = log Z: the reported log evidence is biased *low*, by about Var(Ẑ)/(2Z²)

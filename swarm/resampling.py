@@ -21,9 +21,10 @@ so marginally systematic ≤ {stratified, residual} ≤ multinomial.
 
 Implementation: inverse-CDF lookup of sorted points u_j ∈ [0, 1) with
 ``np.searchsorted(cdf, u, side="right")``: particle i is chosen iff cdf_{i−1} ≤ u < cdf_i, an empty
-interval when w_i = 0, so a zero-weight particle is never chosen. The cumulative sum is divided by
-its last entry and every entry from the last positive weight on is set to exactly 1.0, so floating
-drift can neither leave a gap at the top nor give a trailing zero-weight particle mass.
+interval when w_i = 0, so a zero-weight particle is never chosen (side="right" matters at u = 0
+with leading zeros). The cumulative sum is divided by its last entry, so every entry from the last
+positive weight on is exactly 1.0: floating drift can neither leave a gap at the top nor give a
+trailing zero-weight particle mass; a point that rounds up to 1.0 goes to the last live particle.
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ def _check_weights(weights: np.ndarray, n: int | None) -> tuple[np.ndarray, int]
 
 
 def _cdf(w: np.ndarray) -> tuple[np.ndarray, int]:
-    """Cumulative sum with the drift guard; also return the index of the last positive weight."""
+    """Cumulative sum with the drift guard; also return the index of the last positive weight.
+
+    Dividing by the last entry makes cdf_i == 1.0 exactly for every i ≥ last (those entries equal
+    cdf[-1] bit for bit, since adding 0.0 is exact), whatever the drift of the sum."""
     cdf = np.cumsum(w)
     cdf /= cdf[-1]
     last = int(np.flatnonzero(w > 0)[-1])
-    cdf[last:] = 1.0
     return cdf, last
 
 
