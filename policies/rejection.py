@@ -40,7 +40,9 @@ class Rejection(Policy):
 
     num_samples: int = Field(1000, gt=0)
     max_attempts: int = Field(1_000_000, gt=0)
-    batch_size: int = Field(1024, gt=0)
+    batch_size: int = Field(4096, gt=0)
+    """The largest batch of draws run at once; batches start small and grow with the observed
+    acceptance rate, so a run needing few samples makes few draws."""
 
     @model_validator(mode="after")
     def _attempts_cover_samples(self) -> "Rejection":
@@ -48,13 +50,20 @@ class Rejection(Policy):
             raise ValueError(f"max_attempts ({self.max_attempts}) must be ≥ num_samples ({self.num_samples})")
         return self
 
+    def _next_batch(self, accepted: int, attempts: int) -> int:
+        """Enough draws to finish at the acceptance rate seen so far (+50%), within the limits."""
+        missing = self.num_samples - accepted
+        rate = (accepted + 1) / (attempts + 2)  # Laplace's rule: never 0
+        wanted = max(missing, int(1.5 * missing / rate) + 1)
+        return max(1, min(wanted, self.batch_size, self.max_attempts - attempts))
+
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_samples)
         runner = ctx.runner(args, kwargs)
         accepted: list[tuple[int, Segment]] = []
         attempts = 0
         while len(accepted) < self.num_samples and attempts < self.max_attempts:
-            size = min(self.batch_size, self.max_attempts - attempts)
+            size = self._next_batch(len(accepted), attempts)
             batch = await run_independent(ctx, runner, size, first_stream=attempts)
             for seg in batch:
                 attempts += 1

@@ -182,11 +182,16 @@ class Bernoulli(Categorical):
         p = float(p)
         if not (0.0 <= p <= 1.0) or math.isnan(p):
             raise InvalidDistributionError(f"Bernoulli p must lie in [0, 1], got {p!r}")
-        super().__init__([True, False], probs=[p, 1.0 - p])
+        # built directly (no generic validation): Bernoullis are created inside hot program loops
         self.p = p
+        self.values = (True, False)
+        self._probs = [p, 1.0 - p]
+        self._log_probs = [math.log(p) if p > 0 else -math.inf, math.log1p(-p) if p < 1 else -math.inf]
+        self._cdf = None
+        self._index = {True: 0, False: 1}
 
     def describe(self) -> str:
-        return f"Bernoulli({self.p:g})"
+        return "Bernoulli"
 
     def __repr__(self) -> str:
         return f"Bernoulli(p={self.p!r})"

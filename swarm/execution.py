@@ -62,6 +62,11 @@ class Engine(trace):
         self.live = False
         """Live mode: at `stop_at`, switch back to the coordinator's greenlet instead of unwinding."""
         self._pending = False
+        self.log_weight = 0.0
+        """log w of the trace so far: scaled target factors, guarantees, and log p − log q of sites
+        drawn from a proposal other than their distribution (kept incrementally: O(1) a statement)."""
+        self.twist = 0.0
+        """The current shaping factor (the last one met), which the next one replaces."""
 
     def postprocess_message(self, msg: Message) -> None:
         super().postprocess_message(msg)
@@ -70,10 +75,12 @@ class Engine(trace):
             if not msg.replayed and msg.info:
                 self._count_usage(msg.info)
             if msg.target_log_prob is not None:
+                self.log_weight += msg.target_log_prob - msg.log_prob
                 if msg.target_log_prob == -math.inf and self.kill:
                     raise Killed(msg.name)
                 self._pending = True
         elif kind == "factor" or kind == "guarantee":
+            self._weigh(msg)
             if self.kill and _kills(msg):
                 raise Killed(msg.name)
             if msg.plates:
@@ -82,6 +89,15 @@ class Engine(trace):
                 self._sync(msg.name)
         elif kind == "sync" and not msg.plates and self._pending:
             self._sync(msg.name)
+
+    def _weigh(self, msg: Message) -> None:
+        if msg.type == "guarantee":
+            if not msg.value:
+                self.log_weight = -math.inf
+        elif msg.shaping:
+            self.twist = msg.scale * msg.value
+        elif msg.scale != 0.0:  # Φ^0 = 1, even where Φ = 0
+            self.log_weight += msg.scale * msg.value
 
     def _count_usage(self, info: dict[str, Any]) -> None:
         usage = info.get("usage")
@@ -120,6 +136,10 @@ class Segment:
     ended_ns: int = 0
     tokens: int = 0
     llm_calls: int = 0
+    target_log_weight: float = 0.0
+    """log w(τ) of the trace so far (equal to `trace.log_weight`, kept incrementally)."""
+    twist: float = 0.0
+    """The current shaping factor (equal to `current_twist(trace)`)."""
 
     @property
     def finished(self) -> bool:
@@ -130,9 +150,9 @@ class Segment:
         is still running, its current twist (the last shaping factor), which telescopes away."""
         if self.status in ("dead", "failed"):
             return -math.inf
-        lw = self.trace.log_weight
+        lw = self.target_log_weight
         if self.status == "running" and lw > -math.inf:
-            lw += current_twist(self.trace)
+            lw += self.twist
         return lw
 
 
@@ -274,10 +294,11 @@ class SegmentRunner:
             rp.check_consumed()
         recorded = engine.trace
         if engine.live:  # the execution goes on mutating its trace: hand out a snapshot
-            recorded = Trace.model_construct(events=list(recorded.events))
+            recorded = Trace(list(recorded.events))
         return Segment(trace=recorded, status=status, value=value, sync_count=engine.sync_count,
                        site=engine.site, started_ns=started, ended_ns=time.time_ns(),
-                       tokens=engine.tokens, llm_calls=engine.llm_calls)
+                       tokens=engine.tokens, llm_calls=engine.llm_calls,
+                       target_log_weight=engine.log_weight, twist=engine.twist)
 
 
 class LiveExecution:

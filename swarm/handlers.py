@@ -53,7 +53,7 @@ class trace(Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.trace = Trace.model_construct(events=[])
+        self.trace = Trace([])
         self._addresses: set[str] = set()
 
     def postprocess_message(self, msg: Message) -> None:

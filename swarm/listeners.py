@@ -69,6 +69,11 @@ class StepRecord(BaseModel):
     run_id: str
     step: int
     particles: list[ParticleStep]
+    """The particles that moved in this step (finished particles waiting for the others do not)."""
+    log_weights: list[float] = Field(default_factory=list)
+    """The whole population's log weights after this step, before any resampling, by index."""
+    particle_ids: list[int] = Field(default_factory=list)
+    """The whole population's particle ids before any resampling, by index."""
     ess: float
     log_evidence: float
     """Running estimate of log Z after this step (the evidence accumulated so far)."""

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Iterator, Literal, Union
 
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, TypeAdapter
 
 
 def _event(cls):
@@ -112,14 +112,17 @@ Event = Annotated[
 WEIGHTING_TYPES = ("factor", "guarantee")
 
 
-class Trace(BaseModel):
-    """The events of one execution, in program order."""
+@dataclass(slots=True)
+class Trace:
+    """The events of one execution, in program order.
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    A slotted dataclass (a snapshot costs a list copy); pydantic validates and serialises it inside
+    any model that holds it, or directly through `TRACE_ADAPTER`.
+    """
 
-    events: list[Event] = Field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.events)
 
     def __len__(self) -> int:
@@ -185,3 +188,7 @@ class Trace(BaseModel):
             if e.type == "error":
                 return f"{e.address} raised {e.error_type}"
         return None
+
+
+TRACE_ADAPTER: TypeAdapter[Trace] = TypeAdapter(Trace)
+"""`TRACE_ADAPTER.dump_json(trace)` / `TRACE_ADAPTER.validate_json(text)` for a trace on its own."""
