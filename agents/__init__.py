@@ -1,1 +1,30 @@
-"""Agents and what they talk to: agent definitions, LLM backends, tools, the Ray actor host."""
+"""Agents and what they talk to: agent definitions, LLM backends, tools, structured output, hosting.
+
+    from agents import Agent, tool, OpenAICompatible, LlamaCpp
+"""
+
+from agents.agent import Agent
+from agents.backends import (
+    Backend,
+    BackendError,
+    ChatMessage,
+    Completion,
+    GenerationRequest,
+    GenerationSettings,
+)
+from agents.cache import ResponseCache
+from agents.generation import Generation, GenerationError
+from agents.hosting import default_backend
+from agents.tools import Tool, tool
+
+__all__ = ["Agent", "Backend", "BackendError", "ChatMessage", "Completion", "GenerationRequest",
+           "GenerationSettings", "Generation", "GenerationError", "ResponseCache", "Tool", "tool",
+           "default_backend", "LlamaCpp", "OpenAICompatible", "Scripted"]
+
+
+def __getattr__(name: str):
+    if name in ("LlamaCpp", "OpenAICompatible", "Scripted"):
+        import agents.backends as backends
+
+        return getattr(backends, name)
+    raise AttributeError(name)

@@ -26,6 +26,7 @@ from swarm.listeners import Broadcaster, ParticleStep, RunFinished, RunStarted, 
 from swarm.population import ess as population_ess
 from swarm.population import normalized_weights
 from swarm.result import Diagnostics, Result
+from swarm.runtime import new_run_scope
 from swarm.runtimes import Runtime, make_runtime
 
 
@@ -206,7 +207,7 @@ class Policy(BaseModel, abc.ABC):
         ctx = RunContext(self, program, runtime)
         await runtime.start()
         try:
-            with _relaxed_gc():
+            with _relaxed_gc(), new_run_scope():
                 result = await self._run(ctx, args, kwargs)
         except BaseException as exc:
             ctx.emit_end(None, exc)

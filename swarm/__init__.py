@@ -5,6 +5,7 @@
 
 from swarm.distributions import Bernoulli, Categorical, Delta, Distribution, Draw, Uniform
 from swarm.errors import (
+    AsyncInPlainProgramError,
     BudgetExhausted,
     DuplicateSiteError,
     EnumerationError,
@@ -16,7 +17,7 @@ from swarm.errors import (
     SwarmError,
 )
 from swarm.listeners import RunListener, add_listener, remove_listener
-from swarm.primitives import factor, guarantee, interact, plate, sample
+from swarm.primitives import auto_name, factor, guarantee, interact, plate, sample
 from swarm.result import Particle, Result
 from swarm.trace import (
     ErrorEvent,
@@ -30,10 +31,10 @@ from swarm.trace import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "sample", "factor", "guarantee", "plate", "interact",
+    "sample", "factor", "guarantee", "plate", "interact", "auto_name",
     "Distribution", "Draw", "Categorical", "Bernoulli", "Delta", "Uniform",
     "Trace", "SampleEvent", "FactorEvent", "GuaranteeEvent", "InteractEvent", "ErrorEvent",
     "Particle", "Result", "RunListener", "add_listener", "remove_listener",
-    "SwarmError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
+    "SwarmError", "AsyncInPlainProgramError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
     "NondeterminismError", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
 ]

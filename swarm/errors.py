@@ -34,6 +34,10 @@ class NondeterminismError(SwarmError):
     """
 
 
+class AsyncInPlainProgramError(SwarmError, TypeError):
+    """A plain `def` program sampled an asynchronous distribution (an LLM generation)."""
+
+
 class EnumerationError(SwarmError):
     """`Enumerate` met a site whose distribution has no finite support (an LLM generation, say)."""
 

@@ -216,6 +216,7 @@ class SegmentRunner:
 
     def _handlers(self, task: SegmentTask) -> tuple[Engine, replay | None, list[Handler]]:
         engine = Engine(task.stop_at, kill=self.kill)
+        engine.plain_program = not self.is_async
         handlers: list[Handler] = [engine, seed(self.seed, task.stream)]
         if self.beta is not None:
             handlers.append(scale(self.beta))

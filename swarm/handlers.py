@@ -55,9 +55,16 @@ class trace(Handler):
         super().__init__()
         self.trace = Trace([])
         self._addresses: set[str] = set()
+        self._name_counts: dict[str, int] = {}
+
+    def process_message(self, msg: Message) -> None:
+        if msg.type == "name":  # auto_name: count per (plate-prefixed) base name in this execution
+            n = self._name_counts.get(msg.name, 0)
+            self._name_counts[msg.name] = n + 1
+            msg.value = n
 
     def postprocess_message(self, msg: Message) -> None:
-        if msg.type == "sync":
+        if msg.type == "sync" or msg.type == "name":
             return
         if msg.type in _SITE_TYPES:
             if msg.name in self._addresses:

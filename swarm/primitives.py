@@ -24,10 +24,10 @@ from typing import Any, Callable
 import numpy as np
 
 from swarm.distributions import Distribution
-from swarm.errors import InvalidPotentialError
-from swarm.runtime import Handler, Message, apply_stack, apply_stack_async
+from swarm.errors import AsyncInPlainProgramError, InvalidPotentialError
+from swarm.runtime import UNSET, Handler, Message, active_handlers, apply_stack, apply_stack_async
 
-__all__ = ["sample", "factor", "guarantee", "plate", "interact"]
+__all__ = ["sample", "factor", "guarantee", "plate", "interact", "auto_name"]
 
 
 def _check_name(name: Any, primitive: str) -> str:
@@ -82,6 +82,10 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
         raise TypeError(f"sample {name!r}: proposal must be a swarm Distribution, got {type(proposal).__name__}")
     msg = Message("sample", name, fn=dist, proposal=proposal)
     if dist.is_async or (proposal is not None and proposal.is_async):
+        if any(getattr(h, "plain_program", False) for h in active_handlers()):
+            raise AsyncInPlainProgramError(
+                f"sample {name!r}: {dist.describe()} is asynchronous (an LLM generation); declare the program "
+                f"`async def` and write `await sample({name!r}, ...)`")
         return _await_value(apply_stack_async(msg))
     return apply_stack(msg).value
 
@@ -119,6 +123,24 @@ def interact(sender: str, receiver: str, content: Any, *, kind: str = "message",
                         args={"sender": sender, "receiver": receiver, "kind": kind, "info": info or {}}))
 
 
+_fallback_counts: dict[str, int] = {}
+
+
+def auto_name(base: str) -> str:
+    """A site name `base#n` that is unique and deterministic within one execution: n counts the
+    earlier `auto_name(base)` calls of this execution in the same plate replica, so replaying the
+    program yields the same names. (Concurrent calls with the same base inside one replica race for
+    n: give those explicit names.) Outside any policy, a process-wide counter is used."""
+    _check_name(base, "auto_name")
+    msg = apply_stack(Message("name", base))
+    if msg.value is UNSET:
+        n = _fallback_counts.get(base, 0)
+        _fallback_counts[base] = n + 1
+    else:
+        n = msg.value
+    return f"{base}#{n}"
+
+
 class _PlateScope(Handler):
     """Prefixes the addresses of the sites inside replica i of a plate: `name[i]/site`."""
 
@@ -128,7 +150,7 @@ class _PlateScope(Handler):
         self.plate = plate
 
     def process_message(self, msg: Message) -> None:
-        if msg.type in ("sample", "factor", "guarantee", "interact", "sync"):
+        if msg.type in ("sample", "factor", "guarantee", "interact", "sync", "name"):
             msg.name = f"{self.prefix}/{msg.name}"
             msg.plates = (self.plate, *msg.plates)
 

@@ -17,6 +17,28 @@ from typing import Any
 from swarm.randomness import SiteRandom, UnseededRandom
 
 _STACK: contextvars.ContextVar[tuple["Handler", ...]] = contextvars.ContextVar("swarm_handler_stack", default=())
+_RUN_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("swarm_run_scope", default=None)
+_PROCESS_SCOPE: dict[str, Any] = {}
+
+
+def run_scope() -> dict[str, Any]:
+    """A scratch dictionary shared by everything that runs inside the current policy run (outside
+    any run: one process-wide dictionary). Layers above the core keep per-run state here, e.g. the
+    agents' response cache, without the core knowing about them."""
+    scope = _RUN_SCOPE.get()
+    return _PROCESS_SCOPE if scope is None else scope
+
+
+class new_run_scope:
+    """Context manager giving the code inside it a fresh `run_scope()`."""
+
+    def __enter__(self) -> dict[str, Any]:
+        self._scope: dict[str, Any] = {}
+        self._token = _RUN_SCOPE.set(self._scope)
+        return self._scope
+
+    def __exit__(self, *exc: Any) -> None:
+        _RUN_SCOPE.reset(self._token)
 
 
 class _Unset:

@@ -1,0 +1,176 @@
+"""`Agent`: a role (name, system prompt, backend, settings, tools, output schema) whose every call
+inside a program is recorded in the particle's trace.
+
+    writer = Agent(name="writer", system="You write short poems.")
+    critic = Agent(name="critic", system="Rate poems 1-10. Reply with the number only.")
+
+    async def program(topic):
+        poem = await writer.ask(f"A two-line poem about {topic}.")
+        score = await critic.ask(poem, sender="writer")
+        factor("critic", parse_score(score))
+        return poem
+
+Each `ask` records: an `interact` event (sender → agent, the prompt), one `sample` event per
+generation (the completion, log q under the proposal, token log-probs, usage, latency), the tool
+calls and results as `interact` events and point-mass sample sites, and the reply as an `interact`
+event (agent → sender). Agent state between calls lives in the program (e.g. a history list),
+hence in the trace: replaying a trace rebuilds it, so resampled particles never share it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agents.backends.base import Backend, ChatMessage, GenerationRequest, GenerationSettings
+from agents.generation import Generation
+from agents.structured import parse_output, response_format, schema_instructions
+from agents.tools import Tool, ToolExecution, parse_tool_calls, render_tool_calls, tools_prompt
+from swarm.primitives import auto_name, guarantee, interact, sample
+
+
+class Agent(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    name: str
+    system: str = ""
+    """The role: the system prompt of every conversation."""
+    backend: Backend | None = None
+    """None: the embedded SmolLM2-135M model through llama.cpp."""
+    settings: GenerationSettings = Field(default_factory=GenerationSettings)
+    tools: list[Tool] = Field(default_factory=list)
+    output_schema: type[BaseModel] | None = None
+    max_output_retries: int = Field(2, ge=0)
+    max_tool_rounds: int = Field(4, ge=0)
+    target: Literal["proposal", "base"] = "proposal"
+    """"proposal": the program's π is what the settings sample. "base": π uses the base model at
+    temperature 1, and completions drawn at another temperature are importance-weighted to it."""
+    hosting: Literal["auto", "local", "ray"] = "auto"
+    """"auto": on a Ray actor when Ray is initialised in this process (runtime="ray"), else local."""
+    replicas: int = Field(1, ge=1)
+    """Ray: the number of actors serving this role (a pool), never one per particle."""
+    max_concurrency: int = Field(8, ge=1)
+    """Ray: requests in flight per actor."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Ray: resources each actor asks for, e.g. {"num_gpus": 1} or a custom {"llm_node": 1}."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or "/" in value or "#" in value:
+            raise ValueError(f"agent name must be non-empty without '/' or '#', got {value!r}")
+        return value
+
+    # -- where generations run -------------------------------------------------------------------
+    def hosted_on_ray(self) -> bool:
+        if self.hosting == "local":
+            return False
+        if self.hosting == "ray":
+            return True
+        try:
+            import ray
+        except ImportError:  # pragma: no cover - ray is a dependency
+            return False
+        return ray.is_initialized()
+
+    def backend_name(self) -> str:
+        return self.backend.name if self.backend is not None else "llama_cpp"
+
+    # -- building requests -----------------------------------------------------------------------
+    def system_prompt(self) -> str:
+        parts = [self.system] if self.system else []
+        if self.tools:
+            parts.append(tools_prompt(self.tools))
+        if self.output_schema is not None:
+            parts.append(schema_instructions(self.output_schema))
+        return "\n\n".join(parts)
+
+    def conversation(self, prompt: str | None = None, history: list[ChatMessage] | None = None) -> list[ChatMessage]:
+        messages = []
+        if system := self.system_prompt():
+            messages.append(ChatMessage(role="system", content=system))
+        messages += list(history or [])
+        if prompt is not None:
+            messages.append(ChatMessage(role="user", content=prompt))
+        return messages
+
+    def generate(self, prompt: str | None = None, *, history: list[ChatMessage] | None = None,
+                 messages: list[ChatMessage] | None = None, raw_prompt: str | None = None,
+                 prefix: str = "", **settings: Any) -> Generation:
+        """A generation to `sample`: chat (`prompt`/`history`, or full `messages`) or raw completion
+        (`raw_prompt`), continuing `prefix`; keyword arguments override generation settings
+        (e.g. unit="word", max_tokens=8, temperature=0.7)."""
+        merged = self.settings.model_copy(update=settings) if settings else self.settings
+        if settings:
+            merged = GenerationSettings.model_validate(merged.model_dump())
+        if raw_prompt is not None:
+            request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged)
+        else:
+            request = GenerationRequest(messages=messages if messages is not None else self.conversation(prompt, history),
+                                        assistant_prefix=prefix, settings=merged,
+                                        tools=[t.openai_schema() for t in self.tools] or None,
+                                        response_format=response_format(self.output_schema) if self.output_schema else None)
+        return Generation(self, request, target=self.target)
+
+    # -- the call ----------------------------------------------------------------------------------
+    async def ask(self, prompt: str, *, name: str | None = None, history: list[ChatMessage] | None = None,
+                  sender: str = "user") -> Any:
+        """Send `prompt` from `sender`; return the reply (a validated object with an output schema).
+
+        With tools the agent may call them up to `max_tool_rounds` times. With an output schema an
+        invalid reply is retried up to `max_output_retries` times, then the particle fails a
+        `guarantee` named `<site>/valid_output` (recorded in its trace, not raised)."""
+        site = name or auto_name(self.name)
+        interact(sender, self.name, prompt, name=f"{site}/request")
+        messages = self.conversation(prompt, history)
+        text = await self._respond(site, messages)
+        reply: Any = text
+        if self.output_schema is not None:
+            reply = await self._structured(site, messages, text)
+        interact(self.name, sender, text, name=f"{site}/reply")
+        return reply
+
+    async def _generate_turn(self, site: str, messages: list[ChatMessage]) -> str:
+        text = await sample(site, self.generate(messages=messages))
+        return text
+
+    async def _respond(self, site: str, messages: list[ChatMessage]) -> str:
+        """Generate, running requested tools and feeding their results back, until a plain reply."""
+        turn_site = site
+        for round_ in range(self.max_tool_rounds + 1):
+            text = await self._generate_turn(turn_site, messages)
+            calls = parse_tool_calls(text) if self.tools else []
+            if not calls or round_ == self.max_tool_rounds:
+                return text
+            messages.append(ChatMessage(role="assistant", content=text))
+            for i, (tool_name, arguments) in enumerate(calls):
+                call_site = f"{turn_site}/call{i}"
+                interact(self.name, tool_name, arguments, kind="tool_call", name=call_site)
+                tool_ = next((t for t in self.tools if t.name == tool_name), None)
+                result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments))
+                interact(tool_name, self.name, result, kind="tool_result", name=f"{call_site}/result")
+                messages.append(ChatMessage(role="tool", content=result, name=tool_name))
+            turn_site = f"{site}/turn{round_ + 1}"
+        return text  # pragma: no cover - the loop always returns
+
+    async def _structured(self, site: str, messages: list[ChatMessage], text: str) -> Any:
+        assert self.output_schema is not None
+        for attempt in range(self.max_output_retries + 1):
+            obj, problem = parse_output(text, self.output_schema)
+            if obj is not None:
+                return obj
+            if attempt == self.max_output_retries:
+                break
+            messages = [*messages, ChatMessage(role="assistant", content=text),
+                        ChatMessage(role="user", content=f"That reply is invalid: {problem}. "
+                                                         "Reply again with only the corrected JSON object.")]
+            text = await self._generate_turn(f"{site}/retry{attempt + 1}", messages)
+        guarantee(f"{site}/valid_output", False)  # kills the particle; the run goes on
+        return None  # pragma: no cover - guarantee(False) ends the particle
+
+
+def native_tool_text(info: dict[str, Any], text: str) -> str:
+    """Append native tool calls (from a backend that supports them) to the text in protocol form."""
+    calls = info.get("tool_calls") or []
+    return (text + "\n" + render_tool_calls(calls)).strip() if calls else text

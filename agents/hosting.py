@@ -1,0 +1,86 @@
+"""Where an agent's generations are computed: a client per agent per run.
+
+`client_for(agent)` returns the client the current run uses for `agent`: a `LocalClient` around the
+agent's backend in this process (with the run's response cache), or — when the agent is hosted on
+Ray — a client that sends the request to the agent's Ray actor (see `agents.ray_hosting`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agents.backends.base import Backend, Completion, GenerationRequest
+from agents.cache import ResponseCache, request_key
+from swarm.runtime import run_scope
+
+if TYPE_CHECKING:
+    from agents.agent import Agent
+
+
+class Client(Protocol):
+    async def complete(self, request: GenerationRequest) -> Completion: ...
+
+
+class LocalClient:
+    """Calls a backend in this process, through a response cache."""
+
+    def __init__(self, backend: Backend, cache: ResponseCache) -> None:
+        self.backend = backend
+        self.cache = cache
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        key = request_key(self.backend.identity(), request)
+        return await self.cache.get_or_call(key, lambda: self.backend.complete(request))
+
+
+_default_backend: Backend | None = None
+
+
+def default_backend() -> Backend:
+    """The embedded default: SmolLM2-135M-Instruct through in-process llama.cpp (one per process)."""
+    global _default_backend
+    if _default_backend is None:
+        from agents.backends.llama_cpp import LlamaCpp
+
+        _default_backend = LlamaCpp()
+    return _default_backend
+
+
+def run_cache() -> ResponseCache:
+    """The response cache of the current run (one per policy run; process-wide outside runs)."""
+    return run_scope().setdefault("agents.cache", ResponseCache())
+
+
+def client_for(agent: "Agent") -> Client:
+    if agent.hosted_on_ray():
+        from agents.ray_hosting import ray_client_for
+
+        return ray_client_for(agent)
+    return LocalClient(agent.backend or default_backend(), run_cache())
+
+
+def completion_info(agent: "Agent", request: GenerationRequest, completion: Completion, started_ns: int,
+                    backend_name: str) -> dict[str, Any]:
+    """The metadata a generation's sample event carries (read by budgets and span exporters)."""
+    return {
+        "agent": agent.name,
+        "backend": completion.backend or backend_name,
+        "model": completion.model,
+        "usage": {"input_tokens": completion.usage.input_tokens, "output_tokens": completion.usage.output_tokens},
+        "latency_s": completion.latency_s or (time.time_ns() - started_ns) / 1e9,
+        "started_at_ns": started_ns,
+        "ended_at_ns": time.time_ns(),
+        "seed": request.seed,
+        "temperature": request.settings.temperature,
+        "unit": request.settings.unit,
+        "finish_reason": completion.finish_reason,
+        "tokens": list(completion.tokens),
+        "token_logprobs": list(completion.token_logprobs),
+        "log_prob": completion.log_prob,
+        "base_log_prob": completion.base_log_prob,
+        "prompt": [m.model_dump(exclude_none=True) for m in request.messages] if request.messages is not None
+        else request.prompt,
+        "assistant_prefix": request.assistant_prefix,
+        "completion": completion.text,
+    }

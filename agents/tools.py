@@ -1,0 +1,138 @@
+"""Tools: typed Python functions an agent may call.
+
+A tool's arguments are a pydantic model built from the function's signature, so a call with bad
+arguments is rejected with the field named. A tool error never crashes the particle: it comes back
+to the agent as the tool result ("error: ..."), as a human tool user would see it.
+
+Protocols. Backends with native tool calling (OpenAI-compatible servers) get the OpenAI schemas;
+for the others (the embedded model) the system prompt describes the tools and the model writes
+
+    <tool_call>{"name": "calculator", "arguments": {"expression": "2 + 2"}}</tool_call>
+
+Native calls are rewritten into this text form, so one parser serves both and replaying a recorded
+completion reproduces the calls exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import time
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from swarm.distributions import Distribution, Draw
+
+TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    description: str = ""
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": self.args_model.model_json_schema()}}
+
+    def describe(self) -> str:
+        params = json.dumps(self.args_model.model_json_schema().get("properties", {}))
+        return f"- {self.name}: {self.description} Arguments (JSON): {params}"
+
+    async def call(self, arguments: Any) -> str:
+        """Validate the arguments and run the tool; any failure is returned as an error string."""
+        try:
+            if isinstance(arguments, str):
+                arguments = json.loads(arguments or "{}")
+            args = self.args_model.model_validate(arguments)
+            result = self.fn(**args.model_dump())
+            if inspect.isawaitable(result):
+                result = await result
+        except ValidationError as exc:
+            return f"error: invalid arguments for {self.name}: {exc.errors(include_url=False)}"
+        except Exception as exc:  # a tool failure is information for the agent, not a crash
+            return f"error: {type(exc).__name__}: {exc}"
+        return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None):
+    """Make a `Tool` from a typed function (usable bare, `@tool`, or with arguments)."""
+
+    def build(f: Callable[..., Any]) -> Tool:
+        sig = inspect.signature(f)
+        fields: dict[str, Any] = {}
+        for pname, param in sig.parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TypeError(f"tool {f.__name__!r}: *args/**kwargs are not supported (parameter {pname!r})")
+            annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[pname] = (annotation, default)
+        args_model = create_model(f"{f.__name__}_args", **fields)
+        return Tool(name=name or f.__name__, description=description or inspect.getdoc(f) or "", fn=f,
+                    args_model=args_model)
+
+    return build(fn) if fn is not None else build
+
+
+def parse_tool_calls(text: str) -> list[tuple[str, Any]]:
+    """[(tool name, arguments)] for every well-formed <tool_call> block in `text`."""
+    calls = []
+    for match in TOOL_CALL.finditer(text):
+        try:
+            payload = json.loads(match.group(1))
+        except json.JSONDecodeError:
+            continue
+        if isinstance(payload, dict) and isinstance(payload.get("name"), str):
+            calls.append((payload["name"], payload.get("arguments", {})))
+    return calls
+
+
+def render_tool_calls(calls: list[dict[str, Any]]) -> str:
+    """Native (OpenAI) tool calls in the text protocol."""
+    out = []
+    for call in calls:
+        try:
+            arguments = json.loads(call.get("arguments") or "{}")
+        except json.JSONDecodeError:
+            arguments = call.get("arguments")
+        out.append(f'<tool_call>{json.dumps({"name": call["name"], "arguments": arguments})}</tool_call>')
+    return "\n".join(out)
+
+
+def tools_prompt(tools: list[Tool]) -> str:
+    listing = "\n".join(t.describe() for t in tools)
+    return ("You can call tools. To call one, reply with exactly one line\n"
+            '<tool_call>{"name": TOOL_NAME, "arguments": {...}}</tool_call>\n'
+            "and wait for its result. Available tools:\n" + listing)
+
+
+class ToolExecution(Distribution):
+    """A tool call as a (point-mass) sample site, so replay feeds the recorded result back instead of
+    running the tool again: a tool with side effects runs once per particle history."""
+
+    is_async = True
+
+    def __init__(self, tool_: Tool | None, name: str, arguments: Any) -> None:
+        self.tool = tool_
+        self.name = name
+        self.arguments = arguments
+
+    def describe(self) -> str:
+        return f"Tool({self.name})"
+
+    def log_prob(self, value: Any) -> float:
+        return 0.0
+
+    async def sample_async(self, rng: Any) -> Draw:
+        started = time.time_ns()
+        if self.tool is None:
+            result = f"error: no tool named {self.name!r}"
+        else:
+            result = await self.tool.call(self.arguments)
+        return Draw(value=result, log_prob=0.0,
+                    info={"tool": self.name, "started_at_ns": started, "ended_at_ns": time.time_ns()})

@@ -1,0 +1,442 @@
+"""`RayRuntime`: particle segments run on a fixed pool of Ray actors, the *segment workers*.
+
+- One pool of `num_workers` actors per runtime, created by `start()` and killed by `aclose()`:
+  never an actor per particle. A step of N particles is one call per worker (or chunks of at most
+  `chunk_size`); the coordinator reassembles the Segments in task order.
+- The program (with its arguments, seed, β and extra handlers) is put in the object store once per
+  `SegmentRunner`; workers cache it under a token, so a step ships only the tasks.
+- A plain program's suspended executions stay alive in the worker's greenlets between steps. The
+  coordinator sends a particle's next task to the worker that holds its execution (sticky routing),
+  which continues it instead of replaying its trace. Routing changes cost, never results: every
+  draw is addressed by (seed, particle stream, site address).
+- Traces cross the process boundary as rows of plain tuples (a Ray serializer for `Trace`).
+- A `SwarmError` raised in a worker is re-raised in the driver as the same type with the same
+  message; the remote traceback is attached as a note.
+
+Programs and extra handlers are pickled with cloudpickle: functions of importable modules by
+reference (workers import them: the repo root is put on the workers' PYTHONPATH), closures and
+lambdas by value. On a remote cluster, ship the code with `init_kwargs={"runtime_env": ...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import importlib
+import math
+import os
+import sys
+import traceback
+import uuid
+import weakref
+from collections import OrderedDict
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.cloudpickle as cloudpickle
+from ray.exceptions import RayError, RayTaskError
+
+from swarm.errors import SwarmError
+from swarm.execution import Segment, SegmentRunner, SegmentTask
+from swarm.runtimes import Runtime
+from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+DEFAULT_WORKER_OPTIONS: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_restarts": 0}
+"""Each segment worker holds one CPU (segments are CPU-bound Python); SPREAD places them over nodes."""
+
+
+class SegmentWorkerError(SwarmError, RuntimeError):
+    """The Ray side failed: a segment worker died, could not be placed, or raised a non-swarm error."""
+
+
+# -- traces on the wire -------------------------------------------------------------------------
+_EVENT_CLASSES = (SampleEvent, FactorEvent, GuaranteeEvent, InteractEvent, ErrorEvent)
+_EVENT_FIELDS = tuple(tuple(f.name for f in dataclasses.fields(c) if f.name != "type") for c in _EVENT_CLASSES)
+_EVENT_ROW = {cls: (tag, attrgetter(*names)) for tag, (cls, names) in enumerate(zip(_EVENT_CLASSES, _EVENT_FIELDS))}
+
+
+def encode_trace(trace: Trace) -> list[tuple]:
+    """A trace as rows (class tag, field values…). Strings are interned so that repeated addresses
+    and distribution names are pickled once per message, not once per event."""
+    rows = []
+    for event in trace.events:
+        tag, get = _EVENT_ROW[type(event)]
+        rows.append((tag, *[sys.intern(v) if type(v) is str else v for v in get(event)]))
+    return rows
+
+
+def decode_trace(rows: list[tuple]) -> Trace:
+    """The inverse of `encode_trace`."""
+    return Trace(events=[_EVENT_CLASSES[row[0]](**dict(zip(_EVENT_FIELDS[row[0]], row[1:]))) for row in rows])
+
+
+def register_serializers() -> None:
+    """Make Ray pickle traces as rows (about half the bytes and time of the default pickle).
+    Needed in every process that *sends* traces; decoding needs only this module importable."""
+    ray.util.register_serializer(Trace, serializer=encode_trace, deserializer=decode_trace)
+
+
+# -- errors on the wire -------------------------------------------------------------------------
+@dataclasses.dataclass
+class RemoteError:
+    """An exception raised in a worker, in a form that always crosses the process boundary."""
+
+    module: str
+    qualname: str
+    message: str
+    traceback: str
+    where: str
+    pickled: bytes | None = None
+    """The exception itself, when it survives a pickle round trip unchanged."""
+
+
+def capture_error(exc: BaseException, where: str) -> RemoteError:
+    """Package `exc` for the driver."""
+    cls = type(exc)
+    text = "".join(traceback.format_exception(exc))
+    err = RemoteError(cls.__module__, cls.__qualname__, str(exc), text, where)
+    with contextlib.suppress(Exception):
+        blob = cloudpickle.dumps(exc)
+        copy = cloudpickle.loads(blob)
+        if type(copy) is cls and str(copy) == str(exc):
+            err.pickled = blob
+    return err
+
+
+def rebuild_error(err: RemoteError) -> BaseException:
+    """The driver-side exception: the original type and message, plus a note with the remote
+    traceback. A type that cannot be rebuilt becomes a `SegmentWorkerError`."""
+    exc: BaseException | None = None
+    if err.pickled is not None:
+        with contextlib.suppress(Exception):
+            exc = cloudpickle.loads(err.pickled)
+    if exc is None:
+        exc = _instantiate(err)
+    exc.add_note(f"raised in {err.where}; remote traceback:\n{err.traceback}")
+    return exc
+
+
+def _instantiate(err: RemoteError) -> BaseException:
+    """Build an instance of the named exception class without calling its __init__."""
+    try:
+        cls: Any = importlib.import_module(err.module)
+        for part in err.qualname.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            exc = cls.__new__(cls)
+            exc.args = (err.message,)
+            return exc
+    except Exception:  # noqa: BLE001 - fall through to the generic error
+        pass
+    return SegmentWorkerError(f"{err.qualname}: {err.message}")
+
+
+def _unwrap_ray_error(exc: RayError) -> BaseException:
+    """A Ray failure in the driver: a worker-side SwarmError as itself, anything else wrapped."""
+    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
+    if isinstance(cause, SwarmError):
+        return cause
+    detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).splitlines()[0]
+    return SegmentWorkerError(f"segment worker failed: {detail}")
+
+
+# -- the worker side ----------------------------------------------------------------------------
+def runner_state(runner: SegmentRunner) -> dict[str, Any]:
+    """What a worker needs to rebuild `runner`: its attributes except live executions (greenlets
+    cannot leave their process)."""
+    state = dict(vars(runner))
+    state.pop("live", None)
+    return state
+
+
+def runner_from_state(state: dict[str, Any]) -> SegmentRunner:
+    runner = SegmentRunner.__new__(SegmentRunner)
+    vars(runner).update(state)
+    runner.live = {}
+    return runner
+
+
+class HostedRunner:
+    """A runner living in a worker, with the executions it keeps alive between steps.
+
+    `SegmentRunner.run_batch_sync` continues executions from its previous call and drops the rest.
+    A step may reach a worker as several chunks, so the executions kept at step k (`current`) are
+    offered to every chunk of step k+1 (`previous`) and dropped only when step k+2 starts.
+    """
+
+    def __init__(self, runner: SegmentRunner) -> None:
+        self.runner = runner
+        self.epoch: int | None = None
+        self.previous: dict = {}
+        self.current: dict = {}
+
+    async def run(self, epoch: int, tasks: list[SegmentTask]) -> list[Segment]:
+        if self.runner.is_async:
+            return list(await asyncio.gather(*(self.runner.run(task) for task in tasks)))
+        if epoch != self.epoch:
+            self.epoch, self.previous, self.current = epoch, self.current, {}
+        self.runner.live = self.previous
+        try:
+            return self.runner.run_batch_sync(tasks)
+        finally:
+            self.current.update(self.runner.live)
+            self.runner.live = {}
+
+    def drop(self) -> None:
+        self.previous, self.current = {}, {}
+
+
+class SegmentWorker:
+    """The actor that runs chunks of segments (a plain class; `RayRuntime` wraps it with Ray)."""
+
+    def __init__(self, index: int, max_runners: int = 4) -> None:
+        self.index = index
+        self.max_runners = max_runners
+        self.runners: OrderedDict[str, HostedRunner] = OrderedDict()
+        with contextlib.suppress(Exception):  # outside Ray (unit use) there is nothing to register
+            register_serializers()
+
+    def info(self) -> dict[str, Any]:
+        """Where this worker runs: index, Ray node id, process id."""
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return {"index": self.index, "node_id": node, "pid": os.getpid()}
+
+    async def run_chunk(self, token: str, boxed_state: list, epoch: int,
+                        tasks: list[SegmentTask]) -> tuple[str, Any]:
+        """Run `tasks` with the runner `token` (fetched from `boxed_state[0]`, an ObjectRef, the
+        first time). Returns ("ok", segments) or ("error", RemoteError)."""
+        try:
+            hosted = await self._hosted(token, boxed_state)
+            with _relaxed_gc():
+                return "ok", await hosted.run(epoch, tasks)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the driver
+            return "error", capture_error(exc, f"segment worker {self.index} (pid {os.getpid()})")
+
+    async def _hosted(self, token: str, boxed_state: list) -> HostedRunner:
+        hosted = self.runners.get(token)
+        if hosted is None:
+            state = boxed_state[0]
+            if isinstance(state, ray.ObjectRef):
+                state = await state
+            hosted = self.runners.get(token)  # another chunk may have loaded it meanwhile
+            if hosted is None:
+                hosted = self.runners[token] = HostedRunner(runner_from_state(state))
+                while len(self.runners) > self.max_runners:
+                    self.runners.popitem(last=False)[1].drop()
+        self.runners.move_to_end(token)
+        return hosted
+
+
+@contextlib.contextmanager
+def _relaxed_gc(threshold: int = 200_000):
+    """Fewer young-generation collections while a chunk allocates many short-lived objects."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(threshold, old[0]), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+# -- routing ------------------------------------------------------------------------------------
+def plan_chunks(tasks: list[SegmentTask], num_workers: int, homes: dict, chunk_size: int | None = None
+                ) -> list[tuple[int, list[int]]]:
+    """Assign task indices to workers, as (worker, indices) chunks.
+
+    Every worker gets at most ⌈n / num_workers⌉ tasks. A task that may continue a suspended
+    execution (`continue_from` in `homes`, stream → worker) goes to the worker holding it while that
+    worker has room; the others fill the workers in order. Each worker's share is then cut into
+    chunks of at most `chunk_size` (default: one chunk per worker).
+    """
+    cap = math.ceil(len(tasks) / num_workers)
+    shares: list[list[int]] = [[] for _ in range(num_workers)]
+    free = []
+    for i, task in enumerate(tasks):
+        home = homes.get(task.continue_from) if task.continue_from is not None else None
+        if home is not None and home < num_workers and len(shares[home]) < cap:
+            shares[home].append(i)
+        else:
+            free.append(i)
+    worker = 0
+    for i in free:
+        while len(shares[worker]) >= cap:
+            worker += 1
+        shares[worker].append(i)
+    size = chunk_size or max(cap, 1)
+    return [(w, share[k:k + size]) for w, share in enumerate(shares) for k in range(0, len(share), size)]
+
+
+@dataclasses.dataclass
+class _Shipped:
+    """A runner as the workers know it."""
+
+    token: str
+    fingerprint: tuple
+    ref: Any
+    homes: dict = dataclasses.field(default_factory=dict)
+    """stream → index of the worker that keeps that particle's execution alive."""
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Keep a Ray instance started on this machine on 127.0.0.1.
+
+    Ray resolves `_node_ip_address="127.0.0.1"` to the machine's outward address (and its servers
+    then listen on every interface) unless its cluster mode is off; switch it off while `ray.init`
+    or `ray.cluster_utils.Cluster` starts the processes, which keep the loopback address.
+    """
+    from ray._private import ray_constants
+
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def default_runtime_env() -> dict[str, Any]:
+    """Workers import this repo (and modules beside it, such as `tests`) from the driver's checkout."""
+    path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def local_init_kwargs(num_cpus: int | None = None, namespace: str = "plp-swarm") -> dict[str, Any]:
+    """`ray.init` arguments for a new local instance: loopback only, no dashboard, quiet workers."""
+    return {"address": "local", "num_cpus": num_cpus or max(1, min(os.cpu_count() or 1, 4)),
+            "include_dashboard": False, "log_to_driver": False, "namespace": namespace,
+            "runtime_env": default_runtime_env(), "_node_ip_address": "127.0.0.1"}
+
+
+class RayRuntime(Runtime):
+    """Run segments on a pool of Ray actors (see the module docstring).
+
+    address: None starts a new local Ray instance (on 127.0.0.1), else `ray.init(address=...)`;
+    when Ray is already initialised it is used as it is. `aclose` shuts down only what `start` began.
+    num_workers: actors in the pool (default: the cluster's CPU count). chunk_size: the most tasks
+    per call (default: one call per worker per step). worker_options: `.options(...)` of each actor
+    (merged over DEFAULT_WORKER_OPTIONS; e.g. custom `resources` to pin workers to nodes).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_workers: int | None = None, chunk_size: int | None = None,
+                 init_kwargs: dict[str, Any] | None = None, namespace: str = "plp-swarm", *,
+                 worker_options: dict[str, Any] | None = None, ready_timeout_s: float = 120.0) -> None:
+        for label, value in (("num_workers", num_workers), ("chunk_size", chunk_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"RayRuntime: {label} must be ≥ 1, got {value}")
+        self.address = address
+        self.num_workers = num_workers
+        self.chunk_size = chunk_size
+        self.init_kwargs = dict(init_kwargs or {})
+        self.namespace = namespace
+        self.worker_options = {**DEFAULT_WORKER_OPTIONS, **(worker_options or {})}
+        self.ready_timeout_s = ready_timeout_s
+        self.workers: list[Any] = []
+        self.worker_info: list[dict[str, Any]] = []
+        """Per worker: index, node_id, pid (filled by `start`)."""
+        self.calls = 0
+        """Remote chunk calls made so far (a step costs about `num_workers` of them)."""
+        self._owns_ray = False
+        self._epoch = 0
+        self._shipped: weakref.WeakKeyDictionary[SegmentRunner, _Shipped] = weakref.WeakKeyDictionary()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect to (or start) Ray and create the segment workers. Idempotent."""
+        if self.workers:
+            return
+        self._connect()
+        register_serializers()
+        count = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor_class = ray.remote(SegmentWorker).options(**self.worker_options)
+        self.workers = [actor_class.remote(i) for i in range(count)]
+        try:
+            self.worker_info = await asyncio.wait_for(
+                asyncio.gather(*(w.info.remote() for w in self.workers)), self.ready_timeout_s)
+        except asyncio.TimeoutError:
+            await self.aclose()
+            raise SegmentWorkerError(
+                f"RayRuntime: {count} segment workers, each asking for {self.worker_options}, were not placed "
+                f"within {self.ready_timeout_s:g} s; the cluster has {ray.available_resources() if ray.is_initialized() else '?'} "
+                "available. Lower num_workers or change worker_options") from None
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        if self.address is None:
+            kwargs = {**local_init_kwargs(namespace=self.namespace), **self.init_kwargs}
+        else:
+            kwargs = {"address": self.address, "namespace": self.namespace, "log_to_driver": False,
+                      "runtime_env": default_runtime_env(), **self.init_kwargs}
+        with loopback_only() if self.address is None else contextlib.nullcontext():
+            ray.init(**kwargs)
+        self._owns_ray = True
+
+    async def aclose(self) -> None:
+        """Kill the segment workers; shut Ray down if `start` started it."""
+        workers, self.workers, self.worker_info = self.workers, [], []
+        self._shipped = weakref.WeakKeyDictionary()
+        if ray.is_initialized():
+            for worker in workers:
+                with contextlib.suppress(Exception):
+                    ray.kill(worker, no_restart=True)
+            if self._owns_ray:
+                ray.shutdown()
+        self._owns_ray = False
+
+    # -- running --------------------------------------------------------------------------------
+    async def run_segments(self, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
+        """Run every task on the pool; results in task order."""
+        if not tasks:
+            return []
+        if not self.workers:
+            await self.start()
+        shipped = self._ship(runner)
+        self._epoch += 1
+        plan = plan_chunks(tasks, len(self.workers), shipped.homes, self.chunk_size)
+        refs = [self.workers[w].run_chunk.remote(shipped.token, [shipped.ref], self._epoch, [tasks[i] for i in idx])
+                for w, idx in plan]
+        self.calls += len(refs)
+        try:
+            outcomes = await asyncio.gather(*refs)
+        except RayError as exc:
+            raise _unwrap_ray_error(exc) from None
+        return self._assemble(runner, shipped, tasks, plan, outcomes)
+
+    def _ship(self, runner: SegmentRunner) -> _Shipped:
+        """Put the runner in the object store, unless its current state is there already."""
+        state = runner_state(runner)
+        fingerprint = tuple((k, id(v)) for k, v in sorted(state.items()))
+        shipped = self._shipped.get(runner)
+        if shipped is None or shipped.fingerprint != fingerprint:
+            try:
+                ref = ray.put(state)
+            except Exception as exc:  # noqa: BLE001 - unpicklable programs/handlers
+                raise SegmentWorkerError(
+                    f"RayRuntime cannot ship program {runner.name!r} to Ray workers: {type(exc).__name__}: {exc}. "
+                    "The program, its arguments and extra_handlers must be picklable by cloudpickle") from exc
+            shipped = self._shipped[runner] = _Shipped(uuid.uuid4().hex, fingerprint, ref)
+        return shipped
+
+    def _assemble(self, runner: SegmentRunner, shipped: _Shipped, tasks: list[SegmentTask],
+                  plan: list[tuple[int, list[int]]], outcomes: list[tuple[str, Any]]) -> list[Segment]:
+        out: list[Segment | None] = [None] * len(tasks)
+        homes: dict = {}
+        for (worker, indices), (kind, payload) in zip(plan, outcomes):
+            if kind == "error":
+                raise rebuild_error(payload)
+            for i, seg in zip(indices, payload):
+                out[i] = seg
+                if seg.status == "running" and not runner.is_async:
+                    homes[tasks[i].stream] = worker
+        shipped.homes = homes
+        return out  # type: ignore[return-value]

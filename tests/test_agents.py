@@ -1,0 +1,214 @@
+"""The agent layer against the `Scripted` test double: what an agent call records, tools,
+structured output, the response cache, and how generations behave under every policy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from pydantic import BaseModel
+
+import policies
+import swarm
+from agents import Agent, GenerationError, tool
+from agents.backends.scripted import Scripted
+from swarm import factor, guarantee, sample
+
+
+def _writer_critic(backend_w, backend_c):
+    writer = Agent(name="writer", system="You write.", backend=backend_w)
+    critic = Agent(name="critic", system="You rate 1-10.", backend=backend_c)
+
+    async def program(topic):
+        draft = await writer.ask(f"Write about {topic}.")
+        score = await critic.ask(draft, sender="writer")
+        factor("critic", math.log(int(score) / 10))
+        return draft
+
+    return program
+
+
+def test_an_ask_records_interacts_and_a_sample_with_logprobs():
+    w = Scripted(["alpha beta", "gamma"])
+    c = Scripted(lambda req: "7" if "alpha" in req.messages[-1].content else "3")
+    r = policies.Importance(num_particles=6, seed=0).run(_writer_critic(w, c), "seas")
+    trace = r.particles[0].trace
+    kinds = [(e.type, e.address) for e in trace.events]
+    assert kinds[0] == ("interact", "writer#0/request") and ("sample", "writer#0") in kinds
+    assert ("sample", "critic#0") in kinds and kinds[-1][0] == "factor"
+    gen = trace["writer#0"]
+    assert gen.log_prob < 0 and gen.info["token_logprobs"] and gen.info["usage"]["output_tokens"] > 0
+    assert gen.info["agent"] == "writer" and gen.info["backend"] == "scripted"
+    msgs = trace.of_type("interact")
+    assert (msgs[0].sender, msgs[0].receiver) == ("user", "writer")
+    assert any(m.sender == "writer" and m.receiver == "critic" for m in msgs)
+    # the weight is the critic's factor
+    marg = r.marginal()
+    assert set(marg) <= {"alpha beta", "gamma"}
+
+
+def test_smc_over_agents_replays_without_calling_the_backend_again():
+    w = Scripted(["alpha beta", "gamma"])
+    c = Scripted(lambda req: "7" if "alpha" in req.messages[-1].content else "3")
+    r = policies.SMC(num_particles=20, ess_threshold=1.0, seed=1).run(_writer_critic(w, c), "seas")
+    # each particle lineage draws each site once: ≤ one writer call per initial particle, one critic
+    # call per particle reaching the critic; replaying offspring must not call again
+    assert w.calls == 20
+    assert c.calls == 20
+    assert r.diagnostics.llm_calls == 40 and r.diagnostics.tokens > 0
+
+
+def test_enumerate_refuses_generations_with_a_clear_error():
+    program = _writer_critic(Scripted(["x"]), Scripted(["5"]))
+    with pytest.raises(swarm.EnumerationError, match="writer"):
+        policies.Enumerate().run(program, "seas")
+
+
+def test_generation_cannot_be_sampled_synchronously_or_scored():
+    agent = Agent(name="a", backend=Scripted(["x"]))
+
+    def program():
+        return sample("g", agent.generate("hi"))
+
+    with pytest.raises(swarm.AsyncInPlainProgramError, match="'g'.*async def"):
+        policies.Importance(num_particles=1, seed=0).run(program)
+    with pytest.raises(GenerationError):
+        agent.generate("hi").log_prob("x")
+
+
+def test_tools_are_called_and_errors_come_back_as_results():
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    @tool
+    def broken(x: str) -> str:
+        """Always fails."""
+        raise RuntimeError("kaput")
+
+    replies = iter([
+        '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>',
+        '<tool_call>{"name": "broken", "arguments": {"x": "?"}}</tool_call>',
+        "The answer is 5.",
+    ])
+    backend = Scripted(lambda req: next(replies))
+    agent = Agent(name="solver", backend=backend, tools=[add, broken])
+
+    async def program():
+        return await agent.ask("What is 2 + 3?")
+
+    r = policies.Forward(num_samples=1, seed=0).run(program)
+    trace = r.particles[0].trace
+    calls = [e for e in trace.of_type("interact") if e.kind == "tool_call"]
+    results = [e for e in trace.of_type("interact") if e.kind == "tool_result"]
+    assert [c.receiver for c in calls] == ["add", "broken"]
+    assert results[0].content == "5" and results[1].content.startswith("error: RuntimeError: kaput")
+    assert r.particles[0].value == "The answer is 5."
+    assert "add" in backend.last_request.messages[0].content  # the text protocol is in the system prompt
+
+
+def test_tool_with_bad_arguments_names_the_field():
+    @tool
+    def square(n: int) -> int:
+        return n * n
+
+    import asyncio
+
+    out = asyncio.run(square.call({"n": "not a number"}))
+    assert out.startswith("error: invalid arguments for square") and "'n'" in out
+
+
+class Verdict(BaseModel):
+    score: int
+    reason: str
+
+
+def test_structured_output_valid_object():
+    agent = Agent(name="judge", backend=Scripted(['Sure: {"score": 8, "reason": "vivid"}']), output_schema=Verdict)
+
+    async def program():
+        v = await agent.ask("Rate it.")
+        factor("score", float(v.score))
+        return v.score
+
+    r = policies.Importance(num_particles=3, seed=0).run(program)
+    assert r.marginal() == {8: pytest.approx(1.0)}
+
+
+def test_malformed_output_is_retried_then_rejects_the_particle():
+    backend = Scripted(["not json at all", '{"score": "high"}', "still nothing"])
+    agent = Agent(name="judge", backend=backend, output_schema=Verdict, max_output_retries=2)
+
+    async def program():
+        v = await agent.ask("Rate it.")
+        factor("score", float(v.score))
+
+    with pytest.raises(swarm.NoSurvivingParticles, match="judge#0/valid_output"):
+        policies.Importance(num_particles=1, seed=0).run(program)
+    assert backend.calls == 3  # first try + 2 retries
+
+
+def test_malformed_then_fixed_output_succeeds_and_records_retries():
+    backend = Scripted(["oops", '{"score": 4, "reason": "ok"}'])
+    agent = Agent(name="judge", backend=backend, output_schema=Verdict)
+
+    async def program():
+        return (await agent.ask("Rate it.")).score
+
+    r = policies.Forward(num_samples=1, seed=0).run(program)
+    assert r.particles[0].value == 4
+    assert "judge#0/retry1" in r.particles[0].trace
+
+
+def test_cache_key_includes_the_seed_so_particles_are_independent():
+    backend = Scripted(lambda req: f"seed {req.seed}")
+    agent = Agent(name="a", backend=backend)
+
+    async def program():
+        return await agent.ask("hi")
+
+    r = policies.Importance(num_particles=50, seed=0).run(program)
+    assert len(set(r.values)) == 50 and backend.calls == 50
+
+
+def test_temperature_and_base_target_weighting():
+    backend = Scripted(["a b c"], logprob_per_token=-0.5)
+    agent = Agent(name="a", backend=backend, target="base")
+
+    async def program():
+        return await sample("g", agent.generate("hi", temperature=0.5))
+
+    r = policies.Importance(num_particles=2, seed=0).run(program)
+    event = r.particles[0].trace["g"]
+    assert event.target_log_prob is not None and event.info["temperature"] == 0.5
+
+
+def test_agent_validation_names_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="name"):
+        Agent(name="bad/name")
+    with pytest.raises(ValidationError, match="max_tokens"):
+        Agent(name="a", backend=Scripted(["x"])).generate("hi", max_tokens=0)
+
+
+def test_chunked_generation_resamples_between_words():
+    """A sentence generated one word per step with a per-word guarantee: SMC keeps only particles
+    whose every word satisfies the constraint, resampling between words."""
+    sentence = "every good boy deserves fudge always"
+    backend = Scripted(lambda req: sentence)
+    agent = Agent(name="w", backend=backend)
+
+    async def program():
+        text = ""
+        for i in range(4):
+            word = await sample(f"word{i}", agent.generate("Say it.", prefix=text, unit="word"))
+            text += word
+            guarantee(f"short{i}", len(word.strip()) <= 8)
+        return text
+
+    r = policies.SMC(num_particles=4, seed=0).run(program)
+    assert r.particles[0].value.split() == sentence.split()[:4]
+    assert [s.step for s in r.diagnostics.steps] == [1, 2, 3, 4, 5]
