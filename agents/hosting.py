@@ -77,6 +77,7 @@ def completion_info(agent: "Agent", request: GenerationRequest, completion: Comp
         "finish_reason": completion.finish_reason,
         "tokens": list(completion.tokens),
         "token_logprobs": list(completion.token_logprobs),
+        "base_token_logprobs": None if completion.base_token_logprobs is None else list(completion.base_token_logprobs),
         "log_prob": completion.log_prob,
         "base_log_prob": completion.base_log_prob,
         "prompt": [m.model_dump(exclude_none=True) for m in request.messages] if request.messages is not None
