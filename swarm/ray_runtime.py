@@ -46,8 +46,10 @@ from swarm.runtimes import Runtime
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
-DEFAULT_WORKER_OPTIONS: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_restarts": 0}
-"""Each segment worker holds one CPU (segments are CPU-bound Python); SPREAD places them over nodes."""
+DEFAULT_WORKER_OPTIONS: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD", "max_restarts": 0}
+"""Segment workers reserve no CPU, so pools never block each other or agent actors (the pool's size,
+one worker per cluster CPU, bounds the load); SPREAD places them over the nodes. Pass
+`worker_options={"num_cpus": 1}` to make each worker reserve a core."""
 
 
 class SegmentWorkerError(SwarmError, RuntimeError):
@@ -174,12 +176,17 @@ class HostedRunner:
         self.epoch: int | None = None
         self.previous: dict = {}
         self.current: dict = {}
+        self.tasks = 0
+        self.found = 0
+        """Tasks whose suspended execution was here to continue (routing statistics)."""
 
     async def run(self, epoch: int, tasks: list[SegmentTask]) -> list[Segment]:
+        self.tasks += len(tasks)
         if self.runner.is_async:
             return list(await asyncio.gather(*(self.runner.run(task) for task in tasks)))
         if epoch != self.epoch:
             self.epoch, self.previous, self.current = epoch, self.current, {}
+        self.found += sum(1 for t in tasks if t.continue_from is not None and t.continue_from in self.previous)
         self.runner.live = self.previous
         try:
             return self.runner.run_batch_sync(tasks)
@@ -205,6 +212,13 @@ class SegmentWorker:
         """Where this worker runs: index, Ray node id, process id."""
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {"index": self.index, "node_id": node, "pid": os.getpid()}
+
+    def stats(self) -> dict[str, int]:
+        """Tasks run, tasks that found their suspended execution here, executions held now."""
+        hosted = list(self.runners.values())
+        return {"runners": len(hosted), "tasks": sum(h.tasks for h in hosted),
+                "continued": sum(h.found for h in hosted),
+                "live": sum(len(h.current) + len(h.previous) for h in hosted)}
 
     async def run_chunk(self, token: str, boxed_state: list, epoch: int,
                         tasks: list[SegmentTask]) -> tuple[str, Any]:
@@ -302,6 +316,13 @@ def loopback_only():
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+def _is_loopback(address: str) -> bool:
+    """A new local instance, or a cluster on this machine's loopback address (the driver must then
+    present itself as 127.0.0.1 too)."""
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return address == "local" or host in ("127.0.0.1", "localhost")
+
+
 def default_runtime_env() -> dict[str, Any]:
     """Workers import this repo (and modules beside it, such as `tests`) from the driver's checkout."""
     path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
@@ -377,7 +398,7 @@ class RayRuntime(Runtime):
         else:
             kwargs = {"address": self.address, "namespace": self.namespace, "log_to_driver": False,
                       "runtime_env": default_runtime_env(), **self.init_kwargs}
-        with loopback_only() if self.address is None else contextlib.nullcontext():
+        with loopback_only() if _is_loopback(kwargs["address"]) else contextlib.nullcontext():
             ray.init(**kwargs)
         self._owns_ray = True
 
@@ -392,6 +413,10 @@ class RayRuntime(Runtime):
             if self._owns_ray:
                 ray.shutdown()
         self._owns_ray = False
+
+    async def worker_stats(self) -> list[dict[str, int]]:
+        """Per worker: tasks run, tasks that continued a suspended execution, executions held."""
+        return list(await asyncio.gather(*(w.stats.remote() for w in self.workers)))
 
     # -- running --------------------------------------------------------------------------------
     async def run_segments(self, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:

@@ -1,0 +1,285 @@
+"""The `swarm` command: run a program under a policy, inspect its trace, write a report.
+
+    swarm run examples/dice.py --policy smc --particles 500 --seed 0 --trace out.jsonl --html report.html
+    swarm inspect out.jsonl --max-particles 10
+    swarm report out.jsonl --html report.html --png-dir docs/img
+
+Exit status: 0 on success, 1 when the run, the trace file or the report fails (the message on
+stderr names the file or field at fault), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from observability.progress import ProgressListener, fmt_float
+from swarm.errors import SwarmError
+
+POLICIES = {"smc": "SMC", "importance": "Importance", "enumerate": "Enumerate", "forward": "Forward",
+            "rejection": "Rejection"}
+BUILTIN_DEFAULTS = {"policy": "smc", "particles": 100, "seed": None, "runtime": "local"}
+
+
+class CLIError(SwarmError):
+    """A command-line problem the user can fix (a missing file, program or argument)."""
+
+
+# -- swarm run -------------------------------------------------------------------------------------
+def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
+    """Import FILE.py and return (module, program): the function named after a colon, else the
+    module's `program`, else its `main`."""
+    file, name = target, None
+    head, sep, tail = target.rpartition(":")
+    if sep and tail.isidentifier() and head:
+        file, name = head, tail
+    path = Path(file)
+    if not path.is_file():
+        raise CLIError(f"{file}: no such file (expected FILE.py or FILE.py:function)")
+    module_name = path.stem if path.stem.isidentifier() else "swarm_program"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"{file}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.resolve().parent))
+    spec.loader.exec_module(module)
+    candidates = [name] if name else ["program", "main"]
+    for candidate in candidates:
+        fn = getattr(module, candidate, None)
+        if callable(fn):
+            return module, fn
+    found = sorted(k for k, v in vars(module).items()
+                   if callable(v) and getattr(v, "__module__", None) == module_name and not k.startswith("_"))
+    wanted = f"function named {name!r}" if name else "function named 'program' or 'main'"
+    raise CLIError(f"{file} has no {wanted}; its functions: {', '.join(found) or 'none'} "
+                   f"(pick one with {file}:NAME)")
+
+
+def parse_kwargs(items: list[str]) -> dict[str, Any]:
+    """`k=v` pairs → keyword arguments; a value is a Python literal when it parses as one."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--arg {item!r}: expected NAME=VALUE")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def make_policy(args: argparse.Namespace, module: ModuleType, listeners: list[Any]) -> Any:
+    """The policy: --policy, else the module's POLICY, else DEFAULTS["policy"], else SMC; then
+    --particles/--seed/--runtime (or DEFAULTS) applied, and the CLI's listeners attached."""
+    import policies
+    from policies.base import Policy
+
+    defaults = {**BUILTIN_DEFAULTS, **dict(getattr(module, "DEFAULTS", None) or {})}
+    base = getattr(module, "POLICY", None)
+    if base is not None and not isinstance(base, Policy):
+        raise CLIError(f"{module.__file__}: POLICY must be a policies.Policy instance, got {type(base).__name__}")
+    given = {k: getattr(args, k) for k in ("particles", "seed", "runtime")}
+    if args.policy is None and base is not None:
+        policy = base.model_copy()
+        updates = {k: v for k, v in given.items() if v is not None}
+    else:
+        name = (args.policy or defaults["policy"]).lower()
+        if name not in POLICIES:
+            raise CLIError(f"DEFAULTS['policy'] = {name!r} is not one of {', '.join(POLICIES)}")
+        policy = getattr(policies, POLICIES[name])()
+        updates = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+    try:
+        for key, value in updates.items():
+            if value is None:
+                continue
+            if key == "particles":
+                field = next((f for f in ("num_particles", "num_samples") if f in type(policy).model_fields), None)
+                if field is None:
+                    print(f"note: {type(policy).__name__} has no particle count; --particles ignored", file=sys.stderr)
+                    continue
+                setattr(policy, field, value)
+            else:
+                setattr(policy, key, value)
+        policy.listeners = [*policy.listeners, *listeners]
+    except ValueError as exc:  # pydantic's ValidationError names the field
+        raise CLIError(f"invalid policy setting: {exc}") from None
+    return policy
+
+
+def print_result(result: Any, *, top: int = 10) -> None:
+    marginal = list(result.marginal().items())
+    print(f"\nanswer marginal (top {min(top, len(marginal))} of {len(marginal)} values):")
+    width = max((len(repr(v)) for v, _ in marginal[:top]), default=0)
+    for value, p in marginal[:top]:
+        print(f"  {repr(value):<{min(width, 40)}}  {p:.4f}  {'█' * round(30 * p)}")
+    print(f"log Z = {fmt_float(result.log_evidence)}   ESS = {fmt_float(result.ess, 1)} / {len(result.particles)}"
+          f"   tokens = {result.diagnostics.tokens}   LLM calls = {result.diagnostics.llm_calls}")
+
+
+def print_paths(trace_path: Path | None, report: dict | None) -> None:
+    if trace_path is not None:
+        print(f"trace:  {trace_path}")
+    for key, path in (report or {}).items():
+        print(f"report: {path}" if key == "html" else f"  png:  {path}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from observability.trace_file import TraceFileError, TraceFileWriter
+
+    module, program = load_program(args.target)
+    defaults = dict(getattr(module, "DEFAULTS", None) or {})
+    kwargs = {**dict(defaults.get("args") or {}), **parse_kwargs(args.arg)}
+    tmp = None
+    trace_path = Path(args.trace) if args.trace else None
+    if trace_path is None and args.html:
+        tmp = tempfile.TemporaryDirectory(prefix="swarm-run-")
+        trace_path = Path(tmp.name) / "trace.jsonl"
+    writer = TraceFileWriter(trace_path) if trace_path else None
+    progress = ProgressListener(sys.stdout, tty=sys.stdout.isatty())
+    listeners: list[Any] = [progress] + ([writer] if writer else [])
+    inst = None
+    if args.otlp:
+        from observability.exporters import instrument
+
+        inst = instrument("otlp", endpoint=args.otlp, project=Path(args.target.split(":")[0]).stem, register=False)
+        listeners.append(inst.listener)
+    policy = make_policy(args, module, listeners)
+    if policy.runtime == "ray":
+        from ray import cloudpickle  # ship the file's functions by value: workers cannot import it
+
+        cloudpickle.register_pickle_by_value(module)
+    status, result = 0, None
+    try:
+        progress.total_steps = getattr(policy, "max_steps", None)
+        result = policy.run(program, **kwargs)
+    except SwarmError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        progress.close()
+        if inst is not None:
+            inst.shutdown()
+    report = None
+    try:
+        if writer is not None:
+            writer.close()
+        if args.html:
+            from observability.html_report import write_report
+            from observability.trace_file import read_trace_file
+
+            report = write_report(read_trace_file(trace_path), args.html, args.png_dir)
+    except (TraceFileError, SwarmError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        status = 1
+    if result is not None:
+        print_result(result)
+    print_paths(Path(args.trace) if args.trace else None, report)
+    if tmp is not None:
+        tmp.cleanup()
+    return status
+
+
+# -- swarm inspect / report ------------------------------------------------------------------------
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from observability.genealogy_view import render
+    from observability.trace_file import read_trace_file
+
+    trace = read_trace_file(args.trace_file, run_id=args.run)
+    try:
+        render(trace, sys.stdout, tty=sys.stdout.isatty(), max_particles=args.max_particles, particle=args.particle)
+    except KeyError as exc:
+        raise CLIError(exc.args[0]) from None
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from observability.html_report import write_report
+    from observability.trace_file import read_trace_file
+
+    html = args.html or str(Path(args.trace_file).with_suffix(".html"))
+    written = write_report(read_trace_file(args.trace_file, run_id=args.run), html, args.png_dir)
+    for key, path in written.items():
+        print(f"{'report' if key == 'html' else 'png'}: {path}")
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="swarm", formatter_class=fmt, description=__doc__,
+                                     epilog="Run `swarm COMMAND --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", formatter_class=fmt, help="run a program under an inference policy",
+                         description="Import FILE.py, find the program (the function named after the colon, "
+                         "else `program`, else `main`) and run it under a policy, showing progress (a bar on "
+                         "a terminal, one line per step otherwise). Then print the answer marginal (top 10), "
+                         "log Z and ESS.\n\nThe module may define POLICY (a policies.Policy instance) and/or "
+                         "DEFAULTS (a dict with keys policy, particles, seed, runtime, args) as defaults; "
+                         "command-line options override them.")
+    run.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
+    run.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
+    run.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default 100)")
+    run.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same result)")
+    run.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
+    run.add_argument("--trace", metavar="OUT.jsonl", help="write the run's global trace (JSON Lines) here")
+    run.add_argument("--otlp", metavar="URL", help="also export OpenTelemetry spans over OTLP/HTTP to URL "
+                     "(e.g. http://127.0.0.1:6006/v1/traces for Phoenix)")
+    run.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report here")
+    run.add_argument("--png-dir", metavar="DIR", help="with --html: also write the report's plots as PNGs here")
+    run.add_argument("--arg", action="append", default=[], metavar="K=V",
+                     help="keyword argument for the program (repeatable); V is a Python literal or a string")
+    run.set_defaults(func=cmd_run)
+
+    inspect = sub.add_parser("inspect", formatter_class=fmt, help="print a run's genealogy tree from its trace file",
+                             description="Print a summary (policy, N, steps, log Z, ESS, deaths by cause) and the "
+                             "population as a tree: each particle under the particle it was resampled from, "
+                             "with its steps, log weight, normalised weight, and the factor, guarantee or "
+                             "error that killed it. Large populations are pruned to the lineages of the "
+                             "heaviest final particles and some dead ones.")
+    inspect.add_argument("trace_file", metavar="TRACE.jsonl")
+    inspect.add_argument("--particle", type=int, metavar="ID", help="show this particle's lineage, history "
+                         "(events per step) and descendants")
+    inspect.add_argument("--max-particles", type=int, default=20, metavar="K",
+                         help="show the lineages of at most K final and K dead particles (default 20)")
+    inspect.add_argument("--run", metavar="RUN_ID", help="which run, when the file holds several (default: last)")
+    inspect.set_defaults(func=cmd_inspect)
+
+    report = sub.add_parser("report", formatter_class=fmt, help="write a self-contained HTML report of a run",
+                            description="Write an HTML page (plots embedded as base64 PNG, no external resources, "
+                            "no JavaScript): run metadata, ESS and log Z per step, final weight histogram, "
+                            "genealogy plot, answer marginal, deaths by cause, per-step table.")
+    report.add_argument("trace_file", metavar="TRACE.jsonl")
+    report.add_argument("--html", metavar="REPORT.html", help="output file (default: TRACE.html)")
+    report.add_argument("--png-dir", metavar="DIR", help="also write each plot as a PNG file here")
+    report.add_argument("--run", metavar="RUN_ID", help="which run, when the file holds several (default: last)")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `swarm` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "max_particles", 1) < 1:
+        print("swarm inspect: --max-particles must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except SwarmError as exc:
+        print(f"swarm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"swarm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The `swarm` console script: --help, run (plain and on a pseudo-terminal), inspect, report."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from observability.trace_file import read_trace_file
+
+SCRIPT = Path(sys.executable).parent / "swarm"
+REPO = Path(__file__).resolve().parents[1]
+
+PROGRAM = textwrap.dedent('''
+    """A small example for the CLI tests: coins, a soft preference for heads, a hard guarantee."""
+    from swarm import Bernoulli, factor, guarantee, sample
+
+    DEFAULTS = {"particles": 120, "seed": 0}
+
+
+    def program(n=4):
+        heads = 0
+        for t in range(n):
+            heads += sample(f"flip{t}", Bernoulli(0.5))
+            factor(f"prefer_heads{t}", 0.3 * heads)
+        guarantee("at_least_two", heads >= 2)
+        return heads
+
+
+    def other():
+        return sample("y", Bernoulli(0.25))
+''')
+
+
+def swarm(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the installed `swarm` script (or `python -m observability.cli` if it is not installed)."""
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "observability.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "coins.py"
+    path.write_text(PROGRAM)
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain_run(example):
+    """One `swarm run` with a trace file and a report, output piped (not a TTY)."""
+    out = example.parent
+    proc = swarm("run", str(example), "--trace", str(out / "out.jsonl"), "--html", str(out / "report.html"),
+                 "--png-dir", str(out / "png"), "--arg", "n=5")
+    return proc, out
+
+
+def test_help():
+    proc = swarm("--help")
+    assert proc.returncode == 0, proc.stderr
+    for word in ("run", "inspect", "report", "Exit status"):
+        assert word in proc.stdout
+    run_help = swarm("run", "--help")
+    assert run_help.returncode == 0
+    for option in ("--policy", "--particles", "--seed", "--runtime", "--trace", "--otlp", "--html", "--arg",
+                   "POLICY", "DEFAULTS"):
+        assert option in run_help.stdout
+    assert "--max-particles" in swarm("inspect", "--help").stdout
+    assert "--png-dir" in swarm("report", "--help").stdout
+
+
+def test_run_prints_plain_lines_and_writes_trace_and_report(plain_run):
+    proc, out = plain_run
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b[" not in proc.stdout  # no terminal codes in a pipe
+    steps = re.findall(r"^step (\d+) \| alive \d+/120 \| ESS [\d.]+ \| log Z -?[\d.]+ \|", proc.stdout, re.M)
+    assert steps and steps == [str(i) for i in range(1, len(steps) + 1)]
+    assert "answer marginal (top" in proc.stdout and re.search(r"^log Z = -?[\d.]+ +ESS = [\d.]+ / 120", proc.stdout, re.M)
+    assert f"trace:  {out / 'out.jsonl'}" in proc.stdout and f"report: {out / 'report.html'}" in proc.stdout
+    trace = read_trace_file(out / "out.jsonl")
+    assert trace.complete and trace.run.num_particles == 120 and trace.run.config["seed"] == 0  # from DEFAULTS
+    assert max(trace.final_marginal()) == 5  # --arg n=5 reached the program
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    assert sorted(p.name for p in (out / "png").iterdir()) == sorted(
+        f"{n}.png" for n in ("ess", "log_evidence", "weights", "genealogy", "marginal"))
+
+
+def test_run_named_function_and_policy(example, tmp_path):
+    proc = swarm("run", f"{example}:other", "--policy", "enumerate", "--trace", str(tmp_path / "e.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"False\s+0\.7500", proc.stdout) and re.search(r"True\s+0\.2500", proc.stdout)
+    assert read_trace_file(tmp_path / "e.jsonl").run.policy == "Enumerate"
+
+
+def test_run_errors_name_what_is_wrong(example, tmp_path):
+    missing = swarm("run", f"{example}:nope")
+    assert missing.returncode == 1 and "has no function named 'nope'" in missing.stderr
+    assert "its functions: other, program" in missing.stderr
+    assert swarm("run", str(tmp_path / "absent.py")).returncode == 1
+    bad = swarm("run", str(example), "--particles", "0")
+    assert bad.returncode == 1 and "num_particles" in bad.stderr
+    assert swarm("run", str(example), "--policy", "magic").returncode == 2
+
+
+def test_inspect_prints_the_genealogy(plain_run):
+    _, out = plain_run
+    proc = swarm("inspect", str(out / "out.jsonl"), "--max-particles", "5")
+    assert proc.returncode == 0, proc.stderr
+    trace = read_trace_file(out / "out.jsonl")
+    assert proc.stdout.startswith(f"run {trace.run.run_id}: SMC on program")
+    assert "N = 120" in proc.stdout and "log Z = " in proc.stdout and "ESS = " in proc.stdout
+    shown = [int(i) for i in re.findall(r"^\s*- #(\d+) ", proc.stdout, re.M)]
+    genealogy = trace.genealogy()
+    assert shown and set(shown) <= set(genealogy)
+    assert "✗ killed by guarantee 'at_least_two'" in proc.stdout
+    assert "★ final" in proc.stdout
+    # an indented child is an offspring of the line above it at the lower depth
+    lines = [line for line in proc.stdout.splitlines() if re.match(r"^\s*- #\d+ ", line)]
+    stack: list[tuple[int, int]] = []
+    for line in lines:
+        depth, pid = (len(line) - len(line.lstrip())) // 2, int(re.search(r"#(\d+)", line).group(1))
+        stack = stack[:depth]
+        if stack:
+            assert genealogy[pid] == stack[-1][1]
+        stack.append((depth, pid))
+    final_id = trace.final_population()[0].id
+    one = swarm("inspect", str(out / "out.jsonl"), "--particle", str(final_id))
+    assert one.returncode == 0 and "lineage: " + " → ".join(f"#{i}" for i in trace.lineage(final_id)) in one.stdout
+    absent = swarm("inspect", str(out / "out.jsonl"), "--particle", "999999")
+    assert absent.returncode == 1 and "particle 999999 does not appear" in absent.stderr
+    nofile = swarm("inspect", str(out / "nope.jsonl"))
+    assert nofile.returncode == 1 and "nope.jsonl" in nofile.stderr
+
+
+def test_report_writes_self_contained_html(plain_run, tmp_path):
+    _, out = plain_run
+    proc = swarm("report", str(out / "out.jsonl"), "--html", str(tmp_path / "r.html"), "--png-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64,") == 5
+    assert "<script" not in html.lower() and not re.search(r"(src|href)=\"(https?:)?//", html)
+    assert "at_least_two" in html and "Deaths by cause" in html
+    assert (tmp_path / "genealogy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _run_on_pty(args: list[str], timeout: float = 60) -> str:
+    """Run a command with stdout/stderr on a pseudo-terminal and return everything it wrote."""
+    master, slave = os.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color", "COLUMNS": "120"}
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, cwd=REPO)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def test_run_on_a_terminal_shows_a_rich_progress_bar(example):
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "observability.cli"]
+    out = _run_on_pty([*cmd, "run", str(example), "--particles", "60"])
+    assert "\x1b[" in out  # ANSI styling
+    assert "━" in out  # rich's bar
+    assert re.search(r"step \d+", out) and "ESS" in out and "tok/s" in out
+    assert not re.search(r"^step \d+ \| alive", out, re.M)  # not the plain lines
+    assert "answer marginal" in out
