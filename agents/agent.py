@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.backends.base import Backend, ChatMessage, GenerationRequest, GenerationSettings
 from agents.generation import Generation
+from agents.ray_hosting import RayHosting
 from agents.structured import parse_output, response_format, schema_instructions
 from agents.tools import Tool, ToolExecution, parse_tool_calls, render_tool_calls, tools_prompt
 from swarm.primitives import auto_name, guarantee, interact, sample
@@ -46,14 +47,15 @@ class Agent(BaseModel):
     target: Literal["proposal", "base"] = "proposal"
     """"proposal": the program's π is what the settings sample. "base": π uses the base model at
     temperature 1, and completions drawn at another temperature are importance-weighted to it."""
-    hosting: Literal["auto", "local", "ray"] = "auto"
-    """"auto": on a Ray actor when Ray is initialised in this process (runtime="ray"), else local."""
+    hosting: Literal["auto", "local", "ray"] | RayHosting = "auto"
+    """"auto": on a Ray actor pool when Ray is initialised in this process (runtime="ray"), else
+    local; "ray" or a `RayHosting(...)`: always on Ray (see `agents.ray_hosting`)."""
     replicas: int = Field(1, ge=1)
-    """Ray: the number of actors serving this role (a pool), never one per particle."""
+    """Ray ("auto"/"ray"): the number of actors serving this role (a pool), never one per particle."""
     max_concurrency: int = Field(8, ge=1)
-    """Ray: requests in flight per actor."""
+    """Ray ("auto"/"ray"): requests in flight per actor."""
     resources: dict[str, float] = Field(default_factory=dict)
-    """Ray: resources each actor asks for, e.g. {"num_gpus": 1} or a custom {"llm_node": 1}."""
+    """Ray ("auto"/"ray"): resources each actor asks for, e.g. {"num_gpus": 1} or a custom {"llm_node": 1}."""
 
     @field_validator("name")
     @classmethod
@@ -64,15 +66,24 @@ class Agent(BaseModel):
 
     # -- where generations run -------------------------------------------------------------------
     def hosted_on_ray(self) -> bool:
+        if isinstance(self.hosting, RayHosting) or self.hosting == "ray":
+            return True
         if self.hosting == "local":
             return False
-        if self.hosting == "ray":
-            return True
         try:
             import ray
         except ImportError:  # pragma: no cover - ray is a dependency
             return False
         return ray.is_initialized()
+
+    def ray_hosting(self) -> RayHosting:
+        """The Ray placement of this agent's pool: `hosting` itself, or one built from `replicas`,
+        `max_concurrency` and `resources` (whose "num_cpus"/"num_gpus" entries become those options)."""
+        if isinstance(self.hosting, RayHosting):
+            return self.hosting
+        custom = dict(self.resources)
+        return RayHosting(replicas=self.replicas, max_concurrency=self.max_concurrency,
+                          num_cpus=custom.pop("num_cpus", 0.0), num_gpus=custom.pop("num_gpus", 0.0), resources=custom)
 
     def backend_name(self) -> str:
         return self.backend.name if self.backend is not None else "llama_cpp"

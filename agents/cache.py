@@ -4,6 +4,14 @@ The key includes the request's seed, which the generation derives from the parti
 stream and the site address, so independent particles never share a response: caching can make a
 repeated or replayed call free, never two particles identical. Concurrent identical requests are
 coalesced into one backend call. The cache can be saved to and loaded from JSONL (checkpoints).
+
+Journal: `ResponseCache(journal=path)` first loads the responses already in `path`, then appends every
+new completion to it as soon as the call completes (one `os.write` of a whole line, in append mode),
+so a process killed at any moment loses no completed call: a resumed run finds them all (the
+checkpoint directory's `responses.jsonl`, see `swarm.checkpoint`). A last line without its newline
+(the process died mid-write) is ignored; a write that fails (disk full) raises `CacheJournalError`.
+Lines are not fsynced one by one (`fsync=True` does): a killed process loses nothing, a power cut
+may lose the last calls, which are then made again.
 """
 
 from __future__ import annotations
@@ -16,6 +24,11 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from agents.backends.base import Completion, GenerationRequest
+from swarm.errors import SwarmError
+
+
+class CacheJournalError(SwarmError):
+    """The response journal could not be written or read (the path and the cause are named)."""
 
 
 def request_key(identity: str, request: GenerationRequest) -> str:
@@ -23,12 +36,24 @@ def request_key(identity: str, request: GenerationRequest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _line(key: str, completion: Completion) -> bytes:
+    """One JSONL record; python-mode dump so that -inf log-probabilities survive (as -Infinity)."""
+    return (json.dumps({"key": key, "completion": completion.model_dump(mode="python")}) + "\n").encode()
+
+
 class ResponseCache:
-    def __init__(self) -> None:
+    def __init__(self, journal: str | os.PathLike[str] | None = None, *, fsync: bool = False) -> None:
         self._done: dict[str, Completion] = {}
         self._pending: dict[str, asyncio.Future] = {}
         self.hits = 0
         self.misses = 0
+        self.journal = Path(journal) if journal is not None else None
+        self.fsync = fsync
+        self.loaded = 0
+        """Responses read back from the journal when the cache was created."""
+        self._fd: int | None = None
+        if self.journal is not None and self.journal.exists():
+            self.loaded = self.load(self.journal)
 
     def __len__(self) -> int:
         return len(self._done)
@@ -54,26 +79,60 @@ class ResponseCache:
             self._pending.pop(key, None)
         self._done[key] = completion
         future.set_result(completion)
+        if self.journal is not None:
+            self._append(key, completion)
         return completion
+
+    def _append(self, key: str, completion: Completion) -> None:
+        assert self.journal is not None
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            view = memoryview(_line(key, completion))
+            while view:
+                view = view[os.write(self._fd, view):]
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise CacheJournalError(f"response journal {self.journal}: could not record a completed call: "
+                                    f"{exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        """Close the journal's descriptor (it is reopened by the next write)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file + rename): a crash leaves the previous file intact."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "wb") as fh:
             for key, completion in self._done.items():
-                fh.write(json.dumps({"key": key, "completion": completion.model_dump(mode="json")}) + "\n")
+                fh.write(_line(key, completion))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     def load(self, path: str | os.PathLike[str]) -> int:
-        """Add the entries of a saved cache; returns how many were read."""
+        """Add the entries of a saved cache or journal; returns how many were read. A last line
+        without its newline (a writer killed mid-line) is skipped; any other bad line raises."""
         count = 0
         with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    row = json.loads(line)
-                    self._done[row["key"]] = Completion.model_validate(row["completion"])
-                    count += 1
+            lines = fh.read().split("\n")
+        for number, line in enumerate(lines[:-1], start=1):  # lines[-1] is "" or a torn tail
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                self._done[row["key"]] = Completion.model_validate(row["completion"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CacheJournalError(f"response cache {path}, line {number}: {type(exc).__name__}: {exc}") from None
+            count += 1
         return count

@@ -1,17 +1,22 @@
 """Where an agent's generations are computed: a client per agent per run.
 
-`client_for(agent)` returns the client the current run uses for `agent`: a `LocalClient` around the
-agent's backend in this process (with the run's response cache), or — when the agent is hosted on
-Ray — a client that sends the request to the agent's Ray actor (see `agents.ray_hosting`).
+`client_for(agent)` is the single switch point. It returns the client the current run uses for
+`agent`: a `LocalClient` around the agent's backend in this process, or — when the agent is hosted
+on Ray (`Agent(hosting=RayHosting(...))`, `hosting="ray"`, or "auto" with Ray initialised) — a
+client that sends the request to the agent's pool of Ray actors (see `agents.ray_hosting`). Both go
+through the run's response cache, which journals every completed call into the run's checkpoint
+directory when the run checkpoints (`swarm.checkpoint`), so a resumed run repeats no call.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agents.backends.base import Backend, Completion, GenerationRequest
 from agents.cache import ResponseCache, request_key
+from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL
 from swarm.runtime import run_scope
 
 if TYPE_CHECKING:
@@ -48,8 +53,15 @@ def default_backend() -> Backend:
 
 
 def run_cache() -> ResponseCache:
-    """The response cache of the current run (one per policy run; process-wide outside runs)."""
-    return run_scope().setdefault("agents.cache", ResponseCache())
+    """The response cache of the current run (one per policy run; process-wide outside runs),
+    journaled to the run's checkpoint directory when it has one."""
+    scope = run_scope()
+    cache = scope.get("agents.cache")
+    if cache is None:
+        directory = scope.get(CHECKPOINT_DIR_KEY)
+        journal = os.path.join(directory, RESPONSE_JOURNAL) if directory else None
+        cache = scope["agents.cache"] = ResponseCache(journal=journal)
+    return cache
 
 
 def client_for(agent: "Agent") -> Client:
@@ -84,4 +96,5 @@ def completion_info(agent: "Agent", request: GenerationRequest, completion: Comp
         else request.prompt,
         "assistant_prefix": request.assistant_prefix,
         "completion": completion.text,
+        **({"served_by": dict(completion.served_by)} if completion.served_by else {}),
     }

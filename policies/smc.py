@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 import time
-from typing import Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from policies.base import Policy, RunContext
+from swarm.checkpoint import CHECKPOINT_DIR_KEY, Checkpointer, CheckpointError, PopulationCheckpoint
 from swarm.errors import NoSurvivingParticles
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.population import Genealogy, ess, logmeanexp, normalized_weights
 from swarm.resampling import resample
 from swarm.result import Particle, Result, StepStats
+from swarm.runtime import run_scope
+
+_CHECKPOINTER_KEY = "swarm.checkpointer"
+_NOT_RESULT_SETTINGS = {"runtime", "listeners", "budget", "seed", "checkpoint", "checkpoint_every"}
+"""Policy fields that do not change a seeded result (everything else must match to resume)."""
 
 
 class ParticlePopulation:
@@ -99,20 +108,35 @@ class SMC(Policy):
     Offspring continue independently: each re-executes its ancestor's trace by replay and then draws
     its own future from its own random stream. Shaping factors enter W while a particle runs and are
     removed when it finishes, so they change which particles survive but not the target.
+
+    Checkpoints: with `checkpoint=<dir>` the population is written there (atomically, see
+    `swarm.checkpoint`) after every `checkpoint_every`-th step, and the run's LLM responses are
+    journaled beside it; `SMC(...).resume(dir, program, *args)` continues a killed run from its last
+    checkpoint and returns exactly the result of the uninterrupted run, without repeating a completed
+    LLM call.
     """
 
     num_particles: int = Field(1000, gt=0)
     resampling: Literal["multinomial", "systematic", "stratified", "residual"] = "systematic"
     ess_threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_steps: int | None = Field(None, gt=0)
+    checkpoint: Path | None = None
+    """A directory to checkpoint the population into (None: no checkpoints)."""
+    checkpoint_every: int = Field(1, gt=0)
+    _resume_state: PopulationCheckpoint | None = PrivateAttr(None)
 
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
-        return await self.run_population(ctx, ctx.runner(args, kwargs), ParticlePopulation(self.num_particles))
+        runner = ctx.runner(args, kwargs)
+        if self._resume_state is not None:
+            pop, genealogy, step = self._restore(ctx, self._resume_state)
+            return await self.run_population(ctx, runner, pop, first_step=step + 1, genealogy=genealogy)
+        self._open_checkpoints(fresh=True)
+        return await self.run_population(ctx, runner, ParticlePopulation(self.num_particles))
 
     async def run_population(self, ctx: RunContext, runner: SegmentRunner, pop: ParticlePopulation,
-                             first_step: int = 1) -> Result:
-        genealogy = Genealogy(pop.n)
+                             first_step: int = 1, genealogy: Genealogy | None = None) -> Result:
+        genealogy = genealogy if genealogy is not None else Genealogy(pop.n)
         step = first_step - 1
         while True:
             running = pop.running()
@@ -124,7 +148,7 @@ class SMC(Policy):
             step += 1
             started = time.time_ns()
             prefixes = [0 if s is None else len(s.trace) for s in pop.segments]
-            segments = await ctx.advance(runner, pop.tasks(running, stop_at=step))
+            segments = await self.advance(ctx, runner, pop.tasks(running, stop_at=step))
             increments = pop.update(running, segments)
             pop.resume = list(pop.ids)
             moved: list[Segment | None] = [None] * pop.n
@@ -132,10 +156,15 @@ class SMC(Policy):
                 moved[i] = seg
             self._check_alive(ctx, pop)
             self._step(ctx, pop, genealogy, step, moved, prefixes, increments, started)
+            self._save_checkpoint(ctx, runner, pop, genealogy, step)
             if ctx.out_of_budget():
                 break
         ctx.diagnostics.genealogy = genealogy.to_lists()
         return ctx.result(type(self).__name__, pop.particles(), logmeanexp(pop.log_w))
+
+    async def advance(self, ctx: RunContext, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
+        """Run one step's segments. A hook for subclasses: TwistedSMC adds its critic's twist here."""
+        return await ctx.advance(runner, tasks)
 
     def _check_alive(self, ctx: RunContext, pop: ParticlePopulation) -> None:
         if not np.any(pop.log_w > -math.inf):
@@ -158,3 +187,77 @@ class SMC(Policy):
             unique_ancestors=None if ancestors is None else int(len(np.unique(ancestors)))))
         ctx.emit_step(step, moved, prefixes, ids, parents, log_w, increments, log_z, started,
                       ancestors=ancestors, offspring_ids=offspring)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _open_checkpoints(self, fresh: bool) -> None:
+        """Make the run's checkpoint directory known to this run (and to the agents' journal)."""
+        if self.checkpoint is None:
+            return
+        checkpointer = Checkpointer(self.checkpoint, every=self.checkpoint_every)
+        if fresh:
+            checkpointer.start_fresh()
+        scope = run_scope()
+        scope[_CHECKPOINTER_KEY] = checkpointer
+        scope[CHECKPOINT_DIR_KEY] = str(checkpointer.directory)
+
+    def _result_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.describe().items() if k not in _NOT_RESULT_SETTINGS}
+
+    def _save_checkpoint(self, ctx: RunContext, runner: SegmentRunner, pop: ParticlePopulation,
+                         genealogy: Genealogy, step: int) -> None:
+        checkpointer = run_scope().get(_CHECKPOINTER_KEY)
+        if checkpointer is None or not checkpointer.due(step, final=not pop.running()):
+            return
+        checkpointer.save(PopulationCheckpoint(
+            policy=type(self).__name__, config=self._result_settings(), program=runner.name, seed=ctx.seed,
+            run_id=ctx.run_id, step=step, segments=list(pop.segments), ids=list(pop.ids),
+            parents=list(pop.parents), log_w=pop.log_w.tolist(), eff=pop.eff.tolist(), resume=list(pop.resume),
+            next_id=pop.next_id, genealogy=genealogy.to_lists(), diagnostics=ctx.diagnostics.model_copy(deep=True),
+            elapsed_s=time.perf_counter() - ctx.started))
+
+    def _restore(self, ctx: RunContext, state: PopulationCheckpoint) -> tuple[ParticlePopulation, Genealogy, int]:
+        pop = ParticlePopulation(len(state.ids))
+        pop.segments, pop.ids, pop.parents = list(state.segments), list(state.ids), list(state.parents)
+        pop.log_w, pop.eff = np.array(state.log_w, dtype=float), np.array(state.eff, dtype=float)
+        pop.resume, pop.next_id = list(state.resume), state.next_id
+        ctx.run_id = state.run_id
+        ctx.diagnostics = state.diagnostics.model_copy(deep=True)
+        ctx.started -= state.elapsed_s
+        self._open_checkpoints(fresh=False)
+        return pop, Genealogy.from_lists(pop.n, state.genealogy), state.step
+
+    def _check_resumable(self, state: PopulationCheckpoint, program: Callable[..., Any], where: Path) -> None:
+        """Refuse a checkpoint that this policy and program would not continue exactly."""
+        if type(self)._run is not SMC._run:
+            raise CheckpointError(where, f"{type(self).__name__} overrides SMC._run and does not support resume")
+        if state.policy != type(self).__name__:
+            raise CheckpointError(where, f"written by {state.policy}, cannot be resumed by {type(self).__name__}")
+        if self.seed is not None and self.seed != state.seed:
+            raise CheckpointError(where, f"seed: the checkpoint's run used seed {state.seed}, this policy has {self.seed}")
+        mine = self._result_settings()
+        for key in sorted(set(mine) | set(state.config)):
+            if mine.get(key) != state.config.get(key):
+                raise CheckpointError(where, f"{key}: the checkpoint's run used {state.config.get(key)!r}, this policy "
+                                             f"has {mine.get(key)!r}; resume with the same settings")
+        name = SegmentRunner(program).name
+        if name != state.program:
+            raise CheckpointError(where, f"program: the checkpoint's run ran {state.program!r}, not {name!r}")
+
+    def resume(self, directory: str | os.PathLike[str], program: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
+        """Continue the run checkpointed in `directory` (same program, arguments and settings; the
+        seed is the checkpoint's). Checkpoints keep being written there."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.resume_async(directory, program, *args, **kwargs))
+        raise RuntimeError(f"{type(self).__name__}.resume() was called inside a running event loop; "
+                           f"use `await {type(self).__name__}.resume_async(...)` there")
+
+    async def resume_async(self, directory: str | os.PathLike[str], program: Callable[..., Any], *args: Any,
+                           **kwargs: Any) -> Result:
+        checkpointer = Checkpointer(directory)
+        state = checkpointer.load()
+        self._check_resumable(state, program, checkpointer.population_path)
+        policy = self.model_copy(update={"checkpoint": Path(directory), "seed": state.seed})
+        policy._resume_state = state
+        return await policy.run_async(program, *args, **kwargs)

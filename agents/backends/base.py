@@ -95,6 +95,9 @@ class Completion(BaseModel):
     model: str = ""
     backend: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    served_by: dict[str, Any] | None = None
+    """Where the call ran, when a Ray actor served it: node_id, actor_id, replica, pid (the sample
+    event's info carries it as `served_by`, so the global trace shows where every call ran)."""
 
     @property
     def log_prob(self) -> float:

@@ -1,0 +1,125 @@
+"""The Ray actor that hosts one replica of an agent's role, and the envelope its requests travel in.
+
+The actor holds the backend (the model, or a client of an endpoint) and nothing about particles:
+an `AgentCall` carries everything one generation needs (the request with its messages, settings and
+the seed derived from the particle's random stream and site address), so any replica can serve any
+particle, a restarted replica serves the same requests with the same results, and particle state
+stays in the trace. An `AgentReply` returns the completion with where it ran (`served_by`).
+
+Tracing: when the caller has an active OpenTelemetry context, the envelope carries its W3C
+`traceparent` (`trace_carrier`); the actor extracts it and runs the call inside a child span
+(`plp.agent.generate`, a no-op unless a tracer provider is set in the actor's process) and reports
+the trace id it joined, so spans of a distributed run join one trace. The core (`swarm`) stays free
+of these imports; without `opentelemetry` installed nothing is injected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.backends.base import Backend, Completion, GenerationRequest
+
+
+class AgentCall(BaseModel):
+    """The request envelope: what one generation needs, nothing about the particle's history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str
+    request: GenerationRequest
+    carrier: dict[str, str] = Field(default_factory=dict)
+    """W3C trace context (`traceparent`, `tracestate`) of the caller, when one is active."""
+
+
+class AgentReply(BaseModel):
+    completion: Completion
+    served_by: dict[str, Any]
+
+
+def trace_carrier() -> dict[str, str]:
+    """The caller's OpenTelemetry context as W3C headers ({} when none is active or OTel is absent)."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+@contextlib.contextmanager
+def child_span(carrier: dict[str, str], name: str, attributes: dict[str, Any]) -> Iterator[str | None]:
+    """Run the body in a span whose parent is the caller's context; yields the joined trace id."""
+    if not carrier:
+        yield None
+        return
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:  # pragma: no cover
+        yield None
+        return
+    context = propagate.extract(carrier)
+    parent = trace.get_current_span(context).get_span_context()
+    trace_id = format(parent.trace_id, "032x") if parent.is_valid else None
+    tracer = trace.get_tracer("plp-swarm.agents")
+    with tracer.start_as_current_span(name, context=context, attributes=attributes):
+        yield trace_id
+
+
+class AgentActor:
+    """One replica of a role (a plain class; `agents.ray_hosting` wraps it with `ray.remote`)."""
+
+    def __init__(self, role: str, backend: Backend | None, replica: int, fingerprint: str) -> None:
+        self.role = role
+        self.replica = replica
+        self.fingerprint = fingerprint
+        self._backend = backend
+        self.served = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        import ray
+
+        context = ray.get_runtime_context()
+        self.node_id = context.get_node_id()
+        self.actor_id = context.get_actor_id()
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:  # the embedded default model, loaded in the actor's process
+            from agents.hosting import default_backend
+
+            self._backend = default_backend()
+        return self._backend
+
+    def describe(self) -> dict[str, Any]:
+        """Who and where: role, replica, fingerprint, node id, actor id, process id."""
+        return {"role": self.role, "replica": self.replica, "fingerprint": self.fingerprint,
+                "node_id": self.node_id, "actor_id": self.actor_id, "pid": os.getpid()}
+
+    def stats(self) -> dict[str, int]:
+        """Calls served, in flight now, and the most ever in flight at once (backpressure tests)."""
+        return {"served": self.served, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+
+    async def complete(self, call: AgentCall) -> AgentReply:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            attributes = {"gen_ai.agent.name": self.role, "plp.agent.replica": self.replica}
+            with child_span(call.carrier, "plp.agent.generate", attributes) as trace_id:
+                completion = await self.backend.complete(call.request)
+        finally:
+            self.in_flight -= 1
+        self.served += 1
+        served_by = {"node_id": self.node_id, "actor_id": self.actor_id, "replica": self.replica,
+                     "pid": os.getpid(), "role": self.role}
+        if trace_id is not None:
+            served_by["trace_id"] = trace_id
+        return AgentReply(completion=completion, served_by=served_by)
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            await self._backend.aclose()

@@ -1,0 +1,248 @@
+"""Agents hosted on Ray actors (`agents.ray_hosting`) against local agents: same seed, same result;
+a constant number of actors as the population grows; backpressure; an actor killed mid-run.
+
+One local Ray instance (2 CPUs, 127.0.0.1) serves the module. The backends are the TEST DOUBLES of
+`tests.fake_backends` (seed-driven text, no model), so results can be compared exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import policies  # noqa: E402
+from agents import Agent  # noqa: E402
+from agents.agent_actor import AgentCall, child_span, trace_carrier  # noqa: E402
+from agents.backends.base import ChatMessage, GenerationRequest  # noqa: E402
+from agents.ray_hosting import (  # noqa: E402
+    AgentHostingError,
+    RayHosting,
+    hosted_actor_names,
+    pool_for,
+    ray_client_for,
+    shutdown_agent_pools,
+)
+from agents.tools import ToolExecution, tool  # noqa: E402
+from swarm import NoSurvivingParticles, factor, interact, sample  # noqa: E402
+from swarm.ray_runtime import RayRuntime, local_init_kwargs, loopback_only  # noqa: E402
+from tests.fake_backends import Critic, SeededEcho  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    if ray.is_initialized():
+        ray.shutdown()
+    with loopback_only():
+        ray.init(**local_init_kwargs(num_cpus=2))
+    yield
+    shutdown_agent_pools()
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def fresh_pools():
+    """Every test starts without agent actors and leaves none behind."""
+    shutdown_agent_pools()
+    yield
+    shutdown_agent_pools()
+
+
+# -- a team of three roles: proposer (agent), verifier (tool), critic (agent, a factor) -------------
+@tool
+def verify(text: str) -> str:
+    """The verifier: accepts an idea whose number is even."""
+    digits = [c for c in text if c.isdigit()]
+    return "ok" if digits and int(digits[-1]) % 2 == 0 else "rejected"
+
+
+def make_team(hosting, *, latency_s: float = 0.0, tag: str = ""):
+    """The team's program, closed over its two agents (hosted as `hosting` says)."""
+    proposer = Agent(name=f"proposer{tag}", system="Propose.", backend=SeededEcho(latency_s=latency_s), hosting=hosting)
+    critic = Agent(name=f"critic{tag}", system="Score 0-9.", backend=Critic(latency_s=latency_s), hosting=hosting)
+
+    async def team(rounds: int):
+        idea = ""
+        for t in range(rounds):
+            idea = await proposer.ask(f"round {t}: improve {idea!r}", name=f"propose{t}")
+            verdict = await sample(f"verify{t}", ToolExecution(verify, "verify", {"text": idea}))
+            interact("verifier", proposer.name, verdict, kind="tool_result", name=f"verdict{t}")
+            score = await critic.ask(f"{idea} ({verdict})", name=f"critique{t}", sender=proposer.name)
+            factor(f"score{t}", int(score) / 3.0 - (0.5 if verdict != "ok" else 0.0))
+        return idea
+
+    return team, proposer, critic
+
+
+def summary(result):
+    """A result without wall-clock metadata: ids, values, weights, lineage, and every event's content."""
+    def event(e):
+        if e.type == "sample":
+            return (e.address, e.value, e.log_prob, e.target_log_prob, e.dist)
+        if e.type == "interact":
+            return (e.address, e.sender, e.receiver, e.content, e.kind)
+        return tuple(getattr(e, f) for f in ("address", "type"))
+
+    return (result.log_evidence, [(p.id, p.value, p.log_weight, p.status, p.parent_id, [event(e) for e in p.trace.events])
+                                  for p in result.particles],
+            result.diagnostics.genealogy, [s.model_dump() for s in result.diagnostics.steps])
+
+
+def served_by(result):
+    return [e.info["served_by"] for p in result.particles for e in p.trace.events
+            if e.type == "sample" and "served_by" in e.info]
+
+
+def agent_actor_count() -> int:
+    from ray._private.state import actors
+
+    return sum(1 for a in actors(actor_state_name="ALIVE").values() if a.get("ActorClassName", "").endswith("AgentActor"))
+
+
+# -- parity ------------------------------------------------------------------------------------
+def test_three_role_team_on_ray_equals_local():
+    team_local, *_ = make_team("local")
+    local = policies.SMC(num_particles=60, seed=11, runtime="local").run(team_local, 3)
+    team_ray, *_ = make_team(RayHosting(replicas=2, max_concurrency=4))
+    rt = RayRuntime(num_workers=2)
+    try:
+        remote = policies.SMC(num_particles=60, seed=11, runtime=rt).run(team_ray, 3)
+    finally:
+        asyncio.run(rt.aclose())
+    assert summary(remote) == summary(local)
+    assert any(s.resampled for s in local.diagnostics.steps)  # the comparison covers resampled offspring
+    where = served_by(remote)
+    assert len(where) == sum(1 for p in remote.particles for e in p.trace.events if e.type == "sample"
+                             and e.dist.startswith("Generation"))  # every generation names its actor
+    assert {w["role"] for w in where} == {"proposer", "critic"}
+    assert {w["replica"] for w in where} == {0, 1}  # both replicas of each pool served
+    assert not served_by(local)  # a local call records no actor
+
+
+def test_local_runtime_with_ray_agents_equals_local():
+    team_local, *_ = make_team("local")
+    team_ray, *_ = make_team("ray")
+    a = policies.SMC(num_particles=40, seed=5).run(team_local, 2)
+    b = policies.SMC(num_particles=40, seed=5).run(team_ray, 2)
+    assert summary(a) == summary(b)
+    # every live call was served by an actor: 2 calls a round per particle history, none replayed
+    assert all(w["role"] in ("proposer", "critic") for w in served_by(b))
+
+
+# -- one pool per role, whatever the population ----------------------------------------------------
+def test_actor_count_is_constant_as_particles_grow():
+    team, *_ = make_team(RayHosting(replicas=2, max_concurrency=16))
+    counts = {}
+    for n in (10, 100, 1000):
+        result = policies.SMC(num_particles=n, seed=n).run(team, 1)
+        assert len(result.particles) == n
+        counts[n] = (agent_actor_count(), len(hosted_actor_names()))
+    assert counts == {10: (4, 4), 100: (4, 4), 1000: (4, 4)}  # 2 roles × 2 replicas
+
+
+# -- backpressure ------------------------------------------------------------------------------
+def test_in_flight_requests_never_exceed_the_agent_concurrency_limit():
+    hosting = RayHosting(replicas=2, max_concurrency=3)
+    slow = Agent(name="slow", backend=SeededEcho(latency_s=0.02), hosting=hosting)
+
+    async def one_call():
+        text = await sample("draft", slow.generate("go"))
+        factor("len", -len(text) / 10)
+        return text
+
+    result = policies.SMC(num_particles=1000, seed=3).run(one_call)
+    assert len(result.particles) == 1000
+    pool = pool_for(slow)
+    assert pool.max_outstanding == hosting.concurrency_limit  # the limit was reached, never passed
+    stats = asyncio.run(pool.stats())
+    assert sum(s["served"] for s in stats) == 1000
+    assert max(s["max_in_flight"] for s in stats) == hosting.max_concurrency
+    assert all(s["max_in_flight"] <= hosting.max_concurrency for s in stats)
+    assert min(s["served"] for s in stats) > 300  # requests balanced over the replicas
+
+
+# -- faults ------------------------------------------------------------------------------------
+def test_killed_agent_actor_is_restarted_and_the_seeded_result_is_unchanged():
+    hosting = RayHosting(replicas=2, max_concurrency=8)
+    team, proposer, critic = make_team(hosting, latency_s=0.05, tag="_k")
+    policy = policies.SMC(num_particles=40, seed=21)
+    reference = policy.run(team, 4)
+
+    async def run_with_a_kill():
+        task = asyncio.ensure_future(policy.run_async(team, 4))
+        pool = pool_for(critic)
+        while sum(s["served"] for s in await pool.stats()) < 40:  # mid-run: some calls served
+            await asyncio.sleep(0.05)
+        ray.kill(pool.handles[0], no_restart=False)
+        return await task
+
+    shutdown_agent_pools()  # fresh actors: the served counters below start at zero
+    faulty = asyncio.run(run_with_a_kill())
+    assert summary(faulty) == summary(reference)
+    pids = {w["pid"] for w in served_by(faulty) if w["role"] == "critic_k" and w["replica"] == 0}
+    assert len(pids) == 2  # replica 0 served calls before the kill and, restarted, after it
+
+
+def test_backend_error_reaches_the_program_as_itself():
+    from agents.backends.base import BackendError
+    from agents.backends.scripted import Scripted
+
+    broken = Agent(name="broken", backend=Scripted(["x"], fail_times=10**6), hosting="ray")
+
+    async def program():
+        return await sample("x", broken.generate("hi"))
+
+    with pytest.raises(NoSurvivingParticles, match=f"'{BackendError.__name__} after <program start>' killed 3"):
+        policies.SMC(num_particles=3, seed=0).run(program)
+
+
+def test_unplaceable_pool_fails_with_a_clear_error():
+    agent = Agent(name="gpu_hungry", backend=SeededEcho(),
+                  hosting=RayHosting(num_gpus=1, ready_timeout_s=2, call_retries=0))
+
+    async def program():
+        return await sample("x", agent.generate("hi"))
+
+    with pytest.raises(AgentHostingError, match="gpu_hungry.*num_gpus=1.*not placed within 2 s"):
+        policies.SMC(num_particles=2, seed=0).run(program)
+
+
+# -- trace context -------------------------------------------------------------------------------
+def test_traceparent_travels_in_the_envelope_and_the_actor_joins_the_trace():
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+    agent = Agent(name="traced", backend=SeededEcho(), hosting="ray")
+    request = GenerationRequest(messages=[ChatMessage(role="user", content="hi")], seed=7)
+    assert trace_carrier() == {}  # no active context: nothing injected
+
+    async def call():
+        with tracer.start_as_current_span("driver") as span:
+            carrier = trace_carrier()
+            completion = await ray_client_for(agent).complete(request)
+        return span, carrier, completion
+
+    span, carrier, completion = asyncio.run(call())
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert carrier["traceparent"].split("-")[1] == trace_id
+    assert completion.served_by["trace_id"] == trace_id
+    assert AgentCall(agent="a", request=request, carrier=carrier).carrier == carrier
+    with child_span({}, "x", {}) as joined:
+        assert joined is None
+    assert trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_hosting_options_from_agent_fields():
+    agent = Agent(name="a", hosting="ray", replicas=3, max_concurrency=2, resources={"num_gpus": 1, "llm": 2})
+    hosting = agent.ray_hosting()
+    assert (hosting.replicas, hosting.max_concurrency, hosting.num_gpus, hosting.resources) == (3, 2, 1, {"llm": 2})
+    assert hosting.concurrency_limit == 6
+    assert Agent(name="b", hosting=RayHosting(replicas=2)).hosted_on_ray()
+    assert not Agent(name="c", hosting="local").hosted_on_ray()
+    with pytest.raises(ValueError, match="replicas"):
+        RayHosting(replicas=0)
