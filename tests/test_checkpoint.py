@@ -1,0 +1,293 @@
+"""Checkpoint and resume (`swarm.checkpoint`, `SMC(checkpoint=...)`, `SMC.resume`): a run resumed
+from any step equals the uninterrupted run, a driver SIGKILLed mid-run resumes without repeating a
+completed LLM call, torn files are detected, and a full disk leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import policies
+from agents.cache import CacheJournalError, ResponseCache
+from agents.backends.base import Completion
+from swarm.checkpoint import Checkpointer, CheckpointError, read_checkpoint, write_atomic
+from swarm.runtimes import LocalRuntime
+from tests import checkpoint_driver
+from tests.exact_programs import BY_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the driver dying: not an Exception, so nothing in the run catches it."""
+
+
+class CrashingRuntime(LocalRuntime):
+    """A local runtime that dies when asked to run its `crash_at`-th step."""
+
+    def __init__(self, crash_at: int) -> None:
+        super().__init__()
+        self.crash_at = crash_at
+        self.steps = 0
+
+    async def run_segments(self, runner, tasks):
+        self.steps += 1
+        if self.steps == self.crash_at:
+            raise SimulatedCrash(f"step {self.steps}")
+        return await super().run_segments(runner, tasks)
+
+
+def run(policy, prog):
+    return policy.run(prog.program, *prog.args, **prog.kwargs)
+
+
+def resume(policy, directory, prog):
+    return policy.resume(directory, prog.program, *prog.args, **prog.kwargs)
+
+
+def assert_same(a, b, *, timing_free: bool = True):
+    """Same population: evidence, ids, values, weights, statuses, parents, traces, steps, genealogy."""
+    assert a.log_evidence == b.log_evidence
+    assert [(p.id, p.value, p.log_weight, p.status, p.parent_id) for p in a.particles] == \
+           [(p.id, p.value, p.log_weight, p.status, p.parent_id) for p in b.particles]
+    if timing_free:
+        assert [p.trace.events for p in a.particles] == [p.trace.events for p in b.particles]
+    assert a.diagnostics.steps == b.diagnostics.steps
+    assert a.diagnostics.genealogy == b.diagnostics.genealogy
+    assert (a.diagnostics.deaths, a.diagnostics.llm_calls, a.diagnostics.tokens) == \
+           (b.diagnostics.deaths, b.diagnostics.llm_calls, b.diagnostics.tokens)
+
+
+# -- resume equals the uninterrupted run ---------------------------------------------------------
+@pytest.mark.parametrize("name,crash_at", [("hmm", 2), ("hmm", 4), ("async_program", 2), ("plate_vote", 2),
+                                           ("needle_guarantees", 2), ("shaped", 2)])
+def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, name, crash_at):
+    prog = BY_NAME[name]
+    policy = policies.SMC(num_particles=300, seed=9, ess_threshold=0.7)
+    reference = run(policy, prog)
+    if len(reference.diagnostics.steps) < crash_at:
+        pytest.skip(f"{name} has fewer than {crash_at} steps")
+    with pytest.raises(SimulatedCrash):
+        run(policy.model_copy(update={"checkpoint": tmp_path, "runtime": CrashingRuntime(crash_at)}), prog)
+    assert read_checkpoint(tmp_path / "population.ckpt").step == crash_at - 1
+    assert_same(resume(policy, tmp_path, prog), reference)
+
+
+def test_resume_keeps_checkpointing_and_a_finished_run_resumes_to_itself(tmp_path):
+    prog = BY_NAME["hmm"]
+    policy = policies.SMC(num_particles=200, seed=4)
+    with pytest.raises(SimulatedCrash):
+        run(policy.model_copy(update={"checkpoint": tmp_path, "runtime": CrashingRuntime(3)}), prog)
+    first = resume(policy, tmp_path, prog)
+    final = read_checkpoint(tmp_path / "population.ckpt")
+    assert final.step == len(first.diagnostics.steps)  # resumed runs write checkpoints too
+    assert_same(resume(policy, tmp_path, prog), first)  # nothing left to run: the same result
+    assert_same(first, run(policy, prog))
+
+
+def test_unseeded_run_resumes_with_its_own_seed(tmp_path):
+    prog = BY_NAME["chain3"]
+    with pytest.raises(SimulatedCrash):
+        run(policies.SMC(num_particles=100, checkpoint=tmp_path, runtime=CrashingRuntime(2)), prog)
+    seed = read_checkpoint(tmp_path / "population.ckpt").seed
+    assert_same(resume(policies.SMC(num_particles=100), tmp_path, prog),
+                run(policies.SMC(num_particles=100, seed=seed), prog))
+
+
+def test_resume_refuses_other_settings_or_programs(tmp_path):
+    prog = BY_NAME["hmm"]
+    run(policies.SMC(num_particles=50, seed=1, checkpoint=tmp_path), prog)
+    with pytest.raises(CheckpointError, match="num_particles: the checkpoint's run used 50"):
+        resume(policies.SMC(num_particles=60), tmp_path, prog)
+    with pytest.raises(CheckpointError, match="resampling"):
+        resume(policies.SMC(num_particles=50, resampling="multinomial"), tmp_path, prog)
+    with pytest.raises(CheckpointError, match="seed: the checkpoint's run used seed 1"):
+        resume(policies.SMC(num_particles=50, seed=2), tmp_path, prog)
+    with pytest.raises(CheckpointError, match="program: the checkpoint's run ran 'hmm', not 'chain3'"):
+        resume(policies.SMC(num_particles=50), tmp_path, BY_NAME["chain3"])
+    with pytest.raises(CheckpointError, match="no checkpoint here"):
+        resume(policies.SMC(num_particles=50), tmp_path / "missing", prog)
+
+
+# -- the driver process killed ------------------------------------------------------------------
+def _wait_for_checkpoint(proc: subprocess.Popen, directory: Path, step: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the driver exited ({proc.returncode}) before checkpoint step {step}: "
+                        f"{proc.stderr.read().decode()[-2000:]}")
+        found = Checkpointer(directory).describe()["step"]
+        if found is not None and found >= step:
+            return
+        time.sleep(0.005)
+    proc.kill()
+    pytest.fail(f"no checkpoint of step {step} within {timeout_s} s")
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_sigkilled_driver_resumes_to_the_uninterrupted_result_without_repeating_a_call(tmp_path):
+    ckpt, counter = tmp_path / "ckpt", tmp_path / "calls.txt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.checkpoint_driver", str(ckpt), str(counter)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_checkpoint(proc, ckpt, step=2)
+    time.sleep(0.12)  # into the next step: its fastest calls complete, the slow ones are in flight
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = read_checkpoint(ckpt / "population.ckpt")
+    assert 2 <= state.step < checkpoint_driver.ROUNDS, "the driver must die mid-run"
+    before = _lines(counter)
+    after_checkpoint = [line for line in before if f"|step {state.step} after" in line]
+    assert after_checkpoint, "the kill must land after some calls of the next step completed"
+    assert len(_lines(ckpt / "responses.jsonl")) == len(before)  # every completed call was journaled
+
+    program = checkpoint_driver.make_program(str(counter))
+    resumed = checkpoint_driver.make_policy().resume(ckpt, program, checkpoint_driver.ROUNDS)
+    calls = _lines(counter)
+    assert len(calls) == len(set(calls)), "a completed call was made again"
+
+    reference_counter = tmp_path / "reference_calls.txt"
+    reference = checkpoint_driver.make_policy().run(checkpoint_driver.make_program(str(reference_counter)),
+                                                    checkpoint_driver.ROUNDS)
+    assert sorted(calls) == sorted(_lines(reference_counter))  # the same calls, each made once
+    assert_same(resumed, reference, timing_free=False)
+    strip = lambda r: [[(e.address, getattr(e, "value", None), getattr(e, "content", None)) for e in p.trace.events]  # noqa: E731
+                       for p in r.particles]
+    assert strip(resumed) == strip(reference)
+
+
+# -- torn and failed writes ---------------------------------------------------------------------
+@pytest.fixture
+def checkpoint_file(tmp_path) -> Path:
+    run(policies.SMC(num_particles=50, seed=1, checkpoint=tmp_path), BY_NAME["hmm"])
+    return tmp_path / "population.ckpt"
+
+
+def test_torn_or_corrupt_checkpoint_is_detected(checkpoint_file):
+    data = checkpoint_file.read_bytes()
+    checkpoint_file.write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match=r"torn checkpoint: the header announces \d+ payload bytes, the file has"):
+        read_checkpoint(checkpoint_file)
+    checkpoint_file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(CheckpointError, match="corrupt checkpoint: the payload's sha256"):
+        read_checkpoint(checkpoint_file)
+    checkpoint_file.write_bytes(data[:5])
+    with pytest.raises(CheckpointError, match="not a plp-swarm checkpoint"):
+        read_checkpoint(checkpoint_file)
+    checkpoint_file.write_bytes(data)
+    assert read_checkpoint(checkpoint_file).step >= 1
+
+
+def test_full_disk_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    prog = BY_NAME["hmm"]
+    policy = policies.SMC(num_particles=100, seed=3)
+    real_write, writes = os.write, []
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("population.ckpt.tmp"):
+            writes.append(fd)
+            if len(writes) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(CheckpointError, match=r"population.ckpt: could not write the checkpoint of step 3: "
+                                              r"No space left on device \(the disk is full\); the previous "
+                                              "checkpoint is intact"):
+        run(policy.model_copy(update={"checkpoint": tmp_path}), prog)
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "population.ckpt").step == 2
+    assert not (tmp_path / "population.ckpt.tmp").exists()
+    assert_same(resume(policy, tmp_path, prog), run(policy, prog))
+
+
+def test_full_tmpfs_leaves_the_previous_checkpoint_intact(tmp_path):
+    """A real ENOSPC: a tmpfs just large enough for one checkpoint but not for the next beside it."""
+    prog = BY_NAME["hmm"]
+    policy = policies.SMC(num_particles=300, seed=3, ess_threshold=0.0)
+    sizes = []
+    for steps in (1, 2):
+        probe = tmp_path / f"probe{steps}"
+        run(policy.model_copy(update={"checkpoint": probe, "max_steps": steps}), prog)
+        sizes.append((probe / "population.ckpt").stat().st_size)
+    assert sizes[1] > sizes[0]
+    pages = -(-sizes[0] // 4096) + -(-sizes[1] // 4096) - 1  # room for one, not for the second beside it
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4096}", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(CheckpointError, match=r"step 2: No space left on device \(the disk is full\); the previous"):
+            run(policy.model_copy(update={"checkpoint": mount}), prog)
+        assert read_checkpoint(mount / "population.ckpt").step == 1
+        assert not (mount / "population.ckpt.tmp").exists()
+        saved = tmp_path / "saved"
+        shutil.copytree(mount, saved)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert_same(resume(policy, saved, prog), run(policy, prog))
+
+
+def test_write_atomic_failure_on_replace_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "f"
+    write_atomic(target, b"old")
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(CheckpointError, match="I/O error; the previous checkpoint is intact"):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old" and not (tmp_path / "f.tmp").exists()
+
+
+# -- the response journal ------------------------------------------------------------------------
+def test_journal_reloads_completed_calls_and_ignores_a_torn_tail(tmp_path):
+    import asyncio
+
+    journal = tmp_path / "responses.jsonl"
+    cache = ResponseCache(journal=journal)
+
+    async def fill():
+        for i in range(3):
+            async def call(i=i):
+                return Completion(text=f"r{i}", token_logprobs=[-float("inf") if i == 2 else -1.0])
+            await cache.get_or_call(f"k{i}", call)
+
+    asyncio.run(fill())
+    cache.close()
+    with open(journal, "a") as fh:
+        fh.write('{"key": "k3", "completion": {"te')  # a writer killed mid-line
+    again = ResponseCache(journal=journal)
+    assert again.loaded == 3 and len(again) == 3
+    assert again._done["k2"].token_logprobs == [-float("inf")]
+    journal.write_text('{"key": "k0"}\n')
+    with pytest.raises(CacheJournalError, match="line 1"):
+        ResponseCache(journal=journal)
+
+
+def test_journal_write_failure_is_a_clear_error(tmp_path, monkeypatch):
+    import asyncio
+
+    cache = ResponseCache(journal=tmp_path / "responses.jsonl")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+
+    async def one():
+        async def call():
+            return Completion(text="x")
+        await cache.get_or_call("k", call)
+
+    with pytest.raises(CacheJournalError, match="responses.jsonl: could not record a completed call: No space left"):
+        asyncio.run(one())
