@@ -60,10 +60,11 @@ def verify(text: str) -> str:
     return "ok" if digits and int(digits[-1]) % 2 == 0 else "rejected"
 
 
-def make_team(hosting, *, latency_s: float = 0.0, tag: str = ""):
+def make_team(hosting, *, latency_s: float = 0.0, tag: str = "", critic_hosting=None):
     """The team's program, closed over its two agents (hosted as `hosting` says)."""
     proposer = Agent(name=f"proposer{tag}", system="Propose.", backend=SeededEcho(latency_s=latency_s), hosting=hosting)
-    critic = Agent(name=f"critic{tag}", system="Score 0-9.", backend=Critic(latency_s=latency_s), hosting=hosting)
+    critic = Agent(name=f"critic{tag}", system="Score 0-9.", backend=Critic(latency_s=latency_s),
+                   hosting=critic_hosting or hosting)
 
     async def team(rounds: int):
         idea = ""

@@ -1,0 +1,70 @@
+"""Agent pools on a multi-node Ray cluster simulated on one machine (`ray.cluster_utils.Cluster`: a
+head and two worker nodes on 127.0.0.1). Each node advertises one proposer slot and one critic slot,
+so each role's pool of three replicas must spread over the three nodes; the run must complete with
+the local result, and the trace must record on which node every call ran."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+import policies  # noqa: E402
+from agents.ray_hosting import RayHosting, pool_for, shutdown_agent_pools  # noqa: E402
+from swarm.ray_runtime import RayRuntime, default_runtime_env, loopback_only  # noqa: E402
+from tests.test_ray_agents import make_team, served_by, summary  # noqa: E402
+
+pytestmark = pytest.mark.ray
+NODE_ARGS = {"num_cpus": 1, "resources": {"proposer_slot": 1, "critic_slot": 1}, "node_ip_address": "127.0.0.1",
+             "object_store_memory": 80 * 1024 * 1024}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if ray.is_initialized():
+        ray.shutdown()
+    with loopback_only():
+        c = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "include_dashboard": False})
+        for _ in range(2):
+            c.add_node(**NODE_ARGS)
+        c.wait_for_nodes()
+        ray.init(address=c.address, namespace="plp-agents-cluster", log_to_driver=False,
+                 runtime_env=default_runtime_env())
+    yield c
+    shutdown_agent_pools()
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_agent_pools_spread_over_nodes_and_the_trace_records_each_node(cluster):
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 3
+    team_local, *_ = make_team("local", tag="_c")
+    local = policies.SMC(num_particles=40, seed=13).run(team_local, 2)
+
+    proposer_pool = RayHosting(replicas=3, max_concurrency=4, resources={"proposer_slot": 1})
+    critic_pool = RayHosting(replicas=3, max_concurrency=4, resources={"critic_slot": 1})
+    team, proposer, critic = make_team(proposer_pool, critic_hosting=critic_pool, tag="_c")
+    on_driver = policies.SMC(num_particles=40, seed=13).run(team, 2)
+    rt = RayRuntime(address=cluster.address, num_workers=2)
+    try:
+        on_workers = policies.SMC(num_particles=40, seed=13, runtime=rt).run(team, 2)
+    finally:
+        asyncio.run(rt.aclose())
+    assert ray.is_initialized()  # the runtime used the driver's connection and left it open
+    assert summary(on_driver) == summary(local)
+    assert summary(on_workers) == summary(local)
+
+    for agent in (proposer, critic):  # one replica of each pool on each node
+        info = asyncio.run(pool_for(agent).ready())
+        assert {i["node_id"] for i in info} == nodes
+    for result in (on_driver, on_workers):
+        where = served_by(result)
+        assert all(w["node_id"] in nodes for w in where)
+        by_role = {role: Counter(w["node_id"] for w in where if w["role"] == role) for role in ("proposer_c", "critic_c")}
+        assert {role: set(c) for role, c in by_role.items()} == {"proposer_c": nodes, "critic_c": nodes}
