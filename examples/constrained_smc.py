@@ -1,114 +1,149 @@
-"""Constrained generation: a sentence that never uses the letter "o" (a lipogram), on the embedded
-SmolLM2-135M model, by SMC over words, compared live with best-of-N at the same token budget.
+"""Constrained generation: a sentence about a cat that never uses the letter "e" (a lipogram), on
+the embedded SmolLM2-135M model, by SMC over words, compared with best-of-N at the same token budget.
 
-The program generates the sentence one word per step (`unit="word"`) and guarantees after every
-word that it has no "o". It approximates the target
+The program writes the sentence one word per step (`unit="word"`) and guarantees after every word
+that it has no "e"; at the end it guarantees a complete sentence (a final ".", "!" or "?" after at
+least `min_words` words). It approximates
 
-    p(τ) ∝ π(τ) · Π_i 1[word_i has no "o"],
+    p(τ) ∝ π(τ) · Π_i 1[word_i has no "e"] · 1[complete sentence],      Z = π(constraint holds),
 
-where π is the model writing the sentence word by word. SMC resamples between words: a particle
-whose last word broke the constraint dies at once and a surviving one takes its place, so the
-compute goes to prefixes that can still succeed. Best-of-N samples whole sentences from π and keeps
-those that happen to satisfy the constraint (rejection): with a small model and a letter as common
-as "o", none of a dozen did in a probe. Both get the same number of generated tokens.
+where π is the model writing the sentence word by word (the same distribution over sentences as
+writing it in one go: the word chunks only factor it). Only guarantees weight the trace, so Z is
+the probability that the model, left alone, writes such a sentence, and log Ẑ estimates it.
 
-    python examples/constrained_smc.py [--particles 12] [--topic "the sea"]
-    swarm run examples/constrained_smc.py
+SMC resamples between words: a particle whose last word used an "e" dies at once and a surviving
+prefix takes its place, so compute goes to prefixes that can still succeed (plp-theory §1.1, the
+SMC of ARCHITECTURE.md). Best-of-N draws whole sentences from π and keeps those that happen to
+satisfy the constraint: rejection sampling, whose acceptance rate is Z itself. "e" is the commonest
+letter in English ("the" alone has one), so whole sentences rarely qualify.
+
+    python examples/constrained_smc.py [--particles 24] [--topic "a cat"] [--letter e]
+    swarm run examples/constrained_smc.py [--particles 24] [--trace t.jsonl --html report.html]
+
+Budget: tokens count prompt + completion tokens of every call, as the framework's budgets do; each
+SMC word step re-sends the prompt, so equal tokens is conservative for SMC.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
+from typing import Any
 
 import policies
 from agents import Agent, GenerationSettings
+from policies.best_of_n import BestOfN
 from swarm import NoSurvivingParticles, guarantee, sample
 
-LETTER = "o"
 WRITER = Agent(name="writer", system="You write one short, simple sentence.",
-               settings=GenerationSettings(temperature=1.0, max_tokens=24))
-POLICY = policies.SMC(num_particles=12, ess_threshold=0.5, seed=0)
+               settings=GenerationSettings(temperature=1.0, max_tokens=32))
+POLICY = policies.SMC(num_particles=24, ess_threshold=0.5, seed=0)
+DEFAULTS = {"args": {"topic": "a cat", "letter": "e"}}
 
 
-def ends_sentence(word: str) -> bool:
-    return word.rstrip().endswith((".", "!", "?"))
+def ends_sentence(text: str) -> bool:
+    return text.rstrip().endswith((".", "!", "?"))
 
 
-async def program(topic: str = "the sea", max_words: int = 10) -> str:
-    """SMC's program: one `sample` and one `guarantee` per word."""
+def complete(text: str, letter: str, min_words: int) -> bool:
+    """The whole-sentence constraint both programs share."""
+    return letter not in text.lower() and ends_sentence(text) and len(text.split()) >= min_words
+
+
+async def program(topic: str = "a cat", letter: str = "e", max_words: int = 16, min_words: int = 5) -> str:
+    """SMC's program: one `sample` and one `guarantee` per word, then the sentence check."""
+    prompt = f"Write one sentence about {topic}."
     text = ""
     for i in range(max_words):
-        word = await sample(f"word{i}", WRITER.generate(f"Write one sentence about {topic}.", prefix=text,
-                                                       unit="word", max_tokens=6))
+        word = await sample(f"word{i}", WRITER.generate(prompt, prefix=text, unit="word", max_tokens=6))
         text += word
-        guarantee(f"no_{LETTER}_{i}", LETTER not in word.lower())
+        guarantee(f"no_{letter}/word{i}", letter not in word.lower())
         if not word.strip() or ends_sentence(word):
             break
+    guarantee("complete_sentence", complete(text, letter, min_words))
     return text.strip()
 
 
-async def whole_sentence(topic: str = "the sea") -> str:
+async def whole_sentence(topic: str = "a cat", letter: str = "e", min_words: int = 5) -> str:
     """Best-of-N's program: the whole sentence at once, checked at the end."""
     text = await sample("sentence", WRITER.generate(f"Write one sentence about {topic}.", stop=("\n",)))
-    guarantee(f"no_{LETTER}", LETTER not in text.lower())
+    guarantee(f"no_{letter}_complete_sentence", complete(text, letter, min_words))
     return text.strip()
 
 
-def best_of_n_same_budget(topic: str, tokens: int, seed: int = 0) -> tuple[int, int, list[str]]:
-    """Sample whole sentences until `tokens` are spent: (valid, drawn, valid sentences)."""
+def best_of_n_same_budget(topic: str, letter: str, tokens: int, seed: int) -> dict[str, Any]:
+    """Draw whole sentences one at a time until `tokens` are spent (BestOfN with a token budget)."""
+    policy = BestOfN(n=100_000, batch_size=1, seed=seed, budget=policies.Budget(max_tokens=tokens))
     try:
-        r = policies.Importance(num_particles=10_000, batch_size=1, seed=seed,
-                                budget=policies.Budget(max_tokens=tokens)).run(whole_sentence, topic)
+        r = policy.run(whole_sentence, topic, letter)
     except NoSurvivingParticles as exc:
-        drawn = sum(exc.causes.values())
-        return 0, drawn, []
+        return {"valid": [], "drawn": sum(exc.causes.values()), "log_evidence": -math.inf}
     valid = [p.value for p in r.particles if p.log_weight > -math.inf]
-    return len(valid), len(r.particles), valid
+    return {"valid": valid, "drawn": len(r.particles), "log_evidence": r.log_evidence,
+            "tokens": r.diagnostics.tokens}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--particles", type=int, default=POLICY.num_particles)
-    parser.add_argument("--topic", default="the sea")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/constrained_smc", help="directory for the trace and report")
-    args = parser.parse_args(argv)
-
+def run_smc(args: argparse.Namespace, out: Path):
+    """SMC with a progress display and a trace file; returns the result and the trace path."""
     from observability.progress import ProgressListener
     from observability.trace_file import TraceFileWriter
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     trace_path = out / "trace.jsonl"
     writer = TraceFileWriter(trace_path)
+    progress = ProgressListener()
     smc = POLICY.model_copy(update={"num_particles": args.particles, "seed": args.seed,
-                                    "listeners": [ProgressListener(), writer]})
-    result = smc.run(program, args.topic)
-    writer.close()
-
-    print(f'\nSMC, {args.particles} particles, one word per step, no "{LETTER}" in any word:')
-    for sentence, p in list(result.marginal().items())[:5]:
-        print(f"  {p:6.3f}  {sentence}")
-    print(f"  log Z = {result.log_evidence:.3f}   ESS = {result.ess:.1f}   "
-          f"tokens = {result.diagnostics.tokens}   LLM calls = {result.diagnostics.llm_calls}")
-
-    valid, drawn, sentences = best_of_n_same_budget(args.topic, result.diagnostics.tokens, args.seed)
-    print(f"\nBest-of-N with the same {result.diagnostics.tokens} tokens: {valid} of {drawn} whole sentences "
-          f'have no "{LETTER}"' + (f"; e.g. {sentences[0]!r}" if sentences else ""))
-
-    report = out / "report.html"
+                                    "listeners": [progress, writer]})
     try:
-        from observability.report import write_report
+        result = smc.run(program, args.topic, args.letter, args.max_words, args.min_words)
+    finally:
+        progress.close()
+        writer.close()
+    return result, trace_path
 
-        write_report(trace_path, report)
-        print(f"\ntrace: {trace_path}\nreport: {report}")
-    except ImportError:
-        print(f"\ntrace: {trace_path}")
-    return 0
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--particles", type=int, default=POLICY.num_particles)
+    parser.add_argument("--topic", default="a cat")
+    parser.add_argument("--letter", default="e", help="the letter the sentence must avoid")
+    parser.add_argument("--max-words", type=int, default=16)
+    parser.add_argument("--min-words", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/constrained_smc", help="directory for the trace and report")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the best-of-N comparison")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+
+    result, trace_path = run_smc(args, out)
+    tokens = result.diagnostics.tokens
+    marginal = result.marginal()
+    print(f'\nSMC, {args.particles} particles, one word per step, no "{args.letter}" in any word '
+          f"(answer marginal, top 5 of {len(marginal)}):")
+    for sentence, p in list(marginal.items())[:5]:
+        print(f"  {p:6.3f}  {sentence}")
+    print(f"  log Z = {result.log_evidence:.3f} (the model alone satisfies the constraint with probability "
+          f"≈ {math.exp(result.log_evidence):.2g})   ESS = {result.ess:.1f} / {len(result.particles)}   "
+          f"tokens = {tokens}   LLM calls = {result.diagnostics.llm_calls}")
+    summary: dict[str, Any] = {"marginal": marginal, "log_evidence": result.log_evidence, "ess": result.ess,
+                               "tokens": tokens, "trace": trace_path}
+
+    if not args.no_baseline:
+        bon = best_of_n_same_budget(args.topic, args.letter, tokens, args.seed)
+        shown = f"; e.g. {bon['valid'][0]!r}" if bon["valid"] else ""
+        print(f"\nBest-of-N with the same {tokens} tokens: {len(bon['valid'])} of {bon['drawn']} whole sentences "
+              f'have no "{args.letter}" and are complete{shown}')
+        summary["best_of_n"] = bon
+
+    from observability.html_report import write_report
+    from observability.trace_file import read_trace_file
+
+    report = write_report(read_trace_file(trace_path), out / "report.html")["html"]
+    print(f"\ntrace:  {trace_path}   (swarm inspect {trace_path})\nreport: {report}")
+    summary["report"] = report
+    return summary
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
