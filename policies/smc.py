@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from policies.base import Policy, RunContext
-from swarm.checkpoint import CHECKPOINT_DIR_KEY, Checkpointer, CheckpointError, PopulationCheckpoint
+from swarm.checkpoint import CHECKPOINT_DIR_KEY, Checkpointer, CheckpointError, PopulationCheckpoint, ScopedHandlers
 from swarm.errors import NoSurvivingParticles
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.population import Genealogy, ess, logmeanexp, normalized_weights
@@ -130,8 +130,10 @@ class SMC(Policy):
         runner = ctx.runner(args, kwargs)
         if self._resume_state is not None:
             pop, genealogy, step = self._restore(ctx, self._resume_state)
+            self._scope_segments(ctx, runner)
             return await self.run_population(ctx, runner, pop, first_step=step + 1, genealogy=genealogy)
         self._open_checkpoints(fresh=True)
+        self._scope_segments(ctx, runner)
         return await self.run_population(ctx, runner, ParticlePopulation(self.num_particles))
 
     async def run_population(self, ctx: RunContext, runner: SegmentRunner, pop: ParticlePopulation,
@@ -199,6 +201,11 @@ class SMC(Policy):
         scope = run_scope()
         scope[_CHECKPOINTER_KEY] = checkpointer
         scope[CHECKPOINT_DIR_KEY] = str(checkpointer.directory)
+
+    def _scope_segments(self, ctx: RunContext, runner: SegmentRunner) -> None:
+        """Segments learn the checkpoint directory (so agents journal there, in any process)."""
+        if self.checkpoint is not None:
+            runner.extra_handlers = ScopedHandlers(str(self.checkpoint), ctx.run_id, runner.extra_handlers)
 
     def _result_settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.describe().items() if k not in _NOT_RESULT_SETTINGS}

@@ -11,7 +11,10 @@ A checkpoint directory holds
 
 so that a driver killed at any moment resumes without repeating a completed LLM call: calls made
 before the last checkpoint are in the particles' traces (replay never calls a backend), calls made
-after it are in the journal (the response cache answers them).
+after it are in the journal (the response cache answers them). Particles that run in other
+processes (Ray segment workers) learn the directory from a `CheckpointScope` handler that the
+policy adds to every segment (`active_checkpoint()` finds it), and append to the same journal (one
+`write` per line in append mode; on a cluster the directory must be on a filesystem the nodes share).
 
 What `population.ckpt` holds (`PopulationCheckpoint`): the step, the run seed, every particle's last
 segment (trace, status, value, sync count, weights), ids, parent ids, log weights W and effective
@@ -52,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from swarm.errors import SwarmError
 from swarm.execution import Segment
 from swarm.result import Diagnostics
+from swarm.runtime import Handler, active_handlers
 
 FORMAT = "plp-swarm-checkpoint/1"
 MAGIC = b"PLPCKPT1"
@@ -63,7 +67,8 @@ CHECKPOINT_DIR_KEY = "swarm.checkpoint_dir"
 run does not checkpoint). Layers above the core read it, e.g. to journal LLM responses there."""
 
 __all__ = ["CheckpointError", "CheckpointHeader", "PopulationCheckpoint", "Checkpointer", "write_atomic",
-           "read_checkpoint", "FORMAT", "POPULATION_FILE", "RESPONSE_JOURNAL", "CHECKPOINT_DIR_KEY"]
+           "read_checkpoint", "CheckpointScope", "ScopedHandlers", "active_checkpoint", "FORMAT", "POPULATION_FILE",
+           "RESPONSE_JOURNAL", "CHECKPOINT_DIR_KEY"]
 
 
 class CheckpointError(SwarmError):
@@ -248,3 +253,34 @@ class Checkpointer:
             info["step"] = None
         info["journal_bytes"] = self.journal_path.stat().st_size if self.journal_path.exists() else 0
         return info
+
+
+# -- the checkpoint directory, seen from inside a particle ----------------------------------------
+class CheckpointScope(Handler):
+    """A no-op handler that names the run's checkpoint directory (and run id) to the code running
+    inside a particle, wherever the segment runs (it travels with the `SegmentRunner`)."""
+
+    def __init__(self, directory: str, run_id: str) -> None:
+        super().__init__()
+        self.checkpoint_dir = directory
+        self.run_id = run_id
+
+
+def active_checkpoint() -> tuple[str, str] | None:
+    """(directory, run id) of the checkpointed run whose particle is executing here, if any."""
+    for handler in active_handlers():
+        if isinstance(handler, CheckpointScope):
+            return handler.checkpoint_dir, handler.run_id
+    return None
+
+
+class ScopedHandlers:
+    """A picklable `extra_handlers` factory: a `CheckpointScope` first, then `inner()`'s handlers."""
+
+    def __init__(self, directory: str, run_id: str, inner: Any = None) -> None:
+        self.directory = directory
+        self.run_id = run_id
+        self.inner = inner
+
+    def __call__(self) -> list[Handler]:
+        return [CheckpointScope(self.directory, self.run_id), *(self.inner() if self.inner is not None else [])]

@@ -247,3 +247,56 @@ def test_hosting_options_from_agent_fields():
     assert not Agent(name="c", hosting="local").hosted_on_ray()
     with pytest.raises(ValueError, match="replicas"):
         RayHosting(replicas=0)
+
+
+# -- checkpoints with particles in segment workers -------------------------------------------------
+class SimulatedCrash(BaseException):
+    """Stands for the driver dying: not an Exception, so nothing in the run catches it."""
+
+
+class CrashAfterStep(RayRuntime):
+    """Segment workers that run step `crash_after` (its LLM calls complete) and then the driver dies."""
+
+    def __init__(self, crash_after: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.crash_after = crash_after
+        self.steps = 0
+
+    async def run_segments(self, runner, tasks):
+        segments = await super().run_segments(runner, tasks)
+        self.steps += 1
+        if self.steps == self.crash_after:
+            raise SimulatedCrash(f"after step {self.steps}")
+        return segments
+
+
+def test_segment_workers_journal_their_calls_so_a_resumed_ray_run_repeats_none(tmp_path):
+    from swarm.checkpoint import read_checkpoint
+    from tests import checkpoint_driver
+
+    counter, ckpt = tmp_path / "calls.txt", tmp_path / "ckpt"
+    program = checkpoint_driver.make_program(str(counter))  # a local agent: its calls run in the workers
+    crashing = CrashAfterStep(3, num_workers=2)
+    try:
+        with pytest.raises(SimulatedCrash):
+            checkpoint_driver.make_policy(str(ckpt)).model_copy(update={"runtime": crashing}).run(
+                program, checkpoint_driver.ROUNDS)
+    finally:
+        asyncio.run(crashing.aclose())
+    assert read_checkpoint(ckpt / "population.ckpt").step == 2
+    lost_with_the_driver = [c for c in counter.read_text().splitlines() if "|step 2 after" in c]
+    assert len(lost_with_the_driver) == 24  # step 3's calls completed, but no checkpoint has them
+
+    rt = RayRuntime(num_workers=2)
+    try:
+        resumed = checkpoint_driver.make_policy().model_copy(update={"runtime": rt}).resume(
+            ckpt, program, checkpoint_driver.ROUNDS)
+    finally:
+        asyncio.run(rt.aclose())
+    calls = counter.read_text().splitlines()
+    assert len(calls) == len(set(calls)), "a completed call was made again"
+    reference_counter = tmp_path / "reference.txt"
+    reference = checkpoint_driver.make_policy().run(checkpoint_driver.make_program(str(reference_counter)),
+                                                    checkpoint_driver.ROUNDS)
+    assert sorted(calls) == sorted(reference_counter.read_text().splitlines())
+    assert summary(resumed) == summary(reference)
