@@ -59,7 +59,11 @@ class Distribution:
         if support is None:
             raise TypeError(f"{self!r} has no finite support")
         pairs = [(v, self.log_prob(v)) for v in support]
-        return [(v, lp) for v, lp in pairs if lp > -math.inf]
+        live = [(v, lp) for v, lp in pairs if lp > -math.inf]
+        if not live:
+            raise InvalidDistributionError(
+                f"{self.describe()} has an empty support: none of its {len(pairs)} values has positive probability")
+        return live
 
     def describe(self) -> str:
         return type(self).__name__

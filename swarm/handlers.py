@@ -92,10 +92,16 @@ class replay(Handler):
         events = recorded.events if isinstance(recorded, Trace) else list(recorded)
         self._events = {e.address: e for e in events if e.type in _SITE_TYPES}
         self._unvisited = {a for a, e in self._events.items() if e.type == "sample"}
+        self._weighting = [a for a, e in self._events.items() if e.type != "sample"]
+        """Recorded weighting statements in program order; a recorded prefix ends at one (a sync
+        point), so until the last of them is met again no site may appear that the record lacks."""
+        self._weighting_left = set(self._weighting)
 
     def process_message(self, msg: Message) -> None:
         recorded = self._events.get(msg.name)
         if recorded is None:
+            if self._weighting_left and msg.type in _SITE_TYPES:
+                self._new_site(msg)
             return
         if msg.type == "sample":
             if recorded.type != "sample":
@@ -107,16 +113,27 @@ class replay(Handler):
             msg.replayed = True
             self._unvisited.discard(msg.name)
         elif msg.type == "factor":
+            self._weighting_left.discard(msg.name)
             if recorded.type != "factor" or not _same_float(recorded.log_potential, msg.value):
                 raise NondeterminismError(
                     f"replay: factor {msg.name!r} now gives {msg.value!r}, the recorded trace has "
                     f"{getattr(recorded, 'log_potential', recorded.type)!r}; the program is not deterministic "
                     "given its sampled values (route every random or external effect through sample/interact)")
         elif msg.type == "guarantee":
+            self._weighting_left.discard(msg.name)
             if recorded.type != "guarantee" or recorded.satisfied != msg.value:
                 raise NondeterminismError(
                     f"replay: guarantee {msg.name!r} now evaluates to {msg.value!r}, the recorded trace has "
                     f"{getattr(recorded, 'satisfied', recorded.type)!r}; the program is not deterministic given its samples")
+
+    def _new_site(self, msg: Message) -> None:
+        """A site the record lacks, met before the record's last weighting statement: the replayed
+        execution took another path than the recorded one."""
+        expected = next(a for a in self._weighting if a in self._weighting_left)
+        raise NondeterminismError(
+            f"replay: {msg.type} site {msg.name!r} is not in the recorded trace, which reaches "
+            f"{expected!r} before any new site; the program's control flow is not deterministic given "
+            "its sampled values (route every random or external effect through sample/interact)")
 
     def check_consumed(self) -> None:
         """Every recorded sample must have been met again; otherwise control flow diverged."""

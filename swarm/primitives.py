@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from swarm.distributions import Distribution
-from swarm.errors import AsyncInPlainProgramError, InvalidPotentialError
+from swarm.errors import AsyncInPlainProgramError, InvalidDistributionError, InvalidPotentialError
 from swarm.runtime import UNSET, Handler, Message, active_handlers, apply_stack, apply_stack_async
 
 __all__ = ["sample", "factor", "guarantee", "plate", "interact", "auto_name"]
@@ -63,6 +63,9 @@ def _as_condition(name: str, condition: Any) -> bool:
             raise InvalidPotentialError(
                 f"guarantee {name!r}: the condition must be a single truth value, got an array of shape {condition.shape}")
         condition = condition.item()
+    if isinstance(condition, (float, np.floating)) and condition != condition:  # NaN is truthy
+        raise InvalidPotentialError(f"guarantee {name!r}: the condition is NaN (bool(NaN) would be True); "
+                                    "pass a comparison, e.g. score > threshold")
     try:
         return bool(condition)
     except Exception as exc:  # e.g. an object whose __bool__ raises
@@ -86,12 +89,24 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
             raise AsyncInPlainProgramError(
                 f"sample {name!r}: {dist.describe()} is asynchronous (an LLM generation); declare the program "
                 f"`async def` and write `await sample({name!r}, ...)`")
-        return _await_value(apply_stack_async(msg))
-    return apply_stack(msg).value
+        return _await_value(name, apply_stack_async(msg))
+    try:
+        return apply_stack(msg).value
+    except InvalidDistributionError as exc:  # found while drawing/enumerating: name the site
+        raise _at_site(name, exc) from exc
 
 
-async def _await_value(pending: Any) -> Any:
-    return (await pending).value
+async def _await_value(name: str, pending: Any) -> Any:
+    try:
+        return (await pending).value
+    except InvalidDistributionError as exc:
+        raise _at_site(name, exc) from exc
+
+
+def _at_site(name: str, exc: InvalidDistributionError) -> InvalidDistributionError:
+    text = str(exc)
+    prefix = f"sample {name!r}: "
+    return exc if text.startswith(prefix) else InvalidDistributionError(prefix + text)
 
 
 def factor(name: str, log_potential: float, *, shaping: bool = False) -> None:
