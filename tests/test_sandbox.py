@@ -237,3 +237,81 @@ def test_sandboxed_test_potential():
     assert sandboxed_test_potential("def add(a, b):\n    return a - b", tests) == -math.inf
     assert sandboxed_test_potential("def add(a, b):\n    while True: pass", tests, timeout_s=1) == -math.inf
     assert sandboxed_test_potential("def add(a, b) return", "\n".join(tests)) == -math.inf
+
+
+# ---- hostile programs inside a run: each is a failed potential, the run finishes ------------------
+ADD = "def add(a, b):\n    return a + b\n"
+ADD_TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
+
+
+def hostile_programs(secret_path: str, port: int) -> dict[str, str]:
+    """Candidate solutions an LLM might write: each defines a correct `add`, so it passes the tests
+    unless its hostile part is stopped (and then fails them): a potential of 0 here would mean the
+    sandbox let the hostile part through."""
+    return {
+        "correct": ADD,
+        "fork_bomb": ADD + FORK_BOMB,
+        "setsid_fork_bomb": ADD + SETSID_BOMB,
+        "infinite_loop": ADD + "while True: pass",
+        "ten_gigabytes": ADD + "hoard = bytearray(10 * 1024**3)",
+        "read_outside": ADD + f"print(open({secret_path!r}).read())",
+        "read_shadow": ADD + "print(open('/etc/shadow').read())",
+        "network": ADD + f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()",
+    }
+
+
+@pytest.mark.parametrize("audit", [True, False], ids=["hook", "boundary-only"])
+def test_hostile_candidates_end_as_failed_potentials_and_the_run_finishes(audit, root_only_file, listener):
+    import policies
+    from swarm import Uniform, factor, sample
+
+    if not audit and not IS_ROOT:
+        pytest.skip("without the hook the uid switch and netns (root) are the boundary")
+    if not audit and not run_untrusted("pass").network_isolated:
+        pytest.skip("unshare(CLONE_NEWNET) is not permitted here")
+    candidates = hostile_programs(root_only_file, listener.getsockname()[1])
+    potentials: dict[str, float] = {}
+
+    def program():
+        name = sample("candidate", Uniform(sorted(candidates)))
+        potentials[name] = sandboxed_test_potential(candidates[name], ADD_TESTS, timeout_s=3, cpu_s=2,
+                                                    max_processes=32, audit=audit)
+        factor("tests_pass", potentials[name])
+        return name
+
+    start = time.monotonic()
+    r = policies.Enumerate().run(program)
+    elapsed = time.monotonic() - start
+    assert potentials.keys() == candidates.keys()
+    assert {k for k, v in potentials.items() if v == 0.0} == {"correct"}, potentials
+    assert all(v == -math.inf for k, v in potentials.items() if k != "correct")
+    assert r.marginal() == {"correct": pytest.approx(1.0)}
+    assert r.log_evidence == pytest.approx(-math.log(len(candidates)))
+    assert elapsed < len(candidates) * (3 + 5), "a hostile candidate hung the run"
+    time.sleep(0.1)
+    assert not saw_connection(listener)
+
+
+def test_hostile_candidates_under_smc_with_concurrent_async_sandboxes(listener):
+    """Async programs run their sandboxes concurrently (run_untrusted_async); the population still
+    ends with every hostile candidate dead and the correct one surviving."""
+    import policies
+    from swarm import Uniform, factor, sample
+
+    candidates = hostile_programs("/etc/shadow", listener.getsockname()[1])
+
+    async def program():
+        name = sample("candidate", Uniform(sorted(candidates)))
+        result = await run_untrusted_async(candidates[name] + "\n" + "\n".join(ADD_TESTS) + "\n",
+                                           timeout_s=3, cpu_s=2, max_processes=32)
+        factor("tests_pass", 0.0 if result.ok else -math.inf)
+        return name, result.killed_by
+
+    r = policies.SMC(num_particles=16, ess_threshold=0.0, seed=2).run(program)   # keep the dead to inspect
+    alive = [p for p in r.particles if p.log_weight > -math.inf]
+    assert alive and all(p.value[0] == "correct" for p in alive)
+    dead = {p.trace["candidate"].value for p in r.particles if p.log_weight == -math.inf}
+    assert len(dead) >= 3 and "correct" not in dead
+    assert r.diagnostics.deaths == {"tests_pass": len(r.particles) - len(alive)}
+    time.sleep(0.1)
+    assert not saw_connection(listener)
