@@ -14,6 +14,7 @@ search policies, says precisely what it returns instead).
 
 from policies.ahead_by_k import AheadByK
 from policies.base import Budget, Policy, RunContext
+from policies.beam import Beam
 from policies.best_of_n import BestOfN
 from policies.critics import EnumerationCritic, JudgeCritic, RolloutCritic
 from policies.diagnostics import diagnose
@@ -31,7 +32,7 @@ from policies.twisted_smc import TwistedSMC
 __all__ = [
     "Budget", "Policy", "RunContext",
     "Enumerate", "Forward", "Importance", "Rejection", "SMC", "TwistedSMC", "TemperedSMC",
-    "BestOfN", "SelfConsistency", "AheadByK",
+    "BestOfN", "SelfConsistency", "AheadByK", "Beam",
     "Judge", "Calibration", "diagnose", "mellowmax",
     "RolloutCritic", "EnumerationCritic", "JudgeCritic",
 ]
