@@ -8,6 +8,7 @@ One local Ray instance (2 CPUs, 127.0.0.1) serves the module. The backends are t
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -46,8 +47,11 @@ def ray_instance():
 
 @pytest.fixture(autouse=True)
 def fresh_pools():
-    """Every test starts without agent actors and leaves none behind."""
+    """Every test starts without agent actors (killed ones gone from the actor table) and leaves none."""
     shutdown_agent_pools()
+    deadline = time.monotonic() + 30
+    while agent_actor_count() and time.monotonic() < deadline:
+        time.sleep(0.1)
     yield
     shutdown_agent_pools()
 
