@@ -27,12 +27,13 @@ from policies.rejection import Rejection
 from policies.self_consistency import SelfConsistency
 from policies.smc import SMC
 from policies.tempered_smc import TemperedSMC
+from policies.tree_search import TreeSearch
 from policies.twisted_smc import TwistedSMC
 
 __all__ = [
     "Budget", "Policy", "RunContext",
     "Enumerate", "Forward", "Importance", "Rejection", "SMC", "TwistedSMC", "TemperedSMC",
-    "BestOfN", "SelfConsistency", "AheadByK", "Beam",
+    "BestOfN", "SelfConsistency", "AheadByK", "Beam", "TreeSearch",
     "Judge", "Calibration", "diagnose", "mellowmax",
     "RolloutCritic", "EnumerationCritic", "JudgeCritic",
 ]
