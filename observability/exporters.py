@@ -7,7 +7,11 @@
 The exporter is chosen by the `exporter` argument, else `PLP_OTEL_EXPORTER`, else "otlp":
 - "otlp":    OTLP/HTTP (protobuf) to `endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as
              is), else `OTEL_EXPORTER_OTLP_ENDPOINT` + "/v1/traces", else Phoenix's default
-             http://127.0.0.1:6006/v1/traces. A BatchSpanProcessor unless `batch=False`.
+             http://127.0.0.1:6006/v1/traces. A BatchSpanProcessor unless `batch=False`, with
+             backpressure: the SDK's processor *drops* spans once its queue (OTEL_BSP_MAX_QUEUE_SIZE,
+             2048) is full, and one SMC step of a large population ends thousands of spans at once,
+             so every half queue of ended spans is flushed synchronously (nothing is lost; the
+             export work moves to the caller's thread when bursts exceed the queue).
 - "console": JSON spans on stdout (SimpleSpanProcessor).
 - "memory":  an `InMemorySpanExporter` on `.memory_exporter`, for tests (SimpleSpanProcessor).
 - "none":    no export and no listener (zero cost).
@@ -20,12 +24,13 @@ returned handle unless `set_global=True`, so tests and other instrumentation do 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -73,6 +78,40 @@ class Instrumentation:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+class BackpressureSpanProcessor(SpanProcessor):
+    """A `BatchSpanProcessor` that never drops a span: after every `queue_size // 2` ended spans it
+    flushes the batch queue synchronously, so the queue can never overflow between two flushes."""
+
+    def __init__(self, exporter: SpanExporter, queue_size: int | None = None) -> None:
+        self.queue_size = queue_size or int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 2048)
+        batch = min(self.queue_size, int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or 512))
+        self.inner = BatchSpanProcessor(exporter, max_queue_size=self.queue_size, max_export_batch_size=batch)
+        self.flush_every = max(1, self.queue_size // 2)
+        self.pending = 0
+        self.flushes = 0
+        self._lock = threading.Lock()
+
+    def on_start(self, span, parent_context=None) -> None:
+        self.inner.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span) -> None:
+        self.inner.on_end(span)
+        with self._lock:
+            self.pending += 1
+            due = self.pending >= self.flush_every
+            if due:
+                self.pending, self.flushes = 0, self.flushes + 1
+        if due:
+            self.inner.force_flush()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        self.pending = 0
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -123,7 +162,7 @@ def instrument(exporter: str | None = None, endpoint: str | None = None, project
     span_exporter = _span_exporter(name, url)
     if span_exporter is not None:
         use_batch = batch and name == "otlp"
-        provider.add_span_processor(BatchSpanProcessor(span_exporter) if use_batch
+        provider.add_span_processor(BackpressureSpanProcessor(span_exporter) if use_batch
                                     else SimpleSpanProcessor(span_exporter))
     if set_global:
         trace.set_tracer_provider(provider)

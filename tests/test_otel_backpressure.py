@@ -1,0 +1,58 @@
+"""OTLP batching loses no span: one SMC step of a large population ends more spans at once than the
+SDK's batch queue holds, and the plain `BatchSpanProcessor` then drops them ("Queue full, dropping
+Span"); `instrument("otlp")` flushes every half queue instead (observability.exporters)."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+import policies
+from bench.otel_overhead import OTLPSink, toy_program
+from observability.exporters import BackpressureSpanProcessor, instrument
+from observability.otel import OTelListener
+
+QUEUE = 64
+PARTICLES = 300
+
+
+def spans_in(sink: OTLPSink) -> int:
+    return sum(len(scope.spans) for body in sink.bodies
+               for rs in ExportTraceServiceRequest.FromString(body).resource_spans for scope in rs.scope_spans)
+
+
+def expected_spans() -> int:
+    inst = instrument("memory", register=False)
+    policies.SMC(num_particles=PARTICLES, seed=0, listeners=[inst.listener]).run(toy_program(4))
+    inst.shutdown()
+    return len(inst.memory_exporter.get_finished_spans())
+
+
+def test_otlp_export_with_a_small_queue_delivers_every_span(monkeypatch):
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", str(QUEUE))
+    want = expected_spans()
+    assert want > 4 * PARTICLES   # several steps of PARTICLES spans each: bursts far above the queue
+    with OTLPSink(keep_bodies=True) as sink:
+        inst = instrument("otlp", endpoint=sink.endpoint, register=False)
+        policies.SMC(num_particles=PARTICLES, seed=0, listeners=[inst.listener]).run(toy_program(4))
+        processor = inst.provider._active_span_processor._span_processors[0]
+        inst.shutdown()
+    assert isinstance(processor, BackpressureSpanProcessor) and processor.queue_size == QUEUE
+    assert processor.flushes >= want // QUEUE
+    assert spans_in(sink) == want
+
+
+def test_the_plain_batch_processor_drops_spans_in_the_same_run():
+    """The control: without backpressure the same run loses spans (so the test above can fail)."""
+    want = expected_spans()
+    with OTLPSink(keep_bodies=True) as sink:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink.endpoint),
+                                                       max_queue_size=QUEUE, max_export_batch_size=QUEUE))
+        policies.SMC(num_particles=PARTICLES, seed=0, listeners=[OTelListener(provider)]).run(toy_program(4))
+        provider.force_flush()
+        provider.shutdown()
+    assert spans_in(sink) < want
