@@ -104,3 +104,13 @@ def start_llama_server(
         log_file.close()
         with contextlib.suppress(OSError):
             log_path.unlink()
+
+
+SERVER_LOGPROB_TOLERANCE = 0.15
+"""How far (nats) the server's token log-probabilities may lie from in-process `LlamaCpp`'s.
+
+Not bit-identical by design: llama.cpp's CPU kernels for a 1-token batch differ from those for larger
+batches. The server evaluates each generated token alone; `LlamaCpp` evaluates every position in a
+batch of at least two tokens (see `LlamaCpp._eval_from`) so that its logits depend on the token
+sequence only. Measured on this machine: differences up to 0.07 nats. An off-by-one token, a
+proposal/base mix-up or a missing BOS token gives differences of order 1."""

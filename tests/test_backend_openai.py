@@ -16,7 +16,7 @@ import pytest
 from agents.backends.base import BackendError, ChatMessage, GenerationRequest, GenerationSettings
 from agents.backends.openai_compat import LLAMA_CPP_PLAIN_SAMPLING, OpenAICompatible
 from tests.fault_server import FaultServer
-from tests.llama_server import free_port, llama_server_available, start_llama_server
+from tests.llama_server import SERVER_LOGPROB_TOLERANCE, free_port, llama_server_available, start_llama_server
 
 SECRET = "sk-test-SECRET-4f2a9c"
 FAST = dict(backoff_base=0.001, backoff_max=0.01, timeout=5.0)
@@ -364,7 +364,7 @@ def test_real_server_logprobs_agree_with_in_process_llama_cpp(llama_server, in_p
     local = run(in_process.complete(req))
     n = _common_prefix(served.tokens, local.tokens)
     assert n >= 4, (served.tokens, local.tokens)
-    assert served.base_token_logprobs[:n] == pytest.approx(local.base_token_logprobs[:n], abs=1e-2)
+    assert served.base_token_logprobs[:n] == pytest.approx(local.base_token_logprobs[:n], abs=SERVER_LOGPROB_TOLERANCE)
     assert served.token_logprobs[:n] == local.token_logprobs[:n] == [0.0] * n
 
 
@@ -375,11 +375,11 @@ def test_real_server_word_and_line_chunks_match_in_process_llama_cpp(llama_serve
     word = prompt("Recipe:\nStep 1. Take", temperature=0.0, unit="word")
     sw, lw = run(comp_b.complete(word)), run(in_process.complete(word))
     assert sw.text == lw.text and sw.finish_reason == lw.finish_reason == "unit", (sw, lw)
-    assert sw.base_token_logprobs == pytest.approx(lw.base_token_logprobs, abs=1e-2)
+    assert sw.base_token_logprobs == pytest.approx(lw.base_token_logprobs, abs=SERVER_LOGPROB_TOLERANCE)
     assert sw.stop_log_prob == lw.stop_log_prob == 0.0  # greedy: the cut is certain
     # the boundary mass estimated from the top-20 logprobs is close to the exact one
     assert sw.base_stop_log_prob == pytest.approx(lw.base_stop_log_prob, abs=0.05)
     line = prompt("Recipe:\nStep 1. Take", temperature=0.0, max_tokens=32, unit="line")
     sl, ll = run(comp_b.complete(line)), run(in_process.complete(line))
     assert sl.text == ll.text and sl.text.endswith("\n") and sl.finish_reason == "unit", (sl, ll)
-    assert sl.base_token_logprobs == pytest.approx(ll.base_token_logprobs, abs=1e-2)
+    assert sl.base_token_logprobs == pytest.approx(ll.base_token_logprobs, abs=SERVER_LOGPROB_TOLERANCE)
