@@ -5,6 +5,8 @@ an `AgentCall` carries everything one generation needs (the request with its mes
 the seed derived from the particle's random stream and site address), so any replica can serve any
 particle, a restarted replica serves the same requests with the same results, and particle state
 stays in the trace. An `AgentReply` returns the completion with where it ran (`served_by`).
+Requests arrive one per Ray call (`complete`) or batched (`complete_batch`); either way at most
+`max_concurrency` of them reach the backend at once.
 
 Tracing: when the caller has an active OpenTelemetry context, the envelope carries its W3C
 `traceparent` (`trace_carrier`); the actor extracts it and runs the call inside a child span
@@ -15,13 +17,17 @@ of these imports; without `opentelemetry` installed nothing is injected.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends.base import Backend, Completion, GenerationRequest
+
+if TYPE_CHECKING:
+    from swarm.ray_runtime import RemoteError
 
 
 class AgentCall(BaseModel):
@@ -73,14 +79,17 @@ def child_span(carrier: dict[str, str], name: str, attributes: dict[str, Any]) -
 class AgentActor:
     """One replica of a role (a plain class; `agents.ray_hosting` wraps it with `ray.remote`)."""
 
-    def __init__(self, role: str, backend: Backend | None, replica: int, fingerprint: str) -> None:
+    def __init__(self, role: str, backend: Backend | None, replica: int, fingerprint: str,
+                 max_concurrency: int = 8) -> None:
         self.role = role
         self.replica = replica
         self.fingerprint = fingerprint
         self._backend = backend
+        self.max_concurrency = max_concurrency
         self.served = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self._slots: asyncio.Semaphore | None = None
         import ray
 
         context = ray.get_runtime_context()
@@ -104,15 +113,31 @@ class AgentActor:
         """Calls served, in flight now, and the most ever in flight at once (backpressure tests)."""
         return {"served": self.served, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
 
-    async def complete(self, call: AgentCall) -> AgentReply:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+    async def complete_batch(self, calls: list[AgentCall]) -> list[AgentReply | RemoteError]:
+        """Serve several requests (one Ray call, so Ray's per-call cost is paid once); each reply is
+        an `AgentReply` or, when the backend raised, the error as a `RemoteError`."""
+        return list(await asyncio.gather(*(self._complete_or_error(call) for call in calls)))
+
+    async def _complete_or_error(self, call: AgentCall) -> AgentReply | RemoteError:
         try:
-            attributes = {"gen_ai.agent.name": self.role, "plp.agent.replica": self.replica}
-            with child_span(call.carrier, "plp.agent.generate", attributes) as trace_id:
-                completion = await self.backend.complete(call.request)
-        finally:
-            self.in_flight -= 1
+            return await self.complete(call)
+        except Exception as exc:  # noqa: BLE001 - goes back to the caller as its own error
+            from swarm.ray_runtime import capture_error
+
+            return capture_error(exc, f"agent {self.role!r} replica {self.replica} (pid {os.getpid()})")
+
+    async def complete(self, call: AgentCall) -> AgentReply:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        async with self._slots:  # at most max_concurrency requests reach the backend at once
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                attributes = {"gen_ai.agent.name": self.role, "plp.agent.replica": self.replica}
+                with child_span(call.carrier, "plp.agent.generate", attributes) as trace_id:
+                    completion = await self.backend.complete(call.request)
+            finally:
+                self.in_flight -= 1
         self.served += 1
         served_by = {"node_id": self.node_id, "actor_id": self.actor_id, "replica": self.replica,
                      "pid": os.getpid(), "role": self.role}

@@ -22,6 +22,11 @@
   semaphore per agent and event loop); further particles wait in their own coroutine, so a
   population of thousands never floods Ray's queues, and the actors' max_concurrency bounds what the
   backend sees at once. Requests go to the replica with the fewest outstanding (ties in turn).
+- Batching: the requests a process issues in one turn of its event loop (a step's particles reach
+  their calls together) leave for each replica as one Ray call of up to `max_batch` requests, so
+  Ray's per-call cost (about a millisecond of CPU) is paid per batch; each request still gets its
+  own reply or its own error. The replies of a batch return together, when its slowest request is
+  done; `max_batch=1` sends one Ray call per request.
 - Placement: `num_cpus` (default 0: the actor reserves no core, like the segment workers; give a
   model-serving actor 1 or more), `num_gpus`, custom `resources` (e.g. {"llm_node": 1} to pin a pool
   to nodes that advertise it) and `scheduling_strategy` ("SPREAD" by default: replicas over nodes).
@@ -89,6 +94,8 @@ class RayHosting(BaseModel):
     call_retries: int = Field(4, ge=0)
     """The client's own retries on RayActorError/ActorUnavailableError, with exponential backoff."""
     retry_backoff_s: float = Field(0.2, ge=0)
+    max_batch: int | None = Field(None, ge=1)
+    """Requests sent together in one Ray call (default: max_concurrency; 1: one call per request)."""
     name: str | None = None
     """The pool's name (default: the agent's name)."""
     ready_timeout_s: float = Field(120.0, gt=0)
@@ -149,8 +156,13 @@ class AgentPool:
         self.max_outstanding = 0
         """The most requests this process ever had outstanding to the pool at once."""
         self.calls = 0
+        self.batches = 0
+        """Ray calls made (a batch carries up to `max_batch` requests)."""
         self.retries = 0
         self._turn = 0
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
+        self._sending: set[asyncio.Task] = set()
+        self._placing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = weakref.WeakKeyDictionary()
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
     # -- actors ---------------------------------------------------------------------------------
@@ -168,26 +180,39 @@ class AgentPool:
             if h.resources:
                 options["resources"] = dict(h.resources)
             cls = _remote_actor_class()
-            self.handles = [cls.options(name=name, **options).remote(self.role, self._backend, i, self.fingerprint)
+            self.handles = [cls.options(name=name, **options).remote(self.role, self._backend, i, self.fingerprint,
+                                                                     h.max_concurrency)
                             for i, name in enumerate(self.actor_names())]
         return self.handles
 
     async def ready(self) -> list[dict[str, Any]]:
-        """Wait until every replica is placed and answers; returns their descriptions."""
-        if not self.info:
-            handles = self.ensure_actors()
-            try:
-                info = await asyncio.wait_for(asyncio.gather(*(a.describe.remote() for a in handles)),
-                                              self.hosting.ready_timeout_s)
-            except asyncio.TimeoutError:
-                import ray
-
-                raise AgentHostingError(
-                    f"agent {self.role!r}: {len(handles)} actors asking for num_cpus={self.hosting.num_cpus}, "
-                    f"num_gpus={self.hosting.num_gpus}, resources={self.hosting.resources} were not placed within "
-                    f"{self.hosting.ready_timeout_s:g} s; the cluster has {ray.available_resources()} available") from None
-            self.info = list(info)
+        """Wait until every replica is placed and answers; returns their descriptions. Concurrent
+        first callers share one wait (so they go on together, and their requests batch well)."""
+        if self.info:
+            return self.info
+        loop = asyncio.get_running_loop()
+        waiting = self._placing.get(loop)
+        if waiting is None:
+            waiting = self._placing[loop] = loop.create_task(self._describe())
+        try:
+            self.info = list(await asyncio.shield(waiting))
+        finally:
+            if waiting.done():
+                self._placing.pop(loop, None)
         return self.info
+
+    async def _describe(self) -> list[dict[str, Any]]:
+        handles = self.ensure_actors()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(a.describe.remote() for a in handles)),
+                                          self.hosting.ready_timeout_s)
+        except asyncio.TimeoutError:
+            import ray
+
+            raise AgentHostingError(
+                f"agent {self.role!r}: {len(handles)} actors asking for num_cpus={self.hosting.num_cpus}, "
+                f"num_gpus={self.hosting.num_gpus}, resources={self.hosting.resources} were not placed within "
+                f"{self.hosting.ready_timeout_s:g} s; the cluster has {ray.available_resources()} available") from None
 
     async def stats(self) -> list[dict[str, int]]:
         """Per replica: calls served, in flight now, most ever in flight (measured in the actor)."""
@@ -220,7 +245,7 @@ class AgentPool:
                 self.outstanding[replica] += 1
                 self.max_outstanding = max(self.max_outstanding, sum(self.outstanding))
                 try:
-                    reply = await self.handles[replica].complete.remote(envelope)
+                    reply = await self._submit(replica, envelope)
                 except retryable as exc:
                     if attempt >= self.hosting.call_retries:
                         raise AgentHostingError(
@@ -230,15 +255,54 @@ class AgentPool:
                     self.retries += 1
                     await asyncio.sleep(self.hosting.retry_backoff_s * 2 ** (attempt - 1))
                     continue
-                except Exception as exc:  # the backend raised: give the program the backend's error
-                    cause = getattr(exc, "cause", None)
-                    if isinstance(cause, BaseException):
-                        raise cause from None
-                    raise
                 finally:
                     self.outstanding[replica] -= 1
                 self.calls += 1
                 return reply.completion.model_copy(update={"served_by": reply.served_by})
+
+    def _submit(self, replica: int, envelope: AgentCall) -> "asyncio.Future[Any]":
+        """Queue a request for `replica`; the requests queued in one turn of the event loop leave
+        together as one `complete_batch` call (at most `max_batch` a call)."""
+        loop = asyncio.get_running_loop()
+        queues = self._queues.get(loop)
+        if queues is None:
+            queues = self._queues[loop] = {}
+        future = loop.create_future()
+        queue = queues.setdefault(replica, [])
+        queue.append((envelope, future))
+        if len(queue) == 1:
+            loop.call_soon(self._flush, loop, replica)
+        return future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop, replica: int) -> None:
+        queue = self._queues[loop].pop(replica, [])
+        size = self.hosting.max_batch or self.hosting.max_concurrency
+        for k in range(0, len(queue), size):
+            task = loop.create_task(self._send(replica, queue[k:k + size]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, replica: int, batch: list[tuple[AgentCall, "asyncio.Future[Any]"]]) -> None:
+        """One Ray call for the batch; each waiting request gets its reply or its own error."""
+        from swarm.ray_runtime import RemoteError, rebuild_error
+
+        self.batches += 1
+        try:
+            replies = await self.handles[replica].complete_batch.remote([envelope for envelope, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - every request of the batch sees the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies):
+            if future.done():
+                continue
+            if isinstance(reply, RemoteError):
+                future.set_exception(rebuild_error(reply))
+            else:
+                future.set_result(reply)
 
 
 class RayAgentClient:

@@ -80,3 +80,20 @@ class CallCountingBackend(SeededEcho):
         finally:
             os.close(fd)
         return completion
+
+
+class FailsOnSomeSeeds(SeededEcho):
+    """A TEST DOUBLE that raises a non-retryable `BackendError` for seeds divisible by `every`."""
+
+    name = "fails_on_some_seeds"
+
+    def __init__(self, every: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.every = every
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        from agents.backends.base import BackendError
+
+        if (request.seed or 0) % self.every == 0:
+            raise BackendError(f"seed {request.seed} refused", status_code=400)
+        return await super().complete(request)

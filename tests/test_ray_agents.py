@@ -29,7 +29,7 @@ from agents.ray_hosting import (  # noqa: E402
 from agents.tools import ToolExecution, tool  # noqa: E402
 from swarm import NoSurvivingParticles, factor, interact, sample  # noqa: E402
 from swarm.ray_runtime import RayRuntime, local_init_kwargs, loopback_only  # noqa: E402
-from tests.fake_backends import Critic, SeededEcho  # noqa: E402
+from tests.fake_backends import Critic, FailsOnSomeSeeds, SeededEcho  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -203,6 +203,29 @@ def test_backend_error_reaches_the_program_as_itself():
 
     with pytest.raises(NoSurvivingParticles, match=f"'{BackendError.__name__} after <program start>' killed 3"):
         policies.SMC(num_particles=3, seed=0).run(program)
+
+
+def test_batched_requests_fail_one_by_one_and_match_local():
+    def program_for(hosting):
+        agent = Agent(name="flaky", backend=FailsOnSomeSeeds(every=3), hosting=hosting)
+
+        async def program():
+            text = await sample("x", agent.generate("hi"))
+            factor("f", -int(text.split()[-1]) / 5)
+            return text
+
+        return agent, program
+
+    _, local_program = program_for("local")
+    agent, ray_program = program_for(RayHosting(max_concurrency=16))
+    local = policies.SMC(num_particles=200, seed=2, ess_threshold=0.0).run(local_program)
+    remote = policies.SMC(num_particles=200, seed=2, ess_threshold=0.0).run(ray_program)
+    assert summary(remote) == summary(local)
+    statuses = [p.status for p in remote.particles]
+    assert 0 < statuses.count("failed") < 200  # one request's error does not fail its batch
+    pool = pool_for(agent)
+    assert pool.calls == statuses.count("finished")
+    assert pool.batches <= 200 / 8, pool.batches  # 200 requests travelled in batches of up to 16
 
 
 def test_unplaceable_pool_fails_with_a_clear_error():
