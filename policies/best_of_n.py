@@ -9,10 +9,8 @@ import numpy as np
 from pydantic import Field
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, run_independent
-from swarm.errors import NoSurvivingParticles
+from policies.independent import particles_of, weighted_independent
 from swarm.execution import Segment
-from swarm.population import logmeanexp
 from swarm.result import Result
 
 
@@ -58,16 +56,11 @@ class BestOfN(Policy):
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.n)
         runner = ctx.runner(args, kwargs)
-        segments = await run_independent(ctx, runner, self.n, batch_size=self.batch_size)
-        log_w = np.array([s.log_weight() for s in segments])
-        log_z = logmeanexp(log_w)
-        ctx.emit_step(0, segments, [0] * len(segments), list(range(len(segments))), [None] * len(segments),
-                      log_w, log_w, log_z, segments[0].started_ns if segments else 0)
-        if not np.any(log_w > -np.inf):
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="BestOfN")
+        segments, log_w, log_z = await weighted_independent(ctx, runner, self.n, "BestOfN",
+                                                            batch_size=self.batch_size)
         scores = np.array([self._score(s, lw) for s, lw in zip(segments, log_w)])
         i_star = best_index(scores)
-        particles = [particle_of(i, s, float(lw)) for i, (s, lw) in enumerate(zip(segments, log_w))]
+        particles = particles_of(segments, log_w)
         return ctx.result("BestOfN", particles, log_z, extra={
             "best": particles[i_star], "best_index": i_star, "best_score": float(scores[i_star]),
             "objective": self.objective})

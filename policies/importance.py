@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, run_independent
-from swarm.errors import NoSurvivingParticles
-from swarm.population import logmeanexp
+from policies.independent import particles_of, weighted_independent
 from swarm.result import Result
 
 
@@ -27,12 +24,7 @@ class Importance(Policy):
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
         runner = ctx.runner(args, kwargs)
-        segments = await run_independent(ctx, runner, self.num_particles, batch_size=self.batch_size)
-        log_w = np.array([s.log_weight() for s in segments])
-        log_z = logmeanexp(log_w)
-        ctx.emit_step(0, segments, [0] * len(segments), list(range(len(segments))), [None] * len(segments),
-                      log_w, log_w, log_z, segments[0].started_ns if segments else 0)
-        if not np.any(log_w > -np.inf):
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="Importance")
-        particles = [particle_of(i, s, float(lw)) for i, (s, lw) in enumerate(zip(segments, log_w))]
+        segments, log_w, log_z = await weighted_independent(ctx, runner, self.num_particles, "Importance",
+                                                            batch_size=self.batch_size)
+        particles = particles_of(segments, log_w)
         return ctx.result("Importance", particles, log_z)
