@@ -16,8 +16,10 @@ fi
 
 echo "creating ${VENV} with $("${PYTHON}" --version 2>&1)"
 "${PYTHON}" -m venv "${VENV}"
-"${VENV}/bin/python" -m pip install --quiet --upgrade pip
-"${VENV}/bin/python" -m pip install --quiet "${SPEC}"
+# pip's "WARNING: Location ... is ignored" lines (one per package on machines with a local index) are noise.
+quiet_pip() { "${VENV}/bin/python" -m pip install --quiet "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+quiet_pip --upgrade pip
+quiet_pip "${SPEC}"
 
 if [[ ! -x "${VENV}/bin/phoenix" ]]; then
     echo "error: pip finished but ${VENV}/bin/phoenix is missing" >&2
