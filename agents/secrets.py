@@ -15,16 +15,18 @@ Three pieces:
   scrubbed too. Each value is also matched in its URL-quoted and JSON-escaped forms, so redacting
   an already serialised line works.
 
-How the writers should call it (others wire it):
+Where it is wired (tests/test_secrets.py greps every artifact of a run for a key):
 
-- trace writer (JSONL): redact the serialised line, the last step before writing, so nothing that
-  reaches the file escapes it: `fh.write(redact(json.dumps(event.model_dump(mode="json"))) + "\\n")`.
-- span exporter / OTel listener: redact every attribute and event value as it is set:
-  `span.set_attribute(key, redact(value))` (opt-in prompt/completion text included); a wrapping
-  exporter that rebuilds spans is the fallback for spans made elsewhere.
-- checkpoint writer: `redact(state)` before serialising; never pickle `Secret`s or backends holding
-  them (a pickle contains the raw value): store the *name* of the env var and re-read it on resume.
-- logging: `install_logging_redaction()` adds `RedactingFilter` to the root logger's handlers (a
+- the core: importing this module registers the registry with `swarm.errors.add_redactor`, so every
+  exception message a particle's `ErrorEvent` records is masked (before it is cut to 2000 chars);
+- `OpenAICompatible` registers its api key and masks it (and its encoded forms) in every error;
+- trace files (`observability.trace_file`): each serialised line is masked before it is written;
+- spans (`observability.otel`): every string attribute, event attribute and status description;
+- checkpoints: traces are pickled with their (already masked) error messages; never pickle a
+  `Secret` or a backend holding one there (a pickle contains the raw value): store the *name* of
+  the env var and re-read it on resume;
+- logging: `OpenAICompatible` masks its own log lines; for everything else call
+  `install_logging_redaction()`, which adds `RedactingFilter` to the root logger's handlers (a
   filter on a *logger* does not see records propagated from child loggers; on a *handler* it does).
 
 Limits: only exact registered values (and the two encodings above) are found. A secret that is
@@ -44,6 +46,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, SecretStr
 
+from swarm.errors import add_redactor
+
 __all__ = ["MASK", "MIN_SECRET_LENGTH", "Secret", "register_secret", "unregister_secret",
            "registered_secrets", "redact", "RedactingFilter", "install_logging_redaction"]
 
@@ -52,7 +56,9 @@ MIN_SECRET_LENGTH = 8
 
 _lock = threading.Lock()
 _registry: set[str] = set()
-_pattern_cache: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+_version = 0
+"""Bumped on every change of the registry, so `redact` checks for changes without taking the lock."""
+_pattern_cache: tuple[int, re.Pattern[str] | None] = (0, None)
 
 
 class Secret(SecretStr):
@@ -84,14 +90,20 @@ def register_secret(value: str | SecretStr | None) -> bool:
     plain = _plain(value) if value is not None else ""
     if len(plain) < MIN_SECRET_LENGTH:
         return False
+    global _version
     with _lock:
-        _registry.add(plain)
+        if plain not in _registry:
+            _registry.add(plain)
+            _version += 1
     return True
 
 
 def unregister_secret(value: str | SecretStr) -> None:
+    global _version
     with _lock:
-        _registry.discard(_plain(value))
+        if _plain(value) in _registry:
+            _registry.discard(_plain(value))
+            _version += 1
 
 
 def registered_secrets() -> frozenset[str]:
@@ -115,11 +127,12 @@ def _pattern(secrets: Iterable[str | SecretStr] | None) -> re.Pattern[str] | Non
     global _pattern_cache
     if secrets is not None:
         return _compile(_plain(s) for s in secrets)
-    current = registered_secrets()
     cached_for, pattern = _pattern_cache
-    if cached_for != current:
+    if cached_for != _version:
+        with _lock:
+            version, current = _version, frozenset(_registry)
         pattern = _compile(current)
-        _pattern_cache = (current, pattern)
+        _pattern_cache = (version, pattern)
     return pattern
 
 
@@ -174,6 +187,14 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = pattern.sub(MASK, record.stack_info)
         return True
+
+
+def _redact_text(text: str) -> str:
+    pattern = _pattern(None)
+    return text if pattern is None else pattern.sub(MASK, text)
+
+
+add_redactor(_redact_text)   # the core masks registered secrets in the error messages it records
 
 
 def install_logging_redaction(target: logging.Logger | logging.Handler | None = None) -> RedactingFilter:

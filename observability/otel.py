@@ -44,6 +44,7 @@ from typing import Any, Mapping
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
+from swarm.errors import redact_text
 from swarm.listeners import ParticleStep, RunFinished, RunListener, RunStarted, StepRecord
 
 KIND = "openinference.span.kind"
@@ -53,7 +54,8 @@ _LOG_QUANTITIES = ("plp.log_weight", "plp.log_evidence", "plp.log_increment", "p
 
 def attributes(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Make `raw` exportable: drop None, turn non-finite floats into `plp.nonfinite`/`plp.dead`
-    (see the module docstring), stringify other values that OTel attributes cannot carry."""
+    (see the module docstring), stringify other values that OTel attributes cannot carry, and mask
+    registered secrets (API keys) in every string."""
     out: dict[str, Any] = {}
     nonfinite: list[str] = []
     for key, value in raw.items():
@@ -63,12 +65,14 @@ def attributes(raw: Mapping[str, Any]) -> dict[str, Any]:
             nonfinite.append(f"{key}={value}")
             if value == -math.inf and key in _LOG_QUANTITIES:
                 out["plp.dead"] = True
-        elif isinstance(value, (str, bool, int, float)):
+        elif isinstance(value, str):
+            out[key] = redact_text(value)
+        elif isinstance(value, (bool, int, float)):
             out[key] = value
         elif isinstance(value, (list, tuple)) and _homogeneous(value):
-            out[key] = list(value)
+            out[key] = [redact_text(v) if isinstance(v, str) else v for v in value]
         else:
-            out[key] = _text(value)
+            out[key] = redact_text(_text(value))
     if nonfinite:
         out["plp.nonfinite"] = nonfinite
     return out
@@ -248,7 +252,8 @@ class OTelListener(RunListener):
         if self.capture_content and record.marginal:
             attrs["plp.marginal"] = json.dumps(record.marginal, default=str)
         run.span.set_attributes(attributes(attrs))
-        run.span.set_status(Status(StatusCode.ERROR, record.error) if record.error else Status(StatusCode.OK))
+        run.span.set_status(Status(StatusCode.ERROR, redact_text(record.error)) if record.error
+                            else Status(StatusCode.OK))
         run.span.end(end_time=record.ended_at_ns)
 
     def close(self) -> None:
@@ -345,7 +350,7 @@ class OTelListener(RunListener):
                 self._span_event(span, e, p.ended_at_ns if i == len(events) - 1 else cursor)
         error = next((e for e in events if e.type == "error"), None)
         if error is not None:
-            span.set_status(Status(StatusCode.ERROR, f"{error.error_type}: {error.message}"))
+            span.set_status(Status(StatusCode.ERROR, redact_text(f"{error.error_type}: {error.message}")))
 
     def _tool_span(self, e: Any, result: Any | None, cursor: int, parent: Any) -> int:
         """A TOOL span from a tool_call to its result (or for an unpaired call or result)."""

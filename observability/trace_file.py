@@ -45,7 +45,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from observability.global_trace import Death, FinalParticle, GlobalTrace
-from swarm.errors import SwarmError
+from swarm.errors import SwarmError, redact_text
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
 
 log = logging.getLogger("observability.trace_file")
@@ -109,7 +109,8 @@ def encode_record(kind: str, record: BaseModel) -> bytes:
         head["format"] = FORMAT
     if found:
         head["nonfinite"] = found
-    return (json.dumps({**head, **body}, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    line = json.dumps({**head, **body}, allow_nan=False, separators=(",", ":"))
+    return (redact_text(line) + "\n").encode()  # registered secrets (API keys) never reach the file
 
 
 def _restore_nonfinite(obj: dict[str, Any], paths: list[list[Any]]) -> None:

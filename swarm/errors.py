@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 class SwarmError(Exception):
-    """Base class of every error raised by plp-swarm on purpose."""
+    """Base class of every error raised by plp-swarm on purpose. Registered secrets (API keys) are
+    masked in its message: messages quote the values at fault (e.g. a non-numeric potential)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class InvalidPotentialError(SwarmError, ValueError):
@@ -65,3 +69,22 @@ class NoSurvivingParticles(SwarmError):
 
 class BudgetExhausted(SwarmError):
     """Raised only where a policy cannot return a population at all within its budget."""
+
+
+# -- redaction hook --------------------------------------------------------------------------------
+_redactors: list = []
+
+
+def add_redactor(redactor) -> None:
+    """Register `redactor(text) -> text`, applied by `redact_text`. The layer that holds credentials
+    (`agents.secrets`) registers itself here, so the core, which imports no other layer, still
+    scrubs them from every exception message it records and writers scrub every line they write."""
+    if redactor not in _redactors:
+        _redactors.append(redactor)
+
+
+def redact_text(text: str) -> str:
+    """`text` with every registered secret masked (unchanged when no redactor is registered)."""
+    for redactor in _redactors:
+        text = redactor(text)
+    return text

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from swarm.errors import DuplicateSiteError, NondeterminismError
+from swarm.errors import DuplicateSiteError, NondeterminismError, redact_text
 from swarm.randomness import SiteRandom
 from swarm.runtime import UNSET, Handler, Message
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
@@ -75,7 +75,8 @@ class trace(Handler):
         self.trace.events.append(event_from_message(msg))
 
     def record_error(self, address: str, exc: BaseException) -> None:
-        self.trace.events.append(ErrorEvent(address=address, error_type=type(exc).__name__, message=str(exc)[:2000]))
+        message = redact_text(str(exc))[:2000]  # masked before the cut, so no half-key survives
+        self.trace.events.append(ErrorEvent(address=address, error_type=type(exc).__name__, message=message))
 
 
 class replay(Handler):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import pickle
+import traceback
 
 import pytest
 from pydantic import BaseModel
@@ -147,3 +148,123 @@ def test_filter_with_explicit_secrets_and_install_on_root_handlers():
         assert sum(isinstance(f, RedactingFilter) for f in handler.filters) == 1
     finally:
         root.removeHandler(handler)
+
+
+# ---- the secret-grep test: a whole run, every artifact ----------------------------------------------
+def _artifacts_of_a_run(tmp_path, key: str, log_records: list[str]) -> tuple[dict[str, bytes], dict]:
+    """Run SMC with an OpenAICompatible backend holding `key` against the local fault server (its
+    first 7 requests fail with error bodies quoting the Authorization header: six are retried, one
+    fails for good), a program
+    that raises an exception quoting the key, every exporter and writer attached; return every
+    artifact as bytes, plus what the test needs to show the key was really there."""
+    import io
+    import pickle
+
+    import policies
+    from agents import Agent, GenerationSettings
+    from agents.backends.openai_compat import OpenAICompatible
+    from bench.otel_overhead import OTLPSink
+    from observability.exporters import instrument
+    from observability.html_report import write_report
+    from observability.otel import OTelListener
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+    from observability.progress import ProgressListener
+    from observability.trace_file import TraceFileWriter, read_trace_file
+    from swarm import factor
+    from tests.fault_server import FaultServer
+
+    raised: list[BaseException] = []
+    with FaultServer(script=["500"] * 7, echo_authorization=True) as srv, OTLPSink(keep_bodies=True) as sink:
+        backend = OpenAICompatible(srv.base_url, "fake-model", api_key=key, max_retries=1, backoff_base=0.001,
+                                   backoff_max=0.01, max_concurrency=1)  # arrival order = script order
+        agent = Agent(name="solver", backend=backend, settings=GenerationSettings(max_tokens=4))
+
+        async def program(n: int):
+            answer = await agent.ask(f"Question {n}?")
+            factor("answered", 0.0)
+            if len(raised) < 2:
+                exc = PermissionError(f"tool refused the credential {key} (attempt {len(raised)})")
+                raised.append(exc)
+                raise exc
+            return answer
+
+        writer = TraceFileWriter(tmp_path / "run.jsonl")
+        memory = instrument("memory", register=False, capture_content=True)
+        otlp = instrument("otlp", endpoint=sink.endpoint, register=False, capture_content=True)
+        console_out, progress = io.StringIO(), io.StringIO()
+        console = TracerProvider()
+        console.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=console_out)))
+        listeners = [writer, memory.listener, otlp.listener, OTelListener(console, capture_content=True),
+                     ProgressListener(progress, tty=False)]
+        extra = {"checkpoint": str(tmp_path / "ckpt")} if "checkpoint" in policies.SMC.model_fields else {}
+        result = policies.SMC(num_particles=6, ess_threshold=1.0, seed=0, listeners=listeners, **extra).run(program, 1)
+        with pytest.raises(Exception) as bad_factor:   # a framework error quoting a value that holds the key
+            policies.SMC(num_particles=2, seed=0, listeners=listeners).run(lambda: factor("score", f"{key}"))
+        writer.close()
+        for inst in (memory, otlp, console):
+            inst.shutdown()
+        console_out = console_out.getvalue()
+    write_report(read_trace_file(tmp_path / "run.jsonl"), tmp_path / "report.html")
+    files = {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    artifacts = {
+        **{f"file:{name}": data for name, data in files.items()},
+        "otlp-bodies": b"".join(sink.bodies),
+        "memory-spans": "\n".join(s.to_json() for s in memory.memory_exporter.get_finished_spans()).encode(),
+        "progress": progress.getvalue().encode(),
+        "console-spans": console_out.encode(),
+        "logs": "\n".join(log_records).encode(),
+        "result-repr": repr(result).encode(),
+        "result-pickle": pickle.dumps(result),
+        "error-events": repr([p.trace.error for p in result.particles]).encode(),
+        "bad-factor-error": "".join(traceback.format_exception(bad_factor.value)).encode(),
+        "backend-repr": repr(backend).encode(),
+    }
+    seen = {"authorization": [r["authorization"] for r in srv.requests], "actions": [r["action"] for r in srv.requests],
+            "raised": [str(e) for e in raised],
+            "result": result, "files": sorted(files), "otlp": sink.requests, "checkpoint": bool(extra)}
+    return artifacts, seen
+
+
+def test_no_artifact_of_a_run_contains_the_api_key(tmp_path, capfd):
+    import secrets as std_secrets
+
+    key = "sk-plp-" + std_secrets.token_hex(16)
+    records: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            records.append(logging.Formatter("%(levelname)s %(name)s %(message)s").format(record))
+
+    root, handler = logging.getLogger(), Capture(logging.DEBUG)
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)      # every library's debug logging too (openai, httpx, httpcore)
+    try:
+        artifacts, seen = _artifacts_of_a_run(tmp_path, key, records)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    out, err = capfd.readouterr()
+    artifacts["stdout"], artifacts["stderr"] = out.encode(), err.encode()
+
+    # the key was really in play: sent to the server, quoted by it and by the program's exceptions
+    assert all(a == f"Bearer {key}" for a in seen["authorization"])
+    assert seen["raised"] and all(key in r for r in seen["raised"])
+    # and the run did what the artifacts should show
+    result = seen["result"]
+    errors = [p.trace.error for p in result.particles if p.trace.error is not None]
+    assert any(p.status == "finished" for p in result.particles)
+    assert {"run.jsonl", "report.html"} <= set(seen["files"]) and seen["otlp"] >= 1
+    assert b"PermissionError" in artifacts["file:run.jsonl"] and b"BackendError" in artifacts["file:run.jsonl"]
+    assert b"fault script says 500 (you sent Authorization: Bearer ***)" in artifacts["file:run.jsonl"]
+    assert b"tool refused the credential ********** (attempt" in artifacts["file:run.jsonl"]
+    assert b"PermissionError" in artifacts["otlp-bodies"] and b'"name": "plp.particle' in artifacts["console-spans"]
+    assert len(artifacts["logs"]) > 0 and all(e.message.count(key) == 0 for e in errors)
+    assert "InvalidPotentialError" in artifacts["bad-factor-error"].decode()
+    if seen["checkpoint"]:
+        assert any(name.startswith("ckpt/") for name in seen["files"])
+
+    leaks = [name for name, data in artifacts.items() if key.encode() in data
+             or key.encode("utf-16-le") in data or key[7:].encode() in data]
+    assert leaks == [], f"the api key leaked into {leaks}"

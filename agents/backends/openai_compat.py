@@ -46,6 +46,7 @@ from pydantic import SecretStr
 from agents.backends.base import (
     Backend, BackendError, Completion, GenerationRequest, GenerationSettings, ToolCall, Usage,
 )
+from agents.secrets import MASK, redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class OpenAICompatible(Backend):
         _check(top_logprobs >= 0, "top_logprobs", top_logprobs, "must be >= 0")
         self.base_url, self.model, self.mode = base_url.rstrip("/"), model, mode
         self._api_key = SecretStr(api_key or "EMPTY")
+        register_secret(self._api_key)  # masked in traces, spans and error messages from now on
         self.timeout, self.max_retries = float(timeout), int(max_retries)
         self.backoff_base, self.backoff_max = float(backoff_base), float(backoff_max)
         self.max_concurrency, self.top_logprobs = int(max_concurrency), int(top_logprobs)
@@ -316,8 +318,11 @@ class OpenAICompatible(Backend):
         return _Failure(f"{type(exc).__name__}: {self._redact(str(exc))}", status=None, retryable=False)
 
     def _redact(self, text: str) -> str:
+        """The key masked as "***", also URL-quoted or JSON-escaped (then every registered secret)."""
         key = self._api_key.get_secret_value()
-        return text.replace(key, "***") if key and key != "EMPTY" else text
+        if key and key != "EMPTY":
+            text = redact(text, secrets=[key]).replace(MASK, "***")
+        return redact(text)
 
     def _where(self, kind: str) -> str:
         path = "/chat/completions" if kind == "chat" else "/completions"
