@@ -136,16 +136,19 @@ def scaling_rows(sizes: list[int], steps: int, latency: float, concurrency: int)
     return rows
 
 
-async def _sequential(call, count: int) -> float:
-    for i in range(5):  # warm up (actor placement, imports)
-        await call(10_000 + i)
+async def _per_call(call, count: int, offset: int) -> float:
+    """Seconds per call of `count` sequential calls (one in flight), with fresh seeds."""
     started = time.perf_counter()
     for i in range(count):
-        await call(i)
+        await call(offset + i)
     return (time.perf_counter() - started) / count
 
 
-def overhead_rows(count: int) -> list[dict[str, Any]]:
+def overhead_rows(count: int, rounds: int = 5) -> list[dict[str, Any]]:
+    """Per-call time of the three paths, interleaved in `rounds` rounds (bare, agent, local, bare,
+    ...) so that all see the same machine load; medians of the rounds."""
+    import statistics
+
     import ray
 
     @ray.remote(num_cpus=0)
@@ -161,19 +164,24 @@ def overhead_rows(count: int) -> list[dict[str, Any]]:
     def request(i: int) -> GenerationRequest:
         return GenerationRequest(messages=[ChatMessage(role="user", content="hi")], seed=i)
 
-    async def measure() -> tuple[float, float, float]:
+    async def measure() -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {"bare": [], "agent": [], "local": []}
         with new_run_scope():
             client = ray_client_for(agent)
-            t_bare = await _sequential(lambda i: bare.echo.remote(request(i)), count)
-            t_agent = await _sequential(lambda i: client.complete(request(i)), count)
-            t_local = await _sequential(lambda i: local.complete(request(i)), count)
-        return t_bare, t_agent, t_local
+            paths = {"bare": lambda i: bare.echo.remote(request(i)), "agent": lambda i: client.complete(request(i)),
+                     "local": lambda i: local.complete(request(i))}
+            for name, call in paths.items():  # warm up: placement, imports, first-call paths
+                await _per_call(call, 5, 10**9)
+            for r in range(rounds):
+                for name, call in paths.items():
+                    times[name].append(await _per_call(call, count // rounds, r * count))
+        return times
 
-    t_bare, t_agent, t_local = asyncio.run(measure())
+    times = {k: statistics.median(v) for k, v in asyncio.run(measure()).items()}
     ray.kill(bare)
-    return [row("per call: Ray agent path vs bare Ray actor call", t_agent * 1e3, t_bare * 1e3, "ms",
-                f"{count} sequential calls each; local agent path {t_local * 1e3:.3f} ms"),
-            row("per call: local agent path vs bare Ray actor call", t_local * 1e3, t_bare * 1e3, "ms", "")]
+    note = f"{count} sequential calls each, {rounds} interleaved rounds, medians"
+    return [row("per call: Ray agent path vs bare Ray actor call", times["agent"] * 1e3, times["bare"] * 1e3, "ms", note),
+            row("per call: local agent path vs bare Ray actor call", times["local"] * 1e3, times["bare"] * 1e3, "ms", note)]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
