@@ -1,6 +1,6 @@
 """Agents and what they talk to: agent definitions, LLM backends, tools, structured output, hosting.
 
-    from agents import Agent, tool, OpenAICompatible, LlamaCpp
+    from agents import Agent, RayHosting, tool, OpenAICompatible, LlamaCpp
 """
 
 from agents.agent import Agent
@@ -15,11 +15,12 @@ from agents.backends import (
 from agents.cache import ResponseCache
 from agents.generation import Generation, GenerationError
 from agents.hosting import default_backend
+from agents.ray_hosting import RayHosting
 from agents.tools import Tool, tool
 
 __all__ = ["Agent", "Backend", "BackendError", "ChatMessage", "Completion", "GenerationRequest",
            "GenerationSettings", "Generation", "GenerationError", "ResponseCache", "Tool", "tool",
-           "default_backend", "LlamaCpp", "OpenAICompatible", "Scripted"]
+           "default_backend", "RayHosting", "LlamaCpp", "OpenAICompatible", "Scripted"]
 
 
 def __getattr__(name: str):

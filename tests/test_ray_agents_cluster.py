@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import policies  # noqa: E402
+from observability.trace_file import TraceFileWriter, read_trace_file  # noqa: E402
 from agents.ray_hosting import RayHosting, pool_for, shutdown_agent_pools  # noqa: E402
 from swarm.ray_runtime import RayRuntime, default_runtime_env, loopback_only  # noqa: E402
 from tests.test_ray_agents import make_team, served_by, summary  # noqa: E402
@@ -41,7 +42,7 @@ def cluster():
     c.shutdown()
 
 
-def test_agent_pools_spread_over_nodes_and_the_trace_records_each_node(cluster):
+def test_agent_pools_spread_over_nodes_and_the_trace_records_each_node(cluster, tmp_path):
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 3
     team_local, *_ = make_team("local", tag="_c")
@@ -50,7 +51,9 @@ def test_agent_pools_spread_over_nodes_and_the_trace_records_each_node(cluster):
     proposer_pool = RayHosting(replicas=3, max_concurrency=4, resources={"proposer_slot": 1})
     critic_pool = RayHosting(replicas=3, max_concurrency=4, resources={"critic_slot": 1})
     team, proposer, critic = make_team(proposer_pool, critic_hosting=critic_pool, tag="_c")
-    on_driver = policies.SMC(num_particles=40, seed=13).run(team, 2)
+    writer = TraceFileWriter(tmp_path / "run.jsonl")
+    on_driver = policies.SMC(num_particles=40, seed=13, listeners=[writer]).run(team, 2)
+    writer.close()
     rt = RayRuntime(address=cluster.address, num_workers=2)
     try:
         on_workers = policies.SMC(num_particles=40, seed=13, runtime=rt).run(team, 2)
@@ -68,3 +71,10 @@ def test_agent_pools_spread_over_nodes_and_the_trace_records_each_node(cluster):
         assert all(w["node_id"] in nodes for w in where)
         by_role = {role: Counter(w["node_id"] for w in where if w["role"] == role) for role in ("proposer_c", "critic_c")}
         assert {role: set(c) for role, c in by_role.items()} == {"proposer_c": nodes, "critic_c": nodes}
+
+    # the global trace file (every particle's new events, step by step) names the node of every call
+    saved = read_trace_file(tmp_path / "run.jsonl")
+    calls = [e for step in saved.steps for p in step.particles for e in p.new_events
+             if e.type == "sample" and e.dist.startswith("Generation")]
+    assert calls and all(e.info["served_by"]["node_id"] in nodes for e in calls)
+    assert {e.info["served_by"]["node_id"] for e in calls} == nodes
