@@ -118,18 +118,25 @@ def test_resume_refuses_other_settings_or_programs(tmp_path):
 
 
 # -- the driver process killed ------------------------------------------------------------------
-def _wait_for_checkpoint(proc: subprocess.Popen, directory: Path, step: int, timeout_s: float = 60.0) -> None:
+def _kill_mid_step(proc: subprocess.Popen, directory: Path, counter: Path, min_step: int = 2,
+                   timeout_s: float = 60.0) -> None:
+    """SIGKILL the driver once checkpoint `min_step` (or later) is on disk and some, not all, of the
+    next step's calls have completed (the driver's 24 particles make one call each per step)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the driver exited ({proc.returncode}) before checkpoint step {step}: "
+            pytest.fail(f"the driver exited ({proc.returncode}) before it could be killed mid-step: "
                         f"{proc.stderr.read().decode()[-2000:]}")
-        found = Checkpointer(directory).describe()["step"]
-        if found is not None and found >= step:
-            return
-        time.sleep(0.005)
+        step = Checkpointer(directory).describe()["step"]
+        if step is not None and step >= min_step:
+            done = sum(1 for line in _lines(counter) if f"|step {step} after" in line)
+            if 0 < done < 24:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return
+        time.sleep(0.002)
     proc.kill()
-    pytest.fail(f"no checkpoint of step {step} within {timeout_s} s")
+    pytest.fail(f"the driver never stood mid-step after checkpoint {min_step} within {timeout_s} s")
 
 
 def _lines(path: Path) -> list[str]:
@@ -141,21 +148,21 @@ def test_sigkilled_driver_resumes_to_the_uninterrupted_result_without_repeating_
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "tests.checkpoint_driver", str(ckpt), str(counter)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_checkpoint(proc, ckpt, step=2)
-    time.sleep(0.12)  # into the next step: its fastest calls complete, the slow ones are in flight
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_mid_step(proc, ckpt, counter)  # the next step's fastest calls done, the slow ones in flight
     state = read_checkpoint(ckpt / "population.ckpt")
     assert 2 <= state.step < checkpoint_driver.ROUNDS, "the driver must die mid-run"
     before = _lines(counter)
     after_checkpoint = [line for line in before if f"|step {state.step} after" in line]
     assert after_checkpoint, "the kill must land after some calls of the next step completed"
-    assert len(_lines(ckpt / "responses.jsonl")) == len(before)  # every completed call was journaled
+    # A call counts itself just before its response reaches the driver's journal: a kill in between
+    # (a few microseconds) loses that one response, which must then be made again, and only that.
+    unjournaled = len(before) - len(_lines(ckpt / "responses.jsonl"))
+    assert unjournaled in (0, 1)
 
     program = checkpoint_driver.make_program(str(counter))
     resumed = checkpoint_driver.make_policy().resume(ckpt, program, checkpoint_driver.ROUNDS)
     calls = _lines(counter)
-    assert len(calls) == len(set(calls)), "a completed call was made again"
+    assert len(calls) - len(set(calls)) == unjournaled, "a completed call was made again"
 
     reference_counter = tmp_path / "reference_calls.txt"
     reference = checkpoint_driver.make_policy().run(checkpoint_driver.make_program(str(reference_counter)),
