@@ -1,0 +1,135 @@
+"""Peer comparison with its-hub (inference-time scaling: best-of-n, self-consistency, particle
+filtering) on the quality tasks of bench/tasks.py, both libraries against the same local
+llama.cpp server (`python -m llama_cpp.server`, the embedded SmolLM2-135M model, one thread, plain
+sampling), the same prompts, the same number of samples/particles N and the same per-call caps.
+
+    sentence:    plp-swarm BestOfN (whole)  vs its-hub BestOfN + outcome reward sentence_ok
+                 plp-swarm SMC (word steps) vs its-hub ParticleFiltering (3-token steps) + prefix reward
+    arithmetic:  plp-swarm SelfConsistency  vs its-hub SelfConsistency (vote on the stated answer)
+                 plp-swarm BestOfN (Φ_work) vs its-hub BestOfN + outcome reward exp(log Φ_work)
+
+plp-swarm runs here through `OpenAICompatible(mode="completions")`; its-hub runs in .venv-bench
+(`bench/its_hub_side.py`, a subprocess: its dependencies never load into this interpreter). Tokens
+are the server's completion_tokens on both sides. Success = the same independent check
+(`tasks.sentence_ok`, answer == truth). The two sides run one after the other on a shared machine,
+so wall times carry the load of their moment; the ratios are of rates and of seconds per problem.
+
+    python -m bench.peer_its_hub [--problems 4] [--n 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import re
+import sys
+from typing import Any
+
+from bench import tasks
+from bench.common import bench_python, fmt_interval, progress, row, run_peer, wilson
+
+PAIRS = {"sentence": [("BestOfN", "BestOfN"), ("SMC", "ParticleFiltering")],
+         "arithmetic": [("SelfConsistency", "SelfConsistency"), ("BestOfN", "BestOfN")]}
+
+
+def _ours(base_url: str, problems: int, n: int) -> dict[str, dict[str, list[dict]]]:
+    import policies
+    from agents import Agent
+    from agents.backends.openai_compat import LLAMA_CPP_PLAIN_SAMPLING, OpenAICompatible
+    from bench.counting import OutputTokenBudget
+    from bench.policies_quality import _best_finished, _marginal_mode, run_one
+    from bench.quality_programs import arithmetic_programs, sentence_programs
+    from policies.best_of_n import BestOfN
+    from policies.self_consistency import SelfConsistency
+
+    counter = OutputTokenBudget(OpenAICompatible(base_url, "smollm2", mode="completions", timeout=600,
+                                                 extra_body=LLAMA_CPP_PLAIN_SAMPLING))
+    agent = Agent(name="writer", backend=counter)
+    best = lambda r: r.extra["best"].value if r.extra["best"].log_weight > -math.inf else None  # noqa: E731
+    out: dict[str, dict[str, list[dict]]] = {"sentence": {"BestOfN": [], "SMC": []},
+                                             "arithmetic": {"SelfConsistency": [], "BestOfN": []}}
+    sentence, arithmetic = sentence_programs(agent), arithmetic_programs(agent)
+    for i, topic in enumerate(tasks.TOPICS[:problems]):
+        for name, policy, program, pick in (("BestOfN", BestOfN(n=n, seed=i), sentence["whole"], best),
+                                            ("SMC", policies.SMC(num_particles=n, seed=i), sentence["stepwise"],
+                                             _best_finished)):
+            o = run_one(policy, program, topic, counter, pick)
+            o["ok"] = tasks.sentence_ok(o["answer"] or "")
+            out["sentence"][name].append(o)
+            progress(f"plp-swarm sentence {name}: ok={o['ok']} tokens={o['tokens']} {o['seconds']:.1f}s")
+    for i, (question, truth) in enumerate(tasks.PROBLEMS[:problems]):
+        for name, policy, pick in (("SelfConsistency", SelfConsistency(n=n, seed=i), lambda r: r.extra["answer"]),
+                                   ("BestOfN", BestOfN(n=n, seed=i), best)):
+            o = run_one(policy, arithmetic["whole"], question, counter, pick)
+            o["ok"] = o["answer"] == truth
+            out["arithmetic"][name].append(o)
+            progress(f"plp-swarm arithmetic {name}: ok={o['ok']} tokens={o['tokens']} {o['seconds']:.1f}s")
+    asyncio.run(counter.aclose())
+    return out
+
+
+def _cut_sentence(text: str) -> str:
+    """its-hub's particle filter stops on the step containing "."; keep the text up to that end."""
+    m = re.search(r"[.!?]", text)
+    return text[: m.end()] if m else text
+
+
+def _stats(outs: list[dict]) -> tuple[float, str, float, float]:
+    k, n = sum(o["ok"] for o in outs), len(outs)
+    lo, hi = wilson(k, n)
+    tokens = sum(o["tokens"] for o in outs) / max(n, 1)
+    seconds = sum(o["seconds"] for o in outs) / max(n, 1)
+    return k / max(n, 1), f"{k}/{n} {fmt_interval(lo, hi)}", tokens, seconds
+
+
+def compare(ours: dict, theirs: dict, version: str, n: int) -> list[dict]:
+    rows = []
+    for task, pairs in PAIRS.items():
+        for mine, peer in pairs:
+            r1, ci1, tok1, s1 = _stats(ours[task][mine])
+            r2, ci2, tok2, s2 = _stats(theirs[task][peer])
+            label = f"{task}: plp-swarm {mine} vs its-hub {version} {peer}, N={n}"
+            rows.append(row("peer: its-hub", label + " (success)", r1, r2, "success rate",
+                            note=f"ours {ci1}, {tok1:.0f} tokens/problem; its-hub {ci2}, {tok2:.0f} tokens/problem"))
+            rows.append(row("peer: its-hub", label + " (wall)", s1, s2, "s/problem", better="lower",
+                            note="same llama.cpp server, one request at a time"))
+    return rows
+
+
+def run(problems: int = 4, n: int = 6) -> list[dict]:
+    sys.path.insert(0, str(tasks.__file__).rsplit("/bench/", 1)[0])
+    from agents.backends.embedded import embedded_model_path
+    from tests.llama_server import start_llama_server
+
+    if bench_python() is None:
+        return [row("peer: its-hub", "its-hub comparison", math.nan, math.nan, "success rate",
+                    note="skipped: .venv-bench missing (run scripts/install_bench.sh)")]
+    with start_llama_server(embedded_model_path(), extra_args=("--n_threads", "1", "--n_threads_batch", "1",
+                                                               "--n_ctx", "2048")) as (base_url, _):
+        progress(f"peer its-hub: plp-swarm side, {problems} problems per task, N={n}")
+        ours = _ours(base_url, problems, n)
+        progress("peer its-hub: its-hub side (.venv-bench subprocess)")
+        raw = run_peer("its_hub_side.py", ["--base-url", base_url, "--problems", str(problems), "--n", str(n)],
+                       timeout=1800)
+    theirs = json.loads(raw.strip().splitlines()[-1])
+    for o in theirs["sentence"]["ParticleFiltering"]:
+        o["answer"] = _cut_sentence(o["answer"])
+        o["ok"] = tasks.sentence_ok(o["answer"])
+    return compare(ours, theirs, theirs["version"], n)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=4)
+    parser.add_argument("--n", type=int, default=6)
+    args = parser.parse_args(argv)
+    rows = run(args.problems, args.n)
+    for r in rows:
+        print(f"{r['case']:<80} {r['value']:.2f} vs {r['baseline']:.2f}  {r['note']}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
