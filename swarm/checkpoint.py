@@ -263,7 +263,13 @@ class Checkpointer:
         return final or step % self.every == 0
 
     def save(self, state: PopulationCheckpoint) -> None:
-        write_atomic(self.population_path, encode(state), what=f"the checkpoint of step {state.step}")
+        try:
+            data = encode(state)
+        except Exception as exc:  # noqa: BLE001 - e.g. a lambda or an open file among the values
+            raise CheckpointError(self.population_path, f"the population of step {state.step} cannot be pickled "
+                                  f"({type(exc).__name__}: {exc}); sampled values, interact contents and return "
+                                  "values must be picklable to checkpoint a run") from exc
+        write_atomic(self.population_path, data, what=f"the checkpoint of step {state.step}")
         self.written += 1
         self.last_step = state.step
 

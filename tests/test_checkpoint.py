@@ -247,6 +247,18 @@ def test_full_tmpfs_leaves_the_previous_checkpoint_intact(tmp_path):
     assert_same(resume(policy, saved, prog), run(policy, prog))
 
 
+def test_unpicklable_values_give_a_clear_error(tmp_path):
+    from swarm import Bernoulli, factor, sample
+
+    def program():
+        x = sample("x", Bernoulli(0.5))
+        factor("f", 0.0)
+        return lambda: x
+
+    with pytest.raises(CheckpointError, match="cannot be pickled .* must be picklable to checkpoint a run"):
+        policies.SMC(num_particles=5, seed=0, checkpoint=tmp_path).run(program)
+
+
 def test_write_atomic_failure_on_replace_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "f"
     write_atomic(target, b"old")
