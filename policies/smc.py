@@ -131,6 +131,11 @@ class SMC(Policy):
         if self._resume_state is not None:
             pop, genealogy, step = self._restore(ctx, self._resume_state)
             self._scope_segments(ctx, runner)
+            if ctx.diagnostics.stopped_by is not None:  # the run had stopped on its budget: still out of it?
+                ctx.diagnostics.stopped_by = None
+                if ctx.out_of_budget():
+                    ctx.diagnostics.genealogy = genealogy.to_lists()
+                    return ctx.result(type(self).__name__, pop.particles(), logmeanexp(pop.log_w))
             return await self.run_population(ctx, runner, pop, first_step=step + 1, genealogy=genealogy)
         self._open_checkpoints(fresh=True)
         self._scope_segments(ctx, runner)
@@ -158,8 +163,9 @@ class SMC(Policy):
                 moved[i] = seg
             self._check_alive(ctx, pop)
             self._step(ctx, pop, genealogy, step, moved, prefixes, increments, started)
-            self._save_checkpoint(ctx, runner, pop, genealogy, step)
-            if ctx.out_of_budget():
+            out_of_budget = ctx.out_of_budget()
+            self._save_checkpoint(ctx, runner, pop, genealogy, step)  # after the budget test: it records it
+            if out_of_budget:
                 break
         ctx.diagnostics.genealogy = genealogy.to_lists()
         return ctx.result(type(self).__name__, pop.particles(), logmeanexp(pop.log_w))

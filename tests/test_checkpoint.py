@@ -310,3 +310,18 @@ def test_journal_write_failure_is_a_clear_error(tmp_path, monkeypatch):
 
     with pytest.raises(CacheJournalError, match="responses.jsonl: could not record a completed call: No space left"):
         asyncio.run(one())
+
+
+def test_a_run_stopped_by_its_budget_resumes_to_the_same_result_or_goes_on_with_a_larger_one(tmp_path):
+    from policies.base import Budget
+
+    program = checkpoint_driver.make_program(str(tmp_path / "calls.txt"))
+    policy = checkpoint_driver.make_policy().model_copy(update={"budget": Budget(max_llm_calls=60)})
+    stopped = policy.model_copy(update={"checkpoint": tmp_path / "ckpt"}).run(program, checkpoint_driver.ROUNDS)
+    assert stopped.diagnostics.stopped_by == "max_llm_calls" and len(stopped.diagnostics.steps) == 3
+    again = policy.resume(tmp_path / "ckpt", program, checkpoint_driver.ROUNDS)
+    assert_same(again, stopped, timing_free=False)
+    assert again.diagnostics.stopped_by == "max_llm_calls"
+    more = policy.model_copy(update={"budget": Budget(max_llm_calls=100)}).resume(
+        tmp_path / "ckpt", program, checkpoint_driver.ROUNDS)
+    assert len(more.diagnostics.steps) == 5 and more.diagnostics.llm_calls == 5 * 24
