@@ -164,7 +164,7 @@ class SMC(Policy):
             self._check_alive(ctx, pop)
             self._step(ctx, pop, genealogy, step, moved, prefixes, increments, started)
             out_of_budget = ctx.out_of_budget()
-            self._save_checkpoint(ctx, runner, pop, genealogy, step)  # after the budget test: it records it
+            self._save_checkpoint(ctx, runner, pop, genealogy, step, final=bool(out_of_budget))  # records the stop
             if out_of_budget:
                 break
         ctx.diagnostics.genealogy = genealogy.to_lists()
@@ -217,9 +217,9 @@ class SMC(Policy):
         return {k: v for k, v in self.describe().items() if k not in _NOT_RESULT_SETTINGS}
 
     def _save_checkpoint(self, ctx: RunContext, runner: SegmentRunner, pop: ParticlePopulation,
-                         genealogy: Genealogy, step: int) -> None:
+                         genealogy: Genealogy, step: int, final: bool = False) -> None:
         checkpointer = run_scope().get(_CHECKPOINTER_KEY)
-        if checkpointer is None or not checkpointer.due(step, final=not pop.running()):
+        if checkpointer is None or not checkpointer.due(step, final=final or not pop.running()):
             return
         checkpointer.save(PopulationCheckpoint(
             policy=type(self).__name__, config=self._result_settings(), program=runner.name, seed=ctx.seed,

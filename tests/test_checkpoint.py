@@ -317,7 +317,8 @@ def test_a_run_stopped_by_its_budget_resumes_to_the_same_result_or_goes_on_with_
 
     program = checkpoint_driver.make_program(str(tmp_path / "calls.txt"))
     policy = checkpoint_driver.make_policy().model_copy(update={"budget": Budget(max_llm_calls=60)})
-    stopped = policy.model_copy(update={"checkpoint": tmp_path / "ckpt"}).run(program, checkpoint_driver.ROUNDS)
+    stopped = policy.model_copy(update={"checkpoint": tmp_path / "ckpt", "checkpoint_every": 2}).run(
+        program, checkpoint_driver.ROUNDS)  # the stop at step 3 is written although 3 is not a multiple of 2
     assert stopped.diagnostics.stopped_by == "max_llm_calls" and len(stopped.diagnostics.steps) == 3
     again = policy.resume(tmp_path / "ckpt", program, checkpoint_driver.ROUNDS)
     assert_same(again, stopped, timing_free=False)
