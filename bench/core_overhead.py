@@ -8,14 +8,16 @@ same kind of samples with numpy directly and resample systematically when ESS < 
 The framework runs arbitrary Python programs (replay, traces, handlers), so it cannot match the
 vectorised floor; the ratio against the plain loop is the figure that matters.
 
-    python bench/core_overhead.py [--sizes 1000 100000]
+The three are timed back to back, repetitions interleaved (framework, loop, numpy, …), medians
+reported, so all see the same background load.
+
+    python bench/core_overhead.py [--sizes 1000 100000] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 
@@ -79,30 +81,29 @@ def numpy_smc(n: int, seed: int = 0) -> float:
     return float(totals.mean())
 
 
-def _rate(fn, n: int) -> float:
-    start = time.perf_counter()
-    fn(n)
-    return n * STEPS / (time.perf_counter() - start)
+def run(sizes=(1_000, 100_000), repeats: int = 3) -> list[dict]:
+    from bench.common import interleaved, median
 
-
-def run(sizes=(1_000, 100_000)) -> list[dict]:
     rows = []
     for n in sizes:
-        framework = _rate(lambda k: policies.SMC(num_particles=k, seed=0).run(toy_program), n)
-        loop = _rate(python_loop_smc, n)
-        vectorised = _rate(numpy_smc, n)
-        for name, base in (("python loop", loop), ("numpy vectorised", vectorised)):
+        reps = repeats if n <= 10_000 else 1
+        times = interleaved({"framework": lambda: policies.SMC(num_particles=n, seed=0).run(toy_program),
+                             "python loop": lambda: python_loop_smc(n), "numpy vectorised": lambda: numpy_smc(n)},
+                            repeats=reps, warmup=n <= 10_000)
+        rate = {name: n * STEPS / median(t) for name, t in times.items()}
+        for name in ("python loop", "numpy vectorised"):
             rows.append({"benchmark": "core overhead", "case": f"SMC N={n:,} vs {name}",
-                         "value": framework, "baseline": base, "ratio": framework / base,
-                         "unit": "particle-steps/s"})
+                         "value": rate["framework"], "baseline": rate[name], "ratio": rate["framework"] / rate[name],
+                         "unit": "particle-steps/s", "better": "higher", "note": f"median of {reps}"})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    for row in run(args.sizes):
+    for row in run(args.sizes, args.repeats):
         print(f"{row['case']:<40} {row['value']:>12,.0f} vs {row['baseline']:>14,.0f} {row['unit']}"
               f"  ratio {row['ratio']:.4f}")
 
