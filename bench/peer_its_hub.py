@@ -70,6 +70,29 @@ def _ours(base_url: str, problems: int, n: int) -> dict[str, dict[str, list[dict
     return out
 
 
+def logprob_cost(base_url: str, repeats: int = 3) -> dict:
+    """The server's cost of log-probabilities: the same completion request (the arithmetic prompt,
+    24 tokens, plain sampling) with `logprobs: 0` and without, interleaved; seconds per call."""
+    import urllib.request
+
+    from bench.common import interleaved, median
+
+    body = {"model": "smollm2", "prompt": tasks.arithmetic_prompt(tasks.PROBLEMS[0][0]), "max_tokens": 24,
+            "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "seed": 0}
+
+    def call(extra: dict) -> None:
+        request = urllib.request.Request(base_url + "/completions", data=json.dumps({**body, **extra}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            response.read()
+
+    times = interleaved({"with": lambda: call({"logprobs": 0}), "without": lambda: call({})}, repeats=repeats)
+    return row("peer: its-hub", "llama.cpp server: completion with logprobs vs without", median(times["with"]),
+               median(times["without"]), "s/call", better="lower",
+               note=f"24 tokens, same seed, median of {repeats} interleaved; plp-swarm always asks for logprobs, "
+                    "its-hub never does")
+
+
 def _cut_sentence(text: str) -> str:
     """its-hub's particle filter stops on the step containing "."; keep the text up to that end."""
     m = re.search(r"[.!?]", text)
@@ -113,11 +136,12 @@ def run(problems: int = 4, n: int = 6) -> list[dict]:
         progress("peer its-hub: its-hub side (.venv-bench subprocess)")
         raw = run_peer("its_hub_side.py", ["--base-url", base_url, "--problems", str(problems), "--n", str(n)],
                        timeout=1800)
+        cost = logprob_cost(base_url)
     theirs = json.loads(raw.strip().splitlines()[-1])
     for o in theirs["sentence"]["ParticleFiltering"]:
         o["answer"] = _cut_sentence(o["answer"])
         o["ok"] = tasks.sentence_ok(o["answer"])
-    return compare(ours, theirs, theirs["version"], n)
+    return compare(ours, theirs, theirs["version"], n) + [cost]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

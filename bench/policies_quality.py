@@ -124,8 +124,8 @@ def summarise(task: str, outcomes: dict[str, list[dict[str, Any]]], budget: int,
         secs = sum(o["seconds"] for o in outs) / max(n, 1)
         note = (f"{k}/{n} ok, 95% CI {fmt_interval(lo, hi)}; tokens/problem {sum(tokens) / max(n, 1):.0f} "
                 f"{fmt_interval(t_lo, t_hi, 0)} (cap {budget}); {secs:.1f} s/problem")
-        rows.append(row(f"quality: {task}", f"{source} {name} vs {baseline}", k / max(n, 1), base_rate, "success rate",
-                        note=note))
+        rows.append(row(f"quality: {task}", f"{task}: {source} {name} vs {baseline}", k / max(n, 1), base_rate,
+                        "success rate", note=note))
     return rows
 
 

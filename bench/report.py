@@ -71,6 +71,8 @@ def _num(x: Any) -> str:
         return x
     if x is None:
         return ""
+    if isinstance(x, (list, tuple, dict)):
+        return str(x)
     if isinstance(x, bool) or isinstance(x, int):
         return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else str(x)
     if not math.isfinite(x):
@@ -119,52 +121,72 @@ def _fig(r: dict | None, fmt: str = "{:.2f}") -> str:
     return fmt.format(r["ratio"]) if r and isinstance(r.get("ratio"), float) else "(not measured in this run)"
 
 
-def behind(results: dict) -> list[str]:
-    """The three places where we are behind a peer or the ideal, with a plan (figures from this run)."""
+def _latency_item(results: dict) -> str:
     http = [_find(results, "latency_hiding", f"N={n} HTTP 50 ms endpoint vs ideal") for n in ("256", "2,048")]
     inproc = [_find(results, "latency_hiding", f"N={n} in-process 50 ms double vs ideal") for n in ("256", "2,048")]
+    return (f"**Latency hiding over HTTP is far from the ideal** (SMC wall / ideal: N=256 {_fig(http[0])}, "
+            f"N=2,048 {_fig(http[1])}; with the in-process 50 ms double the framework alone gets {_fig(inproc[0])} "
+            f"and {_fig(inproc[1])}). The cost is the HTTP client, not the framework: plain asyncio through the same "
+            "openai client is as slow, a raw-socket client is near the ideal, and the openai client's connection pool "
+            "(httpcore) scans every connection per request, so with `max_concurrency=N=2,048` one run took 122 s "
+            "(818x ideal). *Plan:* give `OpenAICompatible` a lean transport for the hot path (one keep-alive "
+            "aiohttp/raw-stream pool bounded at ~64-128 connections, JSON parsed without pydantic models), keep the "
+            "openai client for the long tail (tools, structured output), and batch a step's requests for servers "
+            "that take several prompts per request (vLLM, llama.cpp `n_parallel`).")
+
+
+def _throughput_item(results: dict) -> str | None:
     smc_raw = _find(results, "llm_throughput", "Agent in SMC vs raw")
-    backend_raw = _find(results, "llm_throughput", "LlamaCpp backend vs raw")
-    smc_backend = _find(results, "llm_throughput", "Agent in SMC vs LlamaCpp backend")
-    threads = _find(results, "llm_throughput", "threads vs")
+    if smc_raw is None or not isinstance(smc_raw.get("ratio"), float) or smc_raw["ratio"] >= 0.9:
+        return None
+    return (f"**LLM throughput through the framework is below the 0.9 goal** (Agent in SMC / raw llama.cpp "
+            f"{_fig(smc_raw)}; the `LlamaCpp` backend alone / raw "
+            f"{_fig(_find(results, 'llm_throughput', 'LlamaCpp backend vs raw'))}; SMC / backend "
+            f"{_fig(_find(results, 'llm_throughput', 'Agent in SMC vs LlamaCpp backend'))}). *Plan:* decode 1 token "
+            "per step where bit-reproducibility across cache histories is not needed (the backend evaluates every "
+            "decode step as a 2-token batch), one float32 log-softmax when temperature is 1 (base = proposal), and "
+            "cut per-call work in the agent path (request building, cache keys, trace events).")
+
+
+def _core_item(results: dict) -> str:
+    loop = [_find(results, "core_overhead", f"N={n} vs python loop") for n in ("1,000", "100,000")]
+    return (f"**Core overhead against a hand-written loop** (SMC particle-steps/s / a plain-Python SMC loop on the "
+            f"same toy model: N=1,000 {_fig(loop[0], '{:.3f}')}, N=100,000 {_fig(loop[1], '{:.3f}')}). Every "
+            "particle-step runs a Python program through the handler stack, records trace events and, after "
+            "resampling, replays or resumes a greenlet; the loop does one `rng.random()`. It is invisible next to an "
+            "LLM call (orchestration: tens of microseconds per message, against LangGraph's hundreds) but bounds "
+            "pure-Python models at ~10^4 particle-steps/s per core. *Plan:* a vectorised fast path for programs "
+            "whose sites are all finite-support distributions (batch the population through numpy per site, as the "
+            "numpy baseline does), and cheaper events (slots, no per-event dict for `info`).")
+
+
+def _peer_item(results: dict) -> str:
     walls = [r for r in results["benchmarks"].get("peer_its_hub", {}).get("rows", []) if "(wall)" in r.get("case", "")]
-    wall_txt = ", ".join(f"{_num(r['ratio'])}x ({r['case'].split(':')[0]}: {r['case'].split('plp-swarm ')[1].split(' vs')[0]})"
-                         for r in walls) or "(not measured in this run)"
-    return [
-        "## Where we are behind, and the plan",
-        "",
-        f"1. **Latency hiding over HTTP is far from the ideal** (SMC wall / ideal: N=256 {_fig(http[0])}, "
-        f"N=2,048 {_fig(http[1])}; with the in-process 50 ms double the framework alone gets {_fig(inproc[0])} and "
-        f"{_fig(inproc[1])}). The cost is the HTTP client, not the framework: plain asyncio through the same openai "
-        "client is as slow, a raw-socket client is near the ideal, and the openai client's connection pool (httpcore) "
-        "scans every connection per request, so with `max_concurrency=N=2,048` one run took 122 s (818x ideal). "
-        "*Plan:* give `OpenAICompatible` a lean transport for the hot path (one keep-alive aiohttp/raw-stream pool "
-        "with HTTP pipelining, bounded at ~64-128 connections, JSON parsed without pydantic models), keep the openai "
-        "client for the long tail (tools, structured output), and batch a step's requests to servers that take "
-        "several prompts per request (vLLM, llama.cpp `n_parallel`).",
-        f"2. **LLM throughput through the framework is below the 0.9 goal** (Agent in SMC / raw llama.cpp "
-        f"{_fig(smc_raw)}; the `LlamaCpp` backend alone / raw {_fig(backend_raw)}; SMC / backend {_fig(smc_backend)}). "
-        "The framework's own share is small; the gap is the backend's sampling loop: it evaluates every decode "
-        "step as a 2-token batch (for bit-reproducible logits), computes two float64 log-softmaxes over the 49k "
-        "vocabulary per token in numpy, and crosses into Python per token. *Plan:* decode 1 token per step "
-        "where reproducibility across cache histories is not needed (or pin the kernel choice in llama.cpp), one "
-        "float32 log-softmax when temperature is 1 (base = proposal), sample from llama.cpp's own sampler chain and "
-        "read back only the drawn token's log-probability and the normaliser. Also: the backend defaults to "
-        f"n_threads = cores, and on this shared 2-core machine 2 threads ran at {_fig(threads)}x the speed of 1 "
-        "(busy-waiting at a barrier for a descheduled thread): default to 1 thread for models this small, or "
-        "measure at load time.",
-        f"3. **Against its-hub on the same llama.cpp server, our wall time per problem is higher** (ours / its-hub: "
-        f"{wall_txt}) at comparable token counts. The reason is log-probabilities: every plp-swarm request asks for "
-        "them (the weights' p/q terms and the trace need them), and llama-cpp-python's server computes them in "
-        "Python over the whole vocabulary for every token (measured here: 0.36 s per 24-token call without, 3.5 s "
-        "with). Word steps over HTTP also generate up to 8 look-ahead tokens per word and keep ~1-2, so SMC spends "
-        "more server tokens per kept token than its-hub's 3-token steps. *Plan:* request logprobs only when the "
-        "weights need them (target=\"base\", tempered or truncated proposals, length-normalised votes) and make "
-        "them opt-in for the trace; for `unit=\"word\"` over HTTP, use `stop` on whitespace-led tokens where the "
-        "server supports a token-level stop, else a short look-ahead with speculative reuse of the cut tokens as "
-        "the next word's prefix.",
-        "",
-    ]
+    wall_txt = ", ".join(f"{_num(r['ratio'])}x ({r['case'].split(':')[0]} "
+                         f"{r['case'].split('plp-swarm ')[1].split(' vs')[0]})" for r in walls) or "(not measured in this run)"
+    cost = _find(results, "peer_its_hub", "with logprobs vs without")
+    return (f"**Against its-hub on the same llama.cpp server, our wall time per problem is higher** (ours / its-hub: "
+            f"{wall_txt}) at comparable token counts. The reason is log-probabilities: every plp-swarm request asks "
+            "for them (the weights' p/q terms and the trace use them), and llama-cpp-python's server computes them in "
+            f"Python over the whole vocabulary for every token (the same 24-token call costs {_fig(cost)}x with "
+            "logprobs). Word steps over HTTP also generate up to 8 look-ahead tokens per word and keep 1-2, so SMC "
+            "spends more server tokens than its-hub's 3-token steps. *Plan:* request logprobs only when the weights "
+            "need them (target=\"base\", tempered or truncated proposals, length-normalised votes), opt-in for the "
+            "trace otherwise; for `unit=\"word\"` over HTTP, a shorter look-ahead whose cut tokens are reused as the "
+            "next word's prefix.")
+
+
+def behind(results: dict) -> list[str]:
+    """The three places where we are behind a peer or the ideal, with a plan (figures from this run)."""
+    items = [_latency_item(results), _throughput_item(results) or _core_item(results), _peer_item(results)]
+    threads = _find(results, "llm_throughput", "threads vs")
+    lines = ["## Where we are behind, and the plan", ""]
+    lines += [f"{i}. {text}" for i, text in enumerate(items, 1)]
+    lines += ["", f"Also measured: `LlamaCpp` defaults to n_threads = cores, and on this shared 2-core machine "
+              f"llama.cpp with 2 threads ran at {_fig(threads)}x the tokens/s of 1 thread (a decode barrier waits "
+              "for a descheduled thread); the benchmarks use 1 thread. Plan: default to 1 thread for models this "
+              "small, or pick the thread count by a timing probe at load.", ""]
+    return lines
 
 
 def render(results: dict) -> str:
