@@ -116,6 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128
+    """The listen backlog (socketserver's default is 5): more concurrent connections than that were
+    refused by the kernel, a fault nobody scheduled."""
     fault: "FaultServer"
 
 
