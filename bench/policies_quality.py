@@ -5,8 +5,9 @@ Every policy gets the same cap B on generated tokens per problem (`policies.Budg
 through `bench.counting.OutputTokenBudget`, so re-sent prompt tokens, which the KV cache reuses,
 are not charged) and stops cleanly when it is spent:
 - BestOfN / SelfConsistency draw whole completions one at a time until B is spent (`batch_size=1`);
-- SMC runs the stepwise program with N particles (it may finish under B);
-- TwistedSMC runs the stepwise program with fewer particles and `RolloutCritic(num_rollouts=1)`:
+- SMC runs the stepwise program with N particles; when every particle dies it restarts with a new
+  seed and the tokens left (as a user would), until it has an answer or the budget is spent;
+- TwistedSMC likewise, with fewer particles and `RolloutCritic(num_rollouts=1)`:
   V̂(s) = log w(τ)/w(s) of one rollout τ ~ π(·|s) (exp V̂ unbiased for exp V); the rollouts' tokens
   are charged to the same budget.
 
@@ -38,6 +39,7 @@ SENTENCE_BUDGET = 160
 ARITHMETIC_BUDGET = 120
 SMC_PARTICLES = 6
 TWISTED_PARTICLES = 2
+RESTART_MIN_TOKENS = 8
 
 
 def _best_finished(result: Any) -> Any:
@@ -76,18 +78,34 @@ def policy_table(budget: int, seed: int) -> dict[str, tuple[Any, str, Callable[[
     }
 
 
-def run_one(policy: Any, program: Any, arg: str, counter: Any, pick: Callable[[Any], Any]) -> dict[str, Any]:
-    """Run one policy on one problem: its answer (None when every particle died), tokens, time."""
+def run_one(policy: Any, program: Any, arg: str, counter: Any, pick: Callable[[Any], Any],
+            budget: int | None = None) -> dict[str, Any]:
+    """Run one policy on one problem: its answer (None when every particle died), tokens, time.
+
+    With a `budget`, a run that ends without an answer (every particle died) is restarted with a new
+    seed and the tokens left, until there is an answer or fewer than RESTART_MIN_TOKENS are left:
+    what a user does with SMC when a population dies, and what BestOfN does by drawing until the
+    budget is spent."""
+    import policies
     from swarm import NoSurvivingParticles
 
     counter.reset()
     start = time.perf_counter()
-    try:
-        answer = pick(policy.run(program, arg))
-    except NoSurvivingParticles:
-        answer = None
+    answer, runs = None, 0
+    while True:
+        current = policy
+        if budget is not None:
+            current = policy.model_copy(update={"seed": policy.seed + 7919 * runs,
+                                                "budget": policies.Budget(max_tokens=budget - counter.output_tokens)})
+        try:
+            answer = pick(current.run(program, arg))
+        except NoSurvivingParticles:
+            answer = None
+        runs += 1
+        if answer is not None or budget is None or budget - counter.output_tokens < RESTART_MIN_TOKENS:
+            break
     return {"answer": answer, "tokens": counter.output_tokens, "seconds": time.perf_counter() - start,
-            "calls": counter.calls}
+            "calls": counter.calls, "runs": runs}
 
 
 def evaluate(task: str, problems: list[tuple[str, Any]], names: list[str], counter: Any, agent: Any,
@@ -103,10 +121,10 @@ def evaluate(task: str, problems: list[tuple[str, Any]], names: list[str], count
         for name in names:
             policy, kind, pick = table[name]
             pick = pick or (_best_finished if task == "sentence" else _marginal_mode)
-            out = run_one(policy, programs[kind], arg, counter, pick)
+            out = run_one(policy, programs[kind], arg, counter, pick, budget if kind == "stepwise" else None)
             out["ok"] = tasks.sentence_ok(out["answer"] or "") if task == "sentence" else out["answer"] == truth
             outcomes[name].append(out)
-            progress(f"quality {task} #{i} {name}: ok={out['ok']} tokens={out['tokens']} "
+            progress(f"quality {task} #{i} {name}: ok={out['ok']} tokens={out['tokens']} runs={out['runs']} "
                      f"{out['seconds']:.1f}s answer={out['answer']!r}")
     return outcomes
 
@@ -122,8 +140,10 @@ def summarise(task: str, outcomes: dict[str, list[dict[str, Any]]], budget: int,
         tokens = [o["tokens"] for o in outs]
         t_lo, t_hi = bootstrap_mean(tokens)
         secs = sum(o["seconds"] for o in outs) / max(n, 1)
+        runs = sum(o.get("runs", 1) for o in outs)
         note = (f"{k}/{n} ok, 95% CI {fmt_interval(lo, hi)}; tokens/problem {sum(tokens) / max(n, 1):.0f} "
-                f"{fmt_interval(t_lo, t_hi, 0)} (cap {budget}); {secs:.1f} s/problem")
+                f"{fmt_interval(t_lo, t_hi, 0)} (cap {budget}); {secs:.1f} s/problem"
+                + (f"; {runs} runs incl. restarts" if runs > n else ""))
         rows.append(row(f"quality: {task}", f"{task}: {source} {name} vs {baseline}", k / max(n, 1), base_rate,
                         "success rate", note=note))
     return rows
