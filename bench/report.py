@@ -147,13 +147,14 @@ def _throughput_item(results: dict) -> str | None:
             f"{_fig(smc_raw)}; the `LlamaCpp` backend alone / raw "
             f"{_fig(_find(results, 'llm_throughput', 'LlamaCpp backend vs raw'))}; SMC / backend "
             f"{_fig(_find(results, 'llm_throughput', 'Agent in SMC vs LlamaCpp backend'))}, the framework's own "
-            "share). The gap is the backend's sampling loop, not the agent or SMC: it evaluates every decode step "
-            "as a 2-token batch (so logits are bit-identical whatever the cache history), computes two float64 "
-            "log-softmaxes and a cumulative sum over the 49k-token vocabulary per token in numpy, and crosses into "
-            "Python per token. *Plan:* a 1-token decode step with the kernel choice pinned (or accept "
-            "cache-history-dependent logits behind a flag), one float32 log-softmax when temperature is 1 and top_p "
-            "is 1 (base = proposal), sampling by llama.cpp's own sampler with only the drawn token's log-probability "
-            "and the normaliser read back.")
+            "share). The gap is the backend, not the agent or SMC: it evaluates every decode step as a 2-token batch "
+            "(re-evaluating the previous token, so logits are bit-identical whatever the cache history: llama.cpp's "
+            "1-token kernels give different logits), and a profile of `LlamaCpp.complete_sync` puts ~94% of its time "
+            "in llama.cpp's decode, ~5% in the float64 log-softmaxes and cumulative sums over the 49k-token "
+            "vocabulary. *Plan:* make the 1-token decode step the default with its kernel path pinned so results stay "
+            "reproducible for a given seed and prompt (the two kernels only need to agree with themselves), keeping "
+            "the 2-token mode behind a flag for bit-exact replay across cache histories; then one float32 "
+            "log-softmax when temperature is 1 and top_p is 1 (base = proposal).")
 
 
 def _core_item(results: dict) -> str:
