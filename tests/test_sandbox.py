@@ -137,7 +137,9 @@ def test_fork_bomb_is_blocked_by_the_audit_hook():
 def test_fork_bomb_is_contained_by_nproc_and_uid_cleanup(code):
     start = time.monotonic()
     r = run_untrusted(code, timeout_s=2, audit=False, max_processes=32)
-    assert time.monotonic() - start < 2 + 5
+    # bounded, not timed: the 2 s limit plus the cleanup of up to 32 processes, with room for a loaded
+    # machine (9 s seen with eight other jobs on 2 cores); a contained bomb never reaches the limit
+    assert time.monotonic() - start < 2 + 30
     assert_failed(r, "BlockingIOError", "Resource temporarily unavailable")
     assert wait_for_baseline(r.uid, 0) == 0
 
