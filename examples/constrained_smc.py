@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     out = Path(args.out)
 
-    result, trace_path = run_smc(args, out)
+    try:
+        result, trace_path = run_smc(args, out)
+    except NoSurvivingParticles as exc:  # every prefix broke the constraint: Ẑ = 0
+        print(f"\nno particle survived (log Z = -inf): {exc}\ntrace: {out / 'trace.jsonl'}")
+        return {"marginal": {}, "log_evidence": -math.inf, "ess": 0.0, "deaths": exc.causes,
+                "trace": out / "trace.jsonl"}
     tokens = result.diagnostics.tokens
     marginal = result.marginal()
     print(f'\nSMC, {args.particles} particles, one word per step, no "{args.letter}" in any word '

@@ -143,7 +143,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"numbers {show(list(numbers))}: 24 is {'reachable' if solvable else 'NOT reachable'} (exhaustive check)")
     search = POLICY.model_copy(update={"num_simulations": args.simulations, "expand": args.expand,
                                        "omega": args.omega, "seed": args.seed})
-    r = search.run(program, numbers)
+    try:
+        r = search.run(program, numbers)
+    except NoSurvivingParticles as exc:  # every branch hit an invalid step
+        print(f"\nTreeSearch explored the whole tree and every game broke a rule: {exc}")
+        return {"solvable": solvable, "solutions": [], "scores": [], "best": None, "log_evidence": -math.inf}
     x = r.extra
     solutions = [p.value for p, s in zip(r.particles, x["scores"]) if s == 0.0]
     print(f"\nTreeSearch (MellowMax ω={args.omega}, {x['simulations']} simulations, {x['num_nodes']} nodes, "
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  log Σ_found πΦ = {r.log_evidence:.3f} (a lower bound on log Z)")
     summary: dict[str, Any] = {"solvable": solvable, "solutions": solutions, "scores": x["scores"],
                                "best": x["best"].value if x["best"] else None, "llm_calls": r.diagnostics.llm_calls,
-                               "log_evidence": r.log_evidence, "root_children": x["root_children"]}
+                               "log_evidence": r.log_evidence, "root_children": x["root_children"],
+                               "root_value": x["root_value"], "omega": args.omega}
 
     if not args.no_baseline:
         calls = r.diagnostics.llm_calls
