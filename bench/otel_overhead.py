@@ -126,32 +126,55 @@ def llm_program(steps: int, latency_s: float):
     return program
 
 
-def _timed_runs(program, particles: int, repeats: int, exporter: str, endpoint: str | None) -> tuple[float, float, int]:
-    """(median run seconds, median flush seconds, spans per run) for one exporter."""
+VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {},
+    "memory": {"exporter": "memory"},
+    "otlp": {"exporter": "otlp"},
+    "otlp-sync": {"exporter": "otlp", "background": False},
+    "otlp-10%": {"exporter": "otlp", "particle_sampling": 0.1},
+}
+"""Tracing configurations: "off" is the baseline; "otlp-sync" builds spans in the coordinator (the
+listener before background building); "otlp-10%" is the opt-in particle-step sampling."""
+
+
+def _one_run(program, particles: int, seed: int, variant: str, endpoint: str | None) -> dict[str, Any]:
+    """One `policy.run` under `variant`: wall seconds of the run and of the flush after it, process
+    CPU seconds of both, and the number of spans (in-memory exporter only)."""
     from observability.exporters import instrument
 
-    runs, flushes, spans = [], [], 0
+    options = dict(VARIANTS[variant])
+    exporter = options.pop("exporter", None)
+    inst = None if exporter is None else instrument(exporter, endpoint=endpoint, register=False, **options)
+    policy = policies.SMC(num_particles=particles, seed=seed, listeners=[] if inst is None else [inst.listener])
+    cpu, start = time.process_time(), time.perf_counter()
+    policy.run(program)
+    run_s = time.perf_counter() - start
+    spans = 0
+    if inst is not None:
+        inst.force_flush()
+        if inst.memory_exporter is not None:
+            spans = len(inst.memory_exporter.get_finished_spans())
+        inst.shutdown()
+    return {"run_s": run_s, "flush_s": time.perf_counter() - start - run_s, "cpu_s": time.process_time() - cpu,
+            "spans": spans}
+
+
+def _measure(program, particles: int, repeats: int, variants: list[str], endpoint: str) -> dict[str, list]:
+    """`repeats` rounds; each round runs every variant once, in an order rotated round by round, so
+    every variant sees the same machine load (medians are taken over rounds)."""
+    runs: dict[str, list] = {v: [] for v in variants}
     for r in range(repeats):
-        inst = None if exporter == "off" else instrument(exporter, endpoint=endpoint, register=False)
-        listeners = [] if inst is None else [inst.listener]
-        policy = policies.SMC(num_particles=particles, seed=r, listeners=listeners)
-        start = time.perf_counter()
-        policy.run(program)
-        runs.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        if inst is not None:
-            inst.force_flush()
-            if inst.memory_exporter is not None:
-                spans = len(inst.memory_exporter.get_finished_spans())
-            inst.shutdown()
-        flushes.append(time.perf_counter() - start)
-    return statistics.median(runs), statistics.median(flushes), spans
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for variant in order:
+            runs[variant].append(_one_run(program, particles, r, variant, endpoint))
+    return runs
 
 
-def main(particles: int = 200, steps: int = 10, latency_ms: tuple[float, ...] = (2.0, 50.0), repeats: int = 3,
-         phoenix: str | None = None, toy: bool = True) -> list[dict[str, Any]]:
-    """Measure every (workload, exporter) pair; returns one row each, with ratios to "off"."""
+def main(particles: int = 200, steps: int = 10, latency_ms: tuple[float, ...] = (2.0, 50.0), repeats: int = 5,
+         phoenix: str | None = None, toy: bool = True, variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict[str, Any]]:
+    """Measure every (workload, variant) pair; returns one row each, with median ratios to "off"."""
     rows: list[dict[str, Any]] = []
+    variants = ["off", *[v for v in variants if v != "off"]]
     workloads = (["toy"] if toy else []) + [f"llm@{ms:g}ms" for ms in latency_ms]
     with OTLPSink() as sink:
         endpoint = phoenix or sink.endpoint
@@ -159,27 +182,33 @@ def main(particles: int = 200, steps: int = 10, latency_ms: tuple[float, ...] = 
             program = (toy_program(steps) if workload == "toy"
                        else llm_program(steps, float(workload[4:-2]) / 1000))
             policies.SMC(num_particles=min(particles, 20), seed=0).run(program)  # warm-up (imports, caches)
-            base = None
-            spans = 0
-            for exporter in ("off", "memory", "otlp"):
-                run_s, flush_s, n = _timed_runs(program, particles, repeats, exporter, endpoint)
-                spans = n or spans
-                base = run_s if exporter == "off" else base
-                rows.append({"workload": workload, "exporter": exporter, "particles": particles, "steps": steps,
-                             "run_s": run_s, "ratio": run_s / base, "flush_s": flush_s,
-                             "ratio_with_flush": (run_s + flush_s) / base, "spans_per_run": spans})
+            runs = _measure(program, particles, repeats, variants, endpoint)
+            base = [r["run_s"] for r in runs["off"]]
+            base_cpu = statistics.median(r["cpu_s"] for r in runs["off"])
+            spans = max((r["spans"] for rs in runs.values() for r in rs if r["spans"]), default=0)
+            for variant in variants:
+                rs = runs[variant]
+                ratios = [r["run_s"] / b for r, b in zip(rs, base)]  # per round: same load
+                rows.append({"workload": workload, "exporter": variant, "particles": particles, "steps": steps,
+                             "repeats": repeats, "run_s": statistics.median(r["run_s"] for r in rs),
+                             "ratio": statistics.median(ratios),
+                             "flush_s": statistics.median(r["flush_s"] for r in rs),
+                             "ratio_with_flush": statistics.median(
+                                 (r["run_s"] + r["flush_s"]) / b for r, b in zip(rs, base)),
+                             "cpu_ratio": statistics.median(r["cpu_s"] for r in rs) / base_cpu,
+                             "spans_per_run": spans if variant != "off" else 0})
         rows.append({"workload": "sink", "exporter": "otlp", "requests": sink.requests, "bytes": sink.bytes})
     return rows
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    print(f"{'workload':10} {'exporter':8} {'run s':>8} {'ratio':>7} {'flush s':>8} {'+flush':>7} {'spans':>7}")
+    print(f"{'workload':10} {'variant':10} {'run s':>8} {'ratio':>7} {'flush s':>8} {'+flush':>7} {'cpu':>6} {'spans':>7}")
     for r in rows:
         if r["workload"] == "sink":
             print(f"OTLP sink received {r['requests']} requests, {r['bytes'] / 1e6:.1f} MB")
             continue
-        print(f"{r['workload']:10} {r['exporter']:8} {r['run_s']:8.3f} {r['ratio']:7.3f} {r['flush_s']:8.3f} "
-              f"{r['ratio_with_flush']:7.3f} {r['spans_per_run'] or '':>7}")
+        print(f"{r['workload']:10} {r['exporter']:10} {r['run_s']:8.3f} {r['ratio']:7.3f} {r['flush_s']:8.3f} "
+              f"{r['ratio_with_flush']:7.3f} {r['cpu_ratio']:6.2f} {r['spans_per_run'] or '':>7}")
 
 
 if __name__ == "__main__":
@@ -187,7 +216,10 @@ if __name__ == "__main__":
     parser.add_argument("--particles", type=int, default=200)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[2.0, 50.0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--phoenix", default=None, help="OTLP/HTTP traces URL of a running Phoenix")
+    parser.add_argument("--no-toy", action="store_true", help="skip the no-LLM workload")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    _print(main(args.particles, args.steps, tuple(args.latency_ms), args.repeats, args.phoenix))
+    _print(main(args.particles, args.steps, tuple(args.latency_ms), args.repeats, args.phoenix,
+                toy=not args.no_toy, variants=tuple(args.variants)))

@@ -7,14 +7,17 @@
 The exporter is chosen by the `exporter` argument, else `PLP_OTEL_EXPORTER`, else "otlp":
 - "otlp":    OTLP/HTTP (protobuf) to `endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as
              is), else `OTEL_EXPORTER_OTLP_ENDPOINT` + "/v1/traces", else Phoenix's default
-             http://127.0.0.1:6006/v1/traces. A BatchSpanProcessor unless `batch=False`, with
-             backpressure: the SDK's processor *drops* spans once its queue (OTEL_BSP_MAX_QUEUE_SIZE,
-             2048) is full, and one SMC step of a large population ends thousands of spans at once,
-             so every half queue of ended spans is flushed synchronously (nothing is lost; the
-             export work moves to the caller's thread when bursts exceed the queue).
+             http://127.0.0.1:6006/v1/traces. Batched (`BackpressureSpanProcessor`) unless
+             `batch=False`: the SDK's BatchSpanProcessor *drops* spans once its queue is full, and
+             one SMC step of a large population ends thousands of spans at once, so batches are
+             exported synchronously by the thread that builds the spans (nothing is lost).
 - "console": JSON spans on stdout (SimpleSpanProcessor).
 - "memory":  an `InMemorySpanExporter` on `.memory_exporter`, for tests (SimpleSpanProcessor).
 - "none":    no export and no listener (zero cost).
+
+Spans are built by the listener's background thread (`background=True`, see observability.otel),
+which also does the OTLP export; the listener flushes the provider after every run, so a run's
+spans reach the exporter without waiting for `shutdown()`. `particle_sampling` < 1 is opt-in.
 
 The provider carries the resource attributes `service.name="plp-swarm"` and
 `openinference.project.name=<project>` (how Phoenix picks the project). It is private to the
@@ -23,26 +26,26 @@ returned handle unless `set_global=True`, so tests and other instrumentation do 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from observability.otel import OTelListener
 from swarm.listeners import add_listener, remove_listener
 
+log = logging.getLogger("observability.exporters")
 EXPORTERS = ("otlp", "console", "memory", "none")
+DEFAULT_BATCH = 128
 DEFAULT_ENDPOINT = "http://127.0.0.1:6006/v1/traces"
 SERVICE_NAME = "plp-swarm"
 
@@ -59,8 +62,10 @@ class Instrumentation:
     _closed: bool = False
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Export every finished span now (spans of runs still open are not finished yet)."""
-        return self.provider.force_flush(timeout_millis)
+        """Build the spans of every record received so far, then export every finished span now
+        (the spans of runs still open are not finished yet)."""
+        built = self.listener.flush(timeout_millis / 1000) if self.listener is not None else True
+        return self.provider.force_flush(timeout_millis) and built
 
     def shutdown(self) -> None:
         """Detach the listener, end runs left open, flush every span and shut the provider down."""
@@ -81,37 +86,79 @@ class Instrumentation:
 
 
 class BackpressureSpanProcessor(SpanProcessor):
-    """A `BatchSpanProcessor` that never drops a span: after every `queue_size // 2` ended spans it
-    flushes the batch queue synchronously, so the queue can never overflow between two flushes."""
+    """Batches ended spans and exports every full batch synchronously, in the thread that ended
+    the batch's last span: never drops a span (the SDK's `BatchSpanProcessor` drops them once its
+    queue is full, and one SMC step of a large population ends thousands of spans at once), and
+    needs no export thread of its own. With `OTelListener`'s background worker (the default) that
+    thread is the worker, so encoding and sending run in the time the coordinator leaves idle
+    instead of in an export thread that takes the GIL from it.
 
-    def __init__(self, exporter: SpanExporter, queue_size: int | None = None) -> None:
+    A batch is exported when it holds `batch_size` spans (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default
+    128, at most `queue_size` = `OTEL_BSP_MAX_QUEUE_SIZE`, default 2048) or when its oldest span
+    waited `max_delay_s` (`OTEL_BSP_SCHEDULE_DELAY` ms, default 5000; checked when a span ends);
+    `force_flush` exports the rest (the listener calls it after every run). `flushes` counts exports.
+    """
+
+    def __init__(self, exporter: SpanExporter, queue_size: int | None = None, batch_size: int | None = None,
+                 max_delay_s: float | None = None) -> None:
+        self.exporter = exporter
         self.queue_size = queue_size or int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or 2048)
-        batch = min(self.queue_size, int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or 512))
-        self.inner = BatchSpanProcessor(exporter, max_queue_size=self.queue_size, max_export_batch_size=batch)
-        self.flush_every = max(1, self.queue_size // 2)
-        self.pending = 0
+        batch = batch_size or int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or DEFAULT_BATCH)
+        self.batch_size = max(1, min(self.queue_size, batch))
+        self.max_delay_s = max_delay_s if max_delay_s is not None else \
+            float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 5000) / 1000
         self.flushes = 0
+        self._spans: list[ReadableSpan] = []
+        self._oldest = 0.0
+        self._shutdown = False
         self._lock = threading.Lock()
+        self._export_lock = threading.Lock()
 
     def on_start(self, span, parent_context=None) -> None:
-        self.inner.on_start(span, parent_context=parent_context)
+        pass
 
-    def on_end(self, span) -> None:
-        self.inner.on_end(span)
+    def on_end(self, span: ReadableSpan) -> None:
+        if not (span.context and span.context.trace_flags.sampled) or self._shutdown:
+            return
+        now = time.monotonic()
         with self._lock:
-            self.pending += 1
-            due = self.pending >= self.flush_every
-            if due:
-                self.pending, self.flushes = 0, self.flushes + 1
-        if due:
-            self.inner.force_flush()
+            self._spans.append(span)
+            if len(self._spans) == 1:
+                self._oldest = now
+            if len(self._spans) < self.batch_size and now - self._oldest < self.max_delay_s:
+                return
+            batch, self._spans = self._spans, []
+        self._export(batch)
+
+    def _export(self, spans: list[ReadableSpan]) -> None:
+        """Export `spans` in batches, one export at a time, with instrumentation suppressed (the
+        exporter's own HTTP calls are not traced)."""
+        with self._export_lock:
+            token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+            try:
+                for i in range(0, len(spans), self.batch_size):
+                    self.flushes += 1
+                    self.exporter.export(spans[i:i + self.batch_size])
+            except Exception:  # an exporter must never cost the user the run
+                log.exception("exporting %d spans failed", len(spans))
+            finally:
+                detach(token)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        self.pending = 0
-        return self.inner.force_flush(timeout_millis)
+        """Export the spans buffered now; returns after any export in progress has finished."""
+        with self._lock:
+            spans, self._spans = self._spans, []
+        if spans:
+            self._export(spans)
+        else:
+            with self._export_lock:
+                pass
+        return True
 
     def shutdown(self) -> None:
-        self.inner.shutdown()
+        self.force_flush()
+        self._shutdown = True
+        self.exporter.shutdown()
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -150,11 +197,14 @@ def _span_exporter(name: str, endpoint: str | None) -> SpanExporter | None:
 
 def instrument(exporter: str | None = None, endpoint: str | None = None, project: str = "default",
                capture_content: bool = False, batch: bool = True, *,
-               set_global: bool = False, register: bool = True) -> Instrumentation:
+               set_global: bool = False, register: bool = True, particle_sampling: float = 1.0,
+               background: bool = True) -> Instrumentation:
     """Export every run's spans: build a TracerProvider, attach `exporter`, register an
     `OTelListener` globally (unless `register=False`; the handle's `.listener` can then be passed
     to a policy's `listeners=[...]`). Prompts and completions are exported only with
-    `capture_content=True`."""
+    `capture_content=True`. Spans are built on a background thread unless `background=False`;
+    `particle_sampling` < 1 (opt-in) exports the particle-step spans of that fraction of
+    particles only (see observability.otel)."""
     name = _choose(exporter)
     url = resolve_endpoint(endpoint) if name == "otlp" else None
     resource = Resource.create({"service.name": SERVICE_NAME, "openinference.project.name": project})
@@ -168,7 +218,8 @@ def instrument(exporter: str | None = None, endpoint: str | None = None, project
         trace.set_tracer_provider(provider)
     listener = None
     if name != "none":
-        listener = OTelListener(provider, capture_content=capture_content)
+        listener = OTelListener(provider, capture_content=capture_content,
+                                particle_sampling=particle_sampling, background=background)
         if register:
             add_listener(listener)
     memory = span_exporter if isinstance(span_exporter, InMemorySpanExporter) else None

@@ -1,0 +1,171 @@
+"""Span attributes of a run's records: the sanitiser every span goes through, the GenAI /
+OpenInference attributes of LLM generations and tool calls, event times and tool-call pairing.
+
+Pure functions of (immutable) records, so `observability.otel` can call them on its background
+thread. The sanitiser hands the SDK only the types it accepts (str, bool, int, finite float and
+homogeneous sequences of them), so the SDK's own validation never has to reject or coerce a value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping   # not typing.Mapping: its isinstance check is ~10x slower
+from typing import Any
+
+from swarm.errors import redact_text
+
+KIND = "openinference.span.kind"
+LOG_QUANTITIES = frozenset({"plp.log_weight", "plp.log_evidence", "plp.log_increment", "plp.log_potential"})
+_isfinite = math.isfinite
+
+
+def attributes(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Make `raw` exportable: drop None, turn non-finite floats into `plp.nonfinite`/`plp.dead`
+    (see observability.otel), stringify other values that OTel attributes cannot carry, and mask
+    registered secrets (API keys) in every string."""
+    out: dict[str, Any] = {}
+    nonfinite: list[str] | None = None
+    for key, value in raw.items():
+        cls = type(value)
+        if cls is float:  # the common cases first, by exact type (subclasses take the slow path)
+            if _isfinite(value):
+                out[key] = value
+                continue
+        elif cls is str:
+            out[key] = redact_text(value)
+            continue
+        elif cls is int or cls is bool:
+            out[key] = value
+            continue
+        if value is None:
+            continue
+        if isinstance(value, float) and not _isfinite(value):
+            nonfinite = nonfinite or []
+            nonfinite.append(f"{key}={value}")
+            if value == -math.inf and key in LOG_QUANTITIES:
+                out["plp.dead"] = True
+        elif isinstance(value, str):
+            out[key] = redact_text(value)
+        elif isinstance(value, (bool, int, float)):
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and _homogeneous(value):
+            out[key] = [redact_text(v) if isinstance(v, str) else v for v in value]
+        else:
+            out[key] = redact_text(text(value))
+    if nonfinite:
+        out["plp.nonfinite"] = nonfinite
+    return out
+
+
+def _homogeneous(values: Any) -> bool:
+    """True when a sequence can be an OTel array attribute: one scalar type, finite floats."""
+    types = {type(v) for v in values}
+    return len(types) <= 1 and types <= {str, bool, int, float} and all(
+        math.isfinite(v) for v in values if isinstance(v, float))
+
+
+def text(value: Any) -> str:
+    """Content as text: strings as they are, anything else as JSON (repr as a last resort)."""
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    return json.dumps(value, default=str)
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    """The first of `keys` present in a mapping or as an attribute of an object."""
+    for key in keys:
+        value = obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+        if value is not None:
+            return value
+    return None
+
+
+def llm_attributes(event: Any, capture_content: bool) -> dict[str, Any]:
+    """OpenTelemetry GenAI and OpenInference attributes of one LLM generation (a SampleEvent)."""
+    info, usage = event.info, event.info.get("usage") or {}
+    n_in, n_out = _get(usage, "input_tokens", "prompt_tokens"), _get(usage, "output_tokens", "completion_tokens")
+    reason = info.get("finish_reason")
+    attrs: dict[str, Any] = {
+        KIND: "LLM", "gen_ai.operation.name": "chat",
+        "gen_ai.system": info.get("backend"), "gen_ai.provider.name": info.get("backend"),
+        "gen_ai.request.model": info.get("model"), "gen_ai.response.model": info.get("model"),
+        "gen_ai.usage.input_tokens": n_in, "gen_ai.usage.output_tokens": n_out,
+        "gen_ai.request.temperature": info.get("temperature"),
+        "gen_ai.request.max_tokens": info.get("max_tokens"), "gen_ai.request.top_p": info.get("top_p"),
+        "gen_ai.response.finish_reasons": [reason] if reason else None,
+        "llm.model_name": info.get("model"), "llm.system": info.get("backend"),
+        "llm.token_count.prompt": n_in, "llm.token_count.completion": n_out,
+        "llm.token_count.total": n_in + n_out if n_in is not None and n_out is not None else None,
+        "plp.site": event.address, "plp.log_prob": event.log_prob,
+        "plp.target_log_prob": event.target_log_prob, "plp.latency_s": info.get("latency_s"),
+    }
+    if capture_content:
+        attrs.update(_prompt_attributes(info.get("prompt")))
+        if info.get("completion") is not None:
+            attrs["output.value"] = text(info["completion"])
+            attrs["llm.output_messages.0.message.role"] = "assistant"
+            attrs["llm.output_messages.0.message.content"] = text(info["completion"])
+    return attrs
+
+
+def _prompt_attributes(prompt: Any) -> dict[str, Any]:
+    """`input.value`, plus OpenInference `llm.input_messages.*` when the prompt is a message list."""
+    if prompt is None:
+        return {}
+    attrs: dict[str, Any] = {"input.value": text(prompt)}
+    if isinstance(prompt, (list, tuple)):
+        attrs["input.mime_type"] = "application/json"
+        for i, message in enumerate(prompt):
+            attrs[f"llm.input_messages.{i}.message.role"] = _get(message, "role")
+            attrs[f"llm.input_messages.{i}.message.content"] = _get(message, "content")
+    return attrs
+
+
+def tool_attributes(call: Any, result: Any | None, capture_content: bool) -> dict[str, Any]:
+    """OpenInference TOOL and GenAI execute_tool attributes of a tool_call (and its tool_result)."""
+    first = call if call is not None else result
+    name = call.receiver if call is not None else result.sender
+    attrs: dict[str, Any] = {
+        KIND: "TOOL", "gen_ai.operation.name": "execute_tool", "tool.name": name,
+        "gen_ai.tool.name": name, "gen_ai.tool.call.id": first.info.get("tool_call_id"),
+        "plp.site": first.address, "plp.tool.paired": call is not None and result is not None,
+    }
+    if capture_content:
+        attrs["input.value"] = text(call.content) if call is not None else None
+        attrs["output.value"] = text(result.content) if result is not None else None
+    return attrs
+
+
+def event_times(info: Mapping[str, Any], cursor: int) -> tuple[int, int]:
+    """(start, end) in ns of an event from its `info`, or a zero-length interval at `cursor`."""
+    start = info.get("started_at_ns")
+    start = int(start) if start is not None else cursor
+    if info.get("ended_at_ns") is not None:
+        return start, int(info["ended_at_ns"])
+    if info.get("latency_s") is not None:
+        return start, start + int(float(info["latency_s"]) * 1e9)
+    return start, start
+
+
+def pair_tools(events: list[Any]) -> dict[int, Any]:
+    """{index of a tool_call: its tool_result event}, matched by `tool_call_id`, else by order:
+    the first unmatched result sent by the tool the call was addressed to."""
+    pairs: dict[int, Any] = {}
+    used: set[int] = set()
+    for i, call in enumerate(events):
+        if getattr(call, "kind", None) != "tool_call":
+            continue
+        cid = call.info.get("tool_call_id")
+        for j in range(i + 1, len(events)):
+            res = events[j]
+            if j in used or getattr(res, "kind", None) != "tool_result":
+                continue
+            if (cid is not None and res.info.get("tool_call_id") == cid) or (
+                    cid is None and res.sender == call.receiver):
+                pairs[i] = res
+                used.add(j)
+                break
+    return pairs
