@@ -18,7 +18,7 @@ and by a minimal raw-socket asyncio client with no limit (what the endpoint and 
 
 The openai client's connection pool (httpcore) scans every connection for every request, so its
 CPU cost grows with the number of open connections: with max_concurrency = N = 2,048 the same SMC
-run took 122 s here (818× ideal) against about 25 s at 64. Hence HTTP_CONCURRENCY = 64.
+run took 122 s here (818× ideal) against about 21 s at 64. Hence HTTP_CONCURRENCY = 64.
 
     python -m bench.latency_hiding [--sizes 256 2048] [--repeats 3]
 """
