@@ -112,8 +112,10 @@ def show(question: str, truth: int, s: dict[str, Any]) -> None:
     print(f"\n{question}  (truth {truth})")
     print(f"  weighted vote  {s['answer']!s:>4}  share {s['shares'][s['answer']]:.2f}, 95% CI [{lo:.2f}, {hi:.2f}] "
           f"at n_eff {s['n_eff']:.1f}   {'right' if s['answer'] == truth else 'wrong'}")
-    print(f"  majority vote  {s['majority']!s:>4}  {s['votes'][s['majority']]} of {sum(s['votes'].values())} votes"
-          f"{'':14}{'right' if s['majority'] == truth else 'wrong'}")
+    top = s["votes"][s["majority"]]
+    tie = " (a tie, first seen wins)" if sum(v == top for v in s["votes"].values()) > 1 else ""
+    print(f"  majority vote  {s['majority']!s:>4}  {top} of {sum(s['votes'].values())} votes{tie}   "
+          f"{'right' if s['majority'] == truth else 'wrong'}")
     print(f"  answer marginal {{{shares}}}   log Z = {s['log_evidence']:.2f}")
 
 

@@ -156,8 +156,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  score {s:6.1f}  {game}")
     print("  first steps (mellowmax value, visits, π prior):")
     for c in sorted(x["root_children"], key=lambda c: -c["value"]):
-        step = next(iter(c["samples"].values()), "")
-        print(f"    {c['value']:7.2f}  {c['visits']:3d}  {math.exp(c['log_prior']):.3f}  {step.strip()!r}")
+        text = next(iter(c["samples"].values()), "").strip()
+        step = parse_step(text, [Fraction(n) for n in numbers])
+        applied = "invalid" if step is None else "{} {} {} = {}".format(*step)
+        print(f"    {c['value']:7.2f}  {c['visits']:3d}  {math.exp(c['log_prior']):.3f}  {text!r:<14} → {applied}")
     print(f"  log Σ_found πΦ = {r.log_evidence:.3f} (a lower bound on log Z)")
     summary: dict[str, Any] = {"solvable": solvable, "solutions": solutions, "scores": x["scores"],
                                "best": x["best"].value if x["best"] else None, "llm_calls": r.diagnostics.llm_calls,
