@@ -33,7 +33,6 @@ from typing import Any
 
 import policies
 from agents import Agent, GenerationSettings
-from policies.best_of_n import BestOfN
 from swarm import NoSurvivingParticles, guarantee, sample
 
 WRITER = Agent(name="writer", system="You write one short, simple sentence.",
@@ -74,7 +73,7 @@ async def whole_sentence(topic: str = "a cat", letter: str = "e", min_words: int
 
 def best_of_n_same_budget(topic: str, letter: str, tokens: int, seed: int) -> dict[str, Any]:
     """Draw whole sentences one at a time until `tokens` are spent (BestOfN with a token budget)."""
-    policy = BestOfN(n=100_000, batch_size=1, seed=seed, budget=policies.Budget(max_tokens=tokens))
+    policy = policies.BestOfN(n=100_000, batch_size=1, seed=seed, budget=policies.Budget(max_tokens=tokens))
     try:
         r = policy.run(whole_sentence, topic, letter)
     except NoSurvivingParticles as exc:

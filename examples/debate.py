@@ -22,14 +22,14 @@ which then continue independently. A judge with J = q₀ + q₁ − 1 near 0 giv
 calibration line says how much the judge can be trusted, and the factor trusts it exactly that much.
 
     python examples/debate.py [--particles 6] [--rounds 2] [--runtime ray|local]
-    swarm run examples/debate.py --runtime local      (the judge then uses the calibration below)
+    swarm run examples/debate.py                      (one story; the judge keeps the given, unmeasured
+                                                       calibration q0 = q1 = 0.75, as `main` is not run)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import re
 import sys
 from typing import Any, Iterator, NamedTuple
@@ -37,7 +37,6 @@ from typing import Any, Iterator, NamedTuple
 import policies
 from agents import Agent, GenerationSettings
 from agents.ray_hosting import RayHosting
-from policies.judges import Calibration, Judge
 from swarm import auto_name, factor, interact, sample
 
 
@@ -134,8 +133,8 @@ async def judge_verdict(case: Case) -> bool:
     return mentions(evidence, case.answer) and not (rival_differs and mentions(evidence, case.rival))
 
 
-JUDGE = Judge(name="judge", fn=judge_verdict, prior=JUDGE_PRIOR,
-              calibration=Calibration(q0=0.75, q1=0.75))
+JUDGE = policies.Judge(name="judge", fn=judge_verdict, prior=JUDGE_PRIOR,
+              calibration=policies.Calibration(q0=0.75, q1=0.75))
 """Replaced by a measured calibration in `main`; this given one (m = 0) lets `swarm run` work alone."""
 
 

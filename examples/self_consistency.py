@@ -28,8 +28,8 @@ import math
 import re
 from typing import Any
 
+import policies
 from agents import Agent, GenerationSettings
-from policies.self_consistency import SelfConsistency
 from swarm import NoSurvivingParticles, factor, guarantee, sample
 
 FEW_SHOT = """Q: Tom has 3 apples. He buys 2 more. How many apples does he have?
@@ -54,7 +54,7 @@ PROBLEMS: list[tuple[str, int]] = [
 ]
 
 SOLVER = Agent(name="solver", settings=GenerationSettings(temperature=1.0, max_tokens=24, stop=("\n",)))
-POLICY = SelfConsistency(n=12, seed=0)
+POLICY = policies.SelfConsistency(n=12, seed=0)
 DEFAULTS = {"args": {"question": PROBLEMS[0][0]}}
 
 EQUATION = re.compile(r"(-?\d+)\s*([-+*x×/])\s*(-?\d+)\s*=\s*(-?\d+)")

@@ -25,17 +25,15 @@ Both get the same number of program executions (TemperedSMC's N + k·N·(stages 
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 import numpy as np
 
 import policies
-from policies.tempered_smc import TemperedSMC
 from swarm import Categorical, factor, sample
 
 FACES = [1, 2, 3, 4, 5, 6]
-POLICY = TemperedSMC(num_particles=400, move="site", rejuvenation_steps=3, target_cess=0.8, seed=0)
+POLICY = policies.TemperedSMC(num_particles=400, move="site", rejuvenation_steps=3, target_cess=0.8, seed=0)
 DEFAULTS = {"args": {"num_dice": 12, "target": 66, "sharpness": 3.0}}
 
 

@@ -32,10 +32,8 @@ import re
 from fractions import Fraction
 from typing import Any
 
+import policies
 from agents import Agent, GenerationSettings
-from policies import Budget
-from policies.best_of_n import BestOfN
-from policies.tree_search import TreeSearch
 from swarm import NoSurvivingParticles, factor, guarantee, interact, sample
 from swarm.trace import Trace
 
@@ -124,7 +122,7 @@ async def program(numbers: tuple[int, ...] = (4, 6, 2, 2)) -> str:
     return "; ".join(steps)
 
 
-POLICY = TreeSearch(expand=6, value=verifier_value, backup="mellowmax", omega=2.0, num_simulations=12, seed=0)
+POLICY = policies.TreeSearch(expand=6, value=verifier_value, backup="mellowmax", omega=2.0, num_simulations=12, seed=0)
 DEFAULTS = {"args": {"numbers": (4, 6, 2, 2)}}
 
 
@@ -169,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_baseline:
         calls = r.diagnostics.llm_calls
         try:  # whole games, 4 at a time, until the same number of LLM calls is spent
-            bon = BestOfN(n=10_000, batch_size=4, seed=args.seed, budget=Budget(max_llm_calls=calls)).run(program, numbers)
+            bon = policies.BestOfN(n=10_000, batch_size=4, seed=args.seed, budget=policies.Budget(max_llm_calls=calls)).run(program, numbers)
         except NoSurvivingParticles as exc:
             print(f"\nBest-of-N with the same {calls} LLM calls: {sum(exc.causes.values())} games, none valid")
             return {**summary, "best_of_n": {"games": sum(exc.causes.values()), "valid": 0, "wins": 0}}
