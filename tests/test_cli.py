@@ -186,3 +186,16 @@ def test_run_on_a_terminal_shows_a_rich_progress_bar(example):
     assert re.search(r"step \d+", out) and "ESS" in out and "tok/s" in out
     assert not re.search(r"^step \d+ \| alive", out, re.M)  # not the plain lines
     assert "answer marginal" in out
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(plain_run):
+    """`swarm inspect out.jsonl | head`: the reader leaves early; no traceback, exit 0."""
+    _, out = plain_run
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "observability.cli"]
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([*cmd, "inspect", str(out / "out.jsonl")], stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    os.close(read_end)  # the reader is gone before the first line is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
