@@ -122,6 +122,7 @@ def print_result(result: Any, *, top: int = 10) -> None:
     for value, p in marginal[:top]:
         print(f"  {repr(value):<{min(width, 40)}}  {p:.4f}  {'█' * round(30 * p)}")
     print(f"log Z = {fmt_float(result.log_evidence)}   ESS = {fmt_float(result.ess, 1)} / {len(result.particles)}"
+          f" (lowest at a step {fmt_float(result.min_ess, 1)})"
           f"   tokens = {result.diagnostics.tokens}   LLM calls = {result.diagnostics.llm_calls}")
 
 

@@ -105,6 +105,14 @@ class Result(BaseModel):
         return float(_ess(self.log_weights)) if self.particles else 0.0
 
     @property
+    def min_ess(self) -> float:
+        """The lowest ESS of any step, measured before that step's resampling (the final ESS when no
+        steps were recorded). Resampling resets the weights, so a population that collapsed onto a
+        few ancestors at its last weighting statement still reports `ess` = N; this does not."""
+        per_step = self.diagnostics.ess_per_step
+        return min(per_step) if per_step else self.ess
+
+    @property
     def values(self) -> list[Any]:
         return [p.value for p in self.particles]
 
@@ -131,7 +139,7 @@ class Result(BaseModel):
         top = list(self.marginal().items())[:5]
         shown = ", ".join(f"{k!r}: {v:.3f}" for k, v in top)
         return (f"{self.policy}: {len(self.particles)} particles, log Z = {self.log_evidence:.4f}, "
-                f"ESS = {self.ess:.1f}; marginal {{{shown}}}")
+                f"ESS = {self.ess:.1f} (lowest {self.min_ess:.1f}); marginal {{{shown}}}")
 
     def __repr__(self) -> str:
         return f"Result({self.summary()})"

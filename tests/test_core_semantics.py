@@ -297,3 +297,24 @@ def test_budget_stops_cleanly_with_the_population():
     r = policies.SMC(num_particles=100, seed=0, budget=policies.Budget(max_seconds=1e-9)).run(_long_chain)
     assert r.diagnostics.stopped_by == "max_seconds"
     assert len(r.particles) == 100 and len(r.diagnostics.steps) == 1
+
+
+def test_min_ess_reports_a_collapse_that_resampling_hid():
+    """One sharp factor at the end: SMC resamples there, so the final ESS is N, but the population had
+    collapsed onto the few particles with x = 9 (prior mass 0.1 each, potential e^8 vs 1)."""
+    import policies
+    from swarm import Categorical, factor, sample
+
+    def sharp():
+        x = sample("x", Categorical(list(range(10))))
+        factor("sharp", 8.0 if x == 9 else 0.0)
+        return x
+
+    r = policies.SMC(num_particles=500, seed=0, ess_threshold=0.5).run(sharp)
+    assert r.ess == pytest.approx(500)
+    # exact ESS fraction of the weights before resampling: (Σw)²/(N Σw²) with w = e^8 w.p. 0.1, else 1
+    w, p = np.exp(8.0), 0.1
+    expected = 500 * (p * w + (1 - p)) ** 2 / (p * w ** 2 + (1 - p))
+    assert r.min_ess == pytest.approx(expected, rel=0.25)
+    assert r.min_ess < 0.2 * r.ess
+    assert "lowest" in r.summary()
