@@ -45,7 +45,7 @@ from swarm.listeners import add_listener, remove_listener
 
 log = logging.getLogger("observability.exporters")
 EXPORTERS = ("otlp", "console", "memory", "none")
-DEFAULT_BATCH = 128
+DEFAULT_BATCH = 256
 DEFAULT_ENDPOINT = "http://127.0.0.1:6006/v1/traces"
 SERVICE_NAME = "plp-swarm"
 
@@ -94,7 +94,7 @@ class BackpressureSpanProcessor(SpanProcessor):
     instead of in an export thread that takes the GIL from it.
 
     A batch is exported when it holds `batch_size` spans (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default
-    128, at most `queue_size` = `OTEL_BSP_MAX_QUEUE_SIZE`, default 2048) or when its oldest span
+    256, at most `queue_size` = `OTEL_BSP_MAX_QUEUE_SIZE`, default 2048) or when its oldest span
     waited `max_delay_s` (`OTEL_BSP_SCHEDULE_DELAY` ms, default 5000; checked when a span ends);
     `force_flush` exports the rest (the listener calls it after every run). `flushes` counts exports.
     """
