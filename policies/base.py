@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
-import gc
 import math
 import secrets
 import time
@@ -22,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from swarm.execution import Segment, SegmentRunner, SegmentTask
+from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import Broadcaster, ParticleStep, RunFinished, RunStarted, StepRecord
 from swarm.population import ess as population_ess
 from swarm.population import normalized_weights
@@ -153,19 +152,6 @@ class RunContext:
                       diagnostics=self.diagnostics, **extra)
 
 
-@contextlib.contextmanager
-def _relaxed_gc(threshold: int = 200_000):
-    """A population run allocates millions of short-lived, acyclic objects (events, messages,
-    segments); the cyclic collector's default young-generation threshold (700) makes it rescan the
-    whole population thousands of times (1.6x slower at N = 10,000). Collect less often, not never."""
-    old = gc.get_threshold()
-    gc.set_threshold(max(threshold, old[0]), old[1], old[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-
-
 def _status(seg: Segment) -> str:
     return "dead" if seg.status in ("dead", "failed") else seg.status
 
@@ -207,7 +193,7 @@ class Policy(BaseModel, abc.ABC):
         ctx = RunContext(self, program, runtime)
         await runtime.start()
         try:
-            with _relaxed_gc(), new_run_scope():
+            with relaxed_gc(), new_run_scope():
                 result = await self._run(ctx, args, kwargs)
         except BaseException as exc:
             ctx.emit_end(None, exc)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import importlib
 import math
 import os
@@ -42,6 +41,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from swarm.errors import SwarmError
 from swarm.execution import Segment, SegmentRunner, SegmentTask
+from swarm.gc_tuning import relaxed_gc
 from swarm.runtimes import Runtime
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
 
@@ -226,7 +226,7 @@ class SegmentWorker:
         first time). Returns ("ok", segments) or ("error", RemoteError)."""
         try:
             hosted = await self._hosted(token, boxed_state)
-            with _relaxed_gc():
+            with relaxed_gc():
                 return "ok", await hosted.run(epoch, tasks)
         except asyncio.CancelledError:
             raise
@@ -246,17 +246,6 @@ class SegmentWorker:
                     self.runners.popitem(last=False)[1].drop()
         self.runners.move_to_end(token)
         return hosted
-
-
-@contextlib.contextmanager
-def _relaxed_gc(threshold: int = 200_000):
-    """Fewer young-generation collections while a chunk allocates many short-lived objects."""
-    old = gc.get_threshold()
-    gc.set_threshold(max(threshold, old[0]), old[1], old[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
 
 
 # -- routing ------------------------------------------------------------------------------------
