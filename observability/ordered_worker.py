@@ -10,7 +10,7 @@ while the coordinator waits for LLM calls. Guarantees:
 - Nothing is dropped: when the backlog exceeds `max_backlog` (in units of the submitters'
   `weight`, e.g. particle steps), `submit` blocks until the worker has caught up (backpressure
   bounds the memory held by pending records).
-- `drain()` returns once every call submitted before it has finished.
+- `drain()` returns once every call submitted before it (or up to call number `until`) has finished.
 - A call that raises is logged (the first time with its traceback) and the worker goes on.
 - The thread is a daemon started on demand; it exits after `idle_s` seconds without work, so an
   idle listener holds no thread.
@@ -18,7 +18,8 @@ while the coordinator waits for LLM calls. Guarantees:
 Politeness (CPython's GIL). A thread that wants the GIL takes it from the running one after the
 switch interval (5 ms), and asyncio's event loop releases it at every `select`, even a
 non-blocking one; so a naive worker takes about half of the interpreter from a busy coordinator
-(measured: runs got *slower* than with spans built inline). So a call may be a generator, and the
+(measured, N = 200, 50 ms LLM: ×1.46 run time vs ×1.28 with spans built inline, and ×1.15-1.18
+with the politeness below). So a call may be a generator, and the
 worker runs it in quanta of `quantum_s` (between two of its yields); before each quantum it
 sleeps (which really releases the GIL) and reads the process's CPU clock: if the process's other
 threads used more than `busy_fraction` of the pause, the coordinator is computing, not waiting,
@@ -67,10 +68,12 @@ class OrderedWorker:
             self._call(fn, args)
             return self._done
         with self._cond:
-            self._blocked += 1
             while self._backlog > 0 and self._backlog + weight > self.max_backlog:
-                self._cond.wait()
-            self._blocked -= 1
+                self._blocked += 1   # the submitter waits for the worker: no reason to be polite
+                try:
+                    self._cond.wait()
+                finally:
+                    self._blocked -= 1
             self._items.append((fn, args, weight))
             self._backlog += weight
             self._submitted += 1

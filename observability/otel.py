@@ -32,15 +32,21 @@ spans: `started_at_ns`, `ended_at_ns`, `latency_s`, `tool_call_id`. An event wit
 placed, with zero duration, after the previous timed event of its particle step (the last event,
 the weighting statement that ended the step, at the step's end).
 
-Cost, and where it is paid (bench/otel_overhead.py): the SDK spends ~15-40 µs per span (attribute
-validation, ids, span events, the processor), a particle step costs about that much again when the
-program does no I/O. So by default the listener only *enqueues* each (immutable) record, and one
-background thread (`OrderedWorker`) builds and ends the spans, with the records' times, while the
-coordinator goes on with the next step and awaits its LLM calls. `on_run_end` returns only once
-every span of the run is built and ended (so a `force_flush` or an in-memory exporter read right
-after `.run()` sees them all); `flush()` waits for everything queued so far. `background=False`
-builds spans synchronously in the caller, as before. With Python's GIL the worker cannot run while
-the coordinator computes, so a run that never waits (no LLM, no tool) pays the full cost either way.
+Cost, and where it is paid (bench/otel_overhead.py): the SDK spends ~15-45 µs per span (attribute
+validation, ids, span events, the processor) and OTLP ~70 µs more to encode it, while a particle
+step of a program without I/O costs ~25 µs. So by default the listener only *enqueues* each
+(immutable) record, and one background thread (`OrderedWorker`, which yields the GIL to a busy
+coordinator) builds and ends the spans, with the records' times, and runs the exporter's batches,
+while the coordinator goes on with the next step and awaits its LLM calls. `on_run_end` returns
+only once every span of the run is built and ended (so a `force_flush` or an in-memory exporter
+read right after `.run()` sees them all), then the worker flushes the provider (the run's last
+partial batch) without the caller waiting; `flush()` waits for everything queued so far.
+`background=False` builds spans synchronously in the caller. With Python's GIL the worker cannot
+run while the coordinator computes, so a run that never waits (no LLM, no tool) pays the full
+cost either way. Attribute values are handed to the SDK already clean (see otel_attributes): the
+SDK's validation (`BoundedAttributes`) still runs and cannot be bypassed through its public API
+(building `ReadableSpan`s directly, which its docs forbid, would also skip samplers and
+processors' `on_start`).
 
 `particle_sampling` (opt-in, default 1.0 = every span): for huge populations, export the
 particle-step spans (and their LLM/tool child spans) of a deterministic fraction of particle ids
@@ -50,6 +56,7 @@ moved); with sampling on, the run span has `plp.particle_sampling` and each step
 `plp.particle_spans` (how many particle-step spans it has). A link to a parent whose span was
 not kept is omitted; `plp.parent_particle_id` is always set.
 """
+
 from __future__ import annotations
 
 import contextlib
