@@ -186,8 +186,10 @@ def test_worker_backlog_blocks_the_submitter_until_it_catches_up():
     worker.submit(gate.wait, weight=2)
     submitter = threading.Thread(target=lambda: (worker.submit(done.append, 1, weight=2), done.append(2)))
     submitter.start()
-    submitter.join(0.3)
-    assert submitter.is_alive() and done == []   # 2 + 2 > 3: blocked
+    deadline = time.monotonic() + 10
+    while worker._blocked == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker._blocked == 1 and done == []   # 2 + 2 > 3: the submitter waits in submit
     gate.set()
     submitter.join(10)
     assert worker.drain(timeout_s=10) and sorted(done) == [1, 2]
