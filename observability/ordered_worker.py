@@ -18,7 +18,7 @@ while the coordinator waits for LLM calls. Guarantees:
 Politeness (CPython's GIL). A thread that wants the GIL takes it from the running one after the
 switch interval (5 ms), and asyncio's event loop releases it at every `select`, even a
 non-blocking one; so a naive worker takes about half of the interpreter from a busy coordinator
-(measured, N = 200, 50 ms LLM: ×1.46 run time vs ×1.28 with spans built inline, and ×1.15-1.18
+(measured under load, N = 200, 50 ms LLM: ×1.46 run time vs ×1.28 with spans built inline, ×1.15-1.18
 with the politeness below). So a call may be a generator, and the
 worker runs it in quanta of `quantum_s` (between two of its yields); before each quantum it
 sleeps (which really releases the GIL) and reads the process's CPU clock: if the process's other
