@@ -59,8 +59,6 @@ not kept is omitted; `plp.parent_particle_id` is always set.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import threading
 from dataclasses import dataclass, field
@@ -74,6 +72,7 @@ from observability.ordered_worker import OrderedWorker
 from observability.otel_attributes import KIND, attributes, event_times, llm_attributes, pair_tools, text, \
     tool_attributes
 from swarm.errors import redact_text
+from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import ParticleStep, RunFinished, RunListener, RunStarted, StepRecord
 
 __all__ = ["OTelListener", "SpanBuilder", "attributes", "llm_attributes", "tool_attributes", "KIND", "SCOPE"]
@@ -314,20 +313,6 @@ class SpanBuilder:
         span.add_event(name, attributes(attrs), timestamp=at_ns)
 
 
-@contextlib.contextmanager
-def _relaxed_gc(threshold: int = 200_000) -> Iterator[None]:
-    """While a drain waits: the worker allocates ~25 short-lived acyclic objects per span, and
-    after a run (outside the policy's own relaxed collector) the default young-generation
-    threshold (700) makes the cyclic collector rescan the whole heap: measured, the end-of-run
-    drain of a 200-particle x 10-step LLM run took 2.1x as long. Collect less often, not never."""
-    old = gc.get_threshold()
-    gc.set_threshold(max(threshold, old[0]), old[1], old[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-
-
 class OTelListener(RunListener):
     """Turns `RunStarted` / `StepRecord` / `RunFinished` records into spans (thread-safe).
 
@@ -391,7 +376,7 @@ class OTelListener(RunListener):
         that is the provider's `force_flush`). False if `timeout_s` passed first."""
         if self.worker is None:
             return True
-        with _relaxed_gc():
+        with relaxed_gc():
             return self.worker.drain(timeout_s, until)
 
     def close(self) -> None:
