@@ -28,21 +28,19 @@ from agents.ray_hosting import (  # noqa: E402
 )
 from agents.tools import ToolExecution, tool  # noqa: E402
 from swarm import NoSurvivingParticles, factor, interact, sample  # noqa: E402
-from swarm.ray_runtime import RayRuntime, local_init_kwargs, loopback_only  # noqa: E402
+from swarm.ray_runtime import RayRuntime  # noqa: E402
 from tests.fake_backends import Critic, FailsOnSomeSeeds, SeededEcho  # noqa: E402
+from tests.ray_fixtures import local_ray  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    if ray.is_initialized():
-        ray.shutdown()
-    with loopback_only():
-        ray.init(**local_init_kwargs(num_cpus=2))
-    yield
-    shutdown_agent_pools()
-    ray.shutdown()
+    """One local Ray instance for the module, shut down after it."""
+    with local_ray(num_cpus=2):
+        yield
+        shutdown_agent_pools()
 
 
 @pytest.fixture(autouse=True)

@@ -12,34 +12,27 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray.cluster_utils import Cluster  # noqa: E402
 
 import policies  # noqa: E402
 from observability.trace_file import TraceFileWriter, read_trace_file  # noqa: E402
 from agents.ray_hosting import RayHosting, pool_for, shutdown_agent_pools  # noqa: E402
 from swarm.ray_runtime import RayRuntime, default_runtime_env, loopback_only  # noqa: E402
+from tests.ray_fixtures import loopback_cluster  # noqa: E402
 from tests.test_ray_agents import make_team, served_by, summary  # noqa: E402
 
 pytestmark = pytest.mark.ray
-NODE_ARGS = {"num_cpus": 1, "resources": {"proposer_slot": 1, "critic_slot": 1}, "node_ip_address": "127.0.0.1",
-             "object_store_memory": 80 * 1024 * 1024}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    with loopback_only():
-        c = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "include_dashboard": False})
-        for _ in range(2):
-            c.add_node(**NODE_ARGS)
-        c.wait_for_nodes()
-        ray.init(address=c.address, namespace="plp-agents-cluster", log_to_driver=False,
-                 runtime_env=default_runtime_env())
-    yield c
-    shutdown_agent_pools()
-    ray.shutdown()
-    c.shutdown()
+    with loopback_cluster({"proposer_slot": 1, "critic_slot": 1}) as c:
+        with loopback_only():
+            ray.init(address=c.address, namespace="plp-agents-cluster", log_to_driver=False,
+                     runtime_env=default_runtime_env())
+        try:
+            yield c
+        finally:
+            shutdown_agent_pools()
 
 
 def test_agent_pools_spread_over_nodes_and_the_trace_records_each_node(cluster, tmp_path):

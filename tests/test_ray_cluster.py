@@ -10,32 +10,21 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray.cluster_utils import Cluster  # noqa: E402
 
 import policies  # noqa: E402
-from swarm.ray_runtime import RayRuntime, loopback_only  # noqa: E402
+from swarm.ray_runtime import RayRuntime  # noqa: E402
 from tests.exact_programs import BY_NAME  # noqa: E402
+from tests.ray_fixtures import loopback_cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray
 SLOT = "plp_segment_slot"
-NODE_ARGS = {"num_cpus": 1, "resources": {SLOT: 1}, "node_ip_address": "127.0.0.1",
-             "object_store_memory": 80 * 1024 * 1024}
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """Three nodes (one CPU and one segment slot each), torn down after the module."""
-    if ray.is_initialized():
-        ray.shutdown()
-    with loopback_only():
-        c = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "include_dashboard": False})
-        for _ in range(2):
-            c.add_node(**NODE_ARGS)
-        c.wait_for_nodes()
-    yield c
-    if ray.is_initialized():
-        ray.shutdown()
-    c.shutdown()
+    with loopback_cluster({SLOT: 1}) as c:
+        yield c
 
 
 def run(policy, name):

@@ -25,12 +25,11 @@ from swarm.ray_runtime import (  # noqa: E402
     SegmentWorkerError,
     decode_trace,
     encode_trace,
-    local_init_kwargs,
-    loopback_only,
     plan_chunks,
 )
 from swarm.runtimes import LocalRuntime, make_runtime  # noqa: E402
 from tests.exact_programs import BY_NAME, HMM_OBS, PROGRAMS, hmm  # noqa: E402
+from tests.ray_fixtures import local_ray  # noqa: E402
 
 pytestmark = pytest.mark.ray
 IDS = [p.name for p in PROGRAMS]
@@ -39,12 +38,8 @@ IDS = [p.name for p in PROGRAMS]
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
     """One local Ray instance for the module, shut down after it."""
-    if ray.is_initialized():
-        ray.shutdown()
-    with loopback_only():
-        ray.init(**local_init_kwargs(num_cpus=2))
-    yield
-    ray.shutdown()
+    with local_ray(num_cpus=2):
+        yield
 
 
 @pytest.fixture(scope="module")
