@@ -49,6 +49,7 @@ calls do not occupy threads). The model is loaded lazily, once. `tools`/`respons
 from __future__ import annotations
 
 import asyncio
+import atexit
 import codecs
 import ctypes
 import math
@@ -146,6 +147,12 @@ def _trim_pieces(pieces: list[str], n_chars: int) -> list[str]:
     return out
 
 
+def _close_at_exit(ref: "weakref.ref[LlamaCpp]") -> None:
+    backend = ref()
+    if backend is not None:
+        backend.close()
+
+
 class LlamaCpp(Backend):
     """In-process llama.cpp backend; the embedded SmolLM2-135M-Instruct model when no path is given.
 
@@ -196,6 +203,9 @@ class LlamaCpp(Backend):
                                   seed=self.seed & 0xFFFFFFFF, logits_all=False, verbose=self.verbose)
         except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError on bad files
             raise BackendError(f"LlamaCpp could not load {self.model_path}: {exc}") from exc
+        # free the model before interpreter teardown: llama-cpp-python's own finaliser fails when it
+        # runs after its module globals are gone ("TypeError: 'NoneType' object is not callable")
+        atexit.register(_close_at_exit, weakref.ref(self))
         self._pieces, self._eog, self._ws_start = self._vocab_tables(llama_cpp, llm)
         self._formatter = self._chat_formatter(llm)
         self._llm = llm
@@ -268,13 +278,15 @@ class LlamaCpp(Backend):
             except RuntimeError as exc:
                 raise BackendError(f"llama.cpp failed: {exc}") from exc
 
+    def close(self) -> None:
+        """Free the model now (a later call loads it again)."""
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+
     async def aclose(self) -> None:
-        def close() -> None:
-            with self._lock:
-                if self._llm is not None:
-                    self._llm.close()
-                    self._llm = None
-        await asyncio.to_thread(close)
+        await asyncio.to_thread(self.close)
 
     # ----------------------------------------------------------------- prompt and KV cache
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
