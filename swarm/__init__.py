@@ -6,6 +6,7 @@
 from swarm.distributions import Bernoulli, Categorical, Delta, Distribution, Draw, Uniform
 from swarm.errors import (
     AsyncInPlainProgramError,
+    BackendUnavailable,
     BudgetExhausted,
     DuplicateSiteError,
     EnumerationError,
@@ -13,6 +14,7 @@ from swarm.errors import (
     InvalidPotentialError,
     NondeterminismError,
     NoSurvivingParticles,
+    ParticleLost,
     RejectionError,
     SwarmError,
 )
@@ -37,4 +39,5 @@ __all__ = [
     "Particle", "Result", "RunListener", "add_listener", "remove_listener",
     "SwarmError", "AsyncInPlainProgramError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
     "NondeterminismError", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
+    "ParticleLost", "BackendUnavailable",
 ]

@@ -67,6 +67,34 @@ class NoSurvivingParticles(SwarmError):
         super().__init__(msg)
 
 
+class ParticleLost(SwarmError):
+    """Raised inside a particle by infrastructure that failed for good (an LLM backend after its
+    retries, a crashed or hung tool server): the particle is *lost*, not killed.
+
+    A killed particle is evidence (the target gives it weight zero, and it counts in Ẑ). A lost
+    particle is missing data: the coordinator drops it from normalisation and from Ẑ, counts it in
+    `Result.diagnostics.lost`, and stops the run with `BackendUnavailable` when more than the
+    policy's `max_lost_fraction` of a step's live particles are lost. Every other `SwarmError`
+    raised inside a program aborts the run; any other exception kills only its particle.
+    """
+
+    def __init__(self, message: str, *, source: str = "") -> None:
+        super().__init__(message)
+        self.source = source
+        """What failed: a backend identity, a tool server name (may be empty)."""
+
+
+class BackendUnavailable(SwarmError):
+    """Too many particles of one step were lost to infrastructure failures: the run stops rather
+    than report a posterior and an evidence estimate built from the survivors of an outage."""
+
+    def __init__(self, message: str, *, site: str = "", source: str = "", last_error: str = "") -> None:
+        super().__init__(message)
+        self.site = site
+        self.source = source
+        self.last_error = last_error
+
+
 class BudgetExhausted(SwarmError):
     """Raised only where a policy cannot return a population at all within its budget."""
 
