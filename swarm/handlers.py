@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from swarm.errors import DuplicateSiteError, NondeterminismError, redact_text
 from swarm.randomness import SiteRandom
-from swarm.runtime import UNSET, Handler, Message
+from swarm.effects import UNSET, Handler, Message
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
 
 __all__ = ["trace", "replay", "condition", "substitute", "block", "scale", "seed", "event_from_message"]
@@ -83,9 +83,12 @@ class replay(Handler):
     """Feed the sample values of a recorded trace back into a re-execution.
 
     Replayed sites keep their recorded log-probabilities and metadata (an LLM is not called again).
-    Weighting statements met again must reproduce their recorded values: a program whose control
-    flow or potentials changed under replay is not deterministic given its samples, and resampled
-    offspring would silently diverge from their ancestor, so that raises NondeterminismError.
+    Every statement of the record that is met again is marked `replayed` (it happened before and is
+    neither recorded nor charged again by the engine); `done` becomes true once every recorded event
+    has been met, after which the execution runs live. Weighting statements met again must reproduce
+    their recorded values: a program whose control flow or potentials changed under replay is not
+    deterministic given its samples, and resampled offspring would silently diverge from their
+    ancestor, so that raises NondeterminismError.
     """
 
     def __init__(self, recorded: Trace | Iterable[Any]) -> None:
@@ -97,8 +100,27 @@ class replay(Handler):
         """Recorded weighting statements in program order; a recorded prefix ends at one (a sync
         point), so until the last of them is met again no site may appear that the record lacks."""
         self._weighting_left = set(self._weighting)
+        self._interacts: dict[str, int] = {}
+        for e in events:
+            if e.type == "interact":
+                self._interacts[e.address] = self._interacts.get(e.address, 0) + 1
+        self.left = sum(1 for e in events if e.type != "error")
+        """Recorded events not met again yet (0: the replay is over and the execution is live)."""
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
 
     def process_message(self, msg: Message) -> None:
+        if self.left == 0 or msg.type == "sync" or msg.type == "name":
+            return
+        if msg.type == "interact":
+            count = self._interacts.get(msg.name, 0)
+            if count:
+                self._interacts[msg.name] = count - 1
+                msg.replayed = True
+                self.left -= 1
+            return
         recorded = self._events.get(msg.name)
         if recorded is None:
             if self._weighting_left and msg.type in _SITE_TYPES:
@@ -112,20 +134,28 @@ class replay(Handler):
             msg.target_log_prob = recorded.target_log_prob
             msg.info = recorded.info
             msg.replayed = True
-            self._unvisited.discard(msg.name)
+            if msg.name in self._unvisited:
+                self._unvisited.discard(msg.name)
+                self.left -= 1
         elif msg.type == "factor":
-            self._weighting_left.discard(msg.name)
             if recorded.type != "factor" or not _same_float(recorded.log_potential, msg.value):
                 raise NondeterminismError(
                     f"replay: factor {msg.name!r} now gives {msg.value!r}, the recorded trace has "
                     f"{getattr(recorded, 'log_potential', recorded.type)!r}; the program is not deterministic "
                     "given its sampled values (route every random or external effect through sample/interact)")
+            self._met_weighting(msg)
         elif msg.type == "guarantee":
-            self._weighting_left.discard(msg.name)
             if recorded.type != "guarantee" or recorded.satisfied != msg.value:
                 raise NondeterminismError(
                     f"replay: guarantee {msg.name!r} now evaluates to {msg.value!r}, the recorded trace has "
                     f"{getattr(recorded, 'satisfied', recorded.type)!r}; the program is not deterministic given its samples")
+            self._met_weighting(msg)
+
+    def _met_weighting(self, msg: Message) -> None:
+        msg.replayed = True
+        if msg.name in self._weighting_left:
+            self._weighting_left.discard(msg.name)
+            self.left -= 1
 
     def _new_site(self, msg: Message) -> None:
         """A site the record lacks, met before the record's last weighting statement: the replayed
@@ -216,5 +246,5 @@ class seed(Handler):
         self.stream = stream
 
     def process_message(self, msg: Message) -> None:
-        if msg.type == "sample" and msg.rng is None:
+        if msg.type == "sample" and msg.rng is None and msg.value is UNSET:
             msg.rng = SiteRandom.for_site(self.seed, self.stream, msg.name)
