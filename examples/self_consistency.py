@@ -54,7 +54,7 @@ PROBLEMS: list[tuple[str, int]] = [
 ]
 
 SOLVER = Agent(name="solver", settings=GenerationSettings(temperature=1.0, max_tokens=24, stop=("\n",)))
-POLICY = policies.SelfConsistency(n=12, seed=0)
+POLICY = policies.SelfConsistency(num_particles=12, seed=0)
 DEFAULTS = {"args": {"question": PROBLEMS[0][0]}}
 
 EQUATION = re.compile(r"(-?\d+)\s*([-+*x×/])\s*(-?\d+)\s*=\s*(-?\d+)")

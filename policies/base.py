@@ -13,10 +13,11 @@ import asyncio
 import secrets
 import time
 import uuid
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from swarm.coordinator import Coordinator, StepOutcome, check_lost_fraction
 from swarm.effects import new_run_scope, run_scope
@@ -180,6 +181,22 @@ class Policy(BaseModel, abc.ABC):
     """The most of a step's particles that may be lost to infrastructure failures (an LLM or tool
     call failing for good) before the run stops with `BackendUnavailable`; the lost ones are missing
     data, excluded from the weights and from log Ẑ (docs/theory.md §3.3)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _population_size_name(cls, data: Any) -> Any:
+        """`num_particles` is the population size of every policy; the older per-policy names
+        (`n`, `num_samples`) still work, with a DeprecationWarning naming the new one."""
+        if isinstance(data, dict) and "num_particles" in cls.model_fields:
+            for old in ("n", "num_samples"):
+                if old in data and old not in cls.model_fields:
+                    if "num_particles" in data:
+                        raise ValueError(f"{cls.__name__}: give num_particles only (not also its old name {old!r})")
+                    warnings.warn(f"{cls.__name__}({old}=...) is deprecated: the population size of every policy is "
+                                  "num_particles", DeprecationWarning, stacklevel=4)
+                    data = {**data, "num_particles": data[old]}
+                    del data[old]
+        return data
 
     @field_validator("runtime")
     @classmethod

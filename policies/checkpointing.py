@@ -20,7 +20,7 @@ from swarm.population import Genealogy, Population
 
 _NOT_RESULT_SETTINGS = {"runtime", "listeners", "budget", "seed", "checkpoint", "checkpoint_every", "max_lost_fraction"}
 """Policy fields that do not change a seeded result (everything else must match to resume)."""
-_ARRAYS = ("ids", "parents", "leaf", "log_w", "eff", "status", "sync", "resume")
+_ARRAYS = ("ids", "parents", "leaf", "log_w", "eff", "status", "sync", "resume", "source")
 
 
 def result_settings(policy: Any) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class Coordinator:
         step, started = self.step, time.time_ns()
         moved = pop.running()
         tasks = [SegmentTask(stream=int(pop.ids[i]), stop_at=step, continue_from=_stream(pop.resume[i]),
-                             prefix=_PathRef(tree, int(pop.leaf[i]))) for i in moved]
+                             prefix=_PathRef(tree, int(pop.leaf[i])), source=int(pop.source[i])) for i in moved]
         segments = await self.runtime.run_segments(self.runner, tasks)
         if advance_hook is not None:
             await advance_hook(segments, tasks)

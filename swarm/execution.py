@@ -104,12 +104,17 @@ class SegmentTask:
     `continue_from` names the stream whose kept-alive execution this particle may continue (its own
     when it was not resampled; its parent's for the first offspring of each parent). `prefix` is the
     particle's recorded trace so far (a `Trace`, a list of events, or a callable returning one,
-    evaluated only if the execution must be rebuilt by replay)."""
+    evaluated only if the execution must be rebuilt by replay). `source` is the stream whose recorded
+    path that prefix is (the particle's own, or its parent's after a resampling): a worker that ran
+    `source` last step knows the prefix without being sent it."""
 
     stream: int | str
     prefix: Any = None
     stop_at: int | None = None
     continue_from: int | str | None = None
+    source: int | str | None = None
+    withheld: bool = False
+    """The prefix was left out on the way to a worker that holds this particle's past (Ray)."""
 
     def prefix_events(self) -> list[Any]:
         prefix = self.prefix() if callable(self.prefix) else self.prefix
@@ -363,6 +368,7 @@ async def _wait(awaited: Any) -> tuple[Any, BaseException | None]:
         if awaited is None:
             await asyncio.sleep(0)
         else:
+            awaited._asyncio_future_blocking = False  # as a Task does with what its coroutine yields
             await awaited
     except asyncio.CancelledError as exc:
         if awaited is None or not awaited.cancelled():

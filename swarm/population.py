@@ -62,6 +62,8 @@ class Population:
         self.sync = np.zeros(n, dtype=np.int64)
         self.resume = self.ids.copy()
         """The stream whose kept-alive execution particle i may continue (−1: rebuild by replay)."""
+        self.source = self.ids.copy()
+        """The stream whose recorded path is particle i's past (its own; its parent's after resampling)."""
         self.values: list[Any] = [None] * n
         self.sites: list[str | None] = [None] * n
         self.next_id = first_id + n
@@ -130,6 +132,7 @@ class Population:
         _, first_index = np.unique(a, return_index=True)
         first[first_index] = True
         self.resume = np.where(first, self.parents, -1)
+        self.source = self.parents.copy()
         self.n = len(a)
         self.ids = np.arange(self.next_id, self.next_id + self.n, dtype=np.int64)
         self.next_id += self.n
@@ -139,6 +142,7 @@ class Population:
     def continue_own(self) -> None:
         """After a step without resampling every particle continues its own execution."""
         self.resume = self.ids.copy()
+        self.source = self.ids.copy()
 
 
 class Genealogy:

@@ -47,7 +47,7 @@ def _sampling_policies(prog, n=10_000):
     out = [("importance", policies.Importance(num_particles=int(n / prog.Z) if low_acceptance else n, seed=1))]
     out += [(f"smc-{s}", policies.SMC(num_particles=n, resampling=s, seed=2)) for s in SCHEMES]
     if prog.hard:
-        out.append(("rejection", policies.Rejection(num_samples=n, seed=3)))
+        out.append(("rejection", policies.Rejection(num_particles=n, seed=3)))
     return out
 
 
@@ -65,7 +65,7 @@ def _evidence_policies(prog, seed):
     out = [("importance", policies.Importance(num_particles=32, seed=seed))]
     out += [(f"smc-{s}", policies.SMC(num_particles=32, resampling=s, seed=seed)) for s in SCHEMES]
     if prog.hard:
-        out.append(("rejection", policies.Rejection(num_samples=8, seed=seed)))
+        out.append(("rejection", policies.Rejection(num_particles=8, seed=seed)))
     return out
 
 
