@@ -97,15 +97,19 @@ class Coordinator:
         self.step += 1
         step, started = self.step, time.time_ns()
         moved = pop.running()
-        tasks = [SegmentTask(stream=int(pop.ids[i]), stop_at=step, continue_from=_stream(pop.resume[i]),
-                             prefix=_PathRef(tree, int(pop.leaf[i])), source=int(pop.source[i])) for i in moved]
+        path = tree.path
+        tasks = [SegmentTask(stream, (path, leaf), step, None if resume < 0 else resume, source)
+                 for stream, leaf, resume, source in zip(pop.ids[moved].tolist(), pop.leaf[moved].tolist(),
+                                                         pop.resume[moved].tolist(), pop.source[moved].tolist())]
         segments = await self.runtime.run_segments(self.runner, tasks)
         if advance_hook is not None:
             await advance_hook(segments, tasks)
         for seg in segments:  # a zero twisted weight (e.g. a critic's −inf) kills, like a failed guarantee
             if seg.status == "running" and seg.log_weight() == -math.inf:
                 seg.status = "dead"
-        leaves = [tree.extend(int(pop.leaf[i]), seg.events, step, int(pop.ids[i])) for i, seg in zip(moved, segments)]
+        extend = tree.extend
+        leaves = [extend(leaf, seg.events, step, pid)
+                  for leaf, seg, pid in zip(pop.leaf[moved].tolist(), segments, pop.ids[moved].tolist())]
         increments = pop.update(moved, segments, leaves)
         pop.continue_own()
         self.diagnostics.account(segments)
@@ -170,25 +174,6 @@ def check_lost_fraction(segments: list[Segment], max_fraction: float, policy: st
         f"{policy or 'run'}: {len(lost)} of {len(segments)} particles advanced at step {step} were lost to "
         f"infrastructure failures (max_lost_fraction={max_fraction:g}); the last at {last.site}: {last.error}",
         site=last.site or "", last_error=last.error or "")
-
-
-class _PathRef:
-    """The recorded events of a particle, read from the global trace only if its execution has to be
-    rebuilt by replay."""
-
-    __slots__ = ("tree", "leaf")
-
-    def __init__(self, tree: GlobalTrace, leaf: int) -> None:
-        self.tree = tree
-        self.leaf = leaf
-
-    def __call__(self) -> list[Any]:
-        return self.tree.path(self.leaf)
-
-
-def _stream(value: Any) -> int | None:
-    value = int(value)
-    return None if value < 0 else value
 
 
 __all__ = ["Coordinator", "StepOutcome", "check_lost_fraction"]

@@ -19,7 +19,13 @@ from typing import Any
 
 from swarm.randomness import SiteRandom, UnseededRandom
 
-_STACK: contextvars.ContextVar[tuple["Handler", ...]] = contextvars.ContextVar("swarm_handler_stack", default=())
+class _Stack(tuple):
+    """The handlers of one context, outermost first, with the hooks each message type meets cached
+    on the stack itself (a stack is immutable: pushing a handler makes a new one)."""
+
+
+_EMPTY_STACK = _Stack()
+_STACK: contextvars.ContextVar[_Stack] = contextvars.ContextVar("swarm_handler_stack", default=_EMPTY_STACK)
 _RUN_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("swarm_run_scope", default=None)
 _PROCESS_SCOPE: dict[str, Any] = {}
 
@@ -93,7 +99,13 @@ class Message:
 
 
 class Handler:
-    """Base handler: a context manager that pushes itself on the stack of the current context."""
+    """Base handler: a context manager that pushes itself on the stack of the current context.
+
+    `process_types` / `postprocess_types` name the message types a handler's hooks care about
+    (None: every type); a hook is not called for other types."""
+
+    process_types: frozenset[str] | None = None
+    postprocess_types: frozenset[str] | None = None
 
     def __init__(self) -> None:
         self._tokens: list[contextvars.Token] = []
@@ -105,7 +117,7 @@ class Handler:
         pass
 
     def __enter__(self) -> "Handler":
-        self._tokens.append(_STACK.set(_STACK.get() + (self,)))
+        self._tokens.append(_STACK.set(_Stack((*_STACK.get(), self))))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -116,32 +128,46 @@ def active_handlers() -> tuple[Handler, ...]:
     return _STACK.get()
 
 
+def fused_engine() -> Any:
+    """The fused engine of the execution whose own stack this is (`swarm.engine.Fused`), or None
+    under any other stack (then every statement goes through the handlers)."""
+    fused = _STACK.get().__dict__.get("fused")
+    return fused if fused is not None and fused.ready() else None
+
+
+def mark_fused(fused: Any) -> None:
+    """Declare the current stack to be exactly an execution's engine stack (see `fused_engine`)."""
+    _STACK.get().__dict__["fused"] = fused
+
+
 _NOOP_PROCESS = Handler.process_message
 _NOOP_POSTPROCESS = Handler.postprocess_message
-_DISPATCH: dict[int, tuple] = {}
 
 
-def _dispatch(stack: tuple[Handler, ...]) -> tuple[tuple, tuple]:
-    """For a stack: its overridden process hooks innermost-first, as (depth, hook), and its
-    overridden postprocess hooks inner→outer, as (depth, hook); computed once per stack tuple
-    (base-class no-ops are skipped). Depth 0 is the innermost handler."""
-    entry = _DISPATCH.get(id(stack))
-    if entry is not None and entry[0] is stack:
-        return entry[1], entry[2]
-    inner_first = list(enumerate(reversed(stack)))
-    process = tuple((d, h.process_message) for d, h in inner_first if type(h).process_message is not _NOOP_PROCESS)
-    post = tuple((d, h.postprocess_message) for d, h in inner_first
-                 if type(h).postprocess_message is not _NOOP_POSTPROCESS)
-    if len(_DISPATCH) > 4096:  # stacks of finished executions: forget them
-        _DISPATCH.clear()
-    _DISPATCH[id(stack)] = (stack, process, post)
-    return process, post
+def _dispatch(stack: _Stack, kind: str) -> tuple[tuple, tuple]:
+    """For a stack and a message type: the process hooks that care, innermost first, and the
+    postprocess hooks that care, inner→outer, each as (depth, hook) with depth 0 the innermost
+    handler. Computed once per stack and type (base-class no-ops and other types are skipped)."""
+    cache = stack.__dict__
+    hooks = cache.get(kind)
+    if hooks is None:
+        inner_first = list(enumerate(reversed(stack)))
+        process = tuple((d, h.process_message) for d, h in inner_first
+                        if type(h).process_message is not _NOOP_PROCESS and _cares(h.process_types, kind))
+        post = tuple((d, h.postprocess_message) for d, h in inner_first
+                     if type(h).postprocess_message is not _NOOP_POSTPROCESS and _cares(h.postprocess_types, kind))
+        hooks = cache[kind] = (process, post)
+    return hooks
+
+
+def _cares(types: frozenset[str] | None, kind: str) -> bool:
+    return types is None or kind in types
 
 
 def _process(msg: Message) -> tuple:
     """Run process_message innermost-first; return the (depth, postprocess hook) pairs of the
     handlers that saw the message (a handler that stops it hides it from the ones outside)."""
-    process, post = _dispatch(_STACK.get())
+    process, post = _dispatch(_STACK.get(), msg.type)
     for depth, hook in process:
         hook(msg)
         if msg.stop:

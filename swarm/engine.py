@@ -25,7 +25,8 @@ import greenlet
 from swarm.effects import Handler, Message
 from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError
 from swarm.handlers import event_from_message
-from swarm.trace import ErrorEvent
+from swarm.randomness import SiteRandom
+from swarm.trace import ErrorEvent, factor_event, guarantee_event, sample_event
 from swarm.weights import NEG_INF, factor_term, kills_factor, sample_term
 
 _SITE_TYPES = ("sample", "factor", "guarantee")
@@ -48,6 +49,9 @@ class Suspended(BaseException):
 class Record(Handler):
     """Appends an event for every statement of this execution that was not replayed."""
 
+    process_types = frozenset({"name"})
+    postprocess_types = frozenset({"sample", "factor", "guarantee", "interact"})
+
     def __init__(self, intern: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.delta: list[Any] = []
@@ -64,8 +68,6 @@ class Record(Handler):
 
     def postprocess_message(self, msg: Message) -> None:
         kind = msg.type
-        if kind == "sync" or kind == "name":
-            return
         if kind in _SITE_TYPES:
             if msg.name in self.addresses:
                 raise DuplicateSiteError(
@@ -96,6 +98,8 @@ class Record(Handler):
 class Weigh(Handler):
     """log w of the execution so far (kept incrementally) and its current twist."""
 
+    postprocess_types = frozenset({"sample", "factor", "guarantee"})
+
     def __init__(self, kill: bool = True) -> None:
         super().__init__()
         self.kill = kill
@@ -125,6 +129,8 @@ class Weigh(Handler):
 class Meter(Handler):
     """Tokens and LLM calls spent by the generations of this segment (replayed ones cost nothing)."""
 
+    postprocess_types = frozenset({"sample"})
+
     def __init__(self) -> None:
         super().__init__()
         self.tokens = 0
@@ -150,6 +156,9 @@ class Suspend(Handler):
     anything inside it weighted the particle. A sample carrying an importance correction also makes
     the next sync point pending. `stop_at` None runs to the end."""
 
+    process_types = frozenset({"sample"})
+    postprocess_types = frozenset({"sample", "factor", "guarantee", "sync"})
+
     def __init__(self, program_is_async: bool) -> None:
         super().__init__()
         self.program_is_async = program_is_async
@@ -161,7 +170,7 @@ class Suspend(Handler):
         self._pending = False
 
     def process_message(self, msg: Message) -> None:
-        if msg.is_async and not self.program_is_async and msg.type == "sample":
+        if msg.is_async and not self.program_is_async:
             raise AsyncInPlainProgramError(
                 f"sample {msg.name!r}: {msg.fn.describe()} is asynchronous (an LLM generation); declare the "
                 f"program `async def` and write `await sample({msg.name!r}, ...)`")
@@ -191,3 +200,63 @@ class Suspend(Handler):
                 self.greenlet = None
                 raise Suspended(site)
 
+
+
+class Fused:
+    """The engine's handlers fused for the common statements (docs/theory.md §2).
+
+    When an execution's stack is exactly the engine's own (no policy handler, no tempering scale,
+    no plate scope, no replay in progress), a `sample` from a synchronous distribution without a
+    custom proposal, a `factor` and a `guarantee` do exactly what the handler stack would do, in one
+    call instead of a message through six handlers: draw from the seed handler's stream, record the
+    event, weigh it, and suspend at the sync point. Every other statement, and every statement under
+    any other stack, goes through the handlers; the two paths give identical traces and weights
+    (tests/test_fused_engine.py runs every exact program both ways)."""
+
+    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer")
+
+    def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any) -> None:
+        self.record, self.weigh, self.suspend, self.seeder, self.replayer = record, weigh, suspend, seeder, replayer
+
+    def ready(self) -> bool:
+        replayer = self.replayer
+        return replayer is None or replayer.left == 0
+
+    def _site(self, name: str, kind: str) -> None:
+        record = self.record
+        if name in record.addresses:
+            raise DuplicateSiteError(
+                f"site {name!r} appears twice in one trace; give every {kind} a distinct name "
+                "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
+        record.addresses.add(name)
+        record.last_address = name
+
+    def sample(self, name: str, dist: Any) -> Any:
+        seeder = self.seeder
+        rng = SiteRandom.for_site(seeder.seed, seeder.stream, name)
+        value = dist.sample(rng)
+        log_prob = float(dist.log_prob(value))
+        self._site(name, "sample")
+        self.record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
+        return value
+
+    def factor(self, name: str, value: float, shaping: bool) -> None:
+        self._site(name, "factor")
+        self.record.delta.append(factor_event(name, value, shaping, 1.0))
+        weigh = self.weigh
+        if shaping:
+            weigh.twist = value
+        else:
+            weigh.log_weight += value
+        if value == NEG_INF and weigh.kill:
+            raise Killed(name)
+        self.suspend._sync(name)
+
+    def guarantee(self, name: str, satisfied: bool) -> None:
+        self._site(name, "guarantee")
+        self.record.delta.append(guarantee_event(name, satisfied))
+        if not satisfied:
+            self.weigh.log_weight = NEG_INF
+            if self.weigh.kill:
+                raise Killed(name)
+        self.suspend._sync(name)

@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable, Literal
 
 import greenlet
 
-from swarm.effects import Handler, new_run_scope
-from swarm.engine import SUSPENDED, Killed, Meter, Record, Suspend, Suspended, Weigh
+from swarm.effects import Handler, mark_fused, new_run_scope
+from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Suspend, Suspended, Weigh
 from swarm.errors import ParticleLost, SwarmError
 from swarm.handlers import replay, scale, seed
 from swarm.trace import Trace
@@ -117,10 +117,21 @@ class SegmentTask:
     """The prefix was left out on the way to a worker that holds this particle's past (Ray)."""
 
     def prefix_events(self) -> list[Any]:
-        prefix = self.prefix() if callable(self.prefix) else self.prefix
+        """The recorded events of the particle's past (a lazy `(function, argument)` prefix is
+        evaluated now)."""
+        prefix = self.prefix
+        if type(prefix) is tuple:
+            prefix = prefix[0](prefix[1])
+        elif callable(prefix):
+            prefix = prefix()
         if prefix is None:
             return []
         return prefix.events if isinstance(prefix, Trace) else list(prefix)
+
+    @property
+    def lazy_prefix(self) -> bool:
+        """Whether the prefix is only a way to read the past (not a trace the caller holds)."""
+        return type(self.prefix) is tuple or callable(self.prefix)
 
 
 def _program_name(program: Callable[..., Any]) -> str:
@@ -188,7 +199,7 @@ class SegmentRunner:
             seg = await execution.advance(task.stream, task.stop_at)
         finally:
             execution.close()
-        seg.prefix = task.prefix if not callable(task.prefix) else task.prefix_events()
+        seg.prefix = task.prefix_events() if task.lazy_prefix else task.prefix
         return seg
 
     def run_sync(self, task: SegmentTask) -> Segment:
@@ -198,7 +209,7 @@ class SegmentRunner:
             seg = execution.advance_sync(task.stream, task.stop_at)
         finally:
             execution.close()
-        seg.prefix = task.prefix if not callable(task.prefix) else task.prefix_events()
+        seg.prefix = task.prefix_events() if task.lazy_prefix else task.prefix
         return seg
 
     def run_batch_sync(self, tasks: list[SegmentTask]) -> list[Segment]:
@@ -223,7 +234,7 @@ class Execution:
     continuation changes cost, never results."""
 
     __slots__ = ("runner", "record", "weigh", "meter", "suspend", "seeder", "replayer", "handlers",
-                 "greenlet", "outcome", "stream", "replayed_events")
+                 "greenlet", "outcome", "stream", "replayed_events", "fused")
 
     def __init__(self, runner: SegmentRunner, stream: int | str, prefix: list[Any]) -> None:
         self.runner = runner
@@ -240,6 +251,9 @@ class Execution:
         if self.replayer is not None:
             handlers.append(self.replayer)
         self.handlers = handlers
+        self.fused = None if len(handlers) != 5 + (self.replayer is not None) else \
+            Fused(self.record, self.weigh, self.suspend, self.seeder, self.replayer)
+        """The fused engine (`swarm.engine.Fused`) when the stack is exactly the engine's own."""
         self.greenlet = greenlet.greenlet(self._body)
         self.greenlet.gr_context = contextvars.Context()
         self.suspend.greenlet = self.greenlet
@@ -252,6 +266,8 @@ class Execution:
         runner = self.runner
         scope = new_run_scope(runner.scope) if runner.scope is not None else contextlib.nullcontext()
         with scope, _installed(self.handlers):
+            if self.fused is not None:
+                mark_fused(self.fused)
             try:
                 result = runner.program(*runner.args, **runner.kwargs)
                 if runner.is_async:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 from swarm.errors import DuplicateSiteError, NondeterminismError, redact_text
 from swarm.randomness import SiteRandom
 from swarm.effects import UNSET, Handler, Message
-from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
+from swarm.trace import ErrorEvent, InteractEvent, Trace, factor_event, guarantee_event, sample_event
 
 __all__ = ["trace", "replay", "condition", "substitute", "block", "scale", "seed", "event_from_message"]
 
@@ -33,14 +33,15 @@ _SITE_TYPES = ("sample", "factor", "guarantee")
 def event_from_message(msg: Message) -> Any:
     """Build the trace event of a processed message (built without re-validation: the primitives
     validated the values already)."""
-    if msg.type == "sample":
-        return SampleEvent(address=msg.name, value=msg.value, log_prob=float(msg.log_prob),
-                           target_log_prob=None if msg.target_log_prob is None else float(msg.target_log_prob),
-                           dist=msg.fn.describe(), info=msg.info or {})
-    if msg.type == "factor":
-        return FactorEvent(address=msg.name, log_potential=msg.value, shaping=msg.shaping, scale=msg.scale)
-    if msg.type == "guarantee":
-        return GuaranteeEvent(address=msg.name, satisfied=msg.value)
+    kind = msg.type
+    if kind == "sample":
+        target = msg.target_log_prob
+        return sample_event(msg.name, msg.value, float(msg.log_prob), None if target is None else float(target),
+                            msg.fn.describe(), msg.info or {})
+    if kind == "factor":
+        return factor_event(msg.name, msg.value, msg.shaping, msg.scale)
+    if kind == "guarantee":
+        return guarantee_event(msg.name, msg.value)
     if msg.type == "interact":
         a = msg.args or {}
         return InteractEvent(address=msg.name, sender=a["sender"], receiver=a["receiver"],
@@ -225,6 +226,8 @@ class scale(Handler):
     Guarantees are hard constraints and hold at every temperature: they are not scaled.
     """
 
+    process_types = frozenset({"factor"})
+
     def __init__(self, beta: float) -> None:
         super().__init__()
         beta = float(beta)
@@ -239,6 +242,8 @@ class scale(Handler):
 
 class seed(Handler):
     """Give every sample site a random stream derived from (seed, stream, site address)."""
+
+    process_types = frozenset({"sample"})
 
     def __init__(self, seed: int | None, stream: int | str = 0) -> None:
         super().__init__()

@@ -47,7 +47,7 @@ class LiveExecutions:
 
     def _keep(self, task: SegmentTask, execution: Execution, seg: Segment, continued: bool) -> Segment:
         seg.continued = continued
-        if task.prefix is not None and not callable(task.prefix):
+        if task.prefix is not None and not task.lazy_prefix:
             seg.prefix = task.prefix  # the caller holds the particle's past: `seg.trace` is its whole trace
         if seg.status == "running" and execution.stands_at(seg.sync_count):
             self.current[task.stream] = execution

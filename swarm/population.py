@@ -96,24 +96,25 @@ class Population:
         eff_new − eff_old to W; return the increments (by index, 0 where a particle did not move).
         A killed particle's W becomes −inf; a lost one's W is kept but no longer counts."""
         inc = np.zeros(self.n)
-        for i, seg, leaf in zip(indices, segments, leaves):
-            self.leaf[i] = leaf
-            self.sync[i] = seg.sync_count
-            self.sites[i] = seg.site
-            code = STATUS_CODES[seg.status]
-            self.status[i] = code
-            if code == LOST:
-                continue
-            new = seg.log_weight()
-            if new == -math.inf:
-                inc[i] = -math.inf
-                self.log_w[i] = -math.inf
-            else:
-                inc[i] = new - self.eff[i]
-                self.log_w[i] += inc[i]
-            self.eff[i] = new
-            if code == FINISHED:
-                self.values[i] = seg.value
+        if not len(indices):
+            return inc
+        codes = np.fromiter((STATUS_CODES[s.status] for s in segments), dtype=np.int8, count=len(segments))
+        new = np.fromiter((s.log_weight() for s in segments), dtype=float, count=len(segments))
+        self.leaf[indices] = leaves
+        self.sync[indices] = [s.sync_count for s in segments]
+        self.status[indices] = codes
+        sites = self.sites
+        for i, seg in zip(indices.tolist(), segments):
+            sites[i] = seg.site
+        for i in np.flatnonzero(codes == FINISHED).tolist():
+            self.values[indices[i]] = segments[i].value
+        counted = codes != LOST
+        idx, new = indices[counted], new[counted]
+        dead = new == -math.inf
+        step = np.where(dead, -math.inf, new - np.where(dead, 0.0, self.eff[idx]))
+        inc[idx] = step
+        self.log_w[idx] = np.where(dead, -math.inf, self.log_w[idx] + np.where(dead, 0.0, step))
+        self.eff[idx] = new
         return inc
 
     def resample(self, ancestors: np.ndarray) -> np.ndarray:

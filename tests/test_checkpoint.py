@@ -287,7 +287,7 @@ def test_journal_reloads_completed_calls_and_ignores_a_torn_tail(tmp_path):
         fh.write('{"key": "k3", "completion": {"te')  # a writer killed mid-line
     again = ResponseCache(journal=journal)
     assert again.loaded == 3 and len(again) == 3
-    assert again._done["k2"].token_logprobs == [-float("inf")]
+    assert again._loaded["k2"].token_logprobs == [-float("inf")]
     journal.write_text('{"key": "k0"}\n')
     with pytest.raises(CacheJournalError, match="line 1"):
         ResponseCache(journal=journal)

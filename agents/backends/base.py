@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from swarm.errors import ParticleLost
+
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
@@ -112,8 +114,9 @@ class Completion(BaseModel):
         return math.fsum(self.base_token_logprobs)
 
 
-class BackendError(Exception):
-    """A backend call failed for good (after retries, or a non-retryable 4xx)."""
+class BackendError(ParticleLost):
+    """A backend call failed for good (after retries, or a non-retryable 4xx). Raised inside a
+    particle, it *loses* that particle (missing data, not evidence: docs/theory.md §3.3)."""
 
     def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
