@@ -131,8 +131,7 @@ def active_handlers() -> tuple[Handler, ...]:
 def fused_engine() -> Any:
     """The fused engine of the execution whose own stack this is (`swarm.engine.Fused`), or None
     under any other stack (then every statement goes through the handlers)."""
-    fused = _STACK.get().__dict__.get("fused")
-    return fused if fused is not None and fused.ready() else None
+    return _STACK.get().__dict__.get("fused")
 
 
 def mark_fused(fused: Any) -> None:

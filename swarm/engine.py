@@ -206,21 +206,18 @@ class Fused:
     """The engine's handlers fused for the common statements (docs/theory.md §2).
 
     When an execution's stack is exactly the engine's own (no policy handler, no tempering scale,
-    no plate scope, no replay in progress), a `sample` from a synchronous distribution without a
-    custom proposal, a `factor` and a `guarantee` do exactly what the handler stack would do, in one
-    call instead of a message through six handlers: draw from the seed handler's stream, record the
-    event, weigh it, and suspend at the sync point. Every other statement, and every statement under
-    any other stack, goes through the handlers; the two paths give identical traces and weights
-    (tests/test_fused_engine.py runs every exact program both ways)."""
+    no plate scope), a `sample` from a synchronous distribution without a custom proposal, a `factor`
+    and a `guarantee` do exactly what the handler stack would do, in one call instead of a message
+    through six handlers: replay the recorded value (when the execution is being rebuilt) or draw
+    from the seed handler's stream, record the event, weigh it, and suspend at the sync point. Every
+    other statement, and every statement under any other stack, goes through the handlers (sharing
+    the replay handler's state); the two paths give identical traces and weights
+    (tests/test_engine.py runs every exact program both ways)."""
 
     __slots__ = ("record", "weigh", "suspend", "seeder", "replayer")
 
     def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any) -> None:
         self.record, self.weigh, self.suspend, self.seeder, self.replayer = record, weigh, suspend, seeder, replayer
-
-    def ready(self) -> bool:
-        replayer = self.replayer
-        return replayer is None or replayer.left == 0
 
     def _site(self, name: str, kind: str) -> None:
         record = self.record
@@ -232,6 +229,16 @@ class Fused:
         record.last_address = name
 
     def sample(self, name: str, dist: Any) -> Any:
+        replayer = self.replayer
+        if replayer is not None and replayer.left:
+            recorded = replayer.sample(name)
+            if recorded is not None:
+                self._site(name, "sample")
+                target = recorded.target_log_prob
+                if target is not None:  # what Weigh and Suspend do with a replayed corrected site
+                    self.weigh.log_weight += sample_term(recorded.log_prob, target)
+                    self.suspend._pending = True
+                return recorded.value
         seeder = self.seeder
         rng = SiteRandom.for_site(seeder.seed, seeder.stream, name)
         value = dist.sample(rng)
@@ -240,9 +247,15 @@ class Fused:
         self.record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
         return value
 
+    def _replayed(self, kind: str, name: str, value: Any) -> bool:
+        replayer = self.replayer
+        return replayer is not None and replayer.left != 0 and replayer.weighting(kind, name, value)
+
     def factor(self, name: str, value: float, shaping: bool) -> None:
+        replayed = self._replayed("factor", name, value)
         self._site(name, "factor")
-        self.record.delta.append(factor_event(name, value, shaping, 1.0))
+        if not replayed:
+            self.record.delta.append(factor_event(name, value, shaping, 1.0))
         weigh = self.weigh
         if shaping:
             weigh.twist = value
@@ -253,8 +266,10 @@ class Fused:
         self.suspend._sync(name)
 
     def guarantee(self, name: str, satisfied: bool) -> None:
+        replayed = self._replayed("guarantee", name, satisfied)
         self._site(name, "guarantee")
-        self.record.delta.append(guarantee_event(name, satisfied))
+        if not replayed:
+            self.record.delta.append(guarantee_event(name, satisfied))
         if not satisfied:
             self.weigh.log_weight = NEG_INF
             if self.weigh.kill:

@@ -116,54 +116,71 @@ class replay(Handler):
         if self.left == 0 or msg.type == "sync" or msg.type == "name":
             return
         if msg.type == "interact":
-            count = self._interacts.get(msg.name, 0)
-            if count:
-                self._interacts[msg.name] = count - 1
-                msg.replayed = True
-                self.left -= 1
-            return
-        recorded = self._events.get(msg.name)
-        if recorded is None:
-            if self._weighting_left and msg.type in _SITE_TYPES:
-                self._new_site(msg)
+            msg.replayed = self.interact(msg.name)
             return
         if msg.type == "sample":
-            if recorded.type != "sample":
-                raise NondeterminismError(f"replay: site {msg.name!r} was a {recorded.type}, now it is a sample")
-            msg.value = recorded.value
-            msg.log_prob = recorded.log_prob
-            msg.target_log_prob = recorded.target_log_prob
-            msg.info = recorded.info
-            msg.replayed = True
-            if msg.name in self._unvisited:
-                self._unvisited.discard(msg.name)
-                self.left -= 1
-        elif msg.type == "factor":
-            if recorded.type != "factor" or not _same_float(recorded.log_potential, msg.value):
-                raise NondeterminismError(
-                    f"replay: factor {msg.name!r} now gives {msg.value!r}, the recorded trace has "
-                    f"{getattr(recorded, 'log_potential', recorded.type)!r}; the program is not deterministic "
-                    "given its sampled values (route every random or external effect through sample/interact)")
-            self._met_weighting(msg)
-        elif msg.type == "guarantee":
-            if recorded.type != "guarantee" or recorded.satisfied != msg.value:
-                raise NondeterminismError(
-                    f"replay: guarantee {msg.name!r} now evaluates to {msg.value!r}, the recorded trace has "
-                    f"{getattr(recorded, 'satisfied', recorded.type)!r}; the program is not deterministic given its samples")
-            self._met_weighting(msg)
+            recorded = self.sample(msg.name)
+            if recorded is not None:
+                msg.value = recorded.value
+                msg.log_prob = recorded.log_prob
+                msg.target_log_prob = recorded.target_log_prob
+                msg.info = recorded.info
+                msg.replayed = True
+        elif msg.type in ("factor", "guarantee"):
+            msg.replayed = self.weighting(msg.type, msg.name, msg.value)
 
-    def _met_weighting(self, msg: Message) -> None:
-        msg.replayed = True
-        if msg.name in self._weighting_left:
-            self._weighting_left.discard(msg.name)
+    # -- the checks, shared with the fused engine path (`swarm.engine.Fused`) ----------------------
+    def interact(self, name: str) -> bool:
+        """Whether an interact statement is one of the record's (then it is replayed)."""
+        count = self._interacts.get(name, 0)
+        if count:
+            self._interacts[name] = count - 1
             self.left -= 1
+            return True
+        return False
 
-    def _new_site(self, msg: Message) -> None:
+    def sample(self, name: str) -> Any:
+        """The recorded sample event at `name` (None: the site is new, drawn live)."""
+        recorded = self._events.get(name)
+        if recorded is None:
+            if self._weighting_left:
+                self._new_site("sample", name)
+            return None
+        if recorded.type != "sample":
+            raise NondeterminismError(f"replay: site {name!r} was a {recorded.type}, now it is a sample")
+        if name in self._unvisited:
+            self._unvisited.discard(name)
+            self.left -= 1
+        return recorded
+
+    def weighting(self, kind: str, name: str, value: Any) -> bool:
+        """Check a factor (value = its log-potential) or guarantee (value = satisfied) against the
+        record; True when it is the record's (replayed), False when it is new (live)."""
+        recorded = self._events.get(name)
+        if recorded is None:
+            if self._weighting_left:
+                self._new_site(kind, name)
+            return False
+        if kind == "factor" and (recorded.type != "factor" or not _same_float(recorded.log_potential, value)):
+            raise NondeterminismError(
+                f"replay: factor {name!r} now gives {value!r}, the recorded trace has "
+                f"{getattr(recorded, 'log_potential', recorded.type)!r}; the program is not deterministic "
+                "given its sampled values (route every random or external effect through sample/interact)")
+        if kind == "guarantee" and (recorded.type != "guarantee" or recorded.satisfied != value):
+            raise NondeterminismError(
+                f"replay: guarantee {name!r} now evaluates to {value!r}, the recorded trace has "
+                f"{getattr(recorded, 'satisfied', recorded.type)!r}; the program is not deterministic given its samples")
+        if name in self._weighting_left:
+            self._weighting_left.discard(name)
+            self.left -= 1
+        return True
+
+    def _new_site(self, kind: str, name: str) -> None:
         """A site the record lacks, met before the record's last weighting statement: the replayed
         execution took another path than the recorded one."""
         expected = next(a for a in self._weighting if a in self._weighting_left)
         raise NondeterminismError(
-            f"replay: {msg.type} site {msg.name!r} is not in the recorded trace, which reaches "
+            f"replay: {kind} site {name!r} is not in the recorded trace, which reaches "
             f"{expected!r} before any new site; the program's control flow is not deterministic given "
             "its sampled values (route every random or external effect through sample/interact)")
 
