@@ -96,11 +96,23 @@ def decode_segment(row: tuple) -> Segment:
     return Segment(events=decode_trace(row[0]).events, **dict(zip(_SEGMENT_FIELDS, row[1:])))
 
 
+def encode_task(task: SegmentTask) -> tuple:
+    """A task as it crosses the wire: its prefix (if sent) as event rows."""
+    prefix = None if task.prefix is None else encode_trace(Trace(task.prefix_events()))
+    return (task.stream, prefix, task.stop_at, task.continue_from, task.source, task.withheld)
+
+
+def decode_task(row: tuple) -> SegmentTask:
+    prefix = None if row[1] is None else decode_trace(row[1]).events
+    return SegmentTask(row[0], prefix, row[2], row[3], row[4], row[5])
+
+
 def register_serializers() -> None:
     """Make Ray pickle traces and segments as rows (about half the bytes and time of the default
     pickle). Needed in every process that *sends* them; decoding needs only this module importable."""
     ray.util.register_serializer(Trace, serializer=encode_trace, deserializer=decode_trace)
     ray.util.register_serializer(Segment, serializer=encode_segment, deserializer=decode_segment)
+    ray.util.register_serializer(SegmentTask, serializer=encode_task, deserializer=decode_task)
 
 
 # -- errors on the wire -------------------------------------------------------------------------
@@ -380,7 +392,8 @@ class RayRuntime(Runtime):
 
     def __init__(self, address: str | None = None, num_workers: int | None = None, chunk_size: int | None = None,
                  init_kwargs: dict[str, Any] | None = None, namespace: str = "plp-swarm", *,
-                 worker_options: dict[str, Any] | None = None, ready_timeout_s: float = 120.0) -> None:
+                 worker_options: dict[str, Any] | None = None, ready_timeout_s: float = 120.0,
+                 measure_traffic: bool = False) -> None:
         for label, value in (("num_workers", num_workers), ("chunk_size", chunk_size)):
             if value is not None and value < 1:
                 raise ValueError(f"RayRuntime: {label} must be ≥ 1, got {value}")
@@ -396,6 +409,10 @@ class RayRuntime(Runtime):
         """Per worker: index, node_id, pid (filled by `start`)."""
         self.calls = 0
         """Remote chunk calls made so far (a step costs about `num_workers` of them)."""
+        self.measure_traffic = measure_traffic
+        self.traffic: list[dict[str, int]] = []
+        """With `measure_traffic`: per step, the bytes of the tasks sent and of the segments received
+        (pickled in the format Ray ships them in), for benchmarks."""
         self._owns_ray = False
         self._epoch = 0
         self._shipped: weakref.WeakKeyDictionary[SegmentRunner, _Shipped] = weakref.WeakKeyDictionary()
@@ -458,6 +475,8 @@ class RayRuntime(Runtime):
         shipped = self._ship(runner)
         self._epoch += 1
         plan = plan_chunks(tasks, len(self.workers), shipped.homes, self.chunk_size)
+        if self.measure_traffic:
+            self.traffic.append({"step": self._epoch, "sent": 0, "received": 0})
         outcomes = await asyncio.gather(*(self._run_chunk(shipped, worker, [tasks[i] for i in idx])
                                           for worker, idx in plan))
         return self._assemble(shipped, tasks, plan, outcomes)
@@ -479,9 +498,15 @@ class RayRuntime(Runtime):
     async def _call(self, shipped: _Shipped, worker: int, wire: list[SegmentTask]) -> tuple[str, Any]:
         self.calls += 1
         try:
-            return await self.workers[worker].run_chunk.remote(shipped.token, [shipped.ref], self._epoch, wire)
+            outcome = await self.workers[worker].run_chunk.remote(shipped.token, [shipped.ref], self._epoch, wire)
         except RayError as exc:
             raise _unwrap_ray_error(exc) from None
+        if self.measure_traffic:
+            record = self.traffic[-1]
+            record["sent"] += len(cloudpickle.dumps([encode_task(task) for task in wire]))
+            if outcome[0] == "ok":
+                record["received"] += len(cloudpickle.dumps([encode_segment(seg) for seg in outcome[1]]))
+        return outcome
 
     @staticmethod
     def _wire(task: SegmentTask, worker: int | None, homes: dict) -> SegmentTask:
