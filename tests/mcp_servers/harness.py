@@ -23,7 +23,7 @@ CALC = [sys.executable, "-m", "tests.mcp_servers.calc_server"]
 
 
 class CallLog:
-    """The calc server's call log (one line `<tool> <json arguments>` per call it received)."""
+    """The calc server's call log (one line `<tool> <parent pid> <json arguments>` per call received)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -33,14 +33,22 @@ class CallLog:
         """The server's environment: the log path, and the repo on its import path."""
         return {"MCP_CALL_LOG": str(self.path), "PYTHONPATH": str(REPO)}
 
-    def calls(self, tool: str | None = None) -> list[tuple[str, dict]]:
+    def rows(self) -> list[tuple[str, int, dict]]:
+        """(tool, pid of the process that started the server, arguments) per call received."""
         if not self.path.exists():
             return []
-        rows = []
+        out = []
         for line in self.path.read_text().splitlines():
-            name, _, args = line.partition(" ")
-            rows.append((name, json.loads(args)))
-        return [r for r in rows if tool is None or r[0] == tool]
+            name, parent, args = line.split(" ", 2)
+            out.append((name, int(parent), json.loads(args)))
+        return out
+
+    def calls(self, tool: str | None = None) -> list[tuple[str, dict]]:
+        return [(name, args) for name, _, args in self.rows() if tool is None or name == tool]
+
+    def callers(self) -> set[int]:
+        """The processes whose server sessions received the calls."""
+        return {parent for _, parent, _ in self.rows()}
 
 
 def calc_stdio(log: CallLog) -> dict[str, Any]:
