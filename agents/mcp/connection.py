@@ -5,8 +5,9 @@ MCP session is an anyio task group bound to the loop that opened it, and a stdio
 process that should start once, not once per run or per particle. So every session of a process
 lives in one daemon thread running its own asyncio loop ("swarm-mcp"); a call from any loop or
 thread is a coroutine submitted there (`asyncio.run_coroutine_threadsafe`) and awaited through
-`asyncio.wrap_future` (a cancelled caller cancels its call). The hop costs tens of microseconds
-against a JSON-RPC round trip (bench/mcp_overhead.py measures both).
+`asyncio.wrap_future` (a cancelled caller cancels its call). The hop is lost in the JSON-RPC round
+trip: bench/mcp_overhead.py measured `MCPTool.call` at 1.02x the SDK's own `call_tool` one call at a
+time (9.7 vs 9.5 ms on a loaded 2-core machine) and 0.70x with 50 calls in flight.
 
 Lifecycle of a server's session:
 - started on first use (lazily: in a Ray segment worker, at the first call made there), by one
