@@ -199,3 +199,15 @@ def test_tools_work_in_many_runs_and_event_loops_on_one_session(calc, log):
     for seed in range(3):  # each run is a new event loop; the session lives on its own loop
         policies.Forward(num_samples=4, seed=seed).run(program)
     assert len(log.calls("add")) == 12 and list(server_starts().values()) == [1]
+
+
+def test_a_cold_session_starts_the_server_once_for_many_concurrent_first_calls(calc, log):
+    close_all()  # the listing's session is gone: the run's first calls all find no session
+    agent = Agent(name="solver", backend=tool_caller(adds), tools=[calc["add"]], max_tool_rounds=1)
+
+    async def program():
+        return await agent.ask("Add.")
+
+    r = policies.Forward(num_samples=16, seed=1).run(program)
+    assert len(log.calls("add")) == 16 and all(p.status == "finished" for p in r.particles)
+    assert list(server_starts().values()) == [1]
