@@ -16,8 +16,8 @@ from agents import Agent, mcp_tools
 from agents.mcp import MCPCallFailed, MCPServerError, close_all
 from agents.mcp.connection import server_starts
 from swarm import factor
-from tests.mcp_servers.harness import (CALC, CallLog, CrashingRuntime, SimulatedCrash, adds, calc_stdio,
-                                       tool_caller, until_the_engine_loses_particles)
+from tests.mcp_servers.harness import CALC, CallLog, adds, calc_stdio, tool_caller, until_the_engine_loses_particles
+from tests.test_checkpoint import CrashingRuntime, SimulatedCrash
 
 pytestmark = pytest.mark.server
 

@@ -1,6 +1,6 @@
 """What the MCP tests share: starting the calc server (stdio or streamable HTTP on 127.0.0.1),
 counting the calls it received, a TEST DOUBLE model that asks for tool calls, and the temporary
-shim for lost particles."""
+shim for lost particles. (Free ports and stopping a server: tests/llama_server.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from agents.backends.scripted import Scripted
 from swarm.errors import ParticleLost
-from swarm.runtimes import LocalRuntime
+from tests.llama_server import _stop, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CALC = [sys.executable, "-m", "tests.mcp_servers.calc_server"]
@@ -56,12 +56,6 @@ def calc_stdio(log: CallLog) -> dict[str, Any]:
     return {"command": CALC, "env": log.env, "cwd": str(REPO)}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def calc_http(log: CallLog, timeout_s: float = 60.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """The calc server on streamable HTTP at 127.0.0.1:<free port>/mcp; yields (url, process)."""
@@ -84,13 +78,7 @@ def calc_http(log: CallLog, timeout_s: float = 60.0) -> Iterator[tuple[str, subp
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    _stop(process)
     if process.stderr is not None:
         process.stderr.close()
 
@@ -135,22 +123,3 @@ def until_the_engine_loses_particles(program: Callable[..., Any]) -> Callable[..
             raise Lost(str(exc)) from exc
 
     return program_with_losses_as_failures
-
-
-class SimulatedCrash(BaseException):
-    """Stands for the driver dying: not an Exception, so nothing in the run catches it."""
-
-
-class CrashingRuntime(LocalRuntime):
-    """A TEST DOUBLE runtime: the local runtime, dying when asked to run its `crash_at`-th step."""
-
-    def __init__(self, crash_at: int) -> None:
-        super().__init__()
-        self.crash_at = crash_at
-        self.steps = 0
-
-    async def run_segments(self, runner: Any, tasks: Any) -> Any:
-        self.steps += 1
-        if self.steps == self.crash_at:
-            raise SimulatedCrash(f"step {self.steps}")
-        return await super().run_segments(runner, tasks)
