@@ -24,7 +24,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from swarm.distributions import Distribution, Draw
-from swarm.errors import ParticleLost
+from swarm.errors import SwarmError
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 
@@ -56,9 +56,7 @@ class Tool(BaseModel):
         return f"- {self.name}: {self.description} Arguments (JSON): {params}"
 
     async def call(self, arguments: Any) -> str:
-        """Validate the arguments and run the tool; a failure of the tool is returned as an error
-        string, except `ParticleLost` (the infrastructure failed: the particle is lost, see
-        `swarm.errors`), which is raised: an outage is not something the agent did."""
+        """Validate the arguments and run the tool; any failure is returned as an error string."""
         try:
             if isinstance(arguments, str):
                 arguments = json.loads(arguments or "{}")
@@ -68,7 +66,7 @@ class Tool(BaseModel):
                 result = await result
         except ValidationError as exc:
             return f"error: invalid arguments for {self.name}: {exc.errors(include_url=False)}"
-        except ParticleLost:
+        except SwarmError:  # the framework's own (a lost backend, no sandbox): never evidence for the agent
             raise
         except Exception as exc:  # a tool failure is information for the agent, not a crash
             return f"error: {type(exc).__name__}: {exc}"
