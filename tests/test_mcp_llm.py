@@ -42,7 +42,7 @@ def test_the_embedded_model_calls_an_mcp_tool_and_the_call_is_in_the_trace(log):
     async def program():
         return await agent.ask("What is 7 plus 5?", history=WORKED_EXAMPLES, name="sum")
 
-    r = policies.Forward(num_samples=3, seed=0).run(program)
+    r = policies.Forward(num_samples=2, seed=0).run(program)
     recorded = []
     for p in r.particles:
         assert "add" in p.trace["sum"].info["prompt"][0]["content"]  # the tool list is in the system prompt
@@ -54,7 +54,7 @@ def test_the_embedded_model_calls_an_mcp_tool_and_the_call_is_in_the_trace(log):
                 continue  # the model's malformed call, answered without reaching the server
             assert result.content == str(call.content["a"] + call.content["b"])  # the server's answer
             recorded.append(call.content)
-    # the model wrote at least one valid call (3 of 3 here; one is enough to test the path), and
+    # the model wrote at least one valid call (every sample did here; one is enough to test the path), and
     # the server received exactly the calls the traces record: none lost, none made twice
     assert recorded, [p.value for p in r.particles]
     assert sorted(map(str, (args for _, args in log.calls("add")))) == sorted(map(str, recorded))
