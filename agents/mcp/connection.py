@@ -94,6 +94,8 @@ class ServerSession:
         """Enter the client's context, hand the client out, wait for `stop`, exit the context."""
         try:
             async with Client(self._transport()) as client:
+                if ready.done():  # the caller gave up (connect timeout) as the handshake finished
+                    return
                 ready.set_result(client)
                 await stop.wait()
         except BaseException as exc:  # noqa: BLE001 - reported through `ready`, or the session is gone
