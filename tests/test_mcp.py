@@ -84,7 +84,7 @@ def test_a_crashed_server_loses_the_call_and_is_restarted_for_the_next(calc, log
         asyncio.run(calc["crash"].call({}))
     assert (info.value.tool, info.value.reason) == ("crash", "crashed")
     assert asyncio.run(calc["add"].call({"a": 1, "b": 1})) == "2"
-    assert list(server_starts().values()) == [2]
+    assert list(server_starts().values()) == [2] and len(log.servers()) == 2
     assert [c[0] for c in log.calls()] == ["crash", "add"]
 
 
@@ -198,7 +198,7 @@ def test_tools_work_in_many_runs_and_event_loops_on_one_session(calc, log):
 
     for seed in range(3):  # each run is a new event loop; the session lives on its own loop
         policies.Forward(num_samples=4, seed=seed).run(program)
-    assert len(log.calls("add")) == 12 and list(server_starts().values()) == [1]
+    assert len(log.calls("add")) == 12 and len(log.servers()) == 1 and list(server_starts().values()) == [1]
 
 
 def test_a_cold_session_starts_the_server_once_for_many_concurrent_first_calls(calc, log):
@@ -210,4 +210,4 @@ def test_a_cold_session_starts_the_server_once_for_many_concurrent_first_calls(c
 
     r = policies.Forward(num_samples=16, seed=1).run(program)
     assert len(log.calls("add")) == 16 and all(p.status == "finished" for p in r.particles)
-    assert list(server_starts().values()) == [1]
+    assert list(server_starts().values()) == [1] and len(log.servers()) == 1

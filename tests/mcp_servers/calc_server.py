@@ -6,9 +6,10 @@ FastMCP). Tools:
 - `hang(seconds)`    sleeps, to run past a client's timeout;
 - `crash()`          kills the server process (exit code 3) in the middle of the call.
 
-Every call that reaches a tool appends one line `<tool> <parent pid> <json arguments>` to the file
-named by the environment variable `MCP_CALL_LOG` (O_APPEND, one write per line), so a test counts
-the calls the server really received, and which process started the server that received them.
+Every call that reaches a tool appends one line `<tool> <parent pid> <server pid> <json arguments>`
+to the file named by the environment variable `MCP_CALL_LOG` (O_APPEND, one write per line), so a
+test counts the calls that really reached a server, which server process received them and which
+process had started it.
 
     python -m tests.mcp_servers.calc_server                 # stdio (the default)
     python -m tests.mcp_servers.calc_server --http PORT     # streamable HTTP on 127.0.0.1:PORT/mcp
@@ -30,7 +31,7 @@ server = MCPServer("calc", log_level="WARNING")
 def _log_call(tool: str, arguments: dict) -> None:
     path = os.environ.get("MCP_CALL_LOG")
     if path:
-        line = f"{tool} {os.getppid()} {json.dumps(arguments, sort_keys=True)}\n".encode()
+        line = f"{tool} {os.getppid()} {os.getpid()} {json.dumps(arguments, sort_keys=True)}\n".encode()
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)

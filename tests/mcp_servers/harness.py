@@ -23,7 +23,7 @@ CALC = [sys.executable, "-m", "tests.mcp_servers.calc_server"]
 
 
 class CallLog:
-    """The calc server's call log (one line `<tool> <parent pid> <json arguments>` per call received)."""
+    """The calc server's call log (one line `<tool> <parent pid> <server pid> <json arguments>` a call)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -33,22 +33,26 @@ class CallLog:
         """The server's environment: the log path, and the repo on its import path."""
         return {"MCP_CALL_LOG": str(self.path), "PYTHONPATH": str(REPO)}
 
-    def rows(self) -> list[tuple[str, int, dict]]:
-        """(tool, pid of the process that started the server, arguments) per call received."""
+    def rows(self) -> list[tuple[str, int, int, dict]]:
+        """(tool, pid of the process that started the server, server pid, arguments) per call."""
         if not self.path.exists():
             return []
         out = []
         for line in self.path.read_text().splitlines():
-            name, parent, args = line.split(" ", 2)
-            out.append((name, int(parent), json.loads(args)))
+            name, parent, server, args = line.split(" ", 3)
+            out.append((name, int(parent), int(server), json.loads(args)))
         return out
 
     def calls(self, tool: str | None = None) -> list[tuple[str, dict]]:
-        return [(name, args) for name, _, args in self.rows() if tool is None or name == tool]
+        return [(name, args) for name, _, _, args in self.rows() if tool is None or name == tool]
 
     def callers(self) -> set[int]:
         """The processes whose server sessions received the calls."""
-        return {parent for _, parent, _ in self.rows()}
+        return {parent for _, parent, _, _ in self.rows()}
+
+    def servers(self) -> set[int]:
+        """The server processes that received the calls."""
+        return {server for _, _, server, _ in self.rows()}
 
 
 def calc_stdio(log: CallLog) -> dict[str, Any]:
