@@ -20,7 +20,7 @@ from agents.tools import Tool, tool
 
 __all__ = ["Agent", "Backend", "BackendError", "ChatMessage", "Completion", "GenerationRequest",
            "GenerationSettings", "Generation", "GenerationError", "ResponseCache", "Tool", "tool",
-           "default_backend", "RayHosting", "LlamaCpp", "OpenAICompatible", "Scripted"]
+           "default_backend", "RayHosting", "LlamaCpp", "OpenAICompatible", "Scripted", "mcp_tools"]
 
 
 def __getattr__(name: str):
@@ -28,4 +28,8 @@ def __getattr__(name: str):
         import agents.backends as backends
 
         return getattr(backends, name)
+    if name == "mcp_tools":  # imported on first use: the MCP SDK is a large import
+        from agents.mcp import mcp_tools
+
+        return mcp_tools
     raise AttributeError(name)

@@ -157,10 +157,11 @@ class Agent(BaseModel):
             messages.append(ChatMessage(role="assistant", content=text))
             for i, (tool_name, arguments) in enumerate(calls):
                 call_site = f"{turn_site}/call{i}"
-                interact(self.name, tool_name, arguments, kind="tool_call", name=call_site)
                 tool_ = next((t for t in self.tools if t.name == tool_name), None)
+                endpoint = tool_.endpoint if tool_ is not None else tool_name  # e.g. "mcp:calc/add"
+                interact(self.name, endpoint, arguments, kind="tool_call", name=call_site)
                 result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments))
-                interact(tool_name, self.name, result, kind="tool_result", name=f"{call_site}/result")
+                interact(endpoint, self.name, result, kind="tool_result", name=f"{call_site}/result")
                 messages.append(ChatMessage(role="tool", content=result, name=tool_name))
             turn_site = f"{site}/turn{round_ + 1}"
         return text  # pragma: no cover - the loop always returns

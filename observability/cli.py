@@ -3,6 +3,7 @@
     swarm run examples/dice.py --policy smc --particles 500 --seed 0 --trace out.jsonl --html report.html
     swarm inspect out.jsonl --max-particles 10
     swarm report out.jsonl --html report.html --png-dir docs/img
+    swarm mcp prog.py:program --policy smc --particles 200 --seed 0      # the program as an MCP tool (stdio)
 
 Exit status: 0 on success, 1 when the run, the trace file or the report fails (the message on
 stderr names the file or field at fault), 2 for a usage error.
@@ -213,6 +214,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- swarm mcp -------------------------------------------------------------------------------------
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Serve the program as an MCP tool over stdio (stdout carries the protocol: anything the
+    program's module prints while it is imported goes to stderr)."""
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        module, program = load_program(args.target)
+        policy = make_policy(args, module, [])
+        if policy.runtime == "ray":
+            from ray import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+        from agents.mcp.serve import program_server
+
+        server = program_server(program, policy, name=args.name)
+    server.run("stdio")
+    return 0
+
+
+def add_mcp_parser(sub: Any, fmt: Any) -> None:
+    mcp = sub.add_parser("mcp", formatter_class=fmt, help="serve a program as an MCP tool (stdio)",
+                         description="Import FILE.py, find the program (as `swarm run` does) and serve it over "
+                         "stdio as an MCP server with one tool: its arguments are the program's parameters; a "
+                         "call runs the program under the policy and answers with the most probable value, "
+                         "the answer marginal, log Z and ESS. Policy options as for `swarm run`.")
+    mcp.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
+    mcp.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
+    mcp.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default 100)")
+    mcp.add_argument("--seed", type=int, metavar="S", help="random seed (same seed and arguments, same answer)")
+    mcp.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
+    mcp.add_argument("--name", metavar="TOOL", help="the tool's name (default: the program's)")
+    mcp.set_defaults(func=cmd_mcp)
+
+
 # -- the parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -264,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--png-dir", metavar="DIR", help="also write each plot as a PNG file here")
     report.add_argument("--run", metavar="RUN_ID", help="which run, when the file holds several (default: last)")
     report.set_defaults(func=cmd_report)
+    add_mcp_parser(sub, fmt)
     return parser
 
 
