@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from observability.progress import ProgressListener, fmt_float
+from observability.progress import ProgressDisplay, fmt_float
 from swarm.errors import SwarmError
 
 POLICIES = {"smc": "SMC", "importance": "Importance", "enumerate": "Enumerate", "forward": "Forward",
@@ -145,8 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="swarm-run-")
         trace_path = Path(tmp.name) / "trace.jsonl"
     writer = TraceFileWriter(trace_path) if trace_path else None
-    progress = ProgressListener(sys.stdout, tty=sys.stdout.isatty())
-    listeners: list[Any] = [progress] + ([writer] if writer else [])
+    progress = ProgressDisplay(sys.stdout, tty=sys.stdout.isatty())
+    listeners: list[Any] = [writer] if writer else []
     inst = None
     if args.otlp:
         from observability.exporters import instrument
@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     status, result = 0, None
     try:
         progress.total_steps = getattr(policy, "max_steps", None)
-        result = policy.run(program, **kwargs)
+        result = progress.follow(policy.stream(program, **kwargs))  # the live display reads the run's events
     except SwarmError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
