@@ -79,7 +79,7 @@ class ProgramArguments:
             raise bad_request(f"missing program argument {missing[0]!r} (pass it in swarm.arguments)",
                               param=f"swarm.arguments.{missing[0]}", code="missing_argument")
         kwargs[self.conversation] = self._conversation(request)
-        return kwargs, ignored
+        return kwargs, sorted(ignored)
 
     def _conversation(self, request: ChatCompletionRequest) -> Any:
         messages = [m.to_chat_message() for m in request.messages]
