@@ -21,7 +21,8 @@ the text changed, then `StepEnd`; finally `RunEnd` with the `Result`. Every even
   step (`deaths`), whether it resampled, and the run's tokens and LLM calls so far.
 - `TextDelta`: the text of the currently heaviest particle (largest weight after the step). The
   text of a particle is what its LLM generations wrote, concatenated in trace order (for a reply
-  generated in chunks, the reply so far; `text_of=` picks other events). When the heaviest particle
+  generated in chunks, the reply so far; `text_of=` picks other events, `text_of=None` follows no
+  text, which saves its cost when only steps and the Result matter). When the heaviest particle
   changes lineage its text may not extend the last one: `text = previous[:offset] + delta`, and
   `offset < len(previous)` means the tail after `offset` was retracted.
 - `CommittedText`: the longest prefix shared by the texts of every live particle. In SMC every later
@@ -157,7 +158,7 @@ class RecordTranslator:
     its new events to the text of the particle it continues, and resampling gives each offspring its
     ancestor's text."""
 
-    def __init__(self, text_of: Callable[[Any], str | None] = generated_text) -> None:
+    def __init__(self, text_of: Callable[[Any], str | None] | None = generated_text) -> None:
         self.text_of = text_of
         self.run_id = ""
         self.texts: dict[int, str] = {}
@@ -180,21 +181,29 @@ class RecordTranslator:
         events: list[_Event] = [StepStart(run_id=run_id, step=record.step, at_ns=record.started_at_ns)]
         deaths = self._advance(record)
         ids, log_w = record.particle_ids, record.log_weights
-        if ids and len(ids) == len(log_w):
+        if ids and len(ids) == len(log_w) and self.text_of is not None:
             events += self._texts(run_id, record.step, ids, log_w)
         events.append(StepEnd(
             run_id=run_id, step=record.step, ess=record.ess, log_evidence=record.log_evidence,
             resampled=record.resampled, alive=sum(1 for w in log_w if w > -math.inf),
             num_particles=len(log_w), deaths=deaths, tokens=record.tokens, llm_calls=record.llm_calls,
             output_tokens=self.output_tokens, started_at_ns=record.started_at_ns, at_ns=record.ended_at_ns))
-        self._regroup(record)
+        if self.text_of is not None:
+            self._regroup(record)
         self._steps += 1
         return events
 
     def _advance(self, record: StepRecord) -> dict[str, int]:
         """Append each moving particle's new text; count output tokens and deaths."""
         deaths: Counter[str] = Counter()
+        text_of = self.text_of
         for p in record.particles:
+            if p.status == "dead":
+                deaths[p.killed_by or "unknown"] += 1
+            if text_of is None:
+                for e in p.new_events:
+                    self.output_tokens += _output_tokens(e)
+                continue
             base = self.texts.get(p.particle_id)
             if base is None:
                 if self._steps:  # not a continuation of a particle we know
@@ -203,12 +212,10 @@ class RecordTranslator:
             pieces = []
             for e in p.new_events:
                 self.output_tokens += _output_tokens(e)
-                piece = self.text_of(e)
+                piece = text_of(e)
                 if piece:
                     pieces.append(piece)
             self.texts[p.particle_id] = base + "".join(pieces) if pieces else base
-            if p.status == "dead":
-                deaths[p.killed_by or "unknown"] += 1
         return dict(deaths)
 
     def _texts(self, run_id: str, step: int, ids: Sequence[int], log_w: Sequence[float]) -> list[_Event]:
@@ -245,7 +252,7 @@ class _StreamListener(RunListener):
     """Feeds translated events to `put` (on the consumer's event loop, from any thread)."""
 
     def __init__(self, put: Callable[[Any], None], loop: asyncio.AbstractEventLoop,
-                 text_of: Callable[[Any], str | None]) -> None:
+                 text_of: Callable[[Any], str | None] | None) -> None:
         self.translator = RecordTranslator(text_of)
         self._put = put
         self._loop = loop
@@ -277,7 +284,7 @@ class RunStream:
     event loop, plain `for` outside one. Each iteration starts a new run."""
 
     def __init__(self, policy: "Policy", program: Callable[..., Any], args: tuple = (), kwargs: dict | None = None,
-                 *, text_of: Callable[[Any], str | None] = generated_text) -> None:
+                 *, text_of: Callable[[Any], str | None] | None = generated_text) -> None:
         self.policy = policy
         self.program = program
         self.args = args

@@ -42,10 +42,10 @@ def request(**fields) -> bytes:
 def test_mode_answers_are_the_exact_posteriors_most_probable():
     result = policies.Enumerate().run(abc)
     assert posterior(result) == pytest.approx(P, abs=1e-12)
-    answers, distinct = choose(result, 2, "mode", np.random.default_rng(0))
+    answers, distinct = choose(result, 2, "mode", lambda: np.random.default_rng(0))
     assert [a.content for a in answers] == ["b", "a"] and distinct == 3  # P = 0.49, 0.30, 0.20
     assert [a.probability for a in answers] == pytest.approx([P["b"], P["a"]], abs=1e-12)
-    assert len(choose(result, 5, "mode", np.random.default_rng(0))[0]) == 3  # only three distinct answers
+    assert len(choose(result, 5, "mode", lambda: np.random.default_rng(0))[0]) == 3  # only three distinct answers
 
 
 def test_drawn_answers_follow_the_posterior_without_replacement():
@@ -56,7 +56,7 @@ def test_drawn_answers_follow_the_posterior_without_replacement():
     draws = 8000
     pairs: dict[tuple[str, str], int] = {}
     for seed in range(draws):
-        answers, _ = choose(result, 2, "draw", np.random.default_rng(seed))
+        answers, _ = choose(result, 2, "draw", lambda: np.random.default_rng(seed))
         pair = (answers[0].content, answers[1].content)
         pairs[pair] = pairs.get(pair, 0) + 1
     for a in P:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -42,34 +42,37 @@ def render(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
-def posterior(result: Result) -> dict[str, float]:
-    """P(reply) for every reply with P > 0, most probable first (ties in text order)."""
+def posterior(result: Result, weights: np.ndarray | None = None) -> dict[str, float]:
+    """P(reply) for every reply with P > 0, most probable first (ties in text order).
+    `weights`: the result's normalised weights, when already computed."""
+    weights = result.normalized_weights if weights is None else weights
     if result.diagnostics.stopped_by is not None:
-        _check_finished(result)
+        _check_finished(result, weights)
     mass: dict[str, float] = {}
-    for particle, w in zip(result.particles, result.normalized_weights):
+    for particle, w in zip(result.particles, weights.tolist()):
         if w > 0:
             key = render(particle.value)
-            mass[key] = mass.get(key, 0.0) + float(w)
+            mass[key] = mass.get(key, 0.0) + w
     return dict(sorted(mass.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def choose(result: Result, n: int, how: Literal["mode", "draw"], rng: np.random.Generator) -> tuple[list[Answer], int]:
-    """(the n answers, how many distinct replies have P > 0)."""
-    probs = posterior(result)
+def choose(result: Result, n: int, how: Literal["mode", "draw"], rng: Callable[[], np.random.Generator],
+           weights: np.ndarray | None = None) -> tuple[list[Answer], int]:
+    """(the n answers, how many distinct replies have P > 0); `rng()` makes the generator draws use."""
+    probs = posterior(result, weights)
     if how == "mode":
         return [Answer(c, p) for c, p in list(probs.items())[:n]], len(probs)
+    generator = rng()
     contents, p = list(probs), np.array(list(probs.values()), dtype=float)
     picked: list[Answer] = []
     while len(picked) < n and p.sum() > 0:
-        i = int(rng.choice(len(p), p=p / p.sum()))
+        i = int(generator.choice(len(p), p=p / p.sum()))
         picked.append(Answer(contents[i], float(probs[contents[i]])))
         p[i] = 0.0
     return picked, len(probs)
 
 
-def _check_finished(result: Result) -> None:
-    weights = result.normalized_weights
+def _check_finished(result: Result, weights: np.ndarray) -> None:
     running = sum(1 for particle, w in zip(result.particles, weights) if w > 0 and particle.status != "finished")
     if running:
         d = result.diagnostics

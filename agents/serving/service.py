@@ -35,7 +35,7 @@ from agents.serving.protocol import (ChatCompletion, ChatCompletionRequest, Choi
                                      ResponseMessage, RunInfo, Usage, finite)
 from agents.serving.tracing import RequestSpan, RequestTracing
 from policies.base import Budget, Policy
-from policies.streaming import RunEnd, RunStream
+from policies.streaming import RunEnd, RunStream, generated_text
 
 
 class ServeConfig(BaseModel):
@@ -124,30 +124,35 @@ class ChatService:
         return budget, chosen["timeout_s"]
 
     # -- running -----------------------------------------------------------------------------------
+    def _stream(self, run: PreparedRun, text_of: Any = generated_text) -> AsyncIterator[Any]:
+        return RunStream(run.policy, self.program, (), run.kwargs, text_of=text_of).events()
+
+    def _deadline(self, run: PreparedRun) -> float:
+        return asyncio.get_running_loop().time() + run.timeout_s + self.config.grace_s
+
+    def _late(self, run: PreparedRun) -> ServeError:
+        return ServeError(504, f"the run was still going {run.timeout_s + self.config.grace_s:g} s after it started "
+                               "and was cancelled", type="server_error", code="timeout")
+
     async def events(self, run: PreparedRun) -> AsyncIterator[Any]:
-        """The run's stream events; the run is cancelled when this generator is closed or the hard
-        deadline (timeout_s + grace_s) passes."""
-        stream = RunStream(run.policy, self.program, (), run.kwargs).events()
-        deadline = asyncio.get_running_loop().time() + run.timeout_s + self.config.grace_s
-        first = True
+        """The run's stream events (with texts); the run is cancelled when this generator is closed
+        or the hard deadline (timeout_s + grace_s) passes."""
+        stream, deadline, first = self._stream(run), self._deadline(run), True
         try:
             while True:
                 timer = asyncio.timeout_at(deadline)
                 try:
-                    if first:  # the run's task is created now: under the request span
-                        with run.span.current():
-                            async with timer:
+                    async with timer:
+                        if first:  # the run's task is created now: under the request span
+                            with run.span.current():
                                 event = await stream.__anext__()
-                    else:
-                        async with timer:
+                        else:
                             event = await stream.__anext__()
                 except StopAsyncIteration:
                     return
                 except TimeoutError as exc:
                     if timer.expired():
-                        raise ServeError(504, f"the run was still going {run.timeout_s + self.config.grace_s:g} s "
-                                              "after it started and was cancelled", type="server_error",
-                                         code="timeout") from exc
+                        raise self._late(run) from exc
                     raise
                 first = False
                 yield event
@@ -155,13 +160,23 @@ class ChatService:
             await stream.aclose()
 
     async def complete(self, run: PreparedRun) -> ChatCompletion:
-        """Run to the end and answer (raises `ServeError`)."""
+        """Run to the end and answer (raises `ServeError`). The stream follows no text (not needed)."""
+        stream, timer = self._stream(run, text_of=None), asyncio.timeout_at(self._deadline(run))
         end = None
         try:
-            async for event in self.events(run):
-                if isinstance(event, RunEnd):
-                    end = event
-            assert end is not None, "a run stream ends with RunEnd"
+            try:
+                async with timer:
+                    with run.span.current():  # the run's task is created now: under the request span
+                        event = await stream.__anext__()
+                    async for event in stream:
+                        end = event
+            except TimeoutError as exc:
+                if timer.expired():
+                    raise self._late(run) from exc
+                raise
+            finally:
+                await stream.aclose()
+            assert isinstance(end, RunEnd), "a run stream ends with RunEnd"
             response = self.response(run, end)
         except ServeError as exc:
             run.span.end(exc, exc.message)
@@ -179,16 +194,18 @@ class ChatService:
     def response(self, run: PreparedRun, end: RunEnd) -> ChatCompletion:
         """The answers (mode or draws) and the run's metadata."""
         result = end.result
-        rng = np.random.default_rng([result.seed or 0, 0xA45])  # reproducible given the request's seed
-        answers, distinct = choose(result, run.request.n, run.answer, rng)
+        weights = result.normalized_weights if result.particles else np.zeros(0)
+        answers, distinct = choose(result, run.request.n, run.answer, weights=weights,  # draws: reproducible
+                                   rng=lambda: np.random.default_rng([result.seed or 0, 0xA45]))  # given the seed
         if not answers:
             raise ServeError(422, "no answer: the run's final population has no particle with weight > 0",
                              code="no_surviving_particles")
         d = result.diagnostics
+        ess = 1.0 / float(np.dot(weights, weights)) if len(weights) else 0.0  # Kong's 1/Σ w̄²
         completion = min(end.output_tokens, d.tokens)
         info = RunInfo(run_id=end.run_id, trace_id=run.span.trace_id, policy=result.policy,
                        num_particles=len(result.particles), log_evidence=finite(result.log_evidence),
-                       ess=result.ess, min_ess=result.min_ess, steps=len(d.steps), llm_calls=d.llm_calls,
+                       ess=ess, min_ess=min(d.ess_per_step, default=ess), steps=len(d.steps), llm_calls=d.llm_calls,
                        answer=run.answer, probabilities=[a.probability for a in answers], distinct_answers=distinct,
                        stopped_by=d.stopped_by, wall_time_s=time.perf_counter() - run.started, ignored_fields=run.ignored)
         return ChatCompletion(id=run.id, created=run.created, model=run.request.model,
