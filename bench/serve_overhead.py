@@ -214,23 +214,28 @@ def framework_app(kind: str) -> Any:
 
 
 def _serve_app(kind: str) -> None:
+    """Serve `framework_app(kind)`; a "-h11" suffix parses HTTP with h11 instead of httptools."""
     import uvicorn
 
     from agents.serving.server import bind
 
+    parser = "h11" if kind.endswith("-h11") else "httptools"
     sock = bind("127.0.0.1", 0)
     print(f"READY http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
-    uvicorn.Server(uvicorn.Config(framework_app(kind), log_level="warning", access_log=False)).run(sockets=[sock])
+    config = uvicorn.Config(framework_app(kind.removesuffix("-h11")), loop="asyncio", http=parser,
+                            log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def frameworks(rounds: int = 5, requests: int = 600, concurrency: int = 8) -> list[dict[str, Any]]:
     servers = {}
     try:
-        for kind in ("fastapi", "starlette", "sse-starlette"):
+        for kind in ("fastapi", "starlette", "sse-starlette", "starlette-h11"):
             proc = subprocess.Popen([sys.executable, "-m", "bench.serve_overhead", "--app", kind], stdout=subprocess.PIPE,
                                     text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
             servers[kind] = (proc, proc.stdout.readline().split()[1] if proc.stdout else "")
         cases = {"fastapi json": ("fastapi", False), "starlette json": ("starlette", False),
+                 "starlette json h11": ("starlette-h11", False),
                  "bare stream": ("starlette", True), "sse-starlette stream": ("sse-starlette", True)}
         rates: dict[str, list[float]] = {name: [] for name in cases}
         for r in range(rounds + 1):  # round 0 warms up
@@ -244,7 +249,9 @@ def frameworks(rounds: int = 5, requests: int = 600, concurrency: int = 8) -> li
         return [row("serve_frameworks", "starlette vs fastapi (JSON)", med["starlette json"], med["fastapi json"],
                     "req/s", note=note),
                 row("serve_frameworks", "sse-starlette vs bare StreamingResponse (20 events)",
-                    med["sse-starlette stream"], med["bare stream"], "req/s", note=note)]
+                    med["sse-starlette stream"], med["bare stream"], "req/s", note=note),
+                row("serve_frameworks", "httptools vs h11 (Starlette JSON)", med["starlette json"],
+                    med["starlette json h11"], "req/s", note=note)]
     finally:
         for proc, _ in servers.values():
             proc.terminate()

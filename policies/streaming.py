@@ -174,6 +174,12 @@ class RecordTranslator:
         return [RunStart(run_id=record.run_id, policy=record.policy, program=record.program,
                          num_particles=record.num_particles, runtime=record.runtime, at_ns=record.started_at_ns)]
 
+    def count(self, record: StepRecord) -> None:
+        """Only count the step's output tokens (for a consumer that wants no events)."""
+        for p in record.particles:
+            for e in p.new_events:
+                self.output_tokens += _output_tokens(e)
+
     def step(self, record: StepRecord) -> list[_Event]:
         run_id = self.run_id or record.run_id
         if not self._steps and record.step > 1:  # a resumed run: the texts before it are not in the records
@@ -248,6 +254,19 @@ class RecordTranslator:
             self.texts = {i: self.texts.get(i, "") for i in ids}
 
 
+class _CountingListener(RunListener):
+    """Follows a run's records for its output tokens only (`RunStream.result`)."""
+
+    def __init__(self) -> None:
+        self.translator = RecordTranslator(text_of=None)
+
+    def on_run_start(self, record: RunStarted) -> None:
+        self.translator.run_id = record.run_id
+
+    def on_step(self, record: StepRecord) -> None:
+        self.translator.count(record)
+
+
 class _StreamListener(RunListener):
     """Feeds translated events to `put` (on the consumer's event loop, from any thread)."""
 
@@ -293,6 +312,14 @@ class RunStream:
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self.events()
+
+    async def result(self) -> RunEnd:
+        """Run to the end and return only the last event (no per-step events are made or queued:
+        the cheap path for a consumer that needs the Result and the token counts)."""
+        listener = _CountingListener()
+        policy = self.policy.model_copy(update={"listeners": [*self.policy.listeners, listener]})
+        result = await policy.run_async(self.program, *self.args, **self.kwargs)
+        return RunEnd(run_id=listener.translator.run_id, result=result, output_tokens=listener.translator.output_tokens)
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The run as an async generator; closing it early cancels the run."""

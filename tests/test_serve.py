@@ -8,14 +8,16 @@ the same posterior; the server must answer its mode (and top-2 for n=2), with th
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import subprocess
 
 import openai
 import pytest
 
 import policies
 from agents import ChatMessage
-from tests.serve_fixtures import REPO, program, run_server, satisfies_guarantee
+from tests.serve_fixtures import REPO, program, run_server, satisfies_guarantee, swarm_command
 
 pytestmark = pytest.mark.server
 
@@ -144,6 +146,21 @@ def test_the_api_key_is_never_logged(client, server):
     log = server[1].read_text()
     assert "POST /v1/chat/completions" in log  # the access log is on, and it is this server's
     assert KEY not in log and KEY[8:] not in log
+
+
+def test_what_cannot_be_served_is_refused_at_start_up():
+    def serve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([*swarm_command(), "serve", *args, "--port", "0"], capture_output=True, text=True,
+                              timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+    nothing = serve()
+    assert nothing.returncode == 1 and "needs a program (FILE.py[:program]) or --model embedded" in nothing.stderr
+    no_conversation = serve(f"{TARGET}:reply")
+    assert no_conversation.returncode == 1 and "needs a parameter named 'messages'" in no_conversation.stderr
+    no_key = serve(TARGET, "--api-key-env", "SERVE_TEST_UNSET_KEY", env={"SERVE_TEST_UNSET_KEY": ""})
+    assert no_key.returncode == 1 and "SERVE_TEST_UNSET_KEY" in no_key.stderr
+    unknown_default = serve(TARGET, "--arg", "colour=red")
+    assert unknown_default.returncode == 1 and "no parameter 'colour'" in unknown_default.stderr
 
 
 def test_committed_streaming_sends_settled_text_early():

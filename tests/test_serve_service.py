@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import policies
-from agents import ChatMessage
 from agents.serving import ChatService, ServeConfig
 from agents.serving.answers import choose, posterior, render
 from agents.serving.arguments import ProgramArguments, ProgramSignatureError

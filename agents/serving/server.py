@@ -35,7 +35,8 @@ def build_service(args: argparse.Namespace) -> tuple[ChatService, Any]:
     from observability.cli import CLIError, load_program, make_policy, parse_kwargs
 
     if (args.model is None) == (args.target is None):
-        raise CLIError("swarm serve needs a program (FILE.py[:program]) or --model embedded, not both")
+        both = args.model is not None
+        raise CLIError(f"swarm serve needs a program (FILE.py[:program]) or --model embedded{', not both' if both else ''}")
     if args.model == "embedded":
         from agents.serving import chat_program
 
@@ -96,7 +97,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    """Run the server until interrupted; returns the exit status."""
+    """Run the server until interrupted; returns the exit status. HTTP is parsed by httptools (a C
+    parser; uvicorn's "auto" falls back to the pure-Python h11 without it), which serves ~1.5x the
+    requests of h11 per CPU second (bench/serve_overhead.py); the event loop is plain asyncio, the
+    loop the framework is tested on."""
     import uvicorn
 
     from agents.serving.app import build_app
@@ -105,8 +109,8 @@ def serve_command(args: argparse.Namespace) -> int:
     service, inst = build_service(args)
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(build_app(service, api_key=key), log_level=args.log_level, access_log=args.access_log,
-                            timeout_graceful_shutdown=5, server_header=False)
+    config = uvicorn.Config(build_app(service, api_key=key), loop="asyncio", http="auto", log_level=args.log_level,
+                            access_log=args.access_log, timeout_graceful_shutdown=5, server_header=False)
     for logger in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "agents.serving"):
         install_logging_redaction(logging.getLogger(logger))
     if host not in LOOPBACK and key is None:

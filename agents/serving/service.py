@@ -35,7 +35,7 @@ from agents.serving.protocol import (ChatCompletion, ChatCompletionRequest, Choi
                                      ResponseMessage, RunInfo, Usage, finite)
 from agents.serving.tracing import RequestSpan, RequestTracing
 from policies.base import Budget, Policy
-from policies.streaming import RunEnd, RunStream, generated_text
+from policies.streaming import RunEnd, RunStream
 
 
 class ServeConfig(BaseModel):
@@ -124,9 +124,6 @@ class ChatService:
         return budget, chosen["timeout_s"]
 
     # -- running -----------------------------------------------------------------------------------
-    def _stream(self, run: PreparedRun, text_of: Any = generated_text) -> AsyncIterator[Any]:
-        return RunStream(run.policy, self.program, (), run.kwargs, text_of=text_of).events()
-
     def _deadline(self, run: PreparedRun) -> float:
         return asyncio.get_running_loop().time() + run.timeout_s + self.config.grace_s
 
@@ -137,7 +134,8 @@ class ChatService:
     async def events(self, run: PreparedRun) -> AsyncIterator[Any]:
         """The run's stream events (with texts); the run is cancelled when this generator is closed
         or the hard deadline (timeout_s + grace_s) passes."""
-        stream, deadline, first = self._stream(run), self._deadline(run), True
+        stream = RunStream(run.policy, self.program, (), run.kwargs).events()
+        deadline, first = self._deadline(run), True
         try:
             while True:
                 timer = asyncio.timeout_at(deadline)
@@ -160,23 +158,18 @@ class ChatService:
             await stream.aclose()
 
     async def complete(self, run: PreparedRun) -> ChatCompletion:
-        """Run to the end and answer (raises `ServeError`). The stream follows no text (not needed)."""
-        stream, timer = self._stream(run, text_of=None), asyncio.timeout_at(self._deadline(run))
-        end = None
+        """Run to the end and answer (raises `ServeError`): the stream's `result()`, which makes no
+        per-step events (a plain response shows none)."""
+        timer = asyncio.timeout_at(self._deadline(run))
         try:
             try:
                 async with timer:
-                    with run.span.current():  # the run's task is created now: under the request span
-                        event = await stream.__anext__()
-                    async for event in stream:
-                        end = event
+                    with run.span.current():  # the run starts under the request span
+                        end = await RunStream(run.policy, self.program, (), run.kwargs).result()
             except TimeoutError as exc:
                 if timer.expired():
                     raise self._late(run) from exc
                 raise
-            finally:
-                await stream.aclose()
-            assert isinstance(end, RunEnd), "a run stream ends with RunEnd"
             response = self.response(run, end)
         except ServeError as exc:
             run.span.end(exc, exc.message)
