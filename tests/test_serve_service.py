@@ -1,11 +1,12 @@
 """The serving layer in process (no HTTP): answers against exact posteriors, program arguments,
-the request's OpenTelemetry trace, the hard deadline."""
+the request's OpenTelemetry trace, the hard deadline, a client that leaves."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +152,35 @@ def test_a_step_running_past_the_deadline_is_cancelled():
 
     error, left = asyncio.run(main())
     assert (error.status, error.code) == (504, "timeout") and left == []
+
+
+def test_a_plain_request_whose_client_leaves_is_cancelled():
+    """The ASGI app under a client that disconnects 0.2 s into a run of 8 × 30 s: the run is cancelled
+    at once, the response is 499 (for the access log; nobody reads it), and no task is left."""
+    from agents.serving.app import build_app
+
+    app = build_app(ChatService(sentence_program, policies.SMC(num_particles=3), ServeConfig(model_name="m")))
+    body = request(swarm={"arguments": {"delay": 30.0}})
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.sleep(0.2)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    async def main():
+        started = time.perf_counter()
+        await app(scope, receive, send)
+        return time.perf_counter() - started, [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    elapsed, left = asyncio.run(main())
+    assert elapsed < 5.0 and left == [] and sent[0]["status"] == 499

@@ -77,6 +77,8 @@ def build_app(service: ChatService, *, api_key: Secret | None = None) -> Starlet
             response = await _unless_disconnected(request, service.complete(run))
         except ServeError as exc:
             return error_response(exc, headers)
+        except ClientDisconnected:
+            return Response(status_code=499)  # nobody reads it: "client closed request", for the access log
         return Response(response.model_dump_json(), media_type="application/json", headers=headers)
 
     async def health(request: Request) -> Response:
@@ -93,8 +95,12 @@ def build_app(service: ChatService, *, api_key: Secret | None = None) -> Starlet
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready (its run was cancelled)."""
+
+
 async def _unless_disconnected(request: Request, work: Any) -> Any:
-    """Await `work`, cancelling it if the client disconnects first."""
+    """Await `work`; if the client disconnects first, cancel it and raise `ClientDisconnected`."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -103,7 +109,13 @@ async def _unless_disconnected(request: Request, work: Any) -> Any:
         watcher.cancel()
         if not task.done():
             task.cancel()
-    return await task
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            if not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise ClientDisconnected()
+    return task.result()
 
 
 async def _disconnected(request: Request) -> None:
