@@ -40,9 +40,11 @@ ratios follow the CPU per request: serving adds 1.3 ms (64 clients) to 2.3 ms (8
 that costs 6-7.5 ms. About 1 ms of it is the engine's listener records (a pydantic ParticleStep
 per particle per step, built only when a listener is attached: here 40 per run), which the server
 needs to count completion tokens; the rest is request parsing and validation, the request span,
-the answers and the JSON (~0.4 ms in process) and HTTP. A streamed response adds the per-step
-chunks and sse-starlette (+3 ms per run of 6 events). Without the records (if the engine counted
-completion tokens in `Diagnostics`) a plain request would cost ~0.4 ms over the direct call, 6%.
+the answers and the JSON (~0.5 ms in process) and HTTP. A streamed response adds the per-step
+chunks and sse-starlette (+3 ms per run of 6 events). In process (no HTTP, CPU per request, min
+of 18 alternating rounds): direct 5.55 ms, the service 7.14 ms, the service without records 6.01
+ms; so if the engine counted completion tokens in `Diagnostics`, a plain request could skip the
+records and cost ~0.5 ms (8%) over the direct call, plus HTTP.
 
 Library choices, same run (trivial handler, 8 clients, requests/s): Starlette 2358 vs FastAPI 1029
 (2.3x); httptools 2358 vs h11 843 (2.8x); sse-starlette 637 vs a bare StreamingResponse 1070
