@@ -18,7 +18,7 @@ import sys
 import time
 from typing import IO, Any, Iterable
 
-from policies.streaming import RecordTranslator, RunEnd, RunStart, StepEnd
+from policies.streaming import RecordTranslator, RunEnd, RunStart, RunSummary, StepEnd
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
 
 
@@ -87,8 +87,12 @@ class ProgressDisplay:
             self.start(event)
         elif isinstance(event, RunEnd):
             d = event.result.diagnostics
-            self.finish(f"run finished in {self._elapsed():.2f} s: log Z {fmt_float(event.result.log_evidence)}, "
-                        f"ESS {fmt_float(event.result.ess, 1)}, {d.tokens} tokens, {d.llm_calls} LLM calls")
+            self.finished(event.result.log_evidence, event.result.ess, d.tokens, d.llm_calls)
+        elif isinstance(event, RunSummary):
+            if event.error:
+                self.failed(event.error)
+            else:
+                self.finished(event.log_evidence, event.ess, event.tokens, event.llm_calls)
 
     def start(self, event: RunStart) -> None:
         self._t0 = time.perf_counter()
@@ -117,6 +121,10 @@ class ProgressDisplay:
         stats = (f"alive {s['alive']}/{s['n']}  ESS {fmt_float(s['ess'], 1)}  log Z {fmt_float(s['log_z'])}  "
                  f"{s['tok_s']:.0f} tok/s" + ("  [magenta]resampled[/magenta]" if s["resampled"] else ""))
         self._progress.update(self._task, description=f"step {s['step']}", stats=stats, completed=s["step"])
+
+    def finished(self, log_evidence: float | None, ess: float | None, tokens: int, llm_calls: int) -> None:
+        self.finish(f"run finished in {self._elapsed():.2f} s: log Z {fmt_float(log_evidence)}, "
+                    f"ESS {fmt_float(ess, 1)}, {tokens} tokens, {llm_calls} LLM calls")
 
     def failed(self, error: BaseException | str) -> None:
         if not isinstance(error, str):
@@ -166,8 +174,4 @@ class ProgressListener(ProgressDisplay, RunListener):
             self.show(event)
 
     def on_run_end(self, record: RunFinished) -> None:
-        if record.error:
-            self.failed(record.error)
-        else:
-            self.finish(f"run finished in {self._elapsed():.2f} s: log Z {fmt_float(record.log_evidence)}, "
-                        f"ESS {fmt_float(record.ess, 1)}, {record.tokens} tokens, {record.llm_calls} LLM calls")
+        self.show(self._translator.end(record))

@@ -37,7 +37,8 @@ Timing: the engine reports a step when it ends (`swarm.listeners.StepRecord`), s
 emitted together with the rest of its step and carries the step's true start time (`at_ns`).
 
 Everything that reads the shape of listener records is `RecordTranslator`, the one place to change
-when the engine's records change.
+when the engine's records change. For code that listens to records directly (the progress display
+as a listener) it also turns the end record into a `RunSummary`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from swarm.result import Result
 if TYPE_CHECKING:
     from policies.base import Policy
 
-__all__ = ["RunStart", "StepStart", "StepEnd", "TextDelta", "CommittedText", "RunEnd", "StreamEvent",
+__all__ = ["RunStart", "StepStart", "StepEnd", "TextDelta", "CommittedText", "RunEnd", "RunSummary", "StreamEvent",
            "RecordTranslator", "RunStream", "generated_text"]
 
 
@@ -134,6 +135,18 @@ class RunEnd(_Event):
     """Completion tokens of every LLM call the records reported (the rest of `tokens` is prompts)."""
 
 
+class RunSummary(_Event):
+    """How a run ended, as its listener records say (for listeners such as the progress display;
+    the stream itself ends with `RunEnd`, or raises)."""
+
+    type: Literal["run_summary"] = "run_summary"
+    error: str | None
+    log_evidence: float | None
+    ess: float | None
+    tokens: int
+    llm_calls: int
+
+
 StreamEvent = Union[RunStart, StepStart, StepEnd, TextDelta, CommittedText, RunEnd]
 
 
@@ -173,6 +186,10 @@ class RecordTranslator:
         self.run_id = record.run_id
         return [RunStart(run_id=record.run_id, policy=record.policy, program=record.program,
                          num_particles=record.num_particles, runtime=record.runtime, at_ns=record.started_at_ns)]
+
+    def end(self, record: RunFinished) -> RunSummary:
+        return RunSummary(run_id=record.run_id, error=record.error, log_evidence=record.log_evidence, ess=record.ess,
+                          tokens=record.tokens, llm_calls=record.llm_calls)
 
     def count(self, record: StepRecord) -> None:
         """Only count the step's output tokens (for a consumer that wants no events)."""
@@ -261,7 +278,7 @@ class _CountingListener(RunListener):
         self.translator = RecordTranslator(text_of=None)
 
     def on_run_start(self, record: RunStarted) -> None:
-        self.translator.run_id = record.run_id
+        self.translator.start(record)
 
     def on_step(self, record: StepRecord) -> None:
         self.translator.count(record)
