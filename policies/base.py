@@ -14,7 +14,7 @@ import math
 import secrets
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +27,9 @@ from swarm.population import normalized_weights
 from swarm.result import Diagnostics, Result
 from swarm.runtime import new_run_scope
 from swarm.runtimes import Runtime, make_runtime
+
+if TYPE_CHECKING:
+    from policies.streaming import RunStream
 
 
 class Budget(BaseModel):
@@ -187,6 +190,18 @@ class Policy(BaseModel, abc.ABC):
             return asyncio.run(self.run_async(program, *args, **kwargs))
         raise RuntimeError(f"{type(self).__name__}.run() was called inside a running event loop; "
                            f"use `await {type(self).__name__}.run_async(...)` there")
+
+    def stream(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> "RunStream":
+        """Run `program(*args, **kwargs)` as an iterator of typed events (`async for`, or a plain `for`
+        outside an event loop): steps with ESS and log Z, the heaviest particle's text as it grows,
+        and last the `Result` (see policies.streaming)."""
+        from policies.streaming import RunStream
+
+        return RunStream(self, program, args, kwargs)
+
+    def stream_async(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The async generator of `stream`'s events; closing it early cancels the run."""
+        return self.stream(program, *args, **kwargs).events()
 
     async def run_async(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
         runtime = make_runtime(self.runtime)
