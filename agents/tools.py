@@ -2,7 +2,9 @@
 
 A tool's arguments are a pydantic model built from the function's signature, so a call with bad
 arguments is rejected with the field named. A tool error never crashes the particle: it comes back
-to the agent as the tool result ("error: ..."), as a human tool user would see it.
+to the agent as the tool result ("error: ..."), as a human tool user would see it. The exception is
+the framework's own errors (`swarm.SwarmError`: a backend lost after its retries, a sandbox that
+cannot start): they are infrastructure, not information, and propagate (docs/theory.md §3.4).
 
 Protocols. Backends with native tool calling (OpenAI-compatible servers) get the OpenAI schemas;
 for the others (the embedded model) the system prompt describes the tools and the model writes
@@ -24,6 +26,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from swarm.distributions import Distribution, Draw
+from swarm.errors import SwarmError
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 
@@ -55,6 +58,8 @@ class Tool(BaseModel):
                 result = await result
         except ValidationError as exc:
             return f"error: invalid arguments for {self.name}: {exc.errors(include_url=False)}"
+        except SwarmError:  # the framework's own (a lost backend, no sandbox): never evidence for the agent
+            raise
         except Exception as exc:  # a tool failure is information for the agent, not a crash
             return f"error: {type(exc).__name__}: {exc}"
         return result if isinstance(result, str) else json.dumps(result, default=str)
