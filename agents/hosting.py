@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agents.backends import default_backend
 from agents.backends.base import Backend, Completion, GenerationRequest
 from agents.cache import ResponseCache, request_key
 from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL, active_checkpoint
@@ -38,19 +39,6 @@ class LocalClient:
     async def complete(self, request: GenerationRequest) -> Completion:
         key = request_key(self.backend.identity(), request)
         return await self.cache.get_or_call(key, lambda: self.backend.complete(request))
-
-
-_default_backend: Backend | None = None
-
-
-def default_backend() -> Backend:
-    """The embedded default: SmolLM2-135M-Instruct through in-process llama.cpp (one per process)."""
-    global _default_backend
-    if _default_backend is None:
-        from agents.backends.llama_cpp import LlamaCpp
-
-        _default_backend = LlamaCpp()
-    return _default_backend
 
 
 _JOURNALED: "OrderedDict[tuple[str, str], ResponseCache]" = OrderedDict()

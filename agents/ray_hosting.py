@@ -99,6 +99,10 @@ class RayHosting(BaseModel):
     name: str | None = None
     """The pool's name (default: the agent's name)."""
     ready_timeout_s: float = Field(120.0, gt=0)
+    local_fallback: bool = False
+    """True: use the pool only when Ray is initialised in the calling process, and run in process
+    otherwise (what `Agent(hosting="auto")` does with the default pool). Not part of the pool's
+    identity: the same pool serves callers with either setting."""
 
     @property
     def concurrency_limit(self) -> int:
