@@ -28,5 +28,9 @@ __all__ = ["Agent", "Backend", "BackendError", "ChatMessage", "Completion", "Gen
            "default_backend", "RayHosting", *BUILT_IN]
 
 
+PLP_SWARM_AGENTS = True
+"""Marks this package as plp-swarm's `agents` (`swarm.agents_package.require_own_agents` reads it)."""
+
+
 def __getattr__(name: str):
     return built_in_backend(name, __name__)

@@ -28,6 +28,10 @@ calibration line says how much the judge can be trusted, and the factor trusts i
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import contextlib
 import re
