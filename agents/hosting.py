@@ -10,16 +10,12 @@ directory when the run checkpoints (`swarm.checkpoint`), so a resumed run repeat
 
 from __future__ import annotations
 
-import os
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agents.backends import default_backend
 from agents.backends.base import Backend, Completion, GenerationRequest
-from agents.cache import ResponseCache, request_key
-from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL, active_checkpoint
-from swarm.runtime import run_scope
+from agents.cache import ResponseCache, request_key, run_cache
 
 if TYPE_CHECKING:
     from agents.agent import Agent
@@ -39,35 +35,6 @@ class LocalClient:
     async def complete(self, request: GenerationRequest) -> Completion:
         key = request_key(self.backend.identity(), request)
         return await self.cache.get_or_call(key, lambda: self.backend.complete(request))
-
-
-_JOURNALED: "OrderedDict[tuple[str, str], ResponseCache]" = OrderedDict()
-"""In processes that run other processes' particles (Ray segment workers): the journaled cache of
-each recent checkpointed run, by (checkpoint directory, run id)."""
-
-
-def run_cache() -> ResponseCache:
-    """The response cache of the current run (one per policy run; process-wide outside runs),
-    journaled to the run's checkpoint directory when it has one (`swarm.checkpoint`)."""
-    scope = run_scope()
-    directory = scope.get(CHECKPOINT_DIR_KEY)
-    if directory is None and (active := active_checkpoint()) is not None:
-        return _journaled_cache(*active)  # a segment of a checkpointed run, in a worker process
-    cache = scope.get("agents.cache")
-    if cache is None:
-        journal = os.path.join(directory, RESPONSE_JOURNAL) if directory else None
-        cache = scope["agents.cache"] = ResponseCache(journal=journal)
-    return cache
-
-
-def _journaled_cache(directory: str, run_id: str, keep: int = 4) -> ResponseCache:
-    cache = _JOURNALED.get((directory, run_id))
-    if cache is None:
-        cache = _JOURNALED[(directory, run_id)] = ResponseCache(journal=os.path.join(directory, RESPONSE_JOURNAL))
-        while len(_JOURNALED) > keep:
-            _JOURNALED.popitem(last=False)[1].close()
-    _JOURNALED.move_to_end((directory, run_id))
-    return cache
 
 
 def client_for(agent: "Agent") -> Client:

@@ -60,8 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.agent_actor import AgentActor, AgentCall, trace_carrier
 from agents.backends.base import Completion, GenerationRequest
-from agents.cache import request_key
-from agents.hosting import run_cache
+from agents.cache import request_key, run_cache
 from swarm.errors import SwarmError
 
 if TYPE_CHECKING:
