@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.backends import default_backend
 from agents.backends.base import Backend, Completion, GenerationRequest
 
 if TYPE_CHECKING:
@@ -99,8 +100,6 @@ class AgentActor:
     @property
     def backend(self) -> Backend:
         if self._backend is None:  # the embedded default model, loaded in the actor's process
-            from agents.hosting import default_backend
-
             self._backend = default_backend()
         return self._backend
 
