@@ -287,7 +287,7 @@ class AgentPool:
 
     async def _send(self, replica: int, batch: list[tuple[AgentCall, "asyncio.Future[Any]"]]) -> None:
         """One Ray call for the batch; each waiting request gets its reply or its own error."""
-        from swarm.ray_runtime import RemoteError, rebuild_error
+        from swarm.remote_errors import RemoteError, rebuild_error
 
         self.batches += 1
         try:

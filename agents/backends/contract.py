@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
 from agents.backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationSettings
 from swarm.errors import SwarmError
+from swarm.remote_errors import pickler
 
 
 class BackendContractViolation(SwarmError, AssertionError):
@@ -75,22 +75,13 @@ def _request(kind: str, prompt: str, *, seed: int | None = 1, **settings: Any) -
     return GenerationRequest(prompt=prompt, settings=s, seed=seed)
 
 
-def _pickler() -> Any:
-    """What Ray ships actors' arguments with: cloudpickle (Ray's copy), else the standard pickle."""
-    try:
-        import ray.cloudpickle as cloudpickle
-    except ImportError:  # pragma: no cover - ray is a dependency
-        return pickle
-    return cloudpickle
-
-
 def check_identity(backend: Backend, claims: BackendClaims) -> None:
     first = backend.identity()
     if not isinstance(first, str) or not first or backend.identity() != first:
         raise _fail("identity", f"identity() must be a stable non-empty string, got {first!r}")
     if claims.picklable:
         try:
-            copy = _pickler().loads(_pickler().dumps(backend))
+            copy = pickler().loads(pickler().dumps(backend))
         except Exception as exc:  # noqa: BLE001 - any failure is the finding
             raise _fail("identity", f"the backend cannot be pickled (Ray actors receive it so): "
                         f"{type(exc).__name__}: {exc}") from exc
