@@ -16,14 +16,8 @@ namespace does not import `agents` (the policies layer depends on the core alone
 """
 
 from policies.critics import EnumerationCritic, JudgeCritic, RolloutCritic
-from policies.judges import (
-    Calibration,
-    Judge,
-    allocate_calibration,
-    confidence_interval,
-    point_estimate,
-    post_filter_accuracy,
-)
+from policies.judges import Calibration, Judge, allocate_calibration, confidence_interval, point_estimate
+from policies.judges import post_filter_accuracy
 
 __all__ = [
     "Judge", "Calibration", "point_estimate", "confidence_interval", "allocate_calibration",
