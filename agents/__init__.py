@@ -7,17 +7,8 @@ the one registry in `agents.backends`.
 """
 
 from agents.agent import Agent
-from agents.backends import (
-    BUILT_IN,
-    Backend,
-    BackendError,
-    ChatMessage,
-    Completion,
-    GenerationRequest,
-    GenerationSettings,
-    built_in_backend,
-    default_backend,
-)
+from agents.backends import BUILT_IN, Backend, BackendError, ChatMessage, Completion, GenerationRequest
+from agents.backends import GenerationSettings, built_in_backend, default_backend
 from agents.cache import ResponseCache
 from agents.generation import Generation, GenerationError
 from agents.ray_hosting import RayHosting
