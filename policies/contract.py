@@ -41,7 +41,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
-import annotated_types
 import numpy as np
 
 from policies.base import Budget, Policy
@@ -219,10 +218,11 @@ def _size_and_option_fields(cls: type[Policy]) -> list[tuple[str, Any]]:
     unknown option."""
     rows = []
     for name, info in cls.model_fields.items():
-        bounds = [m for m in info.metadata if isinstance(m, (annotated_types.Gt, annotated_types.Ge))]
-        if bounds and int in (info.annotation, *typing.get_args(info.annotation)):
-            lower = bounds[0]
-            rows.append((name, lower.gt if isinstance(lower, annotated_types.Gt) else lower.ge - 1))
+        lower = [(m.gt, 0) if hasattr(m, "gt") else (m.ge, 1)
+                 for m in info.metadata if hasattr(m, "gt") or hasattr(m, "ge")]
+        if lower and int in (info.annotation, *typing.get_args(info.annotation)):
+            bound, below = lower[0]
+            rows.append((name, bound - below))  # Gt(b): b itself is invalid; Ge(b): b − 1
         elif typing.get_origin(info.annotation) is Literal:
             rows.append((name, "no-such-option"))
     return rows
@@ -273,7 +273,8 @@ def check_case(make: PolicyFactory, claims: Claims, case: Case, seeds: range) ->
             check_shape(make(seed=s), result, case.name, s)
     done = [(s, r) for s, r in runs if r is not None and r.particles]
     if not done:
-        raise _fail("shape", case.name, f"no particle survived in any of {len(runs)} runs (Z = {exact.log_evidence:.3g})")
+        raise _fail("shape", case.name,
+                    f"no particle survived in any of {len(runs)} runs (log Z = {exact.log_evidence:.3g})")
     check_reproducible(make, case, *done[0])
     if claims.evidence != "none":
         check_evidence(claims.evidence, case.name, exact.log_evidence,
