@@ -12,6 +12,10 @@ checkpoint directory's `responses.jsonl`, see `swarm.checkpoint`). A last line w
 (the process died mid-write) is ignored; a write that fails (disk full) raises `CacheJournalError`.
 Lines are not fsynced one by one (`fsync=True` does): a killed process loses nothing, a power cut
 may lose the last calls, which are then made again.
+
+`run_cache()` is the cache of the current run: one per policy run (process-wide outside runs),
+journaled into the run's checkpoint directory when the run checkpoints (`swarm.checkpoint`), so a
+resumed run repeats no call; local and Ray-hosted agents both call through it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import asyncio
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from agents.backends.base import Completion, GenerationRequest
+from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL, active_checkpoint
 from swarm.errors import SwarmError
+from swarm.runtime import run_scope
 
 
 class CacheJournalError(SwarmError):
@@ -136,3 +143,33 @@ class ResponseCache:
                 raise CacheJournalError(f"response cache {path}, line {number}: {type(exc).__name__}: {exc}") from None
             count += 1
         return count
+
+
+# -- the run's cache --------------------------------------------------------------------------------
+_JOURNALED: "OrderedDict[tuple[str, str], ResponseCache]" = OrderedDict()
+"""In processes that run other processes' particles (Ray segment workers): the journaled cache of
+each recent checkpointed run, by (checkpoint directory, run id)."""
+
+
+def run_cache() -> ResponseCache:
+    """The response cache of the current run (one per policy run; process-wide outside runs),
+    journaled to the run's checkpoint directory when it has one (`swarm.checkpoint`)."""
+    scope = run_scope()
+    directory = scope.get(CHECKPOINT_DIR_KEY)
+    if directory is None and (active := active_checkpoint()) is not None:
+        return _journaled_cache(*active)  # a segment of a checkpointed run, in a worker process
+    cache = scope.get("agents.cache")
+    if cache is None:
+        journal = os.path.join(directory, RESPONSE_JOURNAL) if directory else None
+        cache = scope["agents.cache"] = ResponseCache(journal=journal)
+    return cache
+
+
+def _journaled_cache(directory: str, run_id: str, keep: int = 4) -> ResponseCache:
+    cache = _JOURNALED.get((directory, run_id))
+    if cache is None:
+        cache = _JOURNALED[(directory, run_id)] = ResponseCache(journal=os.path.join(directory, RESPONSE_JOURNAL))
+        while len(_JOURNALED) > keep:
+            _JOURNALED.popitem(last=False)[1].close()
+    _JOURNALED.move_to_end((directory, run_id))
+    return cache

@@ -2,7 +2,9 @@
 
 A tool's arguments are a pydantic model built from the function's signature, so a call with bad
 arguments is rejected with the field named. A tool error never crashes the particle: it comes back
-to the agent as the tool result ("error: ..."), as a human tool user would see it.
+to the agent as the tool result ("error: ..."), as a human tool user would see it. The exception is
+the framework's own errors (`swarm.SwarmError`: a backend lost after its retries, a sandbox that
+cannot start): they are infrastructure, not information, and propagate (docs/theory.md §3.4).
 
 Protocols. Backends with native tool calling (OpenAI-compatible servers) get the OpenAI schemas;
 for the others (the embedded model) the system prompt describes the tools and the model writes

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from observability.progress import ProgressDisplay, fmt_float
+from swarm.agents_package import require_own_agents
 from swarm.errors import SwarmError
 
 POLICIES = {"smc": "SMC", "importance": "Importance", "enumerate": "Enumerate", "forward": "Forward",
@@ -45,6 +46,8 @@ def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
     path = Path(file)
     if not path.is_file():
         raise CLIError(f"{file}: no such file (expected FILE.py or FILE.py:function)")
+    if _imports_agents(path):
+        require_own_agents()  # a clear error when another `agents` package (openai-agents) shadows ours
     module_name = path.stem if path.stem.isidentifier() else "swarm_program"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -63,6 +66,17 @@ def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
     wanted = f"function named {name!r}" if name else "function named 'program' or 'main'"
     raise CLIError(f"{file} has no {wanted}; its functions: {', '.join(found) or 'none'} "
                    f"(pick one with {file}:NAME)")
+
+
+def _imports_agents(path: Path) -> bool:
+    """Whether the program file imports the `agents` package (or a module of it)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return False  # exec_module reports it
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+    return any(name == "agents" or name.startswith("agents.") for name in names)
 
 
 def parse_kwargs(items: list[str]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Literal
 
 import greenlet
 
-from swarm.errors import SwarmError
+from swarm.errors import ParticleLost, SwarmError
 from swarm.handlers import replay, scale, seed, trace
 from swarm.runtime import Handler, Message
 from swarm.trace import Trace
@@ -282,7 +282,10 @@ class SegmentRunner:
             seg = self._finish(engine, None, "dead", None, started)
             seg.site = exc.site
             return seg
-        if isinstance(exc, (SwarmError, KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
+        # a ParticleLost (a backend failing for good) fails its particle, as before it was a SwarmError,
+        # until the engine keeps lost particles apart (docs/theory.md §3.4)
+        aborts = isinstance(exc, SwarmError) and not isinstance(exc, ParticleLost)
+        if aborts or not isinstance(exc, Exception):
             raise exc
         address = engine.trace.events[-1].address if engine.trace.events else "<program start>"
         engine.record_error(address, exc)

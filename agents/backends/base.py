@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from swarm.errors import ParticleLost
+
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
@@ -112,11 +114,16 @@ class Completion(BaseModel):
         return math.fsum(self.base_token_logprobs)
 
 
-class BackendError(Exception):
-    """A backend call failed for good (after retries, or a non-retryable 4xx)."""
+class BackendError(ParticleLost):
+    """A backend call failed for good (after retries, or a non-retryable 4xx).
 
-    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False) -> None:
-        super().__init__(message)
+    A `swarm.ParticleLost`: raised inside a program it marks the particle *lost* to the
+    infrastructure (missing data, left out of Ẑ), not *killed* by the target (docs/theory.md §3.4).
+    `source` names the backend when the raiser knows it."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False,
+                 source: str = "") -> None:
+        super().__init__(message, source=source)
         self.status_code = status_code
         self.retryable = retryable
 
