@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.backends import default_backend
 from agents.backends.base import Backend, Completion, GenerationRequest
-
-if TYPE_CHECKING:
-    from swarm.ray_runtime import RemoteError
+from swarm.remote_errors import RemoteError, capture_error
 
 
 class AgentCall(BaseModel):
@@ -99,8 +98,6 @@ class AgentActor:
     @property
     def backend(self) -> Backend:
         if self._backend is None:  # the embedded default model, loaded in the actor's process
-            from agents.hosting import default_backend
-
             self._backend = default_backend()
         return self._backend
 
@@ -122,8 +119,6 @@ class AgentActor:
         try:
             return await self.complete(call)
         except Exception as exc:  # noqa: BLE001 - goes back to the caller as its own error
-            from swarm.ray_runtime import capture_error
-
             return capture_error(exc, f"agent {self.role!r} replica {self.replica} (pid {os.getpid()})")
 
     async def complete(self, call: AgentCall) -> AgentReply:

@@ -18,6 +18,10 @@ out), plus every completion read back from a journal (the calls a resumed run mu
 Replay reads recorded values from the global trace, never from the cache, so an evicted response
 costs nothing but a repeated call in the rare case the same request (same seed and site) is made
 again; the journal on disk keeps every one.
+
+`run_cache()` is the cache of the current run: one per policy run (process-wide outside runs),
+journaled into the run's checkpoint directory when the run checkpoints (`swarm.checkpoint`), so a
+resumed run repeats no call; local and Ray-hosted agents both call through it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from agents.backends.base import Completion, GenerationRequest
+from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL
 from swarm.errors import SwarmError
+from swarm.effects import run_scope
 
 
 class CacheJournalError(SwarmError):
@@ -156,3 +162,17 @@ class ResponseCache:
                 raise CacheJournalError(f"response cache {path}, line {number}: {type(exc).__name__}: {exc}") from None
             count += 1
         return count
+
+
+# -- the run's cache --------------------------------------------------------------------------------
+def run_cache() -> ResponseCache:
+    """The response cache of the current run (one per policy run, and per run in each Ray worker
+    process; process-wide outside runs), journaled to the run's checkpoint directory when it has one
+    (`swarm.checkpoint`). The run scope carries the directory wherever the particle executes."""
+    scope = run_scope()
+    cache = scope.get("agents.cache")
+    if cache is None:
+        directory = scope.get(CHECKPOINT_DIR_KEY)
+        journal = os.path.join(directory, RESPONSE_JOURNAL) if directory else None
+        cache = scope["agents.cache"] = ResponseCache(journal=journal)
+    return cache

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from agents.backends.base import GenerationRequest
+from agents.clients import client_for, completion_info
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
 
@@ -53,8 +54,6 @@ class Generation(Distribution):
                               "can be sampled and replayed, not conditioned on")
 
     async def sample_async(self, rng: Any) -> Draw:
-        from agents.hosting import client_for, completion_info
-
         request = self.request.model_copy(update={"seed": rng.seed()})
         started = time.time_ns()
         completion = await client_for(self.agent).complete(request)

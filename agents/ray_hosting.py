@@ -60,8 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.agent_actor import AgentActor, AgentCall, trace_carrier
 from agents.backends.base import Completion, GenerationRequest
-from agents.cache import request_key
-from agents.hosting import run_cache
+from agents.cache import request_key, run_cache
 from swarm.errors import SwarmError
 
 if TYPE_CHECKING:
@@ -99,6 +98,10 @@ class RayHosting(BaseModel):
     name: str | None = None
     """The pool's name (default: the agent's name)."""
     ready_timeout_s: float = Field(120.0, gt=0)
+    local_fallback: bool = False
+    """True: use the pool only when Ray is initialised in the calling process, and run in process
+    otherwise (what `Agent(hosting="auto")` does with the default pool). Not part of the pool's
+    identity: the same pool serves callers with either setting."""
 
     @property
     def concurrency_limit(self) -> int:
@@ -284,7 +287,7 @@ class AgentPool:
 
     async def _send(self, replica: int, batch: list[tuple[AgentCall, "asyncio.Future[Any]"]]) -> None:
         """One Ray call for the batch; each waiting request gets its reply or its own error."""
-        from swarm.ray_runtime import RemoteError, rebuild_error
+        from swarm.remote_errors import RemoteError, rebuild_error
 
         self.batches += 1
         try:

@@ -66,6 +66,9 @@ BENCHMARKS: list[Benchmark] = [
               quick={"particles": 50, "repeats": 1}, full={}),
     Benchmark("soak", "long SMC runs with injected faults: accounting and memory (another helper's)", entry="main",
               quick={"sizes": (1000,), "steps": 10}, full={}),
+    Benchmark("serve_overhead", "swarm serve vs policy.run_async at 1/8/64 clients, 50 ms fake backend; Starlette/FastAPI, sse-starlette, httptools/h11",
+              quick={"quick": True}, full={}),
+    Benchmark("mcp_overhead", "MCP tool calls vs the SDK; MCP vs Python tool", quick={"calls": 20, "particles": 16, "repeats": 3}, full={}),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 

@@ -26,6 +26,10 @@ SMC word step re-sends the prompt, so equal tokens is conservative for SMC.
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import math
 from pathlib import Path

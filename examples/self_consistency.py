@@ -23,6 +23,10 @@ read the intervals.
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import math
 import re

@@ -25,6 +25,10 @@ path-counting growth of log-sum-exp. Every distinct finished game found is retur
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import itertools
 import math

@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,6 +29,9 @@ from swarm.population import STATUS_CODES
 from swarm.population import ess as population_ess
 from swarm.result import Diagnostics, Result
 from swarm.runtimes import Runtime, make_runtime
+
+if TYPE_CHECKING:
+    from policies.streaming import RunStream
 
 
 class Budget(BaseModel):
@@ -222,6 +225,18 @@ class Policy(BaseModel, abc.ABC):
         coroutine.close()
         raise RuntimeError(f"{type(self).__name__}.{method}() was called inside a running event loop; "
                            f"use `await {type(self).__name__}.{method}_async(...)` there")
+
+    def stream(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> "RunStream":
+        """Run `program(*args, **kwargs)` as an iterator of typed events (`async for`, or a plain `for`
+        outside an event loop): steps with ESS and log Z, the heaviest particle's text as it grows,
+        and last the `Result` (see policies.streaming)."""
+        from policies.streaming import RunStream
+
+        return RunStream(self, program, args, kwargs)
+
+    def stream_async(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The async generator of `stream`'s events; closing it early cancels the run."""
+        return self.stream(program, *args, **kwargs).events()
 
     async def run_async(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
         runtime = make_runtime(self.runtime)

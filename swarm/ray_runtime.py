@@ -28,11 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import math
 import os
 import sys
-import traceback
 import uuid
 import weakref
 from collections import OrderedDict
@@ -41,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.cloudpickle as cloudpickle
 from ray.exceptions import RayError, RayTaskError
 
 from swarm.errors import SwarmError
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.live import LiveExecutions
 from swarm.gc_tuning import relaxed_gc
+from swarm.remote_errors import RemoteError, capture_error, rebuild_error
 from swarm.runtimes import Runtime
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
 
@@ -115,59 +113,7 @@ def register_serializers() -> None:
     ray.util.register_serializer(SegmentTask, serializer=encode_task, deserializer=decode_task)
 
 
-# -- errors on the wire -------------------------------------------------------------------------
-@dataclasses.dataclass
-class RemoteError:
-    """An exception raised in a worker, in a form that always crosses the process boundary."""
-
-    module: str
-    qualname: str
-    message: str
-    traceback: str
-    where: str
-    pickled: bytes | None = None
-    """The exception itself, when it survives a pickle round trip unchanged."""
-
-
-def capture_error(exc: BaseException, where: str) -> RemoteError:
-    """Package `exc` for the driver."""
-    cls = type(exc)
-    text = "".join(traceback.format_exception(exc))
-    err = RemoteError(cls.__module__, cls.__qualname__, str(exc), text, where)
-    with contextlib.suppress(Exception):
-        blob = cloudpickle.dumps(exc)
-        copy = cloudpickle.loads(blob)
-        if type(copy) is cls and str(copy) == str(exc):
-            err.pickled = blob
-    return err
-
-
-def rebuild_error(err: RemoteError) -> BaseException:
-    """The driver-side exception: the original type and message, plus a note with the remote
-    traceback. A type that cannot be rebuilt becomes a `SegmentWorkerError`."""
-    exc: BaseException | None = None
-    if err.pickled is not None:
-        with contextlib.suppress(Exception):
-            exc = cloudpickle.loads(err.pickled)
-    if exc is None:
-        exc = _instantiate(err)
-    exc.add_note(f"raised in {err.where}; remote traceback:\n{err.traceback}")
-    return exc
-
-
-def _instantiate(err: RemoteError) -> BaseException:
-    """Build an instance of the named exception class without calling its __init__."""
-    try:
-        cls: Any = importlib.import_module(err.module)
-        for part in err.qualname.split("."):
-            cls = getattr(cls, part)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            exc = cls.__new__(cls)
-            exc.args = (err.message,)
-            return exc
-    except Exception:  # noqa: BLE001 - fall through to the generic error
-        pass
-    return SegmentWorkerError(f"{err.qualname}: {err.message}")
+# -- errors on the wire: swarm.remote_errors (Ray-free, shared with the agents' actors) --------------
 
 
 def _unwrap_ray_error(exc: RayError) -> BaseException:

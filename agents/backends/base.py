@@ -115,11 +115,15 @@ class Completion(BaseModel):
 
 
 class BackendError(ParticleLost):
-    """A backend call failed for good (after retries, or a non-retryable 4xx). Raised inside a
-    particle, it *loses* that particle (missing data, not evidence: docs/theory.md §3.3)."""
+    """A backend call failed for good (after retries, or a non-retryable 4xx).
 
-    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False) -> None:
-        super().__init__(message)
+    A `swarm.ParticleLost`: raised inside a program it marks the particle *lost* to the
+    infrastructure (missing data, left out of Ẑ), not *killed* by the target (docs/theory.md §3.4).
+    `source` names the backend when the raiser knows it."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False,
+                 source: str = "") -> None:
+        super().__init__(message, source=source)
         self.status_code = status_code
         self.retryable = retryable
 

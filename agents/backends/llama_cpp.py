@@ -288,6 +288,18 @@ class LlamaCpp(Backend):
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the settings, not the loaded model or locks: a backend shipped to a Ray actor
+        (`Agent(backend=LlamaCpp(...), hosting=RayHosting(...))`) loads its own model there."""
+        keep = ("model_path", "model", "n_ctx", "n_threads", "seed", "chat_format", "verbose", "_seed_rng")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._async_locks = weakref.WeakKeyDictionary()
+        self._llm = None
+
     # ----------------------------------------------------------------- prompt and KV cache
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """The token ids the model is conditioned on: chat template (or raw prompt) + assistant_prefix."""
