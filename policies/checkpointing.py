@@ -77,8 +77,6 @@ class RunCheckpoints:
         state = checkpointer.load()
         where = checkpointer.population_path
         header = state.header
-        if type(policy)._run is not _smc_class()._run:
-            raise CheckpointError(where, f"{type(policy).__name__} overrides SMC._run and does not support resume")
         if header.policy != type(policy).__name__:
             raise CheckpointError(where, f"written by {header.policy}, cannot be resumed by {type(policy).__name__}")
         if policy.seed is not None and policy.seed != header.seed:
@@ -123,12 +121,6 @@ class RunCheckpoints:
             return False
         ctx.diagnostics.stopped_by = None
         return ctx.out_of_budget() is not None
-
-
-def _smc_class() -> Any:
-    from policies.smc import SMC
-
-    return SMC
 
 
 __all__ = ["RunCheckpoints", "result_settings", "Path"]

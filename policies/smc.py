@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr
 
 from policies.base import Policy, RunContext
 from policies.checkpointing import RunCheckpoints
-from swarm.checkpoint import PopulationCheckpoint
+from swarm.checkpoint import CheckpointError, PopulationCheckpoint
 from swarm.coordinator import Coordinator, StepOutcome
 from swarm.execution import Segment, SegmentTask
 from swarm.result import Result, StepStats
@@ -97,6 +97,8 @@ class SMC(Policy):
 
     async def resume_async(self, directory: str | os.PathLike[str], program: Callable[..., Any], *args: Any,
                            **kwargs: Any) -> Result:
+        if type(self)._run is not SMC._run:
+            raise CheckpointError(Path(directory), f"{type(self).__name__} overrides SMC._run and does not support resume")
         state = RunCheckpoints.load(self, directory, program)
         policy = self.model_copy(update={"checkpoint": Path(directory), "seed": state.seed})
         policy._resume_state = state

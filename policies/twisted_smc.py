@@ -71,7 +71,7 @@ class TwistedSMC(SMC):
 
     Mechanism: the core's shaping-factor machinery. A `Segment`'s log weight is its target weight
     plus its current twist; after each step the critic's value is added to the twist of every running
-    segment (on top of any shaping factor of the program's own), and `ParticlePopulation.update`
+    segment (on top of any shaping factor of the program's own), and `Population.update`
     takes increments of that total, so the telescoping is the same one `factor(..., shaping=True)`
     gets. Post-processing segments (rather than a handler emitting factors) evaluates the critic once
     per particle and step, only where the particle stops, and lets it be asynchronous (an LLM judge)

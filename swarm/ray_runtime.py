@@ -46,7 +46,7 @@ from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.live import LiveExecutions
 from swarm.gc_tuning import relaxed_gc
 from swarm.remote_errors import RemoteError, capture_error, rebuild_error
-from swarm.runtimes import Runtime
+from swarm.runtime_api import Runtime
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
