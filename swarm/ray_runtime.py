@@ -192,6 +192,8 @@ class SegmentWorker:
         self.index = index
         self.max_runners = max_runners
         self.runners: OrderedDict[str, WorkerExecutions] = OrderedDict()
+        self.done = {"tasks": 0, "continued": 0}
+        """Counts of the runners already released (their runs are over)."""
         with contextlib.suppress(Exception):  # outside Ray (unit use) there is nothing to register
             register_serializers()
 
@@ -203,8 +205,9 @@ class SegmentWorker:
     def stats(self) -> dict[str, int]:
         """Tasks run, tasks that continued a kept execution, executions held now."""
         hosted = list(self.runners.values())
-        return {"runners": len(hosted), "tasks": sum(h.tasks for h in hosted),
-                "continued": sum(h.continued for h in hosted), "live": sum(len(h) for h in hosted)}
+        return {"runners": len(hosted), "tasks": self.done["tasks"] + sum(h.tasks for h in hosted),
+                "continued": self.done["continued"] + sum(h.continued for h in hosted),
+                "live": sum(len(h) for h in hosted)}
 
     async def run_chunk(self, token: str, boxed_state: list, epoch: int,
                         tasks: list[SegmentTask]) -> tuple[str, Any]:
@@ -225,7 +228,12 @@ class SegmentWorker:
     async def release(self, token: str) -> None:
         hosted = self.runners.pop(token, None)
         if hosted is not None:
-            hosted.close()
+            self._retire(hosted)
+
+    def _retire(self, hosted: WorkerExecutions) -> None:
+        self.done["tasks"] += hosted.tasks
+        self.done["continued"] += hosted.continued
+        hosted.close()
 
     async def _hosted(self, token: str, boxed_state: list) -> WorkerExecutions:
         hosted = self.runners.get(token)
@@ -237,7 +245,7 @@ class SegmentWorker:
             if hosted is None:
                 hosted = self.runners[token] = WorkerExecutions(state)
                 while len(self.runners) > self.max_runners:
-                    self.runners.popitem(last=False)[1].close()
+                    self._retire(self.runners.popitem(last=False)[1])
         self.runners.move_to_end(token)
         return hosted
 
