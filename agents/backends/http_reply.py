@@ -33,12 +33,12 @@ def parse_choice(backend: "OpenAICompatible", kind: str, choice: dict[str, Any],
     continues a word chunk that already holds content (see `http_words`)."""
     if kind == "chat":
         message = choice.get("message") or {}
-        text, toks = message.get("content") or "", chat_tokens(choice)
+        text, toks = message.get("content") or "", chat_tokens(choice) if want else None
         tool_calls = [ToolCall(id=t.get("id") or "", name=t["function"]["name"],
                                arguments=t["function"].get("arguments") or "")
                       for t in (message.get("tool_calls") or []) if t.get("function")]
-    else:
-        text, toks, tool_calls = choice.get("text") or "", completion_tokens(choice), []
+    else:  # logprobs a server sends unasked are ignored: "absent" means not requested, always
+        text, toks, tool_calls = choice.get("text") or "", completion_tokens(choice) if want else None, []
     finish, unit = choice.get("finish_reason"), request.settings.unit
     if toks is None:
         if want and text and backend.require_logprobs:
@@ -75,8 +75,8 @@ def _without_logprobs(text: str, finish: str | None, unit: str, choice: dict[str
         text, finish = text + "\n", "unit"
     elif unit == "token" and finish == "length":
         finish = "unit"
-    return OpenAICompletion(text=text, tokens=[], token_logprobs=[], base_token_logprobs=None,
-                            finish_reason=finish, backend=name, tool_calls=tool_calls, log_q_quality="absent")
+    return OpenAICompletion(text=text, finish_reason=finish, backend=name, tool_calls=tool_calls,
+                            log_q_quality="absent")
 
 
 def _logprob_fields(reported_kind: str, s: GenerationSettings, reported: list[float], stop: float
