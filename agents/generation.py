@@ -91,10 +91,9 @@ class Generation(Distribution):
         if target is None or completion.log_q_quality == "absent":
             raise GenerationError(f"{where} needs base-model log-probabilities, which backend {backend!r} did not "
                                   "report for this request")
-        q_is_p = (completion.token_logprobs == completion.base_token_logprobs
-                  and completion.stop_log_prob == (getattr(completion, "base_stop_log_prob", None) or 0.0))
-        if completion.log_q_quality == "estimated" and not q_is_p:
-            s = self.request.settings
+        s = self.request.settings
+        q_is_p = s.temperature == 1 and s.top_p == 1 and self.request.response_format is None
+        if completion.log_q_quality == "estimated" and not q_is_p:  # with q = p an estimate cancels out
             raise GenerationError(
                 f"{where}: backend {backend!r} reports only an estimate of log q at temperature={s.temperature:g}, "
                 f"top_p={s.top_p:g}{', response_format' if self.request.response_format else ''}, so the weight "

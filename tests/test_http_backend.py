@@ -249,3 +249,40 @@ def test_pool_keeps_connections_alive_and_bounded():
             return b._pool.opened
 
         assert run(waves()) <= 8  # 96 requests over at most 8 connections
+
+
+# ---- what a generation asks for, records and refuses --------------------------------------------
+def _one_sample(backend, target="proposal", **settings):
+    import policies
+    from agents import Agent
+    from swarm import sample
+
+    agent = Agent(name="writer", backend=backend, target=target)
+
+    async def program():
+        return await sample("w", agent.generate(raw_prompt="Q:", **settings))
+
+    result = policies.Importance(num_particles=1, seed=0).run(program)
+    return next(e for e in result.particles[0].trace.events if e.type == "sample")
+
+
+def test_sample_events_record_log_q_quality_and_tokens_generated_vs_kept():
+    with FaultServer(reply="Hello world again") as srv:
+        b = OpenAICompatible(srv.base_url, "m", mode="completions", **FAST)
+        word = _one_sample(b, unit="word")
+        base = _one_sample(b, target="base", temperature=1.0, unit="word")
+    assert "logprobs" not in srv.requests[0]["body"] and "logprobs" in srv.requests[1]["body"]
+    assert word.info["log_q"] == "absent" and word.info["tokens_generated"] == 3 and word.info["tokens_kept"] == 0
+    assert base.info["log_q"] == "estimated" and base.info["tokens_generated"] == 3 and base.info["tokens_kept"] == 1
+    assert base.target_log_prob == pytest.approx(base.log_prob)  # T = 1: p = q, the estimate cancels
+
+
+def test_target_base_with_an_estimated_log_q_is_refused_naming_agent_and_setting():
+    from agents.generation import GenerationError
+
+    with FaultServer() as srv:
+        b = OpenAICompatible(srv.base_url, "m", mode="completions", **FAST)
+        with pytest.raises(GenerationError, match=r"agent 'writer'.*temperature=0\.7"):
+            _one_sample(b, target="base", temperature=0.7)
+        greedy = _one_sample(b, target="base", temperature=0.0)  # q is a point mass: exact
+    assert greedy.info["log_q"] == "exact" and greedy.log_prob == 0.0 and greedy.target_log_prob == -1.5
