@@ -11,7 +11,8 @@ Log-probabilities are asked of the backend (`GenerationRequest.log_q = "required
 weight needs them: `target="base"`, or a policy that scores traces by log q and says so with
 `run_scope()[NEEDS_LOG_Q] = True`. The sample event's info records `log_q` (the completion's
 `log_q_quality`: "exact", "estimated" or "absent") and `tokens_generated` vs `tokens_kept` (a
-chunk's look-ahead beyond its boundary is generated, not kept). A weight that needs what the backend
+chunk's look-ahead beyond its boundary is generated, not kept; kept is None when the backend
+returned no token pieces, i.e. without log-probabilities). A weight that needs what the backend
 could not give (base log p missing; log q only estimated while p ≠ q) raises `GenerationError`
 naming the agent and the setting at fault, never a silently wrong weight.
 """
@@ -77,7 +78,7 @@ class Generation(Distribution):
         completion = await client_for(self.agent).complete(request)
         info = completion_info(self.agent, request, completion, started, self.agent.backend_name())
         info.update(log_q=completion.log_q_quality, tokens_generated=completion.usage.output_tokens,
-                    tokens_kept=len(completion.tokens))
+                    tokens_kept=len(completion.tokens) if completion.tokens or not completion.text else None)
         if completion.tool_calls:
             info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
         target = self._base_log_prob(completion, info["backend"]) if self.target == "base" else None

@@ -272,7 +272,7 @@ def test_sample_events_record_log_q_quality_and_tokens_generated_vs_kept():
         word = _one_sample(b, unit="word")
         base = _one_sample(b, target="base", temperature=1.0, unit="word")
     assert "logprobs" not in srv.requests[0]["body"] and "logprobs" in srv.requests[1]["body"]
-    assert word.info["log_q"] == "absent" and word.info["tokens_generated"] == 3 and word.info["tokens_kept"] == 0
+    assert word.info["log_q"] == "absent" and word.info["tokens_generated"] == 3 and word.info["tokens_kept"] is None
     assert base.info["log_q"] == "estimated" and base.info["tokens_generated"] == 3 and base.info["tokens_kept"] == 1
     assert base.target_log_prob == pytest.approx(base.log_prob)  # T = 1: p = q, the estimate cancels
 
