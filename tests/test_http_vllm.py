@@ -63,12 +63,13 @@ def test_vllm_siblings_go_out_as_one_request_with_n_and_independent_seeds(vllm_u
 
     group = run(step([101, 102, 103, 104]))
     again = run(step([104, 103, 102, 101]))
-    solo = run(step([101]))[0]
-    assert b.stats()["requests"] == 3 and b.stats()["calls"] == 9  # two groups of 4 and one single
+    assert b.stats()["requests"] == 2 and b.stats()["calls"] == 8  # each group of 4 was one request
     texts = [c.text for c in group]
     assert len(set(texts)) >= 3, texts  # distinct draws (identical 8-token draws at T=1 are rare)
     assert [c.text for c in again] == texts[::-1]  # same seeds, same answers, whatever the order
-    assert solo.text == group[0].text  # vLLM seeds the i-th of n with seed + i: the lead is unchanged
+    # (not compared: a request alone with the lead seed s. vLLM seeds the i-th of n with s + i, yet
+    # a batch of 4 is decoded with other bfloat16 numerics than a batch of 1: measured, the two
+    # drew the same first 3 tokens, then diverged)
 
 
 def test_vllm_logprobs_are_the_models_and_requested_only_when_needed(vllm_url):

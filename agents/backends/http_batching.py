@@ -6,9 +6,10 @@ turn of the event loop and differ only in their seed leave as *one* request with
 (at most `MAX_N`): the prompt is sent, tokenised and prefilled once. The engine never sees it.
 
 Seeds: the group's request carries the smallest of its seeds s (none if any request is unseeded);
-vLLM seeds the i-th of n samples with s + i, so the group's samples are independent draws, and the
-request holding s gets exactly what it would have got alone. The choices go to the requests in
-increasing seed order, so the same set of requests gets the same answers. Requests that differ in
+vLLM seeds the i-th of n samples with s + i, so the group's samples are independent draws. The
+choices go to the requests in increasing seed order, so the same set of requests gets the same
+answers (as far as the server is deterministic: vLLM's numerics depend on the batch a sequence is
+decoded in, so a request sent alone with seed s may draw other tokens than the group's first). Requests that differ in
 anything else (prompt, prefix, settings) are *not* merged into one list-of-prompts request: vLLM
 seeds every prompt of a list with the same seed, which would correlate particles.
 """
