@@ -16,7 +16,7 @@ so the sides alternate problem by problem (plp-swarm, then its-hub, on problem 1
 both meet the same load; the ratios are of rates and of seconds per problem. plp-swarm requests no
 log-probabilities here (no program's weight needs them) and draws words with a 3-token look-ahead.
 
-    python -m bench.peer_its_hub [--problems 4] [--n 6]
+    python -m bench.peer_its_hub [--problems 4] [--n 6] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -110,10 +110,16 @@ def _cut_sentence(text: str) -> str:
 
 
 def _stats(outs: list[dict]) -> tuple[float, str, float, float]:
-    k, n = sum(o["ok"] for o in outs), len(outs)
+    """Success (first repeat of each problem: plp-swarm's runs are seeded, so repeats would only
+    copy them), mean tokens, and seconds per problem: the mean over problems of the median over
+    repeats (repeats absorb the shared machine's load swings)."""
+    first = [o for o in outs if o.get("repeat", 0) == 0]
+    k, n = sum(o["ok"] for o in first), len(first)
     lo, hi = wilson(k, n)
-    tokens = sum(o["tokens"] for o in outs) / max(n, 1)
-    seconds = sum(o["seconds"] for o in outs) / max(n, 1)
+    tokens = sum(o["tokens"] for o in first) / max(n, 1)
+    reps = max(1, len(outs) // max(n, 1))
+    per_problem = [sorted(o["seconds"] for o in outs[i * reps:(i + 1) * reps]) for i in range(n)]
+    seconds = sum(s[len(s) // 2] for s in per_problem) / max(n, 1)
     return k / max(n, 1), f"{k}/{n} {fmt_interval(lo, hi)}", tokens, seconds
 
 
@@ -134,7 +140,7 @@ def compare(ours: dict, theirs: dict, version: str, n: int) -> list[dict]:
     return rows
 
 
-def run(problems: int = 4, n: int = 6) -> list[dict]:
+def run(problems: int = 4, n: int = 6, repeats: int = 1) -> list[dict]:
     sys.path.insert(0, str(tasks.__file__).rsplit("/bench/", 1)[0])
     from agents.backends.embedded import embedded_model_path
     from tests.llama_server import start_llama_server
@@ -148,14 +154,15 @@ def run(problems: int = 4, n: int = 6) -> list[dict]:
     with start_llama_server(embedded_model_path(), extra_args=("--n_threads", "1", "--n_threads_batch", "1",
                                                                "--n_ctx", "2048")) as (base_url, _):
         for i in range(problems):  # alternate the sides problem by problem: both meet the same load
-            progress(f"peer its-hub: problem {i + 1}/{problems}, plp-swarm side, N={n}")
-            _extend(ours, _ours(base_url, i, 1, n))
-            progress(f"peer its-hub: problem {i + 1}/{problems}, its-hub side (.venv-bench subprocess)")
-            raw = run_peer("its_hub_side.py", ["--base-url", base_url, "--problems", "1", "--n", str(n),
-                                               "--start", str(i)], timeout=1800)
-            peer = json.loads(raw.strip().splitlines()[-1])
-            version = peer.pop("version")
-            _extend(theirs, peer)
+            for r in range(repeats):
+                progress(f"peer its-hub: problem {i + 1}/{problems} (repeat {r + 1}/{repeats}), plp-swarm side, N={n}")
+                _extend(ours, _ours(base_url, i, 1, n), repeat=r)
+                progress(f"peer its-hub: problem {i + 1}/{problems} (repeat {r + 1}/{repeats}), its-hub side")
+                raw = run_peer("its_hub_side.py", ["--base-url", base_url, "--problems", "1", "--n", str(n),
+                                                   "--start", str(i)], timeout=1800)
+                peer = json.loads(raw.strip().splitlines()[-1])
+                version = peer.pop("version")
+                _extend(theirs, peer, repeat=r)
         cost = logprob_cost(base_url)
     for o in theirs["sentence"]["ParticleFiltering"]:
         o["answer"] = _cut_sentence(o["answer"])
@@ -163,18 +170,19 @@ def run(problems: int = 4, n: int = 6) -> list[dict]:
     return compare(ours, theirs, version, n) + [cost]
 
 
-def _extend(into: dict, more: dict) -> None:
+def _extend(into: dict, more: dict, repeat: int = 0) -> None:
     for task, by_policy in more.items():
         for name, outcomes in by_policy.items():
-            into[task][name] += outcomes
+            into[task][name] += [{**o, "repeat": repeat} for o in outcomes]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=4)
     parser.add_argument("--n", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side per problem, alternated")
     args = parser.parse_args(argv)
-    rows = run(args.problems, args.n)
+    rows = run(args.problems, args.n, args.repeats)
     for r in rows:
         print(f"{r['case']:<80} {r['value']:.2f} vs {r['baseline']:.2f}  {r['note']}")
     return rows
