@@ -204,10 +204,11 @@ def profile(n: int, top: int = 25) -> dict[str, float]:
     """CPU seconds of one SMC-over-HTTP run by module group, and the top functions (printed)."""
     import cProfile
     import pstats
+    import time
 
     with start_fake_endpoint(LATENCY_S) as base_url:
         _smc(_http_backend(base_url, n), n)  # warm-up
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)  # CPU time: a loaded machine's preemptions are not charged
         prof.enable()
         _smc(_http_backend(base_url, n), n)
         prof.disable()
