@@ -107,19 +107,22 @@ class HttpPool:
                 raise HttpTransportError(f"request timed out after {self.timeout:g}s", timed_out=True) from None
 
     async def _exchange_with_retry(self, data: bytes) -> HttpReply:
-        conn, reused = await self._take()
+        conn = self._take_idle()
+        if conn is None:
+            return await self._exchange(await self._open(), data, reused=False)
         try:
-            return await self._exchange(conn, data, reused)
+            return await self._exchange(conn, data, reused=True)
         except _Stale:
             return await self._exchange(await self._open(), data, reused=False)
 
-    async def _take(self) -> tuple[_Conn, bool]:
+    def _take_idle(self) -> _Conn | None:
+        """The most recently used idle connection the server has not closed, if any."""
         while self._idle:
             conn = self._idle.pop()
             if not conn.reader.at_eof() and not conn.writer.is_closing():
-                return conn, True
+                return conn
             conn.close()
-        return await self._open(), False
+        return None
 
     async def _open(self) -> _Conn:
         try:
