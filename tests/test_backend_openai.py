@@ -322,7 +322,8 @@ def _assert_real(c, greedy: bool):
 
 
 def _plain(base_url: str, **kw) -> OpenAICompatible:
-    return OpenAICompatible(base_url, "smollm2", timeout=120, max_retries=1, extra_body=LLAMA_CPP_PLAIN_SAMPLING, **kw)
+    return OpenAICompatible(base_url, "smollm2", timeout=120, max_retries=1, extra_body=LLAMA_CPP_PLAIN_SAMPLING,
+                            **{**LOGPROBS, **kw})
 
 
 @pytest.mark.server
