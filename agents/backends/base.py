@@ -59,6 +59,11 @@ class GenerationRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     """OpenAI-format tool schemas ({"type": "function", "function": {...}})."""
     response_format: dict[str, Any] | None = None
+    log_q: Literal["optional", "required"] = "optional"
+    """"required": the site's weight needs log q and log p of the completion (`target="base"`, or a
+    policy that scores traces by log q), so the backend must report them; "optional": up to the
+    backend (HTTP backends then skip log-probabilities, which cost the server; `LlamaCpp` always
+    computes them)."""
 
     @model_validator(mode="after")
     def _one_input(self) -> "GenerationRequest":
@@ -97,6 +102,10 @@ class Completion(BaseModel):
     model: str = ""
     backend: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    log_q_quality: Literal["exact", "estimated", "absent"] = "exact"
+    """How far `token_logprobs`/`stop_log_prob` are log q of what was drawn: "exact"; "estimated"
+    (e.g. a server's raw-model log-probabilities at temperature != 1, or a word boundary's mass
+    estimated from top-k log-probabilities); "absent" (not requested: `log_prob` is 0, a placeholder)."""
     served_by: dict[str, Any] | None = None
     """Where the call ran, when a Ray actor served it: node_id, actor_id, replica, pid (the sample
     event's info carries it as `served_by`, so the global trace shows where every call ran)."""
