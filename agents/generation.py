@@ -10,6 +10,7 @@ sampled from. With `target="base"` the site's model distribution is the base mod
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -61,10 +62,30 @@ class Generation(Distribution):
         info = completion_info(self.agent, request, completion, started, self.agent.backend_name())
         if completion.tool_calls:
             info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
+        report = self._constraint_report(completion, info)
         target = None
         if self.target == "base":
             target = completion.base_log_prob
             if target is None:
                 raise GenerationError(f"agent {self.agent.name!r}: target='base' needs base-model log-probabilities, "
                                       f"which backend {info['backend']!r} did not report for this request")
+            if report is not None and report.weights != "unavailable":
+                target = -math.inf if report.log_weight == -math.inf else target + report.log_potential
+        elif report is not None and report.weights != "unavailable":
+            target = completion.log_prob + report.log_weight
         return Draw(value=completion.text, log_prob=completion.log_prob, target_log_prob=target, info=info)
+
+    def _constraint_report(self, completion: Any, info: dict[str, Any]) -> Any:
+        """The constraint's weight correction, recorded in the sample event's info (never dropped:
+        a backend that ignored the constraint is an error, not an unconstrained sample).
+
+        Target "proposal": log p(site) = log q_C(text) + Σ log Z, the proposal restricted to the
+        constraint (weight: Σ log Z). Target "base": log p(text) + log Φ(text)/Φ(prefix)."""
+        if self.request.constraint is None:
+            return None
+        report = completion.constraint
+        if report is None:
+            raise GenerationError(f"agent {self.agent.name!r}: backend {info['backend']!r} did not apply the constraint "
+                                  f"{self.request.constraint.describe()} (it does not support token-level constraints)")
+        info["constraint"] = {**report.model_dump(), "log_weight": report.log_weight}
+        return report
