@@ -50,6 +50,7 @@ class Guide:
         self.exact_states = [s for s in states if s.exact]
         self.sampled_states = [s for s in states if not s.exact]
         self.exact = not self.sampled_states
+        self.awrs_runs = max([getattr(s, "awrs_runs", 1) for s in self.sampled_states], default=1)
         self.log_masses: list[float] = []
         self.log_potential = 0.0
         self.dead = False
@@ -98,12 +99,37 @@ class Guide:
             tok = inverse_cdf(row, log_mass, float(rng.random()))
             self._last_row, self._last_phi = row, phi
             return self._record(GuidedDraw(tok, float(row[tok]) - log_mass, log_mass, float(phi[tok]), True))
-        tok, log_w, calls = awrs(row - log_mass, self._accept, rng)
-        log_phi = float(phi[tok]) + sum(s.log_phi(tok) for s in self.sampled_states if not s.boolean)
-        log_mass += log_w + (log_phi - float(phi[tok]))
-        if log_mass == -math.inf:
+        tok, log_w = self._awrs(row - log_mass, rng)
+        if log_w == -math.inf:
             return self._record(GuidedDraw(-1, -math.inf, -math.inf, -math.inf, False))
+        log_phi = float(phi[tok]) + self._soft_log_phi(tok)
+        log_mass += log_w
         return self._record(GuidedDraw(tok, float(logq[tok]) + log_phi - log_mass, log_mass, log_phi, False))
+
+    def _soft_log_phi(self, token: int) -> float:
+        return sum(s.log_phi(token) for s in self.sampled_states if not s.boolean)
+
+    def _awrs(self, logps: np.ndarray, rng: np.random.Generator) -> tuple[int, float]:
+        """`runs` independent AWRS draws (condition checks cached), each weighted by the soft
+        estimated parts' φ; one is kept with probability ∝ its weight and the weight is their mean:
+        (token, log ŵ) stays properly weighted (E[ŵ·1[t = v]] = q(v)φ(v)) with runs× less variance."""
+        seen: dict[int, bool] = {}
+
+        def accept(tok: int) -> bool:
+            if tok not in seen:
+                seen[tok] = self._accept(tok)
+            return seen[tok]
+
+        draws = []
+        for _ in range(self.awrs_runs):
+            tok, log_w, _ = awrs(logps, accept, rng)
+            draws.append((tok, log_w + self._soft_log_phi(tok) if log_w > -math.inf else -math.inf))
+        log_ws = np.array([w for _, w in draws])
+        total = logsumexp(log_ws)
+        if total == -math.inf:
+            return draws[0][0], -math.inf
+        pick = draws[inverse_cdf(log_ws, total, float(rng.random()))][0] if len(draws) > 1 else draws[0][0]
+        return pick, total - math.log(len(draws))
 
     def _greedy(self, logq: np.ndarray, phi: np.ndarray, scores: np.ndarray) -> GuidedDraw:
         for tok in np.argsort(-np.where(phi > -math.inf, scores, -math.inf), kind="stable"):

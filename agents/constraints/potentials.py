@@ -35,6 +35,9 @@ class Potential(Constraint):
 
     exact = False
     boolean = False
+    awrs_runs: int = 4
+    """Estimated parts: independent AWRS draws averaged per token (more runs: less weight variance,
+    more candidate checks; the checks are cached across the runs of one token)."""
 
     def describe(self) -> str:
         cls = type(self)
@@ -73,6 +76,7 @@ class PotentialState(TokenState):
         self.bound = bound
         self.exact = bound.potential.exact
         self.boolean = bound.potential.boolean
+        self.awrs_runs = max(1, int(bound.potential.awrs_runs))
         self.data = prefix
         self.log_here = safe_log(bound.value(decode(prefix), end=False))
         self._row: np.ndarray | None = None
@@ -109,10 +113,11 @@ class PrefixPredicate(Potential):
 
     boolean = True
 
-    def __init__(self, fn: Callable[[str], bool], complete: Callable[[str], bool] | None, name: str | None) -> None:
+    def __init__(self, fn: Callable[[str], bool], complete: Callable[[str], bool] | None, name: str | None,
+                 awrs_runs: int = 4) -> None:
         if not callable(fn) or (complete is not None and not callable(complete)):
             raise ConstraintError("prefix: give a callable text -> bool (and optionally complete=callable)")
-        self.fn, self.complete_fn = fn, complete
+        self.fn, self.complete_fn, self.awrs_runs = fn, complete, awrs_runs
         self.name = name or f"{_code_name(fn)}" + (f", complete={_code_name(complete)}" if complete else "")
 
     def describe(self) -> str:
@@ -138,9 +143,10 @@ def _code_name(fn: Callable) -> str:
 
 
 def prefix(fn: Callable[[str], bool], *, complete: Callable[[str], bool] | None = None,
-           name: str | None = None) -> PrefixPredicate:
+           name: str | None = None, awrs_runs: int = 4) -> PrefixPredicate:
     """A hard constraint from a predicate on the reply so far: fn(text) answers "can this prefix
     still be completed?" (it must stay False once False); `complete(text)` (default: fn) decides
     whether a finished reply is acceptable. Checked only on the candidates AWRS visits, so the
-    weights are estimated (unbiased); `name` sets its description (the cache key) explicitly."""
-    return PrefixPredicate(fn, complete, name)
+    weights are estimated (unbiased); `name` sets its description (the cache key) explicitly;
+    `awrs_runs` AWRS draws are averaged per token (see `Potential.awrs_runs`)."""
+    return PrefixPredicate(fn, complete, name, awrs_runs)
