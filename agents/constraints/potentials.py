@@ -127,7 +127,7 @@ class PrefixPredicate(Potential):
         return 1.0 if self.fn(text) else 0.0
 
     def complete(self, text: str) -> float:
-        return 1.0 if (self.complete_fn or self.fn)(text) else 0.0
+        return 1.0 if self.fn(text) and (self.complete_fn is None or self.complete_fn(text)) else 0.0
 
 
 def _code_name(fn: Callable) -> str:
@@ -145,8 +145,8 @@ def _code_name(fn: Callable) -> str:
 def prefix(fn: Callable[[str], bool], *, complete: Callable[[str], bool] | None = None,
            name: str | None = None, awrs_runs: int = 4) -> PrefixPredicate:
     """A hard constraint from a predicate on the reply so far: fn(text) answers "can this prefix
-    still be completed?" (it must stay False once False); `complete(text)` (default: fn) decides
-    whether a finished reply is acceptable. Checked only on the candidates AWRS visits, so the
+    still be completed?" (it must stay False once False); a finished reply must satisfy fn and, when
+    given, `complete(text)`. Checked only on the candidates AWRS visits, so the
     weights are estimated (unbiased); `name` sets its description (the cache key) explicitly;
     `awrs_runs` AWRS draws are averaged per token (see `Potential.awrs_runs`)."""
     return PrefixPredicate(fn, complete, name, awrs_runs)
