@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -46,6 +47,7 @@ from pydantic import SecretStr
 from agents.backends.base import (
     Backend, BackendError, Completion, GenerationRequest, GenerationSettings, ToolCall, Usage,
 )
+from agents.constraints.report import ConstraintReport
 from agents.secrets import MASK, redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,8 @@ class OpenAICompatible(Backend):
                  backoff_base: float = 0.25, backoff_max: float = 8.0, max_concurrency: int = 16,
                  top_logprobs: int = 0, n_supported: bool = False,
                  reported_logprobs: Literal["raw", "proposal"] = "raw", require_logprobs: bool = True,
-                 retry_seed: int = 0, extra_body: dict[str, Any] | None = None) -> None:
+                 retry_seed: int = 0, extra_body: dict[str, Any] | None = None,
+                 constraints: Literal["llama.cpp", "vllm"] | None = None) -> None:
         _check(mode in ("chat", "completions"), "mode", mode, "must be 'chat' or 'completions'")
         _check(reported_logprobs in ("raw", "proposal"), "reported_logprobs", reported_logprobs,
                "must be 'raw' or 'proposal'")
@@ -124,6 +127,8 @@ class OpenAICompatible(Backend):
         self.max_concurrency, self.top_logprobs = int(max_concurrency), int(top_logprobs)
         self.n_supported, self.reported_logprobs = n_supported, reported_logprobs
         self.require_logprobs, self.extra_body = require_logprobs, dict(extra_body or {})
+        _check(constraints in (None, "llama.cpp", "vllm"), "constraints", constraints, "must be None, 'llama.cpp' or 'vllm'")
+        self.constraints = constraints
         self._rng = random.Random(retry_seed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: openai.AsyncOpenAI | None = None
@@ -153,7 +158,8 @@ class OpenAICompatible(Backend):
     def proposal_logprobs_exact(self, request: GenerationRequest | GenerationSettings) -> bool:
         """Whether `token_logprobs` are exactly log q for this request (see the module docstring)."""
         s = request.settings if isinstance(request, GenerationRequest) else request
-        constrained = isinstance(request, GenerationRequest) and request.response_format is not None
+        constrained = isinstance(request, GenerationRequest) and (request.response_format is not None
+                                                                  or request.constraint is not None)
         if s.temperature == 0 or self.reported_logprobs == "proposal":
             return True
         return s.temperature == 1 and s.top_p == 1 and not constrained
@@ -223,9 +229,32 @@ class OpenAICompatible(Backend):
         if request.seed is not None:
             kwargs["seed"] = request.seed
         kwargs["extra_body"] = dict(self.extra_body)
+        if request.constraint is not None:
+            self._constraint_fields(request, kwargs)
         if self.mode == "completions":
             return "completions", self._completions_kwargs(request, kwargs, top_k)
         return "chat", self._chat_kwargs(request, kwargs, top_k)
+
+    def _constraint_fields(self, request: GenerationRequest, kwargs: dict[str, Any]) -> None:
+        """Ask the server to enforce `request.constraint` (its guided decoding); the weight correction
+        is then unavailable (servers do not report the allowed mass), recorded as such.
+        llama.cpp server: `grammar` (GBNF) and `json_schema`; vLLM: `guided_regex`, `guided_json`,
+        `guided_grammar`. Anything else (character sets, predicates, potentials) is refused."""
+        c, where = request.constraint, self.constraints
+        kind = getattr(c, "kind", None)
+        spec = json.loads(c.source) if kind else None
+        fields: dict[str, Any] | None = None
+        if where == "vllm" and kind in ("regex", "json_schema", "grammar"):
+            fields = {{"regex": "guided_regex", "json_schema": "guided_json", "grammar": "guided_grammar"}[kind]: spec}
+        elif where == "llama.cpp" and kind == "json_schema":
+            fields = {"json_schema": spec}
+        elif where == "llama.cpp" and kind == "grammar" and "::=" in spec:
+            fields = {"grammar": spec}
+        if fields is None:
+            raise ValueError(f"{self!r} cannot enforce the constraint {c.describe()} "
+                               f"(constraints={where!r}: llama.cpp servers take GBNF grammars and JSON schemas, "
+                               "vLLM regex, JSON schemas and grammars); use LlamaCpp in process, or a guarantee")
+        kwargs["extra_body"].update(fields)
 
     def _completions_kwargs(self, request: GenerationRequest, kwargs: dict[str, Any], top_k: int) -> dict[str, Any]:
         if request.prompt is None:
@@ -350,9 +379,11 @@ class OpenAICompatible(Backend):
         elif newline or (unit == "token" and finish == "length"):
             finish = "unit"
         token_lps, base_lps, stop_q, stop_p = self._logprob_fields(request.settings, [lp for _, lp, _ in toks], stop_lp)
+        report = None if request.constraint is None else ConstraintReport(
+            description=request.constraint.describe(), weights="unavailable", complete=request.constraint.complete(text) > 0)
         return OpenAICompletion(text=text, tokens=pieces, token_logprobs=token_lps, base_token_logprobs=base_lps,
                                 stop_log_prob=stop_q, base_stop_log_prob=stop_p, finish_reason=finish,
-                                backend=self.name, tool_calls=tool_calls)
+                                backend=self.name, tool_calls=tool_calls, constraint=report)
 
     def _logprob_fields(self, s: GenerationSettings, reported: list[float], stop: float
                         ) -> tuple[list[float], list[float] | None, float, float | None]:
