@@ -4,8 +4,8 @@ written so far, so every distribution it defines can be enumerated exactly.
 
 `exact_program(...)` is the same generative process written independently with `Categorical`
 draws, one per token the loop would draw (the boundary token a word chunk draws and discards
-included), and `factor(log φ)` per drawn token from the constraint's *definition* on text
-(`prefix`/`complete`): `policies.Enumerate` on it gives the exact target π(τ)·Φ(τ)/Φ(ε) and Z.
+included), and `factor(log φ)` per kept token (and per kept or final end-of-generation) from the
+constraint's *definition* on text (`prefix`/`complete`); a word chunk's stop is not constrained: `policies.Enumerate` on it gives the exact target π(τ)·Φ(τ)/Φ(ε) and Z.
 """
 
 from __future__ import annotations
@@ -102,13 +102,13 @@ def log_phi(constraint: Any, text: bytes, tok: int) -> float:
 
 def exact_chunk(constraint: Any, text: bytes, unit: str, max_tokens: int, dist: Any, name: str) -> bytes:
     """One generation of LlamaCpp's loop (unit "text" or "word"), written with Categorical draws:
-    the chunk's text. Every drawn token, kept or not, is weighted by φ."""
+    the chunk's text. Every kept token is weighted by φ; a word chunk's stop is not."""
     chunk, in_word = b"", False
     for i in range(max_tokens):
         tok = sample(f"{name}/t{i}", dist(text + chunk))
-        factor(f"{name}/phi{i}", log_phi(constraint, text + chunk, tok))
         if unit == "word" and in_word and BOUNDARY[tok]:
-            break
+            break  # a stop writes no text: the constraint does not apply to it
+        factor(f"{name}/phi{i}", log_phi(constraint, text + chunk, tok))
         if tok == EOS:
             break
         chunk += PIECES[tok]

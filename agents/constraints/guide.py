@@ -59,6 +59,7 @@ class Guide:
         self._last: GuidedDraw | None = None
         self._last_row: np.ndarray | None = None
         self._last_phi: np.ndarray | None = None
+        self._free: np.ndarray | None = None
 
     # ------------------------------------------------------------------ the token-level weights
     def log_phi_row(self) -> np.ndarray:
@@ -78,17 +79,27 @@ class Guide:
         return total
 
     def _accept(self, token: int) -> bool:
+        if self._free is not None and self._free[token]:
+            return True
         self.checks += 1
         return all(s.log_phi(token) > -math.inf for s in self.sampled_states if s.boolean)
 
     # ------------------------------------------------------------------ drawing
-    def draw(self, logq: np.ndarray, rng: np.random.Generator, greedy_scores: np.ndarray | None = None) -> GuidedDraw:
+    def draw(self, logq: np.ndarray, rng: np.random.Generator, greedy_scores: np.ndarray | None = None,
+             free: np.ndarray | None = None) -> GuidedDraw:
         """Draw the next token from q renormalised over the constraint (see the module docstring).
 
         `greedy_scores` (the logits, at temperature 0): the token is the highest-scoring allowed
         one, log q_C = 0, and log_mass = log q(token) + log φ(token), which is −inf unless it is the
-        unconstrained greedy token (the greedy proposal puts no mass anywhere else)."""
+        unconstrained greedy token (the greedy proposal puts no mass anywhere else).
+        `free`: tokens that end the chunk without being kept (a word chunk's boundary tokens): they
+        are drawn with φ = 1, since a stop writes no text (the next chunk draws that position under
+        the constraint), so the chunk's stopping event keeps its unconstrained probability."""
+        self._free = free
         phi = self.log_phi_row()
+        if free is not None:
+            phi = phi.copy()
+            phi[free] = 0.0
         if greedy_scores is not None:
             return self._record(self._greedy(logq, phi, greedy_scores))
         row = logq + phi
@@ -107,6 +118,8 @@ class Guide:
         return self._record(GuidedDraw(tok, float(logq[tok]) + log_phi - log_mass, log_mass, log_phi, False))
 
     def _soft_log_phi(self, token: int) -> float:
+        if self._free is not None and self._free[token]:
+            return 0.0
         return sum(s.log_phi(token) for s in self.sampled_states if not s.boolean)
 
     def _awrs(self, logps: np.ndarray, rng: np.random.Generator) -> tuple[int, float]:
@@ -137,7 +150,7 @@ class Guide:
             if phi[tok] == -math.inf:
                 break
             if self.exact or self._accept(tok):
-                log_phi = self.log_phi(tok)
+                log_phi = 0.0 if self._free is not None and self._free[tok] else self.log_phi(tok)
                 if log_phi == -math.inf:
                     continue
                 return GuidedDraw(tok, 0.0, float(logq[tok]) + log_phi, log_phi, self.exact)
@@ -163,11 +176,11 @@ class Guide:
     def stop_log_probs(self, d: GuidedDraw, logq: np.ndarray, base: np.ndarray,
                        stop_mask: np.ndarray) -> tuple[float, float]:
         """For a chunk that ends because the drawn token `d` lies in `stop_mask` (word chunking; the
-        token is not kept): (log q_C(stop set), the base model's log Σ_{stop set} p·φ).
+        token is not kept, drawn as `free`): (log q_C(stop set), the base model's log p(stop set)).
 
-        Exact guides give the stop event's probabilities. Estimated guides cannot sum φ over the
-        stop set, so the event is extended with the identity of the drawn token: (d.log_q,
-        log p(token) + log φ(token)); the weight (its log_mass) is properly weighted either way."""
+        Exact guides give the stop event's probabilities. Estimated guides do not know Z exactly,
+        so the event is extended with the identity of the drawn token: (d.log_q, log p(token)); the
+        weight (its log_mass) is properly weighted either way."""
         if d.exact and self._last_row is not None and self._last_phi is not None:
             return (logsumexp(self._last_row[stop_mask]) - d.log_mass,
                     logsumexp((base + self._last_phi)[stop_mask]))
