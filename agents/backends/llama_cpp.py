@@ -49,8 +49,9 @@ Constraints (`request.constraint`, see `agents.constraints`): the constraint is 
 model's vocabulary once; per generation its guide draws every token from q renormalised over the
 allowed tokens (top-p is applied first: the target is the proposal restricted to the constraint) and
 the completion reports log Σ_allowed q per drawn position. T = 0: the highest-logit allowed token.
-A word chunk's stopping event is the guided mass of the allowed boundary tokens. No allowed token
-with mass: the generation stops with finish reason "constraint" (weight 0).
+A word chunk's boundary tokens are drawn unconstrained once the chunk has content (a stop writes no
+text; the next chunk draws that position under the constraint), so the stopping event keeps its
+unconstrained probability. No allowed token with mass: finish reason "constraint" (weight 0).
 """
 
 from __future__ import annotations
@@ -383,7 +384,8 @@ class LlamaCpp(Backend):
             if guide is None:
                 tok, tok_lq = q.sample(rng), None
             else:
-                d = guide.draw(q.logq, rng, greedy_scores=logits if q.greedy is not None else None)
+                d = guide.draw(q.logq, rng, greedy_scores=logits if q.greedy is not None else None,
+                               free=boundary if s.unit == "word" and in_word else None)
                 if d.dead:
                     finish = "constraint"
                     break
