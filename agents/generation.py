@@ -6,6 +6,10 @@ Drawing calls the agent's backend with a seed derived from the site's random str
 stream and address), and records the completion with log q(completion) under the proposal it was
 sampled from. With `target="base"` the site's model distribution is the base model at temperature
 1, so a completion drawn at another temperature carries log p − log q into the particle's weight.
+With a constraint (`agents.constraints`), the completion was drawn from the proposal renormalised
+over the constraint, and the site's target is the unconstrained one times the constraint's
+potential, so the weight gains the log-mass of the allowed tokens (docs/constraints.md); the
+correction and whether it is exact, estimated or unavailable are recorded in info["constraint"].
 """
 
 from __future__ import annotations
