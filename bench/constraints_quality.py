@@ -30,7 +30,6 @@ import asyncio
 import json
 import math
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ SYSTEM = "You write one short, simple sentence."
 PARTICLES = 8
 MIN_WORDS, MAX_WORDS = 6, 40
 WHOLE_MAX_TOKENS = 64
-RESTART_MIN_TOKENS = 8
 SENTENCE_REGEX = r"[^\s.!?]+( [^\s.!?]+){%d,%d}[.!?]" % (MIN_WORDS - 1, MAX_WORDS - 1)
 """One sentence of 6–40 words separated by single spaces, ending with . ! or ?, nothing after it."""
 
@@ -106,35 +104,20 @@ def programs(agent: Any) -> dict[str, Any]:
     return {"whole": whole, "guarantee_smc": stepwise(False), "constrained_smc": stepwise(True)}
 
 
-def _best_finished(result: Any) -> Any:
-    finished = [p for p in result.particles if p.status == "finished" and p.log_weight > -math.inf]
-    return max(finished, key=lambda p: p.log_weight).value if finished else None
-
-
 def run_method(name: str, program: Any, topic: str, counter: Any, seed: int, budget: int | None) -> dict[str, Any]:
-    """One method on one topic: its answer (None when nothing passed), generated tokens, time, runs."""
+    """One method on one topic (bench.policies_quality.run_one: restarts within the budget when
+    every particle dies), plus the task's success check."""
     import policies
-    from swarm import NoSurvivingParticles
+    from bench.policies_quality import _best_finished, run_one
 
-    counter.reset()
-    start, answer, runs = time.perf_counter(), None, 0
-    while True:
-        if name == "best_of_8":
-            policy = policies.BestOfN(n=PARTICLES, batch_size=1, seed=seed)
-            pick = lambda r: r.extra["best"].value if r.extra["best"].log_weight > -math.inf else None  # noqa: E731
-        else:
-            cap = policies.Budget(max_tokens=max(1, budget - counter.output_tokens)) if budget else None
-            policy = policies.SMC(num_particles=PARTICLES, ess_threshold=0.5, seed=seed + 7919 * runs, budget=cap)
-            pick = _best_finished
-        try:
-            answer = pick(policy.run(program, topic))
-        except NoSurvivingParticles:
-            answer = None
-        runs += 1
-        if answer is not None or budget is None or budget - counter.output_tokens < RESTART_MIN_TOKENS:
-            break
-    return {"answer": answer, "ok": success(answer), "tokens": counter.output_tokens, "calls": counter.calls,
-            "seconds": time.perf_counter() - start, "runs": runs}
+    if name == "best_of_8":
+        policy = policies.BestOfN(n=PARTICLES, batch_size=1, seed=seed)
+        pick = lambda r: r.extra["best"].value if r.extra["best"].log_weight > -math.inf else None  # noqa: E731
+    else:
+        policy, pick = policies.SMC(num_particles=PARTICLES, ess_threshold=0.5, seed=seed), _best_finished
+    out = run_one(policy, program, topic, counter, pick, budget)
+    out["ok"] = success(out["answer"])
+    return out
 
 
 def evaluate(topics: list[str], seed: int, out: Path | None) -> dict[str, list[dict[str, Any]]]:

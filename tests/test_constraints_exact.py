@@ -21,7 +21,6 @@ constrained proposal taken as if it were π) is far outside these bounds.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import numpy as np
 import pytest
