@@ -73,6 +73,8 @@ class BoundConstraint:
 
 
 _BINDINGS: "weakref.WeakKeyDictionary[Constraint, dict[str, BoundConstraint]]" = weakref.WeakKeyDictionary()
+_BINDINGS_BY_DESCRIPTION: dict[tuple[str, str], BoundConstraint] = {}
+_MAX_DESCRIBED = 256
 
 
 class Constraint:
@@ -84,6 +86,8 @@ class Constraint:
     False when they can only be checked on sampled candidates (AWRS: estimated weights)."""
     boolean: bool = True
     """Hard constraint: Φ ∈ {0, 1}."""
+    defined_by_description: bool = False
+    """True for built-ins whose `describe()` determines them entirely (bindings shared by description)."""
 
     def describe(self) -> str:  # pragma: no cover - subclasses override
         """A stable description: part of the response-cache key and of the sample event's info."""
@@ -104,7 +108,17 @@ class Constraint:
         return [self]
 
     def bind(self, vocab: Vocabulary) -> BoundConstraint:
-        """The lift of this constraint to `vocab`, computed once per (constraint, vocabulary)."""
+        """The lift of this constraint to `vocab`, computed once per (constraint, vocabulary); for
+        built-ins whose description defines them (`defined_by_description`), once per (description,
+        vocabulary), so a program that builds the same constraint in every call pays for it once."""
+        if self.defined_by_description:
+            key = (self.describe(), vocab.fingerprint)
+            bound = _BINDINGS_BY_DESCRIPTION.get(key)
+            if bound is None:
+                bound = _BINDINGS_BY_DESCRIPTION[key] = self._bind(vocab)
+                while len(_BINDINGS_BY_DESCRIPTION) > _MAX_DESCRIBED:
+                    _BINDINGS_BY_DESCRIPTION.pop(next(iter(_BINDINGS_BY_DESCRIPTION)))
+            return bound
         per_vocab = _BINDINGS.setdefault(self, {})
         bound = per_vocab.get(vocab.fingerprint)
         if bound is None:

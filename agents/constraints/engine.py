@@ -68,6 +68,7 @@ BYTE_VOCAB = Vocabulary([bytes([b]) for b in range(256)] + [b""], eos_ids=[256])
 class GrammarConstraint(Constraint):
     exact = True
     boolean = True
+    defined_by_description = True
 
     def __init__(self, kind: str, source: str, grammar: str) -> None:
         self.kind, self.source, self.grammar = kind, source, grammar

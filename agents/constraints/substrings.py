@@ -23,6 +23,7 @@ from agents.constraints.vocabulary import Vocabulary
 class ForbidSubstrings(Constraint):
     exact = True
     boolean = True
+    defined_by_description = True
 
     def __init__(self, strings: list[str], label: str = "forbid_substrings") -> None:
         if not strings or any(not isinstance(s, str) or not s for s in strings):
