@@ -21,6 +21,19 @@ SMC's answer is its finished particle of highest weight. Tokens are generated to
 (`bench.counting.OutputTokenBudget`), the same count for all methods.
 
     python -m bench.constraints_quality [--topics 12] [--seed 0] [--out runs/constraints_quality.json]
+
+Result (seed 0, 12 topics, shared 2-core machine under heavy load, 2026-12-06; success counts do
+not depend on load, times do):
+
+    method            success            generated tokens (all topics)   runs incl. restarts
+    best-of-8          0/12 [0.00, 0.24]  2,800                            12
+    guarantee SMC     11/12 [0.65, 0.99]  1,435                            16
+    constrained SMC   11/12 [0.65, 0.99]  2,002                            12
+
+Both SMCs fail only "a garden" (the constrained run reached its budget, best-of-8's 181 tokens).
+Constrained SMC never needed a restart (its particles cannot die of an "e" or a malformed
+sentence); guarantee-only SMC, which here checks every checkable part after each word and restarts
+when all particles die, does as well on success with fewer tokens (its sentences are shorter).
 """
 
 from __future__ import annotations
