@@ -15,10 +15,16 @@ chunk's look-ahead beyond its boundary is generated, not kept; kept is None when
 returned no token pieces, i.e. without log-probabilities). A weight that needs what the backend
 could not give (base log p missing; log q only estimated while p ≠ q) raises `GenerationError`
 naming the agent and the setting at fault, never a silently wrong weight.
+
+With a constraint (`agents.constraints`), the completion was drawn from the proposal renormalised
+over the constraint, and the site's target is the unconstrained one times the constraint's
+potential, so the weight gains the log-mass of the allowed tokens (docs/constraints.md); the
+correction and whether it is exact, estimated or unavailable are recorded in info["constraint"].
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -80,8 +86,30 @@ class Generation(Distribution):
                     tokens_kept=len(completion.tokens) if completion.tokens or not completion.text else None)
         if completion.tool_calls:
             info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
-        target = self._base_log_prob(completion, info["backend"]) if self.target == "base" else None
+        report = self._constraint_report(completion, info)
+        target = None
+        if self.target == "base":
+            target = self._base_log_prob(completion, info["backend"])
+            if report is not None and report.weights != "unavailable":
+                target = -math.inf if report.log_weight == -math.inf else target + report.log_potential
+        elif report is not None and report.weights != "unavailable":
+            target = completion.log_prob + report.log_weight
         return Draw(value=completion.text, log_prob=completion.log_prob, target_log_prob=target, info=info)
+
+    def _constraint_report(self, completion: Any, info: dict[str, Any]) -> Any:
+        """The constraint's weight correction, recorded in the sample event's info (never dropped:
+        a backend that ignored the constraint is an error, not an unconstrained sample).
+
+        Target "proposal": log p(site) = log q_C(text) + Σ log Z, the proposal restricted to the
+        constraint (weight: Σ log Z). Target "base": log p(text) + log Φ(text)/Φ(prefix)."""
+        if self.request.constraint is None:
+            return None
+        report = completion.constraint
+        if report is None:
+            raise GenerationError(f"agent {self.agent.name!r}: backend {info['backend']!r} did not apply the constraint "
+                                  f"{self.request.constraint.describe()} (it does not support token-level constraints)")
+        info["constraint"] = {**report.model_dump(), "log_weight": report.log_weight}
+        return report
 
     def _base_log_prob(self, completion: Any, backend: str) -> float:
         """log p of the completion for target="base", or `GenerationError` when the weight

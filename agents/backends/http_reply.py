@@ -60,7 +60,18 @@ def parse_choice(backend: "OpenAICompatible", kind: str, choice: dict[str, Any],
     return OpenAICompletion(text=text, tokens=pieces, token_logprobs=token_lps, base_token_logprobs=base_lps,
                             stop_log_prob=stop_q, base_stop_log_prob=stop_p, finish_reason=finish,
                             backend=backend.name, tool_calls=tool_calls,
-                            log_q_quality="exact" if exact else "estimated")
+                            log_q_quality="exact" if exact else "estimated", constraint=_report(request, text))
+
+
+def _report(request: GenerationRequest, text: str) -> Any:
+    """A server-enforced constraint's report: its weight correction is unavailable (see
+    `OpenAICompatible._constraint_fields`)."""
+    if request.constraint is None:
+        return None
+    from agents.constraints.report import ConstraintReport
+
+    return ConstraintReport(description=request.constraint.describe(), weights="unavailable",
+                            complete=request.constraint.complete(text) > 0)
 
 
 def _without_logprobs(text: str, finish: str | None, unit: str, choice: dict[str, Any], in_word: bool,
@@ -76,7 +87,7 @@ def _without_logprobs(text: str, finish: str | None, unit: str, choice: dict[str
     elif unit == "token" and finish == "length":
         finish = "unit"
     return OpenAICompletion(text=text, finish_reason=finish, backend=name, tool_calls=tool_calls,
-                            log_q_quality="absent")
+                            log_q_quality="absent")  # (a constrained request always asks for logprobs)
 
 
 def _logprob_fields(reported_kind: str, s: GenerationSettings, reported: list[float], stop: float

@@ -107,7 +107,7 @@ class OpenAICompatible(Backend):
                  reported_logprobs: Literal["raw", "proposal"] = "raw", require_logprobs: bool = True,
                  retry_seed: int = 0, extra_body: dict[str, Any] | None = None,
                  continuation: Literal["auto", "server", "client", "refuse"] = "auto",
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, constraints: Literal["llama.cpp", "vllm"] | None = None) -> None:
         _check(mode in ("chat", "completions"), "mode", mode, "must be 'chat' or 'completions'")
         _check(reported_logprobs in ("raw", "proposal"), "reported_logprobs", reported_logprobs,
                "must be 'raw' or 'proposal'")
@@ -132,6 +132,8 @@ class OpenAICompatible(Backend):
         self.n_supported, self.reported_logprobs = n_supported, reported_logprobs
         self.require_logprobs, self.extra_body = require_logprobs, dict(extra_body or {})
         self.continuation, self.chat_template = continuation, chat_template
+        _check(constraints in (None, "llama.cpp", "vllm"), "constraints", constraints, "must be None, 'llama.cpp' or 'vllm'")
+        self.constraints = constraints
         self.server_continues: bool | None = None
         """The probe's answer: does the server honour `continue_final_message` (None: not asked yet)."""
         self.reports_stop_reason: bool | None = None
@@ -166,7 +168,8 @@ class OpenAICompatible(Backend):
     def proposal_logprobs_exact(self, request: GenerationRequest | GenerationSettings) -> bool:
         """Whether `token_logprobs` are exactly log q for this request (see the module docstring)."""
         s = request.settings if isinstance(request, GenerationRequest) else request
-        constrained = isinstance(request, GenerationRequest) and request.response_format is not None
+        constrained = isinstance(request, GenerationRequest) and (request.response_format is not None
+                                                                  or request.constraint is not None)
         if s.temperature == 0 or self.reported_logprobs == "proposal":
             return True
         return s.temperature == 1 and s.top_p == 1 and not constrained
@@ -231,6 +234,24 @@ class OpenAICompatible(Backend):
         self._account(response, out, started)
         return out
 
+    def _constraint_fields(self, request: GenerationRequest) -> dict[str, Any]:
+        """The server's guided-decoding fields enforcing `request.constraint`; the weight correction
+        is then unavailable (servers do not report the allowed mass), recorded as such. llama.cpp
+        server: `grammar` (GBNF) and `json_schema`; vLLM: `guided_regex`, `guided_json`,
+        `guided_grammar`. Anything else (character sets, predicates, potentials) is refused."""
+        c, where = request.constraint, self.constraints
+        kind = getattr(c, "kind", None)
+        spec = json.loads(c.source) if kind else None
+        if where == "vllm" and kind in ("regex", "json_schema", "grammar"):
+            return {{"regex": "guided_regex", "json_schema": "guided_json", "grammar": "guided_grammar"}[kind]: spec}
+        if where == "llama.cpp" and kind == "json_schema":
+            return {"json_schema": spec}
+        if where == "llama.cpp" and kind == "grammar" and "::=" in spec:
+            return {"grammar": spec}
+        raise ValueError(f"{self!r} cannot enforce the constraint {c.describe()} "
+                         f"(constraints={where!r}: llama.cpp servers take GBNF grammars and JSON schemas, "
+                         "vLLM regex, JSON schemas and grammars); use LlamaCpp in process, or a guarantee")
+
     def _account(self, response: dict[str, Any], out: list[OpenAICompletion], started: float) -> None:
         usage = response.get("usage") or {}
         n_in = int(usage.get("prompt_tokens") or 0)
@@ -258,6 +279,8 @@ class OpenAICompatible(Backend):
             body["stop"] = stop
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.constraint is not None:
+            body.update(self._constraint_fields(request))
         top_k = max(self.top_logprobs, http_words.WORD_TOP_LOGPROBS) if s.unit == "word" else self.top_logprobs
         if raw:
             return "completions", _completions_body(request, body, want, top_k)
