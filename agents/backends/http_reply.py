@@ -44,7 +44,9 @@ def parse_choice(backend: "OpenAICompatible", kind: str, choice: dict[str, Any],
         if want and text and backend.require_logprobs:
             raise BackendError(f"{backend._where(kind)} returned no logprobs for a non-empty completion; "
                                "weights need them (pass require_logprobs=False to accept this)")
-        return _without_logprobs(text, finish, unit, choice, in_word, tool_calls, backend.name)
+        completion = _without_logprobs(text, finish, unit, choice, in_word, tool_calls, backend.name)
+        completion.constraint = _report(request, completion.text)
+        return completion
     stop_lp = 0.0
     pieces, text, newline = align(toks, text, unit == "line")
     if unit == "word":
@@ -87,7 +89,7 @@ def _without_logprobs(text: str, finish: str | None, unit: str, choice: dict[str
     elif unit == "token" and finish == "length":
         finish = "unit"
     return OpenAICompletion(text=text, finish_reason=finish, backend=name, tool_calls=tool_calls,
-                            log_q_quality="absent")  # (a constrained request always asks for logprobs)
+                            log_q_quality="absent")
 
 
 def _logprob_fields(reported_kind: str, s: GenerationSettings, reported: list[float], stop: float
