@@ -29,8 +29,8 @@ def test_unenforceable_constraints_are_refused_before_sending():
     with pytest.raises(ValueError, match="cannot enforce the constraint forbid_chars"):
         asyncio.run(backend.complete(req))
     vllm = OpenAICompatible("http://127.0.0.1:9/v1", "m", constraints="vllm")
-    kwargs = vllm._request_kwargs(GenerationRequest(prompt="x", constraint=constraints.regex("a+")))[1]
-    assert kwargs["extra_body"]["guided_regex"] == "a+"
+    body = vllm._body(GenerationRequest(prompt="x", constraint=constraints.regex("a+")), False, None, True)[1]
+    assert body["guided_regex"] == "a+"
     assert not vllm.proposal_logprobs_exact(GenerationRequest(prompt="x", constraint=constraints.regex("a+")))
 
 
