@@ -154,18 +154,20 @@ class Agent(BaseModel):
 
     def generate(self, prompt: str | None = None, *, history: list[ChatMessage] | None = None,
                  messages: list[ChatMessage] | None = None, raw_prompt: str | None = None,
-                 prefix: str = "", **settings: Any) -> Generation:
+                 prefix: str = "", constraint: Any = None, **settings: Any) -> Generation:
         """A generation to `sample`: chat (`prompt`/`history`, or full `messages`) or raw completion
         (`raw_prompt`), continuing `prefix`; keyword arguments override generation settings
-        (e.g. unit="word", max_tokens=8, temperature=0.7)."""
+        (e.g. unit="word", max_tokens=8, temperature=0.7). `constraint` (from `agents.constraints`)
+        applies to the whole reply (`prefix` included) inside the proposal; the site's weight gains
+        the log-mass of the allowed tokens (docs/constraints.md)."""
         merged = self.settings.model_copy(update=settings) if settings else self.settings
         if settings:
             merged = GenerationSettings.model_validate(merged.model_dump())
         if raw_prompt is not None:
-            request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged)
+            request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged, constraint=constraint)
         else:
             request = GenerationRequest(messages=messages if messages is not None else self.conversation(prompt, history),
-                                        assistant_prefix=prefix, settings=merged,
+                                        assistant_prefix=prefix, settings=merged, constraint=constraint,
                                         tools=[t.openai_schema() for t in self.tools] or None,
                                         response_format=response_format(self.output_schema) if self.output_schema else None)
         return Generation(self, request, target=self.target)

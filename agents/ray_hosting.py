@@ -27,6 +27,10 @@
   Ray's per-call cost (about a millisecond of CPU) is paid per batch; each request still gets its
   own reply or its own error. The replies of a batch return together, when its slowest request is
   done; `max_batch=1` sends one Ray call per request.
+- Cache affinity: a request goes to the replica its prompt and reply-so-far hash to
+  (`prefix_affinity`), so siblings after resampling (same prefix, other seeds) meet the same
+  server's prefix cache; a replica that has max_concurrency more requests outstanding than the
+  least busy one is passed over for the least busy (and retries after an actor failure go there).
 - Placement: `num_cpus` (default 0: the actor reserves no core, like the segment workers; give a
   model-serving actor 1 or more), `num_gpus`, custom `resources` (e.g. {"llm_node": 1} to pin a pool
   to nodes that advertise it) and `scheduling_strategy` ("SPREAD" by default: replicas over nodes).
@@ -229,12 +233,19 @@ class AgentPool:
             gate = self._gates[loop] = asyncio.Semaphore(self.hosting.concurrency_limit)
         return gate
 
-    def _pick(self) -> int:
-        """The replica with the fewest outstanding requests from this process (ties in turn)."""
+    def _pick(self, affinity: int | None = None) -> int:
+        """The replica for a request: its prefix's replica (`affinity`, see `prefix_affinity`) while
+        that one has fewer than max_concurrency requests more outstanding than the least busy one;
+        otherwise the replica with the fewest outstanding requests from this process (ties in turn)."""
         n = len(self.outstanding)
         self._turn = (self._turn + 1) % n
         order = [(self._turn + k) % n for k in range(n)]
-        return min(order, key=lambda i: self.outstanding[i])
+        least = min(order, key=lambda i: self.outstanding[i])
+        if affinity is not None:
+            home = affinity % n
+            if self.outstanding[home] < self.outstanding[least] + self.hosting.max_concurrency:
+                return home
+        return least
 
     async def call(self, request: GenerationRequest) -> Completion:
         """Send one request to a replica (waiting for a slot first); retry if the actor dies."""
@@ -243,8 +254,9 @@ class AgentPool:
             envelope = AgentCall(agent=self.role, request=request, carrier=trace_carrier())
             retryable = _ray_errors()
             attempt = 0
+            affinity = prefix_affinity(request)
             while True:
-                replica = self._pick()
+                replica = self._pick(affinity if attempt == 0 else None)
                 self.outstanding[replica] += 1
                 self.max_outstanding = max(self.max_outstanding, sum(self.outstanding))
                 try:
@@ -306,6 +318,15 @@ class AgentPool:
                 future.set_exception(rebuild_error(reply))
             else:
                 future.set_result(reply)
+
+
+def prefix_affinity(request: GenerationRequest) -> int:
+    """A hash of the request's prompt and reply so far (not its seed): siblings after resampling
+    share it, so they go to the same replica and hit its server's prefix cache (vLLM's automatic
+    prefix caching, llama.cpp's slot cache); distinct prefixes spread over the replicas."""
+    head = request.prompt if request.messages is None else "\x1e".join(f"{m.role}:{m.content}" for m in request.messages)
+    digest = hashlib.blake2b(f"{head}\x1f{request.assistant_prefix}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 class RayAgentClient:

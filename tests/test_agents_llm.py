@@ -72,7 +72,8 @@ def test_same_program_through_a_real_openai_compatible_server(embedded):
     if not llama_server_available():
         pytest.skip("llama_cpp.server is not installed (pip install 'llama-cpp-python[server]')")
     with start_llama_server(embedded_model_path()) as (base_url, _process):
-        served = OpenAICompatible(base_url, "smollm2", mode="chat", extra_body=LLAMA_CPP_PLAIN_SAMPLING)
+        served = OpenAICompatible(base_url, "smollm2", mode="chat", extra_body=LLAMA_CPP_PLAIN_SAMPLING,
+                                  logprobs="always")  # the checks below read the recorded logprobs
         result = policies.Importance(num_particles=2, seed=0).run(writer_critic(served), "the sea")
         _check_generations(result)
 
@@ -80,7 +81,8 @@ def test_same_program_through_a_real_openai_compatible_server(embedded):
         greedy = GenerationSettings(max_tokens=8, temperature=0.0)
         prompt = "The capital of France is"
         remote = Agent(name="remote", backend=OpenAICompatible(base_url, "smollm2", mode="completions",
-                                                               extra_body=LLAMA_CPP_PLAIN_SAMPLING), settings=greedy)
+                                                               extra_body=LLAMA_CPP_PLAIN_SAMPLING, logprobs="always"),
+                       settings=greedy)
         local = Agent(name="local", backend=embedded, settings=greedy)
 
         async def both():

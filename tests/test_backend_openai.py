@@ -15,11 +15,13 @@ import pytest
 
 from agents.backends.base import BackendError, ChatMessage, GenerationRequest, GenerationSettings
 from agents.backends.openai_compat import LLAMA_CPP_PLAIN_SAMPLING, OpenAICompatible
+from agents.backends.http_words import WORD_LOOKAHEAD_TOKENS
 from tests.fault_server import FaultServer
 from tests.llama_server import SERVER_LOGPROB_TOLERANCE, free_port, llama_server_available, start_llama_server
 
 SECRET = "sk-test-SECRET-4f2a9c"
 FAST = dict(backoff_base=0.001, backoff_max=0.01, timeout=5.0)
+LOGPROBS = dict(logprobs="always")  # these tests check what logprobs mean; tests/test_http_*.py check when they are asked for
 
 
 def run(coro):
@@ -36,7 +38,7 @@ def prompt(text: str = "Once upon a time", **settings) -> GenerationRequest:
 
 
 def backend(srv: FaultServer, **kw) -> OpenAICompatible:
-    return OpenAICompatible(srv.base_url, "fake-model", **{**FAST, **kw})
+    return OpenAICompatible(srv.base_url, "fake-model", **{**FAST, **LOGPROBS, **kw})
 
 
 # ---- retries ------------------------------------------------------------------------------------
@@ -49,7 +51,7 @@ def test_500_and_dropped_connection_are_retried_then_succeed():
     assert c.token_logprobs == [-0.5] * 3 and c.usage.output_tokens == 3 and c.usage.input_tokens > 0
     assert c.backend == "openai" and c.model == "fake-model" and c.latency_s > 0
     assert b.stats() == {"calls": 1, "input_tokens": c.usage.input_tokens, "output_tokens": 3,
-                         "retries": 2, "errors": 0}
+                         "retries": 2, "errors": 0, "requests": 3}
 
 
 def test_429_is_retried():
@@ -189,7 +191,7 @@ def test_completions_request_and_assistant_prefix():
         b = backend(srv, mode="completions", top_logprobs=2)
         req = GenerationRequest(prompt="Q: hi\nA:", assistant_prefix=" Hel", settings=GenerationSettings(unit="line"))
         run(b.complete(req))
-        run(backend(srv).complete(chat().model_copy(update={"assistant_prefix": "Sure,"})))
+        run(backend(srv, continuation="server").complete(chat().model_copy(update={"assistant_prefix": "Sure,"})))
     comp, ch = srv.requests[0], srv.requests[1]
     assert comp["path"] == "/v1/completions" and comp["body"]["prompt"] == "Q: hi\nA: Hel"
     assert comp["body"]["logprobs"] == 2 and comp["body"]["stop"] == ["\n"]
@@ -252,7 +254,7 @@ def test_unit_word_cuts_at_the_first_word_boundary(mode):
     with FaultServer() as srv:
         c = run(backend(srv, mode=mode).complete(make(unit="word")))
     body = srv.requests[0]["body"]
-    assert body["max_tokens"] == 8
+    assert body["max_tokens"] == WORD_LOOKAHEAD_TOKENS == 3
     assert (body["top_logprobs"] if mode == "chat" else body["logprobs"]) == 5
     assert c.text == "Hello" and c.tokens == ["Hello"] and c.token_logprobs == [-0.5]
     # top-5 at the cut: " world" -0.5, "world#1" -1.5, " alt2" -2.5, "world#3" -3.5, " alt4" -4.5;
@@ -320,7 +322,8 @@ def _assert_real(c, greedy: bool):
 
 
 def _plain(base_url: str, **kw) -> OpenAICompatible:
-    return OpenAICompatible(base_url, "smollm2", timeout=120, max_retries=1, extra_body=LLAMA_CPP_PLAIN_SAMPLING, **kw)
+    return OpenAICompatible(base_url, "smollm2", timeout=120, max_retries=1, extra_body=LLAMA_CPP_PLAIN_SAMPLING,
+                            **{**LOGPROBS, **kw})
 
 
 @pytest.mark.server

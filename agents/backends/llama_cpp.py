@@ -44,6 +44,14 @@ chunked generation where each call extends the previous text only evaluates the 
 Concurrency: one `Llama` is not thread-safe; calls are serialised (a `threading.Lock` around the
 blocking work, which runs in `asyncio.to_thread`, plus one `asyncio.Lock` per event loop so waiting
 calls do not occupy threads). The model is loaded lazily, once. `tools`/`response_format` are ignored.
+
+Constraints (`request.constraint`, see `agents.constraints`): the constraint is bound to this
+model's vocabulary once; per generation its guide draws every token from q renormalised over the
+allowed tokens (top-p is applied first: the target is the proposal restricted to the constraint) and
+the completion reports log Σ_allowed q per drawn position. T = 0: the highest-logit allowed token.
+A word chunk's boundary tokens are drawn unconstrained once the chunk has content (a stop writes no
+text; the next chunk draws that position under the constraint), so the stopping event keeps its
+unconstrained probability. No allowed token with mass: finish reason "constraint" (weight 0).
 """
 
 from __future__ import annotations
@@ -183,6 +191,7 @@ class LlamaCpp(Backend):
         self._lock = threading.Lock()
         self._async_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._llm: Any = None
+        self._vocabulary: Any = None
 
     # ----------------------------------------------------------------- loading (once, lazily)
     def load(self) -> None:
@@ -381,17 +390,29 @@ class LlamaCpp(Backend):
         lq: list[float] = []
         lp: list[float] = []
         text, finish, stop_lq, stop_lp, in_word = "", "length", 0.0, None, False
+        guide = self._guide(request)
         for i in range(s.max_tokens):
             q = _Proposal(logits, s.temperature, s.top_p)
-            tok = q.sample(rng)
+            if guide is None:
+                tok, tok_lq = q.sample(rng), None
+            else:
+                d = guide.draw(q.logq, rng, greedy_scores=logits if q.greedy is not None else None,
+                               free=boundary if s.unit == "word" and in_word else None)
+                if d.dead:
+                    finish = "constraint"
+                    break
+                tok, tok_lq = d.token, d.log_q
             if s.unit == "word" and in_word and boundary[tok]:
-                stop_lq, stop_lp = _log_mass(q.logq, boundary), _log_mass(q.base, boundary)
+                stop_lq, stop_lp = ((_log_mass(q.logq, boundary), _log_mass(q.base, boundary)) if guide is None
+                                    else guide.stop_log_probs(d, q.logq, q.base, boundary))
                 finish = "eos" if self._eog[tok] else "unit"
                 break
+            if guide is not None:
+                guide.advance(tok)
             piece = decoder.decode(self._pieces[tok])
             pieces.append(piece)
             ids.append(tok)
-            lq.append(float(q.logq[tok]))
+            lq.append(float(q.logq[tok]) if tok_lq is None else tok_lq)
             lp.append(float(q.base[tok]))
             if self._eog[tok]:
                 finish = "eos"
@@ -417,7 +438,19 @@ class LlamaCpp(Backend):
             text=text, tokens=pieces, token_ids=ids, token_logprobs=lq, base_token_logprobs=lp,
             stop_log_prob=stop_lq, base_stop_log_prob=stop_lp, finish_reason=finish,
             usage=Usage(input_tokens=len(tokens), output_tokens=len(pieces)),
-            latency_s=time.perf_counter() - start, model=self.model, backend=self.name)
+            latency_s=time.perf_counter() - start, model=self.model, backend=self.name,
+            constraint=guide.report() if guide is not None else None)
+
+    def _guide(self, request: GenerationRequest) -> Any:
+        """The request's constraint bound to this model's vocabulary (cached), started after the
+        reply's existing text; None without a constraint."""
+        if request.constraint is None:
+            return None
+        if self._vocabulary is None:
+            from agents.constraints import Vocabulary
+
+            self._vocabulary = Vocabulary(self._pieces, np.nonzero(self._eog)[0].tolist())
+        return request.constraint.guide(self._vocabulary, request.assistant_prefix)
 
     @staticmethod
     def _find_stop(text: str, stops: list[str], before: int) -> int | None:
