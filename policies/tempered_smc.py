@@ -174,7 +174,7 @@ class _SiteMove(Handler):
                 f"TemperedSMC(move='site') must re-score the kept value of site {msg.name!r}, an asynchronous "
                 "generation it cannot score; use move='suffix' for programs with LLM sites")
         value = keep[msg.name]
-        msg.value, msg.log_prob, msg.replayed = value, source.log_prob(value), True
+        msg.value, msg.log_prob = value, source.log_prob(value)  # a new execution: its events are recorded
         msg.target_log_prob = None if msg.proposal is None else msg.fn.log_prob(value)
 
 
