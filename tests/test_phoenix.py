@@ -28,7 +28,7 @@ pytestmark = [
                        reason="Phoenix is not installed: run scripts/install_phoenix.sh "
                               "(creates .venv-phoenix/bin/phoenix)"),
 ]
-NUM_SPANS = 18  # run + 3 steps + 12 particle steps + 1 LLM + 1 tool
+NUM_SPANS = 22  # run + 3 steps + 12 particle steps + 1 LLM + 1 tool + 4 final particles
 
 
 @pytest.fixture(scope="module")
