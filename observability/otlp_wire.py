@@ -95,8 +95,8 @@ class WireEncoder:
 
     def __init__(self) -> None:
         self._keys: dict[str, bytes] = {}
-        self._constants: dict[tuple[str, Any], bytes] = {}
-        self._double_prefix: dict[str, bytes] = {}
+        self._constants: dict[tuple[bytes, str, Any], bytes] = {}
+        self._double_prefix: dict[tuple[bytes, str], bytes] = {}
 
     # -- attributes -----------------------------------------------------------------------------
     def _key(self, key: str) -> bytes:
@@ -107,29 +107,36 @@ class WireEncoder:
 
     def key_value(self, key: str, value: Any) -> bytes:
         """A `KeyValue` message (unwrapped)."""
-        cls = type(value)
-        if cls is float:
-            prefix = self._double_prefix.get(key)
-            if prefix is None:
-                prefix = self._double_prefix[key] = self._key(key) + b"\x12\x09\x21"
-            return prefix + _pack_d(value)
-        if cls is str or cls is bool:
-            cached = self._constants.get((key, value))
-            if cached is None:
-                cached = self._key(key) + _field(b"\x12", any_value(value))
-                if len(self._constants) >= _CACHE_LIMIT:
-                    self._constants.clear()
-                self._constants[(key, value)] = cached
-            return cached
         return self._key(key) + _field(b"\x12", any_value(value))
 
     def attributes(self, tag: bytes, attrs: dict[str, Any], out: list[bytes]) -> None:
-        """Append each attribute as a field `tag` (9 in a span, 3 in an event, 4 in a link)."""
-        kv = self.key_value
+        """Append each attribute as a field `tag` (9 in a span, 3 in an event, 4 in a link). The
+        encoded field is cached for str, bool and tuple values (statuses, sites, lineages repeat),
+        its prefix for floats (the key's bytes and the value's tag)."""
+        constants, prefixes = self._constants, self._double_prefix
         for key, value in attrs.items():
-            payload = kv(key, value)
-            n = len(payload)
-            out.append(tag + (_SMALL[n] if n < 128 else varint(n)) + payload)
+            cls = type(value)
+            if cls is float:
+                prefix = prefixes.get((tag, key))
+                if prefix is None:
+                    encoded_key = self._key(key)
+                    prefix = prefixes[(tag, key)] = tag + varint(len(encoded_key) + 11) + encoded_key + b"\x12\x09\x21"
+                out.append(prefix + _pack_d(value))
+            elif cls is str or cls is bool or cls is tuple:   # tuples: lineages (ints), never mixed types
+                cached = constants.get((tag, key, value))
+                if cached is None:
+                    cached = _field(tag, self.key_value(key, value))
+                    if len(constants) >= _CACHE_LIMIT:
+                        constants.clear()
+                    constants[(tag, key, value)] = cached
+                out.append(cached)
+            elif cls is int:
+                encoded_key = self._keys.get(key) or self._key(key)
+                number = b"\x18" + varint(value & _MASK64)
+                kv = encoded_key + b"\x12" + _SMALL[len(number)] + number
+                out.append(tag + (_SMALL[len(kv)] if len(kv) < 128 else varint(len(kv))) + kv)
+            else:
+                out.append(_field(tag, self.key_value(key, value)))
 
     # -- spans ----------------------------------------------------------------------------------
     def span(self, s: SpanData) -> bytes:
