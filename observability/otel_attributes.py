@@ -183,22 +183,23 @@ def _finite(x: float | None) -> float | str | None:
 def run_input(record: Any, capture_content: bool) -> dict[str, Any]:
     """`input.value` (JSON) of a run span: what was run and how. The program's arguments are
     content (they may be prompts): only with `capture_content`, when the record carries them."""
-    doc: dict[str, Any] = {"program": record.program, "policy": record.policy,
-                           "num_particles": record.num_particles, "runtime": record.runtime}
-    arguments = getattr(record, "arguments", None)
+    doc: dict[str, Any] = {"program": record.program}
+    arguments = getattr(record, "arguments", None)   # not in RunStarted yet (requested of the core)
     if capture_content and arguments is not None:
         doc["arguments"] = arguments
+    doc.update({"policy": record.policy, "num_particles": record.num_particles, "runtime": record.runtime})
     return {"input.value": json.dumps(doc, default=str), "input.mime_type": "application/json"}
 
 
 def run_output(record: Any, deaths: Mapping[str, int], capture_content: bool) -> dict[str, Any]:
     """`output.value` (JSON) of a run span: log Ẑ, ESS, population size, deaths by cause, and with
     `capture_content` the answer marginal's top values with their probabilities."""
-    doc: dict[str, Any] = {"log_evidence": _finite(record.log_evidence), "ess": _finite(record.ess),
-                           "num_particles": record.num_particles}
-    if capture_content and record.marginal:
+    doc: dict[str, Any] = {}
+    if capture_content and record.marginal:   # first: the list view shows the beginning
         top = sorted(record.marginal.items(), key=lambda kv: -kv[1])[:_TOP_ANSWERS]
         doc["answers"] = [[value, round(p, 6)] for value, p in top]
+    doc.update({"log_evidence": _finite(record.log_evidence), "ess": _finite(record.ess),
+                "num_particles": record.num_particles})
     if deaths:
         doc["deaths"] = dict(sorted(deaths.items(), key=lambda kv: -kv[1]))
     if record.error:

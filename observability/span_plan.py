@@ -17,7 +17,8 @@ planned. So a step is planned in one pass over its particles, and a sink turns t
 OTLP bytes or SDK spans without any lookup.
 
 Lineage (Phoenix drops span links): every particle span carries `plp.lineage`, the particle ids
-from its first ancestor (at the first step) down to itself, and the first span of an offspring
+from its first ancestor (at the first step) down to itself (and the same as a string,
+`plp.lineage_path` "/a/b/c/", which Phoenix's filters can search), and the first span of an offspring
 after resampling `plp.ancestor_span_id`, the span id of its parent's last particle step (also a
 `resampled_from` link; a continuing particle links to its own previous step). `plp.final` spans
 carry the final normalised weights (a particle that finished early waits: its last step's weight
@@ -80,6 +81,12 @@ class _Run:
     status: dict[int, str] = field(default_factory=dict)
     deaths: Counter = field(default_factory=Counter)
     size: int = 0
+
+
+def lineage_path(lineage: tuple[int, ...]) -> str:
+    """`plp.lineage_path`: the lineage as "/a/b/c/", so that `'/b/' in plp.lineage_path` selects b's
+    descendants in Phoenix (whose filters cannot look inside an array of numbers)."""
+    return "/" + "/".join(map(str, lineage)) + "/"
 
 
 def _final_output(status: str, weight: float, value: Any, capture_content: bool) -> str:
@@ -175,6 +182,7 @@ class SpanPlanner:
                    "output.value": _final_output(status, weight, value, self.capture_content)}
             attrs = attributes(raw)
             attrs["plp.lineage"] = run.lineage.get(pid, (pid,))
+            attrs["plp.lineage_path"] = lineage_path(attrs["plp.lineage"])
             last = run.last_span.get(pid) or (run.origin.get(pid) or (None, None))[1]
             links = [(ids.trace_id, last, {"plp.link.type": "last_step"})] if last else None
             out.append(SpanData(f"plp.final {pid}", ids.trace_id, self.ids.generate_span_id(), ids.span_id,
@@ -236,6 +244,7 @@ class SpanPlanner:
             lineage = run.lineage[pid] = (base + (pid,)) if base else ((parent_id, pid) if parent_id is not None
                                                                        else (pid,))
         attrs["plp.lineage"] = lineage
+        attrs["plp.lineage_path"] = lineage_path(lineage)
         span = SpanData(f"plp.particle {pid}", step_span.trace_id, self.ids.generate_span_id(), step_span.span_id,
                         p.started_at_ns, p.ended_at_ns, attrs, links=links or None)
         children: list[SpanData] = []

@@ -84,6 +84,7 @@ def test_lineage_and_ancestor_span_ids(plain):
     for j, parent in enumerate([0, 0, 3, 1]):
         child = _particle(spans, 2, 4 + j)
         assert tuple(child.attributes["plp.lineage"]) == (parent, 4 + j)
+        assert child.attributes["plp.lineage_path"] == f"/{parent}/{4 + j}/"
         assert child.attributes["plp.ancestor_span_id"] == format(_particle(spans, 1, parent).context.span_id, "016x")
 
 
