@@ -195,9 +195,11 @@ def run_output(record: Any, deaths: Mapping[str, int], capture_content: bool) ->
     """`output.value` (JSON) of a run span: log Ẑ, ESS, population size, deaths by cause, and with
     `capture_content` the answer marginal's top values with their probabilities."""
     doc: dict[str, Any] = {}
-    if capture_content and record.marginal:   # first: the list view shows the beginning
-        top = sorted(record.marginal.items(), key=lambda kv: -kv[1])[:_TOP_ANSWERS]
-        doc["answers"] = [[value, round(p, 6)] for value, p in top]
+    if capture_content:   # first: the list view shows the beginning
+        top = answer_marginal(record.values, record.log_weights) or \
+            sorted(record.marginal.items(), key=lambda kv: -kv[1])
+        if top:
+            doc["answers"] = [[value, round(p, 6)] for value, p in top[:_TOP_ANSWERS]]
     doc.update({"log_evidence": _finite(record.log_evidence), "ess": _finite(record.ess),
                 "num_particles": record.num_particles})
     if deaths:
@@ -205,6 +207,26 @@ def run_output(record: Any, deaths: Mapping[str, int], capture_content: bool) ->
     if record.error:
         doc["error"] = record.error
     return {"output.value": json.dumps(doc, default=str), "output.mime_type": "application/json"}
+
+
+def answer_marginal(values: list[Any], log_weights: list[float]) -> list[tuple[Any, float]]:
+    """Σᵢ w̄ᵢ 1(vᵢ = v) over the final population, most probable first ([] when there is no weight).
+    Values keep their type (a string is not its repr); unhashable ones are grouped by their JSON."""
+    if not values or len(values) != len(log_weights):
+        return []
+    finite = [w for w in log_weights if w > -math.inf]
+    if not finite:
+        return []
+    top = max(finite)
+    mass: dict[Any, float] = {}
+    shown: dict[Any, Any] = {}
+    for value, w in zip(values, log_weights):
+        if w > -math.inf:
+            key = value if isinstance(value, (str, int, float, bool, type(None))) else text(value)
+            mass[key] = mass.get(key, 0.0) + math.exp(w - top)
+            shown.setdefault(key, value)
+    total = sum(mass.values())
+    return sorted(((shown[k], m / total) for k, m in mass.items()), key=lambda kv: -kv[1])
 
 
 def particle_output(status: str, site: str | None, killed_by: str | None, value: Any,

@@ -59,9 +59,16 @@ def test_run_input_and_output_without_content(plain):
 
 def test_run_output_with_content_lists_the_top_answers():
     records = synthetic_run()
-    records[-1][1].marginal = {"'v0'": 0.1, "'v1'": 0.6, "'v2'": 0.3}
+    end = records[-1][1]
+    end.values = ["v0", "v1", "v0", ("t", 1)]   # the marginal groups equal values; a tuple as JSON
     run = _one(_export(records, capture_content=True), "plp.run SMC")
-    assert json.loads(run.attributes["output.value"])["answers"] == [["'v1'", 0.6], ["'v2'", 0.3], ["'v0'", 0.1]]
+    w = np.exp(np.array(end.log_weights) - max(end.log_weights))
+    w /= w.sum()
+    want = sorted([["v0", w[0] + w[2]], ["v1", w[1]], [["t", 1], w[3]]], key=lambda kv: -kv[1])
+    got = json.loads(run.attributes["output.value"])["answers"]
+    assert [v for v, _ in got] == [v for v, _ in want]
+    assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-6)   # rounded to 6 places
+    assert "answers" not in json.loads(_one(_export(synthetic_run()), "plp.run SMC").attributes["output.value"])
 
 
 def test_particle_and_step_outputs(plain):
