@@ -31,10 +31,12 @@ other instrumentation do not interfere.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -240,4 +242,20 @@ def instrument(exporter: str | None = None, endpoint: str | None = None, project
         if register:
             add_listener(listener)
     memory = span_exporter if isinstance(span_exporter, InMemorySpanExporter) else None
-    return Instrumentation(provider, listener, name, url, memory)
+    handle = Instrumentation(provider, listener, name, url, memory)
+    if listener is not None:
+        _flush_at_exit(handle)
+    return handle
+
+
+def _flush_at_exit(handle: Instrumentation) -> None:
+    """Export what a handle still holds when the interpreter exits normally (a script that never
+    calls `shutdown()` loses no span); the handle itself is not kept alive by this."""
+    ref = weakref.ref(handle)
+
+    def flush() -> None:
+        inst = ref()
+        if inst is not None and not inst._closed:
+            inst.force_flush(timeout_millis=10_000)
+
+    atexit.register(flush)

@@ -49,7 +49,7 @@ from swarm.listeners import ParticleStep, RunFinished, RunStarted, StepRecord
 
 Owned = tuple[int | None, SpanData]
 """A planned span and the particle it belongs to (None for run, step and final spans)."""
-CHUNK = 64
+CHUNK = 32
 """Particles planned between two yields of `SpanPlanner.step` (the background worker's quanta)."""
 _PREVIOUS_STEP = {"plp.link.type": "previous_step"}
 

@@ -34,7 +34,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 class WebSocket:
     """Just enough RFC 6455 for the DevTools protocol: masked text frames out, frames in
-    (fragmented messages joined, pings answered)."""
+    (fragmented messages joined, pings answered; a read that times out loses nothing)."""
 
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         rest = url.split("://", 1)[1]
@@ -54,15 +54,37 @@ class WebSocket:
         if b" 101 " not in status:
             raise ConnectionError(f"WebSocket handshake refused: {status!r}")
         self.buffer = head.split(b"\r\n\r\n", 1)[1]
+        self.parts: list[bytes] = []
 
-    def _exact(self, n: int) -> bytes:
-        while len(self.buffer) < n:
+    def _frame(self) -> tuple[int, bytes] | None:
+        """(first header byte, payload) of the next whole frame in the buffer, consumed; None (and
+        nothing consumed) while the frame is incomplete."""
+        buf = self.buffer
+        if len(buf) < 2:
+            return None
+        n, start = buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                return None
+            n, start = struct.unpack(">H", buf[2:4])[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                return None
+            n, start = struct.unpack(">Q", buf[2:10])[0], 10
+        if len(buf) < start + n:
+            return None
+        self.buffer = buf[start + n:]
+        return buf[0], buf[start:start + n]
+
+    def _next_frame(self) -> tuple[int, bytes]:
+        """Read until a whole frame is buffered. A socket timeout leaves the buffer intact, so a
+        reader with a short timeout can call again later without losing its place."""
+        while (frame := self._frame()) is None:
             chunk = self.sock.recv(1 << 16)
             if not chunk:
                 raise ConnectionError("DevTools closed the connection")
             self.buffer += chunk
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
-        return out
+        return frame
 
     def send(self, text: str, opcode: int = 0x1) -> None:
         payload, mask = text.encode(), os.urandom(4)
@@ -73,21 +95,18 @@ class WebSocket:
         self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
     def recv(self) -> str:
-        parts = []
         while True:
-            b0, b1 = self._exact(2)
-            n = b1 & 0x7F
-            n = struct.unpack(">H", self._exact(2))[0] if n == 126 else struct.unpack(">Q", self._exact(8))[0] if n == 127 else n
-            payload = self._exact(n)
+            b0, payload = self._next_frame()
             opcode = b0 & 0x0F
             if opcode == 0x9:       # ping
                 self.send(payload.decode(errors="replace"), opcode=0xA)
                 continue
             if opcode == 0x8:
                 raise ConnectionError("DevTools closed the WebSocket")
-            parts.append(payload)
+            self.parts.append(payload)
             if b0 & 0x80:
-                return b"".join(parts).decode()
+                message, self.parts = b"".join(self.parts).decode(), []
+                return message
 
     def close(self) -> None:
         self.sock.close()
@@ -119,10 +138,12 @@ class Page:
         raise TimeoutError(f"no {method} within {timeout} s")
 
     def settle(self, seconds: float = 0.5) -> None:
-        """Collect the events that arrive within `seconds` (late console messages, loads)."""
-        self.ws.sock.settimeout(seconds)
+        """Collect the events that arrive within the next `seconds` (late console messages, loads),
+        however busy the page is (a single-page app that polls never goes quiet)."""
+        deadline = time.monotonic() + seconds
         try:
-            while True:
+            while (left := deadline - time.monotonic()) > 0:
+                self.ws.sock.settimeout(left)
                 self.events.append(json.loads(self.ws.recv()))
         except (socket.timeout, TimeoutError):
             pass

@@ -70,3 +70,36 @@ def test_the_plain_batch_processor_drops_spans_in_the_same_run():
         provider.force_flush()
         provider.shutdown()
     assert spans_in(sink) < want
+
+
+EXITING_SCRIPT = """
+import sys
+import policies
+from bench.otel_overhead import toy_program
+from observability.exporters import instrument
+
+inst = instrument("otlp", endpoint=sys.argv[1], register=False)
+policies.SMC(num_particles=50, seed=0, listeners=[inst.listener]).run(toy_program(3))
+print(len([1]), flush=True)   # the run has returned; the script ends without shutdown()
+"""
+
+
+def test_a_script_that_exits_without_shutdown_still_delivers_every_span(tmp_path):
+    """`.run()` returns before the last spans are built (OTLP: nothing to read back in process), so
+    the interpreter's exit must flush them: `instrument()` registers that."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    inst = instrument("memory", register=False)
+    policies.SMC(num_particles=50, seed=0, listeners=[inst.listener]).run(toy_program(3))
+    inst.shutdown()
+    want = len(inst.memory_exporter.get_finished_spans())
+    script = tmp_path / "exits.py"
+    script.write_text(EXITING_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    with OTLPSink(keep_bodies=True) as sink:
+        done = subprocess.run([sys.executable, str(script), sink.endpoint], cwd=root, timeout=300,
+                              env={**__import__("os").environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert spans_in(sink) == want
