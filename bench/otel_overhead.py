@@ -21,7 +21,16 @@ Before → after in one run: `--compare DIR` runs the same rounds against the co
 set to the tree), one run at a time, interleaved round by round; each tree's ratios are to its own
 "off" of the same round.
 
-Measured (see docs/reliability.md §6 for the table and the machine's load when it was taken).
+Measured with `--repeats 9 --variants off memory otlp otlp-10% --compare /work/main` on the shared
+2-core machine (load average 4-6; ratio to untraced, run wall time, "+flush" in brackets):
+
+    workload    OTLP before   OTLP after      in-memory before -> after
+    toy         7.19          1.40 (2.45)     3.40 -> 3.80
+    llm@2ms     2.66          1.12 (1.36)     1.50 -> 1.53
+    llm@50ms    1.73          1.08 (1.15)     1.15 -> 1.24
+    llm@200ms   1.08          1.01 (1.04)     1.06 -> 1.12
+
+(docs/reliability.md §6 has the CPU ratios and where the time went.)
 
     python bench/otel_overhead.py [--particles 200] [--steps 10] [--latency-ms 2 50 200] [--repeats 5]
                                   [--no-toy] [--variants off memory otlp ...] [--phoenix URL] [--compare DIR]
