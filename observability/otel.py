@@ -20,8 +20,10 @@ call that the actor reports back (`agents.agent_actor.trace_carrier`), and the p
 call's `chat` span with that id, so an actor's span nests under the LLM call that made it; a user's
 own spans opened inside a program (or auto-instrumented HTTP clients) nest under the run. The core
 (`swarm`) imports no OpenTelemetry: the OpenTelemetry context is itself a context variable. Under
-`runtime="ray"` the particles run in segment workers, which get no context from the coordinator
-(the core ships none), so calls made there carry no trace context.
+`runtime="ray"` the particles run in segment workers, which get no context from the coordinator:
+`segment_handlers(run_id)` gives the picklable `extra_handlers` factory that carries the run's
+W3C context to them and makes it current around every segment (`RunTraceContext`), but the core
+does not install listeners' segment handlers yet, so calls made there carry no trace context.
 
 The run span's parent is whatever span is current when the run starts (a user's span, or the
 request span of a server), and its `session.id` (Phoenix's Sessions view) is the OpenInference
@@ -50,7 +52,7 @@ import uuid
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from agents.agent_actor import RUN_TRACESTATE_KEY
@@ -61,13 +63,44 @@ from observability.span_plan import Owned, PlannedRun, SpanPlanner
 from observability.span_sinks import SdkSink
 from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
+from swarm.runtime import Handler
 
-__all__ = ["OTelListener", "attributes", "llm_attributes", "tool_attributes", "KIND", "SCOPE", "SESSION_KEY"]
+__all__ = ["OTelListener", "RunTraceContext", "RunTraceContextHandlers", "attributes", "llm_attributes", "tool_attributes", "KIND", "SCOPE", "SESSION_KEY"]
 
 SCOPE = "plp-swarm.observability"
 SESSION_KEY = "session.id"
 """The OpenTelemetry context key of OpenInference's `using_session` (its `SpanAttributes.SESSION_ID`)."""
 _RUN_STATE = TraceState([(RUN_TRACESTATE_KEY, "run")])
+
+
+class RunTraceContext(Handler):
+    """A segment handler that makes a run's trace context (W3C headers) current while the segment
+    executes, in whatever process it runs (the headers travel with the runner to Ray workers)."""
+
+    def __init__(self, carrier: dict[str, str]) -> None:
+        super().__init__()
+        self.carrier = carrier
+        self._attached: list[object] = []
+
+    def __enter__(self) -> "RunTraceContext":
+        super().__enter__()
+        self._attached.append(otel_context.attach(propagate.extract(self.carrier)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        otel_context.detach(self._attached.pop())
+        super().__exit__(*exc)
+
+
+class RunTraceContextHandlers:
+    """A picklable `SegmentRunner.extra_handlers` factory: a `RunTraceContext`, then `inner()`'s."""
+
+    def __init__(self, carrier: dict[str, str], inner: Any = None) -> None:
+        self.carrier = carrier
+        self.inner = inner
+
+    def __call__(self) -> list[Handler]:
+        return [RunTraceContext(self.carrier), *(self.inner() if self.inner is not None else [])]
 
 
 class OTelListener(RunListener):
@@ -147,6 +180,17 @@ class OTelListener(RunListener):
         token, span_context = self._attached.pop(run_id, (None, None))
         if token is not None and trace.get_current_span().get_span_context() == span_context:
             otel_context.detach(token)
+
+    def segment_handlers(self, run_id: str, inner: Any = None) -> RunTraceContextHandlers | None:
+        """The `extra_handlers` factory that makes run `run_id`'s context current around each of its
+        segments in any process (for segment workers; see the module docstring), or None when the
+        run is not open here."""
+        span_context = self._attached.get(run_id, (None, None))[1]
+        if span_context is None:
+            return None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span_context)))
+        return RunTraceContextHandlers(carrier, inner)
 
     # -- RunListener -------------------------------------------------------------------------
     def on_run_start(self, record: RunStarted) -> None:
