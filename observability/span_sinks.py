@@ -123,19 +123,21 @@ class SdkSink:
     @property
     def ids(self) -> IdGenerator:
         """Where the planner takes ids: the provider's own generator when there is one."""
-        tracer = self._tracer()
+        self._tracer()
         return self.planned.wrapped if self.planned is not None else RandomIdGenerator()
 
     def emit(self, spans: Iterable[SpanData]) -> None:
         tracer, planned = self._tracer(), self.planned
+        parents: dict[tuple[int, int | None, bool], Any] = {}   # a step's spans share a few parents
         for s in spans:
             if planned is not None:
                 planned.next_trace_id, planned.next_span_id = s.trace_id, s.span_id
-            if s.parent_id is None:
-                parent = trace.set_span_in_context(trace.INVALID_SPAN)
-            else:
-                parent = trace.set_span_in_context(NonRecordingSpan(
-                    SpanContext(s.trace_id, s.parent_id, s.parent_remote, _SAMPLED)))
+            key = (s.trace_id, s.parent_id, s.parent_remote)
+            parent = parents.get(key)
+            if parent is None:
+                parent = parents[key] = trace.set_span_in_context(trace.INVALID_SPAN) if s.parent_id is None else \
+                    trace.set_span_in_context(NonRecordingSpan(SpanContext(s.trace_id, s.parent_id, s.parent_remote,
+                                                                           _SAMPLED)))
             links = [Link(SpanContext(t, i, False, _SAMPLED), a) for t, i, a in s.links] if s.links else None
             span = tracer.start_span(s.name, context=parent, kind=_KINDS.get(s.kind, SpanKind.INTERNAL),
                                      attributes=s.attributes, links=links, start_time=s.start_ns)
