@@ -212,21 +212,18 @@ def run_output(record: Any, deaths: Mapping[str, int], capture_content: bool) ->
 def answer_marginal(values: list[Any], log_weights: list[float]) -> list[tuple[Any, float]]:
     """Σᵢ w̄ᵢ 1(vᵢ = v) over the final population, most probable first ([] when there is no weight).
     Values keep their type (a string is not its repr); unhashable ones are grouped by their JSON."""
-    if not values or len(values) != len(log_weights):
+    if not values or len(values) != len(log_weights) or not any(w > -math.inf for w in log_weights):
         return []
-    finite = [w for w in log_weights if w > -math.inf]
-    if not finite:
-        return []
-    top = max(finite)
+    from swarm.population import normalized_weights
+
     mass: dict[Any, float] = {}
     shown: dict[Any, Any] = {}
-    for value, w in zip(values, log_weights):
-        if w > -math.inf:
+    for value, w in zip(values, normalized_weights(log_weights).tolist()):
+        if w > 0:
             key = value if isinstance(value, (str, int, float, bool, type(None))) else text(value)
-            mass[key] = mass.get(key, 0.0) + math.exp(w - top)
+            mass[key] = mass.get(key, 0.0) + w
             shown.setdefault(key, value)
-    total = sum(mass.values())
-    return sorted(((shown[k], m / total) for k, m in mass.items()), key=lambda kv: -kv[1])
+    return sorted(((shown[k], m) for k, m in mass.items()), key=lambda kv: -kv[1])
 
 
 def particle_output(status: str, site: str | None, killed_by: str | None, value: Any,

@@ -41,6 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
+from observability.global_trace import _normalized
 from observability.otel_attributes import KIND, attributes, particle_output, run_input, run_output, step_output, text
 from observability.span_data import ERROR, OK, SpanData, hex_span_id
 from observability.span_events import ParticleStepContents
@@ -168,13 +169,10 @@ class SpanPlanner:
     def _final_spans(self, run: _Run, record: RunFinished) -> list[SpanData]:
         """One `plp.final <id>` span per member of the final population, with its final weight."""
         log_w = list(record.log_weights)
-        finite = [w for w in log_w if w > -math.inf]
-        top = max(finite) if finite else 0.0
-        total = sum(math.exp(w - top) for w in finite)
+        weights = _normalized(log_w).tolist()
         out, ids = [], run.ids
         for k, pid in enumerate(record.particle_ids):
-            lw = log_w[k] if k < len(log_w) else -math.inf
-            weight = math.exp(lw - top) / total if lw > -math.inf and total > 0 else 0.0
+            lw, weight = (log_w[k], weights[k]) if k < len(log_w) else (-math.inf, 0.0)
             status = run.status.get(pid, "finished") if lw > -math.inf else "dead"
             value = record.values[k] if k < len(record.values) else None
             raw = {KIND: "CHAIN", "plp.run_id": record.run_id, "plp.particle_id": pid, "plp.final": True,
