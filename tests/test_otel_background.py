@@ -13,7 +13,6 @@ the inline batching export (observability.exporters.BackpressureSpanProcessor):
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
@@ -27,7 +26,7 @@ from bench.otel_overhead import llm_program, toy_program
 from observability.exporters import BackpressureSpanProcessor, instrument
 from observability.ordered_worker import OrderedWorker
 from observability.otel import OTelListener
-from swarm.listeners import RunListener
+from tests.run_records import RunRecords
 from tests.test_otel import replay, synthetic_run
 
 
@@ -126,35 +125,6 @@ def test_a_users_current_span_encloses_the_run():
     assert run.context.trace_id == outer.get_span_context().trace_id
 
 
-class _Records(RunListener):
-    """Keeps the raw records of a run (the reference the sampler is checked against)."""
-
-    def __init__(self) -> None:
-        self.steps, self.end = [], None
-
-    def on_step(self, record) -> None:
-        self.steps.append(record)
-
-    def on_run_end(self, record) -> None:
-        self.end = record
-
-
-def _surviving_lineages(records: _Records) -> set[int]:
-    """Ids of the final particles with a non-zero weight and of all their ancestors, from the
-    records' resampling steps (particle_ids, ancestors, offspring_ids), not from any span."""
-    parent: dict[int, int] = {}
-    for step in records.steps:
-        if step.resampled:
-            for child, a in zip(step.offspring_ids, step.ancestors):
-                parent[child] = step.particle_ids[a]
-    out = set()
-    for pid, lw in zip(records.end.particle_ids, records.end.log_weights):
-        while lw > -math.inf and pid is not None and pid not in out:
-            out.add(pid)
-            pid = parent.get(pid)
-    return out
-
-
 def test_particle_sampling_keeps_surviving_lineages_and_a_fraction_of_the_rest():
     n, seed, rate = 120, 2, 0.25
     program = llm_program(3, 0.0)
@@ -163,12 +133,12 @@ def test_particle_sampling_keeps_surviving_lineages_and_a_fraction_of_the_rest()
     full = {(s.attributes["plp.step"], s.attributes["plp.particle_id"])
             for s in reference if s.name.startswith("plp.particle ")}
     inst = instrument("memory", register=False, particle_sampling=rate)
-    records = _Records()
+    records = RunRecords()
     policy.model_copy(update={"listeners": [inst.listener, records]}).run(program)
     inst.shutdown()
     spans = inst.memory_exporter.get_finished_spans()
     sampled = inst.listener.sampler.sampled
-    survivors = _surviving_lineages(records)
+    survivors = records.surviving_lineages()
     got = {(s.attributes["plp.step"], s.attributes["plp.particle_id"])
            for s in spans if s.name.startswith("plp.particle ")}
     assert got == {(step, pid) for step, pid in full if pid in survivors or sampled(pid)}

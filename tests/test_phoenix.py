@@ -18,7 +18,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 try:  # tests/ is not a package: pytest puts it on sys.path (rootdir-relative if it becomes one)
@@ -31,7 +30,7 @@ except ImportError:  # pragma: no cover
 import policies
 from observability.exporters import instrument
 from swarm import factor, guarantee, sample
-from swarm.listeners import RunListener
+from tests.run_records import RunRecords
 
 pytestmark = [
     pytest.mark.phoenix,
@@ -145,36 +144,12 @@ def weather_program():
     return weather
 
 
-class Records(RunListener):
-    """The raw records of the run: the reference the filters are checked against."""
-
-    def __init__(self) -> None:
-        self.steps, self.end = [], None
-
-    def on_step(self, record) -> None:
-        self.steps.append(record)
-
-    def on_run_end(self, record) -> None:
-        self.end = record
-
-    def lineage(self, pid: int) -> list[int]:
-        parent = {c: s.particle_ids[a] for s in self.steps if s.resampled for c, a in zip(s.offspring_ids, s.ancestors)}
-        chain = [pid]
-        while chain[-1] in parent:
-            chain.append(parent[chain[-1]])
-        return chain[::-1]
-
-    def final_weights(self) -> dict[int, float]:
-        w = np.exp(np.array(self.end.log_weights) - max(self.end.log_weights))
-        return dict(zip(self.end.particle_ids, (w / w.sum()).tolist()))
-
-
 @pytest.fixture(scope="module")
 def weather_run(phoenix):
-    """(project, Records, spans in Phoenix) of one real SMC run with content, exported over OTLP."""
+    """(project, RunRecords, spans in Phoenix) of one real SMC run with content, exported over OTLP."""
     project = f"plp-weather-{uuid.uuid4().hex[:8]}"
     inst = instrument("otlp", endpoint=phoenix.otlp_endpoint, project=project, register=False, capture_content=True)
-    records = Records()
+    records = RunRecords()
     policies.SMC(num_particles=24, seed=0, listeners=[inst.listener, records]).run(weather_program(), 3)
     inst.shutdown()
     sent = inst.sink.spans_sent
