@@ -38,9 +38,11 @@
   and again by the client on `RayActorError`/`ActorUnavailableError` (`call_retries`, with backoff).
   The retried request carries the same seed, so a seeded run is unchanged by a crashed actor.
   An error raised by the backend itself (e.g. `BackendError`) comes back as that error.
-- Where: every completion records `served_by` (node id, actor id, replica, pid), which the sample
-  event's info keeps, so the global trace shows where each call ran. The envelope carries the W3C
-  `traceparent` of an active OpenTelemetry context (see `agents.agent_actor`).
+- Where: every completion records `served_by` (node id, actor id, replica, pid, and `role`: the
+  agent that made the call, even when roles share a pool), which the sample event's info keeps, so
+  the global trace shows where each call ran and for whom. The envelope carries the W3C
+  `traceparent` of an active OpenTelemetry context, and inside an instrumented run the span id of
+  the call itself (see `agents.agent_actor`).
 - Lifetime and identity: actors are named `plp-agent:<pool>:<fingerprint>:<replica>` in the current
   Ray namespace and detached: the first process that needs them creates them (`get_if_exists`) and
   every process of the job shares them; they live until `shutdown_agent_pools()` or until the Ray
@@ -247,11 +249,12 @@ class AgentPool:
                 return home
         return least
 
-    async def call(self, request: GenerationRequest) -> Completion:
-        """Send one request to a replica (waiting for a slot first); retry if the actor dies."""
+    async def call(self, request: GenerationRequest, role: str | None = None) -> Completion:
+        """Send one request of agent `role` (default: the pool's first role) to a replica (waiting
+        for a slot first); retry if the actor dies."""
         async with self._gate():
             await self.ready()
-            envelope = AgentCall(agent=self.role, request=request, carrier=trace_carrier())
+            envelope = AgentCall(agent=role or self.role, request=request, carrier=trace_carrier())
             retryable = _ray_errors()
             attempt = 0
             affinity = prefix_affinity(request)
@@ -330,14 +333,16 @@ def prefix_affinity(request: GenerationRequest) -> int:
 
 
 class RayAgentClient:
-    """The `Client` of an agent hosted on Ray: the run's response cache in front of the pool."""
+    """The `Client` of an agent hosted on Ray: the run's response cache in front of the pool. `role`
+    is the calling agent's name (several roles may share a pool)."""
 
-    def __init__(self, pool: AgentPool) -> None:
+    def __init__(self, pool: AgentPool, role: str | None = None) -> None:
         self.pool = pool
+        self.role = role or pool.role
 
     async def complete(self, request: GenerationRequest) -> Completion:
         key = request_key(self.pool.identity, request)
-        return await run_cache().get_or_call(key, lambda: self.pool.call(request))
+        return await run_cache().get_or_call(key, lambda: self.pool.call(request, self.role))
 
 
 # -- the per-process registry -------------------------------------------------------------------
@@ -368,7 +373,7 @@ def pool_for(agent: "Agent") -> AgentPool:
 
 
 def ray_client_for(agent: "Agent") -> RayAgentClient:
-    return RayAgentClient(pool_for(agent))
+    return RayAgentClient(pool_for(agent), agent.name)
 
 
 def hosted_actor_names() -> list[str]:

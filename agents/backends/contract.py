@@ -69,10 +69,13 @@ def _fail(check: str, detail: str) -> BackendContractViolation:
 
 
 def _request(kind: str, prompt: str, *, seed: int | None = 1, **settings: Any) -> GenerationRequest:
+    """A request that asks for log-probabilities (`log_q="required"`): the contract checks them, and
+    HTTP backends skip them unless a weight needs them."""
     s = GenerationSettings(**{"max_tokens": 8, **settings})
     if kind == "chat":
-        return GenerationRequest(messages=[ChatMessage(role="user", content=prompt)], settings=s, seed=seed)
-    return GenerationRequest(prompt=prompt, settings=s, seed=seed)
+        return GenerationRequest(messages=[ChatMessage(role="user", content=prompt)], settings=s, seed=seed,
+                                 log_q="required")
+    return GenerationRequest(prompt=prompt, settings=s, seed=seed, log_q="required")
 
 
 def check_identity(backend: Backend, claims: BackendClaims) -> None:
