@@ -71,6 +71,8 @@ class RunContext:
         self.budget = policy.budget
         self.tree = GlobalTrace()
         self.runners: list[SegmentRunner] = []
+        self.args: tuple = ()
+        self.kwargs: dict[str, Any] = {}
 
     # -- execution ---------------------------------------------------------------------------
     def runner(self, args: tuple, kwargs: dict, *, beta: float | None = None, kill: bool = True) -> SegmentRunner:
@@ -118,8 +120,8 @@ class RunContext:
         if self.broadcaster:
             self.broadcaster.emit("on_run_start", RunStarted(
                 run_id=self.run_id, policy=self.policy_name, program=getattr(self.program, "__qualname__", repr(self.program)),
-                config=self.policy.describe(), num_particles=num_particles, runtime=self.runtime.name,
-                started_at_ns=time.time_ns()))
+                config=self.policy.describe(), arguments=_jsonable_arguments(self.args, self.kwargs),
+                num_particles=num_particles, runtime=self.runtime.name, started_at_ns=time.time_ns()))
 
     def emit_step(self, outcome: StepOutcome) -> None:
         """Report one population step to the listeners (see `swarm.listeners.StepRecord`)."""
@@ -241,6 +243,7 @@ class Policy(BaseModel, abc.ABC):
     async def run_async(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
         runtime = make_runtime(self.runtime)
         ctx = RunContext(self, program, runtime)
+        ctx.args, ctx.kwargs = args, kwargs
         await runtime.start()
         try:
             with relaxed_gc(), new_run_scope():
@@ -260,3 +263,16 @@ class Policy(BaseModel, abc.ABC):
     @abc.abstractmethod
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         """The algorithm."""
+
+
+def _jsonable_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The program's arguments for listeners: plain JSON values as they are, anything else as repr."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (str, int, float, bool, type(None))):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return repr(value)
+    return {"args": plain(list(args)), "kwargs": plain(kwargs)}

@@ -33,6 +33,8 @@ class RunStarted(BaseModel):
     policy: str
     program: str
     config: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """The program's arguments as JSON-able values (`repr` of what JSON cannot hold): "args", "kwargs"."""
     num_particles: int
     runtime: str = "local"
     started_at_ns: int
