@@ -124,6 +124,20 @@ class Handler:
         _STACK.reset(self._tokens.pop())
 
 
+def execution_context() -> contextvars.Context:
+    """The context a new particle execution runs in: a copy of the current one (so context variables
+    the caller set, such as OpenTelemetry's current span, are visible to the program), without the
+    caller's handler stack or run scope (a policy run nested inside another program starts clean)."""
+    context = contextvars.copy_context()
+    context.run(_clean)
+    return context
+
+
+def _clean() -> None:
+    _STACK.set(_EMPTY_STACK)
+    _RUN_SCOPE.set(None)
+
+
 def active_handlers() -> tuple[Handler, ...]:
     return _STACK.get()
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Literal
 
 import greenlet
 
-from swarm.effects import Handler, mark_fused, new_run_scope
+from swarm.effects import Handler, execution_context, mark_fused, new_run_scope
 from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Suspend, Suspended, Weigh
 from swarm.errors import ParticleLost, SwarmError
 from swarm.handlers import replay, scale, seed
@@ -255,7 +255,7 @@ class Execution:
             Fused(self.record, self.weigh, self.suspend, self.seeder, self.replayer)
         """The fused engine (`swarm.engine.Fused`) when the stack is exactly the engine's own."""
         self.greenlet = greenlet.greenlet(self._body)
-        self.greenlet.gr_context = contextvars.Context()
+        self.greenlet.gr_context = execution_context()
         self.suspend.greenlet = self.greenlet
         self.outcome: tuple[str, Any] | None = None
         self.stream = stream
