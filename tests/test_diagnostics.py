@@ -100,12 +100,13 @@ def _copy(belief):
 
 
 def _fresh(_belief):
-    return sample("v", Bernoulli(0.5))
+    return sample("v", Bernoulli(0.7))
 
 
 def _voters(voter):
     def program():
-        belief = sample("belief", Bernoulli(0.5))
+        belief = sample("belief", Bernoulli(0.7))  # True is the majority answer by a wide margin, so the
+        # oracle's "the selected answer is True" holds whatever the seed (at 0.5 it was a coin toss)
         return plate("vote", 5, voter, belief)
     return program
 
