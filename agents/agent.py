@@ -160,9 +160,7 @@ class Agent(BaseModel):
         (e.g. unit="word", max_tokens=8, temperature=0.7). `constraint` (from `agents.constraints`)
         applies to the whole reply (`prefix` included) inside the proposal; the site's weight gains
         the log-mass of the allowed tokens (docs/constraints.md)."""
-        merged = self.settings.model_copy(update=settings) if settings else self.settings
-        if settings:
-            merged = GenerationSettings.model_validate(merged.model_dump())
+        merged = _merged_settings(self.settings, settings) if settings else self.settings
         if raw_prompt is not None:
             request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged, constraint=constraint)
         else:
@@ -234,3 +232,26 @@ def native_tool_text(info: dict[str, Any], text: str) -> str:
     """Append native tool calls (from a backend that supports them) to the text in protocol form."""
     calls = info.get("tool_calls") or []
     return (text + "\n" + render_tool_calls(calls)).strip() if calls else text
+
+
+_SETTINGS: dict[tuple, GenerationSettings] = {}
+
+
+def _merged_settings(base: GenerationSettings, overrides: dict[str, Any]) -> GenerationSettings:
+    """`base` with `overrides`, validated (a bad value names the field); the same combination,
+    asked for at every step of every particle, is validated once (GenerationSettings is frozen)."""
+    unknown = sorted(set(overrides) - set(GenerationSettings.model_fields))
+    if unknown:
+        raise TypeError(f"unknown generation setting {unknown[0]!r}; the settings are "
+                        f"{', '.join(GenerationSettings.model_fields)}")
+    try:
+        key = (base, tuple(sorted(overrides.items())))
+        hash(key)
+    except TypeError:  # an unhashable override value: no caching
+        return GenerationSettings.model_validate({**base.model_dump(), **overrides})
+    merged = _SETTINGS.get(key)
+    if merged is None:
+        if len(_SETTINGS) > 4096:
+            _SETTINGS.clear()
+        merged = _SETTINGS[key] = GenerationSettings.model_validate({**base.model_dump(), **overrides})
+    return merged

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agents.backends import default_backend
 from agents.backends.base import Backend, Completion, GenerationRequest
 from agents.cache import ResponseCache, request_key, run_cache
+from swarm.effects import run_scope
 
 if TYPE_CHECKING:
     from agents.agent import Agent
@@ -30,24 +31,37 @@ class Client(Protocol):
 
 
 class LocalClient:
-    """Calls a backend in this process, through a response cache."""
+    """Calls a backend in this process, through the run's response cache when the run journals its
+    calls (a checkpointed run: a resumed run must find them). Otherwise straight to the backend:
+    within a run no request is made twice (its seed is the particle's stream and site, and replay
+    reads recorded values from the global trace), so a cache would only cost a key per call."""
 
     def __init__(self, backend: Backend, cache: ResponseCache) -> None:
         self.backend = backend
         self.cache = cache
 
     async def complete(self, request: GenerationRequest) -> Completion:
+        if self.cache.journal is None:
+            return await self.backend.complete(request)
         key = request_key(self.backend.identity(), request)
         return await self.cache.get_or_call(key, lambda: self.backend.complete(request))
 
 
 def client_for(agent: "Agent") -> Client:
-    """The client for `agent` in the current run: its Ray pool's, or its backend's in this process."""
-    if agent.hosted_on_ray():
-        from agents.ray_hosting import ray_client_for
+    """The client for `agent` in the current run: its Ray pool's, or its backend's in this process
+    (decided once per agent and run, kept in the run scope)."""
+    scope = run_scope()
+    key = ("agents.client", id(agent))
+    client = scope.get(key)
+    if client is None or client[0] is not agent:
+        if agent.hosted_on_ray():
+            from agents.ray_hosting import ray_client_for
 
-        return ray_client_for(agent)
-    return LocalClient(agent.backend or default_backend(), run_cache())
+            client = (agent, ray_client_for(agent))
+        else:
+            client = (agent, LocalClient(agent.backend or default_backend(), run_cache()))
+        scope[key] = client
+    return client[1]
 
 
 def completion_info(agent: "Agent", request: GenerationRequest, completion: Completion, started_ns: int,
@@ -70,9 +84,19 @@ def completion_info(agent: "Agent", request: GenerationRequest, completion: Comp
         "base_token_logprobs": None if completion.base_token_logprobs is None else list(completion.base_token_logprobs),
         "log_prob": completion.log_prob,
         "base_log_prob": completion.base_log_prob,
-        "prompt": [m.model_dump(exclude_none=True) for m in request.messages] if request.messages is not None
-        else request.prompt,
+        "prompt": [_message_dict(m) for m in request.messages] if request.messages is not None else request.prompt,
         "assistant_prefix": request.assistant_prefix,
         "completion": completion.text,
         **({"served_by": dict(completion.served_by)} if completion.served_by else {}),
     }
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    """`message.model_dump(exclude_none=True)` of a ChatMessage, without pydantic's serializer (it
+    runs for every message of every prompt)."""
+    out = {"role": message.role, "content": message.content}
+    for name in ("name", "tool_call_id", "tool_calls"):
+        value = getattr(message, name)
+        if value is not None:
+            out[name] = value
+    return out

@@ -173,7 +173,9 @@ class SpanPlanner:
         out, ids = [], run.ids
         for k, pid in enumerate(record.particle_ids):
             lw, weight = (log_w[k], weights[k]) if k < len(log_w) else (-math.inf, 0.0)
-            status = run.status.get(pid, "finished") if lw > -math.inf else "dead"
+            status = run.status.get(pid, "finished")
+            if lw == -math.inf and status != "lost":   # a lost particle is missing, not dead
+                status = "dead"
             value = record.values[k] if k < len(record.values) else None
             raw = {KIND: "CHAIN", "plp.run_id": record.run_id, "plp.particle_id": pid, "plp.final": True,
                    "plp.log_weight": lw, "plp.normalized_weight": weight, "plp.status": status,
@@ -215,6 +217,7 @@ class SpanPlanner:
         raw = {KIND: "CHAIN", "plp.run_id": record.run_id, "plp.step": record.step, "plp.ess": record.ess,
                "plp.ess_fraction": record.ess / size if size else None, "plp.log_evidence": record.log_evidence,
                "plp.resampled": record.resampled, "plp.num_moved": len(record.particles), "plp.num_died": died,
+               "plp.num_lost": getattr(record, "lost", 0),
                "plp.tokens": record.tokens, "plp.llm_calls": record.llm_calls,
                "output.value": step_output(record.ess, size, record.log_evidence, record.resampled, died)}
         ids = run.ids

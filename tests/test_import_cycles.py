@@ -151,13 +151,7 @@ def cycles_touching(package: str, graph: dict[str, list[Edge]]) -> list[str]:
             if any(m == package or m.startswith(package + ".") for m in c)]
 
 
-LEADS_ENGINE_WORK = pytest.mark.xfail(strict=True, reason=(
-    "swarm.runtimes ↔ swarm.ray_runtime: the core's shape belongs to the engine work (issue 12), which "
-    "renames and untangles the runtimes; remove this mark when it lands"))
-
-
-@pytest.mark.parametrize("package", [pytest.param("swarm", marks=LEADS_ENGINE_WORK), "agents", "policies",
-                                     "observability"])
+@pytest.mark.parametrize("package", ["swarm", "agents", "policies", "observability"])
 def test_no_import_cycle_touches(package):
     cycles = cycles_touching(package, import_graph())
     assert not cycles, "import cycles (module:line of each import):\n  " + "\n  ".join(cycles)

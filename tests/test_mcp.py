@@ -16,7 +16,7 @@ from agents import Agent, mcp_tools
 from agents.mcp import MCPCallFailed, MCPServerError, close_all
 from agents.mcp.connection import server_starts
 from swarm import factor
-from tests.mcp_servers.harness import CALC, CallLog, adds, calc_stdio, tool_caller, until_the_engine_loses_particles
+from tests.mcp_servers.harness import CALC, CallLog, adds, calc_stdio, tool_caller
 from tests.test_checkpoint import CrashingRuntime, SimulatedCrash
 
 pytestmark = pytest.mark.server
@@ -153,11 +153,13 @@ def test_the_failing_tool_loses_only_its_particle(calc, log):
         return reply
 
     n = 12
-    r = policies.SMC(num_particles=n, seed=5).run(until_the_engine_loses_particles(program))
-    lost = [p for p in r.particles if p.status == "failed"]
+    # no resampling: the lost particles stay in the population, left out of the weights and of log Z
+    r = policies.SMC(num_particles=n, seed=5, ess_threshold=0.0, max_lost_fraction=0.5).run(program)
+    lost = [p for p in r.particles if p.status == "lost"]
     done = [p for p in r.particles if p.status == "finished"]
     assert 0 < len(lost) < n and len(lost) + len(done) == n
-    assert len(log.calls("fail")) == len(lost) and len(log.calls("add")) == len(done)
+    assert len(log.calls("fail")) == len(lost) == r.diagnostics.lost and len(log.calls("add")) == len(done)
+    assert all(p.log_weight == float("-inf") for p in lost) and r.log_evidence == 0.0   # the n - lost others: Z = 1
     for p in lost:
         error = p.trace.of_type("error")[0]
         assert error.address == "q/call0"  # the tool_call event: the call that never returned

@@ -25,6 +25,8 @@ was made on; `OpenAICompatible` makes one per loop.
 
 from __future__ import annotations
 
+from swarm.errors import SwarmError
+
 import asyncio
 import ssl
 import urllib.parse
@@ -32,7 +34,7 @@ import zlib
 from typing import NamedTuple
 
 
-class HttpTransportError(Exception):
+class HttpTransportError(SwarmError):
     """A request got no HTTP reply: connection refused or reset, a malformed reply, or a timeout
     (`timed_out`). The message carries no header or body of the request."""
 
@@ -48,7 +50,7 @@ class HttpReply(NamedTuple):
     body: bytes
 
 
-class _Stale(Exception):
+class _Stale(SwarmError):
     """A reused connection was closed by the server before it replied (retry on a fresh one)."""
 
 

@@ -28,6 +28,8 @@ unbiased estimate of Z (properly weighted), and the draw is marked estimated.
 
 from __future__ import annotations
 
+from swarm.errors import SwarmError
+
 import math
 import weakref
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from agents.constraints.guide import Guide
 
 
-class ConstraintError(ValueError):
+class ConstraintError(SwarmError, ValueError):
     """A constraint was built wrongly or misbehaved (bad pattern, schema, a potential outside [0, 1])."""
 
 

@@ -20,6 +20,8 @@ constant time; the key is a `Secret` (masked in every log line, span and error m
 
 from __future__ import annotations
 
+from swarm.errors import SwarmError
+
 import asyncio
 import hmac
 from typing import Any
@@ -95,7 +97,7 @@ def build_app(service: ChatService, *, api_key: Secret | None = None) -> Starlet
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-class ClientDisconnected(Exception):
+class ClientDisconnected(SwarmError):
     """The client went away before its answer was ready (its run was cancelled)."""
 
 

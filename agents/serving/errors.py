@@ -7,6 +7,8 @@ response says `x-should-retry: false`, which we send for failures a retry cannot
 
 from __future__ import annotations
 
+from swarm.errors import SwarmError
+
 import logging
 
 from agents.serving.protocol import ErrorBody, ErrorResponse
@@ -15,7 +17,7 @@ from swarm.errors import BackendUnavailable, NoSurvivingParticles, SwarmError, r
 log = logging.getLogger("agents.serving")
 
 
-class ServeError(Exception):
+class ServeError(SwarmError):
     """A request failed; `status`, and the OpenAI error fields `type`, `param`, `code`."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,

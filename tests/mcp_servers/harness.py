@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from agents.backends.scripted import Scripted
-from swarm.errors import ParticleLost
 from tests.llama_server import _stop, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,26 +103,3 @@ def tool_caller(pick: Callable[[int], tuple[str, dict]]) -> Scripted:
 def adds(seed: int) -> tuple[str, dict]:
     """Every particle adds two numbers that depend on its random stream."""
     return "add", {"a": seed % 50, "b": 7}
-
-
-class Lost(Exception):
-    """TEMPORARY, see `until_the_engine_loses_particles`."""
-
-
-def until_the_engine_loses_particles(program: Callable[..., Any]) -> Callable[..., Any]:
-    """TEMPORARY shim, to remove when the engine treats `ParticleLost` as a lost particle.
-
-    Today every `SwarmError` raised inside a particle aborts the run, `ParticleLost` included. This
-    wrapper re-raises a loss as a plain exception, which fails only its particle with an ErrorEvent
-    (the message of the MCP error): what the tests check is then that the error names the server,
-    the tool and the reason, and that the other particles finish. After the merge: call the program
-    directly and assert `diagnostics` counts the particle as lost and leaves it out of Ẑ.
-    """
-
-    async def program_with_losses_as_failures(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await program(*args, **kwargs)
-        except ParticleLost as exc:
-            raise Lost(str(exc)) from exc
-
-    return program_with_losses_as_failures
