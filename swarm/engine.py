@@ -134,6 +134,7 @@ class Meter(Handler):
     def __init__(self) -> None:
         super().__init__()
         self.tokens = 0
+        self.output_tokens = 0
         self.llm_calls = 0
 
     def postprocess_message(self, msg: Message) -> None:
@@ -141,11 +142,14 @@ class Meter(Handler):
             usage = msg.info.get("usage")
             if usage:
                 self.llm_calls += 1
-                self.tokens += int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+                out = int(usage.get("output_tokens", 0))
+                self.tokens += int(usage.get("input_tokens", 0)) + out
+                self.output_tokens += out
 
-    def take(self) -> tuple[int, int]:
-        spent = (self.tokens, self.llm_calls)
-        self.tokens = self.llm_calls = 0
+    def take(self) -> tuple[int, int, int]:
+        """(tokens, LLM calls, output tokens) since the last call."""
+        spent = (self.tokens, self.llm_calls, self.output_tokens)
+        self.tokens = self.llm_calls = self.output_tokens = 0
         return spent
 
 

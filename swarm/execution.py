@@ -59,6 +59,7 @@ class Segment:
     ended_ns: int = 0
     tokens: int = 0
     llm_calls: int = 0
+    output_tokens: int = 0
     target_log_weight: float = 0.0
     """log w(τ) of the particle's whole trace so far (docs/theory.md §1)."""
     twist: float = 0.0
@@ -355,9 +356,10 @@ class Execution:
                 status, value = "finished", payload
             else:
                 status, site, error = self._classify(payload)
-        tokens, calls = self.meter.take()
+        tokens, calls, output_tokens = self.meter.take()
         return Segment(events=self.record.take(), status=status, value=value, sync_count=self.suspend.sync_count,
                        site=site, started_ns=started, ended_ns=time.time_ns(), tokens=tokens, llm_calls=calls,
+                       output_tokens=output_tokens,
                        target_log_weight=self.weigh.log_weight, twist=self.weigh.twist, error=error)
 
     def _classify(self, exc: BaseException) -> tuple[Status, str | None, str | None]:

@@ -81,7 +81,7 @@ def decode_trace(rows: list[tuple]) -> Trace:
     return Trace(events=[_EVENT_CLASSES[row[0]](**dict(zip(_EVENT_FIELDS[row[0]], row[1:]))) for row in rows])
 
 
-_SEGMENT_FIELDS = ("status", "value", "sync_count", "site", "started_ns", "ended_ns", "tokens", "llm_calls",
+_SEGMENT_FIELDS = ("status", "value", "sync_count", "site", "started_ns", "ended_ns", "tokens", "llm_calls", "output_tokens",
                    "target_log_weight", "twist", "error", "continued")
 
 

@@ -52,6 +52,9 @@ class Diagnostics(BaseModel):
     lost_causes: dict[str, int] = Field(default_factory=dict)
     """"<Error> after <address>" → how many particles it lost."""
     tokens: int = 0
+    """Every token the run's LLM calls spent: prompts and completions."""
+    output_tokens: int = 0
+    """The completion tokens among them (`tokens - output_tokens` were prompt tokens)."""
     llm_calls: int = 0
     wall_time_s: float = 0.0
     stopped_by: str | None = None
@@ -61,6 +64,7 @@ class Diagnostics(BaseModel):
         """Add segments' tokens, LLM calls, deaths (killed: dead or failed) and losses."""
         for seg in segments:
             self.tokens += seg.tokens
+            self.output_tokens += getattr(seg, "output_tokens", 0)
             self.llm_calls += seg.llm_calls
             if seg.status in ("dead", "failed") and seg.site:
                 self.deaths[seg.site] = self.deaths.get(seg.site, 0) + 1
