@@ -37,7 +37,9 @@ def _load_backends(lib_dir: Path) -> str:
     variants = sorted(p.name for p in lib_dir.glob("libggml-cpu-*.so"))
     if not variants:
         return "built in"
-    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+    with open("/proc/self/maps") as maps:  # the libggml llama_cpp loaded (a wheel holds copies, not symlinks)
+        loaded = {line.split()[-1] for line in maps if "/libggml.so" in line}
+    ggml = ctypes.CDLL(min(loaded) if loaded else str(lib_dir / "libggml.so.0"))
     ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     ggml.ggml_backend_reg_get.restype = ctypes.c_void_p

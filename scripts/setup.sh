@@ -19,16 +19,23 @@
 # venv with another build (an old native one) is reinstalled. PLP_LLAMA_CMAKE_ARGS overrides the flags.
 #
 # Why fixed flags and not llama.cpp's runtime CPU dispatch (GGML_BACKEND_DL=ON +
-# GGML_CPU_ALL_VARIANTS=ON: one libggml-cpu-<variant>.so per CPU family, the best one chosen at run
-# time), measured on this project's 2-core AMD EPYC (Zen 4, AVX-512), both under `nice`, shared with
-# other jobs (so the times are loose):
-#   fixed AVX2 flags   wheel build 4 min 00 s (7 min 11 s CPU)
-#   runtime dispatch   DISPATCH_BUILD_NUMBERS
-# and dispatch needs more than flags: llama-cpp-python 0.3.36 neither installs the variant libraries
-# into its package nor loads them (ggml_backend_load_all), so we would have to patch its install and
-# load backends ourselves before every model load; and on the Xeon of issue 11 it would pick the
-# AVX-512/AMX (sapphirerapids) kernels, the very code paths that crashed there. The fixed AVX2
-# build costs DISPATCH_SPEED_NUMBERS.
+# GGML_CPU_ALL_VARIANTS=ON: one libggml-cpu-<variant>.so per CPU family, 14 on x86-64, the best one
+# loaded at run time). Measured on this project's 2-core AMD EPYC (Zen 4, AVX-512), under `nice`,
+# on a machine shared with other jobs (load 5-20), so wall times are loose and CPU times are the
+# fairer comparison:
+#   build        fixed AVX2 flags  4 min 00 s wall, 7 min 11 s CPU (`pip wheel`, 0.3.36, light load);
+#                                  16 min 24 s wall, ~8.5 min CPU (this script, load 6-9)
+#                runtime dispatch  95 min 54 s wall, 17 min 46 s CPU (`pip wheel`, load ~15: 2.5x the CPU)
+#   tokens/s     one thread, medians of 7 interleaved runs (scripts/bench_llama_build.py):
+#                fixed 86.6 prompt / 42.4 decode; dispatch, the zen4 (AVX-512) variant chosen,
+#                1.00x / 0.97x; dispatch forced to the haswell variant 1.00x / 0.99x.
+#                Same greedy text. AVX-512 buys nothing for this small Q4_1 model.
+# And dispatch needs more than flags: llama-cpp-python 0.3.36 neither puts the variant libraries in
+# its wheel (they are installed into the build's source tree, and the default search path baked in
+# is that temporary directory) nor loads them (ggml_backend_load_all), so we would have to patch its
+# CMakeLists and load the backends before every model load, in every process (Ray workers, the
+# server); and on the Xeon of issue 11 it would pick the AVX-512/AMX (sapphirerapids) kernels, the
+# very code paths that crashed there. So: fixed flags, no measurable cost on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -74,7 +81,7 @@ wheel_dir="${XDG_CACHE_HOME:-$HOME/.cache}/plp-swarm/wheels/$build_key"
 find_wheel() { ls "$wheel_dir"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -n1; }
 wheel=$(find_wheel || true)
 if [ -z "$wheel" ]; then
-  echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION with $llama_flags (about 5-10 min on 2 cores, once per machine)"
+  echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION with $llama_flags (about 4 min on 2 idle cores, longer on a busy machine; once per machine)"
   mkdir -p "$(dirname "$wheel_dir")"
   tmp=$(mktemp -d "$wheel_dir.tmp.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
