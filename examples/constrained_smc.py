@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokens = result.diagnostics.tokens
     marginal = result.marginal()
     print(f'\nSMC, {args.particles} particles, one word per step drawn without "{args.letter}" '
-          f"(answer marginal, top 5 of {len(marginal)}):")
+          f"(answer marginal, top {min(5, len(marginal))} of {len(marginal)}):")
     for sentence, p in list(marginal.items())[:5]:
         print(f"  {p:6.3f}  {sentence}")
     print(f"  log Z = {result.log_evidence:.3f} (the model alone satisfies the constraint with probability "

@@ -29,6 +29,10 @@ from swarm.errors import SwarmError
 POLICIES = {"smc": "SMC", "importance": "Importance", "enumerate": "Enumerate", "forward": "Forward",
             "rejection": "Rejection"}
 BUILTIN_DEFAULTS = {"policy": "smc", "particles": 100, "seed": None, "runtime": "local"}
+POPULATION_FIELDS = ("num_particles", "num_samples", "n", "width")
+"""The fields `--particles` sets, looked up by name on the policy's class (the first it has):
+SMC-like policies' num_particles, Forward/Rejection's num_samples, BestOfN/SelfConsistency's n,
+Beam's width. Once every policy calls it num_particles the first entry is the one found."""
 
 
 class CLIError(SwarmError):
@@ -118,11 +122,12 @@ def make_policy(args: argparse.Namespace, module: ModuleType, listeners: list[An
             if value is None:
                 continue
             if key == "particles":
-                field = next((f for f in ("num_particles", "num_samples") if f in type(policy).model_fields), None)
-                if field is None:
-                    print(f"note: {type(policy).__name__} has no particle count; --particles ignored", file=sys.stderr)
-                    continue
-                setattr(policy, field, value)
+                field = next((f for f in POPULATION_FIELDS if f in type(policy).model_fields), None)
+                if field is None and args.particles is not None:
+                    raise CLIError(f"--particles {value}: {type(policy).__name__} has no population size to set "
+                                   f"(none of the fields {', '.join(POPULATION_FIELDS)}); drop --particles")
+                if field is not None:
+                    setattr(policy, field, value)
             else:
                 setattr(policy, key, value)
         policy.listeners = [*policy.listeners, *listeners]
@@ -321,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "command-line options override them.")
     run.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
     run.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
-    run.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default 100)")
+    run.add_argument("--particles", "-n", type=int, metavar="N",
+                     help="population size: the policy's num_particles, num_samples, n (BestOfN, "
+                     "SelfConsistency) or width (Beam); an error for a policy without one (default 100)")
     run.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same result)")
     run.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
     run.add_argument("--trace", metavar="OUT.jsonl", help="write the run's global trace (JSON Lines) here")
