@@ -67,7 +67,7 @@ def test_the_cli_refuses_a_program_that_imports_agents(shadow):
 
 
 def test_the_cli_only_checks_programs_that_import_agents():
-    from observability.cli import _imports_agents
+    from observability.programs import _imports_agents
 
     assert _imports_agents(REPO / "examples" / "debate.py")
     assert not _imports_agents(REPO / "examples" / "tempering.py")

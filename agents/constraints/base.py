@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from agents.constraints.state import GuidedDraw, TokenState  # noqa: F401 - re-exported
 from agents.constraints.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -45,25 +46,6 @@ if TYPE_CHECKING:
 
 class ConstraintError(SwarmError, ValueError):
     """A constraint was built wrongly or misbehaved (bad pattern, schema, a potential outside [0, 1])."""
-
-
-class TokenState:
-    """One part of a guide: the state of one constraint inside one generation.
-
-    Exact states implement `log_phi_row()` (log φ(v | x) for every token id, EOS ids included);
-    every state implements `log_phi(token)` and `advance(token)` (never called with an EOS id)."""
-
-    exact: bool = True
-    boolean: bool = True
-
-    def log_phi_row(self) -> np.ndarray:  # pragma: no cover - exact subclasses override
-        raise NotImplementedError
-
-    def log_phi(self, token: int) -> float:
-        return float(self.log_phi_row()[token])
-
-    def advance(self, token: int) -> None:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
 
 
 class BoundConstraint:
@@ -135,34 +117,12 @@ class Constraint:
         return Guide([c.bind(vocab).start(data) for c in self.parts()], vocab, self.describe())
 
     def __and__(self, other: "Constraint") -> "Constraint":
-        from agents.constraints.combine import all_of
-
         return all_of(self, other)
 
     __mul__ = __and__
 
     def __repr__(self) -> str:
         return self.describe()
-
-
-@dataclass(frozen=True, slots=True)
-class GuidedDraw:
-    """One position drawn by a guide.
-
-    `log_q`: log q_C(token) under the guided proposal (for an estimated draw, the nominal value
-    log q(token) + log φ(token) − log_mass, so that log_q + log_mass is always the target's log
-    q(token)·φ(token)); `log_mass`: the weight increment, log Z (exact) or log Ẑ (estimated);
-    `log_phi`: log φ(token | x). `token` is −1 when no token had positive guided mass (dead)."""
-
-    token: int
-    log_q: float
-    log_mass: float
-    log_phi: float
-    exact: bool
-
-    @property
-    def dead(self) -> bool:
-        return self.token < 0
 
 
 def check_unit_interval(value: object, what: str) -> float:
@@ -187,3 +147,43 @@ def decode(data: bytes) -> str:
 
 def as_sequence(items: Sequence[str] | str) -> list[str]:
     return [items] if isinstance(items, str) else list(items)
+
+
+class AllOf(Constraint):
+    def __init__(self, parts: list[Constraint]) -> None:
+        flat: list[Constraint] = []
+        for c in parts:
+            if not isinstance(c, Constraint):
+                raise ConstraintError(f"all_of: {c!r} is not a constraint (build one with agents.constraints)")
+            flat.extend(c.parts())
+        if not flat:
+            raise ConstraintError("all_of: give at least one constraint")
+        self._parts = flat
+        self.exact = all(c.exact for c in flat)
+        self.boolean = all(c.boolean for c in flat)
+
+    def parts(self) -> list[Constraint]:
+        return list(self._parts)
+
+    def describe(self) -> str:
+        return "all_of(" + ", ".join(c.describe() for c in self._parts) + ")"
+
+    def prefix(self, text: str) -> float:
+        value = 1.0
+        for c in self._parts:
+            value *= c.prefix(text)
+        return value
+
+    def complete(self, text: str) -> float:
+        value = 1.0
+        for c in self._parts:
+            value *= c.complete(text)
+        return value
+
+    def _bind(self, vocab: Vocabulary):  # pragma: no cover - guides bind the parts one by one
+        raise ConstraintError("all_of is bound part by part (Constraint.guide)")
+
+
+def all_of(*constraints: Constraint) -> Constraint:
+    """The conjunction of constraints (the product of potentials); `a & b` is all_of(a, b)."""
+    return constraints[0] if len(constraints) == 1 and isinstance(constraints[0], Constraint) else AllOf(list(constraints))

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from agents.constraints.awrs import awrs
-from agents.constraints.base import GuidedDraw, TokenState
+from agents.constraints.state import GuidedDraw, TokenState
 from agents.constraints.report import ConstraintReport
 from agents.constraints.vocabulary import Vocabulary
 

@@ -32,7 +32,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def build_service(args: argparse.Namespace) -> tuple[ChatService, Any]:
     """(the service, the OTel instrumentation handle or None) from `swarm serve`'s arguments."""
     from agents.serving.tracing import RequestTracing
-    from observability.cli import CLIError, load_program, make_policy, parse_kwargs
+    from observability.programs import CLIError, load_program, make_policy, parse_kwargs
 
     if (args.model is None) == (args.target is None):
         both = args.model is not None
@@ -74,7 +74,7 @@ def build_service(args: argparse.Namespace) -> tuple[ChatService, Any]:
 
 def api_key(args: argparse.Namespace) -> Secret | None:
     """The key from the environment variable `--api-key-env` names (never from argv: `ps` shows it)."""
-    from observability.cli import CLIError
+    from observability.programs import CLIError
 
     if not args.api_key_env:
         return None
