@@ -60,16 +60,32 @@ def time_once(kind: str, n: int, steps: int, seed: int = 0) -> float:
 
 def measure(n: int, steps: list[int], repeats: int) -> dict[str, float]:
     """Median wall time of every (kind, T), repetitions interleaved."""
-    from bench.common import interleaved, median
+    import statistics
 
+    from_common = _common()
+    interleaved, median = from_common.interleaved, statistics.median
     fns = {f"{kind}@{t}": (lambda k=kind, t=t: time_once(k, n, t)) for t in steps for kind in ("sync", "async")}
     times = interleaved(fns, repeats=repeats, warmup=False)
     return {name: median(ts) for name, ts in times.items()}
 
 
+def _common():
+    """bench.common of this checkout (the baseline child imports this file by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).with_name("common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _baseline(directory: str, n: int, steps: list[int], repeats: int) -> dict[str, float]:
-    code = (f"import json, sys; sys.path.insert(0, {directory!r}); from bench.engine_scaling import measure; "
-            f"print(json.dumps(measure({n}, {steps!r}, {repeats})))")
+    """The same workloads timed with the packages of another checkout (this file's code, that
+    checkout's swarm and policies), in a child process."""
+    code = (f"import json, sys, importlib.util; sys.path.insert(0, {directory!r}); "
+            f"spec = importlib.util.spec_from_file_location('engine_scaling', {__file__!r}); "
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); "
+            f"print(json.dumps(mod.measure({n}, {steps!r}, {repeats})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=directory, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -216,13 +216,14 @@ POLICY_MODULE = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("policy,field", [("policies.SelfConsistency(n=3, seed=0)", "n"),
-                                          ("policies.BestOfN(n=3, seed=0)", "n"),
-                                          ("policies.Forward(num_samples=3, seed=0)", "num_samples"),
+@pytest.mark.parametrize("policy,field", [("policies.SelfConsistency(num_particles=3, seed=0)", "num_particles"),
+                                          ("policies.BestOfN(num_particles=3, seed=0)", "num_particles"),
+                                          ("policies.Forward(num_particles=3, seed=0)", "num_particles"),
                                           ("policies.Importance(num_particles=3, seed=0)", "num_particles")])
 def test_particles_sets_every_policys_population_size(tmp_path, policy, field):
-    """`swarm run --particles 7` reaches the policy's own population field (issue 11 g: it was ignored
-    for SelfConsistency, whose field is `n`); the run, its trace file and the summary line say 7."""
+    """`swarm run --particles 7` reaches the policy's population field (issue 11 g: it was ignored
+    for SelfConsistency, whose field was `n`; every policy now calls it `num_particles`); the run,
+    its trace file and the summary line say 7."""
     path = tmp_path / "module_policy.py"
     path.write_text(POLICY_MODULE.replace("{policy}", policy))
     proc = swarm("run", str(path), "--particles", "7", "--trace", str(tmp_path / "t.jsonl"))
