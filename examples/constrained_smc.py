@@ -88,7 +88,7 @@ async def whole_sentence(topic: str = "a cat", letter: str = "e", min_words: int
 
 def best_of_n_same_budget(topic: str, letter: str, tokens: int, seed: int) -> dict[str, Any]:
     """Draw whole sentences one at a time until `tokens` are spent (BestOfN with a token budget)."""
-    policy = policies.BestOfN(n=100_000, batch_size=1, seed=seed, budget=policies.Budget(max_tokens=tokens))
+    policy = policies.BestOfN(num_particles=100_000, batch_size=1, seed=seed, budget=policies.Budget(max_tokens=tokens))
     try:
         r = policy.run(whole_sentence, topic, letter)
     except NoSurvivingParticles as exc:
