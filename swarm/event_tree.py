@@ -1,4 +1,5 @@
-"""The global trace: every event of a run in one append-only tree (docs/theory.md §3.4).
+"""The global trace: every event of a run in one append-only tree (docs/theory.md §3.2: resampling copies
+pointers).
 
 A node is one event (sample, factor, guarantee, interact, error) and points to the previous event of
 its execution; a particle is a pointer to a leaf. Resampling copies pointers, never events, so
