@@ -6,8 +6,11 @@
     swarm mcp prog.py:program --policy smc --particles 200 --seed 0      # the program as an MCP tool (stdio)
     swarm serve examples/my_chat.py --policy smc --particles 16 --port 8000
 
+    swarm resume runs/task --answer review=yes                        # a run that waits for a person
+
 Exit status: 0 on success, 1 when the run, the trace file or the report fails (the message on
-stderr names the file or field at fault), 2 for a usage error.
+stderr names the file or field at fault), 2 for a usage error, 3 when the run waits for a person
+(its pending questions are printed; `swarm resume` continues it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from observability.cli_resume import (EXIT_WAITING, add_resume_parser, add_run_options, apply_run_options,
+                                      print_pending)
 from observability.progress import ProgressDisplay, fmt_float
 from swarm.agents_package import require_own_agents
 from swarm.errors import SwarmError
@@ -170,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         inst = instrument("otlp", endpoint=args.otlp, project=Path(args.target.split(":")[0]).stem, register=False)
         listeners.append(inst.listener)
     policy = make_policy(args, module, listeners)
+    apply_run_options(args, policy)
     if policy.runtime == "ray":
         from ray import cloudpickle  # ship the file's functions by value: workers cannot import it
 
@@ -197,7 +203,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TraceFileError, SwarmError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 1
-    if result is not None:
+    if result is not None and result.status == "waiting":
+        print_pending(result, result.checkpoint)
+        status = EXIT_WAITING
+    elif result is not None:
         print_result(result)
     print_paths(Path(args.trace) if args.trace else None, report)
     if tmp is not None:
@@ -331,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--png-dir", metavar="DIR", help="with --html: also write the report's plots as PNGs here")
     run.add_argument("--arg", action="append", default=[], metavar="K=V",
                      help="keyword argument for the program (repeatable); V is a Python literal or a string")
+    add_run_options(run)
     run.set_defaults(func=cmd_run)
 
     inspect = sub.add_parser("inspect", formatter_class=fmt, help="print a run's genealogy tree from its trace file",
@@ -358,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     add_mcp_parser(sub, fmt)
     add_serve_parser(sub, fmt)
+    add_resume_parser(sub, fmt)
     return parser
 
 
