@@ -25,7 +25,7 @@ EXIT_WAITING = 3
 
 def parse_answers(items: list[str]) -> dict[str, Any]:
     """`NAME=VALUE` pairs → {name: value}; VALUE as JSON when it parses, else the string itself."""
-    from observability.cli import CLIError
+    from observability.cli_common import CLIError
 
     out: dict[str, Any] = {}
     for item in items:
@@ -47,11 +47,12 @@ def print_pending(result_or_questions: Any, directory: str | Path | None) -> Non
         schema = f"; answer schema {json.dumps(q.answer_schema)}" if q.answer_schema is not None else ""
         print(f"  [{q.id}] {q.name}: {q.question}  ({len(q.particles)} particle(s){schema})")
     example = pending[0].name if pending else "NAME"
-    print(f"resume with: swarm resume {directory} --answer {example}=VALUE   (NAME is a question's name, or its [id] for that question alone; repeatable)")
+    print(f"resume with: swarm resume {directory} --answer {example}=VALUE   (NAME: a question's name, or its [id] "
+          "for that question alone; repeatable)")
 
 
 def _program(args: argparse.Namespace, header: Any) -> tuple[Any, Any]:
-    from observability.cli import CLIError, load_program
+    from observability.cli_common import CLIError, load_program
 
     target = args.program
     if target is None:
@@ -66,7 +67,7 @@ def _policy(header: Any, module: Any, runtime: str | None) -> Any:
     """The checkpoint's policy: the module's POLICY when of that kind, else a default one, with the
     checkpoint's result settings applied (resume re-checks them)."""
     import policies
-    from observability.cli import CLIError
+    from observability.cli_common import CLIError
 
     cls = getattr(policies, header.policy, None)
     if cls is None:
@@ -87,7 +88,7 @@ def _policy(header: Any, module: Any, runtime: str | None) -> Any:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from observability.cli import CLIError, print_result
+    from observability.cli_common import CLIError, print_result
     from policies.pausing import pending_questions
     from swarm.checkpoint import Checkpointer
 
@@ -143,7 +144,7 @@ def add_run_options(run: Any) -> None:
 
 def apply_run_options(args: argparse.Namespace, policy: Any) -> None:
     """--checkpoint and --answer onto the policy (those that have the fields)."""
-    from observability.cli import CLIError
+    from observability.cli_common import CLIError
 
     fields = type(policy).model_fields
     for option, field, value in (("--checkpoint", "checkpoint", args.checkpoint),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -11,7 +10,7 @@ from pydantic import Field, PrivateAttr
 from policies.base import Policy, RunContext
 from policies.checkpointing import RunCheckpoints
 from policies.pausing import Pausable, allow_pausing, install_answers, mark_waiting
-from swarm.checkpoint import CheckpointError, PopulationCheckpoint
+from swarm.checkpoint import PopulationCheckpoint
 from swarm.coordinator import Coordinator, StepOutcome
 from swarm.execution import Segment, SegmentTask
 from swarm.result import Result, StepStats
