@@ -37,7 +37,7 @@ from swarm.effects import Handler, mark_fused, new_run_scope
 from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Suspend, Suspended, Weigh
 from swarm.errors import ParticleLost, SwarmError
 from swarm.handlers import replay, scale, seed
-from swarm.human import AwaitingHuman
+from swarm.human import AwaitingHuman, is_pausable
 from swarm.trace import Trace
 
 Status = Literal["running", "finished", "dead", "failed", "lost", "waiting"]
@@ -368,6 +368,8 @@ class Execution:
         if isinstance(exc, Suspended):
             return "running", self.suspend.site, None
         if isinstance(exc, AwaitingHuman):
+            if not is_pausable(self.runner.scope):
+                raise exc.cannot_pause()
             return "waiting", exc.address, None
         if isinstance(exc, Killed):
             return "dead", exc.site, None

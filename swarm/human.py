@@ -19,7 +19,8 @@ come from?
 - nowhere: the execution raises `AwaitingHuman`, a control signal (a `BaseException`, so the
   program's own `except Exception` cannot swallow it). A run that can pause (SMC, Forward) marks the
   particle "waiting", finishes the step for the others, checkpoints and returns a `Result` whose
-  `status` is "waiting"; in any other run it is a `CannotPauseError` naming the question.
+  `status` is "waiting"; in any other run the engine stops it with a `CannotPauseError` naming the
+  question (raised where the program cannot catch it).
 
 A question's `id` hashes its name, text and answer schema: identical questions from many particles
 are one pending question, answered once.
@@ -35,13 +36,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from swarm.distributions import Distribution
-from swarm.effects import run_scope
+from swarm.effects import active_handlers, run_scope
 from swarm.errors import SwarmError
 from swarm.primitives import interact, sample
 
 __all__ = ["ask_human", "ask_human_sync", "ask", "Question", "AwaitingHuman", "InvalidAnswerError",
            "CannotPauseError", "HumanAnswer", "ANSWERS_KEY", "PAUSABLE_KEY", "encode_answers", "answer_for",
-           "validate_answer", "checked_answers"]
+           "validate_answer", "checked_answers", "is_pausable", "question_of"]
 
 ANSWERS_KEY = "swarm.human.answers"
 """`run_scope()` key: the run's answers as a JSON object {question id or name: answer}."""
@@ -123,6 +124,15 @@ class AwaitingHuman(BaseException):
         self.question = question
         self.address = address
 
+    def cannot_pause(self) -> "CannotPauseError":
+        """The error for a run that cannot pause (raised by the engine, where no user code can
+        catch it instead of this signal)."""
+        q = self.question
+        return CannotPauseError(
+            f"{q.kind} {q.label()} at site {self.address!r} has no answer and this run cannot pause for one "
+            "(SMC and Forward can: they return a Result with status 'waiting'); give the answer up front, e.g. "
+            f"SMC(..., answers={{{q.name!r}: ...}})")
+
 
 # -- answers ------------------------------------------------------------------------------------
 def encode_answers(answers: dict[str, Any]) -> str:
@@ -175,12 +185,15 @@ def answer_for(question: Question, address: str) -> Any:
     found, value = _lookup(question, _decoded(text)) if text else (False, None)
     if found:
         return validate_answer(question, value)
-    if scope.get(PAUSABLE_KEY):
-        raise AwaitingHuman(question, address)
-    raise CannotPauseError(
-        f"{question.kind} {question.label()} at site {address!r} has no answer and this run cannot pause for one "
-        "(SMC and Forward can: they return a Result with status 'waiting'); give the answer up front, e.g. "
-        f"SMC(..., answers={{{question.name!r}: ...}})")
+    signal = AwaitingHuman(question, address)
+    if not active_handlers():  # the program was called directly, outside any policy
+        raise signal.cannot_pause()
+    raise signal  # the engine pauses the particle, or turns it into CannotPauseError (`is_pausable`)
+
+
+def is_pausable(scope: dict[str, Any] | None) -> bool:
+    """Whether executions with this run scope may wait for an answer (the policy said so)."""
+    return bool(scope and scope.get(PAUSABLE_KEY))
 
 
 def checked_answers(answers: dict[str, Any], pending: list[Question]) -> dict[str, Any]:
