@@ -24,9 +24,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from swarm.errors import SwarmError
 from swarm.human import Question, ask
 
-__all__ = ["APPROVAL_SCHEMA", "needs_approval", "approval_question", "decision", "refusal_of"]
+__all__ = ["APPROVAL_SCHEMA", "ApprovalRuleError", "needs_approval", "approval_question", "decision", "refusal_of"]
+
+class ApprovalRuleError(SwarmError, TypeError):
+    """A tool's `requires_approval` rule did not answer True or False (the run stops: a rule that
+    cannot decide must not let calls through, nor kill particles as if the target had)."""
+
 
 APPROVAL_SCHEMA: dict[str, Any] = {
     "oneOf": [
@@ -53,8 +59,8 @@ def needs_approval(tool: Any, arguments: Any) -> bool:
         return rule
     decided = rule(tool, _arguments(arguments))
     if not isinstance(decided, bool):
-        raise TypeError(f"tool {tool.name!r}: requires_approval(tool, arguments) must return a bool, "
-                        f"got {type(decided).__name__} {decided!r}")
+        raise ApprovalRuleError(f"tool {tool.name!r}: requires_approval(tool, arguments) must return a bool, "
+                                f"got {type(decided).__name__} {decided!r}")
     return decided
 
 

@@ -169,10 +169,10 @@ def validate_answer(question: Question, value: Any) -> Any:
         import jsonschema
 
         validator = jsonschema.validators.validator_for(question.answer_schema)(question.answer_schema)
-        problems = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
-        if problems:
-            where = "/".join(map(str, problems[0].path)) or "the answer"
-            raise InvalidAnswerError(f"answer to {question.label()} refused: {where}: {problems[0].message} "
+        problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if problem is not None:
+            where = "/".join(map(str, problem.path)) or "the answer"
+            raise InvalidAnswerError(f"answer to {question.label()} refused: {where}: {problem.message} "
                                      f"(got {value!r}; schema {json.dumps(question.answer_schema)})")
     return value
 
