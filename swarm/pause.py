@@ -55,8 +55,11 @@ class PausedStep:
                      stop_at: int | None) -> list[SegmentTask]:
         """Tasks that rebuild each waiting execution by replay: its recorded past (`past(moved[j])`)
         and its partial segment, then on to `stop_at` with whatever answers the run now has."""
-        return [SegmentTask(stream(self.moved[j]), [*past(self.moved[j]), *self.segments[j].events], stop_at)
-                for j in self.waiting()]
+        tasks = []
+        for j in self.waiting():
+            own = stream(self.moved[j])
+            tasks.append(SegmentTask(own, [*past(self.moved[j]), *self.segments[j].events], stop_at, source=own))
+        return tasks
 
     def merge(self, continued: Sequence[Segment]) -> None:
         """Join each waiting segment to the segment that continued it (in `waiting()` order)."""
