@@ -42,7 +42,7 @@ from swarm.primitives import interact, sample
 
 __all__ = ["ask_human", "ask_human_sync", "ask", "Question", "AwaitingHuman", "InvalidAnswerError",
            "CannotPauseError", "HumanAnswer", "ANSWERS_KEY", "PAUSABLE_KEY", "encode_answers", "answer_for",
-           "validate_answer", "checked_answers", "is_pausable", "question_of"]
+           "validate_answer", "checked_answers", "is_pausable", "unanswered"]
 
 ANSWERS_KEY = "swarm.human.answers"
 """`run_scope()` key: the run's answers as a JSON object {question id or name: answer}."""
@@ -248,12 +248,17 @@ async def ask_human(name: str, question: str, schema: Any = None, *, sender: str
     return ask_human_sync(name, question, schema, sender=sender)
 
 
-def question_of(events: list[Any]) -> Question | None:
-    """The question a waiting execution stopped at: its last recorded `question` interact event."""
-    for event in reversed(events):
-        if event.type == "interact" and event.kind == "question" and "question_id" in (event.info or {}):
-            info = event.info
-            return Question(id=info["question_id"], name=info["name"], question=event.content,
-                            answer_schema=info.get("answer_schema"), kind=info.get("kind", "question"),
-                            details=info.get("details") or {})
-    return None
+def unanswered(events: list[Any]) -> list[Question]:
+    """The questions a waiting execution asked and has no answer to: its `question` interact events
+    without the `answer` event after them (several when concurrent plate replicas asked)."""
+    answered = {e.address for e in events if e.type == "interact" and e.kind == "answer"}
+    out = []
+    for event in events:
+        if event.type != "interact" or event.kind != "question":
+            continue
+        info = event.info or {}
+        if "question_id" in info and event.address.removesuffix("/question") + "/answer" not in answered:
+            out.append(Question(id=info["question_id"], name=info["name"], question=event.content,
+                                answer_schema=info.get("answer_schema"), kind=info.get("kind", "question"),
+                                details=info.get("details") or {}))
+    return out

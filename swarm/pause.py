@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from swarm.execution import Segment, SegmentTask
-from swarm.human import Question, question_of
+from swarm.human import Question, unanswered
 
 __all__ = ["PausedStep", "joined"]
 
@@ -74,10 +74,14 @@ class PausedStep:
         waiting for it (in the order they were first asked)."""
         found: dict[str, tuple[Question, list[int]]] = {}
         for j in self.waiting():
-            question = question_of(self.segments[j].events)
-            if question is None:  # pragma: no cover - an execution only waits right after asking
+            questions = unanswered(self.segments[j].events)
+            if not questions:  # pragma: no cover - an execution only waits right after asking
                 raise RuntimeError(f"execution {self.moved[j]} waits but recorded no question")
-            found.setdefault(question.id, (question, []))[1].append(int(particle_id(self.moved[j])))
+            for question in questions:
+                ids = found.setdefault(question.id, (question, []))[1]
+                pid = int(particle_id(self.moved[j]))
+                if not ids or ids[-1] != pid:
+                    ids.append(pid)
         return [q.model_copy(update={"particles": ids}) for q, ids in found.values()]
 
     def tokens(self) -> tuple[int, int]:

@@ -22,7 +22,7 @@ import pytest
 
 import policies
 import swarm.human
-from swarm import Categorical, ask_human, factor, guarantee, sample
+from swarm import Categorical, ask_human, factor, guarantee, plate, sample
 from policies.pausing import pending_questions
 from swarm.human import CannotPauseError, InvalidAnswerError
 from tests import human_driver
@@ -231,3 +231,47 @@ def test_answers_are_plain_json_and_schemas_are_checked_when_asked():
     with pytest.raises(InvalidAnswerError, match=r"ask_human 'bad': invalid answer schema"):
         swarm.human.Question.make("bad", "?", {"type": "no-such-type"})
     assert math.isfinite(policies.SMC(num_particles=4, seed=0, answers={"pick": "c"}).run(asked_program).log_evidence)
+
+
+# -- inside plates ------------------------------------------------------------------------------------
+def _plate_program(concurrent: bool):
+    def replica():
+        y = sample("y", Categorical([0, 1], probs=[0.5, 0.5]))
+        ok = swarm.human.ask_human_sync("ok", f"ok {y}?", schema=bool)
+        factor("f", 0.0 if ok else -1.0)
+        return y
+
+    async def async_replica():
+        y = sample("y", Categorical([0, 1], probs=[0.5, 0.5]))
+        ok = await ask_human("ok", f"ok {y}?", schema=bool)
+        factor("f", 0.0 if ok else -1.0)
+        return y
+
+    async def program():
+        x = sample("x", Categorical([0, 1], probs=[0.5, 0.5]))
+        ys = await plate("p", 3, async_replica) if concurrent else plate("p", 3, replica)
+        factor("g", 0.5 * x)
+        return x, tuple(ys)
+    return program
+
+
+@pytest.mark.parametrize("concurrent", [False, True], ids=["plate", "async_plate"])
+def test_questions_inside_plate_replicas(tmp_path, concurrent):
+    """Every replica's question is pending (concurrent replicas may all have asked before the pause).
+    With concurrent replicas the resumed trace holds the same events as the uninterrupted one but
+    may order the replicas' events differently (they ran interleaved before the pause)."""
+    program = _plate_program(concurrent)
+    policy = policies.SMC(num_particles=30, seed=0, ess_threshold=0.9)
+    reference = policy.model_copy(update={"answers": {"ok": False}}).run(program)
+    waiting = policy.run(program)
+    assert sorted(q.question for q in waiting.pending) == ["ok 0?", "ok 1?"]
+    done = policy.resume(waiting.checkpoint, program, answers={"ok": False})
+    assert done.status == "finished"
+    assert [(p.id, p.value, p.log_weight) for p in done.particles] == \
+           [(p.id, p.value, p.log_weight) for p in reference.particles]
+    assert done.log_evidence == reference.log_evidence
+    for a, b in zip(done.particles, reference.particles):
+        if concurrent:
+            assert sorted(map(repr, a.trace.events)) == sorted(map(repr, b.trace.events))
+        else:
+            assert a.trace.events == b.trace.events
