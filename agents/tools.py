@@ -23,7 +23,7 @@ import re
 import time
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, create_model
 
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
@@ -38,7 +38,7 @@ class Tool(BaseModel):
     description: str = ""
     fn: Callable[..., Any]
     args_model: type[BaseModel]
-    requires_approval: bool | Callable[[Any, Any], bool] = False
+    requires_approval: StrictBool | Callable[[Any, Any], bool] = False
     """Ask a person before each call (True), or before the calls for which `requires_approval(tool,
     arguments)` is True; a refusal is the call's result (`agents.approvals`)."""
 

@@ -93,6 +93,17 @@ class Question(BaseModel):
 
 
 @functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    """A checked JSON Schema's validator (a question is asked again at every replay: built once)."""
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+@functools.lru_cache(maxsize=256)
 def _schema_of_type(tp: Any) -> dict[str, Any]:
     return TypeAdapter(tp).json_schema()
 
@@ -105,7 +116,7 @@ def json_schema(name: str, schema: Any) -> dict[str, Any] | None:
             import jsonschema
 
             try:
-                jsonschema.validators.validator_for(schema).check_schema(schema)
+                _validator(json.dumps(schema, sort_keys=True, default=str))
             except jsonschema.SchemaError as exc:
                 raise InvalidAnswerError(f"ask_human {name!r}: invalid answer schema: {exc.message}") from None
         return schema
@@ -168,7 +179,7 @@ def validate_answer(question: Question, value: Any) -> Any:
     if question.answer_schema is not None:
         import jsonschema
 
-        validator = jsonschema.validators.validator_for(question.answer_schema)(question.answer_schema)
+        validator = _validator(json.dumps(question.answer_schema, sort_keys=True, default=str))
         problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if problem is not None:
             where = "/".join(map(str, problem.path)) or "the answer"

@@ -103,6 +103,8 @@ def test_a_bad_approval_answer_is_refused_naming_the_question(tmp_path):
 
 
 def test_a_rule_that_does_not_decide_stops_the_run_naming_the_tool():
+    with pytest.raises(ValueError, match="requires_approval"):  # neither a bool nor a callable
+        make_agent([], rule="yes")
     program = make_program(make_agent([], rule=lambda t, args: "yes"))
     with pytest.raises(ApprovalRuleError, match=r"tool 'delete': requires_approval\(tool, arguments\) must return a bool"):
         policies.SMC(num_particles=2, seed=0).run(program)
