@@ -28,6 +28,7 @@ are one pending question, answered once.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -194,8 +195,9 @@ def answer_for(question: Question, address: str) -> Any:
     scope = run_scope()
     text = scope.get(ANSWERS_KEY)
     found, value = _lookup(question, _decoded(text)) if text else (False, None)
-    if found:
-        return validate_answer(question, value)
+    if found:  # a copy: the decoded answers are shared by every particle of the process
+        return validate_answer(question, value if isinstance(value, (str, int, float, bool, type(None)))
+                               else copy.deepcopy(value))
     signal = AwaitingHuman(question, address)
     if not active_handlers():  # the program was called directly, outside any policy
         raise signal.cannot_pause()
