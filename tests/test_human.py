@@ -14,8 +14,10 @@ import json
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -128,8 +130,13 @@ async def constant_program():
 def test_smc_given_an_answer_targets_the_exact_posterior_given_it(tmp_path):
     exact = policies.Enumerate().run(constant_program)
     policy = policies.SMC(num_particles=4000, seed=11, ess_threshold=0.5)
-    waiting = policy.run(asked_program)
-    result = policy.resume(waiting.checkpoint, asked_program, answers={"pick": "b"})
+    waiting = policy.run(asked_program)  # no checkpoint asked for: the pause writes a temporary directory
+    directory = Path(waiting.checkpoint)
+    try:
+        assert directory.parent == Path(tempfile.gettempdir()) and directory.name.startswith("plp-swarm-paused-")
+        result = policy.resume(directory, asked_program, answers={"pick": "b"})
+    finally:
+        shutil.rmtree(directory)
     assert result.status == "finished"
     # Tolerances, measured while writing the test over seeds 0-39 at N = 4000: log Ẑ − log Z had
     # standard deviation 0.016 (largest 0.043) and the marginal's largest error was 0.022 (mean
@@ -204,7 +211,7 @@ def test_a_bad_answer_given_up_front_stops_the_run_naming_the_question():
         policies.SMC(num_particles=10, seed=0, answers={"pick": 3}).run(asked_program)
 
 
-def test_a_policy_that_cannot_pause_says_so_and_user_code_cannot_swallow_the_pause():
+def test_a_policy_that_cannot_pause_says_so_and_user_code_cannot_swallow_the_pause(tmp_path):
     async def swallowing():
         try:
             answer = await ask_human("q", "anything?")
@@ -217,7 +224,7 @@ def test_a_policy_that_cannot_pause_says_so_and_user_code_cannot_swallow_the_pau
         policies.Importance(num_particles=5, seed=0).run(swallowing)
     with pytest.raises(CannotPauseError, match="cannot pause"):  # called directly, outside any policy
         asyncio.run(asked_program())
-    result = policies.SMC(num_particles=5, seed=0).run(swallowing)
+    result = policies.SMC(num_particles=5, seed=0, checkpoint=tmp_path).run(swallowing)
     assert result.status == "waiting" and result.pending[0].name == "q"
     done = policies.SMC(num_particles=5, seed=0).resume(result.checkpoint, swallowing, answers={"q": "yes"})
     assert done.marginal() == {"yes": 1.0}
@@ -263,7 +270,7 @@ def test_questions_inside_plate_replicas(tmp_path, concurrent):
     program = _plate_program(concurrent)
     policy = policies.SMC(num_particles=30, seed=0, ess_threshold=0.9)
     reference = policy.model_copy(update={"answers": {"ok": False}}).run(program)
-    waiting = policy.run(program)
+    waiting = policy.model_copy(update={"checkpoint": tmp_path}).run(program)
     assert sorted(q.question for q in waiting.pending) == ["ok 0?", "ok 1?"]
     done = policy.resume(waiting.checkpoint, program, answers={"ok": False})
     assert done.status == "finished"
