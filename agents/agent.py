@@ -12,9 +12,10 @@ inside a program is recorded in the particle's trace.
 
 Each `ask` records: an `interact` event (sender → agent, the prompt), one `sample` event per
 generation (the completion, log q under the proposal, token log-probs, usage, latency), the tool
-calls and results as `interact` events and point-mass sample sites, and the reply as an `interact`
-event (agent → sender). Agent state between calls lives in the program (e.g. a history list),
-hence in the trace: replaying a trace rebuilds it, so resampled particles never share it.
+calls and results as `interact` events and point-mass sample sites (a tool that requires approval
+first asks a person, `agents.approvals`), and the reply as an `interact` event (agent → sender).
+Agent state between calls lives in the program (e.g. a history list), hence in the trace: replaying
+a trace rebuilds it, so resampled particles never share it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agents.approvals import refusal_of
 from agents.backends.base import Backend, ChatMessage, GenerationRequest, GenerationSettings
 from agents.generation import Generation
 from agents.ray_hosting import RayHosting
@@ -206,7 +208,8 @@ class Agent(BaseModel):
                 tool_ = next((t for t in self.tools if t.name == tool_name), None)
                 endpoint = tool_.endpoint if tool_ is not None else tool_name  # e.g. "mcp:calc/add"
                 interact(self.name, endpoint, arguments, kind="tool_call", name=call_site)
-                result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments))
+                refusal = refusal_of(call_site, self.name, tool_, arguments) if tool_ is not None else None
+                result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments, refusal))
                 interact(endpoint, self.name, result, kind="tool_result", name=f"{call_site}/result")
                 messages.append(ChatMessage(role="tool", content=result, name=tool_name))
             turn_site = f"{site}/turn{round_ + 1}"

@@ -23,7 +23,7 @@ import re
 import time
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, create_model
 
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
@@ -38,6 +38,9 @@ class Tool(BaseModel):
     description: str = ""
     fn: Callable[..., Any]
     args_model: type[BaseModel]
+    requires_approval: StrictBool | Callable[[Any, Any], bool] = False
+    """Ask a person before each call (True), or before the calls for which `requires_approval(tool,
+    arguments)` is True; a refusal is the call's result (`agents.approvals`)."""
 
     @property
     def endpoint(self) -> str:
@@ -75,8 +78,10 @@ class Tool(BaseModel):
         return result if isinstance(result, str) else json.dumps(result, default=str)
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None):
-    """Make a `Tool` from a typed function (usable bare, `@tool`, or with arguments)."""
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
+         requires_approval: bool | Callable[[Any, Any], bool] = False):
+    """Make a `Tool` from a typed function (usable bare, `@tool`, or with arguments).
+    `requires_approval`: True, or `callable(tool, arguments) -> bool`, to ask a person first."""
 
     def build(f: Callable[..., Any]) -> Tool:
         sig = inspect.signature(f)
@@ -89,7 +94,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
             fields[pname] = (annotation, default)
         args_model = create_model(f"{f.__name__}_args", **fields)
         return Tool(name=name or f.__name__, description=description or inspect.getdoc(f) or "", fn=f,
-                    args_model=args_model)
+                    args_model=args_model, requires_approval=requires_approval)
 
     return build(fn) if fn is not None else build
 
@@ -132,10 +137,12 @@ class ToolExecution(Distribution):
 
     is_async = True
 
-    def __init__(self, tool_: Tool | None, name: str, arguments: Any) -> None:
+    def __init__(self, tool_: Tool | None, name: str, arguments: Any, refusal: str | None = None) -> None:
         self.tool = tool_
         self.name = name
         self.arguments = arguments
+        self.refusal = refusal
+        """A person refused the call: this text is its result and the tool is not run."""
 
     def describe(self) -> str:
         return f"Tool({self.tool.endpoint if self.tool is not None else self.name})"
@@ -147,9 +154,13 @@ class ToolExecution(Distribution):
         started = time.time_ns()
         if self.tool is None:
             result = f"error: no tool named {self.name!r}"
+        elif self.refusal is not None:
+            result = self.refusal
         else:
             result = await self.tool.call(self.arguments)
         info = {"tool": self.name, "started_at_ns": started, "ended_at_ns": time.time_ns()}
+        if self.refusal is not None:
+            info["refused"] = True
         if self.tool is not None and self.tool.endpoint != self.name:
             info["endpoint"] = self.tool.endpoint
         return Draw(value=result, log_prob=0.0, info=info)

@@ -73,6 +73,8 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("serve_overhead", "swarm serve vs policy.run_async at 1/8/64 clients, 50 ms fake backend; Starlette/FastAPI, sse-starlette, httptools/h11",
               quick={"quick": True}, full={}),
     Benchmark("mcp_overhead", "MCP tool calls vs the SDK; MCP vs Python tool", quick={"calls": 20, "particles": 16, "repeats": 3}, full={}),
+    Benchmark("human_pause", "SMC paused for a person and resumed vs the uninterrupted run given the answer",
+              quick={"sizes": (256,), "shares": (1.0,), "repeats": 2}, full={}),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 

@@ -6,8 +6,11 @@
     swarm mcp prog.py:program --policy smc --particles 200 --seed 0      # the program as an MCP tool (stdio)
     swarm serve examples/my_chat.py --policy smc --particles 16 --port 8000
 
+    swarm resume runs/task --answer review=yes                        # a run that waits for a person
+
 Exit status: 0 on success, 1 when the run, the trace file or the report fails (the message on
-stderr names the file or field at fault), 2 for a usage error.
+stderr names the file or field at fault), 2 for a usage error, 3 when the run waits for a person
+(its pending questions are printed; `swarm resume` continues it).
 """
 
 from __future__ import annotations
@@ -19,23 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from observability.progress import ProgressDisplay, fmt_float
+from observability.cli_resume import (EXIT_WAITING, add_resume_parser, add_run_options, apply_run_options,
+                                      print_pending)
+from observability.progress import ProgressDisplay, print_result  # noqa: F401 - re-exported: the CLI's API
 from swarm.errors import SwarmError
 
 from observability.programs import (  # noqa: E402,F401 - re-exported: the commands' shared program loading
     BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, parse_kwargs,
 )
-
-
-def print_result(result: Any, *, top: int = 10) -> None:
-    marginal = list(result.marginal().items())
-    print(f"\nanswer marginal (top {min(top, len(marginal))} of {len(marginal)} values):")
-    width = max((len(repr(v)) for v, _ in marginal[:top]), default=0)
-    for value, p in marginal[:top]:
-        print(f"  {repr(value):<{min(width, 40)}}  {p:.4f}  {'█' * round(30 * p)}")
-    print(f"log Z = {fmt_float(result.log_evidence)}   ESS = {fmt_float(result.ess, 1)} / {len(result.particles)}"
-          f" (lowest at a step {fmt_float(result.min_ess, 1)})"
-          f"   tokens = {result.diagnostics.tokens}   LLM calls = {result.diagnostics.llm_calls}")
 
 
 def print_paths(trace_path: Path | None, report: dict | None) -> None:
@@ -66,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         inst = instrument("otlp", endpoint=args.otlp, project=Path(args.target.split(":")[0]).stem, register=False)
         listeners.append(inst.listener)
     policy = make_policy(args, module, listeners)
+    apply_run_options(args, policy)
     if policy.runtime == "ray":
         from ray import cloudpickle  # ship the file's functions by value: workers cannot import it
 
@@ -93,7 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TraceFileError, SwarmError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 1
-    if result is not None:
+    if result is not None and result.status == "waiting":
+        print_pending(result, result.checkpoint)
+        status = EXIT_WAITING
+    elif result is not None:
         print_result(result)
     print_paths(Path(args.trace) if args.trace else None, report)
     if tmp is not None:
@@ -229,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--png-dir", metavar="DIR", help="with --html: also write the report's plots as PNGs here")
     run.add_argument("--arg", action="append", default=[], metavar="K=V",
                      help="keyword argument for the program (repeatable); V is a Python literal or a string")
+    add_run_options(run)
     run.set_defaults(func=cmd_run)
 
     inspect = sub.add_parser("inspect", formatter_class=fmt, help="print a run's genealogy tree from its trace file",
@@ -256,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     add_mcp_parser(sub, fmt)
     add_serve_parser(sub, fmt)
+    add_resume_parser(sub, fmt)
     return parser
 
 

@@ -175,3 +175,15 @@ class ProgressListener(ProgressDisplay, RunListener):
 
     def on_run_end(self, record: RunFinished) -> None:
         self.show(self._translator.end(record))
+
+
+def print_result(result: Any, *, top: int = 10) -> None:
+    """A finished run on the terminal: the answer marginal's top values, log Z, ESS, tokens, LLM calls."""
+    marginal = list(result.marginal().items())
+    print(f"\nanswer marginal (top {min(top, len(marginal))} of {len(marginal)} values):")
+    width = max((len(repr(v)) for v, _ in marginal[:top]), default=0)
+    for value, p in marginal[:top]:
+        print(f"  {repr(value):<{min(width, 40)}}  {p:.4f}  {'█' * round(30 * p)}")
+    print(f"log Z = {fmt_float(result.log_evidence)}   ESS = {fmt_float(result.ess, 1)} / {len(result.particles)}"
+          f" (lowest at a step {fmt_float(result.min_ess, 1)})"
+          f"   tokens = {result.diagnostics.tokens}   LLM calls = {result.diagnostics.llm_calls}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -10,13 +9,14 @@ from pydantic import Field, PrivateAttr
 
 from policies.base import Policy, RunContext
 from policies.checkpointing import RunCheckpoints
-from swarm.checkpoint import CheckpointError, PopulationCheckpoint
+from policies.pausing import Pausable, allow_pausing, install_answers, mark_waiting
+from swarm.checkpoint import PopulationCheckpoint
 from swarm.coordinator import Coordinator, StepOutcome
 from swarm.execution import Segment, SegmentTask
 from swarm.result import Result, StepStats
 
 
-class SMC(Policy):
+class SMC(Pausable, Policy):
     """Sequential Monte Carlo with resampling on low effective sample size (docs/theory.md §3).
 
     Particles synchronise at each weighting statement (the k-th `factor`/`guarantee` of every live
@@ -36,6 +36,11 @@ class SMC(Policy):
     run's log there (`swarm.checkpoint`), and the run's LLM responses are journaled beside it;
     `SMC(...).resume(dir, program, *args)` continues a killed run from its last checkpoint and
     returns exactly the result of the uninterrupted run, without repeating a completed LLM call.
+
+    People: a particle that asks a question nobody has answered (`swarm.ask_human`) waits at it; the
+    others finish the step, the run is checkpointed and returns `status="waiting"` with the `pending`
+    questions. `SMC(...).resume(dir, answers={...})` runs only the waiting particles on to the step's
+    sync point, then weighs and resamples the step as usual (docs/human_in_the_loop.md).
     """
 
     num_particles: int = Field(1000, gt=0)
@@ -45,26 +50,36 @@ class SMC(Policy):
     checkpoint: Path | None = None
     """A directory to checkpoint the population into (None: no checkpoints)."""
     checkpoint_every: int = Field(1, gt=0)
+    answers: dict[str, Any] = Field(default_factory=dict)
+    """Answers to the questions the program puts to a person (`swarm.ask_human`), by question name
+    or id. A question without one pauses the run (docs/human_in_the_loop.md)."""
     _resume_state: PopulationCheckpoint | None = PrivateAttr(None)
 
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
         checkpoints = RunCheckpoints.open(self, ctx, self._resume_state)
+        allow_pausing(checkpoints, self.answers)
         swarm = ctx.coordinator(ctx.runner(args, kwargs), self.num_particles)
         if self._resume_state is not None:
             checkpoints.restore(ctx, swarm)
             if checkpoints.still_out_of_budget(ctx):
                 return self.result(ctx, swarm)
         await self.run_population(ctx, swarm, checkpoints)
+        if swarm.paused is not None:
+            return self.waiting_result(ctx, swarm, checkpoints)
         return self.result(ctx, swarm)
 
     async def run_population(self, ctx: RunContext, swarm: Coordinator, checkpoints: RunCheckpoints) -> None:
-        """The SMC loop: advance, weigh, maybe resample, report; until every particle has finished."""
+        """The SMC loop: advance, weigh, maybe resample, report; until every particle has finished
+        (or some wait for a person's answer: then `swarm.paused` is set)."""
+        install_answers(self.answers)
         while swarm.running().size:
-            if self.max_steps is not None and swarm.step >= self.max_steps:
+            if self.max_steps is not None and swarm.step >= self.max_steps and swarm.paused is None:
                 ctx.diagnostics.stopped_by = "max_steps"
                 break
             step = await swarm.advance(self.advance_hook(ctx))
+            if step is None:
+                return
             if step.ess < self.ess_threshold * swarm.active_size() and swarm.running().size:
                 swarm.resample(self.resampling, ctx.step_rng(step.step))
             self.report(ctx, swarm, step)
@@ -89,17 +104,20 @@ class SMC(Policy):
         ctx.diagnostics.genealogy = swarm.genealogy.to_lists()
         return ctx.result(swarm.particles(), swarm.log_evidence())
 
-    # -- resuming -------------------------------------------------------------------------------
-    def resume(self, directory: str | os.PathLike[str], program: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
-        """Continue the run checkpointed in `directory` (same program, arguments and settings; the
-        seed is the checkpoint's). Checkpoints keep being written there."""
-        return self._sync(self.resume_async(directory, program, *args, **kwargs), "resume")
+    def waiting_result(self, ctx: RunContext, swarm: Coordinator, checkpoints: RunCheckpoints) -> Result:
+        """The run waits for a person: write it (population before the paused step, and the step so
+        far) and return that population, with the pending questions and the checkpoint directory.
+        Its `log_evidence` is the estimate after the last complete step."""
+        assert swarm.paused is not None
+        directory = checkpoints.save_paused(self, ctx, swarm.paused, swarm)
+        pending = swarm.pending()
+        tokens, calls = swarm.paused.tokens()  # spent by the paused step so far (the frame keeps them apart)
+        ctx.diagnostics.tokens += tokens
+        ctx.diagnostics.llm_calls += calls
+        ctx.diagnostics.genealogy = swarm.genealogy.to_lists()
+        return ctx.result(mark_waiting(swarm.particles(), pending), swarm.log_evidence(), status="waiting",
+                          pending=pending, checkpoint=str(directory))
 
-    async def resume_async(self, directory: str | os.PathLike[str], program: Callable[..., Any], *args: Any,
-                           **kwargs: Any) -> Result:
-        if type(self)._run is not SMC._run:
-            raise CheckpointError(Path(directory), f"{type(self).__name__} overrides SMC._run and does not support resume")
-        state = RunCheckpoints.load(self, directory, program)
-        policy = self.model_copy(update={"checkpoint": Path(directory), "seed": state.seed})
-        policy._resume_state = state
-        return await policy.run_async(program, *args, **kwargs)
+    # -- resuming (policies.pausing.Pausable.resume) ---------------------------------------------
+    def _resumable(self) -> bool:
+        return type(self)._run is SMC._run

@@ -18,6 +18,7 @@ from swarm.errors import (
     RejectionError,
     SwarmError,
 )
+from swarm.human import AwaitingHuman, CannotPauseError, InvalidAnswerError, Question, ask_human
 from swarm.listeners import RunListener, add_listener, remove_listener
 from swarm.primitives import auto_name, factor, guarantee, interact, plate, sample
 from swarm.result import Particle, Result
@@ -40,4 +41,5 @@ __all__ = [
     "SwarmError", "AsyncInPlainProgramError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
     "NondeterminismError", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
     "ParticleLost", "BackendUnavailable",
+    "ask_human", "Question", "AwaitingHuman", "InvalidAnswerError", "CannotPauseError",
 ]

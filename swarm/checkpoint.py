@@ -106,6 +106,12 @@ class RunHeader(BaseModel):
     program: str
     seed: int
     run_id: str
+    program_module: str | None = None
+    """Where the program is defined (its module, and the module's file), so that a run can be
+    resumed without naming it again (`policy.resume(dir, answers=...)`, `swarm resume DIR`)."""
+    program_file: str | None = None
+    arguments: tuple[tuple, dict] | None = None
+    """The program's (args, kwargs), when they pickle (else None: give them again to resume)."""
 
 
 class StepFrame(BaseModel):
@@ -123,6 +129,12 @@ class StepFrame(BaseModel):
     diagnostics: Diagnostics
     elapsed_s: float = 0.0
     """Wall time spent before this checkpoint (a resumed run's time budget counts it)."""
+    answers: dict[str, Any] = Field(default_factory=dict)
+    """The answers to people's questions the run had so far (`swarm.human`); a resumed run keeps them."""
+    paused: dict[str, Any] | None = None
+    """When the run stopped to wait for a person: the step in progress (`swarm.pause.PausedStep`
+    state: the segments it produced, the waiting ones partial); the frame's `population` is the one
+    before that step."""
 
 
 class PopulationCheckpoint(BaseModel):

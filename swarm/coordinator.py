@@ -28,6 +28,7 @@ import numpy as np
 from swarm.errors import BackendUnavailable, NoSurvivingParticles
 from swarm.event_tree import GlobalTrace
 from swarm.execution import Segment, SegmentRunner, SegmentTask
+from swarm.pause import PausedStep
 from swarm.population import LOST, RUNNING, Genealogy, Population, normalized_weights
 from swarm.resampling import resample as draw_ancestors
 from swarm.result import Diagnostics
@@ -75,6 +76,8 @@ class Coordinator:
         self.step = 0
         self.diagnostics = diagnostics if diagnostics is not None else Diagnostics()
         self.last: StepOutcome | None = None
+        self.paused: PausedStep | None = None
+        """The current step, while some of its particles wait for a person (see `advance`)."""
 
     # -- queries --------------------------------------------------------------------------------
     def running(self) -> np.ndarray:
@@ -90,18 +93,49 @@ class Coordinator:
         return self.population.log_evidence()
 
     # -- one step -------------------------------------------------------------------------------
+    def _tasks(self, moved: np.ndarray, step: int) -> list[SegmentTask]:
+        pop, path = self.population, self.tree.path
+        return [SegmentTask(stream, (path, leaf), step, None if resume < 0 else resume, source)
+                for stream, leaf, resume, source in zip(pop.ids[moved].tolist(), pop.leaf[moved].tolist(),
+                                                        pop.resume[moved].tolist(), pop.source[moved].tolist())]
+
+    async def _run_step(self) -> tuple[PausedStep, list[SegmentTask]] | None:
+        """Run the step's segments: every running particle's, or, when the step was paused for a
+        person (`swarm.pause`), only the waiting ones' again. None when some still wait."""
+        if self.paused is None:
+            self.step += 1
+            moved = self.population.running()
+            tasks = self._tasks(moved, self.step)
+            step = PausedStep(self.step, moved.tolist(), await self.runtime.run_segments(self.runner, tasks))
+        else:
+            step, pop, path = self.paused, self.population, self.tree.path
+            step.merge(await self.runtime.run_segments(self.runner, step.resume_tasks(
+                lambda i: int(pop.ids[i]), lambda i: path(int(pop.leaf[i])), step.step)))
+            tasks = self._tasks(np.asarray(step.moved, dtype=np.int64), step.step)
+        if step:
+            check_lost_fraction(step.segments, self.max_lost_fraction, self.policy, step.step)
+            self.paused = step
+            return None
+        self.paused = None
+        return step, tasks
+
+    def pending(self) -> list[Any]:
+        """The questions the paused step waits on, each once (`swarm.human.Question`)."""
+        return [] if self.paused is None else self.paused.pending(lambda i: int(self.population.ids[i]))
+
     async def advance(self, advance_hook: Callable[[list[Segment], list[SegmentTask]], Awaitable[None]] | None = None
-                      ) -> StepOutcome:
-        """Advance every running particle to its next sync point and weigh the step."""
+                      ) -> StepOutcome | None:
+        """Advance every running particle to its next sync point and weigh the step. Returns None,
+        with `paused` set, when some particles wait for a person's answer (the step is weighed once
+        none waits: call `advance` again after the run has the answers)."""
         pop, tree = self.population, self.tree
-        self.step += 1
-        step, started = self.step, time.time_ns()
-        moved = pop.running()
-        path = tree.path
-        tasks = [SegmentTask(stream, (path, leaf), step, None if resume < 0 else resume, source)
-                 for stream, leaf, resume, source in zip(pop.ids[moved].tolist(), pop.leaf[moved].tolist(),
-                                                         pop.resume[moved].tolist(), pop.source[moved].tolist())]
-        segments = await self.runtime.run_segments(self.runner, tasks)
+        started = time.time_ns()
+        ran = await self._run_step()
+        if ran is None:
+            return None
+        paused, tasks = ran
+        step, segments = paused.step, paused.segments
+        moved = np.asarray(paused.moved, dtype=np.int64)
         if advance_hook is not None:
             await advance_hook(segments, tasks)
         for seg in segments:  # a zero twisted weight (e.g. a critic's −inf) kills, like a failed guarantee

@@ -37,9 +37,10 @@ from swarm.effects import Handler, execution_context, mark_fused, new_run_scope
 from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Suspend, Suspended, Weigh
 from swarm.errors import ParticleLost, SwarmError
 from swarm.handlers import replay, scale, seed
+from swarm.human import AwaitingHuman, is_pausable
 from swarm.trace import Trace
 
-Status = Literal["running", "finished", "dead", "failed", "lost"]
+Status = Literal["running", "finished", "dead", "failed", "lost", "waiting"]
 _AWAIT = object()
 
 
@@ -363,10 +364,15 @@ class Execution:
                        target_log_weight=self.weigh.log_weight, twist=self.weigh.twist, error=error)
 
     def _classify(self, exc: BaseException) -> tuple[Status, str | None, str | None]:
-        """How an exception ends the particle: suspended (unwound), killed, lost, or failed; a
-        `SwarmError` of the framework's own aborts the run (re-raised)."""
+        """How an exception ends the particle: suspended (unwound), killed, lost, waiting for a
+        person's answer (`swarm.human`), or failed; a `SwarmError` of the framework's own aborts the
+        run (re-raised)."""
         if isinstance(exc, Suspended):
             return "running", self.suspend.site, None
+        if isinstance(exc, AwaitingHuman):
+            if not is_pausable(self.runner.scope):
+                raise exc.cannot_pause()
+            return "waiting", exc.address, None
         if isinstance(exc, Killed):
             return "dead", exc.site, None
         if isinstance(exc, ParticleLost):

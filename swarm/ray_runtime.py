@@ -177,10 +177,15 @@ class WorkerExecutions(LiveExecutions):
 
     def _keep(self, task: SegmentTask, execution: Any, seg: Segment, continued: bool) -> Segment:
         if seg.status == "running" and task.source is not None:
-            before = self.previous_paths.get(task.source)
-            if before is None and task.prefix is not None:
-                before = _Path(None, task.prefix_events())
-            self.paths[task.stream] = _Path(before, seg.events)
+            # the worker's record of the source when the driver left the past out (shared, not
+            # copied), else the past the task was given (a resumed particle's ends with its partial
+            # segment); a past known neither way is not recorded (no truncated path)
+            if task.withheld:
+                before = self.previous_paths.get(task.source)
+            else:
+                before = _Path(None, task.prefix_events()) if task.prefix is not None else None
+            if before is not None:
+                self.paths[task.stream] = _Path(before, seg.events)
         task.prefix = None  # the segment goes back without the past it was given
         return super()._keep(task, execution, seg, continued)
 

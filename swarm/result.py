@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from swarm.human import Question
 from swarm.population import ess as _ess
 from swarm.population import normalized_weights
 from swarm.trace import Trace
@@ -24,7 +25,8 @@ class Particle(BaseModel):
     log_weight: float
     trace: Trace
     status: str = "finished"
-    """finished | running (a budget stopped the run first) | dead | failed | lost"""
+    """finished | running (a budget stopped the run first) | dead | failed | lost | waiting (for a
+    person's answer: see `Result.pending`)"""
     parent_id: int | None = None
     leaf: int | None = None
     """The particle's last node in the run's global trace (`Result.global_trace`), if it has one."""
@@ -113,6 +115,15 @@ class Result(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
     global_trace: Any = Field(default=None, exclude=True, repr=False)
     """The run's `swarm.event_tree.GlobalTrace`: every event of every particle, ancestors shared."""
+    status: Literal["finished", "waiting"] = "finished"
+    """"waiting": the run stopped because some particles wait for a person's answer (`pending`); it
+    is written to `checkpoint` and continues with `policy.resume(checkpoint, answers={...})`. A
+    waiting result's particles are the population before the paused step and its `log_evidence` the
+    estimate up to there: not a posterior yet (docs/human_in_the_loop.md)."""
+    pending: list[Question] = Field(default_factory=list)
+    """The questions the run waits on, each once (identical questions of many particles are one)."""
+    checkpoint: str | None = None
+    """The directory a waiting run was written to."""
 
     @property
     def log_weights(self) -> np.ndarray:
@@ -164,6 +175,10 @@ class Result(BaseModel):
         top = list(self.marginal().items())[:5]
         shown = ", ".join(f"{k!r}: {v:.3f}" for k, v in top)
         lost = f", {self.diagnostics.lost} lost" if self.diagnostics.lost else ""
+        if self.status == "waiting":
+            names = ", ".join(repr(q.name) for q in self.pending[:5])
+            return (f"{self.policy}: waiting for a person: {len(self.pending)} question(s) ({names}); "
+                    f"resume from {self.checkpoint}")
         return (f"{self.policy}: {len(self.particles)} particles{lost}, log Z = {self.log_evidence:.4f}, "
                 f"ESS = {self.ess:.1f} (lowest {self.min_ess:.1f}); marginal {{{shown}}}")
 

@@ -39,6 +39,8 @@ from agents.mcp.params import MCPServerParams
 from agents.tools import Tool
 
 ErrorPolicy = Literal["lose", "reply"]
+Approval = bool | Callable[[Any, Any], bool]
+"""`requires_approval`: True (every call), or `callable(tool, arguments) -> bool` (`agents.approvals`)."""
 
 
 class MCPTool(Tool):
@@ -138,7 +140,8 @@ def _unlisted(params: MCPServerParams, name: str | None, exc: BaseException) -> 
 
 
 def build_tools(params: MCPServerParams, server_name: str, specs: list[types.Tool], *, name: str | None,
-                include: Iterable[str] | None, timeout_s: float, errors: ErrorPolicy) -> list[MCPTool]:
+                include: Iterable[str] | None, timeout_s: float, errors: ErrorPolicy,
+                requires_approval: Approval = False) -> list[MCPTool]:
     """One `MCPTool` per listed tool (those in `include`, in its order, when given)."""
     server = name or server_name or params.describe()
     if not server or "/" in server:
@@ -157,7 +160,7 @@ def build_tools(params: MCPServerParams, server_name: str, specs: list[types.Too
             raise MCPServerError(f"MCP server {server!r}, tool {tool_name!r}: invalid input schema: {exc.message}") from None
         tools.append(MCPTool(name=tool_name, description=spec.description or spec.title or "", server=params,
                              server_name=server, input_schema=dict(spec.input_schema), timeout_s=timeout_s,
-                             errors=errors))
+                             errors=errors, requires_approval=requires_approval))
     return tools
 
 
@@ -168,31 +171,36 @@ async def _listing(session: ServerSession) -> tuple[str, list[types.Tool]]:
 def mcp_tools(command: Sequence[str] | str | None = None, *, url: str | None = None, name: str | None = None,
               include: Iterable[str] | None = None, timeout_s: float = 30.0, errors: ErrorPolicy = "lose",
               env: dict[str, str] | None = None, cwd: str | None = None, headers: dict[str, str] | None = None,
-              connect_timeout_s: float | None = None) -> list[MCPTool]:
+              connect_timeout_s: float | None = None, requires_approval: Approval = False) -> list[MCPTool]:
     """The tools of the MCP server started by `command` (stdio) or reached at `url` (streamable
     HTTP), for `Agent(tools=...)`.
 
     `name` is the server's name in traces (default: the name it reports); `include` keeps only
     these tools; `timeout_s` bounds each call; `errors` is what a tool's own error result does
     ("lose" the particle, or "reply" to the agent). `env`/`cwd` (stdio) and `headers` (HTTP) as in
-    `MCPServerParams`. The session opened here stays open for the process's later calls.
+    `MCPServerParams`. `requires_approval` (True, or `callable(tool, arguments) -> bool`): a person
+    approves calls first (`agents.approvals`). The session opened here stays open for the process's
+    later calls.
     """
     params = _params(command, url, env=env, cwd=cwd, headers=headers, connect_timeout_s=connect_timeout_s)
     try:
         server_name, specs = with_session_sync(params, _listing, params.connect_timeout_s + timeout_s)
     except Exception as exc:  # noqa: BLE001 - the server could not be started or listed
         raise _unlisted(params, name, exc) from exc
-    return build_tools(params, server_name, specs, name=name, include=include, timeout_s=timeout_s, errors=errors)
+    return build_tools(params, server_name, specs, name=name, include=include, timeout_s=timeout_s, errors=errors,
+                       requires_approval=requires_approval)
 
 
 async def mcp_tools_async(command: Sequence[str] | str | None = None, *, url: str | None = None,
                           name: str | None = None, include: Iterable[str] | None = None, timeout_s: float = 30.0,
                           errors: ErrorPolicy = "lose", env: dict[str, str] | None = None, cwd: str | None = None,
-                          headers: dict[str, str] | None = None, connect_timeout_s: float | None = None) -> list[MCPTool]:
+                          headers: dict[str, str] | None = None, connect_timeout_s: float | None = None,
+                          requires_approval: Approval = False) -> list[MCPTool]:
     """`mcp_tools` for async code (the same arguments)."""
     params = _params(command, url, env=env, cwd=cwd, headers=headers, connect_timeout_s=connect_timeout_s)
     try:
         server_name, specs = await asyncio.wait_for(with_session(params, _listing), params.connect_timeout_s + timeout_s)
     except Exception as exc:  # noqa: BLE001
         raise _unlisted(params, name, exc) from exc
-    return build_tools(params, server_name, specs, name=name, include=include, timeout_s=timeout_s, errors=errors)
+    return build_tools(params, server_name, specs, name=name, include=include, timeout_s=timeout_s, errors=errors,
+                       requires_approval=requires_approval)
