@@ -87,9 +87,10 @@ def _run_scope_context(trace: Any, propagate: Any) -> Any:
     """The span context of the run whose particle executes here, from the run scope (or invalid)."""
     import json
 
-    from swarm.effects import run_scope
+    from swarm.effects import current_run_scope
 
-    headers = run_scope().get(RUN_SCOPE_TRACE_KEY)
+    scope = current_run_scope()   # outside a run nothing is read: a finished run leaves no context behind
+    headers = scope.get(RUN_SCOPE_TRACE_KEY) if scope is not None else None
     if not headers:
         return trace.INVALID_SPAN_CONTEXT
     return trace.get_current_span(propagate.extract(json.loads(headers))).get_span_context()

@@ -62,7 +62,7 @@ from observability.ordered_worker import OrderedWorker
 from observability.otel_attributes import KIND, attributes, llm_attributes, tool_attributes
 from observability.span_plan import Owned, PlannedRun, SpanPlanner
 from observability.span_sinks import SdkSink
-from swarm.effects import run_scope
+from swarm.effects import current_run_scope
 from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
 from swarm.runtime import Handler
@@ -188,10 +188,11 @@ class OTelListener(RunListener):
         travel with the program to the Ray segment workers: calls made there join the run's trace
         (`agents.agent_actor.trace_carrier` reads it when no span is current)."""
         span_context = self._attached.get(run_id, (None, None))[1]
-        if span_context is not None:
+        scope = current_run_scope()   # None when records are replayed outside a run (e.g. from a file)
+        if span_context is not None and scope is not None:
             carrier: dict[str, str] = {}
             propagate.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span_context)))
-            run_scope()[RUN_SCOPE_TRACE_KEY] = json.dumps(carrier)
+            scope[RUN_SCOPE_TRACE_KEY] = json.dumps(carrier)
 
     def segment_handlers(self, run_id: str, inner: Any = None) -> RunTraceContextHandlers | None:
         """The `extra_handlers` factory that makes run `run_id`'s context current around each of its

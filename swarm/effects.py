@@ -38,6 +38,12 @@ def run_scope() -> dict[str, Any]:
     return _PROCESS_SCOPE if scope is None else scope
 
 
+def current_run_scope() -> dict[str, Any] | None:
+    """The current run's scratch dictionary, or None outside any policy run (unlike `run_scope`,
+    which then falls back to the process-wide one): for state that must never outlive its run."""
+    return _RUN_SCOPE.get()
+
+
 class new_run_scope:
     """Context manager giving the code inside it a fresh `run_scope()` (or the given dictionary)."""
 

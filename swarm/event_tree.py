@@ -103,6 +103,15 @@ class PayloadStore:
     def __len__(self) -> int:
         return len(self._strings) + len(self._messages)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the caches that only mean something in this process: the holder classes
+        (made at run time, so not importable) and the chain links (keyed by `id`)."""
+        return {"_strings": self._strings, "_messages": self._messages}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._chains, self._holders = {}, {}
+
     def string(self, text: str) -> str:
         return self._strings.setdefault(text, text) if len(text) >= _LONG else text
 

@@ -152,6 +152,20 @@ def test_prompts_are_stored_once_as_chains():
     assert len(store) == 41 + 1   # 41 distinct messages stored once, and the one long string they share
 
 
+def test_a_store_and_its_interned_events_pickle_and_keep_interning():
+    """Interned metadata are key-sharing dicts of run-time holder classes: a result that holds them
+    (checkpoints, Ray, `pickle.dumps(result)`) must still pickle, and the copy must go on interning."""
+    import pickle
+
+    store = PayloadStore()
+    info = store.intern_info({"prompt": [{"role": "user", "content": "hi " * 40}], "usage": {"input_tokens": 3},
+                              "text": "answer " * 20})
+    copy_store, copy_info = pickle.loads(pickle.dumps((store, info)))
+    assert copy_info == info and type(copy_info) is dict
+    again = copy_store.intern_info({"usage": {"input_tokens": 4}, "text": "answer " * 20})
+    assert again["text"] is copy_store.string("answer " * 20) and again["usage"] == {"input_tokens": 4}
+
+
 # -- cost grows with the work -----------------------------------------------------------------
 @pytest.mark.parametrize("program", [mutating_program, async_mutating_program], ids=["sync", "async"])
 def test_only_the_second_and_later_offspring_of_a_parent_are_replayed(program):
