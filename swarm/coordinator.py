@@ -28,7 +28,7 @@ import numpy as np
 from swarm.errors import BackendUnavailable, NoSurvivingParticles
 from swarm.event_tree import GlobalTrace
 from swarm.execution import Segment, SegmentRunner, SegmentTask
-from swarm.population import LOST, RUNNING, Genealogy, Population, normalized_weights
+from swarm.population import LOST, RUNNING, STATUS_CODES, Genealogy, Population, normalized_weights
 from swarm.resampling import resample as draw_ancestors
 from swarm.result import Diagnostics
 
@@ -104,18 +104,15 @@ class Coordinator:
         segments = await self.runtime.run_segments(self.runner, tasks)
         if advance_hook is not None:
             await advance_hook(segments, tasks)
-        for seg in segments:  # a zero twisted weight (e.g. a critic's −inf) kills, like a failed guarantee
-            if seg.status == "running" and seg.log_weight() == -math.inf:
-                seg.status = "dead"
-        extend = tree.extend
-        leaves = [extend(leaf, seg.events, step, pid)
-                  for leaf, seg, pid in zip(pop.leaf[moved].tolist(), segments, pop.ids[moved].tolist())]
-        increments = pop.update(moved, segments, leaves)
+        codes, log_weights = _digest(segments)
+        leaves = tree.extend_many(pop.leaf[moved].tolist(), [seg.events for seg in segments], step,
+                                  pop.ids[moved].tolist())
+        increments = pop.update(moved, segments, leaves, codes, log_weights)
         pop.continue_own()
         self.diagnostics.account(segments)
         outcome = StepOutcome(step=step, moved=moved, segments=segments, increments=increments, ids=pop.ids.copy(),
                               parents=pop.parents.copy(), log_w=pop.log_w.copy(), status=pop.status.copy(),
-                              started_ns=started, lost=int(sum(1 for s in segments if s.status == "lost")))
+                              started_ns=started, lost=int(np.count_nonzero(codes == LOST)))
         self._check_lost(outcome, len(moved))
         self._check_alive()
         outcome.ess = self.ess()
@@ -162,6 +159,28 @@ class Coordinator:
             trace=tree.trace(int(pop.leaf[i])), status=STATUS_NAMES[pop.status[i]],
             parent_id=None if pop.parents[i] < 0 else int(pop.parents[i]), leaf=int(pop.leaf[i]))
             for i in range(pop.n)]
+
+
+def _digest(segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    """The status codes and current log weights (`Segment.log_weight`) of a step's segments, in one
+    pass. A running particle whose twisted weight is zero (e.g. a critic's −inf) is killed, like a
+    failed guarantee: its segment's status becomes "dead"."""
+    codes, weights = [], []
+    for seg in segments:
+        status = seg.status
+        if status == "running":
+            lw = seg.target_log_weight
+            if lw != -math.inf:
+                lw += seg.twist
+            if lw == -math.inf:
+                seg.status = status = "dead"
+        elif status == "finished":
+            lw = seg.target_log_weight
+        else:
+            lw = -math.inf
+        codes.append(STATUS_CODES[status])
+        weights.append(lw)
+    return np.array(codes, dtype=np.int8), np.array(weights, dtype=float)
 
 
 def check_lost_fraction(segments: list[Segment], max_fraction: float, policy: str, step: int) -> None:

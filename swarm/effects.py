@@ -38,6 +38,12 @@ def run_scope() -> dict[str, Any]:
     return _PROCESS_SCOPE if scope is None else scope
 
 
+def set_run_scope(scope: dict[str, Any]) -> None:
+    """Make `scope` the `run_scope()` of the rest of the current context, with no undo: for a
+    context that is dropped afterwards (an execution's own greenlet context)."""
+    _RUN_SCOPE.set(scope)
+
+
 class new_run_scope:
     """Context manager giving the code inside it a fresh `run_scope()` (or the given dictionary)."""
 
@@ -124,6 +130,19 @@ class Handler:
         _STACK.reset(self._tokens.pop())
 
 
+def push_plain_handlers(handlers: list[Handler]) -> bool:
+    """Push `handlers` (outermost first) for the rest of the current context, with no undo, when
+    each is a plain handler (the base class's enter/exit); return False, pushing nothing, otherwise.
+    For a context that is dropped afterwards (an execution's own greenlet context): entering and
+    exiting each handler there would only rebuild the stack once per handler."""
+    for handler in handlers:
+        kind = type(handler)
+        if kind.__enter__ is not _PLAIN_ENTER or kind.__exit__ is not _PLAIN_EXIT:
+            return False
+    _STACK.set(_Stack((*_STACK.get(), *handlers)))
+    return True
+
+
 def active_handlers() -> tuple[Handler, ...]:
     return _STACK.get()
 
@@ -139,6 +158,8 @@ def mark_fused(fused: Any) -> None:
     _STACK.get().__dict__["fused"] = fused
 
 
+_PLAIN_ENTER = Handler.__enter__
+_PLAIN_EXIT = Handler.__exit__
 _NOOP_PROCESS = Handler.process_message
 _NOOP_POSTPROCESS = Handler.postprocess_message
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import greenlet
 
 from swarm.effects import Handler, Message
-from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError
+from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError, InvalidDistributionError
 from swarm.handlers import event_from_message
 from swarm.randomness import SiteRandom
 from swarm.trace import ErrorEvent, factor_event, guarantee_event, sample_event
@@ -32,6 +32,19 @@ from swarm.weights import NEG_INF, factor_term, kills_factor, sample_term
 _SITE_TYPES = ("sample", "factor", "guarantee")
 SUSPENDED = object()
 """What a live execution hands to the coordinator's greenlet when it reaches its stop point."""
+
+
+def at_site(name: str, exc: InvalidDistributionError) -> InvalidDistributionError:
+    """A distribution's error found while drawing, with the site named."""
+    text = str(exc)
+    prefix = f"sample {name!r}: "
+    return exc if text.startswith(prefix) else InvalidDistributionError(prefix + text)
+
+
+def raise_async_in_plain_program(name: str, dist: Any) -> None:
+    raise AsyncInPlainProgramError(
+        f"sample {name!r}: {dist.describe()} is asynchronous (an LLM generation); declare the "
+        f"program `async def` and write `await sample({name!r}, ...)`")
 
 
 class Killed(BaseException):
@@ -171,9 +184,7 @@ class Suspend(Handler):
 
     def process_message(self, msg: Message) -> None:
         if msg.is_async and not self.program_is_async:
-            raise AsyncInPlainProgramError(
-                f"sample {msg.name!r}: {msg.fn.describe()} is asynchronous (an LLM generation); declare the "
-                f"program `async def` and write `await sample({msg.name!r}, ...)`")
+            raise_async_in_plain_program(msg.name, msg.fn)
 
     def postprocess_message(self, msg: Message) -> None:
         kind = msg.type
@@ -214,10 +225,12 @@ class Fused:
     the replay handler's state); the two paths give identical traces and weights
     (tests/test_engine.py runs every exact program both ways)."""
 
-    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer")
+    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer", "meter")
 
-    def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any) -> None:
+    def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any,
+                 meter: Meter | None = None) -> None:
         self.record, self.weigh, self.suspend, self.seeder, self.replayer = record, weigh, suspend, seeder, replayer
+        self.meter = meter if meter is not None else Meter()
 
     def _site(self, name: str, kind: str) -> None:
         record = self.record
@@ -234,10 +247,7 @@ class Fused:
             recorded = replayer.sample(name)
             if recorded is not None:
                 self._site(name, "sample")
-                target = recorded.target_log_prob
-                if target is not None:  # what Weigh and Suspend do with a replayed corrected site
-                    self.weigh.log_weight += sample_term(recorded.log_prob, target)
-                    self.suspend._pending = True
+                self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
                 return recorded.value
         seeder = self.seeder
         rng = SiteRandom.for_site(seeder.seed, seeder.stream, name)
@@ -246,6 +256,46 @@ class Fused:
         self._site(name, "sample")
         self.record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
         return value
+
+    async def sample_async(self, name: str, dist: Any) -> Any:
+        """`sample` for an asynchronous distribution (an LLM generation, a tool call): what the seed,
+        replay, Record, Weigh, Meter and Suspend handlers do with it, in one coroutine."""
+        replayer = self.replayer
+        if replayer is not None and replayer.left:
+            recorded = replayer.sample(name)
+            if recorded is not None:
+                self._site(name, "sample")
+                self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
+                return recorded.value
+        seeder = self.seeder
+        try:
+            draw = await dist.sample_async(SiteRandom.for_site(seeder.seed, seeder.stream, name))
+        except InvalidDistributionError as exc:
+            raise at_site(name, exc) from exc
+        self._site(name, "sample")
+        record = self.record
+        info = draw.info
+        if info:
+            if record.intern is not None:
+                info = record.intern(info)
+            usage = info.get("usage")
+            if usage:
+                meter = self.meter
+                meter.llm_calls += 1
+                meter.tokens += int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+        target = draw.target_log_prob
+        record.delta.append(sample_event(name, draw.value, float(draw.log_prob),
+                                         None if target is None else float(target), dist.describe(), info or {}))
+        self._weigh_sample(name, draw.log_prob, target)
+        return draw.value
+
+    def _weigh_sample(self, name: str, log_prob: float, target: float | None) -> None:
+        """What Weigh and Suspend do with a sample that carries an importance correction."""
+        if target is not None:
+            self.weigh.log_weight += sample_term(log_prob, target)
+            self.suspend._pending = True
+            if target == NEG_INF and self.weigh.kill:
+                raise Killed(name)
 
     def _replayed(self, kind: str, name: str, value: Any) -> bool:
         replayer = self.replayer

@@ -130,14 +130,17 @@ class PayloadStore:
         return node if node is not None else []
 
     def intern_info(self, info: dict[str, Any]) -> dict[str, Any]:
-        """A copy of an event's metadata with its large payloads interned."""
-        out = {}
+        """A copy of an event's metadata with its large payloads interned (long strings; a prompt
+        given as a list of message dicts becomes a chain). Runs once per new event: short values
+        cost one type test each."""
+        out = dict(info)
+        strings = self._strings
         for key, value in info.items():
             if type(value) is str:
-                value = self.string(value)
+                if len(value) >= _LONG:
+                    out[key] = strings.setdefault(value, value)
             elif key == "prompt" and isinstance(value, list) and value and isinstance(value[0], dict):
-                value = self.chain(value)
-            out[key] = value
+                out[key] = self.chain(value)
         return out
 
 
@@ -167,6 +170,32 @@ class GlobalTrace:
         self.step.extend([step] * n)
         self.particle.extend([particle] * n)
         return start + n - 1
+
+    def extend_many(self, leaves: list[int], event_lists: list[list[Any]], step: int, particles: list[int]) -> list[int]:
+        """`extend` for many executions at once (one step's segments): their new leaves, in order."""
+        events = self.events
+        first = start = len(events)
+        parents: list[int] = []
+        owners: list[int] = []
+        out = []
+        for leaf, new, particle in zip(leaves, event_lists, particles):
+            n = len(new)
+            if not n:
+                out.append(leaf)
+                continue
+            events.extend(new)
+            parents.append(leaf)
+            if n > 1:
+                parents.extend(range(start, start + n - 1))
+                owners.extend([particle] * n)
+            else:
+                owners.append(particle)
+            start += n
+            out.append(start - 1)
+        self.parent.extend(parents)
+        self.particle.extend(owners)
+        self.step.extend([step] * (start - first))
+        return out
 
     def nodes(self, leaf: int) -> list[int]:
         """The node indices from the root to `leaf`."""
