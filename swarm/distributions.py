@@ -149,14 +149,23 @@ class Categorical(Distribution):
         return np.array(self._probs)
 
     def sample(self, rng: SiteRandom) -> Any:
+        return self.values[self._index_of_uniform(rng.random())]
+
+    def draw_uniform(self, u: float) -> tuple[Any, float]:
+        """(value, log p(value)) of the inverse-CDF draw at uniform `u`: what `sample` draws from a
+        random stream whose next uniform is `u`, with its log-probability (the fused engine's path)."""
+        i = self._index_of_uniform(u)
+        return self.values[i], self._log_probs[i]
+
+    def _index_of_uniform(self, u: float) -> int:
         cdf = self._cdf
         if cdf is None:
             cdf = self._cdf = list(itertools.accumulate(self._probs))
             cdf[-1] = 1.0
-        i = min(bisect.bisect_right(cdf, rng.random()), len(self.values) - 1)
+        i = min(bisect.bisect_right(cdf, u), len(self.values) - 1)
         while self._probs[i] == 0.0:  # never land on a zero-probability value
             i -= 1
-        return self.values[i]
+        return i
 
     def log_prob(self, value: Any) -> float:
         i = self._lookup().get(_key(value))
@@ -199,6 +208,11 @@ class Bernoulli(Categorical):
 
     def __repr__(self) -> str:
         return f"Bernoulli(p={self.p!r})"
+
+
+FINITE_INVERSE_CDF = frozenset({Categorical, Uniform, Bernoulli})
+"""Distributions whose `sample(rng)` is `draw_uniform(rng.random())` and whose log-probability of
+the drawn value is the one `draw_uniform` returns (exact types: a subclass may override either)."""
 
 
 class Delta(Distribution):

@@ -26,6 +26,9 @@ class _Stack(tuple):
 
 _EMPTY_STACK = _Stack()
 _STACK: contextvars.ContextVar[_Stack] = contextvars.ContextVar("swarm_handler_stack", default=_EMPTY_STACK)
+_FUSED: contextvars.ContextVar[Any] = contextvars.ContextVar("swarm_fused_engine", default=None)
+"""The fused engine of the current stack when it is exactly an execution's engine stack; every
+handler pushed on top resets it to None (see `fused_engine`)."""
 _RUN_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("swarm_run_scope", default=None)
 _PROCESS_SCOPE: dict[str, Any] = {}
 
@@ -123,11 +126,13 @@ class Handler:
         pass
 
     def __enter__(self) -> "Handler":
-        self._tokens.append(_STACK.set(_Stack((*_STACK.get(), self))))
+        self._tokens.append((_STACK.set(_Stack((*_STACK.get(), self))), _FUSED.set(None)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _STACK.reset(self._tokens.pop())
+        stack, fused = self._tokens.pop()
+        _FUSED.reset(fused)
+        _STACK.reset(stack)
 
 
 def push_plain_handlers(handlers: list[Handler]) -> bool:
@@ -147,15 +152,16 @@ def active_handlers() -> tuple[Handler, ...]:
     return _STACK.get()
 
 
-def fused_engine() -> Any:
-    """The fused engine of the execution whose own stack this is (`swarm.engine.Fused`), or None
-    under any other stack (then every statement goes through the handlers)."""
-    return _STACK.get().__dict__.get("fused")
+fused_engine = _FUSED.get
+"""`fused_engine()`: the fused engine of the execution whose own stack this is (`swarm.engine.Fused`),
+or None under any other stack (then every statement goes through the handlers). A bound
+`ContextVar.get`: asked at every statement, it costs no Python call."""
 
 
 def mark_fused(fused: Any) -> None:
     """Declare the current stack to be exactly an execution's engine stack (see `fused_engine`)."""
     _STACK.get().__dict__["fused"] = fused
+    _FUSED.set(fused)
 
 
 _PLAIN_ENTER = Handler.__enter__

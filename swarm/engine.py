@@ -18,6 +18,7 @@ kill the particle), then metered, then the particle may suspend. They read only 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import greenlet
@@ -25,7 +26,11 @@ import greenlet
 from swarm.effects import Handler, Message
 from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError, InvalidDistributionError
 from swarm.handlers import event_from_message
-from swarm.randomness import SiteRandom
+from swarm.distributions import FINITE_INVERSE_CDF
+from swarm.randomness import _TWO_POW_53, SiteRandom
+
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
 from swarm.trace import ErrorEvent, factor_event, guarantee_event, sample_event
 from swarm.weights import NEG_INF, factor_term, kills_factor, sample_term
 
@@ -45,6 +50,12 @@ def raise_async_in_plain_program(name: str, dist: Any) -> None:
     raise AsyncInPlainProgramError(
         f"sample {name!r}: {dist.describe()} is asynchronous (an LLM generation); declare the "
         f"program `async def` and write `await sample({name!r}, ...)`")
+
+
+def _duplicate(name: str, kind: str) -> DuplicateSiteError:
+    return DuplicateSiteError(
+        f"site {name!r} appears twice in one trace; give every {kind} a distinct name "
+        "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
 
 
 class Killed(BaseException):
@@ -83,9 +94,7 @@ class Record(Handler):
         kind = msg.type
         if kind in _SITE_TYPES:
             if msg.name in self.addresses:
-                raise DuplicateSiteError(
-                    f"site {msg.name!r} appears twice in one trace; give every {kind} a distinct name "
-                    "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
+                raise _duplicate(msg.name, kind)
             self.addresses.add(msg.name)
         self.last_address = msg.name
         if msg.replayed:
@@ -235,9 +244,7 @@ class Fused:
     def _site(self, name: str, kind: str) -> None:
         record = self.record
         if name in record.addresses:
-            raise DuplicateSiteError(
-                f"site {name!r} appears twice in one trace; give every {kind} a distinct name "
-                "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
+            raise _duplicate(name, kind)
         record.addresses.add(name)
         record.last_address = name
 
@@ -250,11 +257,18 @@ class Fused:
                 self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
                 return recorded.value
         seeder = self.seeder
-        rng = SiteRandom.for_site(seeder.seed, seeder.stream, name)
-        value = dist.sample(rng)
-        log_prob = float(dist.log_prob(value))
-        self._site(name, "sample")
-        self.record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
+        key = _blake2b(f"{seeder.seed}|{seeder.stream}|{name}".encode(), digest_size=16).digest()
+        if type(dist) in FINITE_INVERSE_CDF:  # what dist.sample(SiteRandom(key)) draws, without the object
+            value, log_prob = dist.draw_uniform((_from_bytes(key[8:16], "little") >> 11) * _TWO_POW_53)
+        else:
+            value = dist.sample(SiteRandom(key))
+            log_prob = float(dist.log_prob(value))
+        record = self.record
+        if name in record.addresses:
+            raise _duplicate(name, "sample")
+        record.addresses.add(name)
+        record.last_address = name
+        record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
         return value
 
     async def sample_async(self, name: str, dist: Any) -> Any:
@@ -268,12 +282,16 @@ class Fused:
                 self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
                 return recorded.value
         seeder = self.seeder
+        key = _blake2b(f"{seeder.seed}|{seeder.stream}|{name}".encode(), digest_size=16).digest()
         try:
-            draw = await dist.sample_async(SiteRandom.for_site(seeder.seed, seeder.stream, name))
+            draw = await dist.sample_async(SiteRandom(key))
         except InvalidDistributionError as exc:
             raise at_site(name, exc) from exc
-        self._site(name, "sample")
         record = self.record
+        if name in record.addresses:
+            raise _duplicate(name, "sample")
+        record.addresses.add(name)
+        record.last_address = name
         info = draw.info
         if info:
             if record.intern is not None:
@@ -286,7 +304,8 @@ class Fused:
         target = draw.target_log_prob
         record.delta.append(sample_event(name, draw.value, float(draw.log_prob),
                                          None if target is None else float(target), dist.describe(), info or {}))
-        self._weigh_sample(name, draw.log_prob, target)
+        if target is not None:
+            self._weigh_sample(name, draw.log_prob, target)
         return draw.value
 
     def _weigh_sample(self, name: str, log_prob: float, target: float | None) -> None:
@@ -302,10 +321,15 @@ class Fused:
         return replayer is not None and replayer.left != 0 and replayer.weighting(kind, name, value)
 
     def factor(self, name: str, value: float, shaping: bool) -> None:
-        replayed = self._replayed("factor", name, value)
-        self._site(name, "factor")
+        replayer = self.replayer
+        replayed = replayer is not None and replayer.left != 0 and replayer.weighting("factor", name, value)
+        record = self.record
+        if name in record.addresses:
+            raise _duplicate(name, "factor")
+        record.addresses.add(name)
+        record.last_address = name
         if not replayed:
-            self.record.delta.append(factor_event(name, value, shaping, 1.0))
+            record.delta.append(factor_event(name, value, shaping, 1.0))
         weigh = self.weigh
         if shaping:
             weigh.twist = value
