@@ -34,9 +34,9 @@ from typing import Any, Callable, Iterable, Literal
 import greenlet
 
 from swarm.effects import Handler, mark_fused, push_plain_handlers, set_run_scope
-from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Suspend, Suspended, Weigh
+from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh
 from swarm.errors import ParticleLost, SwarmError
-from swarm.handlers import replay, scale, seed
+from swarm.handlers import scale, seed
 from swarm.trace import Trace
 
 Status = Literal["running", "finished", "dead", "failed", "lost"]
@@ -247,7 +247,7 @@ class Execution:
         if runner.beta is not None:
             handlers.append(scale(runner.beta))
         handlers.extend(runner.policy_handlers(stream))
-        self.replayer = replay(prefix) if prefix else None
+        self.replayer = Replay(prefix) if prefix else None
         if self.replayer is not None:
             handlers.append(self.replayer)
         self.handlers = handlers
