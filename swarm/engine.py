@@ -242,7 +242,8 @@ class Replay(replay):
         """The index in `recorded` of the next statement expected (positional mode)."""
         self.indexed = False
         """Whether the address-indexed matching took over."""
-        self.left = len(recorded) - sum(1 for e in recorded if e.type == "error")
+        self.left = len(recorded) - (recorded[-1].type == "error" if recorded else 0)
+        """Recorded events not met again yet: every one but an error, which can only end a trace."""
 
     def _index(self) -> None:
         """Switch to address-indexed matching: every event is known by address, the ones from the
@@ -298,6 +299,8 @@ class Replay(replay):
 
     def check_consumed(self) -> None:
         if not self.indexed:
+            if not self.left:  # every recorded event was met, in order
+                return
             self._index()
         replay.check_consumed(self)
 
@@ -333,8 +336,13 @@ class Fused:
         if replayer is not None and replayer.left:
             recorded = replayer.sample(name)
             if recorded is not None:
-                self._site(name, "sample")
-                self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
+                record = self.record
+                if name in record.addresses:
+                    raise _duplicate(name, "sample")
+                record.addresses.add(name)
+                record.last_address = name
+                if recorded.target_log_prob is not None:
+                    self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
                 return recorded.value
         seeder = self.seeder
         key = _blake2b(f"{seeder.seed}|{seeder.stream}|{name}".encode(), digest_size=16).digest()
