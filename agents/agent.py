@@ -237,24 +237,32 @@ def native_tool_text(info: dict[str, Any], text: str) -> str:
     return (text + "\n" + render_tool_calls(calls)).strip() if calls else text
 
 
-_SETTINGS: dict[tuple, GenerationSettings] = {}
+_SETTINGS: dict[tuple, tuple[GenerationSettings, GenerationSettings]] = {}
 
 
 def _merged_settings(base: GenerationSettings, overrides: dict[str, Any]) -> GenerationSettings:
     """`base` with `overrides`, validated (a bad value names the field); the same combination,
-    asked for at every step of every particle, is validated once (GenerationSettings is frozen)."""
+    asked for at every step of every particle, is validated once (GenerationSettings is frozen).
+
+    The cache is keyed by the identity of `base` (kept alive in the entry, and checked) and the
+    overrides as given, so a hit costs one tuple and one dictionary lookup."""
+    try:
+        key = (id(base), *overrides.items())
+        entry = _SETTINGS.get(key)
+    except TypeError:  # an unhashable override value: no caching
+        return _validated_settings(base, overrides)
+    if entry is not None and entry[0] is base:
+        return entry[1]
+    merged = _validated_settings(base, overrides)
+    if len(_SETTINGS) > 4096:
+        _SETTINGS.clear()
+    _SETTINGS[key] = (base, merged)
+    return merged
+
+
+def _validated_settings(base: GenerationSettings, overrides: dict[str, Any]) -> GenerationSettings:
     unknown = sorted(set(overrides) - set(GenerationSettings.model_fields))
     if unknown:
         raise TypeError(f"unknown generation setting {unknown[0]!r}; the settings are "
                         f"{', '.join(GenerationSettings.model_fields)}")
-    try:
-        key = (base, tuple(sorted(overrides.items())))
-        hash(key)
-    except TypeError:  # an unhashable override value: no caching
-        return GenerationSettings.model_validate({**base.model_dump(), **overrides})
-    merged = _SETTINGS.get(key)
-    if merged is None:
-        if len(_SETTINGS) > 4096:
-            _SETTINGS.clear()
-        merged = _SETTINGS[key] = GenerationSettings.model_validate({**base.model_dump(), **overrides})
-    return merged
+    return GenerationSettings.model_validate({**base.model_dump(), **overrides})

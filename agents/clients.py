@@ -14,6 +14,7 @@ the cache and the backends: that module only re-exports them, deprecated.)
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,30 +66,48 @@ def client_for(agent: "Agent") -> Client:
 
 
 def completion_info(agent: "Agent", request: GenerationRequest, completion: Completion, started_ns: int,
-                    backend_name: str) -> dict[str, Any]:
-    """The metadata a generation's sample event carries (read by budgets and span exporters)."""
-    return {
+                    backend_name: str, log_prob: float | None = None) -> dict[str, Any]:
+    """The metadata a generation's sample event carries (read by budgets and span exporters):
+    agent, backend and model, usage, timing, seed and settings, the tokens with their proposal and
+    base log-probabilities, the prompt, the completion; `log_q` (how exact log q is) and
+    `tokens_generated` vs `tokens_kept` (a chunk's look-ahead is generated, not kept; kept is None
+    when the backend returned no token pieces). `log_prob` is `completion.log_prob` when the caller
+    has it already."""
+    ended = time.time_ns()
+    settings = request.settings
+    usage = completion.usage
+    tokens = completion.tokens
+    base = completion.base_token_logprobs
+    messages = request.messages
+    info = {
         "agent": agent.name,
         "backend": completion.backend or backend_name,
         "model": completion.model,
-        "usage": {"input_tokens": completion.usage.input_tokens, "output_tokens": completion.usage.output_tokens},
-        "latency_s": completion.latency_s or (time.time_ns() - started_ns) / 1e9,
+        "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+        "latency_s": completion.latency_s or (ended - started_ns) / 1e9,
         "started_at_ns": started_ns,
-        "ended_at_ns": time.time_ns(),
+        "ended_at_ns": ended,
         "seed": request.seed,
-        "temperature": request.settings.temperature,
-        "unit": request.settings.unit,
+        "temperature": settings.temperature,
+        "unit": settings.unit,
         "finish_reason": completion.finish_reason,
-        "tokens": list(completion.tokens),
+        "tokens": list(tokens),
         "token_logprobs": list(completion.token_logprobs),
-        "base_token_logprobs": None if completion.base_token_logprobs is None else list(completion.base_token_logprobs),
-        "log_prob": completion.log_prob,
-        "base_log_prob": completion.base_log_prob,
-        "prompt": [_message_dict(m) for m in request.messages] if request.messages is not None else request.prompt,
+        "base_token_logprobs": None if base is None else list(base),
+        "log_prob": completion.log_prob if log_prob is None else log_prob,
+        "base_log_prob": None if base is None else math.fsum(base),
+        "prompt": request.prompt if messages is None else [_message_dict(m) for m in messages],
         "assistant_prefix": request.assistant_prefix,
         "completion": completion.text,
-        **({"served_by": dict(completion.served_by)} if completion.served_by else {}),
+        "log_q": completion.log_q_quality,
+        "tokens_generated": usage.output_tokens,
+        "tokens_kept": len(tokens) if tokens or not completion.text else None,
     }
+    if completion.served_by:
+        info["served_by"] = dict(completion.served_by)
+    if completion.tool_calls:
+        info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
+    return info
 
 
 def _message_dict(message: Any) -> dict[str, Any]:

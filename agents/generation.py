@@ -79,22 +79,20 @@ class Generation(Distribution):
         if self.target == "base" or run_scope().get(NEEDS_LOG_Q):
             update["log_q"] = "required"
         request = self.request.model_copy(update=update)
+        agent = self.agent
         started = time.time_ns()
-        completion = await client_for(self.agent).complete(request)
-        info = completion_info(self.agent, request, completion, started, self.agent.backend_name())
-        info.update(log_q=completion.log_q_quality, tokens_generated=completion.usage.output_tokens,
-                    tokens_kept=len(completion.tokens) if completion.tokens or not completion.text else None)
-        if completion.tool_calls:
-            info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
-        report = self._constraint_report(completion, info)
+        completion = await client_for(agent).complete(request)
+        log_prob = completion.log_prob
+        info = completion_info(agent, request, completion, started, agent.backend_name(), log_prob)
+        report = None if self.request.constraint is None else self._constraint_report(completion, info)
         target = None
         if self.target == "base":
             target = self._base_log_prob(completion, info["backend"])
             if report is not None and report.weights != "unavailable":
                 target = -math.inf if report.log_weight == -math.inf else target + report.log_potential
         elif report is not None and report.weights != "unavailable":
-            target = completion.log_prob + report.log_weight
-        return Draw(value=completion.text, log_prob=completion.log_prob, target_log_prob=target, info=info)
+            target = log_prob + report.log_weight
+        return Draw(completion.text, log_prob, target, info)
 
     def _constraint_report(self, completion: Any, info: dict[str, Any]) -> Any:
         """The constraint's weight correction, recorded in the sample event's info (never dropped:
@@ -102,8 +100,6 @@ class Generation(Distribution):
 
         Target "proposal": log p(site) = log q_C(text) + Σ log Z, the proposal restricted to the
         constraint (weight: Σ log Z). Target "base": log p(text) + log Φ(text)/Φ(prefix)."""
-        if self.request.constraint is None:
-            return None
         report = completion.constraint
         if report is None:
             raise GenerationError(f"agent {self.agent.name!r}: backend {info['backend']!r} did not apply the constraint "

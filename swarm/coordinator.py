@@ -29,7 +29,7 @@ from swarm.errors import BackendUnavailable, NoSurvivingParticles
 from swarm.event_tree import GlobalTrace
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.pause import PausedStep
-from swarm.population import LOST, RUNNING, Genealogy, Population, normalized_weights
+from swarm.population import LOST, RUNNING, STATUS_CODES, Genealogy, Population, normalized_weights
 from swarm.resampling import resample as draw_ancestors
 from swarm.result import Diagnostics
 
@@ -138,18 +138,15 @@ class Coordinator:
         moved = np.asarray(paused.moved, dtype=np.int64)
         if advance_hook is not None:
             await advance_hook(segments, tasks)
-        for seg in segments:  # a zero twisted weight (e.g. a critic's −inf) kills, like a failed guarantee
-            if seg.status == "running" and seg.log_weight() == -math.inf:
-                seg.status = "dead"
-        extend = tree.extend
-        leaves = [extend(leaf, seg.events, step, pid)
-                  for leaf, seg, pid in zip(pop.leaf[moved].tolist(), segments, pop.ids[moved].tolist())]
-        increments = pop.update(moved, segments, leaves)
+        codes, log_weights = _digest(segments)
+        leaves = tree.extend_many(pop.leaf[moved].tolist(), [seg.events for seg in segments], step,
+                                  pop.ids[moved].tolist())
+        increments = pop.update(moved, segments, leaves, codes, log_weights)
         pop.continue_own()
         self.diagnostics.account(segments)
         outcome = StepOutcome(step=step, moved=moved, segments=segments, increments=increments, ids=pop.ids.copy(),
                               parents=pop.parents.copy(), log_w=pop.log_w.copy(), status=pop.status.copy(),
-                              started_ns=started, lost=int(sum(1 for s in segments if s.status == "lost")))
+                              started_ns=started, lost=int(np.count_nonzero(codes == LOST)))
         self._check_lost(outcome, len(moved))
         self._check_alive()
         outcome.ess = self.ess()
@@ -186,16 +183,43 @@ class Coordinator:
 
     # -- the final population -------------------------------------------------------------------
     def particles(self) -> list[Any]:
+        """The final population as `Particle`s (validated construction, ~2x cheaper than
+        `model_construct` here; a particle's trace stays a lazy view of the global trace)."""
+        from swarm.population import STATUS_NAMES
         from swarm.result import Particle
 
         pop, tree = self.population, self.tree
-        from swarm.population import STATUS_NAMES
+        trace = tree.trace
+        out = []
+        for pid, value, log_w, leaf, status, parent in zip(
+                pop.ids.tolist(), pop.values, pop.log_w.tolist(), pop.leaf.tolist(), pop.status.tolist(),
+                pop.parents.tolist()):
+            out.append(Particle(id=pid, value=value, log_weight=log_w if status != LOST else -math.inf,
+                                trace=trace(leaf), status=STATUS_NAMES[status],
+                                parent_id=None if parent < 0 else parent, leaf=leaf))
+        return out
 
-        return [Particle.model_construct(
-            id=int(pop.ids[i]), value=pop.values[i], log_weight=float(pop.log_w[i]) if pop.status[i] != LOST else -math.inf,
-            trace=tree.trace(int(pop.leaf[i])), status=STATUS_NAMES[pop.status[i]],
-            parent_id=None if pop.parents[i] < 0 else int(pop.parents[i]), leaf=int(pop.leaf[i]))
-            for i in range(pop.n)]
+
+def _digest(segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    """The status codes and current log weights (`Segment.log_weight`) of a step's segments, in one
+    pass. A running particle whose twisted weight is zero (e.g. a critic's −inf) is killed, like a
+    failed guarantee: its segment's status becomes "dead"."""
+    codes, weights = [], []
+    for seg in segments:
+        status = seg.status
+        if status == "running":
+            lw = seg.target_log_weight
+            if lw != -math.inf:
+                lw += seg.twist
+            if lw == -math.inf:
+                seg.status = status = "dead"
+        elif status == "finished":
+            lw = seg.target_log_weight
+        else:
+            lw = -math.inf
+        codes.append(STATUS_CODES[status])
+        weights.append(lw)
+    return np.array(codes, dtype=np.int8), np.array(weights, dtype=float)
 
 
 def check_lost_fraction(segments: list[Segment], max_fraction: float, policy: str, step: int) -> None:

@@ -149,14 +149,23 @@ class Categorical(Distribution):
         return np.array(self._probs)
 
     def sample(self, rng: SiteRandom) -> Any:
+        return self.values[self._index_of_uniform(rng.random())]
+
+    def draw_uniform(self, u: float) -> tuple[Any, float]:
+        """(value, log p(value)) of the inverse-CDF draw at uniform `u`: what `sample` draws from a
+        random stream whose next uniform is `u`, with its log-probability (the fused engine's path)."""
+        i = self._index_of_uniform(u)
+        return self.values[i], self._log_probs[i]
+
+    def _index_of_uniform(self, u: float) -> int:
         cdf = self._cdf
         if cdf is None:
             cdf = self._cdf = list(itertools.accumulate(self._probs))
             cdf[-1] = 1.0
-        i = min(bisect.bisect_right(cdf, rng.random()), len(self.values) - 1)
+        i = min(bisect.bisect_right(cdf, u), len(self.values) - 1)
         while self._probs[i] == 0.0:  # never land on a zero-probability value
             i -= 1
-        return self.values[i]
+        return i
 
     def log_prob(self, value: Any) -> float:
         i = self._lookup().get(_key(value))
@@ -184,21 +193,41 @@ class Bernoulli(Categorical):
 
     def __init__(self, p: float) -> None:
         p = float(p)
-        if not (0.0 <= p <= 1.0) or math.isnan(p):
-            raise InvalidDistributionError(f"Bernoulli p must lie in [0, 1], got {p!r}")
-        # built directly (no generic validation): Bernoullis are created inside hot program loops
+        # built directly (no generic validation): Bernoullis are created inside hot program loops,
+        # so the tables of each p met are computed once and shared (they are never mutated)
+        tables = _BERNOULLI_TABLES.get(p)
+        if tables is None:
+            tables = _bernoulli_tables(p)
         self.p = p
         self.values = (True, False)
-        self._probs = [p, 1.0 - p]
-        self._log_probs = [math.log(p) if p > 0 else -math.inf, math.log1p(-p) if p < 1 else -math.inf]
-        self._cdf = None
-        self._index = {True: 0, False: 1}
+        self._probs, self._log_probs, self._cdf = tables
+        self._index = _BOOL_INDEX
 
     def describe(self) -> str:
         return "Bernoulli"
 
     def __repr__(self) -> str:
         return f"Bernoulli(p={self.p!r})"
+
+
+FINITE_INVERSE_CDF = frozenset({Categorical, Uniform, Bernoulli})
+"""Distributions whose `sample(rng)` is `draw_uniform(rng.random())` and whose log-probability of
+the drawn value is the one `draw_uniform` returns (exact types: a subclass may override either)."""
+
+
+_BOOL_INDEX = {True: 0, False: 1}
+_BERNOULLI_TABLES: dict[float, tuple[list[float], list[float], list[float]]] = {}
+
+
+def _bernoulli_tables(p: float) -> tuple[list[float], list[float], list[float]]:
+    """(probs, log probs, CDF) of Bernoulli(p), validated; kept for up to 4,096 distinct p."""
+    if not (0.0 <= p <= 1.0) or math.isnan(p):
+        raise InvalidDistributionError(f"Bernoulli p must lie in [0, 1], got {p!r}")
+    tables = ([p, 1.0 - p], [math.log(p) if p > 0 else -math.inf, math.log1p(-p) if p < 1 else -math.inf],
+              [p, 1.0])
+    if len(_BERNOULLI_TABLES) < 4096:
+        _BERNOULLI_TABLES[p] = tables
+    return tables
 
 
 class Delta(Distribution):

@@ -26,6 +26,9 @@ class _Stack(tuple):
 
 _EMPTY_STACK = _Stack()
 _STACK: contextvars.ContextVar[_Stack] = contextvars.ContextVar("swarm_handler_stack", default=_EMPTY_STACK)
+_FUSED: contextvars.ContextVar[Any] = contextvars.ContextVar("swarm_fused_engine", default=None)
+"""The fused engine of the current stack when it is exactly an execution's engine stack; every
+handler pushed on top resets it to None (see `fused_engine`)."""
 _RUN_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("swarm_run_scope", default=None)
 _PROCESS_SCOPE: dict[str, Any] = {}
 
@@ -42,6 +45,12 @@ def current_run_scope() -> dict[str, Any] | None:
     """The current run's scratch dictionary, or None outside any policy run (unlike `run_scope`,
     which then falls back to the process-wide one): for state that must never outlive its run."""
     return _RUN_SCOPE.get()
+
+
+def set_run_scope(scope: dict[str, Any]) -> None:
+    """Make `scope` the `run_scope()` of the rest of the current context, with no undo: for a
+    context that is dropped afterwards (an execution's own greenlet context)."""
+    _RUN_SCOPE.set(scope)
 
 
 class new_run_scope:
@@ -123,11 +132,26 @@ class Handler:
         pass
 
     def __enter__(self) -> "Handler":
-        self._tokens.append(_STACK.set(_Stack((*_STACK.get(), self))))
+        self._tokens.append((_STACK.set(_Stack((*_STACK.get(), self))), _FUSED.set(None)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _STACK.reset(self._tokens.pop())
+        stack, fused = self._tokens.pop()
+        _FUSED.reset(fused)
+        _STACK.reset(stack)
+
+
+def push_plain_handlers(handlers: list[Handler]) -> bool:
+    """Push `handlers` (outermost first) for the rest of the current context, with no undo, when
+    each is a plain handler (the base class's enter/exit); return False, pushing nothing, otherwise.
+    For a context that is dropped afterwards (an execution's own greenlet context): entering and
+    exiting each handler there would only rebuild the stack once per handler."""
+    for handler in handlers:
+        kind = type(handler)
+        if kind.__enter__ is not _PLAIN_ENTER or kind.__exit__ is not _PLAIN_EXIT:
+            return False
+    _STACK.set(_Stack((*_STACK.get(), *handlers)))
+    return True
 
 
 def execution_context() -> contextvars.Context:
@@ -148,17 +172,20 @@ def active_handlers() -> tuple[Handler, ...]:
     return _STACK.get()
 
 
-def fused_engine() -> Any:
-    """The fused engine of the execution whose own stack this is (`swarm.engine.Fused`), or None
-    under any other stack (then every statement goes through the handlers)."""
-    return _STACK.get().__dict__.get("fused")
+fused_engine = _FUSED.get
+"""`fused_engine()`: the fused engine of the execution whose own stack this is (`swarm.engine.Fused`),
+or None under any other stack (then every statement goes through the handlers). A bound
+`ContextVar.get`: asked at every statement, it costs no Python call."""
 
 
 def mark_fused(fused: Any) -> None:
     """Declare the current stack to be exactly an execution's engine stack (see `fused_engine`)."""
     _STACK.get().__dict__["fused"] = fused
+    _FUSED.set(fused)
 
 
+_PLAIN_ENTER = Handler.__enter__
+_PLAIN_EXIT = Handler.__exit__
 _NOOP_PROCESS = Handler.process_message
 _NOOP_POSTPROCESS = Handler.postprocess_message
 

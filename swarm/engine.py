@@ -19,20 +19,45 @@ kill the particle), then metered, then the particle may suspend. They read only 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import greenlet
 
 from swarm.effects import Handler, Message
-from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError
-from swarm.handlers import event_from_message
-from swarm.randomness import SiteRandom
+from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError, InvalidDistributionError
+from swarm.handlers import _same_float, event_from_message, replay
+from swarm.distributions import FINITE_INVERSE_CDF
+from swarm.randomness import _TWO_POW_53, SiteRandom
+
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
 from swarm.trace import ErrorEvent, factor_event, guarantee_event, sample_event
 from swarm.weights import NEG_INF, factor_term, kills_factor, sample_term
 
 _SITE_TYPES = ("sample", "factor", "guarantee")
+_WEIGHTING_TYPES = ("factor", "guarantee")
 SUSPENDED = object()
 """What a live execution hands to the coordinator's greenlet when it reaches its stop point."""
+
+
+def at_site(name: str, exc: InvalidDistributionError) -> InvalidDistributionError:
+    """A distribution's error found while drawing, with the site named."""
+    text = str(exc)
+    prefix = f"sample {name!r}: "
+    return exc if text.startswith(prefix) else InvalidDistributionError(prefix + text)
+
+
+def raise_async_in_plain_program(name: str, dist: Any) -> None:
+    raise AsyncInPlainProgramError(
+        f"sample {name!r}: {dist.describe()} is asynchronous (an LLM generation); declare the "
+        f"program `async def` and write `await sample({name!r}, ...)`")
+
+
+def _duplicate(name: str, kind: str) -> DuplicateSiteError:
+    return DuplicateSiteError(
+        f"site {name!r} appears twice in one trace; give every {kind} a distinct name "
+        "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
 
 
 class Killed(BaseException):
@@ -71,9 +96,7 @@ class Record(Handler):
         kind = msg.type
         if kind in _SITE_TYPES:
             if msg.name in self.addresses:
-                raise DuplicateSiteError(
-                    f"site {msg.name!r} appears twice in one trace; give every {kind} a distinct name "
-                    "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
+                raise _duplicate(msg.name, kind)
             self.addresses.add(msg.name)
         self.last_address = msg.name
         if msg.replayed:
@@ -176,9 +199,7 @@ class Suspend(Handler):
 
     def process_message(self, msg: Message) -> None:
         if msg.is_async and not self.program_is_async:
-            raise AsyncInPlainProgramError(
-                f"sample {msg.name!r}: {msg.fn.describe()} is asynchronous (an LLM generation); declare the "
-                f"program `async def` and write `await sample({msg.name!r}, ...)`")
+            raise_async_in_plain_program(msg.name, msg.fn)
 
     def postprocess_message(self, msg: Message) -> None:
         kind = msg.type
@@ -207,6 +228,88 @@ class Suspend(Handler):
 
 
 
+class Replay(replay):
+    """The replay handler of an execution rebuilt from its recorded prefix, positional first.
+
+    A replayed program meets its recorded statements again in the recorded order (a plain program
+    always does; an async one unless it ran statements concurrently), so each one is matched against
+    the next recorded event by address and kind in O(1), and the record is never indexed. The first
+    statement that does not match the next event (concurrent statements met in another order, or a
+    program whose control flow changed) switches to `replay`'s address-indexed matching for the rest,
+    built then from the events not met yet, which also produces its errors (NondeterminismError).
+    The outcome is the same either way; building a replay costs O(1) instead of five passes over the
+    prefix, which is what the second and later offspring of every resampled parent pay."""
+
+    def __init__(self, recorded: list[Any]) -> None:
+        Handler.__init__(self)
+        self.recorded = recorded
+        self.position = 0
+        """The index in `recorded` of the next statement expected (positional mode)."""
+        self.indexed = False
+        """Whether the address-indexed matching took over."""
+        self.left = len(recorded) - (recorded[-1].type == "error" if recorded else 0)
+        """Recorded events not met again yet: every one but an error, which can only end a trace."""
+
+    def _index(self) -> None:
+        """Switch to address-indexed matching: every event is known by address, the ones from the
+        current position on are still to be met."""
+        events, pending = self.recorded, self.recorded[self.position:]
+        self._events = {e.address: e for e in events if e.type in _SITE_TYPES}
+        self._unvisited = {e.address for e in pending if e.type == "sample"}
+        self._weighting = [e.address for e in events if e.type in _WEIGHTING_TYPES]
+        self._weighting_left = {e.address for e in pending if e.type in _WEIGHTING_TYPES}
+        self._interacts = {}
+        for e in pending:
+            if e.type == "interact":
+                self._interacts[e.address] = self._interacts.get(e.address, 0) + 1
+        self.indexed = True
+
+    def interact(self, name: str) -> bool:
+        if not self.indexed:
+            position = self.position
+            if position < len(self.recorded):
+                event = self.recorded[position]
+                if event.address == name and event.type == "interact":
+                    self.position = position + 1
+                    self.left -= 1
+                    return True
+            self._index()
+        return replay.interact(self, name)
+
+    def sample(self, name: str) -> Any:
+        if not self.indexed:
+            position = self.position
+            if position < len(self.recorded):
+                event = self.recorded[position]
+                if event.address == name and event.type == "sample":
+                    self.position = position + 1
+                    self.left -= 1
+                    return event
+            self._index()
+        return replay.sample(self, name)
+
+    def weighting(self, kind: str, name: str, value: Any) -> bool:
+        if not self.indexed:
+            position = self.position
+            if position < len(self.recorded):
+                event = self.recorded[position]
+                if event.address == name and event.type == kind and (
+                        event.satisfied == value if kind == "guarantee" else
+                        event.log_potential == value or _same_float(event.log_potential, value)):
+                    self.position = position + 1
+                    self.left -= 1
+                    return True
+            self._index()
+        return replay.weighting(self, kind, name, value)
+
+    def check_consumed(self) -> None:
+        if not self.indexed:
+            if not self.left:  # every recorded event was met, in order
+                return
+            self._index()
+        replay.check_consumed(self)
+
+
 class Fused:
     """The engine's handlers fused for the common statements (docs/theory.md §1.3).
 
@@ -219,17 +322,17 @@ class Fused:
     the replay handler's state); the two paths give identical traces and weights
     (tests/test_engine.py runs every exact program both ways)."""
 
-    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer")
+    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer", "meter")
 
-    def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any) -> None:
+    def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any,
+                 meter: Meter | None = None) -> None:
         self.record, self.weigh, self.suspend, self.seeder, self.replayer = record, weigh, suspend, seeder, replayer
+        self.meter = meter if meter is not None else Meter()
 
     def _site(self, name: str, kind: str) -> None:
         record = self.record
         if name in record.addresses:
-            raise DuplicateSiteError(
-                f"site {name!r} appears twice in one trace; give every {kind} a distinct name "
-                "(e.g. f'step{t}' inside loops; plates prefix names automatically)")
+            raise _duplicate(name, kind)
         record.addresses.add(name)
         record.last_address = name
 
@@ -238,29 +341,90 @@ class Fused:
         if replayer is not None and replayer.left:
             recorded = replayer.sample(name)
             if recorded is not None:
-                self._site(name, "sample")
-                target = recorded.target_log_prob
-                if target is not None:  # what Weigh and Suspend do with a replayed corrected site
-                    self.weigh.log_weight += sample_term(recorded.log_prob, target)
-                    self.suspend._pending = True
+                record = self.record
+                if name in record.addresses:
+                    raise _duplicate(name, "sample")
+                record.addresses.add(name)
+                record.last_address = name
+                if recorded.target_log_prob is not None:
+                    self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
                 return recorded.value
         seeder = self.seeder
-        rng = SiteRandom.for_site(seeder.seed, seeder.stream, name)
-        value = dist.sample(rng)
-        log_prob = float(dist.log_prob(value))
-        self._site(name, "sample")
-        self.record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
+        key = _blake2b(f"{seeder.seed}|{seeder.stream}|{name}".encode(), digest_size=16).digest()
+        if type(dist) in FINITE_INVERSE_CDF:  # what dist.sample(SiteRandom(key)) draws, without the object
+            value, log_prob = dist.draw_uniform((_from_bytes(key[8:16], "little") >> 11) * _TWO_POW_53)
+        else:
+            value = dist.sample(SiteRandom(key))
+            log_prob = float(dist.log_prob(value))
+        record = self.record
+        if name in record.addresses:
+            raise _duplicate(name, "sample")
+        record.addresses.add(name)
+        record.last_address = name
+        record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
         return value
+
+    async def sample_async(self, name: str, dist: Any) -> Any:
+        """`sample` for an asynchronous distribution (an LLM generation, a tool call): what the seed,
+        replay, Record, Weigh, Meter and Suspend handlers do with it, in one coroutine."""
+        replayer = self.replayer
+        if replayer is not None and replayer.left:
+            recorded = replayer.sample(name)
+            if recorded is not None:
+                self._site(name, "sample")
+                self._weigh_sample(name, recorded.log_prob, recorded.target_log_prob)
+                return recorded.value
+        seeder = self.seeder
+        key = _blake2b(f"{seeder.seed}|{seeder.stream}|{name}".encode(), digest_size=16).digest()
+        try:
+            draw = await dist.sample_async(SiteRandom(key))
+        except InvalidDistributionError as exc:
+            raise at_site(name, exc) from exc
+        record = self.record
+        if name in record.addresses:
+            raise _duplicate(name, "sample")
+        record.addresses.add(name)
+        record.last_address = name
+        info = draw.info
+        if info:
+            if record.intern is not None:
+                info = record.intern(info)
+            usage = info.get("usage")
+            if usage:
+                meter = self.meter
+                meter.llm_calls += 1
+                out = int(usage.get("output_tokens", 0))
+                meter.tokens += int(usage.get("input_tokens", 0)) + out
+                meter.output_tokens += out
+        target = draw.target_log_prob
+        record.delta.append(sample_event(name, draw.value, float(draw.log_prob),
+                                         None if target is None else float(target), dist.describe(), info or {}))
+        if target is not None:
+            self._weigh_sample(name, draw.log_prob, target)
+        return draw.value
+
+    def _weigh_sample(self, name: str, log_prob: float, target: float | None) -> None:
+        """What Weigh and Suspend do with a sample that carries an importance correction."""
+        if target is not None:
+            self.weigh.log_weight += sample_term(log_prob, target)
+            self.suspend._pending = True
+            if target == NEG_INF and self.weigh.kill:
+                raise Killed(name)
 
     def _replayed(self, kind: str, name: str, value: Any) -> bool:
         replayer = self.replayer
         return replayer is not None and replayer.left != 0 and replayer.weighting(kind, name, value)
 
     def factor(self, name: str, value: float, shaping: bool) -> None:
-        replayed = self._replayed("factor", name, value)
-        self._site(name, "factor")
+        replayer = self.replayer
+        replayed = replayer is not None and replayer.left != 0 and replayer.weighting("factor", name, value)
+        record = self.record
+        if name in record.addresses:
+            raise _duplicate(name, "factor")
+        record.addresses.add(name)
+        record.last_address = name
         if not replayed:
-            self.record.delta.append(factor_event(name, value, shaping, 1.0))
+            record.delta.append(factor_event(name, value, shaping, 1.0))
         weigh = self.weigh
         if shaping:
             weigh.twist = value

@@ -20,6 +20,7 @@ is held once, and a prompt that extends the previous one is a `MessageChain` nod
 from __future__ import annotations
 
 from array import array
+from itertools import chain
 from collections.abc import Sequence
 from typing import Any, Iterable, Iterator
 
@@ -145,9 +146,11 @@ class PayloadStore:
         the metadata of every generation has the same keys, which are then stored once (PEP 412
         split tables: about 330 bytes for 23 entries instead of 870)."""
         record = self._holder(tuple(info))()
+        strings = self._strings
         for key, value in info.items():
             if type(value) is str:
-                value = self.string(value)
+                if len(value) >= _LONG:
+                    value = strings.setdefault(value, value)
             elif key == "prompt" and isinstance(value, list) and value and isinstance(value[0], dict):
                 value = self.chain(value)
             elif type(value) is dict and len(value) <= 8:  # e.g. usage: {input_tokens, output_tokens}
@@ -178,6 +181,9 @@ class GlobalTrace:
         self.parent = array("q")
         self.step = array("i")
         self.particle = array("q")
+        self.run = array("q")
+        """run[i]: the first node of the run of consecutive nodes ending at i in which each node's
+        parent is the node before it (one segment's events): paths are read a run at a time."""
         self.payloads = PayloadStore()
 
     def __len__(self) -> int:
@@ -195,22 +201,62 @@ class GlobalTrace:
             self.parent.extend(range(start, start + n - 1))
         self.step.extend([step] * n)
         self.particle.extend([particle] * n)
+        self.run.extend([start] * n)
         return start + n - 1
+
+    def extend_many(self, leaves: list[int], event_lists: list[list[Any]], step: int, particles: list[int]) -> list[int]:
+        """`extend` for many executions at once (one step's segments): their new leaves, in order."""
+        events = self.events
+        first = start = len(events)
+        parents: list[int] = []
+        owners: list[int] = []
+        runs: list[int] = []
+        out = []
+        for leaf, new, particle in zip(leaves, event_lists, particles):
+            n = len(new)
+            if not n:
+                out.append(leaf)
+                continue
+            events.extend(new)
+            parents.append(leaf)
+            if n > 1:
+                parents.extend(range(start, start + n - 1))
+                owners.extend([particle] * n)
+                runs.extend([start] * n)
+            else:
+                owners.append(particle)
+                runs.append(start)
+            start += n
+            out.append(start - 1)
+        self.parent.extend(parents)
+        self.particle.extend(owners)
+        self.run.extend(runs)
+        self.step.extend([step] * (start - first))
+        return out
+
+    def _runs(self, leaf: int) -> list[tuple[int, int]]:
+        """The runs (first, last) of the path from the root to `leaf`, leaf's run first."""
+        out = []
+        parent, run = self.parent, self.run
+        while leaf != ROOT:
+            first = run[leaf]
+            out.append((first, leaf))
+            leaf = parent[first]
+        return out
 
     def nodes(self, leaf: int) -> list[int]:
         """The node indices from the root to `leaf`."""
-        out = []
-        parent = self.parent
-        while leaf != ROOT:
-            out.append(leaf)
-            leaf = parent[leaf]
-        out.reverse()
-        return out
+        return [i for first, last in reversed(self._runs(leaf)) for i in range(first, last + 1)]
 
     def path(self, leaf: int) -> list[Any]:
-        """The events of the execution ending at `leaf`, in program order."""
+        """The events of the execution ending at `leaf`, in program order (copied a run, i.e. a
+        segment, at a time)."""
         events = self.events
-        return [events[i] for i in self.nodes(leaf)]
+        runs = self._runs(leaf)
+        if len(runs) == 1:
+            first, last = runs[0]
+            return events[first:last + 1]
+        return list(chain.from_iterable(events[first:last + 1] for first, last in reversed(runs)))
 
     def trace(self, leaf: int) -> Trace:
         """The trace of the particle at `leaf`, materialised when first read."""
@@ -252,10 +298,14 @@ class GlobalTrace:
         if entry["start"] != len(self.events):
             raise ValueError(f"global trace log entry starts at node {entry['start']}, the tree has "
                              f"{len(self.events)} nodes")
+        start = len(self.events)
         self.events.extend(entry["events"])
         self.parent.extend(entry["parent"])
         self.step.extend(entry["step"])
         self.particle.extend(entry["particle"])
+        run, parent = self.run, self.parent
+        for i in range(start, len(parent)):
+            run.append(run[i - 1] if i > start and parent[i] == i - 1 else i)
 
 
 class TreeTrace(Trace):

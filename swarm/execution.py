@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -33,10 +32,10 @@ from typing import Any, Callable, Iterable, Literal
 
 import greenlet
 
-from swarm.effects import Handler, execution_context, mark_fused, new_run_scope
-from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Suspend, Suspended, Weigh
+from swarm.effects import Handler, execution_context, mark_fused, push_plain_handlers, set_run_scope
+from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh
 from swarm.errors import ParticleLost, SwarmError
-from swarm.handlers import replay, scale, seed
+from swarm.handlers import scale, seed
 from swarm.human import AwaitingHuman, is_pausable
 from swarm.trace import Trace
 
@@ -236,7 +235,7 @@ class Execution:
     continuation changes cost, never results."""
 
     __slots__ = ("runner", "record", "weigh", "meter", "suspend", "seeder", "replayer", "handlers",
-                 "greenlet", "outcome", "stream", "replayed_events", "fused")
+                 "greenlet", "outcome", "stream", "replayed_events", "fused", "go", "host")
 
     def __init__(self, runner: SegmentRunner, stream: int | str, prefix: list[Any]) -> None:
         self.runner = runner
@@ -249,12 +248,12 @@ class Execution:
         if runner.beta is not None:
             handlers.append(scale(runner.beta))
         handlers.extend(runner.policy_handlers(stream))
-        self.replayer = replay(prefix) if prefix else None
+        self.replayer = Replay(prefix) if prefix else None
         if self.replayer is not None:
             handlers.append(self.replayer)
         self.handlers = handlers
         self.fused = None if len(handlers) != 5 + (self.replayer is not None) else \
-            Fused(self.record, self.weigh, self.suspend, self.seeder, self.replayer)
+            Fused(self.record, self.weigh, self.suspend, self.seeder, self.replayer, self.meter)
         """The fused engine (`swarm.engine.Fused`) when the stack is exactly the engine's own."""
         self.greenlet = greenlet.greenlet(self._body)
         self.greenlet.gr_context = execution_context()
@@ -262,26 +261,39 @@ class Execution:
         self.outcome: tuple[str, Any] | None = None
         self.stream = stream
         self.replayed_events = len(prefix)
+        self.go: Any = None
+        """Where a host task (`swarm.live`) waits for this execution's next segment, if one does."""
+        self.host: Any = None
 
     # -- inside the greenlet ------------------------------------------------------------------------
-    def _body(self) -> tuple[str, Any]:
+    def _body(self, *_: Any) -> tuple[str, Any]:
+        """The greenlet's function. Its context is its own (`execution_context()`, dropped with the
+        greenlet), so the run scope and a stack of plain handlers are simply set in it;
+        handlers with their own enter/exit (e.g. a policy's context handler) are entered and exited."""
         runner = self.runner
-        scope = new_run_scope(runner.scope) if runner.scope is not None else contextlib.nullcontext()
-        with scope, _installed(self.handlers):
-            if self.fused is not None:
-                mark_fused(self.fused)
-            try:
-                result = runner.program(*runner.args, **runner.kwargs)
-                if runner.is_async:
-                    result = self._drive(result)
-                elif inspect.isawaitable(result):
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    raise TypeError(f"{runner.name} returned an awaitable: declare it `async def`")
-            except greenlet.GreenletExit:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - handed to the coordinator to classify
-                return ("raised", exc)
+        if runner.scope is not None:
+            set_run_scope(runner.scope)
+        if push_plain_handlers(self.handlers):
+            return self._run_program()
+        with _installed(self.handlers):
+            return self._run_program()
+
+    def _run_program(self) -> tuple[str, Any]:
+        runner = self.runner
+        if self.fused is not None:
+            mark_fused(self.fused)
+        try:
+            result = runner.program(*runner.args, **runner.kwargs)
+            if runner.is_async:
+                result = self._drive(result)
+            elif inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError(f"{runner.name} returned an awaitable: declare it `async def`")
+        except greenlet.GreenletExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the coordinator to classify
+            return ("raised", exc)
         return ("finished", result)
 
     def _drive(self, coro: Any) -> Any:
@@ -302,23 +314,40 @@ class Execution:
                 raise
 
     # -- from the coordinator -----------------------------------------------------------------------
-    def _start(self, stream: int | str, stop_at: int | None) -> int:
-        self.seeder.stream = stream
-        self.stream = stream
-        self.suspend.stop_at = stop_at
-        return time.time_ns()
-
     async def advance(self, stream: int | str, stop_at: int | None) -> Segment:
-        """Run to sync point `stop_at` (None: to the end) as random stream `stream`."""
-        started = self._start(stream, stop_at)
-        signal = self.greenlet.switch()
+        """Run to sync point `stop_at` (None: to the end) as random stream `stream`.
+
+        Every future the program's coroutine yields is awaited here, on the event loop, in the task
+        running this coroutine (so the program sees that task as `asyncio.current_task()`); the
+        program reads the future's result or exception itself when resumed. A cancellation of this
+        task while it waits cancels the awaited future and is thrown into the program."""
+        self.seeder.stream = self.stream = stream
+        self.suspend.stop_at = stop_at
+        started = time.time_ns()
+        switch = self.greenlet.switch
+        signal = switch()
         while type(signal) is tuple and signal[0] is _AWAIT:
-            signal = self.greenlet.switch(*await _wait(signal[1]))
+            awaited = signal[1]
+            throw = None
+            try:
+                if awaited is None:  # a bare yield (asyncio.sleep(0))
+                    await _YIELD
+                else:
+                    awaited._asyncio_future_blocking = False  # as a Task does with what its coroutine yields
+                    await awaited
+            except asyncio.CancelledError as exc:
+                if awaited is None or not awaited.cancelled():
+                    throw = exc
+            except BaseException:  # noqa: BLE001 - the program sees it through the future
+                pass
+            signal = switch(None, throw)
         return self._segment(signal, started)
 
     def advance_sync(self, stream: int | str, stop_at: int | None) -> Segment:
         """`advance` for a plain program (which never awaits)."""
-        started = self._start(stream, stop_at)
+        self.seeder.stream = self.stream = stream
+        self.suspend.stop_at = stop_at
+        started = time.time_ns()
         signal = self.greenlet.switch()
         if type(signal) is tuple and signal[0] is _AWAIT:  # pragma: no cover - only async programs await
             raise TypeError(f"{self.runner.name} awaited inside a plain program")
@@ -326,7 +355,7 @@ class Execution:
 
     def stands_at(self, sync_count: int) -> bool:
         """Whether this execution is alive, suspended right after its `sync_count`-th sync point."""
-        return self.outcome is None and self.suspend.greenlet is not None and \
+        return self.suspend.greenlet is not None and self.outcome is None and \
             self.suspend.sync_count == sync_count and not self.greenlet.dead
 
     def close(self) -> None:
@@ -334,34 +363,30 @@ class Execution:
         if not self.greenlet.dead and self.greenlet:
             with contextlib.suppress(BaseException):
                 self.greenlet.throw(greenlet.GreenletExit)
+        self.suspend.greenlet = None
 
     def _segment(self, signal: Any, started: int) -> Segment:
-        if signal is not SUSPENDED:
-            self.outcome = signal
-        seg = self._build(signal, started)
-        if seg.status == "running" and self.replayer is not None and not self.replayer.done:
-            self.replayer.check_consumed()  # stopped before the record's end: control flow diverged
-        if seg.status == "finished" and self.replayer is not None:
-            self.replayer.check_consumed()
-        return seg
-
-    def _build(self, signal: Any, started: int) -> Segment:
-        status: Status
+        """The segment that ended with `signal` (SUSPENDED at the stop point, or how the program
+        ended): this segment's events, usage and weights, taken from the handlers."""
+        suspend, replayer = self.suspend, self.replayer
         value = error = None
-        site = self.suspend.site
+        site = suspend.site
         if signal is SUSPENDED:
-            status = "running"
+            status: Status = "running"
         else:
+            self.outcome = signal
+            suspend.greenlet = None  # the execution is over: no cycle through its greenlet's context is left
             kind, payload = signal
             if kind == "finished":
                 status, value = "finished", payload
             else:
                 status, site, error = self._classify(payload)
+        if replayer is not None and (status == "finished" or (status == "running" and replayer.left)):
+            replayer.check_consumed()  # stopped before the record's end: control flow diverged
         tokens, calls, output_tokens = self.meter.take()
-        return Segment(events=self.record.take(), status=status, value=value, sync_count=self.suspend.sync_count,
-                       site=site, started_ns=started, ended_ns=time.time_ns(), tokens=tokens, llm_calls=calls,
-                       output_tokens=output_tokens,
-                       target_log_weight=self.weigh.log_weight, twist=self.weigh.twist, error=error)
+        events, self.record.delta = self.record.delta, []
+        return Segment(events, status, value, suspend.sync_count, site, started, time.time_ns(), tokens, calls,
+                       output_tokens, self.weigh.log_weight, self.weigh.twist, None, error)
 
     def _classify(self, exc: BaseException) -> tuple[Status, str | None, str | None]:
         """How an exception ends the particle: suspended (unwound), killed, lost, waiting for a
@@ -384,19 +409,11 @@ class Execution:
         return "failed", f"{type(exc).__name__} after {event.address}", None
 
 
-async def _wait(awaited: Any) -> tuple[Any, BaseException | None]:
-    """Wait, on the event loop, for what the program's coroutine yielded (a future, or None for a
-    bare yield); the program reads the future's result or exception itself when resumed. A
-    cancellation of the waiting task is thrown into the program."""
-    try:
-        if awaited is None:
-            await asyncio.sleep(0)
-        else:
-            awaited._asyncio_future_blocking = False  # as a Task does with what its coroutine yields
-            await awaited
-    except asyncio.CancelledError as exc:
-        if awaited is None or not awaited.cancelled():
-            return None, exc
-    except BaseException:  # noqa: BLE001 - the program sees it through the future
-        pass
-    return None, None
+class _Yield:
+    """Awaiting it gives the event loop one turn (what `asyncio.sleep(0)` does), with no coroutine."""
+
+    def __await__(self):
+        yield
+
+
+_YIELD = _Yield()

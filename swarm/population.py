@@ -91,15 +91,19 @@ class Population:
         """Particles with positive weight (lost ones excluded)."""
         return int(np.sum((self.log_w > -math.inf) & self.active))
 
-    def update(self, indices: np.ndarray, segments: Sequence[Any], leaves: Sequence[int]) -> np.ndarray:
+    def update(self, indices: np.ndarray, segments: Sequence[Any], leaves: Sequence[int],
+               codes: np.ndarray | None = None, log_weights: np.ndarray | None = None) -> np.ndarray:
         """Store the step's outcome of the particles at `indices` and add their weight increments
         eff_new − eff_old to W; return the increments (by index, 0 where a particle did not move).
-        A killed particle's W becomes −inf; a lost one's W is kept but no longer counts."""
+        A killed particle's W becomes −inf; a lost one's W is kept but no longer counts. `codes` and
+        `log_weights` are the segments' status codes and `log_weight()`s, when the caller has them."""
         inc = np.zeros(self.n)
         if not len(indices):
             return inc
-        codes = np.fromiter((STATUS_CODES[s.status] for s in segments), dtype=np.int8, count=len(segments))
-        new = np.fromiter((s.log_weight() for s in segments), dtype=float, count=len(segments))
+        if codes is None:
+            codes = np.fromiter((STATUS_CODES[s.status] for s in segments), dtype=np.int8, count=len(segments))
+        new = log_weights if log_weights is not None else \
+            np.fromiter((s.log_weight() for s in segments), dtype=float, count=len(segments))
         self.leaf[indices] = leaves
         self.sync[indices] = [s.sync_count for s in segments]
         self.status[indices] = codes

@@ -26,6 +26,7 @@ import numpy as np
 from swarm.distributions import Distribution
 from swarm.errors import InvalidDistributionError, InvalidPotentialError
 from swarm.effects import UNSET, Handler, Message, apply_stack, apply_stack_async, fused_engine
+from swarm.engine import at_site as _at_site, raise_async_in_plain_program
 
 __all__ = ["sample", "factor", "guarantee", "plate", "interact", "auto_name"]
 
@@ -87,6 +88,10 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
     if proposal is not None and not isinstance(proposal, Distribution):
         raise TypeError(f"sample {name!r}: proposal must be a swarm Distribution, got {type(proposal).__name__}")
     if dist.is_async or (proposal is not None and proposal.is_async):
+        if proposal is None and (fused := fused_engine()) is not None:
+            if not fused.suspend.program_is_async:
+                raise_async_in_plain_program(name, dist)
+            return fused.sample_async(name, dist)
         return _await_value(name, apply_stack_async(Message("sample", name, dist, proposal)))
     try:
         if proposal is None and (fused := fused_engine()) is not None:
@@ -101,12 +106,6 @@ async def _await_value(name: str, pending: Any) -> Any:
         return (await pending).value
     except InvalidDistributionError as exc:
         raise _at_site(name, exc) from exc
-
-
-def _at_site(name: str, exc: InvalidDistributionError) -> InvalidDistributionError:
-    text = str(exc)
-    prefix = f"sample {name!r}: "
-    return exc if text.startswith(prefix) else InvalidDistributionError(prefix + text)
 
 
 def factor(name: str, log_potential: float, *, shaping: bool = False) -> None:

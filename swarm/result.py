@@ -64,16 +64,22 @@ class Diagnostics(BaseModel):
 
     def account(self, segments: Any) -> None:
         """Add segments' tokens, LLM calls, deaths (killed: dead or failed) and losses."""
+        tokens = output_tokens = calls = 0
         for seg in segments:
-            self.tokens += seg.tokens
-            self.output_tokens += getattr(seg, "output_tokens", 0)
-            self.llm_calls += seg.llm_calls
+            tokens += seg.tokens
+            output_tokens += getattr(seg, "output_tokens", 0)
+            calls += seg.llm_calls
+            if seg.status == "running" or seg.status == "finished":
+                continue
             if seg.status in ("dead", "failed") and seg.site:
                 self.deaths[seg.site] = self.deaths.get(seg.site, 0) + 1
             elif seg.status == "lost":
                 self.lost += 1
                 cause = seg.site or "lost"
                 self.lost_causes[cause] = self.lost_causes.get(cause, 0) + 1
+        self.tokens += tokens  # once per call: an assignment to a pydantic field costs a microsecond
+        self.output_tokens += output_tokens
+        self.llm_calls += calls
 
     @property
     def ess_per_step(self) -> list[float]:
