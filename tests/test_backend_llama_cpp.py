@@ -37,7 +37,7 @@ def backend():
 @pytest.fixture(scope="module")
 def reference():
     """llama-cpp-python's own model with all logits kept, for independent recomputation."""
-    llm = llama_cpp.Llama(str(embedded_model_path()), n_ctx=512, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(str(embedded_model_path()), n_ctx=512, logits_all=True, flash_attn=True, verbose=False)
     yield llm
     llm.close()
 
@@ -160,7 +160,7 @@ def test_token_and_line_units_and_stop_strings(backend):
 def test_chat_template_is_applied(backend):
     req = GenerationRequest(messages=[ChatMessage(role="system", content="Be brief."), *QUESTION],
                             assistant_prefix="Red,", settings=GenerationSettings(temperature=0, max_tokens=6))
-    rendered = backend._llm.detokenize(backend.prompt_tokens(req), special=True).decode()
+    rendered = backend.detokenize(backend.prompt_tokens(req), special=True).decode()
     assert rendered == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName three colours."
                         "<|im_end|>\n<|im_start|>assistant\nRed,")
     c = asyncio.run(backend.complete(req))

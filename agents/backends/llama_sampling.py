@@ -1,0 +1,128 @@
+"""The proposal q and the base model p over a batch of logits rows, and the one per-sequence draw.
+
+Per row (one sequence of the batch), with logits ℓ ∈ R^V (see `agents.backends.llama_cpp` for the
+whole semantics):
+
+    base:      log p(v) = ℓ_v − logsumexp(ℓ)
+    tempered:  log r(v) = ℓ_v/T − logsumexp(ℓ/T)                          (T > 0)
+    nucleus:   N = the smallest set of highest-r tokens (ties by token id) with Σ_{v∈N} r(v) ≥ top_p
+    proposal:  log q(v) = log r(v) − log Σ_{u∈N} r(u)  for v ∈ N,  −inf otherwise
+    greedy:    T = 0 → q = point mass on argmax ℓ (first index on ties), log q = 0
+
+`batch_proposal` computes these for all rows at once (float32 log-softmax over the (B, V) logits,
+temperature and top-p only on the rows that ask for them; a row with T = 1 and top_p = 1 shares its
+base array as its proposal). `draw_token` is the only place a token is chosen from a row: given the
+row's log q, log p and the sequence's own random generator it returns (token, log q, log p). It is
+the hook a guided proposal replaces (a constraint reshapes q and must return the log q of what it
+drew). The inverse-CDF draw accumulates exp(log q) in float64, so the drawn token's probability and
+the recorded exp(log q) agree to float32 rounding of log q (relative error ~1e-7).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+
+class TokenDraw(NamedTuple):
+    token: int
+    log_q: float
+    """log q(token) under the proposal the token was drawn from."""
+    log_p: float
+    """log p(token) under the base model (temperature 1, no truncation)."""
+
+
+TokenDrawer = Callable[[np.ndarray, np.ndarray, np.random.Generator], TokenDraw]
+"""(log q row, log p row, rng) -> TokenDraw: how one sequence draws its next token."""
+
+
+def rng_for(seed: int) -> np.random.Generator:
+    """A numpy Generator for any Python int seed (negative seeds map into [0, 2**64))."""
+    return np.random.default_rng(seed if seed >= 0 else seed % (1 << 64))
+
+
+def draw_token(logq: np.ndarray, logp: np.ndarray, rng: np.random.Generator) -> TokenDraw:
+    """Inverse-CDF draw over token ids: u ~ U[0,1), token = min{v : Σ_{w≤v} q(w) > u·Σ_w q(w)}.
+
+    The hook for guided proposals: replace it (per request) with a function of the same signature
+    that reshapes q and returns the log-probability of its own draw."""
+    cdf = np.cumsum(np.exp(logq, dtype=np.float64))
+    token = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.size - 1)
+    return TokenDraw(token, float(logq[token]), float(logp[token]))
+
+
+def log_softmax_rows(x: np.ndarray) -> np.ndarray:
+    """Row-wise log softmax in float32: x − max − log Σ exp(x − max)."""
+    top = x.max(axis=1, keepdims=True)
+    shifted = x - top
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def log_mass(logp: np.ndarray, mask: np.ndarray) -> float:
+    """log Σ_{v: mask[v]} exp(logp[v]), accumulated in float64 (−inf for an empty or zero-mass set)."""
+    sel = logp[mask].astype(np.float64)
+    sel = sel[np.isfinite(sel)]
+    if sel.size == 0:
+        return -math.inf
+    top = float(sel.max())
+    return top + math.log(float(np.exp(sel - top).sum()))
+
+
+@dataclass
+class RowProposal:
+    """One row's base log p, its proposal log q (the same array when T = 1 and top_p = 1), and the
+    greedy token when T = 0 (then q is a point mass and no randomness is used)."""
+
+    logp: np.ndarray
+    logq: np.ndarray
+    greedy: int | None = None
+
+    def draw(self, rng: np.random.Generator, drawer: TokenDrawer = draw_token) -> TokenDraw:
+        if self.greedy is not None:
+            return TokenDraw(self.greedy, 0.0, float(self.logp[self.greedy]))
+        return drawer(self.logq, self.logp, rng)
+
+
+def _nucleus(logr: np.ndarray, top_p: float) -> np.ndarray:
+    """log q for each row of `logr` (float32, (b, V)): r renormalised on its top-p nucleus."""
+    order = np.argsort(-logr, axis=1, kind="stable")
+    sorted_r = np.take_along_axis(logr, order, axis=1)
+    cum = np.cumsum(np.exp(sorted_r, dtype=np.float64), axis=1)
+    out = np.full_like(logr, -np.inf)
+    for i in range(logr.shape[0]):
+        k = min(int(np.searchsorted(cum[i], top_p, side="left")) + 1, logr.shape[1])
+        kept = order[i, :k]
+        out[i, kept] = logr[i, kept] - np.float32(math.log(float(cum[i, k - 1])))
+    return out
+
+
+def batch_proposal(logits: np.ndarray, temperatures: list[float], top_ps: list[float]) -> list[RowProposal]:
+    """The proposal of every row of `logits` ((B, V) float32), vectorised over the batch."""
+    logp = log_softmax_rows(logits)
+    temps = np.asarray(temperatures, dtype=np.float64)
+    tops = np.asarray(top_ps, dtype=np.float64)
+    rows = [RowProposal(logp[i], logp[i]) for i in range(logits.shape[0])]
+    for i in np.flatnonzero(temps == 0.0):
+        rows[i].greedy = int(np.argmax(logits[i]))
+        rows[i].logq = _point_mass(logits.shape[1], rows[i].greedy)
+    sampled = temps > 0.0
+    tempered = np.flatnonzero(sampled & (temps != 1.0))
+    if tempered.size:
+        logr = log_softmax_rows(logits[tempered] / temps[tempered, None].astype(np.float32))
+        for j, i in enumerate(tempered):
+            rows[i].logq = logr[j]
+    for p in np.unique(tops[sampled & (tops < 1.0)]):
+        idx = np.flatnonzero(sampled & (tops == p))
+        logq = _nucleus(np.stack([rows[i].logq for i in idx]), float(p))
+        for j, i in enumerate(idx):
+            rows[i].logq = logq[j]
+    return rows
+
+
+def _point_mass(size: int, at: int) -> np.ndarray:
+    logq = np.full(size, -np.inf, dtype=np.float32)
+    logq[at] = 0.0
+    return logq
