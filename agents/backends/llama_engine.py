@@ -4,18 +4,19 @@ every request in flight, whatever agent or particle it comes from.
 Each step (the shape of llama.cpp's `examples/parallel`, with requests joining and leaving):
 
  1. admit waiting requests: each gets a sequence slot from the prefix-sharing cache
-    (`agents.backends.llama_kv`), which leaves only the prompt's unseen tail to evaluate;
- 2. build one `llama_batch`: the last drawn token of every decoding request (one position each,
+    (`agents.backends.llama_kv`), which leaves only the prompt's unseen tail to evaluate (or
+    nothing, when a snapshot holds the logits after the whole prompt);
+ 2. sample every request that has logits (from the last decode or a snapshot), vectorised over the
+    batch (`agents.backends.llama_sampling`), and give each drawn token to its request's
+    `ChunkBuilder`; a finished request leaves (its slot stays as a cache entry with its last logits);
+ 3. build one `llama_batch`: the kept token of every request still generating (one position each,
     logits out) and, within `n_batch`, the next chunk of every prompt being prefilled (logits out
-    only at the prompt's last token); run `llama_decode` once;
- 3. sample every request that has logits now, vectorised over the batch (`llama_sampling`), and
-    give each drawn token to its request's `ChunkBuilder`; a finished request leaves (its slot stays
-    as a cache entry with the last logits), the others decode their token in the next step.
+    only at the prompt's last token); run `llama_decode` once.
 
-The context has one KV stream per slot (`kv_unified = false`) and flash attention, the configuration
-in which llama.cpp's CPU kernels give a sequence the same logits bit for bit whatever else is in the
-batch (see `agents.backends.llama_cpp`). Slots grow on demand (a new context, when no request is
-decoding) from 8 up to `n_seq_max`, so memory follows the concurrency a program actually has.
+The context (`agents.backends.llama_context`) gives every slot its own KV stream, with flash
+attention: the configuration in which a sequence's logits are the same bit for bit whatever else is
+in the batch (see `agents.backends.llama_cpp`), so how requests are grouped into steps changes
+throughput, never results.
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ import numpy as np
 
 from agents.backends.base import BackendError, GenerationSettings, Usage
 from agents.backends.llama_chunks import ChunkBuilder, LlamaCppCompletion
-from agents.backends.llama_kv import Assignment, LlamaMemory, SequenceCache
+from agents.backends.llama_context import BatchContext
+from agents.backends.llama_kv import Assignment
 from agents.backends.llama_sampling import TokenDrawer, batch_proposal, draw_token
 
-INITIAL_SLOTS = 8
-GATHER_S = 0.003
-"""When the engine wakes from idle, it waits up to this long while requests keep arriving, so the
-requests a program issues together start in the same step (throughput only: results do not depend
-on how requests are grouped)."""
+GATHER_GAP = 0.1
+GATHER_CAP = 0.5
+"""Gathering: when fewer requests are in flight than half the recent widest batch and requests are
+still arriving, the engine waits while they keep coming (no gap longer than GATHER_GAP × the recent
+step time, at most GATHER_CAP × it; 2 ms and 10 ms before any step was timed), so requests a
+program issues together (an SMC step's particles) decode together instead of one step apart.
+Waiting in vain costs at most one gap; merging saves a whole step. Throughput only: results do not
+depend on how requests are grouped."""
 
 
 class Job:
@@ -82,13 +87,17 @@ class DecodeEngine:
         self._waiting: list[Job] = []
         self._active: list[Job] = []
         self._closing = False
+        self._last_arrival = 0.0
+        self._step_time = 0.0
+        """Exponential moving average of a decode step's wall time (seconds)."""
+        self._width = 0.0
+        """The recent widest batch (decays by 10% a step)."""
         self._thread: threading.Thread | None = None
-        self._ctx: Any = None
-        self._batch: Any = None
-        self._cache: SequenceCache | None = None
-        self.capacity = 0
+        self._kv = BatchContext(llama_cpp, model, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=self.n_batch,
+                                n_threads=n_threads, verbose=verbose, name=name)
         self.counts = {"requests": 0, "decode_steps": 0, "batch_tokens": 0, "prefilled_tokens": 0,
-                       "generated_tokens": 0, "max_batch_sequences": 0, "context_resizes": 0}
+                       "generated_tokens": 0, "completion_tokens": 0, "max_batch_sequences": 0}
+        self.seconds = {"decode": 0.0, "sample": 0.0, "step": 0.0}
 
     # ------------------------------------------------------------------ the public side (any thread)
     def submit(self, job: Job) -> concurrent.futures.Future[LlamaCppCompletion]:
@@ -96,6 +105,7 @@ class DecodeEngine:
             if self._closing:
                 raise BackendError(f"{self.name}: the backend is closed")
             self._incoming.append(job)
+            self._last_arrival = time.perf_counter()
             self.counts["requests"] += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"{self.name}-decode", daemon=True)
@@ -104,8 +114,10 @@ class DecodeEngine:
         return job.future
 
     def stats(self) -> dict[str, int]:
-        cache = self._cache.stats if self._cache is not None else {}
-        return {**self.counts, **cache, "slots": self.capacity, "in_flight": len(self._active)}
+        cache = self._kv.cache.stats if self._kv.cache is not None else {}
+        seconds = {f"{k}_seconds": round(v, 3) for k, v in self.seconds.items()}
+        return {**self.counts, **cache, **seconds, "slots": self._kv.capacity, "context_resizes": self._kv.resizes,
+                "in_flight": len(self._active)}
 
     def close(self) -> None:
         """Stop the thread (requests still waiting fail with BackendError) and free the context."""
@@ -114,7 +126,7 @@ class DecodeEngine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
-        self._free_context()
+        self._kv.close()
 
     # ------------------------------------------------------------------ the loop (engine thread)
     def _run(self) -> None:
@@ -125,8 +137,7 @@ class DecodeEngine:
                         self._cond.wait()
                     if self._closing:
                         return
-                    if not self._active and self._incoming:
-                        self._gather_locked()
+                    self._gather_locked()
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
                 self._step()
@@ -137,34 +148,50 @@ class DecodeEngine:
             self._fail_all(BackendError(f"{self.name}: the backend was closed"))
 
     def _gather_locked(self) -> None:
-        deadline, seen = time.perf_counter() + GATHER_S, -1
-        while len(self._incoming) != seen and time.perf_counter() < deadline:
-            seen = len(self._incoming)
-            self._cond.wait(GATHER_S / 6)
+        """Wait while requests keep arriving, if the batch would be narrow (see GATHER_GAP)."""
+        gap = GATHER_GAP * self._step_time if self._step_time else 0.002
+        cap = GATHER_CAP * self._step_time if self._step_time else 0.01
+        in_flight = len(self._active) + len(self._waiting) + len(self._incoming)
+        now = time.perf_counter()
+        if (self._active and in_flight >= self._width / 2) or now - self._last_arrival > gap:
+            return
+        deadline = now + cap
+        while not self._closing and now < deadline and now - self._last_arrival <= gap:
+            self._cond.wait(min(gap - (now - self._last_arrival), deadline - now) + 1e-4)
+            now = time.perf_counter()
 
     def _step(self) -> None:
+        """Admit, sample every request with logits (from the last decode or a snapshot), then decode
+        the drawn tokens and the prompts' next chunks in one batch."""
+        t0 = time.perf_counter()
         self._drop_cancelled()
         self._admit()
-        entries = self._fill_batch()
-        if entries:
-            self._decode(entries)
         ready = [job for job in self._active if job.row is not None]
         if ready:
             self._sample(ready)
+        t1 = time.perf_counter()
+        entries = self._fill_batch()
+        if entries:
+            self._decode(entries)
+            self._width = max(0.9 * self._width, float(len(entries)))
+        t2 = time.perf_counter()
+        self._step_time = t2 - t0 if not self._step_time else 0.8 * self._step_time + 0.2 * (t2 - t0)
+        self.seconds["sample"] += t1 - t0
+        self.seconds["step"] += t2 - t0
 
     def _admit(self) -> None:
         if not self._waiting:
             return
-        if not self._active and len(self._waiting) > self.capacity:
-            self._open(len(self._waiting))
-        assert self._cache is not None
+        if not self._active and len(self._waiting) > self._kv.capacity:
+            self._kv.ensure(len(self._waiting))
+        cache = self._kv.cache
         ahead = {j.slot.seq: j.todo for j in self._active if j.todo.size}
         later: list[Job] = []
         for i, job in enumerate(self._waiting):
-            if ahead and self._cache.pending_match(job.tokens, ahead) > self._cache.best_match(job.tokens)[1]:
+            if ahead and cache.pending_match(job.tokens, ahead) > cache.best_match(job.tokens)[1]:
                 later.append(job)  # a prompt it shares is being evaluated now: copy it next step
                 continue
-            assignment = self._cache.assign(job.tokens)
+            assignment = cache.assign(job.tokens)
             if assignment is None:  # every slot is busy: wait, in order
                 later.extend(self._waiting[i:])
                 break
@@ -186,7 +213,7 @@ class DecodeEngine:
         return entries
 
     def _decode(self, entries: list[tuple[Job, np.ndarray, bool]]) -> None:
-        b, i, outputs = self._batch, 0, []
+        b, i, outputs = self._kv.batch, 0, []
         for job, tokens, wants in entries:
             start = job.slot.tokens.size
             for k, token in enumerate(tokens.tolist()):
@@ -196,7 +223,9 @@ class DecodeEngine:
             if wants:
                 outputs.append((job, i - 1))
         b.n_tokens = i
-        rc = self._lib.llama_decode(self._ctx, b)
+        t0 = time.perf_counter()
+        rc = self._lib.llama_decode(self._kv.ctx, b)
+        self.seconds["decode"] += time.perf_counter() - t0
         if rc != 0:
             for job, _, _ in entries:
                 self._fail(job, BackendError(f"{self.name}: llama_decode returned {rc} on a batch of {i} tokens"))
@@ -205,7 +234,7 @@ class DecodeEngine:
         self.counts["batch_tokens"] += i
         self.counts["max_batch_sequences"] = max(self.counts["max_batch_sequences"], len(entries))
         for job, tokens, _ in entries:
-            self._cache.commit(job.slot, tokens)
+            self._kv.cache.commit(job.slot, tokens)
             if job.pending is not None:
                 job.pending = None
                 self.counts["generated_tokens"] += 1
@@ -214,10 +243,10 @@ class DecodeEngine:
                 job.prefilled += tokens.size
                 self.counts["prefilled_tokens"] += tokens.size
         for job, index in outputs:
-            ptr = self._lib.llama_get_logits_ith(self._ctx, index)
+            ptr = self._lib.llama_get_logits_ith(self._kv.ctx, index)
             job.row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
             if job.slot.tokens.size == job.tokens.size:  # the end of the prompt: worth keeping
-                self._cache.snapshot(job.slot, job.row)
+                self._kv.cache.snapshot(job.slot, job.row)
 
     def _sample(self, ready: list[Job]) -> None:
         rows = batch_proposal(np.stack([j.row for j in ready]), [j.settings.temperature for j in ready],
@@ -236,9 +265,10 @@ class DecodeEngine:
                 job.pending = draw.token
 
     def _finish(self, job: Job, row: np.ndarray) -> None:
-        self._cache.snapshot(job.slot, row, keep_prompt_end=job.tokens.size)
-        self._cache.release(job.slot)
+        self._kv.cache.snapshot(job.slot, row, keep_prompt_end=job.tokens.size)
+        self._kv.cache.release(job.slot)
         self._active.remove(job)
+        self.counts["completion_tokens"] += len(job.chunk.ids)
         usage = Usage(input_tokens=int(job.tokens.size), output_tokens=len(job.chunk.pieces))
         completion = job.chunk.completion(usage=usage, latency_s=time.perf_counter() - job.started,
                                           model=self.model_name, backend=self.name, reused=job.reused,
@@ -248,8 +278,8 @@ class DecodeEngine:
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.slot is not None:
-            self._cache.forget(job.slot)
-            self._cache.release(job.slot)
+            self._kv.cache.forget(job.slot)
+            self._kv.cache.release(job.slot)
         if job in self._active:
             self._active.remove(job)
         if not job.future.done():
@@ -267,48 +297,5 @@ class DecodeEngine:
     def _drop_cancelled(self) -> None:
         self._waiting = [j for j in self._waiting if not j.future.cancelled()]
         for job in [j for j in self._active if j.future.cancelled()]:
-            self._cache.release(job.slot)  # its committed tokens are valid: it stays a cache entry
+            self._kv.cache.release(job.slot)  # its committed tokens are valid: it stays a cache entry
             self._active.remove(job)
-
-    # ------------------------------------------------------------------ the llama.cpp context
-    def _open(self, wanted: int) -> None:
-        """(Re)create the context with enough slots for `wanted` requests (power of two, at least
-        INITIAL_SLOTS, at most n_seq_max). Cached sequences are dropped; nothing is decoding."""
-        capacity = INITIAL_SLOTS
-        while capacity < wanted:
-            capacity *= 2
-        capacity = min(max(capacity, self.capacity), self.n_seq_max)
-        if self._ctx is not None and capacity == self.capacity:
-            return
-        if self._ctx is not None:
-            self.counts["context_resizes"] += 1
-        self._free_context()
-        lib = self._lib
-        p = lib.llama_context_default_params()
-        p.n_ctx, p.n_seq_max, p.kv_unified = self.n_ctx * capacity, capacity, False
-        p.n_batch = p.n_ubatch = self.n_batch
-        p.n_threads = p.n_threads_batch = self.n_threads
-        p.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        p.no_perf = True
-        from llama_cpp._utils import suppress_stdout_stderr
-
-        with suppress_stdout_stderr(disable=self.verbose):
-            ctx = lib.llama_init_from_model(self._model.model, p)
-        if not ctx:
-            raise BackendError(f"{self.name}: llama.cpp could not create a context of {capacity} sequences "
-                               f"x {self.n_ctx} tokens; lower n_seq_max or n_ctx")
-        self._ctx, self.capacity = ctx, capacity
-        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        previous = self._cache
-        self._cache = SequenceCache(LlamaMemory(lib, lib.llama_get_memory(ctx)), capacity)
-        if previous is not None:
-            self._cache.stats = previous.stats
-
-    def _free_context(self) -> None:
-        if self._batch is not None:
-            self._lib.llama_batch_free(self._batch)
-            self._batch = None
-        if self._ctx is not None:
-            self._lib.llama_free(self._ctx)
-            self._ctx = None
-        self.capacity = 0

@@ -86,6 +86,10 @@ class SequenceCache:
         self._clock = 0
         self.stats = {"evictions": 0, "copies": 0, "reused_tokens": 0, "snapshot_hits": 0}
 
+    def adopt_clock(self, other: "SequenceCache") -> None:
+        """Continue another cache's use clock (its slots' last-use times were copied here)."""
+        self._clock = max(self._clock, other._clock)
+
     def _touch(self, slot: Slot) -> None:
         self._clock += 1
         slot.last_used = self._clock
