@@ -12,10 +12,13 @@ with at most a few dozen slots a linear scan of numpy comparisons is cheaper tha
     L(s) = lcp(T, committed(s))            s* = argmax_s L(s)   (ties: idle first, then most recent)
     r    = L(s*)          if L(s*) = |T| and a snapshot at |T| exists (nothing to evaluate)
            min(L(s*), |T| − 1) otherwise    (the last prompt token is evaluated for its logits)
-    s* idle and (s* holds nothing beyond T[:L] or no slot is empty):  the request takes s* over
+    s* idle, and s* holds nothing beyond T[:L], or no other slot is idle, or every other idle slot
+             holds a sequence used more recently than s*:   the request takes s* over
     otherwise: s* is copied (llama_memory_seq_cp) into an empty slot, else into the least recently
-               used idle slot, whose sequence is evicted
+               used idle slot (no match at all: that slot is simply cleared)
     the request's slot is truncated to r cells and T[r:] is evaluated.
+A cached sequence is *evicted* when cells it needed are discarded for another request: a whole
+slot reused for an unrelated prompt, or the tail of a slot taken over beyond the shared prefix.
 
 So a prompt shared by many requests is evaluated once, a particle's next step costs only its new
 tokens, and a resampled offspring starts from a copy of its parent's sequence. The memory operations
@@ -116,11 +119,12 @@ class SequenceCache:
         is busy (the request waits for one to be released)."""
         source, match = self.best_match(tokens)
         victim = self._victim(exclude=source)
-        evicted, copied_from = 0, None
+        copied_from = None
         if source is not None and not source.busy and (
                 match == source.tokens.size or victim is None
                 or (victim.tokens.size > 0 and source.last_used <= victim.last_used)):
             slot = source  # take it over: its tail beyond the match is the least valuable content
+            evicted = int(match < source.tokens.size)
         elif victim is None:
             return None
         else:
