@@ -94,8 +94,9 @@ def invariant(backend) -> bool:
     on this CPU, measured on the backend's own context configuration (per-sequence KV streams, flash
     attention) through llama.cpp's API directly, so that no bug of the engine can fake or hide it:
     a prompt evaluated alone in one batch, then its next token decoded alone, against the same
-    prompt evaluated 3 tokens at a time beside other sequences and the next token decoded at the
-    middle of a batch of 16."""
+    prompt evaluated 1, 3, 2, 1, ... tokens at a time beside another sequence and the next token
+    decoded in the middle of a batch of 16. (Without flash attention the probe finds the 1-token
+    chunks different on an AVX2 CPU.)"""
     from agents.backends.llama_context import BatchContext
 
     backend.load()
@@ -119,11 +120,12 @@ def invariant(backend) -> bool:
         solo = decode(kv, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
         solo += decode(kv, [(42, len(prompt), 0, True)])
         lib.llama_memory_clear(lib.llama_get_memory(kv.ctx), True)
-        crowd, n_other = [], 0
-        for start in range(0, len(prompt), 3):
-            part = [(t, start + i, 7, start + i == len(prompt) - 1) for i, t in enumerate(prompt[start:start + 3])]
+        crowd, n_other, start = [], 0, 0
+        while start < len(prompt):  # chunks of 1, 3, 2, 1, 3, 2, ... tokens, each beside another sequence
+            size = (1, 3, 2)[n_other % 3]
+            part = [(t, start + i, 7, start + i == len(prompt) - 1) for i, t in enumerate(prompt[start:start + size])]
             crowd += decode(kv, [(other[n_other % len(other)], n_other, 1, True), *part])[1:]
-            n_other += 1
+            n_other, start = n_other + 1, start + size
         step = [(other[s % len(other)], n_other if s == 1 else 0, s, True) for s in range(16) if s != 7]
         crowd += decode(kv, step[:8] + [(42, len(prompt), 7, True)] + step[8:])[8:9]
     finally:

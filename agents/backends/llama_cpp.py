@@ -59,10 +59,11 @@ however its prompt was split into batches (1, 4 or all tokens at a time), whethe
 another sequence or evaluated afresh, whatever the cache held before, and with 1 or 2 threads. So a
 completion is a function of (prompt tokens, settings, seed) alone: the same request with the same
 seed gives the same completion bit for bit, batched or alone, and the same seed, program and N give
-the same result. What does not hold: without flash attention a 1-token batch differs from a larger
-one (up to 0.45 in a logit), and with one KV buffer shared by all sequences (`kv_unified=true`) a
-sequence whose cells land before its older ones (after another sequence is removed) differs by up
-to 0.66, so neither is used. Other builds (AVX-512, aarch64) and llama.cpp versions compute other
+the same result. What does not hold: without flash attention, a position evaluated as a 1-token
+chunk of its sequence differs from the same position evaluated inside a longer chunk (up to 0.65 in
+a logit: the old backend's 2-token re-evaluation worked around exactly this), and with one KV buffer
+shared by all sequences (`kv_unified=true`) a sequence whose new cells land before its older ones
+(after another sequence is removed) differs by up to 0.66; so neither is used. Other builds (AVX-512, aarch64) and llama.cpp versions compute other
 roundings: the invariance is checked on the machine by `tests/test_llama_batching.py`, and logits
 are not comparable across builds or with a server that runs without flash attention.
 
