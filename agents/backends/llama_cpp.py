@@ -145,6 +145,12 @@ class LlamaCpp(Backend):
         self._model: Any = None
         self._engine: DecodeEngine | None = None
 
+    def __reduce__(self) -> tuple:
+        """Picklable (e.g. sent to a Ray actor) as its configuration: the receiving process loads the
+        model on first use."""
+        return (type(self), (self.model_path, self.n_ctx, self.n_seq_max, self.n_threads, self.seed,
+                             self.chat_format, self.verbose))
+
     # ----------------------------------------------------------------- loading (once, lazily)
     def load(self) -> None:
         """Load the model now (otherwise the first call does). Thread-safe; loads only once."""
