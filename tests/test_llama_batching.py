@@ -274,3 +274,27 @@ def test_the_per_sequence_draw_is_a_hook(backend):
                                                                                              temperature=0)}))
     assert c.token_logprobs == [0.0] * 5 and c.token_ids[0] != greedy.token_ids[0]
     assert all(math.isfinite(x) for x in c.base_token_logprobs)
+
+
+def test_a_failing_step_fails_its_requests_and_the_backend_serves_the_next_ones(monkeypatch):
+    """An error inside the decode loop reaches every caller in flight as a BackendError naming it,
+    and the next request is served by a new decode thread on a new context."""
+    from agents.backends.base import BackendError
+    from agents.backends.llama_engine import DecodeEngine
+
+    b = LlamaCpp(seed=0, n_threads=1)
+    try:
+        request = GenerationRequest(prompt=STORY, seed=1, settings=GenerationSettings(max_tokens=4))
+        expected = b.complete_sync(request)
+        original = DecodeEngine._fill_batch
+
+        def broken(self):
+            raise RuntimeError("injected fault")
+
+        monkeypatch.setattr(DecodeEngine, "_fill_batch", broken)
+        with pytest.raises(BackendError, match="injected fault"):
+            together(b, [request.model_copy(update={"seed": k}) for k in range(3)])
+        monkeypatch.setattr(DecodeEngine, "_fill_batch", original)
+        assert fields(b.complete_sync(request)) == fields(expected)
+    finally:
+        b.close()

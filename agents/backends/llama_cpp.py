@@ -67,11 +67,18 @@ shared by all sequences (`kv_unified=true`) a sequence whose new cells land befo
 roundings: the invariance is checked on the machine by `tests/test_llama_batching.py`, and logits
 are not comparable across builds or with a server that runs without flash attention.
 
-Threads: `n_threads` defaults to DEFAULT_THREADS_DOC. Chat: `request.messages` are rendered with the GGUF's
-own chat template (or a named llama-cpp-python chat format), then `assistant_prefix` is appended and
-the whole string tokenized (special tokens parsed), which continues a partial assistant reply. Raw
-mode: `prompt + assistant_prefix`. The model is loaded lazily, once. `tools`/`response_format` are
-ignored.
+Threads: `n_threads` defaults to 1 (`default_threads()`), by measurement (`bench/llm_throughput_threads.py`,
+raw llama.cpp on a shared 2-core AMD EPYC, load average 13-20, interleaved, medians of 3): 2 threads
+ran at 0.10x the tokens/s of 1 thread for one sequence and 0.11x for 16 batched sequences, and at
+0.03x and 0.10x with another process keeping a core busy. llama.cpp's threads meet at a barrier
+after every operation and spin there, so a step runs at the pace of a descheduled thread; with one
+thread there is no barrier, and the batch, not threads, is what uses the hardware. On a machine with
+idle cores reserved for the model, pass `n_threads` (up to the physical cores) and measure.
+
+Chat: `request.messages` are rendered with the GGUF's own chat template (or a named llama-cpp-python
+chat format), then `assistant_prefix` is appended and the whole string tokenized (special tokens
+parsed), which continues a partial assistant reply. Raw mode: `prompt + assistant_prefix`. The
+model is loaded lazily, once. `tools`/`response_format` are ignored.
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ __all__ = ["LlamaCpp", "LlamaCppCompletion", "default_threads"]
 
 
 def default_threads() -> int:
-    """The measured default for `n_threads` (see the module docstring)."""
+    """The default `n_threads`: 1, measured on a shared machine (see the module docstring)."""
     return 1
 
 

@@ -130,6 +130,9 @@ class DecodeEngine:
 
     # ------------------------------------------------------------------ the loop (engine thread)
     def _run(self) -> None:
+        """The thread: wait for work, gather, step. If a step raises, every request in flight fails
+        with that error, the context (whose cache may no longer match its bookkeeping) is dropped,
+        and the next request starts a new thread."""
         try:
             while True:
                 with self._cond:
@@ -143,9 +146,12 @@ class DecodeEngine:
                 self._step()
         except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear about it
             self._fail_all(BackendError(f"{self.name}: the decode thread failed: {exc!r}"))
+            self._kv.close()
             raise
         finally:
             self._fail_all(BackendError(f"{self.name}: the backend was closed"))
+            with self._cond:
+                self._thread = None
 
     def _gather_locked(self) -> None:
         """Wait while requests keep arriving, if the batch would be narrow (see GATHER_GAP)."""
