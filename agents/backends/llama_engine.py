@@ -124,8 +124,9 @@ class DecodeEngine:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
         self._kv.close()
 
     # ------------------------------------------------------------------ the loop (engine thread)
@@ -139,19 +140,28 @@ class DecodeEngine:
                     while not (self._incoming or self._waiting or self._active or self._closing):
                         self._cond.wait()
                     if self._closing:
-                        return
+                        break
                     self._gather_locked()
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
                 self._step()
-        except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear about it
-            self._fail_all(BackendError(f"{self.name}: the decode thread failed: {exc!r}"))
-            self._kv.close()
-            raise
-        finally:
-            self._fail_all(BackendError(f"{self.name}: the backend was closed"))
-            with self._cond:
-                self._thread = None
+        except BaseException as exc:  # noqa: BLE001 - every caller in flight hears about it
+            self._stop(BackendError(f"{self.name}: the decode loop failed: {exc!r}"), drop_context=True)
+        else:
+            self._stop(BackendError(f"{self.name}: the backend was closed"), drop_context=False)
+
+    def _stop(self, error: BackendError, drop_context: bool) -> None:
+        """End this thread: fail every request it holds; a request submitted after this starts a new one."""
+        with self._cond:
+            jobs = [*self._active, *self._waiting, *self._incoming]
+            self._active, self._waiting = [], []
+            self._incoming.clear()
+            if drop_context:
+                self._kv.close()
+            self._thread = None
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
 
     def _gather_locked(self) -> None:
         """Wait while requests keep arriving, if the batch would be narrow (see GATHER_GAP)."""
@@ -290,15 +300,6 @@ class DecodeEngine:
             self._active.remove(job)
         if not job.future.done():
             job.future.set_exception(exc)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        with self._cond:
-            jobs = [*self._active, *self._waiting, *self._incoming]
-            self._active, self._waiting = [], []
-            self._incoming.clear()
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(exc)
 
     def _drop_cancelled(self) -> None:
         self._waiting = [j for j in self._waiting if not j.future.cancelled()]
