@@ -14,8 +14,9 @@ temperature and top-p only on the rows that ask for them; a row with T = 1 and t
 base array as its proposal). `draw_token` is the only place a token is chosen from a row: given the
 row's log q, log p and the sequence's own random generator it returns (token, log q, log p). It is
 the hook a guided proposal replaces (a constraint reshapes q and must return the log q of what it
-drew). The inverse-CDF draw accumulates exp(log q) in float64, so the drawn token's probability and
-the recorded exp(log q) agree to float32 rounding of log q (relative error ~1e-7).
+drew); without one, the same inverse CDF runs on the weights exp(ℓ − max ℓ) the log-softmax already
+computed (`draw_weighted`). The CDF is accumulated in float64, so the drawn token's probability and
+the recorded exp(log q) agree to float32 rounding (relative error ~1e-7).
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ BLOCK = 256
 def draw_token(logq: np.ndarray, logp: np.ndarray, rng: np.random.Generator) -> TokenDraw:
     """Inverse-CDF draw over token ids: u ~ U[0,1), token = min{v : Σ_{w≤v} q(w) > u·Σ_w q(w)}.
 
-    The CDF is accumulated in float64 by blocks of BLOCK ids (block sums, their running sum, then
-    the running sum inside the chosen block): the same inverse CDF as one running sum over the
-    vocabulary up to float64 rounding, at a fraction of its cost. A token with q = 0 is never drawn.
     The hook for guided proposals: replace it (per request) with a function of the same signature
     that reshapes q and returns the log-probability of its own draw."""
-    weights = np.exp(logq, dtype=np.float64)
+    return draw_weighted(np.exp(logq, dtype=np.float64), logq, logp, rng)
+
+
+def draw_weighted(weights: np.ndarray, logq: np.ndarray, logp: np.ndarray, rng: np.random.Generator) -> TokenDraw:
+    """`draw_token` with the weights w ∝ q already at hand (the batch's exp(ℓ − max ℓ)).
+
+    The CDF is accumulated in float64 by blocks of BLOCK ids (block sums, their running sum, then
+    the running sum inside the chosen block): the same inverse CDF as one running sum over the
+    vocabulary up to float64 rounding, at a fraction of its cost. A token with w = 0 is never drawn."""
     n_blocks = -(-weights.size // BLOCK)
     padded = np.zeros(n_blocks * BLOCK)
     padded[:weights.size] = weights
@@ -64,16 +70,17 @@ def draw_token(logq: np.ndarray, logp: np.ndarray, rng: np.random.Generator) -> 
     k = min(int(np.searchsorted(running, target, side="right")), n_blocks - 1)
     inner = (running[k - 1] if k else 0.0) + np.cumsum(padded[k * BLOCK:(k + 1) * BLOCK])
     token = k * BLOCK + min(int(np.searchsorted(inner, target, side="right")), BLOCK - 1)
-    if token >= weights.size or weights[token] == 0.0:  # float64 rounding at a block's edge
-        token = int(np.flatnonzero(weights[:min(token, weights.size - 1) + 1])[-1])
+    if token >= weights.size or padded[token] == 0.0:  # float64 rounding at a block's edge
+        token = int(np.flatnonzero(padded[:min(token, weights.size - 1) + 1])[-1])
     return TokenDraw(token, float(logq[token]), float(logp[token]))
 
 
-def log_softmax_rows(x: np.ndarray) -> np.ndarray:
-    """Row-wise log softmax in float32: x − max − log Σ exp(x − max)."""
-    top = x.max(axis=1, keepdims=True)
-    shifted = x - top
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+def log_softmax_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise log softmax in float32, x − max − log Σ exp(x − max), and the weights exp(x − max)."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    weights = np.exp(shifted)
+    shifted -= np.log(weights.sum(axis=1, keepdims=True))
+    return shifted, weights
 
 
 def log_mass(logp: np.ndarray, mask: np.ndarray) -> float:
@@ -88,16 +95,20 @@ def log_mass(logp: np.ndarray, mask: np.ndarray) -> float:
 
 @dataclass
 class RowProposal:
-    """One row's base log p, its proposal log q (the same array when T = 1 and top_p = 1), and the
-    greedy token when T = 0 (then q is a point mass and no randomness is used)."""
+    """One row's base log p, its proposal log q (the same array when T = 1 and top_p = 1), the
+    weights exp(log q + c) when the batch computed them, and the greedy token when T = 0 (then q is
+    a point mass and no randomness is used)."""
 
     logp: np.ndarray
     logq: np.ndarray
+    weights: np.ndarray | None = None
     greedy: int | None = None
 
     def draw(self, rng: np.random.Generator, drawer: TokenDrawer = draw_token) -> TokenDraw:
         if self.greedy is not None:
             return TokenDraw(self.greedy, 0.0, float(self.logp[self.greedy]))
+        if drawer is draw_token and self.weights is not None:
+            return draw_weighted(self.weights, self.logq, self.logp, rng)
         return drawer(self.logq, self.logp, rng)
 
 
@@ -116,24 +127,24 @@ def _nucleus(logr: np.ndarray, top_p: float) -> np.ndarray:
 
 def batch_proposal(logits: np.ndarray, temperatures: list[float], top_ps: list[float]) -> list[RowProposal]:
     """The proposal of every row of `logits` ((B, V) float32), vectorised over the batch."""
-    logp = log_softmax_rows(logits)
+    logp, weights = log_softmax_rows(logits)
     temps = np.asarray(temperatures, dtype=np.float64)
     tops = np.asarray(top_ps, dtype=np.float64)
-    rows = [RowProposal(logp[i], logp[i]) for i in range(logits.shape[0])]
+    rows = [RowProposal(logp[i], logp[i], weights[i]) for i in range(logits.shape[0])]
     for i in np.flatnonzero(temps == 0.0):
         rows[i].greedy = int(np.argmax(logits[i]))
-        rows[i].logq = _point_mass(logits.shape[1], rows[i].greedy)
+        rows[i].logq, rows[i].weights = _point_mass(logits.shape[1], rows[i].greedy), None
     sampled = temps > 0.0
     tempered = np.flatnonzero(sampled & (temps != 1.0))
     if tempered.size:
-        logr = log_softmax_rows(logits[tempered] / temps[tempered, None].astype(np.float32))
+        logr, w = log_softmax_rows(logits[tempered] / temps[tempered, None].astype(np.float32))
         for j, i in enumerate(tempered):
-            rows[i].logq = logr[j]
+            rows[i].logq, rows[i].weights = logr[j], w[j]
     for p in np.unique(tops[sampled & (tops < 1.0)]):
         idx = np.flatnonzero(sampled & (tops == p))
         logq = _nucleus(np.stack([rows[i].logq for i in idx]), float(p))
         for j, i in enumerate(idx):
-            rows[i].logq = logq[j]
+            rows[i].logq, rows[i].weights = logq[j], None
     return rows
 
 
