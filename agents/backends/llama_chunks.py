@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import codecs
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from agents.backends.base import Completion, GenerationSettings, Usage
-from agents.backends.llama_sampling import RowProposal, TokenDraw, log_mass
+from agents.backends.llama_sampling import RowProposal, TokenDraw
 
 
 class LlamaCppCompletion(Completion):
@@ -50,15 +50,18 @@ class LlamaCppCompletion(Completion):
 
 @dataclass(frozen=True)
 class VocabTables:
-    """Per token id: its text bytes, whether it ends generation (E), whether it starts with whitespace (B)."""
+    """Per token id: its text bytes, whether it ends generation (E), whether it starts with whitespace
+    (B), and the word boundary B ∪ E as a mask and as a float64 indicator."""
 
     pieces: list[bytes]
     eog: np.ndarray
     ws_start: np.ndarray
+    boundary: np.ndarray = field(init=False)
+    boundary_indicator: np.ndarray = field(init=False)
 
-    @property
-    def boundary(self) -> np.ndarray:
-        return self.ws_start | self.eog
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "boundary", self.ws_start | self.eog)
+        object.__setattr__(self, "boundary_indicator", self.boundary.astype(np.float64))
 
 
 def trim_pieces(pieces: list[str], n_chars: int) -> list[str]:
@@ -100,8 +103,8 @@ class ChunkBuilder:
         sequence can hold one more token (otherwise a kept token ends the chunk with "length")."""
         s, tok = self.settings, draw.token
         if s.unit == "word" and self._in_word and self._boundary[tok]:
-            self.stop_lq = log_mass(row.logq, self._boundary)
-            self.stop_lp = log_mass(row.logp, self._boundary)
+            self.stop_lq = row.log_mass_q(self._boundary, self.vocab.boundary_indicator)
+            self.stop_lp = row.log_mass_p(self._boundary, self.vocab.boundary_indicator)
             self.finish = "eos" if self.vocab.eog[tok] else "unit"
             return True
         piece = self._decoder.decode(self.vocab.pieces[tok])

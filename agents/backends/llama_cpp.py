@@ -115,9 +115,10 @@ def _close_at_exit(ref: "weakref.ref[LlamaCpp]") -> None:
 class LlamaCpp(Backend):
     """In-process llama.cpp backend; the embedded SmolLM2-135M-Instruct model when no path is given.
 
-    `n_ctx`: the context of one sequence (prompt + completion, in tokens). `n_seq_max`: sequences
-    decoded together and cached (KV memory is n_seq_max × n_ctx cells, about 23 KB each for the
-    embedded model, allocated as the concurrency grows: 8 sequences, then powers of two).
+    `n_ctx`: the context of one sequence (prompt + completion, in tokens; the examples' longest is
+    175). `n_seq_max`: sequences decoded together and cached. KV memory is n_seq_max × n_ctx cells of
+    about 23 KB for the embedded model (12 MB a sequence at the default n_ctx), allocated as the
+    concurrency grows (8 sequences, then powers of two); copying a sequence copies its n_ctx cells.
     `n_threads`: llama.cpp threads (default: `default_threads()`, see the module docstring).
     `seed` seeds the stream from which requests *without* a seed draw their own seed (so unseeded
     calls differ from each other, yet a whole run is reproducible given the order of calls).
@@ -127,7 +128,7 @@ class LlamaCpp(Backend):
 
     name = "llama_cpp"
 
-    def __init__(self, model_path: str | os.PathLike[str] | None = None, n_ctx: int = 1024, n_seq_max: int = 32,
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, n_ctx: int = 512, n_seq_max: int = 32,
                  n_threads: int | None = None, seed: int = 0, chat_format: str | None = None,
                  verbose: bool = False) -> None:
         path = pathlib.Path(model_path) if model_path is not None else embedded_model_path()
@@ -183,7 +184,7 @@ class LlamaCpp(Backend):
             raise TypeError(f"LlamaCpp.complete expects a GenerationRequest, got {type(request).__name__}")
         if self._engine is None:
             await asyncio.to_thread(self.load)
-        return await asyncio.wrap_future(self._submit(request))
+        return await self._submit(request, asyncio.get_running_loop())
 
     def complete_sync(self, request: GenerationRequest) -> Completion:
         """The blocking twin of `complete` (safe from any thread; batched with concurrent calls)."""
@@ -192,14 +193,14 @@ class LlamaCpp(Backend):
         self.load()
         return self._submit(request).result()
 
-    def _submit(self, request: GenerationRequest) -> Any:
+    def _submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> Any:
         tokens = self.prompt_tokens(request)
         with self._lock:
             seed = request.seed if request.seed is not None else int(self._seed_rng.integers(1 << 63))
             engine = self._engine
         if engine is None:
             raise BackendError("LlamaCpp: the backend was closed")
-        job = Job(tokens, request.settings, ChunkBuilder(request.settings, self._vocab), rng_for(seed))
+        job = Job(tokens, request.settings, ChunkBuilder(request.settings, self._vocab), rng_for(seed), loop=loop)
         return engine.submit(job)
 
     def stats(self) -> dict[str, int]:

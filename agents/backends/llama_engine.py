@@ -21,6 +21,7 @@ throughput, never results.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import time
@@ -49,13 +50,17 @@ class Job:
     """One request inside the engine: its prompt, its chunk, its random stream, where it stands."""
 
     def __init__(self, tokens: list[int], settings: GenerationSettings, chunk: ChunkBuilder,
-                 rng: np.random.Generator, drawer: TokenDrawer = draw_token) -> None:
+                 rng: np.random.Generator, drawer: TokenDrawer = draw_token,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.tokens = np.asarray(tokens, dtype=np.int32)
         self.settings = settings
         self.chunk = chunk
         self.rng = rng
         self.drawer = drawer
-        self.future: concurrent.futures.Future[LlamaCppCompletion] = concurrent.futures.Future()
+        self.loop = loop
+        """The event loop of an async caller (call from it): the job's future is then that loop's,
+        and the engine wakes the loop once per step for all its finished jobs."""
+        self.future: Any = loop.create_future() if loop is not None else concurrent.futures.Future()
         self.started = time.perf_counter()
         self.slot: Any = None
         self.todo = self.tokens[:0]
@@ -87,6 +92,7 @@ class DecodeEngine:
         self._waiting: list[Job] = []
         self._active: list[Job] = []
         self._closing = False
+        self._outbox: dict[Any, list[tuple[Any, Any, BaseException | None]]] = {}
         self._last_arrival = 0.0
         self._step_time = 0.0
         """Exponential moving average of a decode step's wall time (seconds)."""
@@ -96,11 +102,13 @@ class DecodeEngine:
         self._kv = BatchContext(llama_cpp, model, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=self.n_batch,
                                 n_threads=n_threads, verbose=verbose, name=name)
         self.counts = {"requests": 0, "decode_steps": 0, "batch_tokens": 0, "prefilled_tokens": 0,
-                       "generated_tokens": 0, "completion_tokens": 0, "max_batch_sequences": 0}
+                       "generated_tokens": 0, "completion_tokens": 0, "max_batch_sequences": 0,
+                       "longest_sequence": 0}
         self.seconds = {"decode": 0.0, "sample": 0.0, "step": 0.0}
 
     # ------------------------------------------------------------------ the public side (any thread)
-    def submit(self, job: Job) -> concurrent.futures.Future[LlamaCppCompletion]:
+    def submit(self, job: Job) -> Any:
+        """Queue a job; returns its future (the caller's loop's, or a concurrent.futures one)."""
         with self._cond:
             if self._closing:
                 raise BackendError(f"{self.name}: the backend is closed")
@@ -160,8 +168,8 @@ class DecodeEngine:
                 self._kv.close()
             self._thread = None
         for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(error)
+            self._resolve(job, None, error)
+        self._flush()
 
     def _gather_locked(self) -> None:
         """Wait while requests keep arriving, if the batch would be narrow (see GATHER_GAP)."""
@@ -194,6 +202,7 @@ class DecodeEngine:
         self._step_time = t2 - t0 if not self._step_time else 0.8 * self._step_time + 0.2 * (t2 - t0)
         self.seconds["sample"] += t1 - t0
         self.seconds["step"] += t2 - t0
+        self._flush()
 
     def _admit(self) -> None:
         if not self._waiting:
@@ -285,12 +294,12 @@ class DecodeEngine:
         self._kv.cache.release(job.slot)
         self._active.remove(job)
         self.counts["completion_tokens"] += len(job.chunk.ids)
+        self.counts["longest_sequence"] = max(self.counts["longest_sequence"], job.slot.tokens.size + 1)
         usage = Usage(input_tokens=int(job.tokens.size), output_tokens=len(job.chunk.pieces))
         completion = job.chunk.completion(usage=usage, latency_s=time.perf_counter() - job.started,
                                           model=self.model_name, backend=self.name, reused=job.reused,
                                           prefilled=job.prefilled, evictions=job.evictions)
-        if not job.future.done():
-            job.future.set_result(completion)
+        self._resolve(job, completion, None)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         if job.slot is not None:
@@ -298,11 +307,33 @@ class DecodeEngine:
             self._kv.cache.release(job.slot)
         if job in self._active:
             self._active.remove(job)
-        if not job.future.done():
-            job.future.set_exception(exc)
+        self._resolve(job, None, exc)
+
+    def _resolve(self, job: Job, result: Any, error: BaseException | None) -> None:
+        """Settle a job's future: a concurrent one now, a loop's one at the end of the step."""
+        if job.loop is not None:
+            self._outbox.setdefault(job.loop, []).append((job.future, result, error))
+        elif not job.future.done():
+            (job.future.set_result(result) if error is None else job.future.set_exception(error))
+
+    def _flush(self) -> None:
+        """One wake-up per event loop for all the jobs of this step (not one per job)."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # the caller's loop is closed: nobody waits any more
+                pass
 
     def _drop_cancelled(self) -> None:
         self._waiting = [j for j in self._waiting if not j.future.cancelled()]
         for job in [j for j in self._active if j.future.cancelled()]:
             self._kv.cache.release(job.slot)  # its committed tokens are valid: it stays a cache entry
             self._active.remove(job)
+
+
+def _settle(items: list[tuple[Any, Any, BaseException | None]]) -> None:
+    """In the caller's event loop: set each future that is still waiting."""
+    for future, result, error in items:
+        if not future.done():
+            (future.set_result(result) if error is None else future.set_exception(error))

@@ -96,12 +96,13 @@ def log_mass(logp: np.ndarray, mask: np.ndarray) -> float:
 @dataclass
 class RowProposal:
     """One row's base log p, its proposal log q (the same array when T = 1 and top_p = 1), the
-    weights exp(log q + c) when the batch computed them, and the greedy token when T = 0 (then q is
-    a point mass and no randomness is used)."""
+    weights ∝ q and ∝ p when the batch computed them (exp(ℓ/T − max)), and the greedy token when
+    T = 0 (then q is a point mass and no randomness is used)."""
 
     logp: np.ndarray
     logq: np.ndarray
     weights: np.ndarray | None = None
+    base_weights: np.ndarray | None = None
     greedy: int | None = None
 
     def draw(self, rng: np.random.Generator, drawer: TokenDrawer = draw_token) -> TokenDraw:
@@ -110,6 +111,23 @@ class RowProposal:
         if drawer is draw_token and self.weights is not None:
             return draw_weighted(self.weights, self.logq, self.logp, rng)
         return drawer(self.logq, self.logp, rng)
+
+    def log_mass_q(self, mask: np.ndarray, indicator: np.ndarray) -> float:
+        """log q(set) for the set `mask` (bool) whose float64 indicator is `indicator`."""
+        return _log_mass(self.weights, self.logq, mask, indicator)
+
+    def log_mass_p(self, mask: np.ndarray, indicator: np.ndarray) -> float:
+        """log p(set), as `log_mass_q`."""
+        return _log_mass(self.base_weights, self.logp, mask, indicator)
+
+
+def _log_mass(weights: np.ndarray | None, logs: np.ndarray, mask: np.ndarray, indicator: np.ndarray) -> float:
+    """log(Σ_set w / Σ w) with float64 sums when the weights are at hand, else `log_mass`."""
+    if weights is None:
+        return log_mass(logs, mask)
+    wide = weights.astype(np.float64)
+    inside = float(np.einsum("i,i->", wide, indicator))  # numpy's own loop: a BLAS dot may wait on its threads
+    return math.log(inside) - math.log(float(wide.sum())) if inside > 0 else -math.inf
 
 
 def _nucleus(logr: np.ndarray, top_p: float) -> np.ndarray:
@@ -130,7 +148,7 @@ def batch_proposal(logits: np.ndarray, temperatures: list[float], top_ps: list[f
     logp, weights = log_softmax_rows(logits)
     temps = np.asarray(temperatures, dtype=np.float64)
     tops = np.asarray(top_ps, dtype=np.float64)
-    rows = [RowProposal(logp[i], logp[i], weights[i]) for i in range(logits.shape[0])]
+    rows = [RowProposal(logp[i], logp[i], weights[i], weights[i]) for i in range(logits.shape[0])]
     for i in np.flatnonzero(temps == 0.0):
         rows[i].greedy = int(np.argmax(logits[i]))
         rows[i].logq, rows[i].weights = _point_mass(logits.shape[1], rows[i].greedy), None
