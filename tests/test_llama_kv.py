@@ -120,13 +120,33 @@ def test_every_slot_busy_means_wait():
     assert cache.assign(np.array([5, 6], dtype=np.int32)) is None
 
 
-def test_pending_match_sees_a_prompt_being_evaluated():
+def test_a_request_waits_for_a_prompt_being_evaluated_that_would_save_it_more():
     memory = RecordingMemory()
     cache = SequenceCache(memory, 4)
     tokens = np.array([4, 3, 2, 1], dtype=np.int32)
     a = cache.assign(tokens)
-    assert cache.best_match(tokens)[1] == 0
-    assert cache.pending_match(tokens, {a.slot.seq: tokens}) == 4
+    assert cache.best_reuse(tokens) == 0
+    assert cache.pending_reuse(tokens, {a.slot.seq: tokens}) == 4  # its logits will be known: nothing to evaluate
+    longer = np.array([4, 3, 2, 1, 0], dtype=np.int32)
+    assert cache.pending_reuse(longer, {a.slot.seq: tokens}) == 4
+    assert cache.pending_reuse(tokens[:3], {a.slot.seq: tokens}) == 2  # no logits after 3 tokens
+
+
+def test_a_slot_with_the_logits_after_the_prompt_is_preferred_to_an_equal_match_without():
+    memory = RecordingMemory()
+    cache = SequenceCache(memory, 4)
+    prompt = np.array([1, 2, 3], dtype=np.int32)
+    y = cache.assign(prompt)
+    evaluate(cache, memory, y.slot, prompt)
+    cache.snapshot(y.slot, np.zeros(4))  # the logits after [1, 2, 3]
+    x = cache.assign(np.array([1, 2, 3, 7], dtype=np.int32))  # y is busy: a copy, then 7
+    evaluate(cache, memory, x.slot, [7])
+    cache.snapshot(x.slot, np.ones(4), keep_prompt_end=4)  # x keeps only the logits after [1, 2, 3, 7]
+    cache.release(y.slot)
+    cache.release(x.slot)  # x is the most recent, and shares all of [1, 2, 3] too
+    again = cache.assign(prompt)
+    assert again.slot is y.slot and again.reused == 3 and again.logits is not None
+    consistent(cache, memory)
 
 
 def _blob(n_stream: int, seq: int, header: bytes, section: bytes) -> bytes:

@@ -98,13 +98,21 @@ class SequenceCache:
         slot.last_used = self._clock
 
     def best_match(self, tokens: np.ndarray) -> tuple[Slot | None, int]:
-        """The slot sharing the longest prefix with `tokens` (ties: idle first, then most recent)."""
-        best, best_key = None, (0, False, 0)
+        """The slot that saves `tokens` the most evaluation (`reuse`), then the longest shared
+        prefix (ties: idle first, then most recent); returns it with that prefix length."""
+        best, best_key = None, (0, 0, False, 0)
         for slot in self.slots:
-            key = (slot.lcp(tokens), not slot.busy, slot.last_used)
-            if key[0] > 0 and key > best_key:
+            match = slot.lcp(tokens)
+            key = (reuse(match, tokens.size, match == tokens.size and match in slot.snapshots), match,
+                   not slot.busy, slot.last_used)
+            if match > 0 and key > best_key:
                 best, best_key = slot, key
-        return best, best_key[0]
+        return best, best_key[1]
+
+    def best_reuse(self, tokens: np.ndarray) -> int:
+        """Prompt tokens a request for `tokens` would not evaluate if assigned now."""
+        slot, match = self.best_match(tokens)
+        return 0 if slot is None else reuse(match, tokens.size, match == tokens.size and match in slot.snapshots)
 
     def _victim(self, exclude: Slot | None = None) -> Slot | None:
         """An empty idle slot, else the least recently used idle one (None: every slot is busy)."""
@@ -136,7 +144,7 @@ class SequenceCache:
             else:
                 self._truncate(slot, 0)
         snapshot = slot.snapshots.get(tokens.size) if match == tokens.size else None
-        reused = match if snapshot is not None else min(match, tokens.size - 1)
+        reused = reuse(match, tokens.size, snapshot is not None)
         self._truncate(slot, reused)
         slot.busy = True
         self._touch(slot)
@@ -172,15 +180,23 @@ class SequenceCache:
         slot.tokens = slot.tokens[:0]
         slot.snapshots = {}
 
-    def pending_match(self, tokens: np.ndarray, extra: dict[int, np.ndarray]) -> int:
-        """The longest prefix `tokens` share with a busy slot's committed tokens followed by the
-        tokens it is about to evaluate (`extra`, by sequence id): a request that would share more
-        after this step than now waits one step, so a shared prompt is evaluated once."""
+    def pending_reuse(self, tokens: np.ndarray, ahead: dict[int, np.ndarray]) -> int:
+        """What a request for `tokens` would reuse from a busy slot once the prompt tokens it is
+        evaluating now (`ahead`, by sequence id) are in (a prompt that ends exactly at |tokens| also
+        leaves its logits): when that is more than `best_reuse`, the request waits one step, so a
+        prompt shared by many requests is evaluated once."""
         best = 0
         for slot in self.slots:
-            ahead = extra.get(slot.seq)
-            if ahead is None:
+            todo = ahead.get(slot.seq)
+            if todo is None:
                 continue
-            full = Slot(slot.seq, np.concatenate([slot.tokens, ahead]))
-            best = max(best, full.lcp(tokens))
+            full = Slot(slot.seq, np.concatenate([slot.tokens, todo]))
+            match = full.lcp(tokens)
+            best = max(best, reuse(match, tokens.size, match == tokens.size == full.tokens.size))
         return best
+
+
+def reuse(match: int, size: int, has_logits: bool) -> int:
+    """Prompt tokens not evaluated for a prompt of `size` tokens sharing `match` with a sequence:
+    all of them when the logits after the prompt are known, else all but the last."""
+    return match if has_logits and match == size else min(match, size - 1)
