@@ -9,9 +9,10 @@ request decodes in it, *idle* otherwise (then it is only a cache entry, ordered 
 Assigning a request whose prompt is the token sequence T (longest-prefix matching over the slots;
 with at most a few dozen slots a linear scan of numpy comparisons is cheaper than a radix tree):
 
-    L(s) = lcp(T, committed(s))            s* = argmax_s L(s)   (ties: idle first, then most recent)
-    r    = L(s*)          if L(s*) = |T| and a snapshot at |T| exists (nothing to evaluate)
-           min(L(s*), |T| − 1) otherwise    (the last prompt token is evaluated for its logits)
+    L(s) = lcp(T, committed(s))
+    r(s) = L(s)                 if L(s) = |T| and s has a snapshot at |T| (nothing to evaluate)
+           min(L(s), |T| − 1)   otherwise (the last prompt token is evaluated for its logits)
+    s*   = argmax_s (r(s), L(s))             (ties: idle first, then most recent);  r = r(s*)
     s* idle, and s* holds nothing beyond T[:L], or no other slot is idle, or every other idle slot
              holds a sequence used more recently than s*:   the request takes s* over
     otherwise: s* is copied (llama_memory_seq_cp) into an empty slot, else into the least recently
@@ -20,8 +21,10 @@ with at most a few dozen slots a linear scan of numpy comparisons is cheaper tha
 A cached sequence is *evicted* when cells it needed are discarded for another request: a whole
 slot reused for an unrelated prompt, or the tail of a slot taken over beyond the shared prefix.
 
-So a prompt shared by many requests is evaluated once, a particle's next step costs only its new
-tokens, and a resampled offspring starts from a copy of its parent's sequence. The memory operations
+A request that would reuse more from a prompt another request is evaluating in this step
+(`pending_reuse` > r) waits one step and copies it then. So a prompt shared by many requests is
+evaluated once, a particle's next step costs only its new tokens, and a resampled offspring starts
+from a copy of its parent's sequence. The memory operations
 go through `KvMemory`, so the bookkeeping is testable without a model.
 """
 
