@@ -298,3 +298,37 @@ def test_a_failing_step_fails_its_requests_and_the_backend_serves_the_next_ones(
         assert fields(b.complete_sync(request)) == fields(expected)
     finally:
         b.close()
+
+
+def test_an_smc_run_is_the_same_batched_and_one_request_at_a_time(invariant):
+    """The same seed, program and N give the same result bit for bit whether the backend decodes
+    the particles together (up to 8 at once, with a shared, copied and evicted KV cache) or serves
+    one request at a time from a single sequence slot (where the kernels are batch-invariant)."""
+    if not invariant:
+        pytest.skip("llama.cpp's kernels are not batch-invariant on this CPU")
+    import policies
+    from agents import Agent
+    from swarm import factor, sample
+
+    def run(backend: LlamaCpp):
+        writer = Agent(name="writer", system="You write one short, simple sentence.", backend=backend)
+
+        async def program() -> str:
+            text = ""
+            for i in range(3):
+                word = await sample(f"w{i}", writer.generate("Write about a cat.", prefix=text, unit="word",
+                                                              max_tokens=6))
+                text += word
+                factor(f"short{i}", -0.5 * len(word.strip()))
+            return text
+
+        try:
+            result = policies.SMC(num_particles=8, seed=5).run(program)
+            return [(p.value, p.log_weight) for p in result.particles], result.log_evidence, backend.stats()
+        finally:
+            backend.close()
+
+    together_, z1, wide = run(LlamaCpp(seed=0, n_threads=1))
+    one_by_one, z2, narrow = run(LlamaCpp(seed=0, n_threads=1, n_seq_max=1))
+    assert wide["max_batch_sequences"] >= 4 and narrow["max_batch_sequences"] == 1
+    assert (together_, z1) == (one_by_one, z2)
