@@ -41,6 +41,12 @@ class LlamaCppCompletion(Completion):
     """Cached sequences evicted (least recently used) to make room for this request."""
 
     @property
+    def kv_cache(self) -> dict[str, int]:
+        """What the prefix-sharing KV cache did for this request (recorded in the sample event's info)."""
+        return {"reused_tokens": self.reused_tokens, "prefilled_tokens": self.prefilled_tokens,
+                "evictions": self.evictions}
+
+    @property
     def base_log_prob(self) -> float | None:
         """log p(chunk) under the base model at temperature 1, including the stopping event."""
         if self.base_token_logprobs is None:
