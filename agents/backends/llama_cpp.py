@@ -56,24 +56,26 @@ Reproducibility, measured (llama-cpp-python 0.3.36, AVX2 x86-64 build, SmolLM2-1
 KV stream per sequence (`kv_unified=false`) and flash attention, the logits of a sequence are the
 same bit for bit whatever else is in the batch (1 to 31 other sequences, any position in the batch),
 however its prompt was split into batches (1, 4 or all tokens at a time), whether it was copied from
-another sequence or evaluated afresh, whatever the cache held before, and with 1 or 2 threads. So a
-completion is a function of (prompt tokens, settings, seed) alone: the same request with the same
-seed gives the same completion bit for bit, batched or alone, and the same seed, program and N give
-the same result. What does not hold: without flash attention, a position evaluated as a 1-token
+another sequence, evaluated afresh or moved into a larger context, whatever the cache held before,
+and with 1 or 2 threads. So a completion is a function of (prompt tokens, settings, seed) alone: the
+same request with the same seed gives the same completion bit for bit, batched or alone, and the
+same seed, program and N give the same result. What does not hold: without flash attention, a position evaluated as a 1-token
 chunk of its sequence differs from the same position evaluated inside a longer chunk (up to 0.65 in
 a logit: the old backend's 2-token re-evaluation worked around exactly this), and with one KV buffer
 shared by all sequences (`kv_unified=true`) a sequence whose new cells land before its older ones
-(after another sequence is removed) differs by up to 0.66; so neither is used. Other builds (AVX-512, aarch64) and llama.cpp versions compute other
-roundings: the invariance is checked on the machine by `tests/test_llama_batching.py`, and logits
-are not comparable across builds or with a server that runs without flash attention.
+(after another sequence is removed) differs by up to 0.66; so neither is used. Other builds
+(AVX-512, aarch64) and llama.cpp versions round differently: the invariance is probed on the machine
+by `tests/test_llama_batching.py` (where it fails, batched and alone agree only to rounding, and a
+run's result can depend on how its requests were grouped), and logits are comparable with a
+llama.cpp server only when that server also runs flash attention (`--flash_attn true`).
 
 Threads: `n_threads` defaults to 1 (`default_threads()`), by measurement (`bench/llm_throughput_threads.py`,
-raw llama.cpp on a shared 2-core AMD EPYC, load average 13-20, interleaved, medians of 3): 2 threads
-ran at 0.10x the tokens/s of 1 thread for one sequence and 0.11x for 16 batched sequences, and at
-0.03x and 0.10x with another process keeping a core busy. llama.cpp's threads meet at a barrier
-after every operation and spin there, so a step runs at the pace of a descheduled thread; with one
-thread there is no barrier, and the batch, not threads, is what uses the hardware. On a machine with
-idle cores reserved for the model, pass `n_threads` (up to the physical cores) and measure.
+raw llama.cpp on a shared 2-core AMD EPYC, interleaved, medians of 3): with 2 threads llama.cpp ran
+at 0.07x (one sequence) and 0.26x (16 batched) the tokens/s of 1 thread at load average 5-8, 0.09x
+and 0.14x with another process keeping a core busy, and 0.03-0.11x at load average 13-20. llama.cpp's
+threads meet at a barrier after every operation and spin there, so a step runs at the pace of a
+descheduled thread; one thread has no barrier, and the batch, not threads, is what uses the
+hardware. On a machine with idle cores reserved for the model, pass `n_threads` and measure.
 
 Chat: `request.messages` are rendered with the GGUF's own chat template (or a named llama-cpp-python
 chat format), then `assistant_prefix` is appended and the whole string tokenized (special tokens
