@@ -59,15 +59,16 @@ however its prompt was split into batches (1, 4 or all tokens at a time), whethe
 another sequence, evaluated afresh or moved into a larger context, whatever the cache held before,
 and with 1 or 2 threads. So a completion is a function of (prompt tokens, settings, seed) alone: the
 same request with the same seed gives the same completion bit for bit, batched or alone, and the
-same seed, program and N give the same result. What does not hold: without flash attention, a position evaluated as a 1-token
-chunk of its sequence differs from the same position evaluated inside a longer chunk (up to 0.65 in
-a logit: the old backend's 2-token re-evaluation worked around exactly this), and with one KV buffer
-shared by all sequences (`kv_unified=true`) a sequence whose new cells land before its older ones
-(after another sequence is removed) differs by up to 0.66; so neither is used. Other builds
-(AVX-512, aarch64) and llama.cpp versions round differently: the invariance is probed on the machine
-by `tests/test_llama_batching.py` (where it fails, batched and alone agree only to rounding, and a
-run's result can depend on how its requests were grouped), and logits are comparable with a
-llama.cpp server only when that server also runs flash attention (`--flash_attn true`).
+same seed, program and N give the same result. What does not hold: without flash attention, a
+position evaluated as a 1-token chunk of its sequence differs from the same position evaluated
+inside a longer chunk (up to 0.65 in a logit: the old backend's 2-token re-evaluation worked around
+exactly this), and with one KV buffer shared by all sequences (`kv_unified=true`) a sequence whose
+new cells land before its older ones (after another sequence is removed) differs by up to 0.66; so
+neither is used. Other builds (AVX-512, aarch64) and llama.cpp versions round differently: the
+invariance is probed on the machine by `tests/test_llama_batching.py` (where it fails, batched and
+alone agree only to rounding, and a run's result can depend on how its requests were grouped), and
+logits are comparable with a llama.cpp server only when that server also runs flash attention
+(`--flash_attn true`).
 
 Threads: `n_threads` defaults to 1 (`default_threads()`), by measurement (`bench/llm_throughput_threads.py`,
 raw llama.cpp on a shared 2-core AMD EPYC, interleaved, medians of 3): with 2 threads llama.cpp ran
