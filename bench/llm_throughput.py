@@ -16,6 +16,16 @@ tokens/s = generated tokens / wall time: for the raw rows every drawn token; for
 completions kept (`usage.output_tokens` of every backend call; replayed calls cost nothing and count
 nothing), prompt evaluation and the whole framework included.
 
+Measured (shared 2-core AMD EPYC, other jobs running: load average 3-7; medians of 5 and 3, 1 thread):
+anchor / single 1.74-2.18; SMC / anchor 0.46-0.63 across four runs (before the batched backend,
+c501006: 0.11); SMC / single 0.81-1.36. With 2 threads: SMC / anchor 0.38-0.50. Where the gap to the
+anchor goes (one 1-thread run, engine counters): of 302 tokens evaluated, 45 re-evaluate prompt text
+whose re-tokenization differs from the drawn tokens (the API passes text), so 257 are generated;
+each word step waits for its longest word, so 12 words take ~41 decode steps of widths like
+16, 7, 2, 1 (raw llama.cpp on such widths runs at 0.95 of constant width 16); sampling, gathering
+and the rest of the engine's Python take ~12% of the wall time. The framework itself (the same SMC
+on a zero-latency test double) takes 0.11 s of the ~4 s.
+
     python -m bench.llm_throughput [--repeats 3] [--particles 16] [--threads 1 2]
 """
 

@@ -8,6 +8,11 @@ each condition, tokens/s with 2 threads against 1 (ratio > 1: 2 threads are fast
 interleaved over all eight configurations; medians reported. The "quiet" condition is only as quiet
 as the shared machine is (its load average is in the notes).
 
+Measured (2-core AMD EPYC shared with other jobs, 24 tokens a sequence, medians of 3), 2 threads /
+1 thread: at load average 5-8, single 0.07, batched 0.26, with a busy core 0.09 and 0.14; at load
+average 13-20, single 0.10, batched 0.11, with a busy core 0.03 and 0.10. Hence `LlamaCpp`'s default
+of 1 thread.
+
     python -m bench.llm_throughput_threads [--repeats 3] [--tokens 32]
 """
 
