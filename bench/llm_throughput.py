@@ -17,8 +17,10 @@ completions kept (`usage.output_tokens` of every backend call; replayed calls co
 nothing), prompt evaluation and the whole framework included.
 
 Measured (shared 2-core AMD EPYC, other jobs running: load average 3-7; medians of 5 and 3, 1 thread):
-anchor / single 1.74-2.18; SMC / anchor 0.46-0.63 across four runs (before the batched backend,
-c501006: 0.11); SMC / single 0.81-1.36. With 2 threads: SMC / anchor 0.38-0.50. Where the gap to the
+anchor / single 1.74-2.18; SMC / anchor 0.46-0.63 across five runs, 0.61 in the last (load average
+2.5; before the batched backend, c501006: 0.11); SMC / single 0.81-1.36. With 2 threads: SMC /
+anchor 0.38-0.50 (the anchor gains up to 1.7x from a second thread on a quiet machine, SMC through
+`Agent` does not: the decode thread's and the event loop's Python need the second core). Where the gap to the
 anchor goes (one 1-thread run, engine counters): of 302 tokens evaluated, 45 re-evaluate prompt text
 whose re-tokenization differs from the drawn tokens (the API passes text), so 257 are generated;
 each word step waits for its longest word, so 12 words take ~41 decode steps of widths like
