@@ -332,3 +332,29 @@ def test_an_smc_run_is_the_same_batched_and_one_request_at_a_time(invariant):
     one_by_one, z2, narrow = run(LlamaCpp(seed=0, n_threads=1, n_seq_max=1))
     assert wide["max_batch_sequences"] >= 4 and narrow["max_batch_sequences"] == 1
     assert (together_, z1) == (one_by_one, z2)
+
+
+def test_a_growing_context_keeps_the_cached_sequences(invariant):
+    """8 slots at first; 16 requests arriving together make the engine build a context of 16 and
+    move the cached sequence into it (its KV state re-headed for the new stream count): the prompt
+    is not evaluated again, and the completions equal a fresh backend's where the kernels are
+    batch-invariant."""
+    request = GenerationRequest(prompt=STORY, seed=1, settings=GenerationSettings(max_tokens=3))
+    crowd = [request.model_copy(update={"seed": k}) for k in range(16)]
+    b = LlamaCpp(seed=0, n_threads=1)
+    try:
+        b.complete_sync(request)
+        assert b.stats()["slots"] == 8
+        grown = together(b, crowd)
+        stats = b.stats()
+    finally:
+        b.close()
+    assert stats["slots"] == 16 and stats["context_resizes"] == 1
+    prompt_size = grown[0].usage.input_tokens
+    assert all(c.reused_tokens == prompt_size and c.prefilled_tokens == 0 for c in grown)
+    if invariant:
+        fresh = LlamaCpp(seed=0, n_threads=1)
+        try:
+            assert [fields(c) for c in grown] == [fields(c) for c in together(fresh, crowd)]
+        finally:
+            fresh.close()
