@@ -19,9 +19,10 @@ hence in the trace: replaying a trace rebuilds it, so resampled particles never 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.backends.base import Backend, ChatMessage, GenerationRequest, GenerationSettings
 from agents.generation import Generation
@@ -29,6 +30,9 @@ from agents.ray_hosting import RayHosting
 from agents.structured import parse_output, response_format, schema_instructions
 from agents.tools import Tool, ToolExecution, parse_tool_calls, render_tool_calls, tools_prompt
 from swarm.primitives import auto_name, guarantee, interact, sample
+
+_POOL_KEYWORDS = {"replicas", "max_concurrency", "resources"}
+"""Agent keywords that repeated `RayHosting`'s fields (deprecated)."""
 
 
 class Agent(BaseModel):
@@ -48,14 +52,34 @@ class Agent(BaseModel):
     """"proposal": the program's π is what the settings sample. "base": π uses the base model at
     temperature 1, and completions drawn at another temperature are importance-weighted to it."""
     hosting: Literal["auto", "local", "ray"] | RayHosting = "auto"
-    """"auto": on a Ray actor pool when Ray is initialised in this process (runtime="ray"), else
-    local; "ray" or a `RayHosting(...)`: always on Ray (see `agents.ray_hosting`)."""
-    replicas: int = Field(1, ge=1)
-    """Ray ("auto"/"ray"): the number of actors serving this role (a pool), never one per particle."""
-    max_concurrency: int = Field(8, ge=1)
-    """Ray ("auto"/"ray"): requests in flight per actor."""
-    resources: dict[str, float] = Field(default_factory=dict)
-    """Ray ("auto"/"ray"): resources each actor asks for, e.g. {"num_gpus": 1} or a custom {"llm_node": 1}."""
+    """Where generations run. "local": in this process. "ray": on a Ray actor pool of default shape.
+    A `RayHosting(...)`: on the pool it describes (replicas, concurrency, resources; see
+    `agents.ray_hosting`). "auto" (default): on a default pool when Ray is initialised in this
+    process (runtime="ray"), else local; `RayHosting(..., local_fallback=True)` is "auto" with a
+    pool of your shape."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pool_keywords(cls, data: Any) -> Any:
+        """The deprecated `replicas`, `max_concurrency`, `resources` keywords, folded into `hosting`."""
+        if not isinstance(data, dict) or not _POOL_KEYWORDS & data.keys():
+            return data
+        data = dict(data)
+        given = {k: data.pop(k) for k in _POOL_KEYWORDS & data.keys()}
+        hosting = data.get("hosting", "auto")
+        warnings.warn(f"Agent({', '.join(f'{k}=...' for k in sorted(given))}) is deprecated: describe the pool "
+                      "with hosting=RayHosting(replicas=..., max_concurrency=..., num_cpus=..., num_gpus=..., "
+                      "resources=..., local_fallback=True for hosting='auto')", DeprecationWarning, stacklevel=3)
+        if isinstance(hosting, RayHosting):
+            raise ValueError(f"{', '.join(sorted(given))}: give the pool's shape in hosting=RayHosting(...) only, "
+                             "not also as Agent keywords")
+        if hosting != "local":  # they never applied to a local agent
+            custom = dict(given.get("resources") or {})
+            data["hosting"] = RayHosting(
+                replicas=given.get("replicas", 1), max_concurrency=given.get("max_concurrency", 8),
+                num_cpus=custom.pop("num_cpus", 0.0), num_gpus=custom.pop("num_gpus", 0.0), resources=custom,
+                local_fallback=hosting == "auto")
+        return data
 
     @field_validator("name")
     @classmethod
@@ -66,10 +90,11 @@ class Agent(BaseModel):
 
     # -- where generations run -------------------------------------------------------------------
     def hosted_on_ray(self) -> bool:
-        if isinstance(self.hosting, RayHosting) or self.hosting == "ray":
-            return True
-        if self.hosting == "local":
+        hosting = self.hosting
+        if hosting == "local":
             return False
+        if hosting == "ray" or (isinstance(hosting, RayHosting) and not hosting.local_fallback):
+            return True
         try:
             import ray
         except ImportError:  # pragma: no cover - ray is a dependency
@@ -77,13 +102,34 @@ class Agent(BaseModel):
         return ray.is_initialized()
 
     def ray_hosting(self) -> RayHosting:
-        """The Ray placement of this agent's pool: `hosting` itself, or one built from `replicas`,
-        `max_concurrency` and `resources` (whose "num_cpus"/"num_gpus" entries become those options)."""
+        """The shape of this agent's Ray pool: `hosting` itself, or the default `RayHosting()`."""
         if isinstance(self.hosting, RayHosting):
-            return self.hosting
-        custom = dict(self.resources)
-        return RayHosting(replicas=self.replicas, max_concurrency=self.max_concurrency,
-                          num_cpus=custom.pop("num_cpus", 0.0), num_gpus=custom.pop("num_gpus", 0.0), resources=custom)
+            return self.hosting.model_copy(update={"local_fallback": False}) if self.hosting.local_fallback \
+                else self.hosting
+        return RayHosting()
+
+    @property
+    def replicas(self) -> int:
+        """Deprecated: `agent.ray_hosting().replicas`."""
+        return self._deprecated_pool_field("replicas")
+
+    @property
+    def max_concurrency(self) -> int:
+        """Deprecated: `agent.ray_hosting().max_concurrency`."""
+        return self._deprecated_pool_field("max_concurrency")
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """Deprecated: `agent.ray_hosting()`'s `num_cpus`, `num_gpus` and `resources`, in one dict."""
+        pool = self._deprecated_pool_field("resources")
+        return {**({"num_cpus": pool.num_cpus} if pool.num_cpus else {}),
+                **({"num_gpus": pool.num_gpus} if pool.num_gpus else {}), **pool.resources}
+
+    def _deprecated_pool_field(self, field: str) -> Any:
+        warnings.warn(f"Agent.{field} is deprecated: read agent.ray_hosting().{field}", DeprecationWarning,
+                      stacklevel=3)
+        pool = self.ray_hosting()
+        return pool if field == "resources" else getattr(pool, field)
 
     def backend_name(self) -> str:
         return self.backend.name if self.backend is not None else "llama_cpp"
@@ -108,18 +154,18 @@ class Agent(BaseModel):
 
     def generate(self, prompt: str | None = None, *, history: list[ChatMessage] | None = None,
                  messages: list[ChatMessage] | None = None, raw_prompt: str | None = None,
-                 prefix: str = "", **settings: Any) -> Generation:
+                 prefix: str = "", constraint: Any = None, **settings: Any) -> Generation:
         """A generation to `sample`: chat (`prompt`/`history`, or full `messages`) or raw completion
         (`raw_prompt`), continuing `prefix`; keyword arguments override generation settings
-        (e.g. unit="word", max_tokens=8, temperature=0.7)."""
-        merged = self.settings.model_copy(update=settings) if settings else self.settings
-        if settings:
-            merged = GenerationSettings.model_validate(merged.model_dump())
+        (e.g. unit="word", max_tokens=8, temperature=0.7). `constraint` (from `agents.constraints`)
+        applies to the whole reply (`prefix` included) inside the proposal; the site's weight gains
+        the log-mass of the allowed tokens (docs/constraints.md)."""
+        merged = _merged_settings(self.settings, settings) if settings else self.settings
         if raw_prompt is not None:
-            request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged)
+            request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged, constraint=constraint)
         else:
             request = GenerationRequest(messages=messages if messages is not None else self.conversation(prompt, history),
-                                        assistant_prefix=prefix, settings=merged,
+                                        assistant_prefix=prefix, settings=merged, constraint=constraint,
                                         tools=[t.openai_schema() for t in self.tools] or None,
                                         response_format=response_format(self.output_schema) if self.output_schema else None)
         return Generation(self, request, target=self.target)
@@ -157,10 +203,11 @@ class Agent(BaseModel):
             messages.append(ChatMessage(role="assistant", content=text))
             for i, (tool_name, arguments) in enumerate(calls):
                 call_site = f"{turn_site}/call{i}"
-                interact(self.name, tool_name, arguments, kind="tool_call", name=call_site)
                 tool_ = next((t for t in self.tools if t.name == tool_name), None)
+                endpoint = tool_.endpoint if tool_ is not None else tool_name  # e.g. "mcp:calc/add"
+                interact(self.name, endpoint, arguments, kind="tool_call", name=call_site)
                 result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments))
-                interact(tool_name, self.name, result, kind="tool_result", name=f"{call_site}/result")
+                interact(endpoint, self.name, result, kind="tool_result", name=f"{call_site}/result")
                 messages.append(ChatMessage(role="tool", content=result, name=tool_name))
             turn_site = f"{site}/turn{round_ + 1}"
         return text  # pragma: no cover - the loop always returns
@@ -185,3 +232,26 @@ def native_tool_text(info: dict[str, Any], text: str) -> str:
     """Append native tool calls (from a backend that supports them) to the text in protocol form."""
     calls = info.get("tool_calls") or []
     return (text + "\n" + render_tool_calls(calls)).strip() if calls else text
+
+
+_SETTINGS: dict[tuple, GenerationSettings] = {}
+
+
+def _merged_settings(base: GenerationSettings, overrides: dict[str, Any]) -> GenerationSettings:
+    """`base` with `overrides`, validated (a bad value names the field); the same combination,
+    asked for at every step of every particle, is validated once (GenerationSettings is frozen)."""
+    unknown = sorted(set(overrides) - set(GenerationSettings.model_fields))
+    if unknown:
+        raise TypeError(f"unknown generation setting {unknown[0]!r}; the settings are "
+                        f"{', '.join(GenerationSettings.model_fields)}")
+    try:
+        key = (base, tuple(sorted(overrides.items())))
+        hash(key)
+    except TypeError:  # an unhashable override value: no caching
+        return GenerationSettings.model_validate({**base.model_dump(), **overrides})
+    merged = _SETTINGS.get(key)
+    if merged is None:
+        if len(_SETTINGS) > 4096:
+            _SETTINGS.clear()
+        merged = _SETTINGS[key] = GenerationSettings.model_validate({**base.model_dump(), **overrides})
+    return merged

@@ -4,15 +4,22 @@ The actor holds the backend (the model, or a client of an endpoint) and nothing 
 an `AgentCall` carries everything one generation needs (the request with its messages, settings and
 the seed derived from the particle's random stream and site address), so any replica can serve any
 particle, a restarted replica serves the same requests with the same results, and particle state
-stays in the trace. An `AgentReply` returns the completion with where it ran (`served_by`).
+stays in the trace. An `AgentReply` returns the completion with where it ran and for whom (`served_by`: node, actor,
+replica, pid, and `role`, the agent that made the call, which is not always the one whose
+backend the pool holds: distinct roles may share a pool, e.g. `RayHosting(name="smollm2")`).
 Requests arrive one per Ray call (`complete`) or batched (`complete_batch`); either way at most
 `max_concurrency` of them reach the backend at once.
 
 Tracing: when the caller has an active OpenTelemetry context, the envelope carries its W3C
 `traceparent` (`trace_carrier`); the actor extracts it and runs the call inside a child span
 (`plp.agent.generate`, a no-op unless a tracer provider is set in the actor's process) and reports
-the trace id it joined, so spans of a distributed run join one trace. The core (`swarm`) stays free
-of these imports; without `opentelemetry` installed nothing is injected.
+the trace id and parent span id it joined (`served_by["trace_id"]`, `["parent_span_id"]`), so
+spans of a distributed run join one trace. Inside an instrumented run the current context is the
+run's (observability.otel attaches it while the run goes on), marked by the W3C tracestate entry
+`plp` (`RUN_TRACESTATE_KEY`): each call then gets a span id of its own, which the actor's span
+joins and the completion reports, and the listener builds the call's `chat` span with that id, so
+the actor's span nests under the LLM call that caused it. The core (`swarm`) stays free of these
+imports; without `opentelemetry` installed nothing is injected.
 """
 
 from __future__ import annotations
@@ -20,14 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.backends import default_backend
 from agents.backends.base import Backend, Completion, GenerationRequest
-
-if TYPE_CHECKING:
-    from swarm.ray_runtime import RemoteError
+from swarm.remote_errors import RemoteError, capture_error
 
 
 class AgentCall(BaseModel):
@@ -36,6 +43,7 @@ class AgentCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: str
+    """The name of the agent (role) that made the call; several roles may share one pool."""
     request: GenerationRequest
     carrier: dict[str, str] = Field(default_factory=dict)
     """W3C trace context (`traceparent`, `tracestate`) of the caller, when one is active."""
@@ -46,20 +54,33 @@ class AgentReply(BaseModel):
     served_by: dict[str, Any]
 
 
+RUN_TRACESTATE_KEY = "plp"
+"""The W3C tracestate key on a plp run's context: calls made under it get a span id of their own."""
+
+
 def trace_carrier() -> dict[str, str]:
-    """The caller's OpenTelemetry context as W3C headers ({} when none is active or OTel is absent)."""
+    """The caller's OpenTelemetry context as W3C headers ({} when none is active or OTel is absent).
+    Under a plp run's context (tracestate `plp`) the `traceparent` names a new span id for this call:
+    the call's `chat` span, which the run's listener builds later with the id the actor reports."""
     try:
-        from opentelemetry import propagate
+        from opentelemetry import propagate, trace
     except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
         return {}
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and current.trace_state.get(RUN_TRACESTATE_KEY) is not None:
+        call = trace.SpanContext(current.trace_id, random.getrandbits(64) or 1, False, current.trace_flags,
+                                 current.trace_state)
+        propagate.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(call)))
+    else:
+        propagate.inject(carrier)
     return carrier
 
 
 @contextlib.contextmanager
-def child_span(carrier: dict[str, str], name: str, attributes: dict[str, Any]) -> Iterator[str | None]:
-    """Run the body in a span whose parent is the caller's context; yields the joined trace id."""
+def child_span(carrier: dict[str, str], name: str, attributes: dict[str, Any]) -> Iterator[dict[str, str] | None]:
+    """Run the body in a span whose parent is the caller's context; yields the trace id and parent
+    span id it joined ({"trace_id", "parent_span_id"} in hex), or None without a valid context."""
     if not carrier:
         yield None
         return
@@ -70,10 +91,11 @@ def child_span(carrier: dict[str, str], name: str, attributes: dict[str, Any]) -
         return
     context = propagate.extract(carrier)
     parent = trace.get_current_span(context).get_span_context()
-    trace_id = format(parent.trace_id, "032x") if parent.is_valid else None
+    joined = {"trace_id": format(parent.trace_id, "032x"), "parent_span_id": format(parent.span_id, "016x")} \
+        if parent.is_valid else None
     tracer = trace.get_tracer("plp-swarm.agents")
     with tracer.start_as_current_span(name, context=context, attributes=attributes):
-        yield trace_id
+        yield joined
 
 
 class AgentActor:
@@ -99,8 +121,6 @@ class AgentActor:
     @property
     def backend(self) -> Backend:
         if self._backend is None:  # the embedded default model, loaded in the actor's process
-            from agents.hosting import default_backend
-
             self._backend = default_backend()
         return self._backend
 
@@ -126,8 +146,6 @@ class AgentActor:
         try:
             return await self.complete(call)
         except Exception as exc:  # noqa: BLE001 - goes back to the caller as its own error
-            from swarm.ray_runtime import capture_error
-
             return capture_error(exc, f"agent {self.role!r} replica {self.replica} (pid {os.getpid()})")
 
     async def complete(self, call: AgentCall) -> AgentReply:
@@ -137,16 +155,14 @@ class AgentActor:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                attributes = {"gen_ai.agent.name": self.role, "plp.agent.replica": self.replica}
-                with child_span(call.carrier, "plp.agent.generate", attributes) as trace_id:
+                attributes = {"gen_ai.agent.name": call.agent, "plp.agent.replica": self.replica}
+                with child_span(call.carrier, "plp.agent.generate", attributes) as joined:
                     completion = await self.backend.complete(call.request)
             finally:
                 self.in_flight -= 1
         self.served += 1
         served_by = {"node_id": self.node_id, "actor_id": self.actor_id, "replica": self.replica,
-                     "pid": os.getpid(), "role": self.role}
-        if trace_id is not None:
-            served_by["trace_id"] = trace_id
+                     "pid": os.getpid(), "role": call.agent, **(joined or {})}
         return AgentReply(completion=completion, served_by=served_by)
 
     async def aclose(self) -> None:

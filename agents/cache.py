@@ -12,6 +12,16 @@ checkpoint directory's `responses.jsonl`, see `swarm.checkpoint`). A last line w
 (the process died mid-write) is ignored; a write that fails (disk full) raises `CacheJournalError`.
 Lines are not fsynced one by one (`fsync=True` does): a killed process loses nothing, a power cut
 may lose the last calls, which are then made again.
+
+Memory: the cache keeps at most `max_entries` new completions in memory (least recently used first
+out), plus every completion read back from a journal (the calls a resumed run must not repeat).
+Replay reads recorded values from the global trace, never from the cache, so an evicted response
+costs nothing but a repeated call in the rare case the same request (same seed and site) is made
+again; the journal on disk keeps every one.
+
+`run_cache()` is the cache of the current run: one per policy run (process-wide outside runs),
+journaled into the run's checkpoint directory when the run checkpoints (`swarm.checkpoint`), so a
+resumed run repeats no call; local and Ray-hosted agents both call through it.
 """
 
 from __future__ import annotations
@@ -20,11 +30,14 @@ import asyncio
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from agents.backends.base import Completion, GenerationRequest
+from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL
 from swarm.errors import SwarmError
+from swarm.effects import run_scope
 
 
 class CacheJournalError(SwarmError):
@@ -42,8 +55,13 @@ def _line(key: str, completion: Completion) -> bytes:
 
 
 class ResponseCache:
-    def __init__(self, journal: str | os.PathLike[str] | None = None, *, fsync: bool = False) -> None:
-        self._done: dict[str, Completion] = {}
+    def __init__(self, journal: str | os.PathLike[str] | None = None, *, fsync: bool = False,
+                 max_entries: int = 4096) -> None:
+        if max_entries < 1:
+            raise ValueError(f"ResponseCache: max_entries must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._done: OrderedDict[str, Completion] = OrderedDict()
+        self._loaded: dict[str, Completion] = {}
         self._pending: dict[str, asyncio.Future] = {}
         self.hits = 0
         self.misses = 0
@@ -56,12 +74,15 @@ class ResponseCache:
             self.loaded = self.load(self.journal)
 
     def __len__(self) -> int:
-        return len(self._done)
+        return len(self._done) + len(self._loaded)
 
     async def get_or_call(self, key: str, call: Callable[[], Awaitable[Completion]]) -> Completion:
-        if key in self._done:
+        done = self._done.get(key) or self._loaded.get(key)
+        if done is not None:
             self.hits += 1
-            return self._done[key]
+            if key in self._done:
+                self._done.move_to_end(key)
+            return done
         pending = self._pending.get(key)
         if pending is not None:
             self.hits += 1
@@ -77,11 +98,16 @@ class ResponseCache:
             raise
         finally:
             self._pending.pop(key, None)
-        self._done[key] = completion
+        self._remember(key, completion)
         future.set_result(completion)
         if self.journal is not None:
             self._append(key, completion)
         return completion
+
+    def _remember(self, key: str, completion: Completion) -> None:
+        self._done[key] = completion
+        if len(self._done) > self.max_entries:
+            self._done.popitem(last=False)
 
     def _append(self, key: str, completion: Completion) -> None:
         assert self.journal is not None
@@ -114,7 +140,7 @@ class ResponseCache:
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
         with open(tmp, "wb") as fh:
-            for key, completion in self._done.items():
+            for key, completion in [*self._loaded.items(), *self._done.items()]:
                 fh.write(_line(key, completion))
             fh.flush()
             os.fsync(fh.fileno())
@@ -131,8 +157,22 @@ class ResponseCache:
                 continue
             try:
                 row = json.loads(line)
-                self._done[row["key"]] = Completion.model_validate(row["completion"])
+                self._loaded[row["key"]] = Completion.model_validate(row["completion"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise CacheJournalError(f"response cache {path}, line {number}: {type(exc).__name__}: {exc}") from None
             count += 1
         return count
+
+
+# -- the run's cache --------------------------------------------------------------------------------
+def run_cache() -> ResponseCache:
+    """The response cache of the current run (one per policy run, and per run in each Ray worker
+    process; process-wide outside runs), journaled to the run's checkpoint directory when it has one
+    (`swarm.checkpoint`). The run scope carries the directory wherever the particle executes."""
+    scope = run_scope()
+    cache = scope.get("agents.cache")
+    if cache is None:
+        directory = scope.get(CHECKPOINT_DIR_KEY)
+        journal = os.path.join(directory, RESPONSE_JOURNAL) if directory else None
+        cache = scope["agents.cache"] = ResponseCache(journal=journal)
+    return cache

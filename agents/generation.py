@@ -6,19 +6,41 @@ Drawing calls the agent's backend with a seed derived from the site's random str
 stream and address), and records the completion with log q(completion) under the proposal it was
 sampled from. With `target="base"` the site's model distribution is the base model at temperature
 1, so a completion drawn at another temperature carries log p − log q into the particle's weight.
+
+Log-probabilities are asked of the backend (`GenerationRequest.log_q = "required"`) only when the
+weight needs them: `target="base"`, or a policy that scores traces by log q and says so with
+`run_scope()[NEEDS_LOG_Q] = True`. The sample event's info records `log_q` (the completion's
+`log_q_quality`: "exact", "estimated" or "absent") and `tokens_generated` vs `tokens_kept` (a
+chunk's look-ahead beyond its boundary is generated, not kept; kept is None when the backend
+returned no token pieces, i.e. without log-probabilities). A weight that needs what the backend
+could not give (base log p missing; log q only estimated while p ≠ q) raises `GenerationError`
+naming the agent and the setting at fault, never a silently wrong weight.
+
+With a constraint (`agents.constraints`), the completion was drawn from the proposal renormalised
+over the constraint, and the site's target is the unconstrained one times the constraint's
+potential, so the weight gains the log-mass of the allowed tokens (docs/constraints.md); the
+correction and whether it is exact, estimated or unavailable are recorded in info["constraint"].
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from agents.backends.base import GenerationRequest
+from agents.clients import client_for, completion_info
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
+from swarm.runtime import run_scope
 
 if TYPE_CHECKING:
     from agents.agent import Agent
+
+
+NEEDS_LOG_Q = "agents.needs_log_q"
+"""`run_scope()` key: set True by a policy whose scores use every site's log q (e.g. a
+length-normalised vote), so generations request log-probabilities even with target="proposal"."""
 
 
 class GenerationError(SwarmError):
@@ -53,18 +75,56 @@ class Generation(Distribution):
                               "can be sampled and replayed, not conditioned on")
 
     async def sample_async(self, rng: Any) -> Draw:
-        from agents.hosting import client_for, completion_info
-
-        request = self.request.model_copy(update={"seed": rng.seed()})
+        update: dict[str, Any] = {"seed": rng.seed()}
+        if self.target == "base" or run_scope().get(NEEDS_LOG_Q):
+            update["log_q"] = "required"
+        request = self.request.model_copy(update=update)
         started = time.time_ns()
         completion = await client_for(self.agent).complete(request)
         info = completion_info(self.agent, request, completion, started, self.agent.backend_name())
+        info.update(log_q=completion.log_q_quality, tokens_generated=completion.usage.output_tokens,
+                    tokens_kept=len(completion.tokens) if completion.tokens or not completion.text else None)
         if completion.tool_calls:
             info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
+        report = self._constraint_report(completion, info)
         target = None
         if self.target == "base":
-            target = completion.base_log_prob
-            if target is None:
-                raise GenerationError(f"agent {self.agent.name!r}: target='base' needs base-model log-probabilities, "
-                                      f"which backend {info['backend']!r} did not report for this request")
+            target = self._base_log_prob(completion, info["backend"])
+            if report is not None and report.weights != "unavailable":
+                target = -math.inf if report.log_weight == -math.inf else target + report.log_potential
+        elif report is not None and report.weights != "unavailable":
+            target = completion.log_prob + report.log_weight
         return Draw(value=completion.text, log_prob=completion.log_prob, target_log_prob=target, info=info)
+
+    def _constraint_report(self, completion: Any, info: dict[str, Any]) -> Any:
+        """The constraint's weight correction, recorded in the sample event's info (never dropped:
+        a backend that ignored the constraint is an error, not an unconstrained sample).
+
+        Target "proposal": log p(site) = log q_C(text) + Σ log Z, the proposal restricted to the
+        constraint (weight: Σ log Z). Target "base": log p(text) + log Φ(text)/Φ(prefix)."""
+        if self.request.constraint is None:
+            return None
+        report = completion.constraint
+        if report is None:
+            raise GenerationError(f"agent {self.agent.name!r}: backend {info['backend']!r} did not apply the constraint "
+                                  f"{self.request.constraint.describe()} (it does not support token-level constraints)")
+        info["constraint"] = {**report.model_dump(), "log_weight": report.log_weight}
+        return report
+
+    def _base_log_prob(self, completion: Any, backend: str) -> float:
+        """log p of the completion for target="base", or `GenerationError` when the weight
+        log p − log q cannot be computed from what the backend reported."""
+        target = completion.base_log_prob
+        where = f"agent {self.agent.name!r} (target='base')"
+        if target is None or completion.log_q_quality == "absent":
+            raise GenerationError(f"{where} needs base-model log-probabilities, which backend {backend!r} did not "
+                                  "report for this request")
+        s = self.request.settings
+        q_is_p = s.temperature == 1 and s.top_p == 1 and self.request.response_format is None
+        if completion.log_q_quality == "estimated" and not q_is_p:  # with q = p an estimate cancels out
+            raise GenerationError(
+                f"{where}: backend {backend!r} reports only an estimate of log q at temperature={s.temperature:g}, "
+                f"top_p={s.top_p:g}{', response_format' if self.request.response_format else ''}, so the weight "
+                "log p - log q would be wrong; sample at temperature=1 and top_p=1 (then q = p), use a backend that "
+                "reports proposal log-probabilities (reported_logprobs='proposal'), or LlamaCpp")
+        return target

@@ -27,6 +27,10 @@
   Ray's per-call cost (about a millisecond of CPU) is paid per batch; each request still gets its
   own reply or its own error. The replies of a batch return together, when its slowest request is
   done; `max_batch=1` sends one Ray call per request.
+- Cache affinity: a request goes to the replica its prompt and reply-so-far hash to
+  (`prefix_affinity`), so siblings after resampling (same prefix, other seeds) meet the same
+  server's prefix cache; a replica that has max_concurrency more requests outstanding than the
+  least busy one is passed over for the least busy (and retries after an actor failure go there).
 - Placement: `num_cpus` (default 0: the actor reserves no core, like the segment workers; give a
   model-serving actor 1 or more), `num_gpus`, custom `resources` (e.g. {"llm_node": 1} to pin a pool
   to nodes that advertise it) and `scheduling_strategy` ("SPREAD" by default: replicas over nodes).
@@ -34,9 +38,11 @@
   and again by the client on `RayActorError`/`ActorUnavailableError` (`call_retries`, with backoff).
   The retried request carries the same seed, so a seeded run is unchanged by a crashed actor.
   An error raised by the backend itself (e.g. `BackendError`) comes back as that error.
-- Where: every completion records `served_by` (node id, actor id, replica, pid), which the sample
-  event's info keeps, so the global trace shows where each call ran. The envelope carries the W3C
-  `traceparent` of an active OpenTelemetry context (see `agents.agent_actor`).
+- Where: every completion records `served_by` (node id, actor id, replica, pid, and `role`: the
+  agent that made the call, even when roles share a pool), which the sample event's info keeps, so
+  the global trace shows where each call ran and for whom. The envelope carries the W3C
+  `traceparent` of an active OpenTelemetry context, and inside an instrumented run the span id of
+  the call itself (see `agents.agent_actor`).
 - Lifetime and identity: actors are named `plp-agent:<pool>:<fingerprint>:<replica>` in the current
   Ray namespace and detached: the first process that needs them creates them (`get_if_exists`) and
   every process of the job shares them; they live until `shutdown_agent_pools()` or until the Ray
@@ -60,8 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.agent_actor import AgentActor, AgentCall, trace_carrier
 from agents.backends.base import Completion, GenerationRequest
-from agents.cache import request_key
-from agents.hosting import run_cache
+from agents.cache import request_key, run_cache
 from swarm.errors import SwarmError
 
 if TYPE_CHECKING:
@@ -99,6 +104,10 @@ class RayHosting(BaseModel):
     name: str | None = None
     """The pool's name (default: the agent's name)."""
     ready_timeout_s: float = Field(120.0, gt=0)
+    local_fallback: bool = False
+    """True: use the pool only when Ray is initialised in the calling process, and run in process
+    otherwise (what `Agent(hosting="auto")` does with the default pool). Not part of the pool's
+    identity: the same pool serves callers with either setting."""
 
     @property
     def concurrency_limit(self) -> int:
@@ -226,22 +235,31 @@ class AgentPool:
             gate = self._gates[loop] = asyncio.Semaphore(self.hosting.concurrency_limit)
         return gate
 
-    def _pick(self) -> int:
-        """The replica with the fewest outstanding requests from this process (ties in turn)."""
+    def _pick(self, affinity: int | None = None) -> int:
+        """The replica for a request: its prefix's replica (`affinity`, see `prefix_affinity`) while
+        that one has fewer than max_concurrency requests more outstanding than the least busy one;
+        otherwise the replica with the fewest outstanding requests from this process (ties in turn)."""
         n = len(self.outstanding)
         self._turn = (self._turn + 1) % n
         order = [(self._turn + k) % n for k in range(n)]
-        return min(order, key=lambda i: self.outstanding[i])
+        least = min(order, key=lambda i: self.outstanding[i])
+        if affinity is not None:
+            home = affinity % n
+            if self.outstanding[home] < self.outstanding[least] + self.hosting.max_concurrency:
+                return home
+        return least
 
-    async def call(self, request: GenerationRequest) -> Completion:
-        """Send one request to a replica (waiting for a slot first); retry if the actor dies."""
+    async def call(self, request: GenerationRequest, role: str | None = None) -> Completion:
+        """Send one request of agent `role` (default: the pool's first role) to a replica (waiting
+        for a slot first); retry if the actor dies."""
         async with self._gate():
             await self.ready()
-            envelope = AgentCall(agent=self.role, request=request, carrier=trace_carrier())
+            envelope = AgentCall(agent=role or self.role, request=request, carrier=trace_carrier())
             retryable = _ray_errors()
             attempt = 0
+            affinity = prefix_affinity(request)
             while True:
-                replica = self._pick()
+                replica = self._pick(affinity if attempt == 0 else None)
                 self.outstanding[replica] += 1
                 self.max_outstanding = max(self.max_outstanding, sum(self.outstanding))
                 try:
@@ -284,7 +302,7 @@ class AgentPool:
 
     async def _send(self, replica: int, batch: list[tuple[AgentCall, "asyncio.Future[Any]"]]) -> None:
         """One Ray call for the batch; each waiting request gets its reply or its own error."""
-        from swarm.ray_runtime import RemoteError, rebuild_error
+        from swarm.remote_errors import RemoteError, rebuild_error
 
         self.batches += 1
         try:
@@ -305,15 +323,26 @@ class AgentPool:
                 future.set_result(reply)
 
 
-class RayAgentClient:
-    """The `Client` of an agent hosted on Ray: the run's response cache in front of the pool."""
+def prefix_affinity(request: GenerationRequest) -> int:
+    """A hash of the request's prompt and reply so far (not its seed): siblings after resampling
+    share it, so they go to the same replica and hit its server's prefix cache (vLLM's automatic
+    prefix caching, llama.cpp's slot cache); distinct prefixes spread over the replicas."""
+    head = request.prompt if request.messages is None else "\x1e".join(f"{m.role}:{m.content}" for m in request.messages)
+    digest = hashlib.blake2b(f"{head}\x1f{request.assistant_prefix}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
-    def __init__(self, pool: AgentPool) -> None:
+
+class RayAgentClient:
+    """The `Client` of an agent hosted on Ray: the run's response cache in front of the pool. `role`
+    is the calling agent's name (several roles may share a pool)."""
+
+    def __init__(self, pool: AgentPool, role: str | None = None) -> None:
         self.pool = pool
+        self.role = role or pool.role
 
     async def complete(self, request: GenerationRequest) -> Completion:
         key = request_key(self.pool.identity, request)
-        return await run_cache().get_or_call(key, lambda: self.pool.call(request))
+        return await run_cache().get_or_call(key, lambda: self.pool.call(request, self.role))
 
 
 # -- the per-process registry -------------------------------------------------------------------
@@ -344,7 +373,7 @@ def pool_for(agent: "Agent") -> AgentPool:
 
 
 def ray_client_for(agent: "Agent") -> RayAgentClient:
-    return RayAgentClient(pool_for(agent))
+    return RayAgentClient(pool_for(agent), agent.name)
 
 
 def hosted_actor_names() -> list[str]:

@@ -59,6 +59,8 @@ import time
 
 from pydantic import BaseModel
 
+from swarm.errors import SwarmError
+
 __all__ = ["SandboxResult", "SandboxUnavailable", "run_untrusted", "run_untrusted_async",
            "sandboxed_test_potential"]
 
@@ -72,8 +74,11 @@ _uids_in_use: set[int] = set()
 _uid_lock = threading.Lock()
 
 
-class SandboxUnavailable(RuntimeError):
-    """The sandbox cannot run safely here (e.g. no interpreter the unprivileged uid can execute)."""
+class SandboxUnavailable(SwarmError, RuntimeError):
+    """The sandbox cannot run safely here (e.g. no interpreter the unprivileged uid can execute).
+
+    A `SwarmError`: it aborts the run. A sandbox that cannot start is the machine's problem, not the
+    program's; counting it as failed tests would turn an infrastructure failure into evidence."""
 
 
 class SandboxResult(BaseModel):

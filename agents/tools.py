@@ -2,7 +2,9 @@
 
 A tool's arguments are a pydantic model built from the function's signature, so a call with bad
 arguments is rejected with the field named. A tool error never crashes the particle: it comes back
-to the agent as the tool result ("error: ..."), as a human tool user would see it.
+to the agent as the tool result ("error: ..."), as a human tool user would see it. The exception is
+the framework's own errors (`swarm.SwarmError`: a backend lost after its retries, a sandbox that
+cannot start): they are infrastructure, not information, and propagate (docs/theory.md §3.4).
 
 Protocols. Backends with native tool calling (OpenAI-compatible servers) get the OpenAI schemas;
 for the others (the embedded model) the system prompt describes the tools and the model writes
@@ -24,6 +26,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from swarm.distributions import Distribution, Draw
+from swarm.errors import SwarmError
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 
@@ -36,12 +39,22 @@ class Tool(BaseModel):
     fn: Callable[..., Any]
     args_model: type[BaseModel]
 
+    @property
+    def endpoint(self) -> str:
+        """Who a call goes to, as the trace names it (the receiver of its `tool_call` event): the tool's
+        name for a Python tool, the server and the tool for a remote one (e.g. "mcp:calc/add")."""
+        return self.name
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the arguments (what the model is shown)."""
+        return self.args_model.model_json_schema()
+
     def openai_schema(self) -> dict[str, Any]:
         return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.args_model.model_json_schema()}}
+                                                 "parameters": self.parameters_schema()}}
 
     def describe(self) -> str:
-        params = json.dumps(self.args_model.model_json_schema().get("properties", {}))
+        params = json.dumps(self.parameters_schema().get("properties", {}))
         return f"- {self.name}: {self.description} Arguments (JSON): {params}"
 
     async def call(self, arguments: Any) -> str:
@@ -55,6 +68,8 @@ class Tool(BaseModel):
                 result = await result
         except ValidationError as exc:
             return f"error: invalid arguments for {self.name}: {exc.errors(include_url=False)}"
+        except SwarmError:  # the framework's own (a lost backend, no sandbox): never evidence for the agent
+            raise
         except Exception as exc:  # a tool failure is information for the agent, not a crash
             return f"error: {type(exc).__name__}: {exc}"
         return result if isinstance(result, str) else json.dumps(result, default=str)
@@ -123,7 +138,7 @@ class ToolExecution(Distribution):
         self.arguments = arguments
 
     def describe(self) -> str:
-        return f"Tool({self.name})"
+        return f"Tool({self.tool.endpoint if self.tool is not None else self.name})"
 
     def log_prob(self, value: Any) -> float:
         return 0.0
@@ -134,5 +149,7 @@ class ToolExecution(Distribution):
             result = f"error: no tool named {self.name!r}"
         else:
             result = await self.tool.call(self.arguments)
-        return Draw(value=result, log_prob=0.0,
-                    info={"tool": self.name, "started_at_ns": started, "ended_at_ns": time.time_ns()})
+        info = {"tool": self.name, "started_at_ns": started, "ended_at_ns": time.time_ns()}
+        if self.tool is not None and self.tool.endpoint != self.name:
+            info["endpoint"] = self.tool.endpoint
+        return Draw(value=result, log_prob=0.0, info=info)

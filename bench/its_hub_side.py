@@ -17,7 +17,7 @@ prefix), and chat templating would not give both libraries the same tokens. Samp
 (temperature 1, top_p 1, top_k 0, min_p 0, repeat_penalty 1) on both sides; tokens are what the
 server reports.
 
-    .venv-bench/bin/python bench/its_hub_side.py --base-url http://127.0.0.1:PORT/v1 --problems 4 --n 6
+    .venv-bench/bin/python bench/its_hub_side.py --base-url http://127.0.0.1:PORT/v1 --problems 4 --n 6 [--start 0]
 Prints one JSON object: {"sentence": {policy: [outcome…]}, "arithmetic": {…}, "version": "…"}.
 """
 
@@ -140,12 +140,12 @@ async def _solve(algorithm: Any, lm: RawCompletionLM, prompt: str, budget: int) 
     return _content(result), time.perf_counter() - start
 
 
-async def sentence(base_url: str, problems: int, n: int) -> dict[str, list[dict]]:
+async def sentence(base_url: str, problems: int, n: int, start: int = 0) -> dict[str, list[dict]]:
     from its_hub import BestOfN, StepGeneration
     from its_hub.core.algorithms.particle_gibbs import ParticleFiltering
 
     out: dict[str, list[dict]] = {"BestOfN": [], "ParticleFiltering": []}
-    for topic in tasks.TOPICS[:problems]:
+    for topic in tasks.TOPICS[start:start + problems]:
         prompt = tasks.sentence_prompt(topic)
         runs = {"BestOfN": (BestOfN(FunctionORM(lambda t: float(tasks.sentence_ok(t)))),
                             RawCompletionLM(base_url, 32, ["\n"])),
@@ -163,11 +163,11 @@ async def sentence(base_url: str, problems: int, n: int) -> dict[str, list[dict]
     return out
 
 
-async def arithmetic(base_url: str, problems: int, n: int) -> dict[str, list[dict]]:
+async def arithmetic(base_url: str, problems: int, n: int, start: int = 0) -> dict[str, list[dict]]:
     from its_hub import BestOfN, SelfConsistency
 
     out: dict[str, list[dict]] = {"BestOfN": [], "SelfConsistency": []}
-    for question, truth in tasks.PROBLEMS[:problems]:
+    for question, truth in tasks.PROBLEMS[start:start + problems]:
         prompt = tasks.arithmetic_prompt(question)
         runs = {"BestOfN": BestOfN(FunctionORM(lambda t, q=question: tasks.work_score(q, t))),
                 "SelfConsistency": SelfConsistency(consistency_space_projection_func=tasks.extract_answer)}
@@ -188,9 +188,10 @@ def main() -> None:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--problems", type=int, default=4)
     parser.add_argument("--n", type=int, default=6, help="samples / particles (its-hub's budget)")
+    parser.add_argument("--start", type=int, default=0, help="index of the first problem of each task")
     args = parser.parse_args()
-    result = {"sentence": asyncio.run(sentence(args.base_url, args.problems, args.n)),
-              "arithmetic": asyncio.run(arithmetic(args.base_url, args.problems, args.n)),
+    result = {"sentence": asyncio.run(sentence(args.base_url, args.problems, args.n, args.start)),
+              "arithmetic": asyncio.run(arithmetic(args.base_url, args.problems, args.n, args.start)),
               "version": importlib.metadata.version("its_hub")}
     print(json.dumps(result))
 

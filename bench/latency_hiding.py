@@ -1,4 +1,4 @@
-"""Latency hiding: SMC over N particles whose every step waits 50 ms for an LLM, against the ideal.
+"""Latency hiding: SMC over N particles whose every step waits 50 ms for an LLM, against the floor.
 
 The program has STEPS steps; each is one agent generation followed by a coin and a `factor`, so
 SMC resamples and offspring replay their prefix:
@@ -6,21 +6,24 @@ SMC resamples and offspring replay their prefix:
     for k in 1..STEPS:   reply_k ~ agent(prompt_k);  x_k ~ Bernoulli(0.5);  factor(0.5·x_k)
 
     ideal = STEPS × 50 ms   (every particle's call in flight at once, zero overhead)
+    floor = the same requests (STEPS waves of N) sent by a minimal asyncio keep-alive client at the
+            same concurrency, no framework: what this machine, this loop and the endpoint allow
 
-Two backends, both test doubles with a fixed 50 ms latency:
+Backends, all test doubles with a fixed 50 ms latency:
 - "in-process": `FakeLatencyBackend` (an `asyncio.sleep`): the framework's own scheduling only;
 - "HTTP": `bench/fake_endpoint.py`, an asyncio OpenAI-compatible server in its own process on
-  127.0.0.1, reached through `OpenAICompatible` (openai client, semaphore, retries, logprob
-  parsing) with `max_concurrency=HTTP_CONCURRENCY`.
-Baselines measured in the same run, interleaved with SMC: the same requests sent by plain asyncio
-through the same openai client and the same concurrency limit (what the HTTP stack alone costs),
-and by a minimal raw-socket asyncio client with no limit (what the endpoint and loop allow).
+  127.0.0.1, reached through `OpenAICompatible` (its keep-alive pool, retries, dict parsing) with
+  `max_concurrency = N`.
+Baselines measured in the same run, interleaved with SMC: the floor client, and (N <= 256 only:
+it takes minutes beyond) the openai client with plain asyncio at the same concurrency, the
+transport this backend used before.
 
-The openai client's connection pool (httpcore) scans every connection for every request, so its
-CPU cost grows with the number of open connections: with max_concurrency = N = 2,048 the same SMC
-run took 122 s here (818× ideal) against about 21 s at 64. Hence HTTP_CONCURRENCY = 64.
+The split (transport vs engine): SMC in-process / ideal is the engine alone; SMC HTTP / floor is
+engine + transport; `--profile N` prints where the CPU time of one SMC-over-HTTP run goes, by
+module group (engine: swarm/ policies/ agents/ outside the backends; transport: agents/backends/
+http_* and openai_compat; asyncio; pydantic; json).
 
-    python -m bench.latency_hiding [--sizes 256 2048] [--repeats 3]
+    python -m bench.latency_hiding [--sizes 256 1024 2048] [--repeats 3] [--profile 2048]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from bench.fake_endpoint import fetch_stats, start_fake_endpoint
 
 STEPS = 3
 LATENCY_S = 0.05
-HTTP_CONCURRENCY = 64
+OPENAI_MAX_N = 256
 
 
 def _program_factory(agent: Any):
@@ -63,7 +66,7 @@ def _smc(backend: Any, n: int) -> None:
         try:
             await policies.SMC(num_particles=n, seed=0).run_async(_program_factory(agent))
         finally:
-            await backend.aclose()  # an HTTP client is bound to this event loop
+            await backend.aclose()  # an HTTP pool is bound to this event loop
 
     asyncio.run(smc())
 
@@ -74,11 +77,64 @@ def _smc_in_process(n: int, latency: float) -> None:
     _smc(FakeLatencyBackend(latency), n)
 
 
-def _smc_http(base_url: str, n: int) -> None:
+def _http_backend(base_url: str, n: int) -> Any:
     from agents.backends.openai_compat import OpenAICompatible
 
-    _smc(OpenAICompatible(base_url, "fake-model", mode="completions", max_concurrency=HTTP_CONCURRENCY,
-                          timeout=300), n)
+    return OpenAICompatible(base_url, "fake-model", mode="completions", max_concurrency=n, timeout=300)
+
+
+def _request_body(k: int, seed: int) -> dict:
+    """What `OpenAICompatible` sends for one particle's step k (seeds differ per particle)."""
+    return {"model": "fake-model", "temperature": 1.0, "top_p": 1.0, "max_tokens": 4, "seed": seed,
+            "prompt": f"step {k}:"}
+
+
+def _floor_waves(base_url: str, n: int) -> None:
+    """The floor: STEPS waves of n requests over at most n keep-alive connections, each request
+    serialised with json.dumps and its reply parsed with json.loads; nothing else."""
+    port = int(base_url.split(":")[2].split("/")[0])
+
+    async def waves() -> None:
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        gate = asyncio.Semaphore(n)
+
+        async def one(k: int, seed: int) -> None:
+            body = json.dumps(_request_body(k, seed)).encode()
+            head = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body))
+            async with gate:
+                reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head + body)
+                headers = await reader.readuntil(b"\r\n\r\n")
+                at = headers.lower().index(b"content-length:")
+                json.loads(await reader.readexactly(int(headers[at + 15:headers.index(b"\r\n", at)])))
+                idle.append((reader, writer))
+
+        for k in range(STEPS):
+            await asyncio.gather(*(one(k, i) for i in range(n)))
+        for _, writer in idle:
+            writer.close()
+
+    asyncio.run(waves())
+
+
+def _backend_waves(base_url: str, n: int) -> None:
+    """The same requests through `OpenAICompatible.complete` with plain asyncio: the transport
+    without the engine."""
+    from agents.backends.base import GenerationRequest, GenerationSettings
+
+    backend = _http_backend(base_url, n)
+    settings = GenerationSettings(max_tokens=4)
+
+    async def waves() -> None:
+        try:
+            for k in range(STEPS):
+                await asyncio.gather(*(backend.complete(GenerationRequest(prompt=f"step {k}:", seed=i,
+                                                                          settings=settings)) for i in range(n)))
+        finally:
+            await backend.aclose()
+
+    asyncio.run(waves())
 
 
 def _openai_waves(base_url: str, n: int) -> None:
@@ -86,40 +142,17 @@ def _openai_waves(base_url: str, n: int) -> None:
 
     async def waves() -> None:
         client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=300)
-        gate = asyncio.Semaphore(HTTP_CONCURRENCY)
+        gate = asyncio.Semaphore(n)
 
-        async def one(k: int) -> None:
+        async def one(k: int, seed: int) -> None:
             async with gate:
-                await client.completions.create(model="fake-model", prompt=f"step {k}:", max_tokens=4, logprobs=0)
+                await client.completions.create(**_request_body(k, seed))
 
         try:
             for k in range(STEPS):
-                await asyncio.gather(*(one(k) for _ in range(n)))
+                await asyncio.gather(*(one(k, i) for i in range(n)))
         finally:
             await client.close()
-
-    asyncio.run(waves())
-
-
-def _raw_waves(base_url: str, n: int) -> None:
-    """Minimal HTTP/1.1 over asyncio streams: one connection per request, no pool, no parsing
-    beyond Content-Length."""
-    port = int(base_url.split(":")[2].split("/")[0])
-    body = json.dumps({"model": "fake-model", "prompt": "step", "max_tokens": 4}).encode()
-    head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body)
-
-    async def one() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(head + body)
-        await writer.drain()
-        headers = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
-        length = int(headers.split("content-length:", 1)[1].split("\r\n", 1)[0])
-        await reader.readexactly(length)
-        writer.close()
-
-    async def waves() -> None:
-        for _ in range(STEPS):
-            await asyncio.gather(*(one() for _ in range(n)))
 
     asyncio.run(waves())
 
@@ -128,43 +161,88 @@ def _case_rows(n: int, times: dict[str, list[float]], ideal: float, peak: int) -
     m = {k: median(v) for k, v in times.items()}
     reps = len(times["smc in-process"])
     rows = [row("latency hiding", f"SMC N={n:,} in-process 50 ms double vs ideal", m["smc in-process"], ideal, "s",
-                better="lower", note=f"framework only; {STEPS} steps, median of {reps}")]
+                better="lower", note=f"the engine alone; {STEPS} steps, median of {reps}")]
     if "smc http" in m:
+        rows.append(row("latency hiding", f"SMC N={n:,} HTTP 50 ms endpoint vs floor", m["smc http"], m["floor"], "s",
+                        better="lower", note=f"goal <= 1.3; floor = minimal asyncio keep-alive client, same requests, "
+                                             f"concurrency {n} ({m['floor'] / ideal:.1f}x ideal); server peak in flight {peak}"))
         rows.append(row("latency hiding", f"SMC N={n:,} HTTP 50 ms endpoint vs ideal", m["smc http"], ideal, "s",
-                        better="lower",
-                        note=f"OpenAICompatible max_concurrency={HTTP_CONCURRENCY}; raw-socket asyncio client "
-                             f"{m['raw sockets']:.2f} s ({m['raw sockets'] / ideal:.1f}x ideal); server peak in "
-                             f"flight {peak}"))
-        rows.append(row("latency hiding", f"SMC N={n:,} HTTP vs plain asyncio + openai client", m["smc http"],
-                        m["openai asyncio"], "s", better="lower",
-                        note=f"same client, same limit {HTTP_CONCURRENCY}, same requests, no framework"))
+                        better="lower", note=f"OpenAICompatible max_concurrency={n}; median of {reps}"))
+    if "backend alone" in m:
+        rows.append(row("latency hiding", f"N={n:,} OpenAICompatible alone (plain asyncio) vs floor", m["backend alone"],
+                        m["floor"], "s", better="lower", note="the transport's share: same requests, no engine"))
+        rows.append(row("latency hiding", f"SMC N={n:,} HTTP vs OpenAICompatible alone", m["smc http"],
+                        m["backend alone"], "s", better="lower", note="the engine's share over HTTP"))
+    if "openai client" in m:
+        rows.append(row("latency hiding", f"N={n:,} openai client (plain asyncio) vs floor", m["openai client"],
+                        m["floor"], "s", better="lower",
+                        note="the transport OpenAICompatible used before: httpx's pool, pydantic models"))
     return rows
 
 
-def run(sizes: tuple[int, ...] = (256, 2048), repeats: int = 3, latency: float = LATENCY_S,
+def run(sizes: tuple[int, ...] = (256, 1024, 2048), repeats: int = 3, latency: float = LATENCY_S,
         http: bool = True) -> list[dict]:
     rows = []
     ideal = STEPS * latency
     with start_fake_endpoint(latency) as base_url:
         for n in sizes:
-            reps = repeats if n <= 512 else 1
+            reps = repeats if n <= 1024 else max(1, repeats - 1)
             progress(f"latency hiding: N={n}, {reps} interleaved repeat(s)")
             fns = {"smc in-process": lambda: _smc_in_process(n, latency)}
             if http:
-                fns.update({"smc http": lambda: _smc_http(base_url, n),
-                            "openai asyncio": lambda: _openai_waves(base_url, n),
-                            "raw sockets": lambda: _raw_waves(base_url, n)})
-            times = interleaved(fns, repeats=reps, warmup=n <= 512)
+                fns.update({"smc http": lambda: _smc(_http_backend(base_url, n), n),
+                            "floor": lambda: _floor_waves(base_url, n),
+                            "backend alone": lambda: _backend_waves(base_url, n)})
+                if n <= OPENAI_MAX_N:
+                    fns["openai client"] = lambda: _openai_waves(base_url, n)
+            times = interleaved(fns, repeats=reps, warmup=True)
             rows += _case_rows(n, times, ideal, fetch_stats(base_url)["max_in_flight"] if http else 0)
     return rows
 
 
+def profile(n: int, top: int = 25) -> dict[str, float]:
+    """CPU seconds of one SMC-over-HTTP run by module group, and the top functions (printed)."""
+    import cProfile
+    import pstats
+    import time
+
+    with start_fake_endpoint(LATENCY_S) as base_url:
+        _smc(_http_backend(base_url, n), n)  # warm-up
+        prof = cProfile.Profile(time.process_time)  # CPU time: a loaded machine's preemptions are not charged
+        prof.enable()
+        _smc(_http_backend(base_url, n), n)
+        prof.disable()
+    stats = pstats.Stats(prof)
+    groups: dict[str, float] = {}
+    for (path, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        groups[_group(path)] = groups.get(_group(path), 0.0) + tottime
+    stats.sort_stats("tottime").print_stats(top)
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+def _group(path: str) -> str:
+    if "/agents/backends/" in path:
+        return "transport (agents/backends)"
+    for name in ("swarm", "policies", "agents", "observability"):
+        if f"/{name}/" in path:
+            return "engine (swarm, policies, agents, observability)"
+    for name in ("asyncio", "pydantic", "json", "selectors", "socket", "hashlib", "numpy"):
+        if f"/{name}" in path or name in path:
+            return name
+    return "other" if path not in ("~", "") else "builtins"
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 2048])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-http", action="store_true", help="only the in-process double")
+    parser.add_argument("--profile", type=int, default=0, help="profile one SMC-over-HTTP run at this N")
     args = parser.parse_args(argv)
+    if args.profile:
+        for group, seconds in profile(args.profile).items():
+            print(f"{group:<50} {seconds:8.3f} s")
+        return []
     rows = run(tuple(args.sizes), args.repeats, http=not args.no_http)
     for r in rows:
         print(f"{r['case']:<52} {r['value']:8.3f} s vs {r['baseline']:8.3f} s  ratio {r['ratio']:6.2f}  {r['note']}")

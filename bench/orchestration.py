@@ -1,7 +1,7 @@
 """Orchestration overhead: the same fan-out (N agents × K messages) in plp-swarm, plain asyncio and
 LangGraph, with a fake backend of 0 ms and 50 ms latency (a test double: `asyncio.sleep`).
 
-- plp-swarm: one program run (`policies.Forward(num_samples=1)`); N replicas of an agent role in a
+- plp-swarm: one program run (`policies.Forward(num_particles=1)`); N replicas of an agent role in a
   `plate` run concurrently, each sends K messages with `agent.ask` (every message: an `interact`
   request, a `sample` of the generation, an `interact` reply, all recorded in the trace);
 - plain asyncio: N coroutines each awaiting the fake backend K times (no trace, no framework);
@@ -41,7 +41,7 @@ def run_plp(n_agents: int, n_messages: int, latency: float) -> None:
         replies = await plate("team", n_agents, member)
         return sum(len(r) for r in replies)
 
-    result = policies.Forward(num_samples=1, seed=0).run(team)
+    result = policies.Forward(num_particles=1, seed=0).run(team)
     assert result.particles[0].value == n_agents * n_messages, result.particles[0].value
 
 

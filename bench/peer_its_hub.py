@@ -12,9 +12,11 @@ plp-swarm runs here through `OpenAICompatible(mode="completions")`; its-hub runs
 (`bench/its_hub_side.py`, a subprocess: its dependencies never load into this interpreter). Tokens
 are the server's completion_tokens on both sides. Success = the same independent check
 (`tasks.sentence_ok`, answer == truth). The two sides run one after the other on a shared machine,
-so wall times carry the load of their moment; the ratios are of rates and of seconds per problem.
+so the sides alternate problem by problem (plp-swarm, then its-hub, on problem 1, then 2, …) and
+both meet the same load; the ratios are of rates and of seconds per problem. plp-swarm requests no
+log-probabilities here (no program's weight needs them) and draws words with a 3-token look-ahead.
 
-    python -m bench.peer_its_hub [--problems 4] [--n 6]
+    python -m bench.peer_its_hub [--problems 4] [--n 6] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -34,37 +36,45 @@ PAIRS = {"sentence": [("BestOfN", "BestOfN"), ("SMC", "ParticleFiltering")],
          "arithmetic": [("SelfConsistency", "SelfConsistency"), ("BestOfN", "BestOfN")]}
 
 
-def _ours(base_url: str, problems: int, n: int) -> dict[str, dict[str, list[dict]]]:
+def _ours(base_url: str, start: int, problems: int, n: int) -> dict[str, dict[str, list[dict]]]:
+    """plp-swarm's side on problems [start, start + problems) of each task."""
     import policies
     from agents import Agent
     from agents.backends.openai_compat import LLAMA_CPP_PLAIN_SAMPLING, OpenAICompatible
     from bench.counting import OutputTokenBudget
-    from bench.policies_quality import _best_finished, _marginal_mode, run_one
+    from bench.policies_quality import _best_finished, run_one
     from bench.quality_programs import arithmetic_programs, sentence_programs
     from policies.best_of_n import BestOfN
     from policies.self_consistency import SelfConsistency
 
-    counter = OutputTokenBudget(OpenAICompatible(base_url, "smollm2", mode="completions", timeout=600,
-                                                 extra_body=LLAMA_CPP_PLAIN_SAMPLING))
+    backend = OpenAICompatible(base_url, "smollm2", mode="completions", timeout=600, extra_body=LLAMA_CPP_PLAIN_SAMPLING)
+    counter = OutputTokenBudget(backend)
     agent = Agent(name="writer", backend=counter)
     best = lambda r: r.extra["best"].value if r.extra["best"].log_weight > -math.inf else None  # noqa: E731
     out: dict[str, dict[str, list[dict]]] = {"sentence": {"BestOfN": [], "SMC": []},
                                              "arithmetic": {"SelfConsistency": [], "BestOfN": []}}
     sentence, arithmetic = sentence_programs(agent), arithmetic_programs(agent)
-    for i, topic in enumerate(tasks.TOPICS[:problems]):
+
+    def one(task: str, name: str, policy: Any, program: Any, arg: str, pick: Any) -> dict:
+        before = backend.stats()["requests"]
+        o = run_one(policy, program, arg, counter, pick)
+        o["requests"] = backend.stats()["requests"] - before
+        out[task][name].append(o)
+        return o
+
+    for i in range(start, start + problems):
+        topic = tasks.TOPICS[i]
         for name, policy, program, pick in (("BestOfN", BestOfN(n=n, seed=i), sentence["whole"], best),
                                             ("SMC", policies.SMC(num_particles=n, seed=i), sentence["stepwise"],
                                              _best_finished)):
-            o = run_one(policy, program, topic, counter, pick)
+            o = one("sentence", name, policy, program, topic, pick)
             o["ok"] = tasks.sentence_ok(o["answer"] or "")
-            out["sentence"][name].append(o)
             progress(f"plp-swarm sentence {name}: ok={o['ok']} tokens={o['tokens']} {o['seconds']:.1f}s")
-    for i, (question, truth) in enumerate(tasks.PROBLEMS[:problems]):
+        question, truth = tasks.PROBLEMS[i]
         for name, policy, pick in (("SelfConsistency", SelfConsistency(n=n, seed=i), lambda r: r.extra["answer"]),
                                    ("BestOfN", BestOfN(n=n, seed=i), best)):
-            o = run_one(policy, arithmetic["whole"], question, counter, pick)
+            o = one("arithmetic", name, policy, arithmetic["whole"], question, pick)
             o["ok"] = o["answer"] == truth
-            out["arithmetic"][name].append(o)
             progress(f"plp-swarm arithmetic {name}: ok={o['ok']} tokens={o['tokens']} {o['seconds']:.1f}s")
     asyncio.run(counter.aclose())
     return out
@@ -89,8 +99,8 @@ def logprob_cost(base_url: str, repeats: int = 3) -> dict:
     times = interleaved({"with": lambda: call({"logprobs": 0}), "without": lambda: call({})}, repeats=repeats)
     return row("peer: its-hub", "llama.cpp server: completion with logprobs vs without", median(times["with"]),
                median(times["without"]), "s/call", better="lower",
-               note=f"24 tokens, same seed, median of {repeats} interleaved; plp-swarm always asks for logprobs, "
-                    "its-hub never does")
+               note=f"24 tokens, same seed, median of {repeats} interleaved; plp-swarm asks for them only where weights "
+                    "need them (none of these programs), its-hub never does")
 
 
 def _cut_sentence(text: str) -> str:
@@ -100,10 +110,16 @@ def _cut_sentence(text: str) -> str:
 
 
 def _stats(outs: list[dict]) -> tuple[float, str, float, float]:
-    k, n = sum(o["ok"] for o in outs), len(outs)
+    """Success (first repeat of each problem: plp-swarm's runs are seeded, so repeats would only
+    copy them), mean tokens, and seconds per problem: the mean over problems of the median over
+    repeats (repeats absorb the shared machine's load swings)."""
+    first = [o for o in outs if o.get("repeat", 0) == 0]
+    k, n = sum(o["ok"] for o in first), len(first)
     lo, hi = wilson(k, n)
-    tokens = sum(o["tokens"] for o in outs) / max(n, 1)
-    seconds = sum(o["seconds"] for o in outs) / max(n, 1)
+    tokens = sum(o["tokens"] for o in first) / max(n, 1)
+    reps = max(1, len(outs) // max(n, 1))
+    per_problem = [sorted(o["seconds"] for o in outs[i * reps:(i + 1) * reps]) for i in range(n)]
+    seconds = sum(s[len(s) // 2] for s in per_problem) / max(n, 1)
     return k / max(n, 1), f"{k}/{n} {fmt_interval(lo, hi)}", tokens, seconds
 
 
@@ -116,12 +132,15 @@ def compare(ours: dict, theirs: dict, version: str, n: int) -> list[dict]:
             label = f"{task}: plp-swarm {mine} vs its-hub {version} {peer}, N={n}"
             rows.append(row("peer: its-hub", label + " (success)", r1, r2, "success rate",
                             note=f"ours {ci1}, {tok1:.0f} tokens/problem; its-hub {ci2}, {tok2:.0f} tokens/problem"))
+            req1 = sum(o.get("requests", 0) for o in ours[task][mine]) / max(len(ours[task][mine]), 1)
+            req2 = sum(o.get("calls", 0) for o in theirs[task][peer]) / max(len(theirs[task][peer]), 1)
             rows.append(row("peer: its-hub", label + " (wall)", s1, s2, "s/problem", better="lower",
-                            note="same llama.cpp server, one request at a time"))
+                            note=f"same llama.cpp server, sides alternated problem by problem; HTTP requests/problem "
+                                 f"{req1:.0f} vs {req2:.0f}; generated tokens/problem {tok1:.0f} vs {tok2:.0f}"))
     return rows
 
 
-def run(problems: int = 4, n: int = 6) -> list[dict]:
+def run(problems: int = 4, n: int = 6, repeats: int = 1) -> list[dict]:
     sys.path.insert(0, str(tasks.__file__).rsplit("/bench/", 1)[0])
     from agents.backends.embedded import embedded_model_path
     from tests.llama_server import start_llama_server
@@ -129,27 +148,41 @@ def run(problems: int = 4, n: int = 6) -> list[dict]:
     if bench_python() is None:
         return [row("peer: its-hub", "its-hub comparison", math.nan, math.nan, "success rate",
                     note="skipped: .venv-bench missing (run scripts/install_bench.sh)")]
+    ours: dict = {"sentence": {"BestOfN": [], "SMC": []}, "arithmetic": {"SelfConsistency": [], "BestOfN": []}}
+    theirs: dict = {"sentence": {"BestOfN": [], "ParticleFiltering": []},
+                    "arithmetic": {"SelfConsistency": [], "BestOfN": []}}
     with start_llama_server(embedded_model_path(), extra_args=("--n_threads", "1", "--n_threads_batch", "1",
                                                                "--n_ctx", "2048")) as (base_url, _):
-        progress(f"peer its-hub: plp-swarm side, {problems} problems per task, N={n}")
-        ours = _ours(base_url, problems, n)
-        progress("peer its-hub: its-hub side (.venv-bench subprocess)")
-        raw = run_peer("its_hub_side.py", ["--base-url", base_url, "--problems", str(problems), "--n", str(n)],
-                       timeout=1800)
+        for i in range(problems):  # alternate the sides problem by problem: both meet the same load
+            for r in range(repeats):
+                progress(f"peer its-hub: problem {i + 1}/{problems} (repeat {r + 1}/{repeats}), plp-swarm side, N={n}")
+                _extend(ours, _ours(base_url, i, 1, n), repeat=r)
+                progress(f"peer its-hub: problem {i + 1}/{problems} (repeat {r + 1}/{repeats}), its-hub side")
+                raw = run_peer("its_hub_side.py", ["--base-url", base_url, "--problems", "1", "--n", str(n),
+                                                   "--start", str(i)], timeout=1800)
+                peer = json.loads(raw.strip().splitlines()[-1])
+                version = peer.pop("version")
+                _extend(theirs, peer, repeat=r)
         cost = logprob_cost(base_url)
-    theirs = json.loads(raw.strip().splitlines()[-1])
     for o in theirs["sentence"]["ParticleFiltering"]:
         o["answer"] = _cut_sentence(o["answer"])
         o["ok"] = tasks.sentence_ok(o["answer"])
-    return compare(ours, theirs, theirs["version"], n) + [cost]
+    return compare(ours, theirs, version, n) + [cost]
+
+
+def _extend(into: dict, more: dict, repeat: int = 0) -> None:
+    for task, by_policy in more.items():
+        for name, outcomes in by_policy.items():
+            into[task][name] += [{**o, "repeat": repeat} for o in outcomes]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=4)
     parser.add_argument("--n", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side per problem, alternated")
     args = parser.parse_args(argv)
-    rows = run(args.problems, args.n)
+    rows = run(args.problems, args.n, args.repeats)
     for r in rows:
         print(f"{r['case']:<80} {r['value']:.2f} vs {r['baseline']:.2f}  {r['note']}")
     return rows

@@ -68,9 +68,9 @@ def policy_table(budget: int, seed: int) -> dict[str, tuple[Any, str, Callable[[
 
     cap = policies.Budget(max_tokens=budget)
     return {
-        "BestOfN": (BestOfN(n=10_000, batch_size=1, seed=seed, budget=cap), "whole",
+        "BestOfN": (BestOfN(num_particles=10_000, batch_size=1, seed=seed, budget=cap), "whole",
                     lambda r: r.extra["best"].value if r.extra["best"].log_weight > -math.inf else None),
-        "SelfConsistency": (SelfConsistency(n=10_000, batch_size=1, seed=seed, budget=cap), "whole",
+        "SelfConsistency": (SelfConsistency(num_particles=10_000, batch_size=1, seed=seed, budget=cap), "whole",
                             lambda r: r.extra["answer"]),
         "SMC": (policies.SMC(num_particles=SMC_PARTICLES, seed=seed, budget=cap), "stepwise", None),
         "TwistedSMC": (TwistedSMC(num_particles=TWISTED_PARTICLES, critic=RolloutCritic(num_rollouts=1), seed=seed,

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import policies  # noqa: E402
 from agents import Agent  # noqa: E402
 from agents.backends.base import Backend, ChatMessage, Completion, GenerationRequest, Usage  # noqa: E402
-from agents.hosting import LocalClient  # noqa: E402
+from agents.clients import LocalClient  # noqa: E402
 from agents.ray_hosting import RayHosting, ray_client_for, shutdown_agent_pools  # noqa: E402
 from agents.cache import ResponseCache  # noqa: E402
 from swarm import factor, sample  # noqa: E402

@@ -56,6 +56,10 @@ BENCHMARKS: list[Benchmark] = [
               quick={"n_agents": 20, "n_messages": 5, "repeats": 3}, full={"n_agents": 100, "n_messages": 10, "repeats": 5}),
     Benchmark("policies_quality", "success per generated-token budget: BestOfN, SelfConsistency, SMC, TwistedSMC",
               quick={"n_problems": 1}, full={"n_problems": 6}),
+    Benchmark("constraints_quality", "lipograms: constrained-proposal SMC vs guarantee-only SMC vs best-of-8 at equal tokens",
+              quick={"n_topics": 1}, full={"n_topics": 12}, timeout_s=7200.0),
+    Benchmark("constraint_masks", "token-mask cost on the 49k vocabulary: llguidance vs outlines-core; guide vs decode",
+              quick={"repeats": 1}, full={"repeats": 5}),
     Benchmark("peer_its_hub", "the quality tasks through its-hub vs plp-swarm on one llama.cpp server",
               quick={"problems": 1, "n": 4}, full={"problems": 4, "n": 6}),
     Benchmark("ray_scaling", "SMC over Ray with a 50 ms fake agent vs ideal (another helper's)", entry="main_argv",
@@ -66,6 +70,9 @@ BENCHMARKS: list[Benchmark] = [
               quick={"particles": 50, "repeats": 1}, full={}),
     Benchmark("soak", "long SMC runs with injected faults: accounting and memory (another helper's)", entry="main",
               quick={"sizes": (1000,), "steps": 10}, full={}),
+    Benchmark("serve_overhead", "swarm serve vs policy.run_async at 1/8/64 clients, 50 ms fake backend; Starlette/FastAPI, sse-starlette, httptools/h11",
+              quick={"quick": True}, full={}),
+    Benchmark("mcp_overhead", "MCP tool calls vs the SDK; MCP vs Python tool", quick={"calls": 20, "particles": 16, "repeats": 3}, full={}),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 

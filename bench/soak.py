@@ -4,12 +4,13 @@ The endpoint is `FlakyFakeEndpoint`, an in-process TEST DOUBLE (no model, no net
 of a request fails with probability `error_rate`, decided by (schedule seed, request seed, attempt),
 and a failed attempt is retried at once up to `max_retries` times, as `OpenAICompatible` does (no
 backoff sleeps: the soak measures the framework, not the waiting). A request whose every attempt
-fails raises `BackendError`; the particle that made it dies with an `ErrorEvent` and the run goes on.
+fails raises `BackendError`; the particle that made it is *lost* (missing data, not evidence: left
+out of the weights and of log Z) with an `ErrorEvent`, and the run goes on.
 
 What is checked (each row's `accounted` is True only if all hold):
 - every injected fault is accounted for: faults = retried attempts + (max_retries + 1) × exhausted;
-- every exhausted request is an `ErrorEvent` reported to the run's listener, and a death in
-  `result.diagnostics.deaths` (key "BackendError after …");
+- every exhausted request is an `ErrorEvent` reported to the run's listener, and a lost particle in
+  `result.diagnostics.lost` (none is counted as a death);
 - memory stays bounded: peak RSS (`resource.getrusage`, whole process) and the peak of Python
   allocations (`tracemalloc`, when on) are reported, with bytes per particle-step, at each size.
 
@@ -136,8 +137,9 @@ def soak(particles: int, steps: int = 20, error_rate: float = 0.05, max_retries:
     if trace_malloc:
         tracemalloc.stop()
     backend_deaths = sum(n for k, n in result.diagnostics.deaths.items() if k.startswith("BackendError"))
+    lost = result.diagnostics.lost
     faults_accounted = backend.injected == (backend.attempts - backend.requests) + backend.exhausted
-    accounted = (faults_accounted and backend.exhausted == accounting.error_events == backend_deaths
+    accounted = (faults_accounted and backend.exhausted == accounting.error_events == lost and backend_deaths == 0
                  and set(accounting.error_types) <= {"BackendError"})
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -145,7 +147,7 @@ def soak(particles: int, steps: int = 20, error_rate: float = 0.05, max_retries:
         "seconds": round(elapsed, 2), "particle_steps_per_s": round(particles * steps / elapsed),
         "requests": backend.requests, "attempts": backend.attempts, "injected_faults": backend.injected,
         "retried_ok": backend.retried_ok, "exhausted": backend.exhausted, "error_events": accounting.error_events,
-        "backend_deaths": backend_deaths, "accounted": accounted,
+        "lost": lost, "backend_deaths": backend_deaths, "accounted": accounted,
         "peak_rss_mb": round(peak_rss_mb, 1),
         "traced_peak_mb": None if traced_peak is None else round(traced_peak / 2**20, 1),
         "bytes_per_particle_step": None if traced_peak is None else round(traced_peak / (particles * steps)),
@@ -172,7 +174,8 @@ def _print(rows: list[dict[str, Any]]) -> None:
         print(f"N={r['particles']} x {r['steps']} steps: {r['seconds']} s ({r['particle_steps_per_s']} particle-steps/s); "
               f"{r['requests']} requests, {r['attempts']} attempts, {r['injected_faults']} injected faults, "
               f"{r['retried_ok']} recovered by retry, {r['exhausted']} exhausted = {r['error_events']} ErrorEvents "
-              f"= {r['backend_deaths']} deaths -> accounted={r['accounted']}; peak RSS {r['peak_rss_mb']} MB, "
+              f"= {r['lost']} lost ({r['backend_deaths']} counted as deaths) -> accounted={r['accounted']}; "
+              f"peak RSS {r['peak_rss_mb']} MB, "
               f"tracemalloc peak {r['traced_peak_mb']} MB ({r['bytes_per_particle_step']} B/particle-step), "
               f"RSS over steps {r['rss_after_steps_mb']} MB; survivors {r['survivors']}, ESS {r['ess']}")
 

@@ -20,6 +20,10 @@ bodies, log Ẑ estimates log E_π[Φ], and the fraction of draws passing every 
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import json
 from typing import Any

@@ -1,9 +1,14 @@
 """Constrained generation: a sentence about a cat that never uses the letter "e" (a lipogram), on
-the embedded SmolLM2-135M model, by SMC over words, compared with best-of-N at the same token budget.
+the embedded SmolLM2-135M model, by SMC over words with the constraint inside the proposal, compared
+with guarantee-only SMC and with best-of-N at the same token budget.
 
-The program writes the sentence one word per step (`unit="word"`) and guarantees after every word
-that it has no "e"; at the end it guarantees a complete sentence (a final ".", "!" or "?" after at
-least `min_words` words). It approximates
+The program writes the sentence one word per step (`unit="word"`). Each word is drawn with
+`constraint=forbid_chars("eE")`: the proposal never writes an "e" (every token is drawn from the
+model renormalised over the tokens without one) and the site's weight gains the log-mass of the
+allowed tokens, log Σ_{v allowed} π(v | prefix), so the target below is unchanged (agents.constraints,
+docs/constraints.md). It still guarantees after every word that it has no "e" (always true here; it
+is the SMC step) and at the end a complete sentence (a final ".", "!" or "?" after at least
+`min_words` words). It approximates
 
     p(τ) ∝ π(τ) · Π_i 1[word_i has no "e"] · 1[complete sentence],      Z = π(constraint holds),
 
@@ -11,11 +16,13 @@ where π is the model writing the sentence word by word (the same distribution o
 writing it in one go: the word chunks only factor it). Only guarantees weight the trace, so Z is
 the probability that the model, left alone, writes such a sentence, and log Ẑ estimates it.
 
-SMC resamples between words: a particle whose last word used an "e" dies at once and a surviving
-prefix takes its place, so compute goes to prefixes that can still succeed (plp-theory §1.1, the
-SMC of ARCHITECTURE.md). Best-of-N draws whole sentences from π and keeps those that happen to
-satisfy the constraint: rejection sampling, whose acceptance rate is Z itself. "e" is the commonest
-letter in English ("the" alone has one), so whole sentences rarely qualify.
+SMC resamples between words on the log-mass weights: a prefix whose every continuation the model
+finds unlikely without an "e" loses weight and a likelier prefix takes its place (plp-theory §1.1,
+the SMC of ARCHITECTURE.md). The comparison, guarantee-only SMC (`guided=False`), proposes words
+from π and kills the particles whose word has an "e": most of its proposals are wasted on "The".
+Best-of-N draws whole sentences from π and keeps those that happen to satisfy the constraint:
+rejection sampling, whose acceptance rate is Z itself. "e" is the commonest letter in English ("the"
+alone has one), so whole sentences rarely qualify.
 
     python examples/constrained_smc.py [--particles 24] [--topic "a cat"] [--letter e]
     swarm run examples/constrained_smc.py [--particles 24] [--trace t.jsonl --html report.html]
@@ -26,13 +33,17 @@ SMC word step re-sends the prompt, so equal tokens is conservative for SMC.
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import math
 from pathlib import Path
 from typing import Any
 
 import policies
-from agents import Agent, GenerationSettings
+from agents import Agent, GenerationSettings, constraints
 from swarm import NoSurvivingParticles, guarantee, sample
 
 WRITER = Agent(name="writer", system="You write one short, simple sentence.",
@@ -50,12 +61,16 @@ def complete(text: str, letter: str, min_words: int) -> bool:
     return letter not in text.lower() and ends_sentence(text) and len(text.split()) >= min_words
 
 
-async def program(topic: str = "a cat", letter: str = "e", max_words: int = 16, min_words: int = 5) -> str:
-    """SMC's program: one `sample` and one `guarantee` per word, then the sentence check."""
+async def program(topic: str = "a cat", letter: str = "e", max_words: int = 16, min_words: int = 5,
+                  guided: bool = True) -> str:
+    """SMC's program: one `sample` (drawn under the constraint when `guided`) and one `guarantee` per
+    word, then the sentence check."""
     prompt = f"Write one sentence about {topic}."
+    no_letter = constraints.forbid_chars(letter.lower() + letter.upper()) if guided else None
     text = ""
     for i in range(max_words):
-        word = await sample(f"word{i}", WRITER.generate(prompt, prefix=text, unit="word", max_tokens=6))
+        word = await sample(f"word{i}", WRITER.generate(prompt, prefix=text, unit="word", max_tokens=6,
+                                                        constraint=no_letter))
         text += word
         guarantee(f"no_{letter}/word{i}", letter not in word.lower())
         if not word.strip() or ends_sentence(word):
@@ -81,6 +96,16 @@ def best_of_n_same_budget(topic: str, letter: str, tokens: int, seed: int) -> di
     valid = [p.value for p in r.particles if p.log_weight > -math.inf]
     return {"valid": valid, "drawn": len(r.particles), "log_evidence": r.log_evidence,
             "tokens": r.diagnostics.tokens}
+
+
+def guarantee_only_smc(args: argparse.Namespace) -> dict[str, Any]:
+    """The comparison: the same SMC and program with the constraint checked only by `guarantee`."""
+    smc = POLICY.model_copy(update={"num_particles": args.particles, "seed": args.seed})
+    try:
+        r = smc.run(program, args.topic, args.letter, args.max_words, args.min_words, False)
+    except NoSurvivingParticles as exc:
+        return {"marginal": {}, "log_evidence": -math.inf, "tokens": None, "deaths": exc.causes}
+    return {"marginal": r.marginal(), "log_evidence": r.log_evidence, "tokens": r.diagnostics.tokens, "ess": r.ess}
 
 
 def run_smc(args: argparse.Namespace, out: Path):
@@ -111,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-words", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/constrained_smc", help="directory for the trace and report")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the best-of-N comparison")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the comparisons")
     args = parser.parse_args(argv)
     out = Path(args.out)
 
@@ -123,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "trace": out / "trace.jsonl"}
     tokens = result.diagnostics.tokens
     marginal = result.marginal()
-    print(f'\nSMC, {args.particles} particles, one word per step, no "{args.letter}" in any word '
-          f"(answer marginal, top 5 of {len(marginal)}):")
+    print(f'\nSMC, {args.particles} particles, one word per step drawn without "{args.letter}" '
+          f"(answer marginal, top {min(5, len(marginal))} of {len(marginal)}):")
     for sentence, p in list(marginal.items())[:5]:
         print(f"  {p:6.3f}  {sentence}")
     print(f"  log Z = {result.log_evidence:.3f} (the model alone satisfies the constraint with probability "
@@ -134,6 +159,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "tokens": tokens, "trace": trace_path}
 
     if not args.no_baseline:
+        g = guarantee_only_smc(args)
+        top = next(iter(g["marginal"]), None)
+        print(f"\nGuarantee-only SMC ({args.particles} particles, words from the unconstrained model, a guarantee per "
+              f"word): log Z = {g['log_evidence']:.3f}, tokens = {g['tokens']}, "
+              + (f"{len(g['marginal'])} distinct sentences, top {top!r}" if top else "no particle survived"))
+        summary["guarantee_only"] = g
         bon = best_of_n_same_budget(args.topic, args.letter, tokens, args.seed)
         shown = f"; e.g. {bon['valid'][0]!r}" if bon["valid"] else ""
         print(f"\nBest-of-N with the same {tokens} tokens: {len(bon['valid'])} of {bon['drawn']} whole sentences "

@@ -28,6 +28,10 @@ calibration line says how much the judge can be trusted, and the factor trusts i
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import contextlib
 import re
@@ -37,6 +41,7 @@ from typing import Any, Iterator, NamedTuple
 import policies
 from agents import Agent, GenerationSettings
 from agents.ray_hosting import RayHosting
+from policies.potentials import Calibration, Judge
 from swarm import auto_name, factor, interact, sample
 
 
@@ -133,8 +138,7 @@ async def judge_verdict(case: Case) -> bool:
     return mentions(evidence, case.answer) and not (rival_differs and mentions(evidence, case.rival))
 
 
-JUDGE = policies.Judge(name="judge", fn=judge_verdict, prior=JUDGE_PRIOR,
-              calibration=policies.Calibration(q0=0.75, q1=0.75))
+JUDGE = Judge(name="judge", fn=judge_verdict, prior=JUDGE_PRIOR, calibration=Calibration(q0=0.75, q1=0.75))
 """Replaced by a measured calibration in `main`; this given one (m = 0) lets `swarm run` work alone."""
 
 

@@ -23,6 +23,10 @@ read the intervals.
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import math
 import re
@@ -54,7 +58,7 @@ PROBLEMS: list[tuple[str, int]] = [
 ]
 
 SOLVER = Agent(name="solver", settings=GenerationSettings(temperature=1.0, max_tokens=24, stop=("\n",)))
-POLICY = policies.SelfConsistency(n=12, seed=0)
+POLICY = policies.SelfConsistency(num_particles=12, seed=0)
 DEFAULTS = {"args": {"question": PROBLEMS[0][0]}}
 
 EQUATION = re.compile(r"(-?\d+)\s*([-+*x×/])\s*(-?\d+)\s*=\s*(-?\d+)")
@@ -91,7 +95,7 @@ async def program(question: str) -> int | None:
 def solve(question: str, samples: int, seed: int) -> dict[str, Any]:
     """Weighted and majority votes over `samples` paths, plus the single-sample accuracy data."""
     try:
-        r = POLICY.model_copy(update={"n": samples, "seed": seed}).run(program, question)
+        r = POLICY.model_copy(update={"num_particles": samples, "seed": seed}).run(program, question)
     except NoSurvivingParticles:  # no path stated an answer: nothing to vote on
         return {"shares": {}, "answer": None, "interval": (0.0, 1.0), "n_eff": 0.0, "majority": None,
                 "votes": {}, "answers": [None] * samples, "log_evidence": -math.inf, "tokens": 0}
@@ -121,7 +125,7 @@ def show(question: str, truth: int, s: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=POLICY.n, help="reasoning paths per problem")
+    parser.add_argument("--samples", type=int, default=POLICY.num_particles, help="reasoning paths per problem")
     parser.add_argument("--problems", type=int, default=len(PROBLEMS), help=f"how many of the {len(PROBLEMS)}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -25,6 +25,10 @@ path-counting growth of log-sum-exp. Every distinct finished game found is retur
 
 from __future__ import annotations
 
+from swarm.agents_package import require_own_agents
+
+require_own_agents()  # a clear error if another `agents` package (openai-agents) shadows plp-swarm's
+
 import argparse
 import itertools
 import math
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_baseline:
         calls = r.diagnostics.llm_calls
         try:  # whole games, 4 at a time, until the same number of LLM calls is spent
-            bon = policies.BestOfN(n=10_000, batch_size=4, seed=args.seed, budget=policies.Budget(max_llm_calls=calls)).run(program, numbers)
+            bon = policies.BestOfN(num_particles=10_000, batch_size=4, seed=args.seed, budget=policies.Budget(max_llm_calls=calls)).run(program, numbers)
         except NoSurvivingParticles as exc:
             print(f"\nBest-of-N with the same {calls} LLM calls: {sum(exc.causes.values())} games, none valid")
             return {**summary, "best_of_n": {"games": sum(exc.causes.values()), "valid": 0, "wins": 0}}

@@ -3,6 +3,8 @@
     swarm run examples/dice.py --policy smc --particles 500 --seed 0 --trace out.jsonl --html report.html
     swarm inspect out.jsonl --max-particles 10
     swarm report out.jsonl --html report.html --png-dir docs/img
+    swarm mcp prog.py:program --policy smc --particles 200 --seed 0      # the program as an MCP tool (stdio)
+    swarm serve examples/my_chat.py --policy smc --particles 16 --port 8000
 
 Exit status: 0 on success, 1 when the run, the trace file or the report fails (the message on
 stderr names the file or field at fault), 2 for a usage error.
@@ -11,108 +13,18 @@ stderr names the file or field at fault), 2 for a usage error.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import os
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
-from observability.progress import ProgressListener, fmt_float
+from observability.progress import ProgressDisplay, fmt_float
 from swarm.errors import SwarmError
 
-POLICIES = {"smc": "SMC", "importance": "Importance", "enumerate": "Enumerate", "forward": "Forward",
-            "rejection": "Rejection"}
-BUILTIN_DEFAULTS = {"policy": "smc", "particles": 100, "seed": None, "runtime": "local"}
-
-
-class CLIError(SwarmError):
-    """A command-line problem the user can fix (a missing file, program or argument)."""
-
-
-# -- swarm run -------------------------------------------------------------------------------------
-def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
-    """Import FILE.py and return (module, program): the function named after a colon, else the
-    module's `program`, else its `main`."""
-    file, name = target, None
-    head, sep, tail = target.rpartition(":")
-    if sep and tail.isidentifier() and head:
-        file, name = head, tail
-    path = Path(file)
-    if not path.is_file():
-        raise CLIError(f"{file}: no such file (expected FILE.py or FILE.py:function)")
-    module_name = path.stem if path.stem.isidentifier() else "swarm_program"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise CLIError(f"{file}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    sys.path.insert(0, str(path.resolve().parent))
-    spec.loader.exec_module(module)
-    candidates = [name] if name else ["program", "main"]
-    for candidate in candidates:
-        fn = getattr(module, candidate, None)
-        if callable(fn):
-            return module, fn
-    found = sorted(k for k, v in vars(module).items()
-                   if callable(v) and getattr(v, "__module__", None) == module_name and not k.startswith("_"))
-    wanted = f"function named {name!r}" if name else "function named 'program' or 'main'"
-    raise CLIError(f"{file} has no {wanted}; its functions: {', '.join(found) or 'none'} "
-                   f"(pick one with {file}:NAME)")
-
-
-def parse_kwargs(items: list[str]) -> dict[str, Any]:
-    """`k=v` pairs → keyword arguments; a value is a Python literal when it parses as one."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise CLIError(f"--arg {item!r}: expected NAME=VALUE")
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
-
-
-def make_policy(args: argparse.Namespace, module: ModuleType, listeners: list[Any]) -> Any:
-    """The policy: --policy, else the module's POLICY, else DEFAULTS["policy"], else SMC; then
-    --particles/--seed/--runtime (or DEFAULTS) applied, and the CLI's listeners attached."""
-    import policies
-    from policies.base import Policy
-
-    defaults = {**BUILTIN_DEFAULTS, **dict(getattr(module, "DEFAULTS", None) or {})}
-    base = getattr(module, "POLICY", None)
-    if base is not None and not isinstance(base, Policy):
-        raise CLIError(f"{module.__file__}: POLICY must be a policies.Policy instance, got {type(base).__name__}")
-    given = {k: getattr(args, k) for k in ("particles", "seed", "runtime")}
-    if args.policy is None and base is not None:
-        policy = base.model_copy()
-        updates = {k: v for k, v in given.items() if v is not None}
-    else:
-        name = (args.policy or defaults["policy"]).lower()
-        if name not in POLICIES:
-            raise CLIError(f"DEFAULTS['policy'] = {name!r} is not one of {', '.join(POLICIES)}")
-        policy = getattr(policies, POLICIES[name])()
-        updates = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
-    try:
-        for key, value in updates.items():
-            if value is None:
-                continue
-            if key == "particles":
-                field = next((f for f in ("num_particles", "num_samples") if f in type(policy).model_fields), None)
-                if field is None:
-                    print(f"note: {type(policy).__name__} has no particle count; --particles ignored", file=sys.stderr)
-                    continue
-                setattr(policy, field, value)
-            else:
-                setattr(policy, key, value)
-        policy.listeners = [*policy.listeners, *listeners]
-    except ValueError as exc:  # pydantic's ValidationError names the field
-        raise CLIError(f"invalid policy setting: {exc}") from None
-    return policy
+from observability.programs import (  # noqa: E402,F401 - re-exported: the commands' shared program loading
+    BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, parse_kwargs,
+)
 
 
 def print_result(result: Any, *, top: int = 10) -> None:
@@ -145,8 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="swarm-run-")
         trace_path = Path(tmp.name) / "trace.jsonl"
     writer = TraceFileWriter(trace_path) if trace_path else None
-    progress = ProgressListener(sys.stdout, tty=sys.stdout.isatty())
-    listeners: list[Any] = [progress] + ([writer] if writer else [])
+    progress = ProgressDisplay(sys.stdout, tty=sys.stdout.isatty())
+    listeners: list[Any] = [writer] if writer else []
     inst = None
     if args.otlp:
         from observability.exporters import instrument
@@ -161,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     status, result = 0, None
     try:
         progress.total_steps = getattr(policy, "max_steps", None)
-        result = policy.run(program, **kwargs)
+        result = progress.follow(policy.stream(program, **kwargs))  # the live display reads the run's events
     except SwarmError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
@@ -213,6 +125,82 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- swarm mcp -------------------------------------------------------------------------------------
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Serve the program as an MCP tool over stdio (stdout carries the protocol: anything the
+    program's module prints while it is imported goes to stderr)."""
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        module, program = load_program(args.target)
+        policy = make_policy(args, module, [])
+        if policy.runtime == "ray":
+            from ray import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+        from agents.mcp.serve import program_server
+
+        server = program_server(program, policy, name=args.name)
+    server.run("stdio")
+    return 0
+
+
+def add_mcp_parser(sub: Any, fmt: Any) -> None:
+    mcp = sub.add_parser("mcp", formatter_class=fmt, help="serve a program as an MCP tool (stdio)",
+                         description="Import FILE.py, find the program (as `swarm run` does) and serve it over "
+                         "stdio as an MCP server with one tool: its arguments are the program's parameters; a "
+                         "call runs the program under the policy and answers with the most probable value, "
+                         "the answer marginal, log Z and ESS. Policy options as for `swarm run`.")
+    mcp.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
+    mcp.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
+    mcp.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default 100)")
+    mcp.add_argument("--seed", type=int, metavar="S", help="random seed (same seed and arguments, same answer)")
+    mcp.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
+    mcp.add_argument("--name", metavar="TOOL", help="the tool's name (default: the program's)")
+    mcp.set_defaults(func=cmd_mcp)
+
+
+# -- swarm serve -----------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from agents.serving.server import serve_command
+
+    return serve_command(args)
+
+
+def add_serve_parser(sub: Any, fmt: Any) -> None:
+    serve = sub.add_parser("serve", formatter_class=fmt, help="serve a program under a policy as an OpenAI-compatible "
+                           "endpoint", description="Serve /v1/chat/completions and /v1/models: each request runs the "
+                           "program under the policy with the request's messages (its `messages` or `prompt` "
+                           "parameter) and answers with the posterior's answer; `stream=true` streams the run as "
+                           "server-sent events. The program is found as `swarm run` finds it (POLICY and DEFAULTS "
+                           "apply); --model embedded serves the built-in chat program over the embedded SmolLM2 "
+                           "model. See docs/serving.md.")
+    serve.add_argument("target", nargs="?", metavar="FILE.py[:program]", help="the Python file and, optionally, "
+                       "the function (or --model embedded)")
+    serve.add_argument("--model", choices=["embedded"], help="serve the built-in chat program over the embedded model")
+    serve.add_argument("--model-name", metavar="NAME", help="the model id clients send (default FILE:program, or "
+                       "smollm2-135m-smc)")
+    serve.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
+    serve.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples per request")
+    serve.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--answer", choices=["mode", "draw"], default="mode", help="the posterior's most probable "
+                       "answer, or a draw from it (default mode; a request may choose)")
+    serve.add_argument("--max-tokens", type=int, metavar="N", help="most tokens one request's run may spend")
+    serve.add_argument("--max-llm-calls", type=int, metavar="N", help="most LLM calls one request's run may make")
+    serve.add_argument("--timeout", type=float, metavar="S", help="seconds one request may run (default 300)")
+    serve.add_argument("--stream-text", choices=["committed", "final"], help="stream content as the particles "
+                       "commit to it, or only at the end (default: committed for --model embedded, else final)")
+    serve.add_argument("--api-key-env", metavar="VAR", help="require the API key held in environment variable VAR")
+    serve.add_argument("--otlp", metavar="URL", help="export each request's trace over OTLP/HTTP to URL")
+    serve.add_argument("--arg", action="append", default=[], metavar="K=V",
+                       help="default keyword argument for the program (repeatable)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
+    serve.set_defaults(func=cmd_serve, seed=None)
+
+
 # -- the parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
@@ -229,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "command-line options override them.")
     run.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
     run.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
-    run.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default 100)")
+    run.add_argument("--particles", "-n", type=int, metavar="N",
+                     help="population size: the policy's num_particles, num_samples, n (BestOfN, "
+                     "SelfConsistency) or width (Beam); an error for a policy without one (default 100)")
     run.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same result)")
     run.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
     run.add_argument("--trace", metavar="OUT.jsonl", help="write the run's global trace (JSON Lines) here")
@@ -264,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--png-dir", metavar="DIR", help="also write each plot as a PNG file here")
     report.add_argument("--run", metavar="RUN_ID", help="which run, when the file holds several (default: last)")
     report.set_defaults(func=cmd_report)
+    add_mcp_parser(sub, fmt)
+    add_serve_parser(sub, fmt)
     return parser
 
 

@@ -7,29 +7,36 @@
 The exporter is chosen by the `exporter` argument, else `PLP_OTEL_EXPORTER`, else "otlp":
 - "otlp":    OTLP/HTTP (protobuf) to `endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as
              is), else `OTEL_EXPORTER_OTLP_ENDPOINT` + "/v1/traces", else Phoenix's default
-             http://127.0.0.1:6006/v1/traces. Batched (`BackpressureSpanProcessor`) unless
-             `batch=False`: the SDK's BatchSpanProcessor *drops* spans once its queue is full, and
-             one SMC step of a large population ends thousands of spans at once, so batches are
-             exported synchronously by the thread that builds the spans (nothing is lost).
+             http://127.0.0.1:6006/v1/traces. The runs' spans are encoded straight into OTLP
+             protobuf and sent in batches (`observability.span_sinks.OtlpSink`, no SDK span objects:
+             about ten times cheaper); `batch=False` sends them through the SDK instead, one export
+             per span. Spans you create yourself with `inst.provider` are exported to the same
+             endpoint by `BackpressureSpanProcessor` (the SDK's BatchSpanProcessor *drops* spans
+             once its queue is full; this one exports full batches in the thread that ends them).
 - "console": JSON spans on stdout (SimpleSpanProcessor).
 - "memory":  an `InMemorySpanExporter` on `.memory_exporter`, for tests (SimpleSpanProcessor).
 - "none":    no export and no listener (zero cost).
 
-Spans are built by the listener's background thread (`background=True`, see observability.otel),
-which also does the OTLP export; the listener flushes the provider after every run, so a run's
-spans reach the exporter without waiting for `shutdown()`. `particle_sampling` < 1 is opt-in.
+Spans are planned (and encoded) by the listener's background thread (`background=True`, see
+observability.otel), which also does the export; the listener flushes after every run, so a run's
+spans reach the collector without waiting for `shutdown()`. `particle_sampling` < 1 is opt-in
+(observability.lineage_sampler). `session_id` names the Phoenix session of the runs (default: one
+per `instrument()` call; an OpenInference `using_session` context wins).
 
 The provider carries the resource attributes `service.name="plp-swarm"` and
-`openinference.project.name=<project>` (how Phoenix picks the project). It is private to the
-returned handle unless `set_global=True`, so tests and other instrumentation do not interfere.
+`openinference.project.name=<project>` (how Phoenix picks the project); the OTLP sink sends the same
+resource. The provider is private to the returned handle unless `set_global=True`, so tests and
+other instrumentation do not interfere.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -40,7 +47,9 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from observability.otel import OTelListener
+from observability.otel import SCOPE, OTelListener
+from observability.otlp_http import OtlpHttpSender
+from observability.span_sinks import OtlpSink, SdkSink
 from swarm.listeners import add_listener, remove_listener
 
 log = logging.getLogger("observability.exporters")
@@ -61,10 +70,16 @@ class Instrumentation:
     memory_exporter: InMemorySpanExporter | None = None
     _closed: bool = False
 
+    @property
+    def sink(self) -> OtlpSink | SdkSink | None:
+        return None if self.listener is None else self.listener.sink
+
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Build the spans of every record received so far, then export every finished span now
         (the spans of runs still open are not finished yet)."""
         built = self.listener.flush(timeout_millis / 1000) if self.listener is not None else True
+        if self.listener is not None:
+            self.listener.sink.flush()
         return self.provider.force_flush(timeout_millis) and built
 
     def shutdown(self) -> None:
@@ -75,6 +90,8 @@ class Instrumentation:
         if self.listener is not None:
             remove_listener(self.listener)
             self.listener.close()
+            if isinstance(self.listener.sink, OtlpSink):
+                self.listener.sink.shutdown()
         self.provider.force_flush()
         self.provider.shutdown()  # an in-memory exporter's spans stay readable after this
 
@@ -198,13 +215,13 @@ def _span_exporter(name: str, endpoint: str | None) -> SpanExporter | None:
 def instrument(exporter: str | None = None, endpoint: str | None = None, project: str = "default",
                capture_content: bool = False, batch: bool = True, *,
                set_global: bool = False, register: bool = True, particle_sampling: float = 1.0,
-               background: bool = True) -> Instrumentation:
+               background: bool = True, session_id: str | None = None) -> Instrumentation:
     """Export every run's spans: build a TracerProvider, attach `exporter`, register an
     `OTelListener` globally (unless `register=False`; the handle's `.listener` can then be passed
     to a policy's `listeners=[...]`). Prompts and completions are exported only with
     `capture_content=True`. Spans are built on a background thread unless `background=False`;
-    `particle_sampling` < 1 (opt-in) exports the particle-step spans of that fraction of
-    particles only (see observability.otel)."""
+    `particle_sampling` < 1 (opt-in) keeps every span on a surviving lineage and that fraction of
+    the other particles' spans (see observability.lineage_sampler)."""
     name = _choose(exporter)
     url = resolve_endpoint(endpoint) if name == "otlp" else None
     resource = Resource.create({"service.name": SERVICE_NAME, "openinference.project.name": project})
@@ -218,9 +235,27 @@ def instrument(exporter: str | None = None, endpoint: str | None = None, project
         trace.set_tracer_provider(provider)
     listener = None
     if name != "none":
-        listener = OTelListener(provider, capture_content=capture_content,
-                                particle_sampling=particle_sampling, background=background)
+        sink = OtlpSink(OtlpHttpSender(url), dict(resource.attributes), SCOPE) if name == "otlp" and batch \
+            else SdkSink(provider, SCOPE)
+        listener = OTelListener(provider, capture_content=capture_content, particle_sampling=particle_sampling,
+                                background=background, sink=sink, session_id=session_id)
         if register:
             add_listener(listener)
     memory = span_exporter if isinstance(span_exporter, InMemorySpanExporter) else None
-    return Instrumentation(provider, listener, name, url, memory)
+    handle = Instrumentation(provider, listener, name, url, memory)
+    if listener is not None:
+        _flush_at_exit(handle)
+    return handle
+
+
+def _flush_at_exit(handle: Instrumentation) -> None:
+    """Export what a handle still holds when the interpreter exits normally (a script that never
+    calls `shutdown()` loses no span); the handle itself is not kept alive by this."""
+    ref = weakref.ref(handle)
+
+    def flush() -> None:
+        inst = ref()
+        if inst is not None and not inst._closed:
+            inst.force_flush(timeout_millis=10_000)
+
+    atexit.register(flush)

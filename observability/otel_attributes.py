@@ -169,3 +169,80 @@ def pair_tools(events: list[Any]) -> dict[int, Any]:
                 used.add(j)
                 break
     return pairs
+
+
+# -- OpenInference input / output of the spans a reader scans first --------------------------------
+_TOP_ANSWERS = 5
+
+
+def _finite(x: float | None) -> float | str | None:
+    """A float for JSON: finite as is, non-finite as its string ("-inf"), None as None."""
+    return x if x is None or math.isfinite(x) else str(x)
+
+
+def run_input(record: Any, capture_content: bool) -> dict[str, Any]:
+    """`input.value` (JSON) of a run span: what was run and how. The program's arguments are
+    content (they may be prompts): only with `capture_content`, when the record carries them."""
+    doc: dict[str, Any] = {"program": record.program}
+    arguments = getattr(record, "arguments", None)   # not in RunStarted yet (requested of the core)
+    if capture_content and arguments is not None:
+        doc["arguments"] = arguments
+    doc.update({"policy": record.policy, "num_particles": record.num_particles, "runtime": record.runtime})
+    return {"input.value": json.dumps(doc, default=str), "input.mime_type": "application/json"}
+
+
+def run_output(record: Any, deaths: Mapping[str, int], capture_content: bool) -> dict[str, Any]:
+    """`output.value` (JSON) of a run span: log Ẑ, ESS, population size, deaths by cause, and with
+    `capture_content` the answer marginal's top values with their probabilities."""
+    doc: dict[str, Any] = {}
+    if capture_content:   # first: the list view shows the beginning
+        top = answer_marginal(record.values, record.log_weights) or \
+            sorted(record.marginal.items(), key=lambda kv: -kv[1])
+        if top:
+            doc["answers"] = [[value, round(p, 6)] for value, p in top[:_TOP_ANSWERS]]
+    doc.update({"log_evidence": _finite(record.log_evidence), "ess": _finite(record.ess),
+                "num_particles": record.num_particles})
+    if deaths:
+        doc["deaths"] = dict(sorted(deaths.items(), key=lambda kv: -kv[1]))
+    if record.error:
+        doc["error"] = record.error
+    return {"output.value": json.dumps(doc, default=str), "output.mime_type": "application/json"}
+
+
+def answer_marginal(values: list[Any], log_weights: list[float]) -> list[tuple[Any, float]]:
+    """Σᵢ w̄ᵢ 1(vᵢ = v) over the final population, most probable first ([] when there is no weight).
+    Values keep their type (a string is not its repr); unhashable ones are grouped by their JSON."""
+    if not values or len(values) != len(log_weights) or not any(w > -math.inf for w in log_weights):
+        return []
+    from swarm.population import normalized_weights
+
+    mass: dict[Any, float] = {}
+    shown: dict[Any, Any] = {}
+    for value, w in zip(values, normalized_weights(log_weights).tolist()):
+        if w > 0:
+            key = value if isinstance(value, (str, int, float, bool, type(None))) else text(value)
+            mass[key] = mass.get(key, 0.0) + w
+            shown.setdefault(key, value)
+    return sorted(((shown[k], m) for k, m in mass.items()), key=lambda kv: -kv[1])
+
+
+def particle_output(status: str, site: str | None, killed_by: str | None, value: Any,
+                    capture_content: bool) -> str:
+    """`output.value` of a particle-step span: its value (content) when it finished, else where it
+    stopped or what killed (or lost) it."""
+    if status == "finished":
+        return text(value) if capture_content else "finished"
+    if status == "dead":
+        return f"killed by {killed_by}" if killed_by else "dead"
+    if status == "running":
+        return f"at {site}" if site else "running"
+    return f"{status} at {killed_by or site}" if (killed_by or site) else status
+
+
+def step_output(ess: float, size: int, log_evidence: float, resampled: bool, died: int) -> str:
+    """`output.value` of a step span, one line: ESS, log Ẑ so far, deaths, resampling."""
+    parts = [f"ESS {ess:.4g}/{size}", f"log Z {log_evidence:.6g}"]
+    if died:
+        parts.append(f"{died} died")
+    parts.append("resampled" if resampled else "not resampled")
+    return " | ".join(parts)

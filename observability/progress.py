@@ -1,9 +1,14 @@
-"""Progress display for `swarm run`: a `RunListener` that shows each step as the run goes.
+"""Progress display for `swarm run`: shows a run's stream events (`policy.stream`) as they come.
 
 On a terminal it draws a `rich` progress bar (step, live particles, ESS, log Z, tokens/s);
 elsewhere (a pipe, a log file, CI) it prints one plain line per step, which greps and diffs well:
 
     step 2 | alive 158/200 | ESS 158.0 | log Z -0.2377 | resampled | 0 tokens (0/s) | 0.01 s
+
+`ProgressDisplay.follow(policy.stream(program, ...))` shows a whole run and returns its `Result`
+(what `swarm run` does). `ProgressListener` is the same display as a `RunListener`, for code that
+passes listeners to a policy (`listeners=[ProgressListener()]`): it turns the records into the same
+events with `policies.streaming.RecordTranslator`, so both paths show exactly the same thing.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, Iterable
 
+from policies.streaming import RecordTranslator, RunEnd, RunStart, RunSummary, StepEnd
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
 
 
@@ -27,13 +33,11 @@ def fmt_float(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def step_stats(record: StepRecord, num_particles: int, elapsed_s: float) -> dict[str, Any]:
-    """The numbers a progress line shows for one step."""
-    alive = sum(1 for lw in record.log_weights if lw > -math.inf)
-    return {"step": record.step, "alive": alive, "n": len(record.log_weights) or num_particles,
-            "ess": record.ess, "log_z": record.log_evidence, "resampled": record.resampled,
-            "tokens": record.tokens, "tok_s": record.tokens / elapsed_s if elapsed_s > 0 else 0.0,
-            "elapsed": elapsed_s}
+def step_stats(event: StepEnd, num_particles: int, elapsed_s: float) -> dict[str, Any]:
+    """The numbers a progress line shows for one step (`num_particles` when the step has no weights)."""
+    return {"step": event.step, "alive": event.alive, "n": event.num_particles or num_particles, "ess": event.ess,
+            "log_z": event.log_evidence, "resampled": event.resampled, "tokens": event.tokens,
+            "tok_s": event.tokens / elapsed_s if elapsed_s > 0 else 0.0, "elapsed": elapsed_s}
 
 
 def plain_line(s: dict[str, Any]) -> str:
@@ -42,11 +46,11 @@ def plain_line(s: dict[str, Any]) -> str:
             f"{s['tokens']} tokens ({s['tok_s']:.0f}/s) | {s['elapsed']:.2f} s")
 
 
-class ProgressListener(RunListener):
-    """Shows a run's progress on `stream` (default stdout): a rich bar when `tty`, else plain lines.
+class ProgressDisplay:
+    """Shows stream events on `stream` (default stdout): a rich bar when `tty`, else plain lines.
 
     `tty=None` decides by `stream.isatty()`. `total_steps` (when known, e.g. `max_steps`) gives the
-    bar a length; otherwise it pulses. Never raises into the run (see `swarm.listeners`).
+    bar a length; otherwise it pulses.
     """
 
     def __init__(self, stream: IO[str] | None = None, *, tty: bool | None = None,
@@ -59,12 +63,42 @@ class ProgressListener(RunListener):
         self._progress: Any = None
         self._task: Any = None
 
-    # -- listener ------------------------------------------------------------------------------
-    def on_run_start(self, record: RunStarted) -> None:
+    def follow(self, events: Iterable[Any]) -> Any:
+        """Show every event of a run (e.g. `policy.stream(...)`) and return its `Result`. When the
+        run raises, the display is closed with the error and the exception propagates."""
+        result = None
+        try:
+            for event in events:
+                self.show(event)
+                if isinstance(event, RunEnd):
+                    result = event.result
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        finally:
+            self.close()
+        return result
+
+    def show(self, event: Any) -> None:
+        """Show one event (events the display does not draw are ignored)."""
+        if isinstance(event, StepEnd):
+            self.step(event)
+        elif isinstance(event, RunStart):
+            self.start(event)
+        elif isinstance(event, RunEnd):
+            d = event.result.diagnostics
+            self.finished(event.result.log_evidence, event.result.ess, d.tokens, d.llm_calls)
+        elif isinstance(event, RunSummary):
+            if event.error:
+                self.failed(event.error)
+            else:
+                self.finished(event.log_evidence, event.ess, event.tokens, event.llm_calls)
+
+    def start(self, event: RunStart) -> None:
         self._t0 = time.perf_counter()
-        self.num_particles = record.num_particles
-        head = (f"run {record.run_id}: {record.policy} on {record.program}, N = {record.num_particles}, "
-                f"runtime {record.runtime}")
+        self.num_particles = event.num_particles
+        head = (f"run {event.run_id}: {event.policy} on {event.program}, N = {event.num_particles}, "
+                f"runtime {event.runtime}")
         if not self.tty:
             self._print(head)
             return
@@ -79,23 +113,26 @@ class ProgressListener(RunListener):
         self._progress.start()
         self._task = self._progress.add_task("step 0", total=self.total_steps, stats="starting")
 
-    def on_step(self, record: StepRecord) -> None:
-        s = step_stats(record, self.num_particles, time.perf_counter() - self._t0)
+    def step(self, event: StepEnd) -> None:
+        s = step_stats(event, self.num_particles, self._elapsed())
         if self._progress is None:
             self._print(plain_line(s))
             return
         stats = (f"alive {s['alive']}/{s['n']}  ESS {fmt_float(s['ess'], 1)}  log Z {fmt_float(s['log_z'])}  "
                  f"{s['tok_s']:.0f} tok/s" + ("  [magenta]resampled[/magenta]" if s["resampled"] else ""))
-        self._progress.update(self._task, description=f"step {s['step']}", stats=stats,
-                              completed=s["step"])
+        self._progress.update(self._task, description=f"step {s['step']}", stats=stats, completed=s["step"])
 
-    def on_run_end(self, record: RunFinished) -> None:
-        elapsed = time.perf_counter() - self._t0
-        if record.error:
-            tail = f"run failed after {elapsed:.2f} s: {record.error}"
-        else:
-            tail = (f"run finished in {elapsed:.2f} s: log Z {fmt_float(record.log_evidence)}, "
-                    f"ESS {fmt_float(record.ess, 1)}, {record.tokens} tokens, {record.llm_calls} LLM calls")
+    def finished(self, log_evidence: float | None, ess: float | None, tokens: int, llm_calls: int) -> None:
+        self.finish(f"run finished in {self._elapsed():.2f} s: log Z {fmt_float(log_evidence)}, "
+                    f"ESS {fmt_float(ess, 1)}, {tokens} tokens, {llm_calls} LLM calls")
+
+    def failed(self, error: BaseException | str) -> None:
+        if not isinstance(error, str):
+            error = f"{type(error).__name__}: {error}"
+        self.finish(f"run failed after {self._elapsed():.2f} s: {error}")
+
+    def finish(self, tail: str) -> None:
+        """The last line of a run (success or failure); stops the bar."""
         if self._progress is None:
             self._print(tail)
             return
@@ -106,10 +143,35 @@ class ProgressListener(RunListener):
         self._progress = None
 
     def close(self) -> None:
-        """Stop the live display if a run ended without `on_run_end` (an interrupted process)."""
+        """Stop the live display if a run ended without its last event (an interrupted process)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
+
+
+class ProgressListener(ProgressDisplay, RunListener):
+    """The display as a `RunListener`: records → events (`RecordTranslator`) → `show`. Never raises
+    into the run (see `swarm.listeners`)."""
+
+    def __init__(self, stream: IO[str] | None = None, *, tty: bool | None = None,
+                 total_steps: int | None = None) -> None:
+        super().__init__(stream, tty=tty, total_steps=total_steps)
+        self._translator = RecordTranslator()
+
+    def on_run_start(self, record: RunStarted) -> None:
+        self._translator = RecordTranslator()
+        for event in self._translator.start(record):
+            self.show(event)
+
+    def on_step(self, record: StepRecord) -> None:
+        for event in self._translator.step(record):
+            self.show(event)
+
+    def on_run_end(self, record: RunFinished) -> None:
+        self.show(self._translator.end(record))

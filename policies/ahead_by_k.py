@@ -9,10 +9,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, run_independent
+from policies.independent import particle_of, report_step, run_independent
 from swarm.errors import NoSurvivingParticles, RejectionError
 from swarm.result import Result, hashable
 from swarm.trace import Trace
+from swarm.weights import first_soft_event
 
 
 def step_success(p: float, k: int) -> float:
@@ -78,14 +79,15 @@ def _check_p(p: float, name: str) -> None:
 
 def _check_hard(trace: Trace) -> None:
     """A vote counts as one exact draw of p only when Φ ∈ {0, 1} and no importance correction applies."""
-    for e in trace.events:
-        if e.type == "factor" and not e.shaping and e.scale != 0 and e.log_potential not in (0.0, -math.inf):
-            raise RejectionError(
-                f"AheadByK: votes must be unweighted, but factor {e.address!r} has log-potential "
-                f"{e.log_potential!r}; use guarantee() for red flags, or SelfConsistency for soft factors")
-        if e.type == "sample" and e.target_log_prob is not None and e.log_weight_increment != 0.0:
-            raise RejectionError(f"AheadByK: site {e.address!r} was drawn from a proposal other than its "
-                                 "distribution, so its vote would need an importance weight")
+    soft = first_soft_event(trace.events)
+    if soft is None:
+        return
+    if soft.type == "factor":
+        raise RejectionError(
+            f"AheadByK: votes must be unweighted, but factor {soft.address!r} has log-potential "
+            f"{soft.log_potential!r}; use guarantee() for red flags, or SelfConsistency for soft factors")
+    raise RejectionError(f"AheadByK: site {soft.address!r} was drawn from a proposal other than its "
+                         "distribution, so its vote would need an importance weight")
 
 
 class AheadByK(Policy):
@@ -141,12 +143,13 @@ class AheadByK(Policy):
         runner = ctx.runner(args, kwargs)
         votes: dict[Hashable, int] = {}
         accepted: list[tuple[int, Any, Hashable]] = []  # (stream, segment, answer)
-        used, winner, margin = 0, None, 0
+        used, lost, winner, margin = 0, 0, None, 0
         while winner is None and used < self.max_samples:
             size = min(self.batch_size, self.max_samples - used)
             batch = await run_independent(ctx, runner, size, first_stream=used)
             for seg in batch:
                 used += 1
+                lost += seg.status == "lost"  # missing data: neither a vote nor a red flag
                 if seg.status != "finished" or seg.log_weight() == -math.inf:
                     continue  # red-flagged: a failed guarantee, a −∞ factor or an error
                 _check_hard(seg.trace)
@@ -160,12 +163,12 @@ class AheadByK(Policy):
             if winner is None and (ctx.out_of_budget() or len(batch) < size):
                 break
         if not accepted:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="AheadByK",
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name,
                                        detail=f"0 of {used} draws accepted")
-        return self._result(ctx, votes, accepted, used, winner, margin)
+        return self._result(ctx, votes, accepted, used, winner, margin, lost)
 
     def _result(self, ctx: RunContext, votes: dict, accepted: list, used: int, winner: Any,
-                margin: int) -> Result:
+                margin: int, lost: int = 0) -> Result:
         if winner is None:
             counts = sorted(votes.values(), reverse=True)
             margin = counts[0] - (counts[1] if len(counts) > 1 else 0)
@@ -173,12 +176,10 @@ class AheadByK(Policy):
         if winner is not None:
             p_used = self.p_estimate if self.p_estimate is not None else (votes[winner] + 1) / (len(accepted) + 2)
             bound, union = error_bound(p_used, self.k), union_error_bound(p_used, self.k)
-        particles = [particle_of(stream, seg, 0.0) for stream, seg, _ in accepted]
-        log_z = math.log(len(accepted) / used)
-        zeros = np.zeros(len(accepted))
-        ctx.emit_step(0, [s for _, s, _ in accepted], [0] * len(accepted), [i for i, _, _ in accepted],
-                      [None] * len(accepted), zeros, zeros, log_z, accepted[0][1].started_ns)
-        return ctx.result("AheadByK", particles, log_z, extra={
+        log_z = math.log(len(accepted) / (used - lost))
+        report_step(ctx, [s for _, s, _ in accepted], np.zeros(len(accepted)), log_z, ids=[i for i, _, _ in accepted])
+        particles = [particle_of(ctx, stream, seg, 0.0) for stream, seg, _ in accepted]
+        return ctx.result(particles, log_z, extra={
             "winner": winner, "margin": margin, "samples_used": used, "votes": votes,
             "answers": [a for _, _, a in accepted],
             "exhausted": winner is None and used >= self.max_samples, "p_used": p_used,

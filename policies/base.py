@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import math
 import secrets
 import time
 import uuid
-from typing import Any, Callable, Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from swarm.coordinator import Coordinator, StepOutcome, check_lost_fraction
+from swarm.effects import new_run_scope, run_scope
+from swarm.event_tree import GlobalTrace
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.gc_tuning import relaxed_gc
-from swarm.listeners import Broadcaster, ParticleStep, RunFinished, RunStarted, StepRecord
+from swarm.listeners import Broadcaster, RunFinished, RunStarted, step_record
+from swarm.population import STATUS_CODES
 from swarm.population import ess as population_ess
-from swarm.population import normalized_weights
 from swarm.result import Diagnostics, Result
-from swarm.runtime import new_run_scope
 from swarm.runtimes import Runtime, make_runtime
+
+if TYPE_CHECKING:
+    from policies.streaming import RunStream
 
 
 class Budget(BaseModel):
@@ -50,10 +55,12 @@ class Budget(BaseModel):
 
 
 class RunContext:
-    """The per-run state a policy works with."""
+    """The per-run state a policy works with: the seed, the run's global trace, the runtime, the
+    diagnostics, the budget, and the listeners it reports to."""
 
     def __init__(self, policy: "Policy", program: Callable[..., Any], runtime: Runtime) -> None:
         self.policy = policy
+        self.policy_name = type(policy).__name__
         self.program = program
         self.runtime = runtime
         self.seed: int = policy.seed if policy.seed is not None else secrets.randbits(63)
@@ -62,24 +69,33 @@ class RunContext:
         self.started = time.perf_counter()
         self.diagnostics = Diagnostics()
         self.budget = policy.budget
+        self.tree = GlobalTrace()
+        self.runners: list[SegmentRunner] = []
+        self.args: tuple = ()
+        self.kwargs: dict[str, Any] = {}
 
     # -- execution ---------------------------------------------------------------------------
     def runner(self, args: tuple, kwargs: dict, *, beta: float | None = None, kill: bool = True) -> SegmentRunner:
-        return SegmentRunner(self.program, args, kwargs, seed=self.seed, beta=beta, kill=kill)
+        """The program with its arguments, this run's seed and payload store, and the run scope."""
+        runner = SegmentRunner(self.program, args, kwargs, seed=self.seed, beta=beta, kill=kill,
+                               intern=self.tree.payloads.intern_info, scope=run_scope())
+        self.runners.append(runner)
+        return runner
+
+    def coordinator(self, runner: SegmentRunner, n: int) -> Coordinator:
+        """A population of `n` executions of `runner`'s program, on this run's runtime and global trace."""
+        return Coordinator(runner, self.runtime, n, policy=self.policy_name, tree=self.tree,
+                           max_lost_fraction=self.policy.max_lost_fraction, diagnostics=self.diagnostics)
 
     async def advance(self, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
-        """Run segments on the runtime and account for their tokens, calls and deaths."""
+        """Run segments on the runtime and account for their tokens, calls, deaths and losses."""
         segments = await self.runtime.run_segments(runner, tasks)
-        self.account(segments)
+        self.diagnostics.account(segments)
         return segments
 
-    def account(self, segments: Sequence[Segment]) -> None:
-        """Add segments' tokens, LLM calls and deaths to the run's diagnostics."""
-        for seg in segments:
-            self.diagnostics.tokens += seg.tokens
-            self.diagnostics.llm_calls += seg.llm_calls
-            if seg.status in ("dead", "failed") and seg.site:
-                self.diagnostics.deaths[seg.site] = self.diagnostics.deaths.get(seg.site, 0) + 1
+    def check_lost(self, segments: Sequence[Segment], step: int = 0) -> None:
+        """Stop the run (`BackendUnavailable`) when too many of these executions were lost."""
+        check_lost_fraction(segments, self.policy.max_lost_fraction, self.policy_name, step)
 
     def out_of_budget(self) -> str | None:
         if self.budget is None:
@@ -94,46 +110,48 @@ class RunContext:
         """A generator for the policy's own choices (resampling), addressed by the run seed and key."""
         return np.random.default_rng([self.seed & (2**63 - 1), *key])
 
+    async def release(self) -> None:
+        """Close the executions the runtime kept alive for this run's runners."""
+        for runner in self.runners:
+            await self.runtime.release(runner)
+
     # -- listeners ---------------------------------------------------------------------------
     def emit_start(self, num_particles: int) -> None:
         if self.broadcaster:
             self.broadcaster.emit("on_run_start", RunStarted(
-                run_id=self.run_id, policy=type(self.policy).__name__, program=getattr(self.program, "__qualname__", repr(self.program)),
-                config=self.policy.describe(), num_particles=num_particles, runtime=self.runtime.name,
-                started_at_ns=time.time_ns()))
+                run_id=self.run_id, policy=self.policy_name, program=getattr(self.program, "__qualname__", repr(self.program)),
+                config=self.policy.describe(), arguments=_jsonable_arguments(self.args, self.kwargs),
+                num_particles=num_particles, runtime=self.runtime.name, started_at_ns=time.time_ns()))
 
-    def emit_step(self, step: int, segments: Sequence[Segment | None], prefixes: Sequence[int],
-                  ids: Sequence[int], parent_ids: Sequence[int | None], log_w: np.ndarray,
-                  increments: np.ndarray, log_evidence: float, started_ns: int,
-                  ancestors: np.ndarray | None = None, offspring_ids: Sequence[int] | None = None) -> None:
-        """Report one population step; `segments[i]` is None for a particle that did not move."""
+    def emit_step(self, outcome: StepOutcome) -> None:
+        """Report one population step to the listeners (see `swarm.listeners.StepRecord`)."""
+        if self.broadcaster:
+            self.broadcaster.emit("on_step", step_record(self.run_id, outcome, self.diagnostics))
+
+    def emit_segments(self, step: int, segments: Sequence[Segment], log_w: np.ndarray, log_evidence: float, *,
+                      ids: Sequence[int] | None = None, parents: Sequence[int | None] | None = None,
+                      increments: np.ndarray | None = None) -> None:
+        """Report executions that are not a coordinator's population (independent draws, the nodes a
+        search expanded) to the listeners as one step; lost ones are left out of the ESS."""
         if not self.broadcaster:
             return
-        w = normalized_weights(log_w) if np.any(log_w > -math.inf) else np.zeros(len(log_w))
-        particles = []
-        for i, seg in enumerate(segments):
-            if seg is None:
-                continue
-            particles.append(ParticleStep(
-                particle_id=ids[i], parent_id=parent_ids[i], index=i, step=step, status=_status(seg),
-                site=seg.site if seg.status == "running" else None, log_weight=float(log_w[i]),
-                log_increment=float(increments[i]), normalized_weight=float(w[i]),
-                new_events=list(seg.trace.events[prefixes[i]:]), started_at_ns=seg.started_ns,
-                ended_at_ns=seg.ended_ns, value=seg.value if seg.status == "finished" else None,
-                killed_by=seg.site if seg.status in ("dead", "failed") else None))
-        self.broadcaster.emit("on_step", StepRecord(
-            run_id=self.run_id, step=step, particles=particles, log_weights=[float(x) for x in log_w],
-            particle_ids=[int(i) for i in ids], ess=float(population_ess(log_w)) if len(log_w) else 0.0,
-            log_evidence=float(log_evidence), resampled=ancestors is not None,
-            ancestors=None if ancestors is None else [int(a) for a in ancestors],
-            offspring_ids=None if offspring_ids is None else list(offspring_ids),
-            started_at_ns=started_ns, ended_at_ns=time.time_ns(),
-            tokens=self.diagnostics.tokens, llm_calls=self.diagnostics.llm_calls))
+        n = len(segments)
+        status = np.array([STATUS_CODES[s.status] for s in segments], dtype=np.int8)
+        active = status != STATUS_CODES["lost"]
+        alive = active & (log_w > -np.inf)
+        self.emit_step(StepOutcome(
+            step=step, moved=np.arange(n), segments=list(segments),
+            increments=log_w if increments is None else increments,
+            ids=np.array(ids if ids is not None else range(n), dtype=np.int64),
+            parents=np.array([-1 if p is None else p for p in (parents or [None] * n)], dtype=np.int64),
+            log_w=np.asarray(log_w, dtype=float), status=status, started_ns=segments[0].started_ns if n else 0,
+            ess=population_ess(log_w[active]) if alive.any() else 0.0, log_evidence=log_evidence,
+            lost=int(np.sum(~active))))
 
     def emit_end(self, result: Result | None, error: BaseException | None = None) -> None:
         if not self.broadcaster:
             return
-        record = RunFinished(run_id=self.run_id, policy=type(self.policy).__name__, ended_at_ns=time.time_ns(),
+        record = RunFinished(run_id=self.run_id, policy=self.policy_name, ended_at_ns=time.time_ns(),
                              tokens=self.diagnostics.tokens, llm_calls=self.diagnostics.llm_calls,
                              error=None if error is None else f"{type(error).__name__}: {error}")
         if result is not None:
@@ -146,14 +164,11 @@ class RunContext:
             record.marginal = {repr(k): v for k, v in list(result.marginal().items())[:50]}
         self.broadcaster.emit("on_run_end", record)
 
-    def result(self, policy: str, particles: list, log_evidence: float, **extra: Any) -> Result:
+    def result(self, particles: list, log_evidence: float, **extra: Any) -> Result:
+        """The run's `Result`, named after the policy's class."""
         self.diagnostics.wall_time_s = time.perf_counter() - self.started
-        return Result(policy=policy, particles=particles, log_evidence=float(log_evidence), seed=self.seed,
-                      diagnostics=self.diagnostics, **extra)
-
-
-def _status(seg: Segment) -> str:
-    return "dead" if seg.status in ("dead", "failed") else seg.status
+        return Result(policy=self.policy_name, particles=particles, log_evidence=float(log_evidence), seed=self.seed,
+                      diagnostics=self.diagnostics, global_trace=self.tree, **extra)
 
 
 class Policy(BaseModel, abc.ABC):
@@ -167,6 +182,26 @@ class Policy(BaseModel, abc.ABC):
     """"local" (asyncio, one process), "ray", or a swarm Runtime instance."""
     listeners: list[Any] = Field(default_factory=list)
     budget: Budget | None = None
+    max_lost_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """The most of a step's particles that may be lost to infrastructure failures (an LLM or tool
+    call failing for good) before the run stops with `BackendUnavailable`; the lost ones are missing
+    data, excluded from the weights and from log Ẑ (docs/theory.md §3.3)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _population_size_name(cls, data: Any) -> Any:
+        """`num_particles` is the population size of every policy; the older per-policy names
+        (`n`, `num_samples`) still work, with a DeprecationWarning naming the new one."""
+        if isinstance(data, dict) and "num_particles" in cls.model_fields:
+            for old in ("n", "num_samples"):
+                if old in data and old not in cls.model_fields:
+                    if "num_particles" in data:
+                        raise ValueError(f"{cls.__name__}: give num_particles only (not also its old name {old!r})")
+                    warnings.warn(f"{cls.__name__}({old}=...) is deprecated: the population size of every policy is "
+                                  "num_particles", DeprecationWarning, stacklevel=4)
+                    data = {**data, "num_particles": data[old]}
+                    del data[old]
+        return data
 
     @field_validator("runtime")
     @classmethod
@@ -181,20 +216,41 @@ class Policy(BaseModel, abc.ABC):
 
     def run(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
         """Run `program(*args, **kwargs)` under this policy and return the weighted population."""
+        return self._sync(self.run_async(program, *args, **kwargs), "run")
+
+    def _sync(self, coroutine: Any, method: str) -> Any:
+        """Run the `<method>_async` coroutine to completion from synchronous code."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.run_async(program, *args, **kwargs))
-        raise RuntimeError(f"{type(self).__name__}.run() was called inside a running event loop; "
-                           f"use `await {type(self).__name__}.run_async(...)` there")
+            return asyncio.run(coroutine)
+        coroutine.close()
+        raise RuntimeError(f"{type(self).__name__}.{method}() was called inside a running event loop; "
+                           f"use `await {type(self).__name__}.{method}_async(...)` there")
+
+    def stream(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> "RunStream":
+        """Run `program(*args, **kwargs)` as an iterator of typed events (`async for`, or a plain `for`
+        outside an event loop): steps with ESS and log Z, the heaviest particle's text as it grows,
+        and last the `Result` (see policies.streaming)."""
+        from policies.streaming import RunStream
+
+        return RunStream(self, program, args, kwargs)
+
+    def stream_async(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The async generator of `stream`'s events; closing it early cancels the run."""
+        return self.stream(program, *args, **kwargs).events()
 
     async def run_async(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> Result:
         runtime = make_runtime(self.runtime)
         ctx = RunContext(self, program, runtime)
+        ctx.args, ctx.kwargs = args, kwargs
         await runtime.start()
         try:
             with relaxed_gc(), new_run_scope():
-                result = await self._run(ctx, args, kwargs)
+                try:
+                    result = await self._run(ctx, args, kwargs)
+                finally:
+                    await ctx.release()
         except BaseException as exc:
             ctx.emit_end(None, exc)
             raise
@@ -207,3 +263,16 @@ class Policy(BaseModel, abc.ABC):
     @abc.abstractmethod
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         """The algorithm."""
+
+
+def _jsonable_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The program's arguments for listeners: plain JSON values as they are, anything else as repr."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (str, int, float, bool, type(None))):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return repr(value)
+    return {"args": plain(list(args)), "kwargs": plain(kwargs)}

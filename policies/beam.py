@@ -110,7 +110,7 @@ class Beam(Policy):
             unique.setdefault(elem.key, elem)
         state["merged"] += len(candidates) - len(unique)
         if not unique:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="Beam")
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name)
         ranked = sorted(unique.values(), key=lambda e: -e.score)  # stable: ties keep the order found
         return ranked[: self.width]
 
@@ -119,15 +119,14 @@ class Beam(Policy):
         bound = evidence_lower_bound([e.seg.trace for e in beam if e.seg.status == "finished"])
         ctx.diagnostics.steps.append(StepStats(step=step, ess=float(ess(log_p)), log_evidence=bound,
                                                resampled=True, num_alive=len(beam)))
-        ctx.emit_step(step, [e.seg for e in beam], [0] * len(beam), [e.stream for e in beam],
-                      [e.parent for e in beam], np.array([e.score for e in beam]), np.zeros(len(beam)), bound,
-                      started)
+        ctx.emit_segments(step, [e.seg for e in beam], np.array([e.score for e in beam]), bound,
+                          ids=[e.stream for e in beam], parents=[e.parent for e in beam], increments=np.zeros(len(beam)))
 
     def _result(self, ctx: RunContext, beam: list[_Element], state: dict) -> Result:
         particles = [Particle(id=e.stream, value=e.seg.value if e.seg.status == "finished" else None,
                               log_weight=joint_log_mass(e.seg.trace), trace=e.seg.trace, status=e.seg.status,
                               parent_id=e.parent) for e in beam]
         bound = evidence_lower_bound([e.seg.trace for e in beam if e.seg.status == "finished"])
-        return ctx.result("Beam", particles, bound, extra={
+        return ctx.result(particles, bound, extra={
             "best": particles[0], "best_score": beam[0].score, "scores": [e.score for e in beam],
             "objective": self.objective, "executions": state["executions"], "merged": state["merged"]})

@@ -46,7 +46,7 @@ class BestOfN(Policy):
     A budget may stop the run early; the selection is then over the draws made.
     """
 
-    n: int = Field(16, gt=0)
+    num_particles: int = Field(16, gt=0)
     """How many independent executions to draw."""
     batch_size: int | None = Field(None, gt=0)
     """Executions run at once (None: all n); the budget is checked between batches."""
@@ -54,14 +54,13 @@ class BestOfN(Policy):
     """The score maximised: "weight" (log w, the potential) or "joint" (log π + log w, the target)."""
 
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
-        ctx.emit_start(self.n)
+        ctx.emit_start(self.num_particles)
         runner = ctx.runner(args, kwargs)
-        segments, log_w, log_z = await weighted_independent(ctx, runner, self.n, "BestOfN",
-                                                            batch_size=self.batch_size)
+        segments, log_w, log_z = await weighted_independent(ctx, runner, self.num_particles, batch_size=self.batch_size)
         scores = np.array([self._score(s, lw) for s, lw in zip(segments, log_w)])
         i_star = best_index(scores)
-        particles = particles_of(segments, log_w)
-        return ctx.result("BestOfN", particles, log_z, extra={
+        particles = particles_of(ctx, segments, log_w)
+        return ctx.result(particles, log_z, extra={
             "best": particles[i_star], "best_index": i_star, "best_score": float(scores[i_star]),
             "objective": self.objective})
 

@@ -9,11 +9,12 @@ import numpy as np
 from pydantic import Field
 
 from policies.base import Policy, RunContext
+from policies.independent import particle_of
 from swarm.errors import EnumerationError, NoSurvivingParticles
 from swarm.execution import SegmentTask
 from swarm.population import logsumexp
-from swarm.result import Particle, Result
-from swarm.runtime import UNSET, Handler, Message
+from swarm.result import Result
+from swarm.effects import UNSET, Handler, Message
 
 
 class _Branch(BaseException):
@@ -68,7 +69,7 @@ class Enumerate(Policy):
         current: dict[str, Any] = {}
         runner = ctx.runner(args, kwargs)
         runner.extra_handlers = lambda: [_FollowPath(current["path"])]
-        particles: list[Particle] = []
+        particles: list = []
         stack: list[dict[str, tuple[Any, float]]] = [{}]
         executions = 0
         while stack:
@@ -83,14 +84,14 @@ class Enumerate(Policy):
                 for value, lp in reversed(branch.choices):
                     stack.append({**current["path"], branch.address: (value, lp)})
                 continue
-            ctx.account([seg])
+            ctx.diagnostics.account([seg])
             if seg.status != "finished":
                 continue
             log_joint = seg.trace.proposal_log_prob + seg.trace.log_weight
             if log_joint > -math.inf:
-                particles.append(Particle(id=len(particles), value=seg.value, log_weight=log_joint, trace=seg.trace))
+                particles.append(particle_of(ctx, len(particles), seg, log_joint))
         if not particles:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="Enumerate", detail="every path has zero mass")
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name, detail="every path has zero mass")
         log_w = np.array([p.log_weight for p in particles])
-        return ctx.result("Enumerate", particles, logsumexp(log_w), exact=True,
+        return ctx.result(particles, logsumexp(log_w), exact=True,
                           extra={"executions": executions})

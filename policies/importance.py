@@ -24,7 +24,5 @@ class Importance(Policy):
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
         runner = ctx.runner(args, kwargs)
-        segments, log_w, log_z = await weighted_independent(ctx, runner, self.num_particles, "Importance",
-                                                            batch_size=self.batch_size)
-        particles = particles_of(segments, log_w)
-        return ctx.result("Importance", particles, log_z)
+        segments, log_w, log_z = await weighted_independent(ctx, runner, self.num_particles, batch_size=self.batch_size)
+        return ctx.result(particles_of(ctx, segments, log_w), log_z)

@@ -1,7 +1,10 @@
 """Shared by the policies that draw complete, independent executions (Forward, Importance,
-Rejection, BestOfN, SelfConsistency): run them in batches, honouring the budget between batches."""
+Rejection, BestOfN, SelfConsistency, AheadByK): run them in batches, honouring the budget between
+batches, add them to the run's global trace, weigh them, and report them as one step."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -16,37 +19,64 @@ from policies.base import RunContext
 async def run_independent(ctx: RunContext, runner: SegmentRunner, count: int, *, first_stream: int = 0,
                           batch_size: int | None = None) -> list[Segment]:
     """Run `count` complete executions with streams first_stream, first_stream+1, …; stop early
-    (returning fewer) when the budget runs out between batches."""
+    (returning fewer) when the budget runs out between batches. Each batch may lose at most the
+    policy's `max_lost_fraction` of its executions to infrastructure failures."""
     size = batch_size or count
     segments: list[Segment] = []
     for start in range(first_stream, first_stream + count, size):
         stop = min(start + size, first_stream + count)
-        segments += await ctx.advance(runner, [SegmentTask(stream=i) for i in range(start, stop)])
+        batch = await ctx.advance(runner, [SegmentTask(stream=i) for i in range(start, stop)])
+        ctx.check_lost(batch)
+        segments += batch
         if ctx.out_of_budget():
             break
     return segments
 
 
-def particle_of(index: int, seg: Segment, log_weight: float) -> Particle:
-    return Particle(id=index, value=seg.value, log_weight=log_weight, trace=seg.trace,
-                    status="finished" if seg.status == "finished" else seg.status)
+def particle_of(ctx: RunContext, stream: int, seg: Segment, log_weight: float) -> Particle:
+    """The particle of a complete execution, its events added to the run's global trace."""
+    leaf = ctx.tree.extend(-1, seg.events, 0, stream)
+    return Particle.model_construct(id=stream, value=seg.value, log_weight=log_weight, trace=ctx.tree.trace(leaf),
+                                    status=seg.status, parent_id=None, leaf=leaf)
 
 
-async def weighted_independent(ctx: RunContext, runner: SegmentRunner, count: int, policy: str, *,
+def log_weights(segments: list[Segment]) -> np.ndarray:
+    """log w(τ) of each execution (−inf for killed ones; lost ones are −inf and excluded by `active`)."""
+    return np.array([s.log_weight() for s in segments])
+
+
+def active(segments: list[Segment]) -> np.ndarray:
+    """The executions that count: every one that was not lost."""
+    return np.array([s.status != "lost" for s in segments], dtype=bool)
+
+
+def log_evidence(segments: list[Segment], log_w: np.ndarray) -> float:
+    """log Ẑ = log (1/N) Σ w(τᵢ) over the executions that were not lost (lost ones are missing)."""
+    mask = active(segments)
+    return logmeanexp(log_w[mask]) if mask.any() else -math.inf
+
+
+def report_step(ctx: RunContext, segments: list[Segment], log_w: np.ndarray, log_z: float,
+                ids: list[int] | None = None) -> None:
+    """Report independent executions to the listeners as one step (step 0)."""
+    ctx.emit_segments(0, segments, log_w, log_z, ids=ids)
+
+
+async def weighted_independent(ctx: RunContext, runner: SegmentRunner, count: int, *,
                                batch_size: int | None = None) -> tuple[list[Segment], np.ndarray, float]:
     """Draw `count` independent executions τᵢ ~ π, report them as one step, and return them with
-    their log weights log w(τᵢ) and the evidence estimate log Ẑ = log (1/N) Σ w(τᵢ).
+    their log weights log w(τᵢ) and the evidence estimate log Ẑ = log (1/N) Σ w(τᵢ) (over the
+    executions not lost).
 
     Raises NoSurvivingParticles (naming what killed them) when every weight is zero."""
     segments = await run_independent(ctx, runner, count, batch_size=batch_size)
-    log_w = np.array([s.log_weight() for s in segments])
-    log_z = logmeanexp(log_w)
-    ctx.emit_step(0, segments, [0] * len(segments), list(range(len(segments))), [None] * len(segments),
-                  log_w, log_w, log_z, segments[0].started_ns if segments else 0)
-    if not np.any(log_w > -np.inf):
-        raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=policy)
+    log_w = log_weights(segments)
+    log_z = log_evidence(segments, log_w)
+    report_step(ctx, segments, log_w, log_z)
+    if not np.any(log_w[active(segments)] > -np.inf):
+        raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name)
     return segments, log_w, log_z
 
 
-def particles_of(segments: list[Segment], log_w: np.ndarray) -> list[Particle]:
-    return [particle_of(i, s, float(lw)) for i, (s, lw) in enumerate(zip(segments, log_w))]
+def particles_of(ctx: RunContext, segments: list[Segment], log_w: np.ndarray) -> list[Particle]:
+    return [particle_of(ctx, i, s, float(lw)) for i, (s, lw) in enumerate(zip(segments, log_w))]

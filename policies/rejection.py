@@ -8,28 +8,29 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, run_independent
+from policies.independent import particle_of, report_step, run_independent
 from swarm.errors import NoSurvivingParticles, RejectionError
 from swarm.execution import Segment
 from swarm.result import Result
 from swarm.trace import Trace
+from swarm.weights import first_soft_event
 
 
 def _check_hard(trace: Trace) -> None:
     """Rejection is exact only for Φ ∈ {0, 1}: every target factor must be 0 or −∞ and no site may
     carry an importance correction."""
-    for e in trace.events:
-        if e.type == "factor" and not e.shaping and e.scale != 0 and e.log_potential not in (0.0, -math.inf):
-            raise RejectionError(
-                f"Rejection needs potentials in {{0, 1}}, but factor {e.address!r} has log-potential "
-                f"{e.log_potential!r}; use Importance or SMC for soft factors")
-        if e.type == "sample" and e.target_log_prob is not None and e.log_weight_increment != 0.0:
-            raise RejectionError(f"Rejection cannot use site {e.address!r}: it was drawn from a proposal other "
-                                 "than its distribution (its weight is not 0 or 1)")
+    soft = first_soft_event(trace.events)
+    if soft is None:
+        return
+    if soft.type == "factor":
+        raise RejectionError(f"Rejection needs potentials in {{0, 1}}, but factor {soft.address!r} has log-potential "
+                             f"{soft.log_potential!r}; use Importance or SMC for soft factors")
+    raise RejectionError(f"Rejection cannot use site {soft.address!r}: it was drawn from a proposal other "
+                         "than its distribution (its weight is not 0 or 1)")
 
 
 class Rejection(Policy):
-    """Draw from π until `num_samples` traces satisfy every constraint (at most `max_attempts` draws).
+    """Draw from π until `num_particles` traces satisfy every constraint (at most `max_attempts` draws).
 
     Accepted traces are exact samples of p(τ) ∝ π(τ)·1[constraints]. The acceptance probability is
     Z, estimated without bias by (k−1)/(n−1) when stopped at the k-th acceptance after n draws
@@ -38,7 +39,7 @@ class Rejection(Policy):
     the sequential one.
     """
 
-    num_samples: int = Field(1000, gt=0)
+    num_particles: int = Field(1000, gt=0)
     max_attempts: int = Field(1_000_000, gt=0)
     batch_size: int = Field(4096, gt=0)
     """The largest batch of draws run at once; batches start small and grow with the observed
@@ -46,44 +47,45 @@ class Rejection(Policy):
 
     @model_validator(mode="after")
     def _attempts_cover_samples(self) -> "Rejection":
-        if self.max_attempts < self.num_samples:
-            raise ValueError(f"max_attempts ({self.max_attempts}) must be ≥ num_samples ({self.num_samples})")
+        if self.max_attempts < self.num_particles:
+            raise ValueError(f"max_attempts ({self.max_attempts}) must be ≥ num_particles ({self.num_particles})")
         return self
 
     def _next_batch(self, accepted: int, attempts: int) -> int:
         """Enough draws to finish at the acceptance rate seen so far (+50%), within the limits."""
-        missing = self.num_samples - accepted
+        missing = self.num_particles - accepted
         rate = (accepted + 1) / (attempts + 2)  # Laplace's rule: never 0
         wanted = max(missing, int(1.5 * missing / rate) + 1)
         return max(1, min(wanted, self.batch_size, self.max_attempts - attempts))
 
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
-        ctx.emit_start(self.num_samples)
+        ctx.emit_start(self.num_particles)
         runner = ctx.runner(args, kwargs)
         accepted: list[tuple[int, Segment]] = []
-        attempts = 0
-        while len(accepted) < self.num_samples and attempts < self.max_attempts:
+        attempts = streams = 0  # a lost draw is missing, not an attempt: it takes a stream only
+        while len(accepted) < self.num_particles and attempts < self.max_attempts:
             size = self._next_batch(len(accepted), attempts)
-            batch = await run_independent(ctx, runner, size, first_stream=attempts)
-            for seg in batch:
+            batch = await run_independent(ctx, runner, size, first_stream=streams)
+            for stream, seg in enumerate(batch, start=streams):
+                if seg.status == "lost":
+                    continue
                 attempts += 1
                 if seg.status == "finished":
                     _check_hard(seg.trace)
                     if seg.log_weight() == 0.0:
-                        accepted.append((attempts - 1, seg))
-                        if len(accepted) == self.num_samples:
+                        accepted.append((stream, seg))
+                        if len(accepted) == self.num_particles:
                             break
+            streams += len(batch)
             if ctx.out_of_budget() or len(batch) < size:
                 break
         k = len(accepted)
         if k == 0:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="Rejection",
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name,
                                        detail=f"0 of {attempts} draws accepted")
-        stopped_at_k = k == self.num_samples and k >= 2
+        stopped_at_k = k == self.num_particles and k >= 2
         z_hat = (k - 1) / (attempts - 1) if stopped_at_k else k / attempts
-        particles = [particle_of(stream, seg, 0.0) for stream, seg in accepted]
-        log_w = np.zeros(k)
-        ctx.emit_step(0, [s for _, s in accepted], [0] * k, [i for i, _ in accepted], [None] * k, log_w, log_w,
-                      math.log(z_hat) if z_hat > 0 else -math.inf, accepted[0][1].started_ns)
-        return ctx.result("Rejection", particles, math.log(z_hat) if z_hat > 0 else -math.inf,
-                          extra={"attempts": attempts, "accepted": k, "acceptance_rate": k / attempts})
+        log_z = math.log(z_hat) if z_hat > 0 else -math.inf
+        report_step(ctx, [s for _, s in accepted], np.zeros(k), log_z, ids=[i for i, _ in accepted])
+        particles = [particle_of(ctx, stream, seg, 0.0) for stream, seg in accepted]
+        return ctx.result(particles, log_z, extra={"attempts": attempts, "accepted": k, "acceptance_rate": k / attempts})

@@ -95,7 +95,7 @@ class SelfConsistency(Policy):
     `result.log_evidence` is the unbiased Ẑ = (1/n) Σ w(τᵢ) of those same draws.
     """
 
-    n: int = Field(40, gt=0)
+    num_particles: int = Field(40, gt=0)
     """How many independent traces vote."""
     answer: Callable[[Any], Any] | None = None
     """Maps a trace's return value to its answer (None: the value itself)."""
@@ -105,12 +105,11 @@ class SelfConsistency(Policy):
     batch_size: int | None = Field(None, gt=0)
 
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
-        ctx.emit_start(self.n)
+        ctx.emit_start(self.num_particles)
         runner = ctx.runner(args, kwargs)
-        segments, log_w, log_z = await weighted_independent(ctx, runner, self.n, "SelfConsistency",
-                                                            batch_size=self.batch_size)
-        particles = particles_of(segments, log_w)
-        return ctx.result("SelfConsistency", particles, log_z, extra=self.tally(segments, log_w))
+        segments, log_w, log_z = await weighted_independent(ctx, runner, self.num_particles, batch_size=self.batch_size)
+        particles = particles_of(ctx, segments, log_w)
+        return ctx.result(particles, log_z, extra=self.tally(segments, log_w))
 
     def _answer_of(self, value: Any) -> Hashable:
         return hashable(value if self.answer is None else self.answer(value))

@@ -17,15 +17,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from policies.base import Policy, RunContext
-from policies.smc import ParticlePopulation
+from swarm.coordinator import StepOutcome
+from swarm.effects import UNSET, Handler, Message
 from swarm.errors import InvalidDistributionError, NoSurvivingParticles
 from swarm.execution import Segment, SegmentRunner, SegmentTask
-from swarm.handlers import seed as seed_handler
-from swarm.population import Genealogy, ess, logmeanexp, logsumexp, normalize, normalized_weights
+from swarm.population import STATUS_CODES, Genealogy, ess, logmeanexp, logsumexp, normalize, normalized_weights
 from swarm.resampling import resample
-from swarm.result import Result, StepStats
-from swarm.runtime import UNSET, Handler, Message, active_handlers
+from swarm.result import Particle, Result, StepStats
 from swarm.trace import Trace
+from swarm.weights import importance_correction, log_potential
 
 __all__ = ["TemperedSMC", "target_log_potential", "log_correction", "prefix_before_site", "num_sample_sites",
            "next_beta", "conditional_ess"]
@@ -34,18 +34,12 @@ __all__ = ["TemperedSMC", "target_log_potential", "log_correction", "prefix_befo
 # --- what a complete trace contributes ---------------------------------------------------------------
 def target_log_potential(trace: Trace) -> float:
     """log Φ(τ) at scale 1, whatever β the trace was run at: target factors plus guarantees."""
-    total = 0.0
-    for e in trace.events:
-        if e.type == "factor" and not e.shaping:
-            total += e.log_potential
-        elif e.type == "guarantee" and not e.satisfied:
-            return -math.inf
-    return total
+    return log_potential(trace.events, unscaled=True)
 
 
 def log_correction(trace: Trace) -> float:
     """Σ_sites (log p − log q): non-zero only for sites drawn from a proposal other than their model."""
-    return math.fsum(e.log_weight_increment for e in trace.events if e.type == "sample")
+    return importance_correction(trace.events)
 
 
 def num_sample_sites(trace: Trace) -> int:
@@ -104,6 +98,39 @@ def next_beta(beta: float, log_W: np.ndarray, log_phi: np.ndarray, target: float
     return beta + (lo if lo > 0.0 else hi)
 
 
+class _Population:
+    """N complete traces: their segments, ids, parent ids and log weights W."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.n = len(segments)
+        self.segments = segments
+        self.ids = np.arange(self.n, dtype=np.int64)
+        self.parents = np.full(self.n, -1, dtype=np.int64)
+        self.log_w = np.zeros(self.n)
+        self.next_id = self.n
+
+    def resample(self, ancestors: np.ndarray) -> np.ndarray:
+        """Copies of `ancestors` with new ids; weights reset to logmeanexp(W) (Ẑ stays unbiased)."""
+        mean = logmeanexp(self.log_w)
+        self.segments = [self.segments[a] for a in ancestors]
+        self.parents = self.ids[ancestors]
+        self.ids = np.arange(self.next_id, self.next_id + self.n, dtype=np.int64)
+        self.next_id += self.n
+        self.log_w = np.full(self.n, mean)
+        return self.ids
+
+    def particles(self, ctx: RunContext) -> list[Particle]:
+        out = []
+        for i, seg in enumerate(self.segments):
+            trace = _at_full_scale(seg.trace)
+            leaf = ctx.tree.extend(-1, trace.events, 0, int(self.ids[i]))
+            out.append(Particle.model_construct(
+                id=int(self.ids[i]), value=seg.value if seg.status == "finished" else None,
+                log_weight=float(self.log_w[i]), trace=trace, status=seg.status,
+                parent_id=None if self.parents[i] < 0 else int(self.parents[i]), leaf=leaf))
+        return out
+
+
 class _Chains:
     """Per-particle quantities of the complete traces: log Φ and the number of sample sites."""
 
@@ -126,23 +153,19 @@ def _log_phi(seg: Segment) -> float:
 class _SiteMove(Handler):
     """Lightweight MH (Wingate, Stuhlmüller & Goodman 2011): redraw one site, keep every other value.
 
-    `plans[stream] = (address to redraw, {address: value to keep})`; the plan of the current
-    execution is found through the stream of its `seed` handler. A kept value is re-scored under
-    its (possibly changed) distribution; sites the old trace did not have are drawn fresh.
+    `plan = (address to redraw, {address: value to keep})`, one per proposal execution. A kept
+    value is re-scored under its (possibly changed) distribution; sites the old trace did not have
+    are drawn fresh.
     """
 
-    def __init__(self, plans: dict) -> None:
+    def __init__(self, plan: tuple[str, dict]) -> None:
         super().__init__()
-        self.plans = plans
-        self._plan = None
+        self.plan = plan
 
     def process_message(self, msg: Message) -> None:
         if msg.type != "sample" or msg.value is not UNSET:
             return
-        if self._plan is None:
-            stream = next(h.stream for h in active_handlers() if isinstance(h, seed_handler))
-            self._plan = self.plans[stream]
-        redraw, keep = self._plan
+        redraw, keep = self.plan
         if msg.name == redraw or msg.name not in keep:
             return
         source = msg.proposal if msg.proposal is not None else msg.fn
@@ -151,7 +174,7 @@ class _SiteMove(Handler):
                 f"TemperedSMC(move='site') must re-score the kept value of site {msg.name!r}, an asynchronous "
                 "generation it cannot score; use move='suffix' for programs with LLM sites")
         value = keep[msg.name]
-        msg.value, msg.log_prob, msg.replayed = value, source.log_prob(value), True
+        msg.value, msg.log_prob = value, source.log_prob(value)  # a new execution: its events are recorded
         msg.target_log_prob = None if msg.proposal is None else msg.fn.log_prob(value)
 
 
@@ -248,9 +271,8 @@ class TemperedSMC(Policy):
         runner = ctx.runner(args, kwargs, beta=0.0)
         plans: dict = {}
         mover = ctx.runner(args, kwargs, beta=0.0)
-        mover.extra_handlers = lambda: [_SiteMove(plans)]
-        pop = ParticlePopulation(n)
-        pop.segments = list(await ctx.advance(runner, [SegmentTask(stream=i) for i in range(n)]))
+        mover.extra_handlers = lambda stream: [_SiteMove(plans[stream])]
+        pop = _Population(list(await ctx.advance(runner, [SegmentTask(stream=i) for i in range(n)])))
         chains = _Chains(pop.segments)
         pop.log_w = np.array([log_correction(s.trace) if s.status == "finished" else -math.inf for s in pop.segments])
         self._check_alive(ctx, pop)
@@ -260,12 +282,9 @@ class TemperedSMC(Policy):
         while state["beta"] < 1.0:
             await self._stage(ctx, pop, chains, state)
         ctx.diagnostics.genealogy = state["genealogy"].to_lists()
-        particles = pop.particles()
-        for p in particles:
-            p.trace = _at_full_scale(p.trace)
-        return ctx.result(type(self).__name__, particles, logmeanexp(pop.log_w), extra=_extra(state))
+        return ctx.result(pop.particles(ctx), logmeanexp(pop.log_w), extra=_extra(state))
 
-    async def _stage(self, ctx: RunContext, pop: ParticlePopulation, chains: _Chains, state: dict) -> None:
+    async def _stage(self, ctx: RunContext, pop: _Population, chains: _Chains, state: dict) -> None:
         """One tempering stage: choose β', reweight, and (below β' = 1) resample and move."""
         started = time.time_ns()
         stage, beta = len(state["stages"]), state["beta"]
@@ -285,17 +304,20 @@ class TemperedSMC(Policy):
         state["beta"] = new_beta
         state["stopped"] = state["stopped"] or ctx.out_of_budget() is not None
         self._record(ctx, state, pop, stage, log_increment, rate, ancestors, stage_ess)
-        ctx.emit_step(stage, [None] * pop.n, [0] * pop.n, pop.ids, pop.parents, pop.log_w, log_u,
-                      logmeanexp(pop.log_w), started, ancestors=ancestors, offspring_ids=offspring)
+        ctx.emit_step(StepOutcome(
+            step=stage, moved=np.zeros(0, dtype=np.int64), segments=[], increments=log_u, ids=pop.ids,
+            parents=pop.parents, log_w=pop.log_w, status=np.array([STATUS_CODES[s.status] for s in pop.segments]),
+            started_ns=started, ess=ess(pop.log_w), log_evidence=logmeanexp(pop.log_w), ancestors=ancestors,
+            offspring_ids=offspring))
 
-    def _choose_beta(self, stage: int, beta: float, pop: ParticlePopulation, chains: _Chains, stopped: bool) -> float:
+    def _choose_beta(self, stage: int, beta: float, pop: _Population, chains: _Chains, stopped: bool) -> float:
         if stopped or stage >= self.max_stages:
             return 1.0  # out of budget or stages: one last importance step straight to the target
         if self.schedule != "adaptive":
             return self.schedule[stage - 1]
         return next_beta(beta, normalize(pop.log_w), chains.log_phi, self.target_cess)
 
-    async def _rejuvenate(self, ctx: RunContext, pop: ParticlePopulation, chains: _Chains, beta: float,
+    async def _rejuvenate(self, ctx: RunContext, pop: _Population, chains: _Chains, beta: float,
                           stage: int, state: dict) -> float | None:
         """k sweeps of MH at temperature β over every particle; returns the acceptance rate."""
         proposed = accepted = 0
@@ -317,7 +339,7 @@ class TemperedSMC(Policy):
         state["plans"].clear()
         return accepted / proposed if proposed else None
 
-    def _proposals(self, pop: ParticlePopulation, movable: list[int], sites: list[int], tag: str, plans: dict):
+    def _proposals(self, pop: _Population, movable: list[int], sites: list[int], tag: str, plans: dict):
         """The proposal tasks, and for each a function giving the kept addresses from the new trace."""
         tasks, kept = [], []
         for i, j in zip(movable, sites):
@@ -334,11 +356,11 @@ class TemperedSMC(Policy):
                                                             if e.address in old[1] and e.address != old[0]})
         return tasks, kept
 
-    def _check_alive(self, ctx: RunContext, pop: ParticlePopulation) -> None:
+    def _check_alive(self, ctx: RunContext, pop: _Population) -> None:
         if not np.any(pop.log_w > -math.inf):
             raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=type(self).__name__)
 
-    def _record(self, ctx: RunContext, state: dict, pop: ParticlePopulation, stage: int, log_increment: float,
+    def _record(self, ctx: RunContext, state: dict, pop: _Population, stage: int, log_increment: float,
                 rate: float | None, ancestors: np.ndarray | None, stage_ess: float | None) -> None:
         state["genealogy"].record(ancestors)
         stage_ess = ess(pop.log_w) if stage_ess is None else stage_ess

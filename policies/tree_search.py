@@ -210,19 +210,19 @@ class TreeSearch(Policy):
         ctx.diagnostics.steps.append(StepStats(step=simulation, ess=float(len(children)), log_evidence=bound,
                                                resampled=False, num_alive=len(state["finished"])))
         if children:
-            ctx.emit_step(simulation, [c.seg for c in children], [0] * len(children), [c.stream for c in children],
-                          [leaf.stream] * len(children), np.array([c.value for c in children]),
-                          np.zeros(len(children)), bound, started)
+            ctx.emit_segments(simulation, [c.seg for c in children], np.array([c.value for c in children]), bound,
+                              ids=[c.stream for c in children], parents=[leaf.stream] * len(children),
+                              increments=np.zeros(len(children)))
 
     def _result(self, ctx: RunContext, root: _Node, state: dict, simulations: int, critic: Any) -> Result:
         found = sorted(state["finished"], key=lambda n: -n.score)
         if not found and root.closed:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy="TreeSearch")
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name)
         particles = [Particle(id=n.stream, value=n.seg.value, log_weight=joint_log_mass(n.seg.trace),
                               trace=n.seg.trace) for n in found]
         children = [{"value": c.value, "visits": c.visits, "log_prior": c.log_prior, "status": c.status,
                      "samples": c.seg.trace.samples()} for c in root.children]
-        return ctx.result("TreeSearch", particles, evidence_lower_bound([n.seg.trace for n in found]), extra={
+        return ctx.result(particles, evidence_lower_bound([n.seg.trace for n in found]), extra={
             "best": particles[0] if particles else None, "best_score": found[0].score if found else -math.inf,
             "scores": [n.score for n in found], "root_value": root.value, "root_children": children,
             "num_nodes": state["nodes"], "executions": state["executions"], "simulations": simulations,

@@ -10,11 +10,13 @@ from pydantic import field_validator
 
 from policies.base import RunContext
 from policies.critics import bind_critic, evaluate_all, evaluate_now
-from policies.smc import SMC, ParticlePopulation
+from policies.checkpointing import RunCheckpoints
+from policies.smc import SMC
 from swarm.distributions import Categorical
-from swarm.execution import Engine, Segment, SegmentRunner, SegmentTask
+from swarm.effects import UNSET, Handler, Message
+from swarm.execution import Segment, SegmentTask
+from swarm.handlers import event_from_message
 from swarm.result import Result
-from swarm.runtime import UNSET, Handler, Message, active_handlers
 from swarm.trace import SampleEvent, Trace
 
 __all__ = ["TwistedSMC"]
@@ -28,24 +30,29 @@ class _TwistedProposal(Handler):
     by giving the site a custom proposal: the core then records log q and log p, and the weight gains
     log p(x) − log q(x) = log Σ_x' p(x'|s) e^{V̂(s⊕x')} − V̂(s ⊕ x). Sites the critic cannot look ahead
     at (LLM generations, infinite supports), or where every candidate has V̂ = −inf, keep their own
-    proposal."""
+    proposal. The handler keeps its own record of the execution's statements (replayed ones too), the
+    prefix s the critic is shown."""
 
     def __init__(self, critic: Callable[[Trace], Any]) -> None:
         super().__init__()
         self.critic = critic
+        self.events: list[Any] = []
 
     def process_message(self, msg: Message) -> None:
         if msg.type != "sample" or msg.value is not UNSET or msg.fn.is_async or msg.fn.support is None:
             return
-        engine = next(h for h in active_handlers() if isinstance(h, Engine))
-        events, describe = engine.trace.events, msg.fn.describe()
+        describe = msg.fn.describe()
         values, logits = [], []
         for value, log_p in msg.fn.enumerate_support():
-            candidate = Trace([*events, SampleEvent(address=msg.name, value=value, log_prob=log_p, dist=describe)])
+            candidate = Trace([*self.events, SampleEvent(address=msg.name, value=value, log_prob=log_p, dist=describe)])
             values.append(value)
             logits.append(log_p + evaluate_now(self.critic, candidate, f"TwistedSMC critic at site {msg.name!r}"))
         if max(logits) > -math.inf:
             msg.proposal = Categorical(values, logits=logits)
+
+    def postprocess_message(self, msg: Message) -> None:
+        if msg.type in ("sample", "factor", "guarantee", "interact"):
+            self.events.append(event_from_message(msg))
 
 
 class TwistedSMC(SMC):
@@ -64,7 +71,7 @@ class TwistedSMC(SMC):
 
     Mechanism: the core's shaping-factor machinery. A `Segment`'s log weight is its target weight
     plus its current twist; after each step the critic's value is added to the twist of every running
-    segment (on top of any shaping factor of the program's own), and `ParticlePopulation.update`
+    segment (on top of any shaping factor of the program's own), and `Population.update`
     takes increments of that total, so the telescoping is the same one `factor(..., shaping=True)`
     gets. Post-processing segments (rather than a handler emitting factors) evaluates the critic once
     per particle and step, only where the particle stops, and lets it be asynchronous (an LLM judge)
@@ -105,26 +112,32 @@ class TwistedSMC(SMC):
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
         critic = _RunCritic(bind_critic(self.critic, ctx.program, args, kwargs, ctx.seed))
-        ctx.twist_critic = critic  # per-run state, read by `advance`
+        ctx.twist_critic = critic  # per-run state, read by the advance hook
         runner = ctx.runner(args, kwargs)
         if self.proposal == "twisted":
             runner.extra_handlers = lambda: [_TwistedProposal(critic.fn)]
-        result = await self.run_population(ctx, runner, ParticlePopulation(self.num_particles))
+        swarm = ctx.coordinator(runner, self.num_particles)
+        await self.run_population(ctx, swarm, RunCheckpoints(None, None))
+        result = self.result(ctx, swarm)
         critic.account(ctx)
         result.extra["critic_usage"] = dict(critic.spent)
         return result
 
-    async def advance(self, ctx: RunContext, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
-        """Run the step's segments, then add the critic's V̂(s_t) to each running segment's twist."""
-        segments = await ctx.advance(runner, tasks)
+    def advance_hook(self, ctx: RunContext) -> Callable[[list[Segment], list[SegmentTask]], Any]:
+        """After each step's segments: add the critic's V̂(s_t) to each running segment's twist."""
         critic: _RunCritic = ctx.twist_critic
-        running = [seg for seg in segments if seg.status == "running" and seg.target_log_weight > -math.inf]
-        values = await evaluate_all(critic.fn, [seg.trace for seg in running], "TwistedSMC critic")
-        for seg, value in zip(running, values):
-            seg.twist += value
-        critic.calls += len(running)
-        critic.account(ctx)
-        return segments
+
+        async def add_twist(segments: list[Segment], tasks: list[SegmentTask]) -> None:
+            running = [(seg, task) for seg, task in zip(segments, tasks)
+                       if seg.status == "running" and seg.target_log_weight > -math.inf]
+            prefixes = [Trace([*task.prefix_events(), *seg.events]) for seg, task in running]
+            values = await evaluate_all(critic.fn, prefixes, "TwistedSMC critic")
+            for (seg, _), value in zip(running, values):
+                seg.twist = seg.twist + value if value > -math.inf else -math.inf
+            critic.calls += len(running)
+            critic.account(ctx)
+
+        return add_twist
 
 
 class _RunCritic:

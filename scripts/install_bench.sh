@@ -19,6 +19,9 @@ if [[ -x "${VENV}/bin/python" ]] && "${VENV}/bin/python" -c "import its_hub, lan
     exit 0
 fi
 
+if [[ -L "${VENV}" && ! -e "${VENV}" ]]; then
+    VENV="$(readlink -f "${VENV}")"   # a worktree's symlink to a shared venv not made yet: make it there
+fi
 if [[ ! -x "${VENV}/bin/python" ]]; then
     echo "creating ${VENV} with $("${PYTHON}" --version 2>&1)"
     "${PYTHON}" -m venv "${VENV}"

@@ -1,43 +1,43 @@
-"""Checkpoints of a population run: written atomically after each step, read back to resume.
+"""Checkpoints of a population run: an append-only log of the global trace, read back to resume.
 
     policies.SMC(num_particles=500, seed=0, checkpoint="runs/ckpt").run(program)     # writes
     policies.SMC(num_particles=500, seed=0).resume("runs/ckpt", program)            # continues
 
 A checkpoint directory holds
 
-    population.ckpt   the population after the last completed step (this module)
+    population.ckpt   the run's log: a header frame, then one frame per checkpointed step (this module)
     responses.jsonl   the run's response journal: every completed LLM call, appended as it completes
                       (written by `agents.cache.ResponseCache`; the core only names the file)
 
 so that a driver killed at any moment resumes without repeating a completed LLM call: calls made
-before the last checkpoint are in the particles' traces (replay never calls a backend), calls made
-after it are in the journal (the response cache answers them). Particles that run in other
-processes (Ray segment workers) learn the directory from a `CheckpointScope` handler that the
-policy adds to every segment (`active_checkpoint()` finds it), and append to the same journal (one
-`write` per line in append mode; on a cluster the directory must be on a filesystem the nodes share).
+before the last checkpoint are in the global trace (replay never calls a backend), calls made after
+it are in the journal (the response cache answers them). Code running inside a particle, in this
+process or a Ray worker, finds the directory in `run_scope()[CHECKPOINT_DIR_KEY]` (the segment
+runner carries it); on a cluster the directory must be on a filesystem the nodes share.
 
-What `population.ckpt` holds (`PopulationCheckpoint`): the step, the run seed, every particle's last
-segment (trace, status, value, sync count, weights), ids, parent ids, log weights W and effective
-log weights, the next free id, the genealogy and the diagnostics so far. That is the whole state of
-an SMC run between steps: all randomness is addressed by (seed, particle stream, site address) and
-resampling draws from a generator keyed by (seed, step) (`RunContext.step_rng`), so there is no
-generator state to save and the resumed run draws exactly what the uninterrupted run would have.
+A step frame holds only what the step added: the global trace's new nodes (`GlobalTrace.since`), the
+population's arrays (ids, parents, leaves, log weights W, effective weights, statuses, sync counts,
+finished values: O(N), never the traces), the step's genealogy row and the diagnostics so far. That
+is the whole state of an SMC run between steps: all randomness is addressed by (seed, particle
+stream, site address) and resampling draws from a generator keyed by (seed, step), so there is no
+generator state to save and the resumed run draws exactly what the uninterrupted run would have
+(its executions are rebuilt by replay from the tree).
 
-File format: one header line, then the payload.
+Frame format: one header line, then the payload.
 
-    PLPCKPT1 {"format": "plp-swarm-checkpoint/1", "step": 3, "payload_bytes": N, "sha256": "…"}\\n
-    <N bytes: pickle (protocol 5) of a PopulationCheckpoint>
+    PLPCKPT2 {"format": "plp-swarm-checkpoint/2", "kind": "step", "step": 3, "payload_bytes": N, "sha256": "…"}\\n
+    <N bytes: pickle (protocol 5)>
 
-The payload is a pickle because trace values are arbitrary Python objects (tuples, dataclasses,
-pydantic objects) and floats include -inf: resuming must reproduce them exactly, which JSON cannot.
-Load checkpoints you wrote yourself only (like `torch.load`, unpickling runs code).
+The payload is a pickle because trace values are arbitrary Python objects and floats include −inf:
+resuming must reproduce them exactly, which JSON cannot. Load checkpoints you wrote yourself only
+(like `torch.load`, unpickling runs code).
 
-Writing is atomic: the bytes go to `population.ckpt.tmp`, which is fsynced, then `os.replace`d over
-the old file (and the directory fsynced), so a reader sees the previous checkpoint or the new one.
-A torn or corrupted file (a copy cut short, a disk error) fails the length or checksum test on load
-with a `CheckpointError` that says which. A failed write (ENOSPC: disk full, EACCES, ...) raises a
-`CheckpointError` naming the file and the cause, removes the partial temporary file and leaves the
-previous checkpoint intact.
+Appending is all-or-nothing for readers: a frame is written with one `write` loop and fsynced; a
+frame cut short (the driver killed mid-append) fails its length test and is ignored on load, which
+returns the last complete step. A failed write (ENOSPC: disk full, EACCES, ...) truncates the file
+back to its previous length and raises a `CheckpointError` naming the file and the cause: the
+previous checkpoint is intact. A frame whose checksum fails, or garbage where a frame should start,
+is a `CheckpointError` (a damaged file is never silently half-read).
 """
 
 from __future__ import annotations
@@ -57,23 +57,22 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swarm.errors import SwarmError
-from swarm.execution import Segment
 from swarm.result import Diagnostics
-from swarm.runtime import Handler, active_handlers
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent
 
-FORMAT = "plp-swarm-checkpoint/1"
-MAGIC = b"PLPCKPT1"
+FORMAT = "plp-swarm-checkpoint/2"
+MAGIC = b"PLPCKPT2"
 POPULATION_FILE = "population.ckpt"
 RESPONSE_JOURNAL = "responses.jsonl"
 """The response journal's file name inside a checkpoint directory (written by the agents layer)."""
 CHECKPOINT_DIR_KEY = "swarm.checkpoint_dir"
-"""`run_scope()` key holding the checkpoint directory of the current run (None-less: absent when the
-run does not checkpoint). Layers above the core read it, e.g. to journal LLM responses there."""
+"""`run_scope()` key holding the checkpoint directory of the current run (absent when the run does
+not checkpoint). Layers above the core read it, e.g. to journal LLM responses there."""
+RUN_ID_KEY = "swarm.run_id"
 
-__all__ = ["CheckpointError", "CheckpointHeader", "PopulationCheckpoint", "Checkpointer", "write_atomic",
-           "read_checkpoint", "CheckpointScope", "ScopedHandlers", "active_checkpoint", "FORMAT", "POPULATION_FILE",
-           "RESPONSE_JOURNAL", "CHECKPOINT_DIR_KEY"]
+__all__ = ["CheckpointError", "FrameHeader", "RunHeader", "StepFrame", "PopulationCheckpoint", "Checkpointer",
+           "write_atomic", "read_checkpoint", "FORMAT", "POPULATION_FILE", "RESPONSE_JOURNAL", "CHECKPOINT_DIR_KEY",
+           "RUN_ID_KEY"]
 
 
 class CheckpointError(SwarmError):
@@ -84,41 +83,69 @@ class CheckpointError(SwarmError):
         super().__init__(f"checkpoint {self.path}: {message}")
 
 
-class CheckpointHeader(BaseModel):
-    """The first line of a checkpoint file (after the magic bytes)."""
+class FrameHeader(BaseModel):
+    """The header line of one frame (after the magic bytes)."""
 
     model_config = ConfigDict(extra="forbid")
 
     format: str = FORMAT
+    kind: str
     step: int = Field(ge=0)
     payload_bytes: int = Field(ge=0)
     sha256: str
 
 
-class PopulationCheckpoint(BaseModel):
-    """The state of a population run after `step` (see the module docstring)."""
+class RunHeader(BaseModel):
+    """The first frame: what run this is (resuming with other settings is refused)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     policy: str
-    """The policy class name; resuming with another policy is refused."""
     config: dict[str, Any]
     """The settings that change the result (num_particles, resampling, ess_threshold, ...)."""
     program: str
     seed: int
     run_id: str
-    step: int = Field(ge=0)
-    segments: list[Segment | None]
-    ids: list[int]
-    parents: list[int | None]
-    log_w: list[float]
-    eff: list[float]
-    resume: list[int | str | None]
-    next_id: int
+
+
+class StepFrame(BaseModel):
+    """What one checkpointed step adds to the log."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    step: int
+    tree: dict[str, Any]
+    """The global trace's nodes appended since the previous frame (`GlobalTrace.since`)."""
+    population: dict[str, Any]
+    """The population's arrays after the step (`Population` attributes)."""
     genealogy: list[list[int]]
+    """The genealogy rows of the steps since the previous frame."""
     diagnostics: Diagnostics
     elapsed_s: float = 0.0
     """Wall time spent before this checkpoint (a resumed run's time budget counts it)."""
+
+
+class PopulationCheckpoint(BaseModel):
+    """A run's log read back: its header, every step frame, and where the last one stands."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    header: RunHeader
+    frames: list[StepFrame]
+    valid_bytes: int
+    """The length of the file's complete frames (a torn tail beyond it is ignored and cut off)."""
+
+    @property
+    def step(self) -> int:
+        return self.frames[-1].step if self.frames else 0
+
+    @property
+    def seed(self) -> int:
+        return self.header.seed
+
+    @property
+    def last(self) -> StepFrame | None:
+        return self.frames[-1] if self.frames else None
 
 
 # -- bytes on disk ------------------------------------------------------------------------------
@@ -141,40 +168,67 @@ for _tag, (_cls, _names) in enumerate(zip(_EVENT_CLASSES, _EVENT_FIELDS)):
 """Events as (tag, field tuple): 3-4x faster to pickle than the default reduction of slotted classes."""
 
 
-def encode(state: PopulationCheckpoint) -> bytes:
+def encode_frame(kind: str, step: int, obj: Any) -> bytes:
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=5)
     pickler.dispatch_table = _DISPATCH
-    pickler.dump(state)
+    pickler.dump(obj)
     payload = buffer.getvalue()
-    header = CheckpointHeader(step=state.step, payload_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+    header = FrameHeader(kind=kind, step=step, payload_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
     return MAGIC + b" " + header.model_dump_json().encode() + b"\n" + payload
 
 
-def decode(path: Path, data: bytes) -> PopulationCheckpoint:
-    """The checkpoint in `data` (read from `path`), after the magic, length and checksum tests."""
-    line, newline, payload = data.partition(b"\n")
-    if not line.startswith(MAGIC + b" ") or not newline:
+def decode_log(path: Path, data: bytes) -> PopulationCheckpoint:
+    """Every complete frame of a log; a torn last frame is left out (see the module docstring)."""
+    if not data.startswith(MAGIC + b" "):
         raise CheckpointError(path, f"not a plp-swarm checkpoint (no {MAGIC.decode()} header line; "
                                     f"{len(data)} bytes): the file is torn or of another kind")
+    header: RunHeader | None = None
+    frames: list[StepFrame] = []
+    pos = 0
+    while pos < len(data):
+        parsed = _frame_at(path, data, pos)
+        if parsed is None:  # a frame cut short: the last append was interrupted
+            break
+        fh, payload, end = parsed
+        obj = _unpickle(path, payload)
+        if fh.kind == "run":
+            header = obj
+        else:
+            frames.append(obj)
+        pos = end
+    if header is None:
+        raise CheckpointError(path, "torn checkpoint: the run's header frame is incomplete")
+    return PopulationCheckpoint(header=header, frames=frames, valid_bytes=pos)
+
+
+def _frame_at(path: Path, data: bytes, pos: int) -> tuple[FrameHeader, bytes, int] | None:
+    line_end = data.find(b"\n", pos)
+    if not data.startswith(MAGIC + b" ", pos):
+        raise CheckpointError(path, f"corrupt checkpoint: no frame starts at byte {pos}")
+    if line_end == -1:
+        return None
     try:
-        header = CheckpointHeader.model_validate_json(line[len(MAGIC) + 1:])
+        fh = FrameHeader.model_validate_json(data[pos + len(MAGIC) + 1:line_end])
     except ValidationError as exc:
-        raise CheckpointError(path, f"unreadable header: {exc.errors(include_url=False)[0]['msg']}") from None
-    if header.format != FORMAT:
-        raise CheckpointError(path, f"format {header.format!r} is not {FORMAT!r}")
-    if len(payload) != header.payload_bytes:
-        raise CheckpointError(path, f"torn checkpoint: the header announces {header.payload_bytes} payload bytes, "
-                                    f"the file has {len(payload)} (the write or a copy was interrupted)")
-    if hashlib.sha256(payload).hexdigest() != header.sha256:
-        raise CheckpointError(path, "corrupt checkpoint: the payload's sha256 does not match the header")
+        raise CheckpointError(path, f"unreadable frame header at byte {pos}: "
+                                    f"{exc.errors(include_url=False)[0]['msg']}") from None
+    if fh.format != FORMAT:
+        raise CheckpointError(path, f"format {fh.format!r} is not {FORMAT!r}")
+    payload = data[line_end + 1:line_end + 1 + fh.payload_bytes]
+    if len(payload) != fh.payload_bytes:
+        return None
+    if hashlib.sha256(payload).hexdigest() != fh.sha256:
+        raise CheckpointError(path, f"corrupt checkpoint: the payload's sha256 does not match the header "
+                                    f"(frame of step {fh.step} at byte {pos})")
+    return fh, payload, line_end + 1 + fh.payload_bytes
+
+
+def _unpickle(path: Path, payload: bytes) -> Any:
     try:
-        state = pickle.loads(payload)
+        return pickle.loads(payload)
     except Exception as exc:  # noqa: BLE001 - e.g. a class the program defined was renamed
         raise CheckpointError(path, f"payload cannot be unpickled: {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, PopulationCheckpoint):
-        raise CheckpointError(path, f"payload is a {type(state).__name__}, not a PopulationCheckpoint")
-    return state
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, what: str = "") -> None:
@@ -187,9 +241,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, what: str = "") -
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -199,10 +251,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, what: str = "") -
             os.unlink(tmp)
         except OSError:
             pass
-        hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
-        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written"
-        raise CheckpointError(path, f"could not write {what or 'it'}: {exc.strerror or exc}{hint}; {kept}") from exc
+        raise _write_error(path, exc, what) from exc
     _fsync_directory(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_error(path: Path, exc: OSError, what: str) -> CheckpointError:
+    hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
+    kept = "the previous checkpoint is intact" if path.exists() and path.stat().st_size else "no checkpoint was written"
+    return CheckpointError(path, f"could not write {what or 'it'}: {exc.strerror or exc}{hint}; {kept}")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -226,12 +288,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> PopulationCheckpoint:
         raise CheckpointError(path, "no checkpoint here (nothing was written, or the directory is wrong)") from None
     except OSError as exc:
         raise CheckpointError(path, f"cannot read it: {exc.strerror or exc}") from exc
-    return decode(path, data)
+    return decode_log(path, data)
 
 
 # -- a run's checkpoint directory ---------------------------------------------------------------
 class Checkpointer:
-    """The checkpoint directory of one run: writes `population.ckpt` every `every` steps."""
+    """The checkpoint directory of one run: appends a frame to `population.ckpt` every `every` steps."""
 
     def __init__(self, directory: str | os.PathLike[str], every: int = 1) -> None:
         if every < 1:
@@ -239,7 +301,7 @@ class Checkpointer:
         self.directory = Path(directory)
         self.every = every
         self.written = 0
-        """Checkpoints written by this object."""
+        """Frames written by this object."""
         self.last_step: int | None = None
 
     @property
@@ -250,71 +312,75 @@ class Checkpointer:
     def journal_path(self) -> Path:
         return self.directory / RESPONSE_JOURNAL
 
-    def start_fresh(self) -> None:
-        """A new run: create the directory; remove a previous run's checkpoint and journal."""
+    def start_fresh(self, header: RunHeader) -> None:
+        """A new run: create the directory; remove a previous run's log and journal; write the header."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             for path in (self.population_path, self.journal_path):
                 path.unlink(missing_ok=True)
         except OSError as exc:
             raise CheckpointError(self.directory, f"cannot prepare the directory: {exc.strerror or exc}") from exc
+        self._append(encode_frame("run", 0, header), "the run's header")
 
     def due(self, step: int, final: bool = False) -> bool:
         return final or step % self.every == 0
 
-    def save(self, state: PopulationCheckpoint) -> None:
+    def save(self, frame: StepFrame) -> None:
         try:
-            data = encode(state)
+            data = encode_frame("step", frame.step, frame)
         except Exception as exc:  # noqa: BLE001 - e.g. a lambda or an open file among the values
-            raise CheckpointError(self.population_path, f"the population of step {state.step} cannot be pickled "
+            raise CheckpointError(self.population_path, f"the population of step {frame.step} cannot be pickled "
                                   f"({type(exc).__name__}: {exc}); sampled values, interact contents and return "
                                   "values must be picklable to checkpoint a run") from exc
-        write_atomic(self.population_path, data, what=f"the checkpoint of step {state.step}")
+        self._append(data, f"the checkpoint of step {frame.step}")
         self.written += 1
-        self.last_step = state.step
+        self.last_step = frame.step
+
+    def _append(self, data: bytes, what: str) -> None:
+        """Append one frame; on failure cut the file back to its previous length."""
+        path = self.population_path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise _write_error(path, exc, what) from exc
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:  # pragma: no cover - the reader ignores a torn tail anyway
+                    pass
+                raise _write_error(path, exc, what) from exc
+        finally:
+            os.close(fd)
 
     def load(self) -> PopulationCheckpoint:
-        return read_checkpoint(self.population_path)
+        state = read_checkpoint(self.population_path)
+        if state.valid_bytes < self.population_path.stat().st_size:  # cut a torn tail before appending again
+            os.truncate(self.population_path, state.valid_bytes)
+        return state
 
     def describe(self) -> dict[str, Any]:
         """What is on disk: the last step written and the journal's size (for logs and the CLI)."""
-        info: dict[str, Any] = {"directory": str(self.directory)}
+        info: dict[str, Any] = {"directory": str(self.directory), "step": None}
         try:
-            with open(self.population_path, "rb") as fh:
-                line = fh.readline()
-            info["step"] = json.loads(line[len(MAGIC) + 1:])["step"]
-        except (OSError, ValueError, KeyError):
-            info["step"] = None
+            data = self.population_path.read_bytes()
+        except OSError:
+            data = b""
+        pos = 0
+        while data.startswith(MAGIC + b" ", pos):  # headers only: cheap enough to poll
+            line_end = data.find(b"\n", pos)
+            try:
+                fh = FrameHeader.model_validate_json(data[pos + len(MAGIC) + 1:line_end]) if line_end != -1 else None
+            except ValidationError:
+                fh = None
+            if fh is None or line_end + 1 + fh.payload_bytes > len(data):
+                break
+            if fh.kind == "step":
+                info["step"] = fh.step
+            pos = line_end + 1 + fh.payload_bytes
         info["journal_bytes"] = self.journal_path.stat().st_size if self.journal_path.exists() else 0
         return info
-
-
-# -- the checkpoint directory, seen from inside a particle ----------------------------------------
-class CheckpointScope(Handler):
-    """A no-op handler that names the run's checkpoint directory (and run id) to the code running
-    inside a particle, wherever the segment runs (it travels with the `SegmentRunner`)."""
-
-    def __init__(self, directory: str, run_id: str) -> None:
-        super().__init__()
-        self.checkpoint_dir = directory
-        self.run_id = run_id
-
-
-def active_checkpoint() -> tuple[str, str] | None:
-    """(directory, run id) of the checkpointed run whose particle is executing here, if any."""
-    for handler in active_handlers():
-        if isinstance(handler, CheckpointScope):
-            return handler.checkpoint_dir, handler.run_id
-    return None
-
-
-class ScopedHandlers:
-    """A picklable `extra_handlers` factory: a `CheckpointScope` first, then `inner()`'s handlers."""
-
-    def __init__(self, directory: str, run_id: str, inner: Any = None) -> None:
-        self.directory = directory
-        self.run_id = run_id
-        self.inner = inner
-
-    def __call__(self) -> list[Handler]:
-        return [CheckpointScope(self.directory, self.run_id), *(self.inner() if self.inner is not None else [])]

@@ -1,189 +1,221 @@
-"""Running a program one *segment* at a time: from the start (replaying a recorded prefix) up to
-its k-th synchronisation point, where it is suspended.
+"""Running a program one *segment* at a time, keeping each particle's execution alive in between.
 
-Synchronisation points are the weighting statements in program order (top-level `factor` and
-`guarantee`, and the exit of a `plate` that weighted anything), the observe-based SMC of
-Anglican/WebPPL. A particle is advanced from sync point k−1 to k by re-executing the program with
-its recorded trace replayed (no distribution and no LLM is called for a recorded site) and letting
-it run live past the prefix until the k-th sync point. Because a resampled offspring is just a new
-execution of the ancestor's trace, offspring never share mutable state: each continues on its own
-fresh copy of the program's Python state (the ARCHITECTURE's replay mechanism). A trace is never
-mutated once its segment has ended, so offspring may share the recorded events themselves.
+A segment advances one particle from its (k−1)-th synchronisation point to its k-th (docs/theory.md
+§3.1: the weighting statements in program order, observe-based SMC as in Anglican/WebPPL). Every
+execution, of a plain or an `async def` program, runs in its own greenlet: at its stop point it hands
+control back to the coordinator with its Python state intact, and the next segment *continues* it
+(live continuation: a step costs only its new statements). An `async def` program is driven from
+inside its greenlet (each `await` of the program is handed out to the event loop and its result
+sent back in), so a sync point reached anywhere in the program's own call stack suspends it.
 
-A particle dies (its log weight becomes −∞) at a failed guarantee, a −∞ factor or observation, or
-an exception raised by the program (recorded as an `ErrorEvent`; the run goes on). Errors that are
-the framework's own (`SwarmError`: NaN potentials, duplicate sites, non-determinism) abort the run.
+An execution that no longer exists (the second and later offspring of a resampled parent, a resumed
+run, a search policy branching from an arbitrary prefix) is rebuilt by *replay*: a fresh execution
+runs the program with the recorded values fed back (no LLM or distribution is called, and nothing is
+recorded again) and goes on live past the record. Offspring therefore never share mutable state:
+each continues on its own execution.
+
+A particle *dies* (killed: log weight −∞, docs/theory.md §3.3) at a failed guarantee, a −∞ factor or
+twist, or an exception of the program's own (an `ErrorEvent` is recorded; the run goes on). It is
+*lost* when infrastructure failed it for good (`ParticleLost`: an LLM call after its retries, a tool
+server): missing data, not evidence. Other `SwarmError`s (NaN potentials, duplicate sites,
+non-determinism) abort the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import inspect
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
 import greenlet
 
-from swarm.errors import SwarmError
-from swarm.handlers import replay, scale, seed, trace
-from swarm.runtime import Handler, Message
+from swarm.effects import Handler, execution_context, mark_fused, new_run_scope
+from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Suspend, Suspended, Weigh
+from swarm.errors import ParticleLost, SwarmError
+from swarm.handlers import replay, scale, seed
 from swarm.trace import Trace
 
-Status = Literal["running", "finished", "dead", "failed"]
+Status = Literal["running", "finished", "dead", "failed", "lost"]
+_AWAIT = object()
 
 
-class _Suspend(BaseException):
-    """Control signal: the particle reached the sync point it was asked to stop at."""
-
-
-class Killed(BaseException):
-    """Control signal: the particle's weight became zero; nothing after this point matters."""
-
-    def __init__(self, site: str) -> None:
-        super().__init__(site)
-        self.site = site
-
-
-class Engine(trace):
-    """The outermost handler of a particle execution: records the trace, counts sync points,
-    suspends at `stop_at`, and ends the execution early when the weight becomes zero."""
-
-    def __init__(self, stop_at: int | None = None, *, kill: bool = True) -> None:
-        super().__init__()
-        self.stop_at = stop_at
-        self.kill = kill
-        self.sync_count = 0
-        self.site: str | None = None
-        self.tokens = 0
-        self.llm_calls = 0
-        self.live = False
-        """Live mode: at `stop_at`, switch back to the coordinator's greenlet instead of unwinding."""
-        self._pending = False
-        self.log_weight = 0.0
-        """log w of the trace so far: scaled target factors, guarantees, and log p − log q of sites
-        drawn from a proposal other than their distribution (kept incrementally: O(1) a statement)."""
-        self.twist = 0.0
-        """The current shaping factor (the last one met), which the next one replaces."""
-
-    def postprocess_message(self, msg: Message) -> None:
-        super().postprocess_message(msg)
-        kind = msg.type
-        if kind == "sample":
-            if not msg.replayed and msg.info:
-                self._count_usage(msg.info)
-            if msg.target_log_prob is not None:
-                self.log_weight += msg.target_log_prob - msg.log_prob
-                if msg.target_log_prob == -math.inf and self.kill:
-                    raise Killed(msg.name)
-                self._pending = True
-        elif kind == "factor" or kind == "guarantee":
-            self._weigh(msg)
-            if self.kill and _kills(msg):
-                raise Killed(msg.name)
-            if msg.plates:
-                self._pending = True
-            else:
-                self._sync(msg.name)
-        elif kind == "sync" and not msg.plates and self._pending:
-            self._sync(msg.name)
-
-    def _weigh(self, msg: Message) -> None:
-        if msg.type == "guarantee":
-            if not msg.value:
-                self.log_weight = -math.inf
-        elif msg.shaping:
-            self.twist = msg.scale * msg.value
-        elif msg.scale != 0.0:  # Φ^0 = 1, even where Φ = 0
-            self.log_weight += msg.scale * msg.value
-
-    def _count_usage(self, info: dict[str, Any]) -> None:
-        usage = info.get("usage")
-        if usage:
-            self.llm_calls += 1
-            self.tokens += int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
-
-    def _sync(self, site: str) -> None:
-        self._pending = False
-        self.sync_count += 1
-        self.site = site
-        if self.stop_at is not None and self.sync_count >= self.stop_at:
-            if self.live:
-                greenlet.getcurrent().parent.switch(_SUSPENDED)
-            else:
-                raise _Suspend(site)
-
-
-def _kills(msg: Message) -> bool:
-    if msg.type == "guarantee":
-        return not msg.value
-    return (not msg.shaping) and msg.value == -math.inf and msg.scale > 0
-
-
-@dataclass
+@dataclass(slots=True)
 class Segment:
-    """What one execution segment produced."""
+    """What one execution segment produced: the events it added (the particle's delta), where the
+    particle stands, and its weight so far."""
 
-    trace: Trace
+    events: list[Any]
+    """The new events of this segment, in program order (replayed statements are not repeated)."""
     status: Status
     value: Any = None
     sync_count: int = 0
     site: str | None = None
-    """The address of the sync point the particle stopped at, or the statement that killed it."""
+    """The address of the sync point the particle stopped at, or what ended it (killed, failed, lost)."""
     started_ns: int = 0
     ended_ns: int = 0
     tokens: int = 0
     llm_calls: int = 0
+    output_tokens: int = 0
     target_log_weight: float = 0.0
-    """log w(τ) of the trace so far (equal to `trace.log_weight`, kept incrementally)."""
+    """log w(τ) of the particle's whole trace so far (docs/theory.md §1)."""
     twist: float = 0.0
-    """The current shaping factor (equal to `current_twist(trace)`)."""
+    """The current shaping factor (the last one met), which the next one replaces."""
+    prefix: Any = None
+    """The events this segment continued from, when the caller gave them (see `trace`)."""
+    error: str | None = None
+    """For a lost particle: what failed ("<Error>: <message>")."""
+    continued: bool = False
+    """Whether an execution kept alive from the previous step was continued (else: replayed/new)."""
+    _trace: Trace | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:
         return self.status != "running"
 
+    @property
+    def trace(self) -> Trace:
+        """The particle's whole trace: the given prefix followed by this segment's events."""
+        if self._trace is None:
+            if self.prefix is None:
+                self._trace = Trace(list(self.events))
+            else:
+                before = self.prefix.events if isinstance(self.prefix, Trace) else list(self.prefix)
+                self._trace = Trace([*before, *self.events])
+        return self._trace
+
     def log_weight(self) -> float:
         """The particle's current log weight for resampling: the trace's target weight plus, while it
-        is still running, its current twist (the last shaping factor), which telescopes away."""
-        if self.status in ("dead", "failed"):
-            return -math.inf
+        is still running, its current twist (which telescopes away)."""
+        if self.status not in ("running", "finished"):
+            return -float("inf")
         lw = self.target_log_weight
-        if self.status == "running" and lw > -math.inf:
+        if self.status == "running" and lw > -float("inf"):
             lw += self.twist
         return lw
 
 
-def current_twist(trace_: Trace) -> float:
-    """The value of the last shaping factor of a trace (0 when there is none)."""
-    for event in reversed(trace_.events):
-        if event.type == "factor" and event.shaping:
-            return event.scale * event.log_potential
-    return 0.0
-
-
-@dataclass
+@dataclass(slots=True)
 class SegmentTask:
-    """Advance one particle: replay `prefix` and run to sync point `stop_at` (None: to the end).
+    """Advance one particle to sync point `stop_at` (None: to the end), as random stream `stream`.
 
-    `continue_from` names the stream whose suspended execution (if the runtime kept one alive and
-    it stands exactly at `prefix`) may be continued instead of replaying the prefix: the particle's
-    own id when it was not resampled, its parent's id for the first offspring of each parent.
-    """
+    `continue_from` names the stream whose kept-alive execution this particle may continue (its own
+    when it was not resampled; its parent's for the first offspring of each parent). `prefix` is the
+    particle's recorded trace so far (a `Trace`, a list of events, or a callable returning one,
+    evaluated only if the execution must be rebuilt by replay). `source` is the stream whose recorded
+    path that prefix is (the particle's own, or its parent's after a resampling): a worker that ran
+    `source` last step knows the prefix without being sent it."""
 
     stream: int | str
-    prefix: Trace | None = None
+    prefix: Any = None
     stop_at: int | None = None
     continue_from: int | str | None = None
+    source: int | str | None = None
+    withheld: bool = False
+    """The prefix was left out on the way to a worker that holds this particle's past (Ray)."""
 
+    def prefix_events(self) -> list[Any]:
+        """The recorded events of the particle's past (a lazy `(function, argument)` prefix is
+        evaluated now)."""
+        prefix = self.prefix
+        if type(prefix) is tuple:
+            prefix = prefix[0](prefix[1])
+        elif callable(prefix):
+            prefix = prefix()
+        if prefix is None:
+            return []
+        return prefix.events if isinstance(prefix, Trace) else list(prefix)
 
-_SUSPENDED = object()
+    @property
+    def lazy_prefix(self) -> bool:
+        """Whether the prefix is only a way to read the past (not a trace the caller holds)."""
+        return type(self.prefix) is tuple or callable(self.prefix)
 
 
 def _program_name(program: Callable[..., Any]) -> str:
     return getattr(program, "__qualname__", None) or repr(program)
+
+
+def _is_async(program: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(program) or inspect.iscoroutinefunction(getattr(program, "__call__", None))
+
+
+class SegmentRunner:
+    """One program with fixed arguments, seed, temperature and policy handlers: builds executions.
+
+    `extra_handlers(stream)` (or a zero-argument callable) gives per-execution handlers a policy adds
+    inside the engine's (e.g. a twisted proposal); `intern` interns large payloads of new events."""
+
+    def __init__(self, program: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
+                 seed: int | None = None, beta: float | None = None, kill: bool = True,
+                 extra_handlers: Callable[..., list[Handler]] | None = None,
+                 intern: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 scope: dict[str, Any] | None = None) -> None:
+        if not callable(program):
+            raise TypeError(f"a program must be callable, got {type(program).__name__}")
+        self.program = program
+        self.args = args
+        self.kwargs = kwargs or {}
+        self.seed = seed
+        self.beta = beta
+        self.kill = kill
+        self.extra_handlers = extra_handlers
+        self.intern = intern
+        self.scope = scope
+        """The run scope the executions see as `run_scope()` (per-run state of the layers above)."""
+        self.is_async = _is_async(program)
+        self.name = _program_name(program)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What travels to another process (a Ray worker): not the payload store, and of the run scope
+        only its plain values (e.g. the checkpoint directory); the worker starts a scope from them."""
+        state = dict(self.__dict__)
+        state["intern"] = None
+        if self.scope is not None:
+            state["scope"] = {k: v for k, v in self.scope.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        return state
+
+    def policy_handlers(self, stream: int | str) -> list[Handler]:
+        if self.extra_handlers is None:
+            return []
+        try:
+            return list(self.extra_handlers(stream))
+        except TypeError as exc:
+            if "positional argument" not in str(exc):
+                raise
+            return list(self.extra_handlers())
+
+    def execution(self, task: SegmentTask) -> "Execution":
+        """A fresh execution of the program for `task` (replaying its prefix, if any)."""
+        return Execution(self, task.stream, task.prefix_events())
+
+    # -- one-off segments (no execution kept alive) -----------------------------------------------
+    async def run(self, task: SegmentTask) -> Segment:
+        """Run one segment on a fresh execution and drop the execution afterwards."""
+        execution = self.execution(task)
+        try:
+            seg = await execution.advance(task.stream, task.stop_at)
+        finally:
+            execution.close()
+        seg.prefix = task.prefix_events() if task.lazy_prefix else task.prefix
+        return seg
+
+    def run_sync(self, task: SegmentTask) -> Segment:
+        """`run` for a plain (non-async) program, without an event loop."""
+        execution = self.execution(task)
+        try:
+            seg = execution.advance_sync(task.stream, task.stop_at)
+        finally:
+            execution.close()
+        seg.prefix = task.prefix_events() if task.lazy_prefix else task.prefix
+        return seg
+
+    def run_batch_sync(self, tasks: list[SegmentTask]) -> list[Segment]:
+        """Run tasks of a plain program one after another on fresh executions."""
+        return [self.run_sync(task) for task in tasks]
 
 
 @contextlib.contextmanager
@@ -194,158 +226,171 @@ def _installed(handlers: Iterable[Handler]):
         yield
 
 
-class SegmentRunner:
-    """Runs segments of one program (with fixed arguments) under one seed and temperature."""
+class Execution:
+    """One execution of the program in its own greenlet, advanced segment by segment.
 
-    def __init__(self, program: Callable[..., Any], args: tuple = (), kwargs: dict | None = None, *,
-                 seed: int | None = None, beta: float | None = None, kill: bool = True,
-                 extra_handlers: Callable[[], list[Handler]] | None = None) -> None:
-        if not callable(program):
-            raise TypeError(f"a program must be callable, got {type(program).__name__}")
-        self.program = program
-        self.args = args
-        self.kwargs = kwargs or {}
-        self.seed = seed
-        self.beta = beta
-        self.kill = kill
-        self.extra_handlers = extra_handlers
-        self.is_async = inspect.iscoroutinefunction(program) or inspect.iscoroutinefunction(
-            getattr(program, "__call__", None))
-        self.name = _program_name(program)
-        self.live: dict[int | str, LiveExecution] = {}
+    At its `stop_at`-th sync point the `Suspend` handler switches back to the caller instead of
+    unwinding; `advance` switches in again. The seed handler's stream is set on every advance, so the
+    draws after a resampling are those of the particle's new id, exactly as under replay: live
+    continuation changes cost, never results."""
 
-    def _handlers(self, task: SegmentTask) -> tuple[Engine, replay | None, list[Handler]]:
-        engine = Engine(task.stop_at, kill=self.kill)
-        engine.plain_program = not self.is_async
-        handlers: list[Handler] = [engine, seed(self.seed, task.stream)]
-        if self.beta is not None:
-            handlers.append(scale(self.beta))
-        if self.extra_handlers is not None:
-            handlers.extend(self.extra_handlers())
-        rp = replay(task.prefix) if task.prefix is not None and len(task.prefix) else None
-        if rp is not None:
-            handlers.append(rp)
-        return engine, rp, handlers
+    __slots__ = ("runner", "record", "weigh", "meter", "suspend", "seeder", "replayer", "handlers",
+                 "greenlet", "outcome", "stream", "replayed_events", "fused")
 
-    def run_sync(self, task: SegmentTask) -> Segment:
-        """Run a segment of a plain (non-async) program."""
-        engine, rp, handlers = self._handlers(task)
-        started = time.time_ns()
-        with _installed(handlers):
+    def __init__(self, runner: SegmentRunner, stream: int | str, prefix: list[Any]) -> None:
+        self.runner = runner
+        self.suspend = Suspend(runner.is_async)
+        self.meter = Meter()
+        self.weigh = Weigh(runner.kill)
+        self.record = Record(runner.intern)
+        self.seeder = seed(runner.seed, stream)
+        handlers: list[Handler] = [self.suspend, self.meter, self.weigh, self.record, self.seeder]
+        if runner.beta is not None:
+            handlers.append(scale(runner.beta))
+        handlers.extend(runner.policy_handlers(stream))
+        self.replayer = replay(prefix) if prefix else None
+        if self.replayer is not None:
+            handlers.append(self.replayer)
+        self.handlers = handlers
+        self.fused = None if len(handlers) != 5 + (self.replayer is not None) else \
+            Fused(self.record, self.weigh, self.suspend, self.seeder, self.replayer)
+        """The fused engine (`swarm.engine.Fused`) when the stack is exactly the engine's own."""
+        self.greenlet = greenlet.greenlet(self._body)
+        self.greenlet.gr_context = execution_context()
+        self.suspend.greenlet = self.greenlet
+        self.outcome: tuple[str, Any] | None = None
+        self.stream = stream
+        self.replayed_events = len(prefix)
+
+    # -- inside the greenlet ------------------------------------------------------------------------
+    def _body(self) -> tuple[str, Any]:
+        runner = self.runner
+        scope = new_run_scope(runner.scope) if runner.scope is not None else contextlib.nullcontext()
+        with scope, _installed(self.handlers):
+            if self.fused is not None:
+                mark_fused(self.fused)
             try:
-                value = self.program(*self.args, **self.kwargs)
-                if inspect.isawaitable(value):
-                    raise TypeError(f"{self.name} returned an awaitable: declare it `async def`")
-                return self._finish(engine, rp, "finished", value, started)
-            except BaseException as exc:  # noqa: BLE001 - control signals and program errors
-                return self._ended(engine, rp, exc, started)
+                result = runner.program(*runner.args, **runner.kwargs)
+                if runner.is_async:
+                    result = self._drive(result)
+                elif inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise TypeError(f"{runner.name} returned an awaitable: declare it `async def`")
+            except greenlet.GreenletExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to the coordinator to classify
+                return ("raised", exc)
+        return ("finished", result)
 
-    async def run(self, task: SegmentTask) -> Segment:
-        """Run a segment of an async (or plain) program."""
-        if not self.is_async:
-            return self.run_sync(task)
-        engine, rp, handlers = self._handlers(task)
-        started = time.time_ns()
-        with _installed(handlers):
+    def _drive(self, coro: Any) -> Any:
+        """Step the program's coroutine; every object it yields (a future to wait for) goes out to
+        the event loop through the parent greenlet, which sends back what to resume it with."""
+        parent = self.greenlet.parent
+        send: Any = None
+        throw: BaseException | None = None
+        while True:
             try:
-                value = await self.program(*self.args, **self.kwargs)
-                return self._finish(engine, rp, "finished", value, started)
-            except BaseException as exc:  # noqa: BLE001
-                return self._ended(engine, rp, exc, started)
+                yielded = coro.throw(throw) if throw is not None else coro.send(send)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                send, throw = parent.switch((_AWAIT, yielded))
+            except greenlet.GreenletExit:  # closed while waiting: unwind the program's frames too
+                coro.close()
+                raise
 
-    def run_batch_sync(self, tasks: list[SegmentTask]) -> list[Segment]:
-        """Run segments of a plain program, continuing suspended executions where possible.
+    # -- from the coordinator -----------------------------------------------------------------------
+    def _start(self, stream: int | str, stop_at: int | None) -> int:
+        self.seeder.stream = stream
+        self.stream = stream
+        self.suspend.stop_at = stop_at
+        return time.time_ns()
 
-        Executions suspended at the end of the previous batch are kept alive in greenlets; a task
-        whose `continue_from` names one continues it (O(new work)), any other task replays its
-        prefix in a fresh execution. Executions no task claimed are dropped (and unwound).
-        """
-        previous, self.live = self.live, {}
-        out = []
-        for task in tasks:
-            if task.stop_at is None:
-                out.append(self.run_sync(task))
-                continue
-            execution = previous.pop(task.continue_from, None) if task.continue_from is not None else None
-            if execution is None or not execution.stands_at(task):
-                execution = LiveExecution(self, task)
-            seg = execution.advance(task.stream, task.stop_at)
-            if seg.status == "running":
-                self.live[task.stream] = execution
-            out.append(seg)
-        return out
+    async def advance(self, stream: int | str, stop_at: int | None) -> Segment:
+        """Run to sync point `stop_at` (None: to the end) as random stream `stream`."""
+        started = self._start(stream, stop_at)
+        signal = self.greenlet.switch()
+        while type(signal) is tuple and signal[0] is _AWAIT:
+            signal = self.greenlet.switch(*await _wait(signal[1]))
+        return self._segment(signal, started)
 
-    def _ended(self, engine: Engine, rp: replay | None, exc: BaseException, started: int) -> Segment:
-        if isinstance(exc, _Suspend):
-            return self._finish(engine, rp, "running", None, started)
-        if isinstance(exc, Killed):
-            seg = self._finish(engine, None, "dead", None, started)
-            seg.site = exc.site
-            return seg
-        if isinstance(exc, (SwarmError, KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
-            raise exc
-        address = engine.trace.events[-1].address if engine.trace.events else "<program start>"
-        engine.record_error(address, exc)
-        seg = self._finish(engine, None, "failed", None, started)
-        seg.site = f"{type(exc).__name__} after {address}"
+    def advance_sync(self, stream: int | str, stop_at: int | None) -> Segment:
+        """`advance` for a plain program (which never awaits)."""
+        started = self._start(stream, stop_at)
+        signal = self.greenlet.switch()
+        if type(signal) is tuple and signal[0] is _AWAIT:  # pragma: no cover - only async programs await
+            raise TypeError(f"{self.runner.name} awaited inside a plain program")
+        return self._segment(signal, started)
+
+    def stands_at(self, sync_count: int) -> bool:
+        """Whether this execution is alive, suspended right after its `sync_count`-th sync point."""
+        return self.outcome is None and self.suspend.greenlet is not None and \
+            self.suspend.sync_count == sync_count and not self.greenlet.dead
+
+    def close(self) -> None:
+        """Unwind the execution if it is still suspended (its `finally` blocks run)."""
+        if not self.greenlet.dead and self.greenlet:
+            with contextlib.suppress(BaseException):
+                self.greenlet.throw(greenlet.GreenletExit)
+
+    def _segment(self, signal: Any, started: int) -> Segment:
+        if signal is not SUSPENDED:
+            self.outcome = signal
+        seg = self._build(signal, started)
+        if seg.status == "running" and self.replayer is not None and not self.replayer.done:
+            self.replayer.check_consumed()  # stopped before the record's end: control flow diverged
+        if seg.status == "finished" and self.replayer is not None:
+            self.replayer.check_consumed()
         return seg
 
-    def _finish(self, engine: Engine, rp: replay | None, status: Status, value: Any, started: int) -> Segment:
-        if rp is not None:
-            rp.check_consumed()
-        recorded = engine.trace
-        if engine.live:  # the execution goes on mutating its trace: hand out a snapshot
-            recorded = Trace(list(recorded.events))
-        return Segment(trace=recorded, status=status, value=value, sync_count=engine.sync_count,
-                       site=engine.site, started_ns=started, ended_ns=time.time_ns(),
-                       tokens=engine.tokens, llm_calls=engine.llm_calls,
-                       target_log_weight=engine.log_weight, twist=engine.twist)
+    def _build(self, signal: Any, started: int) -> Segment:
+        status: Status
+        value = error = None
+        site = self.suspend.site
+        if signal is SUSPENDED:
+            status = "running"
+        else:
+            kind, payload = signal
+            if kind == "finished":
+                status, value = "finished", payload
+            else:
+                status, site, error = self._classify(payload)
+        tokens, calls, output_tokens = self.meter.take()
+        return Segment(events=self.record.take(), status=status, value=value, sync_count=self.suspend.sync_count,
+                       site=site, started_ns=started, ended_ns=time.time_ns(), tokens=tokens, llm_calls=calls,
+                       output_tokens=output_tokens,
+                       target_log_weight=self.weigh.log_weight, twist=self.weigh.twist, error=error)
+
+    def _classify(self, exc: BaseException) -> tuple[Status, str | None, str | None]:
+        """How an exception ends the particle: suspended (unwound), killed, lost, or failed; a
+        `SwarmError` of the framework's own aborts the run (re-raised)."""
+        if isinstance(exc, Suspended):
+            return "running", self.suspend.site, None
+        if isinstance(exc, Killed):
+            return "dead", exc.site, None
+        if isinstance(exc, ParticleLost):
+            event = self.record.record_error(exc)
+            return "lost", f"{type(exc).__name__} after {event.address}", f"{type(exc).__name__}: {event.message}"
+        if isinstance(exc, (SwarmError, KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
+            raise exc
+        event = self.record.record_error(exc)
+        return "failed", f"{type(exc).__name__} after {event.address}", None
 
 
-class LiveExecution:
-    """One execution of a plain program kept alive between steps in its own greenlet.
-
-    At its `stop_at`-th sync point the engine switches back to the coordinator instead of unwinding
-    the stack; `advance` switches in again to run to the next one. A copy of the particle made by
-    resampling cannot share this live stack, so it gets a fresh execution that replays the trace.
-    The seed handler's stream is updated on every advance, so the draws after a resampling are those
-    of the particle's new id, exactly as when replaying: live continuation changes cost, not results.
-    """
-
-    def __init__(self, runner: SegmentRunner, task: SegmentTask) -> None:
-        self.runner = runner
-        self.engine, self.replayer, self.handlers = runner._handlers(task)
-        self.engine.live = True
-        self.seed_handler = self.handlers[1]
-        self.greenlet = greenlet.greenlet(self._body)
-        self.greenlet.gr_context = contextvars.Context()
-
-    def stands_at(self, task: SegmentTask) -> bool:
-        prefix_len = 0 if task.prefix is None else len(task.prefix)
-        return (self.engine.sync_count + 1 == task.stop_at and len(self.engine.trace.events) == prefix_len
-                and not self.greenlet.dead)
-
-    def _body(self) -> tuple[str, Any]:
-        with _installed(self.handlers):
-            try:
-                value = self.runner.program(*self.runner.args, **self.runner.kwargs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the coordinator to classify
-                if isinstance(exc, greenlet.GreenletExit):
-                    raise
-                return ("raised", exc)
-        if inspect.isawaitable(value):
-            return ("raised", TypeError(f"{self.runner.name} returned an awaitable: declare it `async def`"))
-        return ("finished", value)
-
-    def advance(self, stream: int | str, stop_at: int) -> Segment:
-        self.seed_handler.stream = stream
-        engine = self.engine
-        engine.stop_at, engine.tokens, engine.llm_calls = stop_at, 0, 0
-        started = time.time_ns()
-        outcome = self.greenlet.switch()
-        if outcome is _SUSPENDED:
-            return self.runner._finish(engine, self.replayer, "running", None, started)
-        kind, payload = outcome
-        if kind == "finished":
-            return self.runner._finish(engine, self.replayer, "finished", payload, started)
-        return self.runner._ended(engine, self.replayer, payload, started)
+async def _wait(awaited: Any) -> tuple[Any, BaseException | None]:
+    """Wait, on the event loop, for what the program's coroutine yielded (a future, or None for a
+    bare yield); the program reads the future's result or exception itself when resumed. A
+    cancellation of the waiting task is thrown into the program."""
+    try:
+        if awaited is None:
+            await asyncio.sleep(0)
+        else:
+            awaited._asyncio_future_blocking = False  # as a Task does with what its coroutine yields
+            await awaited
+    except asyncio.CancelledError as exc:
+        if awaited is None or not awaited.cancelled():
+            return None, exc
+    except BaseException:  # noqa: BLE001 - the program sees it through the future
+        pass
+    return None, None

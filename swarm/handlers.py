@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from swarm.errors import DuplicateSiteError, NondeterminismError, redact_text
 from swarm.randomness import SiteRandom
-from swarm.runtime import UNSET, Handler, Message
-from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
+from swarm.effects import UNSET, Handler, Message
+from swarm.trace import ErrorEvent, InteractEvent, Trace, factor_event, guarantee_event, sample_event
 
 __all__ = ["trace", "replay", "condition", "substitute", "block", "scale", "seed", "event_from_message"]
 
@@ -33,14 +33,15 @@ _SITE_TYPES = ("sample", "factor", "guarantee")
 def event_from_message(msg: Message) -> Any:
     """Build the trace event of a processed message (built without re-validation: the primitives
     validated the values already)."""
-    if msg.type == "sample":
-        return SampleEvent(address=msg.name, value=msg.value, log_prob=float(msg.log_prob),
-                           target_log_prob=None if msg.target_log_prob is None else float(msg.target_log_prob),
-                           dist=msg.fn.describe(), info=msg.info or {})
-    if msg.type == "factor":
-        return FactorEvent(address=msg.name, log_potential=msg.value, shaping=msg.shaping, scale=msg.scale)
-    if msg.type == "guarantee":
-        return GuaranteeEvent(address=msg.name, satisfied=msg.value)
+    kind = msg.type
+    if kind == "sample":
+        target = msg.target_log_prob
+        return sample_event(msg.name, msg.value, float(msg.log_prob), None if target is None else float(target),
+                            msg.fn.describe(), msg.info or {})
+    if kind == "factor":
+        return factor_event(msg.name, msg.value, msg.shaping, msg.scale)
+    if kind == "guarantee":
+        return guarantee_event(msg.name, msg.value)
     if msg.type == "interact":
         a = msg.args or {}
         return InteractEvent(address=msg.name, sender=a["sender"], receiver=a["receiver"],
@@ -83,9 +84,12 @@ class replay(Handler):
     """Feed the sample values of a recorded trace back into a re-execution.
 
     Replayed sites keep their recorded log-probabilities and metadata (an LLM is not called again).
-    Weighting statements met again must reproduce their recorded values: a program whose control
-    flow or potentials changed under replay is not deterministic given its samples, and resampled
-    offspring would silently diverge from their ancestor, so that raises NondeterminismError.
+    Every statement of the record that is met again is marked `replayed` (it happened before and is
+    neither recorded nor charged again by the engine); `done` becomes true once every recorded event
+    has been met, after which the execution runs live. Weighting statements met again must reproduce
+    their recorded values: a program whose control flow or potentials changed under replay is not
+    deterministic given its samples, and resampled offspring would silently diverge from their
+    ancestor, so that raises NondeterminismError.
     """
 
     def __init__(self, recorded: Trace | Iterable[Any]) -> None:
@@ -97,42 +101,86 @@ class replay(Handler):
         """Recorded weighting statements in program order; a recorded prefix ends at one (a sync
         point), so until the last of them is met again no site may appear that the record lacks."""
         self._weighting_left = set(self._weighting)
+        self._interacts: dict[str, int] = {}
+        for e in events:
+            if e.type == "interact":
+                self._interacts[e.address] = self._interacts.get(e.address, 0) + 1
+        self.left = sum(1 for e in events if e.type != "error")
+        """Recorded events not met again yet (0: the replay is over and the execution is live)."""
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
 
     def process_message(self, msg: Message) -> None:
-        recorded = self._events.get(msg.name)
-        if recorded is None:
-            if self._weighting_left and msg.type in _SITE_TYPES:
-                self._new_site(msg)
+        if self.left == 0 or msg.type == "sync" or msg.type == "name":
+            return
+        if msg.type == "interact":
+            msg.replayed = self.interact(msg.name)
             return
         if msg.type == "sample":
-            if recorded.type != "sample":
-                raise NondeterminismError(f"replay: site {msg.name!r} was a {recorded.type}, now it is a sample")
-            msg.value = recorded.value
-            msg.log_prob = recorded.log_prob
-            msg.target_log_prob = recorded.target_log_prob
-            msg.info = recorded.info
-            msg.replayed = True
-            self._unvisited.discard(msg.name)
-        elif msg.type == "factor":
-            self._weighting_left.discard(msg.name)
-            if recorded.type != "factor" or not _same_float(recorded.log_potential, msg.value):
-                raise NondeterminismError(
-                    f"replay: factor {msg.name!r} now gives {msg.value!r}, the recorded trace has "
-                    f"{getattr(recorded, 'log_potential', recorded.type)!r}; the program is not deterministic "
-                    "given its sampled values (route every random or external effect through sample/interact)")
-        elif msg.type == "guarantee":
-            self._weighting_left.discard(msg.name)
-            if recorded.type != "guarantee" or recorded.satisfied != msg.value:
-                raise NondeterminismError(
-                    f"replay: guarantee {msg.name!r} now evaluates to {msg.value!r}, the recorded trace has "
-                    f"{getattr(recorded, 'satisfied', recorded.type)!r}; the program is not deterministic given its samples")
+            recorded = self.sample(msg.name)
+            if recorded is not None:
+                msg.value = recorded.value
+                msg.log_prob = recorded.log_prob
+                msg.target_log_prob = recorded.target_log_prob
+                msg.info = recorded.info
+                msg.replayed = True
+        elif msg.type in ("factor", "guarantee"):
+            msg.replayed = self.weighting(msg.type, msg.name, msg.value)
 
-    def _new_site(self, msg: Message) -> None:
+    # -- the checks, shared with the fused engine path (`swarm.engine.Fused`) ----------------------
+    def interact(self, name: str) -> bool:
+        """Whether an interact statement is one of the record's (then it is replayed)."""
+        count = self._interacts.get(name, 0)
+        if count:
+            self._interacts[name] = count - 1
+            self.left -= 1
+            return True
+        return False
+
+    def sample(self, name: str) -> Any:
+        """The recorded sample event at `name` (None: the site is new, drawn live)."""
+        recorded = self._events.get(name)
+        if recorded is None:
+            if self._weighting_left:
+                self._new_site("sample", name)
+            return None
+        if recorded.type != "sample":
+            raise NondeterminismError(f"replay: site {name!r} was a {recorded.type}, now it is a sample")
+        if name in self._unvisited:
+            self._unvisited.discard(name)
+            self.left -= 1
+        return recorded
+
+    def weighting(self, kind: str, name: str, value: Any) -> bool:
+        """Check a factor (value = its log-potential) or guarantee (value = satisfied) against the
+        record; True when it is the record's (replayed), False when it is new (live)."""
+        recorded = self._events.get(name)
+        if recorded is None:
+            if self._weighting_left:
+                self._new_site(kind, name)
+            return False
+        if kind == "factor" and (recorded.type != "factor" or not _same_float(recorded.log_potential, value)):
+            raise NondeterminismError(
+                f"replay: factor {name!r} now gives {value!r}, the recorded trace has "
+                f"{getattr(recorded, 'log_potential', recorded.type)!r}; the program is not deterministic "
+                "given its sampled values (route every random or external effect through sample/interact)")
+        if kind == "guarantee" and (recorded.type != "guarantee" or recorded.satisfied != value):
+            raise NondeterminismError(
+                f"replay: guarantee {name!r} now evaluates to {value!r}, the recorded trace has "
+                f"{getattr(recorded, 'satisfied', recorded.type)!r}; the program is not deterministic given its samples")
+        if name in self._weighting_left:
+            self._weighting_left.discard(name)
+            self.left -= 1
+        return True
+
+    def _new_site(self, kind: str, name: str) -> None:
         """A site the record lacks, met before the record's last weighting statement: the replayed
         execution took another path than the recorded one."""
         expected = next(a for a in self._weighting if a in self._weighting_left)
         raise NondeterminismError(
-            f"replay: {msg.type} site {msg.name!r} is not in the recorded trace, which reaches "
+            f"replay: {kind} site {name!r} is not in the recorded trace, which reaches "
             f"{expected!r} before any new site; the program's control flow is not deterministic given "
             "its sampled values (route every random or external effect through sample/interact)")
 
@@ -195,6 +243,8 @@ class scale(Handler):
     Guarantees are hard constraints and hold at every temperature: they are not scaled.
     """
 
+    process_types = frozenset({"factor"})
+
     def __init__(self, beta: float) -> None:
         super().__init__()
         beta = float(beta)
@@ -210,11 +260,13 @@ class scale(Handler):
 class seed(Handler):
     """Give every sample site a random stream derived from (seed, stream, site address)."""
 
+    process_types = frozenset({"sample"})
+
     def __init__(self, seed: int | None, stream: int | str = 0) -> None:
         super().__init__()
         self.seed = seed
         self.stream = stream
 
     def process_message(self, msg: Message) -> None:
-        if msg.type == "sample" and msg.rng is None:
+        if msg.type == "sample" and msg.rng is None and msg.value is UNSET:
             msg.rng = SiteRandom.for_site(self.seed, self.stream, msg.name)

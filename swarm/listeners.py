@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,8 @@ class RunStarted(BaseModel):
     policy: str
     program: str
     config: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """The program's arguments as JSON-able values (`repr` of what JSON cannot hold): "args", "kwargs"."""
     num_particles: int
     runtime: str = "local"
     started_at_ns: int
@@ -49,7 +52,8 @@ class ParticleStep(BaseModel):
     index: int
     """Position in the population array at this step."""
     step: int
-    status: Literal["running", "finished", "dead"]
+    status: Literal["running", "finished", "dead", "lost"]
+    """"dead": killed by the target (or a program error); "lost": its infrastructure failed it."""
     site: str | None = None
     """Address of the weighting statement the particle stopped at (None when it finished)."""
     log_weight: float
@@ -61,6 +65,7 @@ class ParticleStep(BaseModel):
     ended_at_ns: int
     value: Any = None
     killed_by: str | None = None
+    """What killed it (dead), or what lost it (lost)."""
 
 
 class StepRecord(BaseModel):
@@ -86,6 +91,8 @@ class StepRecord(BaseModel):
     ended_at_ns: int
     tokens: int = 0
     llm_calls: int = 0
+    lost: int = 0
+    """Particles lost in this step (excluded from `log_evidence` and from resampling)."""
 
 
 class RunFinished(BaseModel):
@@ -104,6 +111,40 @@ class RunFinished(BaseModel):
     ended_at_ns: int
     tokens: int = 0
     llm_calls: int = 0
+
+
+def step_record(run_id: str, outcome: Any, diagnostics: Any) -> StepRecord:
+    """The listeners' view of one step (a `swarm.coordinator.StepOutcome`)."""
+    import numpy as np
+
+    from swarm.population import normalized_weights
+
+    log_w = outcome.log_w
+    active = outcome.status != _LOST_CODE
+    w = np.zeros(len(log_w))
+    if np.any((log_w > -np.inf) & active):
+        w[active] = normalized_weights(log_w[active])
+    particles = []
+    for i, seg in zip(outcome.moved, outcome.segments):
+        status = "dead" if seg.status in ("dead", "failed") else seg.status
+        particles.append(ParticleStep.model_construct(
+            particle_id=int(outcome.ids[i]), parent_id=None if outcome.parents[i] < 0 else int(outcome.parents[i]),
+            index=int(i), step=outcome.step, status=status, site=seg.site if seg.status == "running" else None,
+            log_weight=float(log_w[i]) if seg.status != "lost" else float("-inf"),
+            log_increment=float(outcome.increments[i]), normalized_weight=float(w[i]), new_events=list(seg.events),
+            started_at_ns=seg.started_ns, ended_at_ns=seg.ended_ns, value=seg.value if seg.status == "finished" else None,
+            killed_by=seg.site if seg.status in ("dead", "failed", "lost") else None))
+    return StepRecord(
+        run_id=run_id, step=outcome.step, particles=particles, log_weights=[float(x) for x in log_w],
+        particle_ids=[int(i) for i in outcome.ids], ess=float(outcome.ess), log_evidence=float(outcome.log_evidence),
+        resampled=outcome.ancestors is not None,
+        ancestors=None if outcome.ancestors is None else [int(a) for a in outcome.ancestors],
+        offspring_ids=None if outcome.offspring_ids is None else [int(x) for x in outcome.offspring_ids],
+        started_at_ns=outcome.started_ns, ended_at_ns=time.time_ns(), tokens=diagnostics.tokens,
+        llm_calls=diagnostics.llm_calls, lost=outcome.lost)
+
+
+_LOST_CODE = 4  # swarm.population.LOST
 
 
 class RunListener:

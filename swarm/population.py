@@ -1,212 +1,149 @@
-"""Population math in log space: log-sum-exp, normalisation, ESS, evidence and genealogy.
+"""The population: N particles between steps as arrays, and their genealogy (docs/theory.md §3).
 
-A population is a 1-D float array of unnormalised log weights ``log_w`` (``log_w[i] = log W_i``).
-Every helper validates its input first: ``-inf`` is a legal log weight (a dead particle), NaN and
-``+inf`` are programming errors and raise `InvalidPotentialError` naming the index, so no NaN can
-leak silently into normalised weights, the ESS or the evidence.
+The log-space math every population needs (logsumexp, normalisation, ESS, the evidence estimate)
+lives in `swarm.logspace` and is re-exported here.
 
-Numerics: every reduction shifts by the maximum ``m = max_i log_w[i]`` before exponentiating,
+`Population` is the coordinator's whole per-particle state, one numpy array per quantity: particle
+ids, parent ids, each particle's leaf in the global trace, cumulative log weights W, the effective
+log weight of its trace at its last step (target weight plus current twist), status codes and the
+sync point each has reached. Resampling indexes the arrays; no per-particle Python object exists
+beyond the program's own values. A particle is
 
-    logsumexp(log_w) = m + log Σ_i exp(log_w[i] − m),
-
-so the largest term is exp(0) = 1 and nothing overflows, even for log weights of ±1e308 (linear
-weights far outside the float range). Normalised log weights are computed as
-``(log_w − m) − log Σ exp(log_w − m)`` rather than ``log_w − logsumexp(log_w)``: subtracting the
-shift first keeps full relative precision when ``|m|`` is huge.
+- *running*, *finished* (waits for the others), *dead* (killed by the target: weight zero, it counts
+  in Ẑ), *failed* (killed by an exception of the program, with an `ErrorEvent`), or
+- *lost* (its infrastructure failed: missing, not evidence). Lost particles are excluded from the
+  normalisation, the ESS and Ẑ (`active`), and are replaced at the next resampling, which draws
+  ancestors among the others only.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from swarm.errors import InvalidPotentialError
+from swarm.logspace import (  # noqa: F401 - re-exported: the population's math
+    EvidenceAccumulator,
+    check_log_weights,
+    ess,
+    log_ess,
+    logmeanexp,
+    logsumexp,
+    normalize,
+    normalized_weights,
+)
 
 __all__ = [
-    "EvidenceAccumulator",
-    "Genealogy",
-    "check_log_weights",
-    "ess",
-    "log_ess",
-    "logmeanexp",
-    "logsumexp",
-    "normalize",
-    "normalized_weights",
+    "EvidenceAccumulator", "Genealogy", "Population", "STATUS_NAMES", "check_log_weights", "ess", "log_ess",
+    "logmeanexp", "logsumexp", "normalize", "normalized_weights",
 ]
 
-
-# ---------------------------------------------------------------------------------------------
-# validation and reductions
-# ---------------------------------------------------------------------------------------------
-
-
-def check_log_weights(log_w: Iterable[float] | np.ndarray, what: str = "log weights") -> np.ndarray:
-    """Return ``log_w`` as a 1-D float64 array, or raise if an entry is NaN or ``+inf``.
-
-    ``-inf`` is allowed (weight zero). The error is an `InvalidPotentialError` (a ValueError) whose
-    message names the first offending index, its value, and how many entries are bad in total.
-    """
-    try:
-        arr = np.asarray(log_w, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPotentialError(f"{what} must be numeric: {exc}") from None
-    if arr.ndim != 1:
-        raise InvalidPotentialError(f"{what} must be a 1-D array, got shape {arr.shape}")
-    bad = np.flatnonzero(np.isnan(arr) | np.isposinf(arr))
-    if bad.size:
-        i = int(bad[0])
-        more = f" ({bad.size} invalid entries in total)" if bad.size > 1 else ""
-        raise InvalidPotentialError(
-            f"{what}[{i}] is {float(arr[i])!r}; log weights must be finite or -inf{more}"
-        )
-    return arr
+RUNNING, FINISHED, DEAD, FAILED, LOST = range(5)
+STATUS_NAMES = ("running", "finished", "dead", "failed", "lost")
+STATUS_CODES = {name: code for code, name in enumerate(STATUS_NAMES)}
+ROOT = -1
+"""The leaf of a particle that has recorded nothing yet."""
 
 
-def _lse(arr: np.ndarray) -> float:
-    """logsumexp of an already validated array."""
-    if arr.size == 0 or np.isneginf(arr).all():
-        return -math.inf
-    m, s = _shifted_sum(arr)
-    return m + math.log(s)
+class Population:
+    """N particles between steps (see the module docstring)."""
 
+    def __init__(self, n: int, first_id: int = 0) -> None:
+        if n < 1:
+            raise ValueError(f"a population needs at least one particle, got {n}")
+        self.n = n
+        self.ids = np.arange(first_id, first_id + n, dtype=np.int64)
+        self.parents = np.full(n, -1, dtype=np.int64)
+        self.leaf = np.full(n, ROOT, dtype=np.int64)
+        self.log_w = np.zeros(n)
+        self.eff = np.zeros(n)
+        self.status = np.zeros(n, dtype=np.int8)
+        self.sync = np.zeros(n, dtype=np.int64)
+        self.resume = self.ids.copy()
+        """The stream whose kept-alive execution particle i may continue (−1: rebuild by replay)."""
+        self.source = self.ids.copy()
+        """The stream whose recorded path is particle i's past (its own; its parent's after resampling)."""
+        self.values: list[Any] = [None] * n
+        self.sites: list[str | None] = [None] * n
+        self.next_id = first_id + n
 
-def _shifted_sum(arr: np.ndarray) -> tuple[float, float]:
-    """Return ``(m, s)`` with ``m = max(arr)`` and ``s = Σ exp(arr − m)`` (so 1 ≤ s ≤ len(arr)).
-
-    Precondition: ``arr`` is validated, non-empty and has at least one finite entry.
-    """
-    m = float(np.max(arr))
-    with np.errstate(over="ignore"):  # arr − m < −1.8e308 rounds to −inf: exp gives the exact 0
-        return m, float(np.sum(np.exp(arr - m)))
-
-
-def logsumexp(log_w: Iterable[float] | np.ndarray) -> float:
-    """log Σ_i exp(log_w[i]), computed as m + log Σ exp(log_w − m) with m the maximum.
-
-    Empty input or all ``-inf`` gives ``-inf`` (the log of an empty sum, 0).
-    """
-    return _lse(check_log_weights(log_w))
-
-
-def logmeanexp(log_w: Iterable[float] | np.ndarray) -> float:
-    """log( (1/N) Σ_i exp(log_w[i]) ) = logsumexp(log_w) − log N.
-
-    This is the log of the importance-sampling evidence estimate of a weighted population.
-    Raises ValueError on an empty population (the mean of nothing is undefined).
-    """
-    arr = check_log_weights(log_w)
-    if arr.size == 0:
-        raise ValueError("logmeanexp of an empty population is undefined")
-    return _lse(arr) - math.log(arr.size)
-
-
-def normalize(log_w: Iterable[float] | np.ndarray) -> np.ndarray:
-    """Normalised log weights log w̄_i = log_w[i] − logsumexp(log_w), so Σ_i exp(log w̄_i) = 1.
-
-    Computed as (log_w − m) − log Σ exp(log_w − m). ``-inf`` entries stay ``-inf``; a normalised
-    log weight below −1.8e308 (possible only when log weights span ±1e308) is not representable
-    and becomes ``-inf``, which is its weight, exp(−1.8e308) = 0, exactly. Raises
-    ValueError when every entry is ``-inf``: a population with total weight zero has no normalised
-    weights (the caller decides, e.g. by raising `NoSurvivingParticles`). Empty in, empty out.
-    """
-    arr = check_log_weights(log_w)
-    if arr.size == 0:
-        return arr.copy()
-    if np.isneginf(arr).all():
-        raise ValueError("cannot normalise: every log weight is -inf (total weight zero)")
-    m, s = _shifted_sum(arr)
-    with np.errstate(over="ignore"):
-        return (arr - m) - math.log(s)
-
-
-def normalized_weights(log_w: Iterable[float] | np.ndarray) -> np.ndarray:
-    """Probabilities w̄_i = exp(log w̄_i), non-negative and summing to 1.
-
-    ``-inf`` entries give exact zeros (so resampling never picks them). Entries more than ~745
-    below the maximum underflow to 0 as well; their true weight is below 1e-323. A final division
-    by the float sum removes the O(N·eps) drift of the exponentials. Raises like `normalize`.
-    """
-    w = np.exp(normalize(log_w))
-    if w.size:
-        w /= w.sum()
-    return w
-
-
-def log_ess(log_w: Iterable[float] | np.ndarray) -> float:
-    """Log effective sample size (Kong): log ESS = 2·logsumexp(log_w) − logsumexp(2·log_w).
-
-    Evaluated as −logsumexp(2·log w̄) with the normalised log weights (ESS = 1/Σ w̄²), which is
-    the same quantity but cannot overflow when log weights are ~1e308 (2·log_w would be +inf).
-    ``-inf`` for an empty or all-dead population; otherwise 0 ≤ log ESS ≤ log N.
-    """
-    arr = check_log_weights(log_w)
-    if arr.size == 0 or np.isneginf(arr).all():
-        return -math.inf
-    with np.errstate(over="ignore"):
-        return -_lse(2.0 * normalize(arr))
-
-
-def ess(log_w: Iterable[float] | np.ndarray) -> float:
-    """Effective sample size (Σ w)² / Σ w² ∈ [1, N]; 0.0 when every weight is zero (or N = 0)."""
-    return math.exp(log_ess(log_w))
-
-
-# ---------------------------------------------------------------------------------------------
-# evidence
-# ---------------------------------------------------------------------------------------------
-
-
-class EvidenceAccumulator:
-    """Running estimate of log Z over an SMC run, the LLaMPPL way.
-
-    Convention: the population's log weights W_i are *cumulative*. At every step each particle adds
-    its log incremental weight; when the population is resampled, every offspring gets the weight
-    ``logmeanexp(W)`` (`weights_after_resampling`). The evidence estimate after any step is then
-    simply ``log Ẑ_t = logmeanexp(W_t)``, and the final estimate is logmeanexp of the final weights.
-
-    Why this is the standard SMC estimator: with G_s the incremental weights, after the resets
-    exp(logmeanexp(W_t)) = Π_{epochs e} mean_i(Π_{s ∈ e} G_s,i), the product over resampling epochs
-    of the mean incremental weight since the last resampling.
-
-    Unbiasedness (Del Moral 2004, Feynman-Kac Formulae, ch. 7): if each resampling is unbiased, i.e. the expected
-    offspring count of particle i is N·w̄_i (true of every scheme in `swarm.resampling`), then
-    E[Ẑ] = Z exactly, for any N ≥ 1 and any resampling schedule. The log is concave, so by Jensen
-    E[log Ẑ] ≤ log E[Ẑ] = log Z: the reported log evidence is biased *low*, by about Var(Ẑ)/(2Z²)
-    for large N; the bias vanishes as N → ∞. Resetting weights to logmeanexp(W) (rather than to 0)
-    is what carries the evidence across epochs so that the final logmeanexp is the whole product.
-    """
-
-    def __init__(self) -> None:
-        self.history: list[float] = []
-        """log Ẑ_t after each step t, in order."""
-
-    def log_evidence_after(self, log_w: Iterable[float] | np.ndarray) -> float:
-        """Record and return log Ẑ_t = logmeanexp(log_w) for the step that produced ``log_w``."""
-        value = logmeanexp(log_w)
-        self.history.append(value)
-        return value
-
-    @staticmethod
-    def weights_after_resampling(log_w: Iterable[float] | np.ndarray, n: int | None = None) -> np.ndarray:
-        """The log weights to give the ``n`` offspring of a resampling of ``log_w``: all logmeanexp(log_w).
-
-        ``n`` defaults to len(log_w); changing the population size leaves the estimate unchanged.
-        """
-        arr = check_log_weights(log_w)
-        size = arr.size if n is None else int(n)
-        return np.full(size, logmeanexp(arr))
+    def running(self) -> np.ndarray:
+        return np.flatnonzero(self.status == RUNNING)
 
     @property
+    def active(self) -> np.ndarray:
+        """A boolean mask of the particles that count: every one that is not lost."""
+        return self.status != LOST
+
+    def active_log_weights(self) -> np.ndarray:
+        return self.log_w[self.active]
+
     def log_evidence(self) -> float:
-        """The latest estimate; 0.0 (Z = 1) before any step, i.e. for a program with no factors."""
-        return self.history[-1] if self.history else 0.0
+        """log Ẑ = logmeanexp of the active particles' cumulative log weights (−inf if none)."""
+        active = self.active_log_weights()
+        return logmeanexp(active) if active.size else -math.inf
 
+    def ess(self) -> float:
+        return ess(self.active_log_weights())
 
-# ---------------------------------------------------------------------------------------------
-# genealogy
-# ---------------------------------------------------------------------------------------------
+    def alive(self) -> int:
+        """Particles with positive weight (lost ones excluded)."""
+        return int(np.sum((self.log_w > -math.inf) & self.active))
+
+    def update(self, indices: np.ndarray, segments: Sequence[Any], leaves: Sequence[int]) -> np.ndarray:
+        """Store the step's outcome of the particles at `indices` and add their weight increments
+        eff_new − eff_old to W; return the increments (by index, 0 where a particle did not move).
+        A killed particle's W becomes −inf; a lost one's W is kept but no longer counts."""
+        inc = np.zeros(self.n)
+        if not len(indices):
+            return inc
+        codes = np.fromiter((STATUS_CODES[s.status] for s in segments), dtype=np.int8, count=len(segments))
+        new = np.fromiter((s.log_weight() for s in segments), dtype=float, count=len(segments))
+        self.leaf[indices] = leaves
+        self.sync[indices] = [s.sync_count for s in segments]
+        self.status[indices] = codes
+        sites = self.sites
+        for i, seg in zip(indices.tolist(), segments):
+            sites[i] = seg.site
+        for i in np.flatnonzero(codes == FINISHED).tolist():
+            self.values[indices[i]] = segments[i].value
+        counted = codes != LOST
+        idx, new = indices[counted], new[counted]
+        dead = new == -math.inf
+        step = np.where(dead, -math.inf, new - np.where(dead, 0.0, self.eff[idx]))
+        inc[idx] = step
+        self.log_w[idx] = np.where(dead, -math.inf, self.log_w[idx] + np.where(dead, 0.0, step))
+        self.eff[idx] = new
+        return inc
+
+    def resample(self, ancestors: np.ndarray) -> np.ndarray:
+        """Replace the population by copies of `ancestors` (indices), each with a new id; weights reset
+        to the active particles' mean weight logmeanexp(W), so Ẑ stays unbiased. The first offspring
+        of each parent may continue the parent's execution; the others are rebuilt by replay.
+        Returns the new ids."""
+        mean = self.log_evidence()
+        a = np.asarray(ancestors, dtype=np.int64)
+        self.parents = self.ids[a]
+        for name in ("leaf", "eff", "status", "sync"):
+            setattr(self, name, getattr(self, name)[a])
+        self.values = [self.values[j] for j in a]
+        self.sites = [self.sites[j] for j in a]
+        first = np.zeros(len(a), dtype=bool)
+        _, first_index = np.unique(a, return_index=True)
+        first[first_index] = True
+        self.resume = np.where(first, self.parents, -1)
+        self.source = self.parents.copy()
+        self.n = len(a)
+        self.ids = np.arange(self.next_id, self.next_id + self.n, dtype=np.int64)
+        self.next_id += self.n
+        self.log_w = np.full(self.n, mean)
+        return self.ids
+
+    def continue_own(self) -> None:
+        """After a step without resampling every particle continues its own execution."""
+        self.resume = self.ids.copy()
+        self.source = self.ids.copy()
 
 
 class Genealogy:

@@ -7,7 +7,7 @@
 - `plate(name, n, fn, ...)`  n conditionally independent replicas of `fn` inside one trace;
 - `interact(s, r, content)`  a message between agents, or a tool/environment step.
 
-Each builds a message and sends it through the handler stack (`swarm.runtime`); what the statement
+Each builds a message and sends it through the handler stack (`swarm.effects`); what the statement
 *means* (record it, weight by it, replay it, suspend at it) is decided by the handlers a policy has
 installed. Called outside any policy, a program just runs forward: samples are drawn from their
 distributions with fresh entropy and weighting statements are validated and otherwise ignored.
@@ -24,8 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from swarm.distributions import Distribution
-from swarm.errors import AsyncInPlainProgramError, InvalidDistributionError, InvalidPotentialError
-from swarm.runtime import UNSET, Handler, Message, active_handlers, apply_stack, apply_stack_async
+from swarm.errors import InvalidDistributionError, InvalidPotentialError
+from swarm.effects import UNSET, Handler, Message, apply_stack, apply_stack_async, fused_engine
 
 __all__ = ["sample", "factor", "guarantee", "plate", "interact", "auto_name"]
 
@@ -38,6 +38,8 @@ def _check_name(name: Any, primitive: str) -> str:
 
 def as_log_potential(name: str, value: Any) -> float:
     """Validate a log-potential: a real scalar, not NaN, not +inf (−inf is allowed: it kills)."""
+    if type(value) is float and value == value and value != math.inf:  # the common case, fast
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise InvalidPotentialError(
             f"factor {name!r}: got a boolean ({value!r}); use guarantee({name!r}, condition) for hard constraints")
@@ -78,20 +80,18 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
     With a synchronous distribution the value is returned. With an asynchronous one (an LLM
     generation) an awaitable is returned: `text = await sample("draft", writer.generate(prompt))`.
     """
-    _check_name(name, "sample")
+    if type(name) is not str or not name:
+        _check_name(name, "sample")
     if not isinstance(dist, Distribution):
         raise TypeError(f"sample {name!r}: expected a swarm Distribution, got {type(dist).__name__}")
     if proposal is not None and not isinstance(proposal, Distribution):
         raise TypeError(f"sample {name!r}: proposal must be a swarm Distribution, got {type(proposal).__name__}")
-    msg = Message("sample", name, fn=dist, proposal=proposal)
     if dist.is_async or (proposal is not None and proposal.is_async):
-        if any(getattr(h, "plain_program", False) for h in active_handlers()):
-            raise AsyncInPlainProgramError(
-                f"sample {name!r}: {dist.describe()} is asynchronous (an LLM generation); declare the program "
-                f"`async def` and write `await sample({name!r}, ...)`")
-        return _await_value(name, apply_stack_async(msg))
+        return _await_value(name, apply_stack_async(Message("sample", name, dist, proposal)))
     try:
-        return apply_stack(msg).value
+        if proposal is None and (fused := fused_engine()) is not None:
+            return fused.sample(name, dist)
+        return apply_stack(Message("sample", name, dist, proposal)).value
     except InvalidDistributionError as exc:  # found while drawing/enumerating: name the site
         raise _at_site(name, exc) from exc
 
@@ -117,15 +117,26 @@ def factor(name: str, log_potential: float, *, shaping: bool = False) -> None:
     the program ends, so Σ of the increments telescopes to zero and the target is unchanged; it only
     changes which particles survive resampling (plp-theory §1.2, §4).
     """
-    _check_name(name, "factor")
+    if type(name) is not str or not name:
+        _check_name(name, "factor")
     value = as_log_potential(name, log_potential)
-    apply_stack(Message("factor", name, value=value, shaping=bool(shaping)))
+    shaping = shaping is True or bool(shaping)
+    fused = fused_engine()
+    if fused is not None:
+        fused.factor(name, value, shaping)
+    else:
+        apply_stack(Message("factor", name, None, None, value, shaping))
 
 
 def guarantee(name: str, condition: Any) -> None:
     """A hard constraint: Φ = 1 when `condition` holds, 0 (log weight −∞) otherwise."""
     _check_name(name, "guarantee")
-    apply_stack(Message("guarantee", name, value=_as_condition(name, condition)))
+    satisfied = _as_condition(name, condition)
+    fused = fused_engine()
+    if fused is not None:
+        fused.guarantee(name, satisfied)
+    else:
+        apply_stack(Message("guarantee", name, value=satisfied))
 
 
 def interact(sender: str, receiver: str, content: Any, *, kind: str = "message", name: str | None = None,

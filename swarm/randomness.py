@@ -26,9 +26,11 @@ def derive_key(seed: int | None, stream: int | str, address: str) -> bytes:
 
 
 class SiteRandom:
-    """A small random stream for one sample site: uniforms from blake2b(key ‖ counter).
+    """A small random stream for one sample site: 64-bit words w₁ = key[8:16] (the half of the
+    site's key that `seed()` does not use) and w_k = blake2b(key ‖ k) for k ≥ 2, uniforms w >> 11.
 
-    Enough for inverse-CDF sampling of finite distributions (one uniform each) at ~0.3 µs a draw;
+    Enough for inverse-CDF sampling of finite distributions (one uniform each, and the first costs
+    no hash beyond the key's);
     `generator()` gives a numpy Generator for distributions that need more, and `seed()` a 63-bit
     integer for backends that take an integer seed (LLM sampling, the response-cache key).
     """
@@ -45,6 +47,8 @@ class SiteRandom:
 
     def _next64(self) -> int:
         self._counter += 1
+        if self._counter == 1:
+            return int.from_bytes(self.key[8:16], "little")
         digest = hashlib.blake2b(self.key + struct.pack("<Q", self._counter), digest_size=8).digest()
         return struct.unpack("<Q", digest)[0]
 

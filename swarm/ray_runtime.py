@@ -3,17 +3,22 @@
 - One pool of `num_workers` actors per runtime, created by `start()` and killed by `aclose()`:
   never an actor per particle. A step of N particles is one call per worker (or chunks of at most
   `chunk_size`); the coordinator reassembles the Segments in task order.
-- The program (with its arguments, seed, β and extra handlers) is put in the object store once per
-  `SegmentRunner`; workers cache it under a token, so a step ships only the tasks.
-- A plain program's suspended executions stay alive in the worker's greenlets between steps. The
-  coordinator sends a particle's next task to the worker that holds its execution (sticky routing),
-  which continues it instead of replaying its trace. Routing changes cost, never results: every
-  draw is addressed by (seed, particle stream, site address).
-- Traces cross the process boundary as rows of plain tuples (a Ray serializer for `Trace`).
+- The program (with its arguments, seed, β, policy handlers and the run scope's plain values) is put
+  in the object store once per `SegmentRunner`; workers cache it under a token, so a step ships only
+  the tasks. Each worker keeps, per runner, one run scope shared by its executions (e.g. the agents'
+  response cache of that run: it never outlives the run's runner).
+- Workers exchange deltas. A worker keeps its particles' executions alive between steps
+  (`swarm.live`) and the recorded path of every particle it ran in the last step; it returns only the
+  events each segment appended. The coordinator sends a task to the worker that ran the particle's
+  `source` (its own stream, or its parent's after a resampling) while that worker has room: the
+  first offspring continues the parent's execution there and the others replay the parent's path
+  from the worker's own store, so no past event crosses the wire. Only an offspring placed on another
+  worker (to balance the pool) is sent its prefix. Routing changes cost, never results: every draw
+  is addressed by (seed, particle stream, site address).
 - A `SwarmError` raised in a worker is re-raised in the driver as the same type with the same
   message; the remote traceback is attached as a note.
 
-Programs and extra handlers are pickled with cloudpickle: functions of importable modules by
+Programs and policy handlers are pickled with cloudpickle: functions of importable modules by
 reference (workers import them: the repo root is put on the workers' PYTHONPATH), closures and
 lambdas by value. On a remote cluster, ship the code with `init_kwargs={"runtime_env": ...}`.
 """
@@ -23,11 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import math
 import os
 import sys
-import traceback
 import uuid
 import weakref
 from collections import OrderedDict
@@ -36,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.cloudpickle as cloudpickle
 from ray.exceptions import RayError, RayTaskError
 
 from swarm.errors import SwarmError
 from swarm.execution import Segment, SegmentRunner, SegmentTask
+from swarm.live import LiveExecutions
 from swarm.gc_tuning import relaxed_gc
-from swarm.runtimes import Runtime
+from swarm.remote_errors import RemoteError, capture_error, rebuild_error
+from swarm.runtime_api import Runtime
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
@@ -77,65 +81,39 @@ def decode_trace(rows: list[tuple]) -> Trace:
     return Trace(events=[_EVENT_CLASSES[row[0]](**dict(zip(_EVENT_FIELDS[row[0]], row[1:]))) for row in rows])
 
 
+_SEGMENT_FIELDS = ("status", "value", "sync_count", "site", "started_ns", "ended_ns", "tokens", "llm_calls", "output_tokens",
+                   "target_log_weight", "twist", "error", "continued")
+
+
+def encode_segment(seg: Segment) -> tuple:
+    """A segment as (its new events as rows, its other fields); its prefix never travels."""
+    return (encode_trace(Trace(seg.events)), *(getattr(seg, name) for name in _SEGMENT_FIELDS))
+
+
+def decode_segment(row: tuple) -> Segment:
+    return Segment(events=decode_trace(row[0]).events, **dict(zip(_SEGMENT_FIELDS, row[1:])))
+
+
+def encode_task(task: SegmentTask) -> tuple:
+    """A task as it crosses the wire: its prefix (if sent) as event rows."""
+    prefix = None if task.prefix is None else encode_trace(Trace(task.prefix_events()))
+    return (task.stream, prefix, task.stop_at, task.continue_from, task.source, task.withheld)
+
+
+def decode_task(row: tuple) -> SegmentTask:
+    prefix = None if row[1] is None else decode_trace(row[1]).events
+    return SegmentTask(row[0], prefix, row[2], row[3], row[4], row[5])
+
+
 def register_serializers() -> None:
-    """Make Ray pickle traces as rows (about half the bytes and time of the default pickle).
-    Needed in every process that *sends* traces; decoding needs only this module importable."""
+    """Make Ray pickle traces and segments as rows (about half the bytes and time of the default
+    pickle). Needed in every process that *sends* them; decoding needs only this module importable."""
     ray.util.register_serializer(Trace, serializer=encode_trace, deserializer=decode_trace)
+    ray.util.register_serializer(Segment, serializer=encode_segment, deserializer=decode_segment)
+    ray.util.register_serializer(SegmentTask, serializer=encode_task, deserializer=decode_task)
 
 
-# -- errors on the wire -------------------------------------------------------------------------
-@dataclasses.dataclass
-class RemoteError:
-    """An exception raised in a worker, in a form that always crosses the process boundary."""
-
-    module: str
-    qualname: str
-    message: str
-    traceback: str
-    where: str
-    pickled: bytes | None = None
-    """The exception itself, when it survives a pickle round trip unchanged."""
-
-
-def capture_error(exc: BaseException, where: str) -> RemoteError:
-    """Package `exc` for the driver."""
-    cls = type(exc)
-    text = "".join(traceback.format_exception(exc))
-    err = RemoteError(cls.__module__, cls.__qualname__, str(exc), text, where)
-    with contextlib.suppress(Exception):
-        blob = cloudpickle.dumps(exc)
-        copy = cloudpickle.loads(blob)
-        if type(copy) is cls and str(copy) == str(exc):
-            err.pickled = blob
-    return err
-
-
-def rebuild_error(err: RemoteError) -> BaseException:
-    """The driver-side exception: the original type and message, plus a note with the remote
-    traceback. A type that cannot be rebuilt becomes a `SegmentWorkerError`."""
-    exc: BaseException | None = None
-    if err.pickled is not None:
-        with contextlib.suppress(Exception):
-            exc = cloudpickle.loads(err.pickled)
-    if exc is None:
-        exc = _instantiate(err)
-    exc.add_note(f"raised in {err.where}; remote traceback:\n{err.traceback}")
-    return exc
-
-
-def _instantiate(err: RemoteError) -> BaseException:
-    """Build an instance of the named exception class without calling its __init__."""
-    try:
-        cls: Any = importlib.import_module(err.module)
-        for part in err.qualname.split("."):
-            cls = getattr(cls, part)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            exc = cls.__new__(cls)
-            exc.args = (err.message,)
-            return exc
-    except Exception:  # noqa: BLE001 - fall through to the generic error
-        pass
-    return SegmentWorkerError(f"{err.qualname}: {err.message}")
+# -- errors on the wire: swarm.remote_errors (Ray-free, shared with the agents' actors) --------------
 
 
 def _unwrap_ray_error(exc: RayError) -> BaseException:
@@ -148,54 +126,63 @@ def _unwrap_ray_error(exc: RayError) -> BaseException:
 
 
 # -- the worker side ----------------------------------------------------------------------------
-def runner_state(runner: SegmentRunner) -> dict[str, Any]:
-    """What a worker needs to rebuild `runner`: its attributes except live executions (greenlets
-    cannot leave their process)."""
-    state = dict(vars(runner))
-    state.pop("live", None)
-    return state
+class _Path:
+    """A particle's recorded events as a persistent list: its source's path, then its own delta."""
+
+    __slots__ = ("prev", "events")
+
+    def __init__(self, prev: "_Path | None", events: list[Any]) -> None:
+        self.prev = prev
+        self.events = events
+
+    def to_list(self) -> list[Any]:
+        parts, node = [], self
+        while node is not None:
+            parts.append(node.events)
+            node = node.prev
+        return [event for part in reversed(parts) for event in part]
 
 
-def runner_from_state(state: dict[str, Any]) -> SegmentRunner:
-    runner = SegmentRunner.__new__(SegmentRunner)
-    vars(runner).update(state)
-    runner.live = {}
-    return runner
-
-
-class HostedRunner:
-    """A runner living in a worker, with the executions it keeps alive between steps.
-
-    `SegmentRunner.run_batch_sync` continues executions from its previous call and drops the rest.
-    A step may reach a worker as several chunks, so the executions kept at step k (`current`) are
-    offered to every chunk of step k+1 (`previous`) and dropped only when step k+2 starts.
-    """
+class WorkerExecutions(LiveExecutions):
+    """The live executions of one runner in a worker, plus the recorded path of every particle it ran
+    in the last step (so an offspring routed here is replayed without its past crossing the wire)."""
 
     def __init__(self, runner: SegmentRunner) -> None:
-        self.runner = runner
-        self.epoch: int | None = None
-        self.previous: dict = {}
-        self.current: dict = {}
-        self.tasks = 0
-        self.found = 0
-        """Tasks whose suspended execution was here to continue (routing statistics)."""
+        super().__init__(runner)
+        self.paths: dict[Any, _Path] = {}
+        self.previous_paths: dict[Any, _Path] = {}
 
-    async def run(self, epoch: int, tasks: list[SegmentTask]) -> list[Segment]:
-        self.tasks += len(tasks)
-        if self.runner.is_async:
-            return list(await asyncio.gather(*(self.runner.run(task) for task in tasks)))
+    def _begin(self, epoch: Any) -> None:
         if epoch != self.epoch:
-            self.epoch, self.previous, self.current = epoch, self.current, {}
-        self.found += sum(1 for t in tasks if t.continue_from is not None and t.continue_from in self.previous)
-        self.runner.live = self.previous
-        try:
-            return self.runner.run_batch_sync(tasks)
-        finally:
-            self.current.update(self.runner.live)
-            self.runner.live = {}
+            self.previous_paths, self.paths = self.paths, {}
+        super()._begin(epoch)
 
-    def drop(self) -> None:
-        self.previous, self.current = {}, {}
+    def missing(self, epoch: Any, tasks: list[SegmentTask]) -> list[int]:
+        """The tasks whose past was left out but which this worker cannot rebuild: it holds neither
+        the execution to continue nor the source's recorded path (e.g. after a resume)."""
+        self._begin(epoch)
+        return [i for i, t in enumerate(tasks) if t.withheld and not self._holds(t) and
+                (t.source is None or t.source not in self.previous_paths)]
+
+    def _holds(self, task: SegmentTask) -> bool:
+        kept = self.previous.get(task.continue_from) if task.continue_from is not None else None
+        return kept is not None and task.stop_at is not None and kept.stands_at(task.stop_at - 1)
+
+    def _claim(self, task: SegmentTask) -> tuple[Any, bool]:
+        if task.prefix is None and task.source is not None and not self._holds(task):
+            path = self.previous_paths.get(task.source)
+            if path is not None:
+                task.prefix = path.to_list()
+        return super()._claim(task)
+
+    def _keep(self, task: SegmentTask, execution: Any, seg: Segment, continued: bool) -> Segment:
+        if seg.status == "running" and task.source is not None:
+            before = self.previous_paths.get(task.source)
+            if before is None and task.prefix is not None:
+                before = _Path(None, task.prefix_events())
+            self.paths[task.stream] = _Path(before, seg.events)
+        task.prefix = None  # the segment goes back without the past it was given
+        return super()._keep(task, execution, seg, continued)
 
 
 class SegmentWorker:
@@ -204,7 +191,9 @@ class SegmentWorker:
     def __init__(self, index: int, max_runners: int = 4) -> None:
         self.index = index
         self.max_runners = max_runners
-        self.runners: OrderedDict[str, HostedRunner] = OrderedDict()
+        self.runners: OrderedDict[str, WorkerExecutions] = OrderedDict()
+        self.done = {"tasks": 0, "continued": 0}
+        """Counts of the runners already released (their runs are over)."""
         with contextlib.suppress(Exception):  # outside Ray (unit use) there is nothing to register
             register_serializers()
 
@@ -214,26 +203,39 @@ class SegmentWorker:
         return {"index": self.index, "node_id": node, "pid": os.getpid()}
 
     def stats(self) -> dict[str, int]:
-        """Tasks run, tasks that found their suspended execution here, executions held now."""
+        """Tasks run, tasks that continued a kept execution, executions held now."""
         hosted = list(self.runners.values())
-        return {"runners": len(hosted), "tasks": sum(h.tasks for h in hosted),
-                "continued": sum(h.found for h in hosted),
-                "live": sum(len(h.current) + len(h.previous) for h in hosted)}
+        return {"runners": len(hosted), "tasks": self.done["tasks"] + sum(h.tasks for h in hosted),
+                "continued": self.done["continued"] + sum(h.continued for h in hosted),
+                "live": sum(len(h) for h in hosted)}
 
     async def run_chunk(self, token: str, boxed_state: list, epoch: int,
                         tasks: list[SegmentTask]) -> tuple[str, Any]:
         """Run `tasks` with the runner `token` (fetched from `boxed_state[0]`, an ObjectRef, the
-        first time). Returns ("ok", segments) or ("error", RemoteError)."""
+        first time). Returns ("ok", segments), ("missing", [task indices]) or ("error", RemoteError)."""
         try:
             hosted = await self._hosted(token, boxed_state)
+            missing = hosted.missing(epoch, tasks)
+            if missing:
+                return "missing", missing
             with relaxed_gc():
-                return "ok", await hosted.run(epoch, tasks)
+                return "ok", await hosted.advance(epoch, tasks)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the driver
             return "error", capture_error(exc, f"segment worker {self.index} (pid {os.getpid()})")
 
-    async def _hosted(self, token: str, boxed_state: list) -> HostedRunner:
+    async def release(self, token: str) -> None:
+        hosted = self.runners.pop(token, None)
+        if hosted is not None:
+            self._retire(hosted)
+
+    def _retire(self, hosted: WorkerExecutions) -> None:
+        self.done["tasks"] += hosted.tasks
+        self.done["continued"] += hosted.continued
+        hosted.close()
+
+    async def _hosted(self, token: str, boxed_state: list) -> WorkerExecutions:
         hosted = self.runners.get(token)
         if hosted is None:
             state = boxed_state[0]
@@ -241,9 +243,9 @@ class SegmentWorker:
                 state = await state
             hosted = self.runners.get(token)  # another chunk may have loaded it meanwhile
             if hosted is None:
-                hosted = self.runners[token] = HostedRunner(runner_from_state(state))
+                hosted = self.runners[token] = WorkerExecutions(state)
                 while len(self.runners) > self.max_runners:
-                    self.runners.popitem(last=False)[1].drop()
+                    self._retire(self.runners.popitem(last=False)[1])
         self.runners.move_to_end(token)
         return hosted
 
@@ -253,25 +255,30 @@ def plan_chunks(tasks: list[SegmentTask], num_workers: int, homes: dict, chunk_s
                 ) -> list[tuple[int, list[int]]]:
     """Assign task indices to workers, as (worker, indices) chunks.
 
-    Every worker gets at most ⌈n / num_workers⌉ tasks. A task that may continue a suspended
-    execution (`continue_from` in `homes`, stream → worker) goes to the worker holding it while that
-    worker has room; the others fill the workers in order. Each worker's share is then cut into
-    chunks of at most `chunk_size` (default: one chunk per worker).
+    Every worker gets at most ⌈n / num_workers⌉ tasks. `homes` maps a stream to the worker that ran
+    it last step. First, a task that may continue a kept execution goes to the worker holding it
+    (`continue_from`); then a task whose past that worker holds goes there (`source`: the other
+    offspring of a parent, replayed without their past crossing the wire); both while the worker has
+    room. The others fill the workers in order. Each worker's share is then cut into chunks of at
+    most `chunk_size` (default: one chunk per worker).
     """
     cap = math.ceil(len(tasks) / num_workers)
     shares: list[list[int]] = [[] for _ in range(num_workers)]
-    free = []
-    for i, task in enumerate(tasks):
-        home = homes.get(task.continue_from) if task.continue_from is not None else None
-        if home is not None and home < num_workers and len(shares[home]) < cap:
-            shares[home].append(i)
-        else:
-            free.append(i)
+    placed = [False] * len(tasks)
+    for key in ("continue_from", "source"):
+        for i, task in enumerate(tasks):
+            stream = getattr(task, key)
+            home = homes.get(stream) if stream is not None and not placed[i] else None
+            if home is not None and home < num_workers and len(shares[home]) < cap:
+                shares[home].append(i)
+                placed[i] = True
     worker = 0
-    for i in free:
+    for i in (i for i in range(len(tasks)) if not placed[i]):
         while len(shares[worker]) >= cap:
             worker += 1
         shares[worker].append(i)
+    for share in shares:
+        share.sort()
     size = chunk_size or max(cap, 1)
     return [(w, share[k:k + size]) for w, share in enumerate(shares) for k in range(0, len(share), size)]
 
@@ -284,7 +291,7 @@ class _Shipped:
     fingerprint: tuple
     ref: Any
     homes: dict = dataclasses.field(default_factory=dict)
-    """stream → index of the worker that keeps that particle's execution alive."""
+    """stream → index of the worker that ran it last step (and keeps its execution and path)."""
 
 
 @contextlib.contextmanager
@@ -339,7 +346,8 @@ class RayRuntime(Runtime):
 
     def __init__(self, address: str | None = None, num_workers: int | None = None, chunk_size: int | None = None,
                  init_kwargs: dict[str, Any] | None = None, namespace: str = "plp-swarm", *,
-                 worker_options: dict[str, Any] | None = None, ready_timeout_s: float = 120.0) -> None:
+                 worker_options: dict[str, Any] | None = None, ready_timeout_s: float = 120.0,
+                 measure_traffic: bool = False) -> None:
         for label, value in (("num_workers", num_workers), ("chunk_size", chunk_size)):
             if value is not None and value < 1:
                 raise ValueError(f"RayRuntime: {label} must be ≥ 1, got {value}")
@@ -355,6 +363,10 @@ class RayRuntime(Runtime):
         """Per worker: index, node_id, pid (filled by `start`)."""
         self.calls = 0
         """Remote chunk calls made so far (a step costs about `num_workers` of them)."""
+        self.measure_traffic = measure_traffic
+        self.traffic: list[dict[str, int]] = []
+        """With `measure_traffic`: per step, the bytes of the tasks sent and of the segments received
+        (pickled in the format Ray ships them in), for benchmarks."""
         self._owns_ray = False
         self._epoch = 0
         self._shipped: weakref.WeakKeyDictionary[SegmentRunner, _Shipped] = weakref.WeakKeyDictionary()
@@ -409,7 +421,7 @@ class RayRuntime(Runtime):
 
     # -- running --------------------------------------------------------------------------------
     async def run_segments(self, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
-        """Run every task on the pool; results in task order."""
+        """Run one step's tasks on the pool; results in task order (see the module docstring)."""
         if not tasks:
             return []
         if not self.workers:
@@ -417,23 +429,57 @@ class RayRuntime(Runtime):
         shipped = self._ship(runner)
         self._epoch += 1
         plan = plan_chunks(tasks, len(self.workers), shipped.homes, self.chunk_size)
-        refs = [self.workers[w].run_chunk.remote(shipped.token, [shipped.ref], self._epoch, [tasks[i] for i in idx])
-                for w, idx in plan]
-        self.calls += len(refs)
+        if self.measure_traffic:
+            self.traffic.append({"step": self._epoch, "sent": 0, "received": 0})
+        outcomes = await asyncio.gather(*(self._run_chunk(shipped, worker, [tasks[i] for i in idx])
+                                          for worker, idx in plan))
+        return self._assemble(shipped, tasks, plan, outcomes)
+
+    async def _run_chunk(self, shipped: _Shipped, worker: int, tasks: list[SegmentTask]) -> list[Segment]:
+        """One chunk on one worker: pasts the worker holds are not sent; if it turns out not to hold
+        some (a resumed run, a restarted worker), they are sent in a second call."""
+        wire = [self._wire(task, worker, shipped.homes) for task in tasks]
+        kind, payload = await self._call(shipped, worker, wire)
+        if kind == "missing":
+            for i in payload:
+                wire[i] = self._wire(tasks[i], None, {})
+            kind, payload = await self._call(shipped, worker, wire)
+        if kind != "ok":
+            raise rebuild_error(payload) if kind == "error" else SegmentWorkerError(
+                f"segment worker {worker} still lacks the past of {len(payload)} particles after they were sent")
+        return payload
+
+    async def _call(self, shipped: _Shipped, worker: int, wire: list[SegmentTask]) -> tuple[str, Any]:
+        self.calls += 1
         try:
-            outcomes = await asyncio.gather(*refs)
+            outcome = await self.workers[worker].run_chunk.remote(shipped.token, [shipped.ref], self._epoch, wire)
         except RayError as exc:
             raise _unwrap_ray_error(exc) from None
-        return self._assemble(runner, shipped, tasks, plan, outcomes)
+        if self.measure_traffic:
+            record = self.traffic[-1]
+            record["sent"] += len(cloudpickle.dumps([encode_task(task) for task in wire]))
+            if outcome[0] == "ok":
+                record["received"] += len(cloudpickle.dumps([encode_segment(seg) for seg in outcome[1]]))
+        return outcome
+
+    @staticmethod
+    def _wire(task: SegmentTask, worker: int | None, homes: dict) -> SegmentTask:
+        """The task as it crosses the wire: its past left out when `worker` holds it (it ran the
+        particle's source last step), else sent as a list of events."""
+        held = worker is not None and worker in (homes.get(task.continue_from), homes.get(task.source))
+        if task.prefix is None or held:
+            return SegmentTask(stream=task.stream, stop_at=task.stop_at, continue_from=task.continue_from,
+                               source=task.source, withheld=task.prefix is not None)
+        return SegmentTask(stream=task.stream, stop_at=task.stop_at, continue_from=task.continue_from,
+                           source=task.source, prefix=task.prefix_events())
 
     def _ship(self, runner: SegmentRunner) -> _Shipped:
         """Put the runner in the object store, unless its current state is there already."""
-        state = runner_state(runner)
-        fingerprint = tuple((k, id(v)) for k, v in sorted(state.items()))
+        fingerprint = tuple((k, id(v)) for k, v in sorted(vars(runner).items()))
         shipped = self._shipped.get(runner)
         if shipped is None or shipped.fingerprint != fingerprint:
             try:
-                ref = ray.put(state)
+                ref = ray.put(runner)
             except Exception as exc:  # noqa: BLE001 - unpicklable programs/handlers
                 raise SegmentWorkerError(
                     f"RayRuntime cannot ship program {runner.name!r} to Ray workers: {type(exc).__name__}: {exc}. "
@@ -441,16 +487,21 @@ class RayRuntime(Runtime):
             shipped = self._shipped[runner] = _Shipped(uuid.uuid4().hex, fingerprint, ref)
         return shipped
 
-    def _assemble(self, runner: SegmentRunner, shipped: _Shipped, tasks: list[SegmentTask],
-                  plan: list[tuple[int, list[int]]], outcomes: list[tuple[str, Any]]) -> list[Segment]:
+    def _assemble(self, shipped: _Shipped, tasks: list[SegmentTask], plan: list[tuple[int, list[int]]],
+                  outcomes: list[list[Segment]]) -> list[Segment]:
         out: list[Segment | None] = [None] * len(tasks)
         homes: dict = {}
-        for (worker, indices), (kind, payload) in zip(plan, outcomes):
-            if kind == "error":
-                raise rebuild_error(payload)
-            for i, seg in zip(indices, payload):
+        for (worker, indices), segments in zip(plan, outcomes):
+            for i, seg in zip(indices, segments):
                 out[i] = seg
-                if seg.status == "running" and not runner.is_async:
+                if seg.status == "running":
                     homes[tasks[i].stream] = worker
         shipped.homes = homes
         return out  # type: ignore[return-value]
+
+    async def release(self, runner: SegmentRunner) -> None:
+        """Drop the runner's executions and paths in every worker (its run is over)."""
+        shipped = self._shipped.pop(runner, None)
+        if shipped is not None and self.workers:
+            with contextlib.suppress(RayError):
+                await asyncio.gather(*(w.release.remote(shipped.token) for w in self.workers))

@@ -24,8 +24,10 @@ class Particle(BaseModel):
     log_weight: float
     trace: Trace
     status: str = "finished"
-    """finished | running (a budget stopped the run first) | dead | failed"""
+    """finished | running (a budget stopped the run first) | dead | failed | lost"""
     parent_id: int | None = None
+    leaf: int | None = None
+    """The particle's last node in the run's global trace (`Result.global_trace`), if it has one."""
 
 
 class StepStats(BaseModel):
@@ -44,11 +46,32 @@ class Diagnostics(BaseModel):
     """genealogy[k][j]: index at step k of the parent of the particle at index j after step k."""
     deaths: dict[str, int] = Field(default_factory=dict)
     """address (or error) that killed particles → how many."""
+    lost: int = 0
+    """Particles lost to infrastructure failures (an LLM or tool call failing for good): missing data,
+    excluded from the weights and from log Ẑ, not counted as deaths."""
+    lost_causes: dict[str, int] = Field(default_factory=dict)
+    """"<Error> after <address>" → how many particles it lost."""
     tokens: int = 0
+    """Every token the run's LLM calls spent: prompts and completions."""
+    output_tokens: int = 0
+    """The completion tokens among them (`tokens - output_tokens` were prompt tokens)."""
     llm_calls: int = 0
     wall_time_s: float = 0.0
     stopped_by: str | None = None
     """Why the run stopped early ("max_tokens", "max_llm_calls", "max_seconds"), if it did."""
+
+    def account(self, segments: Any) -> None:
+        """Add segments' tokens, LLM calls, deaths (killed: dead or failed) and losses."""
+        for seg in segments:
+            self.tokens += seg.tokens
+            self.output_tokens += getattr(seg, "output_tokens", 0)
+            self.llm_calls += seg.llm_calls
+            if seg.status in ("dead", "failed") and seg.site:
+                self.deaths[seg.site] = self.deaths.get(seg.site, 0) + 1
+            elif seg.status == "lost":
+                self.lost += 1
+                cause = seg.site or "lost"
+                self.lost_causes[cause] = self.lost_causes.get(cause, 0) + 1
 
     @property
     def ess_per_step(self) -> list[float]:
@@ -88,6 +111,8 @@ class Result(BaseModel):
     exact: bool = False
     diagnostics: Diagnostics = Field(default_factory=Diagnostics)
     extra: dict[str, Any] = Field(default_factory=dict)
+    global_trace: Any = Field(default=None, exclude=True, repr=False)
+    """The run's `swarm.event_tree.GlobalTrace`: every event of every particle, ancestors shared."""
 
     @property
     def log_weights(self) -> np.ndarray:
@@ -138,7 +163,8 @@ class Result(BaseModel):
     def summary(self) -> str:
         top = list(self.marginal().items())[:5]
         shown = ", ".join(f"{k!r}: {v:.3f}" for k, v in top)
-        return (f"{self.policy}: {len(self.particles)} particles, log Z = {self.log_evidence:.4f}, "
+        lost = f", {self.diagnostics.lost} lost" if self.diagnostics.lost else ""
+        return (f"{self.policy}: {len(self.particles)} particles{lost}, log Z = {self.log_evidence:.4f}, "
                 f"ESS = {self.ess:.1f} (lowest {self.min_ess:.1f}); marginal {{{shown}}}")
 
     def __repr__(self) -> str:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from pydantic import Field, TypeAdapter
 
+from swarm import weights
+
 
 def _event(cls):
     """Events are slotted, keyword-only dataclasses: building one costs well under a microsecond
@@ -105,6 +107,31 @@ class ErrorEvent:
     type: Literal["error"] = "error"
 
 
+_new = object.__new__
+
+
+def sample_event(address: str, value: Any, log_prob: float, target_log_prob: float | None, dist: str,
+                 info: dict[str, Any]) -> SampleEvent:
+    """A `SampleEvent` built without keyword arguments (the engine's hot path; ~3x faster)."""
+    event = _new(SampleEvent)
+    event.address, event.value, event.log_prob, event.target_log_prob = address, value, log_prob, target_log_prob
+    event.dist, event.info, event.type = dist, info, "sample"
+    return event
+
+
+def factor_event(address: str, log_potential: float, shaping: bool, scale: float) -> FactorEvent:
+    event = _new(FactorEvent)
+    event.address, event.log_potential, event.shaping, event.scale, event.type = \
+        address, log_potential, shaping, scale, "factor"
+    return event
+
+
+def guarantee_event(address: str, satisfied: bool) -> GuaranteeEvent:
+    event = _new(GuaranteeEvent)
+    event.address, event.satisfied, event.type = address, satisfied, "guarantee"
+    return event
+
+
 Event = Annotated[
     Union[SampleEvent, FactorEvent, GuaranteeEvent, InteractEvent, ErrorEvent],
     Field(discriminator="type"),
@@ -152,22 +179,12 @@ class Trace:
     @property
     def log_potential(self) -> float:
         """log Φ(τ): target factors plus guarantees (shaping factors excluded), each scaled."""
-        total = 0.0
-        for e in self.events:
-            if e.type == "factor" and not e.shaping:
-                if e.scale != 0.0:  # Φ^0 = 1, even where Φ = 0
-                    total += e.scale * e.log_potential
-            elif e.type == "guarantee" and not e.satisfied:
-                return -math.inf
-        return total
+        return weights.log_potential(self.events)
 
     @property
     def log_weight(self) -> float:
         """log w(τ) = log Φ(τ) + Σ (log p − log q): the importance weight against the proposal."""
-        lw = self.log_potential
-        if lw == -math.inf:
-            return lw
-        return lw + math.fsum(e.log_weight_increment for e in self.events if e.type == "sample")
+        return weights.log_weight(self.events)
 
     @property
     def error(self) -> ErrorEvent | None:
@@ -179,11 +196,7 @@ class Trace:
     def killed_by(self) -> str | None:
         """The address of the first statement that set this trace's weight to zero, if any."""
         for e in self.events:
-            if e.type == "guarantee" and not e.satisfied:
-                return e.address
-            if e.type == "factor" and not e.shaping and e.log_potential == -math.inf and e.scale > 0:
-                return e.address
-            if e.type == "sample" and e.target_log_prob == -math.inf:
+            if weights.event_kills(e):
                 return e.address
             if e.type == "error":
                 return f"{e.address} raised {e.error_type}"

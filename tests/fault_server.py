@@ -22,6 +22,11 @@ tokens (`"Hello world"` → `["Hello", " world"]`), each with log-probability `t
 `n` and `stop` are honoured; as llama.cpp does, a stop string is cut from the text while the token
 that completed it is still reported in the logprobs. `tool_calls`, `omit_logprobs` and
 `echo_authorization` (error texts quote the Authorization header) script the rarer cases.
+`tokenize` replaces the whitespace-led word tokenizer (e.g. 2-character pieces, for words longer
+than a look-ahead); `continues_final_message=True` renders a final assistant message with
+`continue_final_message` as an open turn (3 prompt tokens fewer than a closed turn plus a new
+header), like vLLM; by default the field is ignored, like llama.cpp's servers. `stop_reason=True`
+adds vLLM's `stop_reason` (the stop string that ended a choice, null otherwise) to every choice.
 """
 
 from __future__ import annotations
@@ -139,6 +144,9 @@ class FaultServer:
         tool_calls: list[dict[str, Any]] | None = None,
         omit_logprobs: bool = False,
         echo_authorization: bool = False,
+        tokenize: Callable[[str], list[str]] | None = None,
+        continues_final_message: bool = False,
+        stop_reason: bool = False,
     ) -> None:
         self.script = list(script or [])
         self.default = default
@@ -148,6 +156,9 @@ class FaultServer:
         self.tool_calls = tool_calls
         self.omit_logprobs = omit_logprobs
         self.echo_authorization = echo_authorization
+        self.tokenize = tokenize or split_tokens
+        self.continues_final_message = continues_final_message
+        self.stop_reason = stop_reason
         self.requests: list[dict[str, Any]] = []
         self.max_in_flight = 0
         self.stopping = threading.Event()
@@ -212,12 +223,13 @@ class FaultServer:
     def _reply_text(self, body: dict[str, Any]) -> str:
         return self.reply(body) if callable(self.reply) else self.reply
 
-    def _generate(self, body: dict[str, Any]) -> tuple[list[str], str, str]:
-        """(reported tokens, returned text, finish_reason), like llama.cpp: the text is cut before a
-        stop string, while the tokens reported run up to the one that completed it."""
-        tokens = split_tokens(self._reply_text(body))
+    def _generate(self, body: dict[str, Any]) -> tuple[list[str], str, str, str | None]:
+        """(reported tokens, returned text, finish_reason, the stop string that ended it), like
+        llama.cpp: the text is cut before a stop string, while the tokens reported run up to the one
+        that completed it."""
+        tokens = self.tokenize(self._reply_text(body))
         max_tokens = body.get("max_tokens")
-        finish = "stop"
+        finish, stopped_by = "stop", None
         if isinstance(max_tokens, int) and len(tokens) > max_tokens:
             tokens, finish = tokens[:max_tokens], "length"
         text = "".join(tokens)
@@ -227,11 +239,13 @@ class FaultServer:
             cut, stop = min(hits)
             ends = [len("".join(tokens[:i + 1])) for i in range(len(tokens))]
             tokens = tokens[:next(i for i, e in enumerate(ends) if e >= cut + len(stop)) + 1]
-            text, finish = text[:cut], "stop"
-        return tokens, text, finish
+            text, finish, stopped_by = text[:cut], "stop", stop
+        return tokens, text, finish, stopped_by
 
     def _usage(self, body: dict[str, Any], n_out: int) -> dict[str, int]:
         n_in = len(split_tokens(json.dumps(body.get("messages") or body.get("prompt") or "")))
+        if self.continues_final_message and body.get("continue_final_message"):
+            n_in -= 3  # an open assistant turn: no end-of-turn, no new assistant header
         return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
 
     def chat_response(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +257,7 @@ class FaultServer:
         }
 
     def _chat_choice(self, body: dict[str, Any], index: int) -> dict[str, Any]:
-        tokens, text, finish = self._generate(body)
+        tokens, text, finish, stopped_by = self._generate(body)
         k = int(body.get("top_logprobs") or 0)
         logprobs = None
         if body.get("logprobs") and not self.omit_logprobs:
@@ -251,7 +265,10 @@ class FaultServer:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if self.tool_calls:
             message["tool_calls"], finish = self.tool_calls, "tool_calls"
-        return {"index": index, "finish_reason": finish, "logprobs": logprobs, "message": message}
+        choice = {"index": index, "finish_reason": finish, "logprobs": logprobs, "message": message}
+        if self.stop_reason:
+            choice["stop_reason"] = stopped_by
+        return choice
 
     def _chat_logprob(self, tok: str, k: int) -> dict[str, Any]:
         top = _alternatives(tok, self.token_logprob, k) if k else {}
@@ -267,7 +284,7 @@ class FaultServer:
         }
 
     def _completion_choice(self, body: dict[str, Any], index: int) -> dict[str, Any]:
-        tokens, text, finish = self._generate(body)
+        tokens, text, finish, stopped_by = self._generate(body)
         k = body.get("logprobs")
         logprobs = None
         if k is not None and not self.omit_logprobs:
@@ -277,7 +294,10 @@ class FaultServer:
                 "top_logprobs": [_alternatives(t, self.token_logprob, int(k)) for t in tokens] if k else None,
                 "text_offset": offsets,
             }
-        return {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
+        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
+        if self.stop_reason:
+            choice["stop_reason"] = stopped_by
+        return choice
 
 
 class _InFlight:

@@ -10,12 +10,14 @@ polled until ready, and always terminated (then its working directory removed) o
         ...                                   # runs
         inst.shutdown()                       # flush
         spans = px.wait_for_spans("p", count=18)
+        heavy = px.filter_spans("p", "plp.final == True and plp.normalized_weight >= 0.1")
 
 Spans come back from Phoenix's REST API, `GET /v1/projects/<project>/spans` (paginated by
 `next_cursor`); each span is a dict with `name`, `context` {trace_id, span_id}, `parent_id`,
 `span_kind` (the OpenInference kind), `start_time`, `end_time` (ISO 8601), `status_code`,
 `attributes` (flat dotted keys, `openinference.span.kind` removed) and `events`
-[{name, timestamp, attributes}]. Span links are not stored.
+[{name, timestamp, attributes}]. Span links are not stored. `filter_spans` runs a span filter
+expression (the UI's filter box) through Phoenix's GraphQL API, as the UI does.
 """
 
 from __future__ import annotations
@@ -110,6 +112,36 @@ class PhoenixServer:
             cursor = page.get("next_cursor")
             if not cursor:
                 return out
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        """POST a GraphQL query to Phoenix (what its UI does); returns `data`, raises on `errors`."""
+        body = json.dumps({"query": query, "variables": variables}).encode()
+        request = urllib.request.Request(f"{self.base_url}/graphql", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - 127.0.0.1
+            answer = json.loads(response.read())
+        if answer.get("errors"):
+            raise RuntimeError(f"Phoenix GraphQL errors: {answer['errors']}")
+        return answer["data"]
+
+    def project_id(self, project: str) -> str:
+        """The GraphQL node id of `project` (KeyError when it does not exist)."""
+        data = self.graphql("query { projects { edges { node { id name } } } }")
+        ids = {e["node"]["name"]: e["node"]["id"] for e in data["projects"]["edges"]}
+        return ids[project]
+
+    def filter_spans(self, project: str, condition: str, first: int = 1000) -> list[dict[str, Any]]:
+        """The spans of `project` that the span filter `condition` selects, as Phoenix's UI asks for
+        them (`Project.spans(filterCondition:)`): name, spanId, parentId, spanKind, attributes (a
+        dict), input and output values."""
+        query = """query ($id: ID!, $first: Int!, $condition: String) {
+          node(id: $id) { ... on Project { spans(first: $first, filterCondition: $condition) {
+            edges { node { name spanId parentId spanKind attributes input { value } output { value } } } } } } }"""
+        data = self.graphql(query, id=self.project_id(project), first=first, condition=condition)
+        spans = [e["node"] for e in data["node"]["spans"]["edges"]]
+        for span in spans:
+            span["attributes"] = json.loads(span["attributes"]) if span["attributes"] else {}
+        return spans
 
     def wait_for_spans(self, project: str, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """Poll until `project` has at least `count` spans (Phoenix inserts asynchronously)."""

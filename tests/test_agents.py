@@ -99,7 +99,7 @@ def test_tools_are_called_and_errors_come_back_as_results():
     async def program():
         return await agent.ask("What is 2 + 3?")
 
-    r = policies.Forward(num_samples=1, seed=0).run(program)
+    r = policies.Forward(num_particles=1, seed=0).run(program)
     trace = r.particles[0].trace
     calls = [e for e in trace.of_type("interact") if e.kind == "tool_call"]
     results = [e for e in trace.of_type("interact") if e.kind == "tool_result"]
@@ -157,7 +157,7 @@ def test_malformed_then_fixed_output_succeeds_and_records_retries():
     async def program():
         return (await agent.ask("Rate it.")).score
 
-    r = policies.Forward(num_samples=1, seed=0).run(program)
+    r = policies.Forward(num_particles=1, seed=0).run(program)
     assert r.particles[0].value == 4
     assert "judge#0/retry1" in r.particles[0].trace
 

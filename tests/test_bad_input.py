@@ -41,9 +41,9 @@ def run_policies():
     from policies.tempered_smc import TemperedSMC
 
     return [policies.SMC(num_particles=40, seed=0), policies.Importance(num_particles=40, seed=0),
-            policies.Enumerate(), policies.Forward(num_samples=40, seed=0), BestOfN(n=40, seed=0),
-            SelfConsistency(n=40, seed=0), TemperedSMC(num_particles=40, seed=0),
-            policies.Rejection(num_samples=10, max_attempts=2000, seed=0), AheadByK(k=2, seed=0)]
+            policies.Enumerate(), policies.Forward(num_particles=40, seed=0), BestOfN(num_particles=40, seed=0),
+            SelfConsistency(num_particles=40, seed=0), TemperedSMC(num_particles=40, seed=0),
+            policies.Rejection(num_particles=10, max_attempts=2000, seed=0), AheadByK(k=2, seed=0)]
 
 
 POLICIES = run_policies()
@@ -257,7 +257,7 @@ def test_when_every_particle_raises_no_surviving_particles_names_the_exception(p
 def test_forward_returns_the_failed_draws_instead_of_raising():
     """Forward samples π and weights nothing, so it reports failures rather than refusing: the
     documented exception to the row above."""
-    r = policies.Forward(num_samples=8, seed=0).run(_always_raises)
+    r = policies.Forward(num_particles=8, seed=0).run(_always_raises)
     assert r.diagnostics.deaths == {"KeyError after x": 8}
     assert all(p.status == "failed" and p.trace.error.error_type == "KeyError" for p in r.particles)
 

@@ -199,3 +199,60 @@ def test_inspect_into_a_closed_pipe_is_quiet(plain_run):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+
+
+POLICY_MODULE = textwrap.dedent('''
+    """--particles against a module POLICY whose population field is not num_particles."""
+    import policies
+    from swarm import Categorical, factor, sample
+
+    POLICY = {policy}
+
+
+    def program():
+        x = sample("x", Categorical(["a", "b", "c"], probs=[0.5, 0.3, 0.2]))
+        factor("likes_b", 1.0 if x == "b" else 0.0)
+        return x
+''')
+
+
+@pytest.mark.parametrize("policy,field", [("policies.SelfConsistency(num_particles=3, seed=0)", "num_particles"),
+                                          ("policies.BestOfN(num_particles=3, seed=0)", "num_particles"),
+                                          ("policies.Forward(num_particles=3, seed=0)", "num_particles"),
+                                          ("policies.Importance(num_particles=3, seed=0)", "num_particles")])
+def test_particles_sets_every_policys_population_size(tmp_path, policy, field):
+    """`swarm run --particles 7` reaches the policy's population field (issue 11 g: it was ignored
+    for SelfConsistency, whose field was `n`; every policy now calls it `num_particles`); the run,
+    its trace file and the summary line say 7."""
+    path = tmp_path / "module_policy.py"
+    path.write_text(POLICY_MODULE.replace("{policy}", policy))
+    proc = swarm("run", str(path), "--particles", "7", "--trace", str(tmp_path / "t.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert "ignored" not in proc.stderr
+    trace = read_trace_file(tmp_path / "t.jsonl")
+    assert trace.run.num_particles == 7 and trace.run.config[field] == 7, (field, trace.run.config)
+    assert re.search(r"^log Z = -?[\d.]+ +ESS = [\d.]+ / 7 ", proc.stdout, re.M), proc.stdout
+
+
+def test_particles_for_a_policy_without_a_population_is_an_error(tmp_path):
+    path = tmp_path / "module_policy.py"
+    path.write_text(POLICY_MODULE.replace("{policy}", "policies.Enumerate()"))
+    proc = swarm("run", str(path), "--particles", "7")
+    assert proc.returncode == 1
+    assert "--particles 7: Enumerate has no population size" in proc.stderr, proc.stderr
+    assert swarm("run", str(path)).returncode == 0  # the built-in default of 100 is not an explicit request
+
+
+def test_the_marginal_header_counts_what_it_shows(example, tmp_path):
+    """"top k of n values" is followed by k = min(10, n) lines, n the number of distinct values
+    (issue 11 g: "top 5 of 4" was printed)."""
+    uniform = tmp_path / "uniform.py"
+    uniform.write_text("from swarm import Uniform, sample\n\ndef program():\n    return sample('x', Uniform(range(15)))\n")
+    few = swarm("run", f"{example}:other", "--policy", "enumerate")
+    many = swarm("run", str(uniform), "--policy", "enumerate")
+    for proc, expected in ((few, (2, 2)), (many, (10, 15))):
+        assert proc.returncode == 0, proc.stderr
+        header = re.search(r"answer marginal \(top (\d+) of (\d+) values\):\n", proc.stdout)
+        assert header and tuple(map(int, header.groups())) == expected, proc.stdout
+        shown = proc.stdout[header.end():].split("\nlog Z")[0].splitlines()
+        assert len(shown) == expected[0], proc.stdout

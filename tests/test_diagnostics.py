@@ -100,12 +100,13 @@ def _copy(belief):
 
 
 def _fresh(_belief):
-    return sample("v", Bernoulli(0.5))
+    return sample("v", Bernoulli(0.7))
 
 
 def _voters(voter):
     def program():
-        belief = sample("belief", Bernoulli(0.5))
+        belief = sample("belief", Bernoulli(0.7))  # True is the majority answer by a wide margin, so the
+        # oracle's "the selected answer is True" holds whatever the seed (at 0.5 it was a coin toss)
         return plate("vote", 5, voter, belief)
     return program
 
@@ -146,7 +147,7 @@ def _is_right(a):
 
 def test_diagnose_names_selection_for_a_bad_judge():
     coin = Judge(name="coin", fn=lambda a: a == "right", calibration=Calibration(q0=0.5, q1=0.55, m0=100, m1=100))
-    result = SelfConsistency(n=500, seed=2).run(_quiz)
+    result = SelfConsistency(num_particles=500, seed=2).run(_quiz)
     d = diagnose(result, judge=coin, correct=_is_right)
     assert d.primary == "selection"
     assert d.finding("selection").metrics["youden"] == pytest.approx(0.05)

@@ -45,9 +45,13 @@ def _sampling_policies(prog, n=10_000):
     posterior (Rejection gets the same: 10,000 accepted samples)."""
     low_acceptance = prog.hard and prog.Z < 0.2
     out = [("importance", policies.Importance(num_particles=int(n / prog.Z) if low_acceptance else n, seed=1))]
-    out += [(f"smc-{s}", policies.SMC(num_particles=n, resampling=s, seed=2)) for s in SCHEMES]
+    # `shaped` twists hard (2·heads − 1 at every step): its survivors descend from few ancestors, so
+    # at 10,000 particles the marginal's spread over seeds is TV 0.012-0.036 (8 seeds each, old and new
+    # engine alike; unbiased: |z| < 2 over 80 seeds at N = 1,000). 4x the particles halves the spread.
+    n_smc = 4 * n if prog.name == "shaped" else n
+    out += [(f"smc-{s}", policies.SMC(num_particles=n_smc, resampling=s, seed=2)) for s in SCHEMES]
     if prog.hard:
-        out.append(("rejection", policies.Rejection(num_samples=n, seed=3)))
+        out.append(("rejection", policies.Rejection(num_particles=n, seed=3)))
     return out
 
 
@@ -65,7 +69,7 @@ def _evidence_policies(prog, seed):
     out = [("importance", policies.Importance(num_particles=32, seed=seed))]
     out += [(f"smc-{s}", policies.SMC(num_particles=32, resampling=s, seed=seed)) for s in SCHEMES]
     if prog.hard:
-        out.append(("rejection", policies.Rejection(num_samples=8, seed=seed)))
+        out.append(("rejection", policies.Rejection(num_particles=8, seed=seed)))
     return out
 
 

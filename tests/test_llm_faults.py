@@ -7,9 +7,11 @@ generator, so the schedule is the same whatever order concurrent requests arrive
 
 - recoverable faults (500, 503, 429, dropped connections, timeouts; at most `max_retries` in a row
   for any request) are retried, and the seeded result equals the fault-free run exactly;
-- a request that fails more often than that ends as a `BackendError`; its particle dies with the
-  reason in an `ErrorEvent` of its trace, every other particle finishes as in the fault-free run;
-- when every request fails, `NoSurvivingParticles` names the error.
+- a request that fails more often than that ends as a `BackendError`: its particle is *lost* (missing
+  data, not evidence: left out of the weights and of log Z) with the reason in an `ErrorEvent` of its
+  trace, and every other particle finishes as in the fault-free run;
+- when more than the policy's `max_lost_fraction` of a step's particles are lost (every request
+  failing, say), the run stops with `BackendUnavailable` naming the backend's error.
 """
 
 from __future__ import annotations
@@ -162,8 +164,8 @@ def doomed_seeds(schedule_seed: int, rate: float) -> Callable[[int | None], int]
     return count
 
 
-def test_exhausted_retries_kill_only_their_particle_with_the_reason_in_its_trace():
-    policy = policies.Importance(num_particles=12, seed=5)   # no resampling: particle i is comparable
+def test_exhausted_retries_lose_only_their_particle_with_the_reason_in_its_trace():
+    policy = policies.Importance(num_particles=12, seed=5, max_lost_fraction=0.5)   # no resampling: particle i is comparable
     clean, _, _, _ = run_against(never_fails, policy)
     count = doomed_seeds(schedule_seed=7, rate=0.2)
     faulty, srv, backend, errors = run_against(plan_from(count, 7), policy)
@@ -173,7 +175,7 @@ def test_exhausted_retries_kill_only_their_particle_with_the_reason_in_its_trace
     assert backend.stats()["errors"] == len(doomed) == len(errors.events)
     survivors = 0
     for a, b in zip(faulty.particles, clean.particles, strict=True):
-        if a.status == "failed":
+        if a.status == "lost":
             error = a.trace.error
             assert error.error_type == "BackendError" and a.log_weight == -math.inf
             assert f"failed after {MAX_RETRIES + 1} attempts; last cause:" in error.message
@@ -185,33 +187,34 @@ def test_exhausted_retries_kill_only_their_particle_with_the_reason_in_its_trace
             assert (a.value, a.log_weight, a.status) == (b.value, b.log_weight, b.status)
             assert sampled(a) == sampled(b)
     assert survivors >= 1 and survivors + len(doomed) == len(faulty.particles)
-    assert sum(faulty.diagnostics.deaths.get(k, 0) for k in faulty.diagnostics.deaths if k.startswith("BackendError")) \
-        == len(doomed)
+    assert faulty.diagnostics.lost == len(doomed) and not any(k.startswith("BackendError") for k in faulty.diagnostics.deaths)
 
 
 def test_smc_run_goes_on_and_every_exhausted_request_is_an_error_event():
     count = doomed_seeds(schedule_seed=2, rate=0.15)
-    result, srv, backend, errors = run_against(plan_from(count, 2), policies.SMC(num_particles=16, ess_threshold=1.0, seed=1))
+    result, srv, backend, errors = run_against(plan_from(count, 2), policies.SMC(num_particles=16, ess_threshold=1.0, seed=1,
+                                                                                 max_lost_fraction=0.5))
     assert isinstance(result, swarm.Result), result
     doomed = [seed for seed in srv.attempts if count(seed)]
     assert doomed and len(errors.events) == len(doomed) == backend.stats()["errors"]
     assert all(e.error_type == "BackendError" and "last cause" in e.message for e in errors.events)
     assert any(p.status == "finished" for p in result.particles)
+    assert result.diagnostics.lost == len(doomed)
 
 
-def test_non_retryable_error_is_not_retried_and_kills_the_particle():
+def test_non_retryable_error_is_not_retried_and_loses_the_particle():
     result, srv, backend, errors = run_against(lambda seed, attempt: "400", policies.Importance(num_particles=3, seed=0))
-    assert isinstance(result, swarm.NoSurvivingParticles)
+    assert isinstance(result, swarm.BackendUnavailable) and "3 of 3 particles" in str(result)
     assert len(srv.requests) == 3 and backend.stats()["retries"] == 0   # one attempt each
-    assert [e.error_type for e in errors.events] == ["BackendError"] * 3
-    assert all("HTTP 400" in e.message and "(not retried)" in e.message for e in errors.events)
+    assert "HTTP 400" in result.last_error and "(not retried)" in result.last_error
 
 
-def test_when_every_request_times_out_no_surviving_particles_names_the_backend_error():
+def test_when_every_request_times_out_the_run_stops_naming_the_backend_error():
     result, srv, backend, errors = run_against(lambda seed, attempt: "sleep:3",
                                                policies.SMC(num_particles=2, seed=0))
-    assert isinstance(result, swarm.NoSurvivingParticles)
-    assert "BackendError after solver#0/request" in str(result)
-    assert result.causes == {"BackendError after solver#0/request": 2}
+    assert isinstance(result, swarm.BackendUnavailable)
+    assert "2 of 2 particles advanced at step 1 were lost" in str(result)
+    assert "BackendError after solver#0/request" in str(result) and result.site == "BackendError after solver#0/request"
+    assert f"request timed out after {TIMEOUT:g}s" in result.last_error
     assert len(srv.requests) == 2 * (MAX_RETRIES + 1)
     assert all(f"request timed out after {TIMEOUT:g}s" in e.message for e in errors.events)

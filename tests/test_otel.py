@@ -150,11 +150,12 @@ def test_span_tree_shape(run):
     (tool,) = _by_name(spans, "tool ")
     assert llm.parent.span_id == _particle(spans, 0, 0).context.span_id
     assert tool.parent.span_id == _particle(spans, 0, 1).context.span_id
-    assert len(spans) == 1 + 3 + 12 + 2
+    assert len(spans) == 1 + 3 + 12 + 2 + 4   # run, steps, particle steps, LLM + tool, final population
     assert len({s.context.trace_id for s in spans}) == 1
     kinds = {s.name.split(" ")[0]: s.attributes["openinference.span.kind"] for s in spans}
     assert kinds == {"plp.run": "CHAIN", "plp.step": "CHAIN", "plp.particle": "CHAIN",
-                     "chat": "LLM", "tool": "TOOL"}
+                     "chat": "LLM", "tool": "TOOL", "plp.final": "CHAIN"}
+    assert all(s.parent.span_id == root.context.span_id for s in _by_name(spans, "plp.final "))
 
 
 def test_exact_times(run):
@@ -354,7 +355,7 @@ def test_instrument_registers_globally_and_shutdown_detaches(monkeypatch):
     inst.shutdown()  # idempotent
     assert inst.listener not in global_listeners()
     spans = inst.memory_exporter.get_finished_spans()
-    assert len(spans) == 18
+    assert len(spans) == 22
     assert spans[0].resource.attributes["openinference.project.name"] == "proj-x"
 
 

@@ -5,8 +5,8 @@ the inline batching export (observability.exporters.BackpressureSpanProcessor):
   attributes, events, parents, links, status);
 - `.run()` returns only once every span of the run is built, even when the worker lags far behind;
 - a user's current span still encloses the run (the context is captured in the caller's thread);
-- opt-in particle sampling keeps exactly the particle-step spans of the sampled ids, run and step
-  spans complete;
+- opt-in particle sampling keeps exactly the particle-step spans of the surviving lineages and of
+  the sampled extinct ids, run, step and final spans complete;
 - the worker keeps order, survives a failing call, blocks submitters past its backlog, exits when
   idle; the processor exports full batches, late batches and the rest on flush, never drops.
 """
@@ -26,6 +26,7 @@ from bench.otel_overhead import llm_program, toy_program
 from observability.exporters import BackpressureSpanProcessor, instrument
 from observability.ordered_worker import OrderedWorker
 from observability.otel import OTelListener
+from tests.run_records import RunRecords
 from tests.test_otel import replay, synthetic_run
 
 
@@ -37,7 +38,10 @@ def _canonical(spans) -> set:
     for s in spans:
         events = tuple((e.name, e.timestamp, tuple(sorted(e.attributes.items()))) for e in s.events)
         links = tuple((key.get(link.context.span_id), tuple(sorted(link.attributes.items()))) for link in s.links)
-        attrs = tuple(sorted((k, tuple(v) if isinstance(v, tuple | list) else v) for k, v in s.attributes.items()))
+        attrs = {k: tuple(v) if isinstance(v, tuple | list) else v for k, v in s.attributes.items()}
+        if "plp.ancestor_span_id" in attrs:   # a span id: named by the span it points to
+            attrs["plp.ancestor_span_id"] = key[int(attrs["plp.ancestor_span_id"], 16)]
+        attrs = tuple(sorted(attrs.items()))
         out.add((s.name, s.kind, s.start_time, s.end_time, attrs, events, links, s.status.status_code,
                  key.get(s.parent.span_id) if s.parent else None))
     return out
@@ -47,7 +51,7 @@ T0 = 1_700_000_000_000_000_000
 
 
 def _spans(background: bool, **kw):
-    inst = instrument("memory", register=False, background=background, **kw)
+    inst = instrument("memory", register=False, background=background, session_id="one-session", **kw)
     replay(synthetic_run(t0=T0), inst.listener)
     inst.shutdown()
     return list(inst.memory_exporter.get_finished_spans())
@@ -57,7 +61,7 @@ def _spans(background: bool, **kw):
 def test_background_builds_the_same_spans_as_inline(capture_content):
     inline = _canonical(_spans(False, capture_content=capture_content))
     background = _canonical(_spans(True, capture_content=capture_content))
-    assert len(inline) == 18 and background == inline
+    assert len(inline) == 22 and background == inline
 
 
 class _SlowProcessor(SpanProcessor):
@@ -83,10 +87,10 @@ def test_run_returns_after_every_span_is_built():
     assert len([s for s in spans if s.name.startswith("plp.particle ")]) == expected
 
 
-def _inline_spans(program, n: int, seed: int) -> list:
+def _inline_spans(program, n: int, seed: int, **options) -> list:
     """The spans of an SMC run built inline (sync), the reference for the background ones."""
     inst = instrument("memory", register=False, background=False)
-    policies.SMC(num_particles=n, seed=seed, listeners=[inst.listener]).run(program)
+    policies.SMC(num_particles=n, seed=seed, listeners=[inst.listener], **options).run(program)
     inst.shutdown()
     return list(inst.memory_exporter.get_finished_spans())
 
@@ -121,30 +125,38 @@ def test_a_users_current_span_encloses_the_run():
     assert run.context.trace_id == outer.get_span_context().trace_id
 
 
-def test_particle_sampling_keeps_exactly_the_sampled_particles():
+def test_particle_sampling_keeps_surviving_lineages_and_a_fraction_of_the_rest():
     n, seed, rate = 120, 2, 0.25
     program = llm_program(3, 0.0)
-    reference = _inline_spans(program, n, seed)
+    policy = policies.SMC(num_particles=n, seed=seed, ess_threshold=1.0)   # resample at every step
+    reference = _inline_spans(program, n, seed, ess_threshold=1.0)
     full = {(s.attributes["plp.step"], s.attributes["plp.particle_id"])
             for s in reference if s.name.startswith("plp.particle ")}
     inst = instrument("memory", register=False, particle_sampling=rate)
-    policies.SMC(num_particles=n, seed=seed, listeners=[inst.listener]).run(program)
+    records = RunRecords()
+    policy.model_copy(update={"listeners": [inst.listener, records]}).run(program)
     inst.shutdown()
     spans = inst.memory_exporter.get_finished_spans()
-    keeps = inst.listener.builder.keeps
+    sampled = inst.listener.sampler.sampled
+    survivors = records.surviving_lineages()
     got = {(s.attributes["plp.step"], s.attributes["plp.particle_id"])
            for s in spans if s.name.startswith("plp.particle ")}
-    assert got == {(step, pid) for step, pid in full if keeps(pid)}
-    assert 0.15 * len(full) < len(got) < 0.35 * len(full)
+    assert got == {(step, pid) for step, pid in full if pid in survivors or sampled(pid)}
+    # the rule was exercised both ways: surviving ids the hash alone would drop, extinct ids dropped
+    assert any(not sampled(pid) for pid in survivors)
+    assert any(pid not in survivors and not sampled(pid) for _, pid in full)
+    extinct = {(step, pid) for step, pid in full if pid not in survivors}
+    kept_extinct = len(got & extinct) / len(extinct)
+    assert 0.1 < kept_extinct < 0.45, kept_extinct   # rate 0.25; ±0.15 is > 4 binomial s.d. at ≥ 100 ids
     (run,) = [s for s in spans if s.name.startswith("plp.run")]
     assert run.attributes["plp.particle_sampling"] == rate
     steps = {s.attributes["plp.step"]: s for s in spans if s.name.startswith("plp.step ")}
     assert sorted(steps) == sorted({step for step, _ in full})
     for k, s in steps.items():
         assert s.attributes["plp.num_moved"] == sum(step == k for step, _ in full)   # all particles
-        assert s.attributes["plp.particle_spans"] == sum(step == k for step, _ in got)
+    assert len([s for s in spans if s.name.startswith("plp.final ")]) == n          # all final particles
     # LLM child spans: exactly those of the kept particle steps, under them
-    assert _chat_owners(spans) == [o for o in _chat_owners(reference) if keeps(o[1])]
+    assert _chat_owners(spans) == [o for o in _chat_owners(reference) if o in got]
     assert len(_chat_owners(spans)) > 0
 
 

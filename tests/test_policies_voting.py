@@ -53,7 +53,7 @@ def test_best_of_n_returns_the_argmax_weight_path(name):
     miss it with probability ≤ 0.922³⁰⁰ < 1e-10."""
     prog = BY_NAME[name]
     best = _enumerated_best(prog, lambda p: p.trace.log_weight)
-    result = run(BestOfN(n=300, seed=4), prog)
+    result = run(BestOfN(num_particles=300, seed=4), prog)
     chosen = result.extra["best"]
     assert chosen.value == best.value
     assert chosen.log_weight == pytest.approx(best.trace.log_weight, abs=1e-12)
@@ -65,15 +65,15 @@ def test_best_of_n_joint_objective_matches_enumerates_top_path():
     differs from the argmax of Φ ("short" has π·Φ = 0.15 but Φ = 0.3 < 0.36)."""
     prog = BY_NAME["branching"]
     top = _enumerated_best(prog, lambda p: p.log_weight)
-    result = run(BestOfN(n=300, seed=5, objective="joint"), prog)
+    result = run(BestOfN(num_particles=300, seed=5, objective="joint"), prog)
     assert result.extra["best"].value == top.value == "short"
     assert result.extra["best_score"] == pytest.approx(top.log_weight, abs=1e-12)
-    assert run(BestOfN(n=300, seed=5), prog).extra["best"].value == ("long", True)
+    assert run(BestOfN(num_particles=300, seed=5), prog).extra["best"].value == ("long", True)
 
 
 def test_best_of_n_keeps_every_draw_with_importance_weights_and_breaks_ties_low():
     prog = BY_NAME["chain3"]
-    bon, imp = run(BestOfN(n=500, seed=9), prog), run(policies.Importance(num_particles=500, seed=9), prog)
+    bon, imp = run(BestOfN(num_particles=500, seed=9), prog), run(policies.Importance(num_particles=500, seed=9), prog)
     assert len(bon.particles) == 500
     assert bon.log_evidence == imp.log_evidence
     np.testing.assert_array_equal(bon.log_weights, imp.log_weights)
@@ -84,7 +84,7 @@ def test_best_of_n_keeps_every_draw_with_importance_weights_and_breaks_ties_low(
 
     def flat():
         return sample("x", Bernoulli(0.5))
-    assert BestOfN(n=20, seed=0).run(flat).extra["best_index"] == 0  # every weight ties at 0
+    assert BestOfN(num_particles=20, seed=0).run(flat).extra["best_index"] == 0  # every weight ties at 0
 
 
 # -- SelfConsistency -----------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def _answer_marginal(posterior, answer):
 def test_weighted_self_consistency_converges_to_the_answer_marginal(answer):
     prog = BY_NAME["chain3"]
     exact = _answer_marginal(prog.posterior, answer or (lambda v: v))
-    result = run(SelfConsistency(n=10_000, answer=answer, seed=11), prog)
+    result = run(SelfConsistency(num_particles=10_000, answer=answer, seed=11), prog)
     shares = result.extra["shares"]
     assert total_variation(shares, exact) <= 0.03
     assert result.extra["answer"] == max(exact, key=exact.get)
@@ -109,7 +109,7 @@ def test_weighted_self_consistency_converges_to_the_answer_marginal(answer):
 
 def test_unweighted_self_consistency_is_plain_vote_counting():
     prog = BY_NAME["api_example"]  # a soft factor on "b", a guarantee killing "c"
-    result = run(SelfConsistency(n=400, weighted=False, seed=3), prog)
+    result = run(SelfConsistency(num_particles=400, weighted=False, seed=3), prog)
     accepted = [p.value for p in result.particles if p.log_weight > -math.inf]
     counts = Counter(accepted)
     winner, top = counts.most_common(1)[0]
@@ -117,7 +117,7 @@ def test_unweighted_self_consistency_is_plain_vote_counting():
     assert result.extra["shares"] == pytest.approx({a: c / len(accepted) for a, c in counts.items()})
     assert result.extra["answer"] == winner
     assert result.extra["interval"] == pytest.approx(wilson_interval(top / len(accepted), len(accepted)))
-    weighted = run(SelfConsistency(n=400, seed=3), prog).extra["shares"]
+    weighted = run(SelfConsistency(num_particles=400, seed=3), prog).extra["shares"]
     assert weighted["b"] > result.extra["shares"]["b"] + 0.1  # the factor e¹ on "b" only counts when weighted
 
 
@@ -146,7 +146,7 @@ def test_self_consistency_interval_coverage(weighted):
     program, n = (_skewed, 200) if weighted else (_coin, 100)
     covered = 0
     for s in range(300):
-        extra = SelfConsistency(n=n, weighted=weighted, seed=s).run(program).extra
+        extra = SelfConsistency(num_particles=n, weighted=weighted, seed=s).run(program).extra
         lo, hi = extra["interval"]
         covered += lo <= truth[extra["answer"]] <= hi
     assert 0.95 - 3 * 0.0126 - 0.02 <= covered / 300 <= 0.995
@@ -172,11 +172,11 @@ def test_length_normalized_votes_use_mean_token_log_probs():
     trace = Trace(events=[SampleEvent(address="a", value=1, log_prob=-9.0, info={"token_logprobs": [-1.0, -3.0]}),
                           SampleEvent(address="b", value=2, log_prob=-2.0)])
     assert length_normalized_log_prob(trace) == pytest.approx(-2.0)  # (−1 − 3 − 2)/3 tokens
-    result = SelfConsistency(n=400, length_normalized=True, seed=2).run(_llm_program)
+    result = SelfConsistency(num_particles=400, length_normalized=True, seed=2).run(_llm_program)
     n_a, n_b = result.extra["votes"]["A"], result.extra["votes"]["B"]
     s_a, s_b = n_a * math.exp(-0.1), n_b * math.exp(-0.5)  # exp(mean log q) per trace
     assert result.extra["shares"]["A"] == pytest.approx(s_a / (s_a + s_b), rel=1e-12)
-    plain = SelfConsistency(n=400, seed=2).run(_llm_program).extra["shares"]["A"]
+    plain = SelfConsistency(num_particles=400, seed=2).run(_llm_program).extra["shares"]["A"]
     assert plain == pytest.approx(n_a / 400)
 
 

@@ -15,6 +15,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import policies  # noqa: E402
+import swarm  # noqa: E402
 from agents import Agent  # noqa: E402
 from agents.agent_actor import AgentCall, child_span, trace_carrier  # noqa: E402
 from agents.backends.base import ChatMessage, GenerationRequest  # noqa: E402
@@ -27,7 +28,7 @@ from agents.ray_hosting import (  # noqa: E402
     shutdown_agent_pools,
 )
 from agents.tools import ToolExecution, tool  # noqa: E402
-from swarm import NoSurvivingParticles, factor, interact, sample  # noqa: E402
+from swarm import factor, interact, sample  # noqa: E402
 from swarm.ray_runtime import RayRuntime  # noqa: E402
 from tests.fake_backends import Critic, FailsOnSomeSeeds, SeededEcho  # noqa: E402
 from tests.ray_fixtures import local_ray  # noqa: E402
@@ -132,8 +133,12 @@ def test_local_runtime_with_ray_agents_equals_local():
     a = policies.SMC(num_particles=40, seed=5).run(team_local, 2)
     b = policies.SMC(num_particles=40, seed=5).run(team_ray, 2)
     assert summary(a) == summary(b)
-    # every live call was served by an actor: 2 calls a round per particle history, none replayed
-    assert all(w["role"] in ("proposer", "critic") for w in served_by(b))
+    # every generation in the final traces was served by an actor that names the role that asked
+    where = served_by(b)
+    generations = [e for p in b.particles for e in p.trace.events if e.type == "sample" and "agent" in e.info]
+    assert len(where) == len(generations) >= 2 * 2 * 40   # two agents, two rounds, 40 histories: never empty
+    assert all(e.info["served_by"]["role"] == e.info["agent"] for e in generations)
+    assert {w["role"] for w in where} == {"proposer", "critic"}
 
 
 # -- one pool per role, whatever the population ----------------------------------------------------
@@ -199,7 +204,8 @@ def test_backend_error_reaches_the_program_as_itself():
     async def program():
         return await sample("x", broken.generate("hi"))
 
-    with pytest.raises(NoSurvivingParticles, match=f"'{BackendError.__name__} after <program start>' killed 3"):
+    # a backend error is a lost particle, not a dead one: every particle lost stops the run, naming it
+    with pytest.raises(swarm.BackendUnavailable, match=f"3 of 3 particles.*{BackendError.__name__} after <program start>"):
         policies.SMC(num_particles=3, seed=0).run(program)
 
 
@@ -216,11 +222,11 @@ def test_batched_requests_fail_one_by_one_and_match_local():
 
     _, local_program = program_for("local")
     agent, ray_program = program_for(RayHosting(max_concurrency=16))
-    local = policies.SMC(num_particles=200, seed=2, ess_threshold=0.0).run(local_program)
-    remote = policies.SMC(num_particles=200, seed=2, ess_threshold=0.0).run(ray_program)
+    local = policies.SMC(num_particles=200, seed=2, ess_threshold=0.0, max_lost_fraction=0.5).run(local_program)
+    remote = policies.SMC(num_particles=200, seed=2, ess_threshold=0.0, max_lost_fraction=0.5).run(ray_program)
     assert summary(remote) == summary(local)
     statuses = [p.status for p in remote.particles]
-    assert 0 < statuses.count("failed") < 200  # one request's error does not fail its batch
+    assert 0 < statuses.count("lost") < 200  # one request's error does not lose its batch
     pool = pool_for(agent)
     assert pool.calls == statuses.count("finished")
     assert pool.batches <= 200 / 8, pool.batches  # 200 requests travelled in batches of up to 16
@@ -235,6 +241,118 @@ def test_unplaceable_pool_fails_with_a_clear_error():
 
     with pytest.raises(AgentHostingError, match="gpu_hungry.*num_gpus=1.*not placed within 2 s"):
         policies.SMC(num_particles=2, seed=0).run(program)
+
+
+# -- roles sharing a pool, and the run's trace context in the actors (issue 11, defect c) ---------
+def three_roles_on_one_pool():
+    """A debate-like program: three roles whose requests go to one shared pool of actors."""
+    shared = RayHosting(name="shared", replicas=2, max_concurrency=4)
+    alice, bob, judge = (Agent(name=n, system=f"You are {n}.", backend=SeededEcho(), hosting=shared)
+                         for n in ("alice", "bob", "judge"))
+
+    async def debate(rounds: int):
+        verdict = ""
+        for t in range(rounds):
+            a = await alice.ask(f"round {t}: argue {verdict!r}", name=f"alice{t}")
+            b = await bob.ask(f"counter {a!r}", name=f"bob{t}", sender=alice.name)
+            verdict = await judge.ask(f"{a} vs {b}", name=f"judge{t}", sender=bob.name)
+            factor(f"verdict{t}", -int(verdict.split()[-1]) / 5)
+        return verdict
+
+    return debate
+
+
+class StepRecords(swarm.RunListener):
+    """Keeps the raw records (what the span builder reads), to compare with what the actors saw."""
+
+    def __init__(self) -> None:
+        self.generations = []
+
+    def on_step(self, record) -> None:
+        self.generations += [e for p in record.particles for e in p.new_events
+                             if e.type == "sample" and "agent" in e.info]
+
+
+def test_roles_sharing_a_pool_are_named_by_the_calling_agent():
+    records = StepRecords()
+    policies.SMC(num_particles=12, seed=4, listeners=[records]).run(three_roles_on_one_pool(), 2)
+    assert len(hosted_actor_names()) == 2   # one pool (two replicas) served the three roles
+    calls = records.generations
+    assert len(calls) == 3 * 2 * 12        # every call of every particle, live (none replayed)
+    assert all(e.info["served_by"]["role"] == e.info["agent"] for e in calls)
+    assert {e.info["served_by"]["role"] for e in calls} == {"alice", "bob", "judge"}
+
+
+def assert_actors_joined_the_llm_spans(inst, records) -> None:
+    """Every call's actor joined the run's trace under the `chat` span built for that call."""
+    spans = inst.memory_exporter.get_finished_spans()
+    (run,) = [s for s in spans if s.name.startswith("plp.run")]
+    trace_id = format(run.context.trace_id, "032x")
+    joined = [e.info["served_by"] for e in records.generations]
+    assert len(joined) == 3 * 2 * 12 and all(w.get("trace_id") == trace_id for w in joined)
+    chat = {format(s.context.span_id, "016x"): s for s in spans if s.name.startswith("chat")}
+    assert sorted(w["parent_span_id"] for w in joined) == sorted(chat)   # one LLM span per call, same ids
+    by_id = {s.context.span_id: s for s in spans}
+    for w in joined:   # each actor-joined span is the LLM span of a particle step of this run
+        llm = chat[w["parent_span_id"]]
+        assert by_id[llm.parent.span_id].name.startswith("plp.particle ")
+        assert llm.context.trace_id == run.context.trace_id
+
+
+def test_an_instrumented_run_carries_its_trace_context_to_the_actors():
+    """No span is opened by hand: the listener makes the run's context current while it goes on,
+    every call tells its actor the span id of its own LLM span, and the listener builds the
+    `chat` span of that call with the id the actor reports."""
+    from observability.exporters import instrument
+
+    inst, records = instrument("memory", register=False), StepRecords()
+    try:
+        policies.SMC(num_particles=12, seed=4, listeners=[inst.listener, records]).run(three_roles_on_one_pool(), 2)
+    finally:
+        inst.shutdown()
+    assert_actors_joined_the_llm_spans(inst, records)
+    assert not trace_carrier()   # the run's context is gone once it has ended
+
+
+def run_on_segment_workers(hook: bool):
+    """The three-role program on Ray segment workers, instrumented; with `hook`, the core hook this
+    needs is simulated: the runner gets the listeners' `segment_handlers` (observability.otel)."""
+    from observability.exporters import instrument
+    from policies.base import RunContext
+
+    inst, records = instrument("memory", register=False), StepRecords()
+    original = RunContext.runner
+
+    def runner_with_listener_handlers(self, *args, **kwargs):
+        runner = original(self, *args, **kwargs)
+        for listener in self.broadcaster.listeners:
+            factory = getattr(listener, "segment_handlers", lambda *_: None)(self.run_id, runner.extra_handlers)
+            runner.extra_handlers = factory or runner.extra_handlers
+        return runner
+
+    rt = RayRuntime(num_workers=2)
+    try:
+        if hook:
+            RunContext.runner = runner_with_listener_handlers
+        policies.SMC(num_particles=12, seed=4, runtime=rt, listeners=[inst.listener, records]).run(
+            three_roles_on_one_pool(), 2)
+    finally:
+        RunContext.runner = original
+        asyncio.run(rt.aclose())
+        inst.shutdown()
+    return inst, records
+
+
+@pytest.mark.xfail(strict=True, reason="runtime='ray': segment workers get no trace context from the "
+                                       "coordinator until the core installs listeners' segment_handlers")
+def test_an_instrumented_run_on_segment_workers_carries_its_trace_context_to_the_actors():
+    assert_actors_joined_the_llm_spans(*run_on_segment_workers(hook=False))
+
+
+def test_with_the_segment_handler_hook_segment_workers_carry_the_trace_context_too():
+    """What the core needs for runtime='ray' (one hook, simulated here): the listener's picklable
+    segment handlers travel with the runner and make the run's context current in the workers."""
+    assert_actors_joined_the_llm_spans(*run_on_segment_workers(hook=True))
 
 
 # -- trace context -------------------------------------------------------------------------------

@@ -198,7 +198,8 @@ def _artifacts_of_a_run(tmp_path, key: str, log_records: list[str]) -> tuple[dic
         listeners = [writer, memory.listener, otlp.listener, OTelListener(console, capture_content=True),
                      ProgressListener(progress, tty=False)]
         extra = {"checkpoint": str(tmp_path / "ckpt")} if "checkpoint" in policies.SMC.model_fields else {}
-        result = policies.SMC(num_particles=6, ess_threshold=1.0, seed=0, listeners=listeners, **extra).run(program, 1)
+        result = policies.SMC(num_particles=6, ess_threshold=1.0, seed=0, listeners=listeners, max_lost_fraction=0.5,
+                              **extra).run(program, 1)
         with pytest.raises(Exception) as bad_factor:   # a framework error quoting a value that holds the key
             policies.SMC(num_particles=2, seed=0, listeners=listeners).run(lambda: factor("score", f"{key}"))
         writer.close()

@@ -68,13 +68,16 @@ def test_rejuvenation_beats_smc_on_a_needle_at_equal_cost_and_is_what_makes_the_
     t_est, p_est, u_est = (np.array([r.log_evidence for r in rs]) for rs in (tempered, plain, unmoved))
     t_ess = np.mean([r.ess for r in tempered])
     p_ess = np.mean([r.diagnostics.steps[0].ess for r in plain])  # at the weighting step, before resampling
-    # rejuvenated tempering: markedly higher ESS, markedly lower variance and error of log Ẑ
-    assert t_ess >= 4 * p_ess, (t_ess, p_ess)
-    assert t_est.var() <= p_est.var() / 3, (t_est.var(), p_est.var())
-    assert _rmse(t_est, log_z) <= _rmse(p_est, log_z) / 1.5, (_rmse(t_est, log_z), _rmse(p_est, log_z))
-    # without moves the same budget buys nothing: no better than SMC, far worse than with moves
+    # Rejuvenated tempering: higher ESS and lower error of log Ẑ at equal cost. Measured over 40 seeds
+    # in blocks of 10 (this engine): plain SMC's ESS is bimodal (2-5, or 14-26 when a draw lands near
+    # the needle), tempered's 28-50 (N = 50), so 2x holds whatever the split; RMSE of log Ẑ: tempered
+    # 0.43-0.74, plain 0.63-1.13, ratio 1.34-2.6 per block, so 1.25x; the variance alone is too noisy
+    # at 10 seeds to order them (one block had tempered 0.146 vs plain 0.118), so it is not asserted.
+    assert t_ess >= 2 * p_ess, (t_ess, p_ess)
+    assert _rmse(t_est, log_z) <= _rmse(p_est, log_z) / 1.25, (_rmse(t_est, log_z), _rmse(p_est, log_z))
+    # without moves the same budget buys nothing: no better than SMC, worse than with moves
     assert u_est.var() >= p_est.var() / 2, (u_est.var(), p_est.var())
-    assert _rmse(u_est, log_z) >= _rmse(t_est, log_z) * 1.5
+    assert _rmse(u_est, log_z) >= _rmse(t_est, log_z) * 1.25
     print(f"\nneedle at cost {cost}: tempered ESS {t_ess:.1f} var {t_est.var():.3f} RMSE {_rmse(t_est, log_z):.3f}; "
           f"SMC ESS {p_ess:.1f} var {p_est.var():.3f} RMSE {_rmse(p_est, log_z):.3f}; "
           f"k=0 ESS {np.mean([r.ess for r in unmoved]):.1f} var {u_est.var():.3f} RMSE {_rmse(u_est, log_z):.3f}")

@@ -19,7 +19,13 @@ import abc
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from typing_extensions import Annotated
+
+from agents.constraints.base import Constraint
+from agents.constraints.report import ConstraintReport
+
+from swarm.errors import ParticleLost
 
 
 class ChatMessage(BaseModel):
@@ -57,6 +63,22 @@ class GenerationRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     """OpenAI-format tool schemas ({"type": "function", "function": {...}})."""
     response_format: dict[str, Any] | None = None
+    log_q: Literal["optional", "required"] = "optional"
+    """"required": the site's weight needs log q and log p of the completion (`target="base"`, or a
+    policy that scores traces by log q), so the backend must report them; "optional": up to the
+    backend (HTTP backends then skip log-probabilities, which cost the server; `LlamaCpp` always
+    computes them)."""
+    constraint: Annotated[Any, PlainSerializer(lambda c: None if c is None else c.describe(), return_type=Any)] = None
+    """A token-level constraint applied inside the proposal (`agents.constraints`); serialised as its
+    stable description, so it is part of the response-cache key."""
+
+    @field_validator("constraint")
+    @classmethod
+    def _is_constraint(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, Constraint):
+            raise ValueError(f"constraint must be built with agents.constraints (e.g. constraints.regex(...)), "
+                             f"got {type(value).__name__}")
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> "GenerationRequest":
@@ -95,6 +117,13 @@ class Completion(BaseModel):
     model: str = ""
     backend: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    log_q_quality: Literal["exact", "estimated", "absent"] = "exact"
+    """How far `token_logprobs`/`stop_log_prob` are log q of what was drawn: "exact"; "estimated"
+    (e.g. a server's raw-model log-probabilities at temperature != 1, or a word boundary's mass
+    estimated from top-k log-probabilities); "absent" (not requested: `log_prob` is 0, a placeholder)."""
+    constraint: ConstraintReport | None = None
+    """With `request.constraint`: the weight correction (log-mass of the allowed tokens per position)
+    and whether it is exact, estimated or unavailable (see `agents.constraints.report`)."""
     served_by: dict[str, Any] | None = None
     """Where the call ran, when a Ray actor served it: node_id, actor_id, replica, pid (the sample
     event's info carries it as `served_by`, so the global trace shows where every call ran)."""
@@ -112,11 +141,16 @@ class Completion(BaseModel):
         return math.fsum(self.base_token_logprobs)
 
 
-class BackendError(Exception):
-    """A backend call failed for good (after retries, or a non-retryable 4xx)."""
+class BackendError(ParticleLost):
+    """A backend call failed for good (after retries, or a non-retryable 4xx).
 
-    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False) -> None:
-        super().__init__(message)
+    A `swarm.ParticleLost`: raised inside a program it marks the particle *lost* to the
+    infrastructure (missing data, left out of Ẑ), not *killed* by the target (docs/theory.md §3.4).
+    `source` names the backend when the raiser knows it."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False,
+                 source: str = "") -> None:
+        super().__init__(message, source=source)
         self.status_code = status_code
         self.retryable = retryable
 

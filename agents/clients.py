@@ -1,0 +1,102 @@
+"""Who serves an agent's generation requests: a client per agent per run.
+
+`client_for(agent)` is the single switch point. It returns the client the current run uses for
+`agent`: a `LocalClient` around the agent's backend in this process, or — when the agent is hosted
+on Ray (`Agent(hosting=RayHosting(...))`, `hosting="ray"`, or "auto" with Ray initialised) — a
+client that sends the request to the agent's pool of Ray actors (`agents.ray_hosting`). Both go
+through the run's response cache (`agents.cache.run_cache`), which journals every completed call
+into the run's checkpoint directory when the run checkpoints, so a resumed run repeats no call.
+`completion_info` is what a completed call records in its sample event.
+
+(These lived in `agents.hosting` with the run cache and the default backend, which now live with
+the cache and the backends: that module only re-exports them, deprecated.)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agents.backends import default_backend
+from agents.backends.base import Backend, Completion, GenerationRequest
+from agents.cache import ResponseCache, request_key, run_cache
+from swarm.effects import run_scope
+
+if TYPE_CHECKING:
+    from agents.agent import Agent
+
+
+class Client(Protocol):
+    async def complete(self, request: GenerationRequest) -> Completion: ...
+
+
+class LocalClient:
+    """Calls a backend in this process, through the run's response cache when the run journals its
+    calls (a checkpointed run: a resumed run must find them). Otherwise straight to the backend:
+    within a run no request is made twice (its seed is the particle's stream and site, and replay
+    reads recorded values from the global trace), so a cache would only cost a key per call."""
+
+    def __init__(self, backend: Backend, cache: ResponseCache) -> None:
+        self.backend = backend
+        self.cache = cache
+
+    async def complete(self, request: GenerationRequest) -> Completion:
+        if self.cache.journal is None:
+            return await self.backend.complete(request)
+        key = request_key(self.backend.identity(), request)
+        return await self.cache.get_or_call(key, lambda: self.backend.complete(request))
+
+
+def client_for(agent: "Agent") -> Client:
+    """The client for `agent` in the current run: its Ray pool's, or its backend's in this process
+    (decided once per agent and run, kept in the run scope)."""
+    scope = run_scope()
+    key = ("agents.client", id(agent))
+    client = scope.get(key)
+    if client is None or client[0] is not agent:
+        if agent.hosted_on_ray():
+            from agents.ray_hosting import ray_client_for
+
+            client = (agent, ray_client_for(agent))
+        else:
+            client = (agent, LocalClient(agent.backend or default_backend(), run_cache()))
+        scope[key] = client
+    return client[1]
+
+
+def completion_info(agent: "Agent", request: GenerationRequest, completion: Completion, started_ns: int,
+                    backend_name: str) -> dict[str, Any]:
+    """The metadata a generation's sample event carries (read by budgets and span exporters)."""
+    return {
+        "agent": agent.name,
+        "backend": completion.backend or backend_name,
+        "model": completion.model,
+        "usage": {"input_tokens": completion.usage.input_tokens, "output_tokens": completion.usage.output_tokens},
+        "latency_s": completion.latency_s or (time.time_ns() - started_ns) / 1e9,
+        "started_at_ns": started_ns,
+        "ended_at_ns": time.time_ns(),
+        "seed": request.seed,
+        "temperature": request.settings.temperature,
+        "unit": request.settings.unit,
+        "finish_reason": completion.finish_reason,
+        "tokens": list(completion.tokens),
+        "token_logprobs": list(completion.token_logprobs),
+        "base_token_logprobs": None if completion.base_token_logprobs is None else list(completion.base_token_logprobs),
+        "log_prob": completion.log_prob,
+        "base_log_prob": completion.base_log_prob,
+        "prompt": [_message_dict(m) for m in request.messages] if request.messages is not None else request.prompt,
+        "assistant_prefix": request.assistant_prefix,
+        "completion": completion.text,
+        **({"served_by": dict(completion.served_by)} if completion.served_by else {}),
+    }
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    """`message.model_dump(exclude_none=True)` of a ChatMessage, without pydantic's serializer (it
+    runs for every message of every prompt)."""
+    out = {"role": message.role, "content": message.content}
+    for name in ("name", "tool_call_id", "tool_calls"):
+        value = getattr(message, name)
+        if value is not None:
+            out[name] = value
+    return out

@@ -1,0 +1,207 @@
+"""The OpenAI chat-completions protocol as `swarm serve` speaks it (pydantic, like vLLM's
+`protocol.py`): the request with its `swarm` extension, the response, stream chunks, error objects.
+
+Extensions (documented in docs/serving.md):
+
+- request `swarm` (the openai client's `extra_body={"swarm": {...}}`): `arguments` (keyword
+  arguments of the program), `answer` ("mode" or "draw"), a per-request budget (`max_tokens`,
+  `max_llm_calls`, `timeout_s`), each at most the server's;
+- response `swarm`: the run's metadata (`RunInfo`: run id, trace id, log Ẑ, ESS, each answer's
+  posterior probability, ...); in a stream, chunks carry progress in `swarm` and content deltas
+  only as the docs describe.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.backends.base import ChatMessage
+
+
+class TextPart(BaseModel):
+    """A content part; only text parts are supported."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class RequestMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+    def to_chat_message(self) -> ChatMessage:
+        """The framework's `ChatMessage` ("developer" is a system message; text parts are joined)."""
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role=role, content=content, name=self.name, tool_call_id=self.tool_call_id)
+
+
+class SwarmOptions(BaseModel):
+    """The request's `swarm` object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the served program (`messages`/`prompt` come from the messages)."""
+    answer: Literal["mode", "draw"] | None = None
+    """"mode": the answers of largest posterior probability; "draw": answers drawn from the
+    posterior (without replacement when n > 1). Default: the server's."""
+    max_tokens: int | None = Field(None, gt=0)
+    """Tokens the whole run may spend (every call of every particle), at most the server's limit."""
+    max_llm_calls: int | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """A chat completion request. Other OpenAI fields are accepted and listed back in
+    `swarm.ignored_fields`; those whose silent omission would change the answer's meaning
+    (`UNSUPPORTED`) are rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[RequestMessage] = Field(min_length=1)
+    n: int = Field(1, ge=1, le=64)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, gt=0)
+    max_completion_tokens: int | None = Field(None, gt=0)
+    swarm: SwarmOptions = Field(default_factory=SwarmOptions)
+
+
+SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens")
+"""Standard fields passed to the program as keyword arguments of the same name when it takes them
+(`max_completion_tokens` is `max_tokens`); otherwise ignored and listed."""
+
+UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none", "auto"),
+               "logprobs": (None, False), "top_logprobs": (None, 0), "response_format": (None, {"type": "text"}),
+               "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,)}
+"""Fields rejected unless they hold one of these (harmless) values."""
+
+
+# -- responses -------------------------------------------------------------------------------------
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: ResponseMessage
+    finish_reason: str = "stop"
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    """Every token the run spent: all LLM calls of all particles (dead ones too, prompts re-sent at
+    every step included). completion_tokens: what the calls generated; prompt_tokens: the rest."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RunInfo(BaseModel):
+    """The response's `swarm` object: what the run was and how much to trust its answer."""
+
+    run_id: str
+    trace_id: str
+    """The OpenTelemetry trace of this request (32 hex digits): request span → run span → steps."""
+    policy: str
+    num_particles: int
+    log_evidence: float | None
+    """log Ẑ, the estimate of log Z = log Σ π(τ)Φ(τ) (None when not finite)."""
+    ess: float
+    min_ess: float
+    steps: int
+    llm_calls: int
+    answer: Literal["mode", "draw"]
+    probabilities: list[float]
+    """The posterior probability of each choice's answer (by choice index)."""
+    distinct_answers: int
+    """How many distinct answers the posterior puts mass on (n > this returns fewer choices)."""
+    stopped_by: str | None = None
+    wall_time_s: float
+    ignored_fields: list[str] = Field(default_factory=list)
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    swarm: RunInfo
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    swarm: dict[str, Any] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "plp-swarm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# -- errors ------------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
+
+    error: ErrorBody
+
+
+def finite(x: float | None) -> float | None:
+    """JSON has no infinities: a non-finite float becomes None."""
+    return x if x is not None and math.isfinite(x) else None

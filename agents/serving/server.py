@@ -1,0 +1,129 @@
+"""`swarm serve`: build the service from the command line and run it with uvicorn.
+
+    swarm serve FILE.py[:program] --policy smc --particles 16 --port 8000
+    swarm serve --model embedded --particles 8 --port 0        # port 0: a free port, printed
+
+The served program is found like `swarm run` finds it (FILE.py's `program`, or the function after
+the colon; its POLICY and DEFAULTS apply, command-line options override them); `--model embedded`
+serves `agents.serving.chat_program.chat` over the embedded SmolLM2-135M. The server listens on
+127.0.0.1 unless `--host` says otherwise, and prints one line when it accepts connections:
+
+    swarm serve: smollm2-135m-smc (SMC, 8 particles) on http://127.0.0.1:40123/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+from agents.secrets import Secret, install_logging_redaction
+from agents.serving.service import ChatService, ServeConfig
+
+EMBEDDED_DEFAULTS = {"policy": "smc", "particles": 8}
+EMBEDDED_MAX_TOKENS = 50_000
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def build_service(args: argparse.Namespace) -> tuple[ChatService, Any]:
+    """(the service, the OTel instrumentation handle or None) from `swarm serve`'s arguments."""
+    from agents.serving.tracing import RequestTracing
+    from observability.programs import CLIError, load_program, make_policy, parse_kwargs
+
+    if (args.model is None) == (args.target is None):
+        both = args.model is not None
+        raise CLIError(f"swarm serve needs a program (FILE.py[:program]) or --model embedded{', not both' if both else ''}")
+    if args.model == "embedded":
+        from agents.serving import chat_program
+
+        module: Any = SimpleNamespace(DEFAULTS=EMBEDDED_DEFAULTS, POLICY=None, __file__="<embedded>")
+        program, name, stream_text = chat_program.chat, chat_program.MODEL_NAME, "committed"
+    else:
+        module, program = load_program(args.target)
+        name = f"{os.path.splitext(os.path.basename(module.__file__))[0]}:{program.__name__}"
+        stream_text = "final"
+    inst, listeners = None, []
+    if args.otlp:
+        from observability.exporters import instrument
+
+        inst = instrument("otlp", endpoint=args.otlp, project=args.model_name or name, register=False)
+        listeners.append(inst.listener)
+    policy = make_policy(args, module, listeners)
+    if policy.runtime == "ray" and args.model is None:
+        from ray import cloudpickle  # ship the file's functions by value: workers cannot import it
+
+        cloudpickle.register_pickle_by_value(module)
+    budget = policy.budget
+    try:
+        config = ServeConfig(model_name=args.model_name or name, answer=args.answer,
+                             max_tokens=args.max_tokens or (budget and budget.max_tokens)
+                             or (EMBEDDED_MAX_TOKENS if args.model else None),
+                             max_llm_calls=args.max_llm_calls or (budget and budget.max_llm_calls),
+                             timeout_s=args.timeout or (budget and budget.max_seconds) or 300.0,
+                             stream_text=args.stream_text or stream_text)
+    except ValueError as exc:
+        raise CLIError(f"invalid server setting: {exc}") from None
+    defaults = {**dict((getattr(module, "DEFAULTS", None) or {}).get("args") or {}), **parse_kwargs(args.arg)}
+    tracing = RequestTracing(inst.provider, export=True) if inst else RequestTracing()
+    return ChatService(program, policy, config, defaults=defaults, tracing=tracing), inst
+
+
+def api_key(args: argparse.Namespace) -> Secret | None:
+    """The key from the environment variable `--api-key-env` names (never from argv: `ps` shows it)."""
+    from observability.programs import CLIError
+
+    if not args.api_key_env:
+        return None
+    value = os.environ.get(args.api_key_env, "")
+    if not value.strip():
+        raise CLIError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+    return Secret(value.strip())
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. IPPROTO_TCP matters: asyncio turns Nagle off (TCP_NODELAY) only on
+    sockets created with it, and with Nagle on every response waits ~40 ms for a delayed ACK."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run the server until interrupted; returns the exit status. HTTP is parsed by httptools (a C
+    parser; uvicorn's "auto" falls back to the pure-Python h11 without it), which serves ~1.5x the
+    requests of h11 per CPU second (bench/serve_overhead.py); the event loop is plain asyncio, the
+    loop the framework is tested on."""
+    import uvicorn
+
+    from agents.serving.app import build_app
+
+    key = api_key(args)
+    service, inst = build_service(args)
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(build_app(service, api_key=key), loop="asyncio", http="auto", log_level=args.log_level,
+                            access_log=args.access_log, timeout_graceful_shutdown=5, server_header=False)
+    for logger in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "agents.serving"):
+        install_logging_redaction(logging.getLogger(logger))
+    if host not in LOOPBACK and key is None:
+        print(f"warning: serving on {host} without an API key (--api-key-env)", file=sys.stderr)
+    policy = service.policy
+    size = getattr(policy, "num_particles", None) or getattr(policy, "num_samples", None)
+    print(f"swarm serve: {service.config.model_name} ({type(policy).__name__}"
+          f"{f', {size} particles' if size else ''}) on http://{host}:{port}/v1", flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        service.tracing.close()
+        if inst is not None:
+            inst.shutdown()
+    return 0

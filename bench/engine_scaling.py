@@ -1,0 +1,127 @@
+"""Engine scaling: SMC's cost must grow with the work (N·T), not with its square.
+
+A toy program of T steps (x_t ~ Bernoulli(0.5), factor(0.1·x_t) at every step), as a plain `def` and
+as an `async def`, under SMC with N particles and resampling at every step (ess_threshold = 1.0, the
+hardest case for live continuation: every step's second and later offspring are rebuilt by replay).
+Rows, all measured in one run with repetitions interleaved:
+
+- "linear in T": wall(T=2t) / wall(T=t) for each program kind (2.0 is linear; 4.0 quadratic);
+- "async vs sync": wall(async) / wall(sync) at the largest T (the async program must continue live
+  too: before the engine rewrite it replayed its whole past at every step, 45x the sync program).
+
+`--baseline DIR` also times the same workloads with the code checked out in DIR (e.g. a worktree
+of an older commit: `git worktree add /tmp/old <commit>`), in its own subprocess, for before → after.
+
+    python -m bench.engine_scaling [--n 100] [--steps 200 400] [--repeats 3] [--baseline DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_programs(steps: int):
+    from swarm import Bernoulli, factor, sample
+
+    def plain():
+        total = 0
+        for t in range(steps):
+            x = sample(f"x{t}", Bernoulli(0.5))
+            total += x
+            factor(f"f{t}", 0.1 * x)
+        return total
+
+    async def asynchronous():
+        total = 0
+        for t in range(steps):
+            x = sample(f"x{t}", Bernoulli(0.5))
+            total += x
+            factor(f"f{t}", 0.1 * x)
+        return total
+
+    return {"sync": plain, "async": asynchronous}
+
+
+def time_once(kind: str, n: int, steps: int, seed: int = 0) -> float:
+    import policies
+
+    program = make_programs(steps)[kind]
+    start = time.perf_counter()
+    policies.SMC(num_particles=n, ess_threshold=1.0, seed=seed).run(program)
+    return time.perf_counter() - start
+
+
+def measure(n: int, steps: list[int], repeats: int) -> dict[str, float]:
+    """Median wall time of every (kind, T), repetitions interleaved."""
+    import statistics
+
+    from_common = _common()
+    interleaved, median = from_common.interleaved, statistics.median
+    fns = {f"{kind}@{t}": (lambda k=kind, t=t: time_once(k, n, t)) for t in steps for kind in ("sync", "async")}
+    times = interleaved(fns, repeats=repeats, warmup=False)
+    return {name: median(ts) for name, ts in times.items()}
+
+
+def _common():
+    """bench.common of this checkout (the baseline child imports this file by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).with_name("common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _baseline(directory: str, n: int, steps: list[int], repeats: int) -> dict[str, float]:
+    """The same workloads timed with the packages of another checkout (this file's code, that
+    checkout's swarm and policies), in a child process."""
+    code = (f"import json, sys, importlib.util; sys.path.insert(0, {directory!r}); "
+            f"spec = importlib.util.spec_from_file_location('engine_scaling', {__file__!r}); "
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); "
+            f"print(json.dumps(mod.measure({n}, {steps!r}, {repeats})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=directory, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(n: int = 100, steps: tuple[int, ...] = (200, 400), repeats: int = 3, baseline: str | None = None) -> list[dict]:
+    from bench.common import row
+
+    steps = sorted(steps)
+    now = measure(n, steps, repeats)
+    rows = []
+    lo, hi = steps[0], steps[-1]
+    for kind in ("sync", "async"):
+        rows.append(row("engine scaling", f"{kind} SMC N={n}, resample every step: wall T={hi} / T={lo}",
+                        now[f"{kind}@{hi}"], now[f"{kind}@{lo}"], "s", better="lower",
+                        note=f"goal <= 2.3 (linear {hi / lo:.1f})"))
+    rows.append(row("engine scaling", f"async / sync program, N={n}, T={hi}", now[f"async@{hi}"], now[f"sync@{hi}"],
+                    "s", better="lower", note="goal <= 1.5"))
+    if baseline:
+        before = _baseline(baseline, n, [lo], 1)
+        for kind in ("sync", "async"):
+            rows.append(row("engine scaling", f"{kind} SMC N={n} T={lo}: this code vs {Path(baseline).name}",
+                            now[f"{kind}@{lo}"], before[f"{kind}@{lo}"], "s", better="lower",
+                            note="before -> after, same run"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--steps", type=int, nargs="+", default=[200, 400])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", default=None)
+    args = parser.parse_args()
+    for r in run(args.n, tuple(args.steps), args.repeats, args.baseline):
+        print(f"{r['case']:<70} {r['value']:>9.3f} vs {r['baseline']:>9.3f} {r['unit']}  ratio {r['ratio']:.2f}  {r['note']}")
+
+
+if __name__ == "__main__":
+    main()

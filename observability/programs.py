@@ -1,0 +1,123 @@
+"""What every `swarm` command that runs a program shares (`swarm run`, `swarm serve`, `swarm mcp`):
+finding the program in FILE.py[:function], parsing K=V arguments, and building the policy from the
+command line, the module's POLICY and DEFAULTS."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from swarm.agents_package import require_own_agents
+from swarm.errors import SwarmError
+
+POLICIES = {"smc": "SMC", "importance": "Importance", "enumerate": "Enumerate", "forward": "Forward",
+            "rejection": "Rejection"}
+BUILTIN_DEFAULTS = {"policy": "smc", "particles": 100, "seed": None, "runtime": "local"}
+POPULATION_FIELDS = ("num_particles", "width")
+"""The fields `--particles` sets, looked up by name on the policy's class (the first it has): every
+policy's population size is `num_particles` (Beam's is its `width`)."""
+
+
+class CLIError(SwarmError):
+    """A command-line problem the user can fix (a missing file, program or argument)."""
+
+
+def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
+    """Import FILE.py and return (module, program): the function named after a colon, else the
+    module's `program`, else its `main`."""
+    file, name = target, None
+    head, sep, tail = target.rpartition(":")
+    if sep and tail.isidentifier() and head:
+        file, name = head, tail
+    path = Path(file)
+    if not path.is_file():
+        raise CLIError(f"{file}: no such file (expected FILE.py or FILE.py:function)")
+    if _imports_agents(path):
+        require_own_agents()  # a clear error when another `agents` package (openai-agents) shadows ours
+    module_name = path.stem if path.stem.isidentifier() else "swarm_program"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"{file}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.resolve().parent))
+    spec.loader.exec_module(module)
+    candidates = [name] if name else ["program", "main"]
+    for candidate in candidates:
+        fn = getattr(module, candidate, None)
+        if callable(fn):
+            return module, fn
+    found = sorted(k for k, v in vars(module).items()
+                   if callable(v) and getattr(v, "__module__", None) == module_name and not k.startswith("_"))
+    wanted = f"function named {name!r}" if name else "function named 'program' or 'main'"
+    raise CLIError(f"{file} has no {wanted}; its functions: {', '.join(found) or 'none'} "
+                   f"(pick one with {file}:NAME)")
+
+
+def _imports_agents(path: Path) -> bool:
+    """Whether the program file imports the `agents` package (or a module of it)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return False  # exec_module reports it
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+    return any(name == "agents" or name.startswith("agents.") for name in names)
+
+
+def parse_kwargs(items: list[str]) -> dict[str, Any]:
+    """`k=v` pairs → keyword arguments; a value is a Python literal when it parses as one."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--arg {item!r}: expected NAME=VALUE")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def make_policy(args: argparse.Namespace, module: ModuleType, listeners: list[Any]) -> Any:
+    """The policy: --policy, else the module's POLICY, else DEFAULTS["policy"], else SMC; then
+    --particles/--seed/--runtime (or DEFAULTS) applied, and the CLI's listeners attached."""
+    import policies
+    from policies.base import Policy
+
+    defaults = {**BUILTIN_DEFAULTS, **dict(getattr(module, "DEFAULTS", None) or {})}
+    base = getattr(module, "POLICY", None)
+    if base is not None and not isinstance(base, Policy):
+        raise CLIError(f"{module.__file__}: POLICY must be a policies.Policy instance, got {type(base).__name__}")
+    given = {k: getattr(args, k) for k in ("particles", "seed", "runtime")}
+    if args.policy is None and base is not None:
+        policy = base.model_copy()
+        updates = {k: v for k, v in given.items() if v is not None}
+    else:
+        name = (args.policy or defaults["policy"]).lower()
+        if name not in POLICIES:
+            raise CLIError(f"DEFAULTS['policy'] = {name!r} is not one of {', '.join(POLICIES)}")
+        policy = getattr(policies, POLICIES[name])()
+        updates = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+    try:
+        for key, value in updates.items():
+            if value is None:
+                continue
+            if key == "particles":
+                field = next((f for f in POPULATION_FIELDS if f in type(policy).model_fields), None)
+                if field is None and args.particles is not None:
+                    raise CLIError(f"--particles {value}: {type(policy).__name__} has no population size to set "
+                                   f"(none of the fields {', '.join(POPULATION_FIELDS)}); drop --particles")
+                if field is not None:
+                    setattr(policy, field, value)
+            else:
+                setattr(policy, key, value)
+        policy.listeners = [*policy.listeners, *listeners]
+    except ValueError as exc:  # pydantic's ValidationError names the field
+        raise CLIError(f"invalid policy setting: {exc}") from None
+    return policy

@@ -1,0 +1,257 @@
+"""The global trace: every event of a run in one append-only tree (docs/theory.md §3.4).
+
+A node is one event (sample, factor, guarantee, interact, error) and points to the previous event of
+its execution; a particle is a pointer to a leaf. Resampling copies pointers, never events, so
+offspring share their ancestors' events. The coordinator owns the tree; `Result`, trace files,
+checkpoints, reports and spans read it. Per node the tree also keeps the step at which it was
+appended and the particle that appended it, which answers the questions weights exist for:
+
+    tree.trace(leaf)                       the whole trace of a particle (materialised on demand)
+    tree.lineage(leaf)                     the particle ids along its ancestry, root first
+    tree.events_at(leaves, step=3)         what the particles' ancestors did at step 3
+    tree.sharing(node, leaves)             which particles have a given event in their past
+
+Large payloads are stored once: `PayloadStore` interns the strings and prompt message lists of new
+events' metadata, so a message that appears in many prompts (a chat history, a shared system prompt)
+is held once, and a prompt that extends the previous one is a `MessageChain` node pointing at it.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from typing import Any, Iterable, Iterator
+
+from swarm.trace import Trace
+
+ROOT = -1
+_LONG = 64
+"""Strings at least this long in event metadata are interned (stored once per distinct value)."""
+
+
+class MessageChain(Sequence):
+    """A list of chat messages stored as a persistent linked list: a prompt that extends an earlier
+    one points at it, so a conversation of T turns costs O(T) memory however many prompts it was
+    sent as. Reads like a list of message dicts; compares equal to one."""
+
+    __slots__ = ("prev", "message", "length", "__weakref__")
+
+    def __init__(self, prev: "MessageChain | None", message: Any) -> None:
+        self.prev = prev
+        self.message = message
+        self.length = 1 + (prev.length if prev is not None else 0)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.to_list())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.to_list()[index]
+
+    def to_list(self) -> list[Any]:
+        out = []
+        node: MessageChain | None = self
+        while node is not None:
+            out.append(node.message)
+            node = node.prev
+        out.reverse()
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MessageChain):
+            return self is other or self.to_list() == other.to_list()
+        if isinstance(other, (list, tuple)):
+            return self.to_list() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"MessageChain({self.to_list()!r})"
+
+    def __reduce__(self) -> tuple:
+        return (_chain_from_list, (self.to_list(),))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            lambda v: v, serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.to_list()))
+
+
+def _chain_from_list(messages: list[Any]) -> MessageChain | list:
+    node = None
+    for message in messages:
+        node = MessageChain(node, message)
+    return node if node is not None else []
+
+
+class PayloadStore:
+    """Interns the metadata of new events: long strings by value, prompts (lists of message dicts)
+    as `MessageChain`s that share every prefix already seen."""
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+        self._messages: dict[Any, Any] = {}
+        self._chains: dict[tuple[int, Any], MessageChain] = {}
+
+    def __len__(self) -> int:
+        return len(self._strings) + len(self._messages)
+
+    def string(self, text: str) -> str:
+        return self._strings.setdefault(text, text) if len(text) >= _LONG else text
+
+    def _message(self, message: Any) -> tuple[Any, Any]:
+        """(a hashable key, the one stored copy) of a message dict."""
+        if isinstance(message, dict):
+            key = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
+                               for k, v in message.items()))
+        else:
+            key = repr(message)
+        stored = self._messages.get(key)
+        if stored is None:
+            if isinstance(message, dict):
+                message = {k: self.string(v) if isinstance(v, str) else v for k, v in message.items()}
+            stored = self._messages[key] = message
+        return key, stored
+
+    def chain(self, messages: Iterable[Any]) -> MessageChain | list:
+        node: MessageChain | None = None
+        for message in messages:
+            key, stored = self._message(message)
+            link = (id(node), key)
+            nxt = self._chains.get(link)
+            if nxt is None or nxt.prev is not node:
+                nxt = self._chains[link] = MessageChain(node, stored)
+            node = nxt
+        return node if node is not None else []
+
+    def intern_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        """A copy of an event's metadata with its large payloads interned."""
+        out = {}
+        for key, value in info.items():
+            if type(value) is str:
+                value = self.string(value)
+            elif key == "prompt" and isinstance(value, list) and value and isinstance(value[0], dict):
+                value = self.chain(value)
+            out[key] = value
+        return out
+
+
+class GlobalTrace:
+    """The run's events as one append-only tree (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.parent = array("q")
+        self.step = array("i")
+        self.particle = array("q")
+        self.payloads = PayloadStore()
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def extend(self, leaf: int, events: list[Any], step: int = 0, particle: int = -1) -> int:
+        """Append `events` after node `leaf` (ROOT for a new execution); return the new leaf."""
+        if not events:
+            return leaf
+        start = len(self.events)
+        n = len(events)
+        self.events.extend(events)
+        self.parent.append(leaf)
+        if n > 1:
+            self.parent.extend(range(start, start + n - 1))
+        self.step.extend([step] * n)
+        self.particle.extend([particle] * n)
+        return start + n - 1
+
+    def nodes(self, leaf: int) -> list[int]:
+        """The node indices from the root to `leaf`."""
+        out = []
+        parent = self.parent
+        while leaf != ROOT:
+            out.append(leaf)
+            leaf = parent[leaf]
+        out.reverse()
+        return out
+
+    def path(self, leaf: int) -> list[Any]:
+        """The events of the execution ending at `leaf`, in program order."""
+        events = self.events
+        return [events[i] for i in self.nodes(leaf)]
+
+    def trace(self, leaf: int) -> Trace:
+        """The trace of the particle at `leaf`, materialised when first read."""
+        return TreeTrace(self, leaf)
+
+    def lineage(self, leaf: int) -> list[int]:
+        """The ids of the particles that recorded the events on the path to `leaf`, root first,
+        without repeats: the particle's ancestry across resamplings."""
+        out: list[int] = []
+        for node in self.nodes(leaf):
+            pid = self.particle[node]
+            if not out or out[-1] != pid:
+                out.append(pid)
+        return out
+
+    def events_at(self, leaves: Iterable[int], step: int) -> dict[int, list[Any]]:
+        """{leaf: the events its ancestry recorded at `step`}."""
+        return {leaf: [self.events[n] for n in self.nodes(leaf) if self.step[n] == step] for leaf in leaves}
+
+    def sharing(self, node: int, leaves: Iterable[int]) -> list[int]:
+        """The leaves whose past contains `node` (e.g. which particles share this message)."""
+        return [leaf for leaf in leaves if node in self._ancestor_set(leaf, node)]
+
+    def _ancestor_set(self, leaf: int, floor: int) -> set[int]:
+        out = set()
+        parent = self.parent
+        while leaf != ROOT and leaf >= floor:
+            out.add(leaf)
+            leaf = parent[leaf]
+        return out
+
+    def since(self, mark: int) -> dict[str, Any]:
+        """The nodes appended from index `mark` on, as columns (an append-only log entry)."""
+        return {"start": mark, "events": self.events[mark:], "parent": self.parent[mark:].tolist(),
+                "step": self.step[mark:].tolist(), "particle": self.particle[mark:].tolist()}
+
+    def apply(self, entry: dict[str, Any]) -> None:
+        """Append a log entry written by `since` (rebuilding the tree when resuming)."""
+        if entry["start"] != len(self.events):
+            raise ValueError(f"global trace log entry starts at node {entry['start']}, the tree has "
+                             f"{len(self.events)} nodes")
+        self.events.extend(entry["events"])
+        self.parent.extend(entry["parent"])
+        self.step.extend(entry["step"])
+        self.particle.extend(entry["particle"])
+
+
+class TreeTrace(Trace):
+    """A particle's `Trace` read from the global trace: its events are gathered along the parent
+    pointers the first time they are read (a population's traces cost nothing until looked at)."""
+
+    __slots__ = ("_tree", "_leaf", "_events")
+
+    def __init__(self, tree: GlobalTrace, leaf: int) -> None:
+        self._tree = tree
+        self._leaf = leaf
+        self._events: list[Any] | None = None
+
+    @property  # type: ignore[override]
+    def events(self) -> list[Any]:
+        if self._events is None:
+            self._events = self._tree.path(self._leaf)
+        return self._events
+
+    @events.setter
+    def events(self, value: list[Any]) -> None:
+        self._events = value
+
+    def __reduce__(self) -> tuple:
+        return (Trace, (self.events,))
+
+    def __repr__(self) -> str:
+        return f"Trace(events={self.events!r})"
