@@ -88,6 +88,7 @@ def completion_info(agent: "Agent", request: GenerationRequest, completion: Comp
         "assistant_prefix": request.assistant_prefix,
         "completion": completion.text,
         **({"served_by": dict(completion.served_by)} if completion.served_by else {}),
+        **({"kv_cache": kv} if (kv := getattr(completion, "kv_cache", None)) else {}),
     }
 
 

@@ -65,8 +65,8 @@ def _programs(case: dict, correct: bool = True):
 class _Uncorrected(ToyLlama):
     """ToyLlama whose reports claim no log-mass: the weights ignore the constraint (a broken variant)."""
 
-    def _generate(self, request, rng):
-        c = super()._generate(request, rng)
+    async def complete(self, request):
+        c = await super().complete(request)
         if c.constraint is not None:
             c.constraint = c.constraint.model_copy(update={"log_masses": [0.0] * len(c.constraint.log_masses)})
         return c

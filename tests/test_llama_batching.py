@@ -256,20 +256,21 @@ def _word_by_word(backend: LlamaCpp, particles: int = 4, words: int = 4):
 
 
 def test_the_per_sequence_draw_is_a_hook(backend):
-    """A job's drawer decides the token and the log q it records (the plug-in point of guided
+    """A request's drawer decides the token and the log q it records (the plug-in point of guided
     proposals): a drawer that always takes the second most likely token."""
     from agents.backends.llama_chunks import ChunkBuilder
     from agents.backends.llama_engine import Job
-    from agents.backends.llama_sampling import rng_for
+    from agents.backends.llama_sampling import PROPOSAL, rng_for
 
-    def second_best(logq, logp, rng):
-        token = int(np.argsort(-logq, kind="stable")[1])
-        return TokenDraw(token, 0.0, float(logp[token]))
+    class SecondBest(type(PROPOSAL)):
+        def draw(self, row, rng, free=None):
+            token = int(np.argsort(-row.logq, kind="stable")[1])
+            return TokenDraw(token, 0.0, float(row.logp[token]))
 
     request = GenerationRequest(prompt=STORY, settings=GenerationSettings(max_tokens=5))
     tokens = backend.prompt_tokens(request)
-    job = Job(tokens, request.settings, ChunkBuilder(request.settings, backend._vocab), rng_for(0), drawer=second_best)
-    c = backend._engine.submit(job).result()
+    chunk = ChunkBuilder(request.settings, backend._vocab, SecondBest())
+    c = backend._engine.submit(Job(tokens, request.settings, chunk, rng_for(0))).result()
     greedy = backend.complete_sync(request.model_copy(update={"settings": GenerationSettings(max_tokens=1,
                                                                                              temperature=0)}))
     assert c.token_logprobs == [0.0] * 5 and c.token_ids[0] != greedy.token_ids[0]

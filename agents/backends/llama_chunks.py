@@ -11,6 +11,10 @@ units (see `agents.backends.llama_cpp`):
   `base_stop_log_prob = log p(B ∪ E)` at that position.
 - "text": until an end-of-generation token, `max_tokens`, or a stop string (text cut before it).
 Any unit also ends at `max_tokens` or when the sequence fills its context ("length").
+
+Tokens are drawn by the request's `TokenDrawer` (`agents.backends.llama_sampling`): from q itself,
+or under a constraint (`agents.backends.llama_guided`), which also gives the word stop masses and
+the completion's constraint report; a drawer that allows no token ends the chunk ("constraint").
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents.backends.base import Completion, GenerationSettings, Usage
-from agents.backends.llama_sampling import RowProposal, TokenDraw
+from agents.backends.llama_sampling import PROPOSAL, RowProposal, TokenDraw, TokenDrawer
 
 
 class LlamaCppCompletion(Completion):
@@ -89,9 +93,10 @@ def find_stop(text: str, stops: list[str], before: int) -> int | None:
 class ChunkBuilder:
     """The chunk of one request (see the module docstring)."""
 
-    def __init__(self, settings: GenerationSettings, vocab: VocabTables) -> None:
+    def __init__(self, settings: GenerationSettings, vocab: VocabTables, drawer: TokenDrawer = PROPOSAL) -> None:
         self.settings = settings
         self.vocab = vocab
+        self.drawer = drawer
         self._boundary = vocab.boundary
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = [x for x in settings.stop if x]
@@ -104,15 +109,26 @@ class ChunkBuilder:
         self.stop_lq, self.stop_lp = 0.0, None
         self._in_word = False
 
-    def offer(self, draw: TokenDraw, row: RowProposal, room: bool) -> bool:
-        """Take the token drawn at the next position; True when the chunk is complete. `room`: the
-        sequence can hold one more token (otherwise a kept token ends the chunk with "length")."""
+    def step(self, row: RowProposal, rng: np.random.Generator, room: bool) -> int | None:
+        """Draw the next position from `row` with the request's drawer and offer it: the token to
+        evaluate next, or None when the chunk is complete (see `offer`)."""
+        word_end = self._boundary if self.settings.unit == "word" and self._in_word else None
+        draw = self.drawer.draw(row, rng, free=word_end)
+        return None if self.offer(draw, row, room) else draw.token
+
+    def offer(self, draw: TokenDraw | None, row: RowProposal, room: bool) -> bool:
+        """Take the token drawn at the next position (None: the drawer allowed no token, finish
+        reason "constraint"); True when the chunk is complete. `room`: the sequence can hold one
+        more token (otherwise a kept token ends the chunk with "length")."""
+        if draw is None:
+            self.finish = "constraint"
+            return True
         s, tok = self.settings, draw.token
         if s.unit == "word" and self._in_word and self._boundary[tok]:
-            self.stop_lq = row.log_mass_q(self._boundary, self.vocab.boundary_indicator)
-            self.stop_lp = row.log_mass_p(self._boundary, self.vocab.boundary_indicator)
+            self.stop_lq, self.stop_lp = self.drawer.stop_log_probs(row, self._boundary, self.vocab.boundary_indicator)
             self.finish = "eos" if self.vocab.eog[tok] else "unit"
             return True
+        self.drawer.keep(tok)
         piece = self._decoder.decode(self.vocab.pieces[tok])
         self.pieces.append(piece)
         self.ids.append(tok)
@@ -142,4 +158,4 @@ class ChunkBuilder:
             text=self.text, tokens=self.pieces, token_ids=self.ids, token_logprobs=self.logq,
             base_token_logprobs=self.logp, stop_log_prob=self.stop_lq, base_stop_log_prob=self.stop_lp,
             finish_reason=self.finish, usage=usage, latency_s=latency_s, model=model, backend=backend,
-            reused_tokens=reused, prefilled_tokens=prefilled, evictions=evictions)
+            constraint=self.drawer.report(), reused_tokens=reused, prefilled_tokens=prefilled, evictions=evictions)

@@ -16,10 +16,16 @@ import ctypes
 import struct
 from typing import Any
 
+import numpy as np
+
 from agents.backends.base import BackendError
 from agents.backends.llama_kv import LlamaMemory, SequenceCache
 
 INITIAL_SLOTS = 8
+
+
+class DecodeFailed(BackendError):
+    """llama.cpp refused a batch (`llama_decode` returned non-zero): the requests in it fail."""
 
 
 def restream(blob: bytes, n_old: int, n_new: int, seq: int) -> bytes | None:
@@ -53,6 +59,7 @@ class BatchContext:
         self._lib, self._model = llama_cpp, model
         self.n_ctx, self.n_seq_max, self.n_batch, self.n_threads = n_ctx, n_seq_max, n_batch, n_threads
         self.verbose, self.name = verbose, name
+        self.n_vocab = model.n_vocab()
         self.ctx: Any = None
         self.batch: Any = None
         self.cache: SequenceCache | None = None
@@ -126,6 +133,25 @@ class BatchContext:
             slot = self.cache.slots[old.seq]
             slot.tokens, slot.snapshots, slot.last_used = old.tokens, old.snapshots, old.last_used
         self.cache.adopt_clock(previous)
+
+    def evaluate(self, items: list[tuple[int, int, np.ndarray, bool]]) -> list[np.ndarray]:
+        """One `llama_decode` of `items`, each (sequence id, position of its first token, tokens,
+        whether the logits after its last token are wanted): the logits rows asked for, in order
+        (float32 copies). Raises `DecodeFailed` when llama.cpp refuses the batch."""
+        b, i, wanted = self.batch, 0, []
+        for seq, start, tokens, wants in items:
+            for k, token in enumerate(tokens.tolist()):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = token, start + k, 1, seq
+                b.logits[i] = wants and k == tokens.size - 1
+                i += 1
+            if wants:
+                wanted.append(i - 1)
+        b.n_tokens = i
+        rc = self._lib.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise DecodeFailed(f"{self.name}: llama_decode returned {rc} on a batch of {i} tokens")
+        return [np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)).copy()
+                for index in wanted]
 
     def close(self) -> None:
         if self.batch is not None:

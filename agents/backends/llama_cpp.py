@@ -15,7 +15,7 @@ Per position, with logits ℓ ∈ R^V:
 A token is drawn by inverse CDF over q (token-id order) with u ~ U[0,1) from a numpy Generator seeded
 with `request.seed`, so the same request and seed give the same completion bit for bit. The
 log-softmaxes are float32, over the batch's logits at once; the draw accumulates the CDF in float64
-(`agents.backends.llama_sampling.draw_token`, the one function a guided proposal replaces).
+(`agents.backends.llama_sampling`; a request's `TokenDrawer` is the one place a token is chosen).
 `token_logprobs[i] = log q_i(token_i)` and `base_token_logprobs[i] = log p_i(token_i)`; an
 end-of-generation token that ends the completion is kept as a last token with text "" so that both
 sums include it.
@@ -78,6 +78,17 @@ threads meet at a barrier after every operation and spin there, so a step runs a
 descheduled thread; one thread has no barrier, and the batch, not threads, is what uses the
 hardware. On a machine with idle cores reserved for the model, pass `n_threads` and measure.
 
+Constraints (`request.constraint`, see `agents.constraints` and docs/constraints.md): the
+constraint is bound to this model's vocabulary (`vocabulary()`, built once per model); per request
+its guide is the request's drawer (`agents.backends.llama_guided`): every token is drawn from q
+renormalised over the allowed tokens (top-p is applied first: the target is the proposal restricted
+to the constraint) and the completion reports log Σ_allowed q per drawn position
+(`Completion.constraint`). T = 0: the highest-logit allowed token. A word chunk's boundary tokens
+are drawn unconstrained once the chunk has content (a stop writes no text; the next chunk draws that
+position under the constraint), so the stopping event keeps its unconstrained probability. No
+allowed token with mass: finish reason "constraint" (weight 0). Batching is unchanged: the guide
+only reshapes its own row, after the batch's vectorised log-softmax.
+
 Chat: `request.messages` are rendered with the GGUF's own chat template (or a named llama-cpp-python
 chat format), then `assistant_prefix` is appended and the whole string tokenized (special tokens
 parsed), which continues a partial assistant reply. Raw mode: `prompt + assistant_prefix`. The
@@ -94,14 +105,23 @@ import threading
 import weakref
 from typing import Any
 
+import numpy as np
+
 from agents.backends.base import Backend, BackendError, ChatMessage, Completion, GenerationRequest
 from agents.backends.embedded import embedded_model_path
 from agents.backends.llama_chunks import ChunkBuilder, LlamaCppCompletion
+from agents.backends.llama_context import BatchContext
 from agents.backends.llama_engine import DecodeEngine, Job
+from agents.backends.llama_guided import GuidedDrawer
 from agents.backends.llama_model import chat_formatter, import_llama_cpp, load_model, vocab_tables
-from agents.backends.llama_sampling import rng_for
+from agents.backends.llama_sampling import PROPOSAL, TokenDrawer, rng_for
+from agents.constraints import Vocabulary
 
 __all__ = ["LlamaCpp", "LlamaCppCompletion", "default_threads"]
+
+
+N_BATCH = 512
+"""Tokens one decode step may carry (prompt chunks and generated tokens of every sequence)."""
 
 
 def default_threads() -> int:
@@ -166,20 +186,31 @@ class LlamaCpp(Backend):
     def load(self) -> None:
         """Load the model now (otherwise the first call does). Thread-safe; loads only once."""
         with self._lock:
-            if self._engine is not None:
-                return
-            llama_cpp = import_llama_cpp()
-            model = load_model(llama_cpp, self.model_path, self.verbose)
-            # free the model before interpreter teardown: llama-cpp-python's own finaliser fails when it
-            # runs after its module globals are gone ("TypeError: 'NoneType' object is not callable")
-            atexit.register(_close_at_exit, weakref.ref(self))
-            self._vocab = vocab_tables(llama_cpp, model)
-            self._formatter = chat_formatter(model, self.chat_format)
-            self._bos = model.token_bos()
-            self._model = model
-            self._engine = DecodeEngine(llama_cpp, model, n_ctx=self.n_ctx, n_seq_max=self.n_seq_max,
-                                        n_threads=self.n_threads, verbose=self.verbose, name=self.name,
-                                        model_name=self.model)
+            if self._engine is None:
+                self._engine = self._start()
+
+    def _start(self) -> DecodeEngine:
+        """Load the model and its tables; the decode engine over a new batch context (lock held)."""
+        llama_cpp = import_llama_cpp()
+        model = load_model(llama_cpp, self.model_path, self.verbose)
+        # free the model before interpreter teardown: llama-cpp-python's own finaliser fails when it
+        # runs after its module globals are gone ("TypeError: 'NoneType' object is not callable")
+        atexit.register(_close_at_exit, weakref.ref(self))
+        self._vocab = vocab_tables(llama_cpp, model)
+        self._vocabulary = Vocabulary(self._vocab.pieces, np.flatnonzero(self._vocab.eog).tolist())
+        self._formatter = chat_formatter(model, self.chat_format)
+        self._bos = model.token_bos()
+        self._model = model
+        context = BatchContext(llama_cpp, model, n_ctx=self.n_ctx, n_seq_max=self.n_seq_max,
+                               n_batch=max(N_BATCH, self.n_seq_max), n_threads=self.n_threads,
+                               verbose=self.verbose, name=self.name)
+        return DecodeEngine(context, name=self.name, model_name=self.model)
+
+    def vocabulary(self) -> Vocabulary:
+        """The model's vocabulary as constraints bind to it (token byte strings, end-of-generation
+        ids), built once per loaded model."""
+        self.load()
+        return self._vocabulary
 
     # ----------------------------------------------------------------- the entry points
     async def complete(self, request: GenerationRequest) -> Completion:
@@ -203,8 +234,15 @@ class LlamaCpp(Backend):
             engine = self._engine
         if engine is None:
             raise BackendError("LlamaCpp: the backend was closed")
-        job = Job(tokens, request.settings, ChunkBuilder(request.settings, self._vocab), rng_for(seed), loop=loop)
-        return engine.submit(job)
+        chunk = ChunkBuilder(request.settings, self._vocab, self._drawer(request))
+        return engine.submit(Job(tokens, request.settings, chunk, rng_for(seed), loop=loop))
+
+    def _drawer(self, request: GenerationRequest) -> TokenDrawer:
+        """How the request draws its tokens: from the proposal, or under its constraint (a guide
+        bound to this model's vocabulary, started after the reply's existing text)."""
+        if request.constraint is None:
+            return PROPOSAL
+        return GuidedDrawer(request.constraint.guide(self._vocabulary, request.assistant_prefix))
 
     def stats(self) -> dict[str, int]:
         """What the batched decode and the KV cache did so far: requests, decode steps, tokens in

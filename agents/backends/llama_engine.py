@@ -32,9 +32,9 @@ import numpy as np
 
 from agents.backends.base import BackendError, GenerationSettings, Usage
 from agents.backends.llama_chunks import ChunkBuilder, LlamaCppCompletion
-from agents.backends.llama_context import BatchContext
+from agents.backends.llama_context import BatchContext, DecodeFailed
 from agents.backends.llama_kv import Assignment
-from agents.backends.llama_sampling import TokenDrawer, batch_proposal, draw_token
+from agents.backends.llama_sampling import batch_proposal
 
 GATHER_GAP = 0.1
 GATHER_CAP = 0.5
@@ -50,16 +50,15 @@ depend on how requests are grouped."""
 
 
 class Job:
-    """One request inside the engine: its prompt, its chunk, its random stream, where it stands."""
+    """One request inside the engine: its prompt, its chunk (which draws its tokens), its random
+    stream, where it stands."""
 
     def __init__(self, tokens: list[int], settings: GenerationSettings, chunk: ChunkBuilder,
-                 rng: np.random.Generator, drawer: TokenDrawer = draw_token,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 rng: np.random.Generator, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.tokens = np.asarray(tokens, dtype=np.int32)
         self.settings = settings
         self.chunk = chunk
         self.rng = rng
-        self.drawer = drawer
         self.loop = loop
         """The event loop of an async caller (call from it): the job's future is then that loop's,
         and the engine wakes the loop once per step for all its finished jobs."""
@@ -80,16 +79,15 @@ class Job:
 
 
 class DecodeEngine:
-    """Serves `Job`s on one llama.cpp context from one thread (see the module docstring)."""
+    """Serves `Job`s on one batch context from one thread (see the module docstring).
 
-    def __init__(self, llama_cpp: Any, model: Any, *, n_ctx: int, n_seq_max: int, n_threads: int,
-                 n_batch: int = 512, verbose: bool = False, name: str = "llama_cpp", model_name: str = "") -> None:
-        self._lib, self._model = llama_cpp, model
-        self.model_name = model_name
-        self.n_ctx, self.n_seq_max, self.n_threads = n_ctx, n_seq_max, n_threads
-        self.n_batch = max(n_batch, n_seq_max)
-        self.verbose, self.name = verbose, name
-        self.n_vocab = model.n_vocab()
+    `context`: a `BatchContext` (llama.cpp), or anything with its interface (`ensure`, `evaluate`,
+    `close`, `cache`, `capacity`, `resizes`, `n_ctx`, `n_batch`): the test double of
+    tests/toy_llama.py evaluates a table instead of a model, through this same loop."""
+
+    def __init__(self, context: BatchContext, *, name: str = "llama_cpp", model_name: str = "") -> None:
+        self.model_name, self.name = model_name, name
+        self.n_ctx, self.n_batch = context.n_ctx, context.n_batch
         self._cond = threading.Condition()
         self._incoming: deque[Job] = deque()
         self._waiting: list[Job] = []
@@ -104,8 +102,7 @@ class DecodeEngine:
         self._width = 0.0
         """The recent widest batch (decays by 10% a step)."""
         self._thread: threading.Thread | None = None
-        self._kv = BatchContext(llama_cpp, model, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=self.n_batch,
-                                n_threads=n_threads, verbose=verbose, name=name)
+        self._kv = context
         self.counts = {"requests": 0, "decode_steps": 0, "batch_tokens": 0, "prefilled_tokens": 0,
                        "generated_tokens": 0, "completion_tokens": 0, "max_batch_sequences": 0,
                        "longest_sequence": 0}
@@ -248,25 +245,19 @@ class DecodeEngine:
         return entries
 
     def _decode(self, entries: list[tuple[Job, np.ndarray, bool]]) -> None:
-        b, i, outputs = self._kv.batch, 0, []
-        for job, tokens, wants in entries:
-            start = job.slot.tokens.size
-            for k, token in enumerate(tokens.tolist()):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = token, start + k, 1, job.slot.seq
-                b.logits[i] = wants and k == tokens.size - 1
-                i += 1
-            if wants:
-                outputs.append((job, i - 1))
-        b.n_tokens = i
         t0 = time.perf_counter()
-        rc = self._lib.llama_decode(self._kv.ctx, b)
-        self.seconds["decode"] += time.perf_counter() - t0
-        if rc != 0:
+        try:
+            rows = self._kv.evaluate([(job.slot.seq, job.slot.tokens.size, tokens, wants)
+                                      for job, tokens, wants in entries])
+        except DecodeFailed as exc:
             for job, _, _ in entries:
-                self._fail(job, BackendError(f"{self.name}: llama_decode returned {rc} on a batch of {i} tokens"))
+                self._fail(job, exc)
             return
+        finally:
+            self.seconds["decode"] += time.perf_counter() - t0
+        n_tokens = sum(tokens.size for _, tokens, _ in entries)
         self.counts["decode_steps"] += 1
-        self.counts["batch_tokens"] += i
+        self.counts["batch_tokens"] += n_tokens
         self.counts["max_batch_sequences"] = max(self.counts["max_batch_sequences"], len(entries))
         for job, tokens, _ in entries:
             self._kv.cache.commit(job.slot, tokens)
@@ -277,9 +268,8 @@ class DecodeEngine:
                 job.todo = job.todo[tokens.size:]
                 job.prefilled += tokens.size
                 self.counts["prefilled_tokens"] += tokens.size
-        for job, index in outputs:
-            ptr = self._lib.llama_get_logits_ith(self._kv.ctx, index)
-            job.row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        for (job, _, _), row in zip([e for e in entries if e[2]], rows):
+            job.row = row
             if job.slot.tokens.size == job.tokens.size:  # the end of the prompt: worth keeping
                 self._kv.cache.snapshot(job.slot, job.row)
 
@@ -289,15 +279,14 @@ class DecodeEngine:
         for job, proposal in zip(ready, rows):
             row, job.row = job.row, None
             try:
-                draw = proposal.draw(job.rng, job.drawer)
-                done = job.chunk.offer(draw, proposal, room=job.slot.tokens.size < self.n_ctx)
-            except Exception as exc:  # noqa: BLE001 - a bad request fails alone
+                token = job.chunk.step(proposal, job.rng, room=job.slot.tokens.size < self.n_ctx)
+            except Exception as exc:  # noqa: BLE001 - a bad request (e.g. a failing constraint) fails alone
                 self._fail(job, exc)
                 continue
-            if done:
+            if token is None:
                 self._finish(job, row)
             else:
-                job.pending = draw.token
+                job.pending = token
 
     def _finish(self, job: Job, row: np.ndarray) -> None:
         self._kv.cache.snapshot(job.slot, row, keep_prompt_end=job.tokens.size)

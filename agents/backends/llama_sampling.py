@@ -11,19 +11,19 @@ whole semantics):
 
 `batch_proposal` computes these for all rows at once (float32 log-softmax over the (B, V) logits,
 temperature and top-p only on the rows that ask for them; a row with T = 1 and top_p = 1 shares its
-base array as its proposal). `draw_token` is the only place a token is chosen from a row: given the
-row's log q, log p and the sequence's own random generator it returns (token, log q, log p). It is
-the hook a guided proposal replaces (a constraint reshapes q and must return the log q of what it
-drew); without one, the same inverse CDF runs on the weights exp(ℓ − max ℓ) the log-softmax already
-computed (`draw_weighted`). The CDF is accumulated in float64, so the drawn token's probability and
-the recorded exp(log q) agree to float32 rounding (relative error ~1e-7).
+base array as its proposal). A request's `TokenDrawer` is the only place a token is chosen from a
+row: `PROPOSAL` draws from q itself (`RowProposal.draw`: the inverse CDF `draw_token`, run on the
+weights exp(ℓ − max ℓ) the log-softmax already computed when it can, `draw_weighted`) and gives a
+word chunk's stop masses from the row; a guided drawer (`agents.backends.llama_guided`) reshapes q
+by a constraint and reports the log q of its own draws. The CDF is accumulated in float64, so the
+drawn token's probability and the recorded exp(log q) agree to float32 rounding (relative error ~1e-7).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -36,8 +36,25 @@ class TokenDraw(NamedTuple):
     """log p(token) under the base model (temperature 1, no truncation)."""
 
 
-TokenDrawer = Callable[[np.ndarray, np.ndarray, np.random.Generator], TokenDraw]
-"""(log q row, log p row, rng) -> TokenDraw: how one sequence draws its next token."""
+class TokenDrawer(Protocol):
+    """How one sequence draws its tokens: the proposal itself (`PROPOSAL`), or the proposal
+    renormalised over a constraint (`agents.backends.llama_guided.GuidedDrawer`). The request's
+    `ChunkBuilder` calls it once per position; nothing else chooses a token."""
+
+    def draw(self, row: "RowProposal", rng: np.random.Generator, free: np.ndarray | None = None) -> TokenDraw | None:
+        """The next token from `row`, or None when no token may come next (the generation dies).
+        `free`: tokens that end the chunk without being kept (a word chunk's boundary, once the
+        chunk has content)."""
+
+    def stop_log_probs(self, row: "RowProposal", mask: np.ndarray, indicator: np.ndarray) -> tuple[float, float]:
+        """(log q(set), log p(set)) of the stop set `mask` at the position just drawn, where the
+        drawn token lay in the set (a word chunk's stopping event)."""
+
+    def keep(self, token: int) -> None:
+        """The token just drawn is kept (written to the reply)."""
+
+    def report(self) -> Any:
+        """What the completion reports about the drawing (`Completion.constraint`), or None."""
 
 
 def rng_for(seed: int) -> np.random.Generator:
@@ -49,10 +66,7 @@ BLOCK = 256
 
 
 def draw_token(logq: np.ndarray, logp: np.ndarray, rng: np.random.Generator) -> TokenDraw:
-    """Inverse-CDF draw over token ids: u ~ U[0,1), token = min{v : Σ_{w≤v} q(w) > u·Σ_w q(w)}.
-
-    The hook for guided proposals: replace it (per request) with a function of the same signature
-    that reshapes q and returns the log-probability of its own draw."""
+    """Inverse-CDF draw over token ids: u ~ U[0,1), token = min{v : Σ_{w≤v} q(w) > u·Σ_w q(w)}."""
     return draw_weighted(np.exp(logq, dtype=np.float64), logq, logp, rng)
 
 
@@ -104,13 +118,16 @@ class RowProposal:
     weights: np.ndarray | None = None
     base_weights: np.ndarray | None = None
     greedy: int | None = None
+    scores: np.ndarray | None = None
+    """The logits, for a greedy row (a guided greedy draw takes the highest-scoring allowed token)."""
 
-    def draw(self, rng: np.random.Generator, drawer: TokenDrawer = draw_token) -> TokenDraw:
+    def draw(self, rng: np.random.Generator) -> TokenDraw:
+        """A token from q: the greedy token, else the inverse CDF (on the weights when at hand)."""
         if self.greedy is not None:
             return TokenDraw(self.greedy, 0.0, float(self.logp[self.greedy]))
-        if drawer is draw_token and self.weights is not None:
+        if self.weights is not None:
             return draw_weighted(self.weights, self.logq, self.logp, rng)
-        return drawer(self.logq, self.logp, rng)
+        return draw_token(self.logq, self.logp, rng)
 
     def log_mass_q(self, mask: np.ndarray, indicator: np.ndarray) -> float:
         """log q(set) for the set `mask` (bool) whose float64 indicator is `indicator`."""
@@ -119,6 +136,26 @@ class RowProposal:
     def log_mass_p(self, mask: np.ndarray, indicator: np.ndarray) -> float:
         """log p(set), as `log_mass_q`."""
         return _log_mass(self.base_weights, self.logp, mask, indicator)
+
+
+class ProposalDrawer:
+    """The `TokenDrawer` of a request without a constraint: tokens from q itself, stop masses from
+    the row (stateless: one instance, `PROPOSAL`, serves every request)."""
+
+    def draw(self, row: RowProposal, rng: np.random.Generator, free: np.ndarray | None = None) -> TokenDraw:
+        return row.draw(rng)
+
+    def stop_log_probs(self, row: RowProposal, mask: np.ndarray, indicator: np.ndarray) -> tuple[float, float]:
+        return row.log_mass_q(mask, indicator), row.log_mass_p(mask, indicator)
+
+    def keep(self, token: int) -> None:
+        pass
+
+    def report(self) -> None:
+        return None
+
+
+PROPOSAL = ProposalDrawer()
 
 
 def _log_mass(weights: np.ndarray | None, logs: np.ndarray, mask: np.ndarray, indicator: np.ndarray) -> float:
@@ -150,7 +187,7 @@ def batch_proposal(logits: np.ndarray, temperatures: list[float], top_ps: list[f
     tops = np.asarray(top_ps, dtype=np.float64)
     rows = [RowProposal(logp[i], logp[i], weights[i], weights[i]) for i in range(logits.shape[0])]
     for i in np.flatnonzero(temps == 0.0):
-        rows[i].greedy = int(np.argmax(logits[i]))
+        rows[i].greedy, rows[i].scores = int(np.argmax(logits[i])), logits[i]
         rows[i].logq, rows[i].weights = _point_mass(logits.shape[1], rows[i].greedy), None
     sampled = temps > 0.0
     tempered = np.flatnonzero(sampled & (temps != 1.0))
