@@ -16,7 +16,7 @@ average 12.6, and 7.8 s vs 26.2 s (ratio 0.298) at 7.4 after the sampling and ca
 per generated token 0.10-0.11 (29-34 prompt tokens evaluated for 297 generated, where the calls sent
 8,221). The same result (log Z -4.3694) in every run of this tree.
 
-    python -m bench.llm_throughput_main_job [--repeats 3] [--baseline-ref c501006]
+    python -m bench.llm_throughput_main_job [--repeats 3] [--baseline-ref f425e4b]
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ from pathlib import Path
 
 from bench.common import REPO_ROOT, median, progress, row
 
-BASELINE_REF = "c501006"
-"""main just before the batched backend (the 2-token, one-request-at-a-time LlamaCpp)."""
+BASELINE_REF = "f425e4b"
+"""main as merged into the batched backend's branch: the one-request-at-a-time LlamaCpp (2-token
+decode steps, no batching, no prefix sharing across requests) with constraints in its own loop, and
+the same main job (a constrained proposal). `c501006` is main before constraints (an unconstrained
+main job: not the same work)."""
 
 CHILD = r"""
 import json, sys, tempfile, time
@@ -50,7 +53,10 @@ def timed(args, out):
 ex.run_smc = timed
 with tempfile.TemporaryDirectory() as out:
     summary = ex.main(["--no-baseline", "--out", out])
-from agents.hosting import default_backend
+try:
+    from agents.backends import default_backend
+except ImportError:  # trees before agents.hosting was dissolved
+    from agents.hosting import default_backend
 backend = default_backend()
 stats = backend.stats() if hasattr(backend, "stats") else {}
 print("BENCH " + json.dumps({**timing, "log_evidence": summary["log_evidence"], "tokens": summary["tokens"],
