@@ -26,6 +26,7 @@ import pytest
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (pip install 'plp-swarm[llama]')")
 
+from agents import constraints  # noqa: E402
 from agents.backends.base import ChatMessage, GenerationRequest, GenerationSettings  # noqa: E402
 from agents.backends.embedded import embedded_model_path  # noqa: E402
 from agents.backends.llama_cpp import LlamaCpp  # noqa: E402
@@ -72,20 +73,25 @@ def alone(backend: LlamaCpp, requests: list[GenerationRequest]):
 
 
 def mixed_requests() -> list[GenerationRequest]:
-    """16 requests: two raw prompts and one chat, several units, temperatures and top-p."""
+    """16 requests: two raw prompts and one chat, several units, temperatures and top-p, three of
+    them drawn under a constraint (no "e": a guided proposal with its log-masses)."""
     out = []
     for k in range(16):
         settings = [GenerationSettings(max_tokens=10), GenerationSettings(max_tokens=8, temperature=0.7, top_p=0.9),
                     GenerationSettings(max_tokens=6, unit="word"), GenerationSettings(max_tokens=6, temperature=0)][k % 4]
+        constraint = constraints.forbid_chars("eE") if k % 5 == 4 else None
         if k % 3 == 2:
-            out.append(GenerationRequest(messages=chat("Write about the sea."), seed=k, settings=settings))
+            out.append(GenerationRequest(messages=chat("Write about the sea."), seed=k, settings=settings,
+                                         constraint=constraint))
         else:
-            out.append(GenerationRequest(prompt=STORY if k % 3 == 0 else OTHER, seed=k, settings=settings))
+            out.append(GenerationRequest(prompt=STORY if k % 3 == 0 else OTHER, seed=k, settings=settings,
+                                         constraint=constraint))
     return out
 
 
 def fields(c):
-    return (c.text, c.token_ids, c.token_logprobs, c.base_token_logprobs, c.stop_log_prob, c.finish_reason)
+    return (c.text, c.token_ids, c.token_logprobs, c.base_token_logprobs, c.stop_log_prob, c.finish_reason,
+            c.constraint)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +146,9 @@ def test_batched_and_alone_completions_are_bit_identical_where_the_kernels_are_b
     before = backend.stats()["max_batch_sequences"]
     batched = together(backend, requests)
     assert backend.stats()["max_batch_sequences"] >= max(before, 8), "the requests were decoded in batches"
+    for r, c in zip(requests, batched):  # the guided requests were drawn under their constraint (a top-p
+        assert (c.constraint is not None) == (r.constraint is not None)  # one may die: no allowed token in
+        assert r.constraint is None or "e" not in c.text.lower(), c       # its nucleus, finish "constraint")
     fresh = LlamaCpp(seed=0, n_threads=1)
     try:
         single = alone(fresh, requests)
