@@ -55,6 +55,10 @@ class AgentReply(BaseModel):
 
 
 RUN_TRACESTATE_KEY = "plp"
+RUN_SCOPE_TRACE_KEY = "otel.run_context"
+"""`run_scope()` key of the run's W3C context (JSON of its headers), put there by the OTel listener
+when a run starts: the run scope's plain values travel with the program to Ray segment workers,
+where no OpenTelemetry span is current, so the calls made there still join the run's trace."""
 """The W3C tracestate key on a plp run's context: calls made under it get a span id of their own."""
 
 
@@ -68,6 +72,8 @@ def trace_carrier() -> dict[str, str]:
         return {}
     carrier: dict[str, str] = {}
     current = trace.get_current_span().get_span_context()
+    if not current.is_valid:  # a segment worker: the run's context travelled in the run scope
+        current = _run_scope_context(trace, propagate)
     if current.is_valid and current.trace_state.get(RUN_TRACESTATE_KEY) is not None:
         call = trace.SpanContext(current.trace_id, random.getrandbits(64) or 1, False, current.trace_flags,
                                  current.trace_state)
@@ -75,6 +81,18 @@ def trace_carrier() -> dict[str, str]:
     else:
         propagate.inject(carrier)
     return carrier
+
+
+def _run_scope_context(trace: Any, propagate: Any) -> Any:
+    """The span context of the run whose particle executes here, from the run scope (or invalid)."""
+    import json
+
+    from swarm.effects import run_scope
+
+    headers = run_scope().get(RUN_SCOPE_TRACE_KEY)
+    if not headers:
+        return trace.INVALID_SPAN_CONTEXT
+    return trace.get_current_span(propagate.extract(json.loads(headers))).get_span_context()
 
 
 @contextlib.contextmanager

@@ -124,7 +124,7 @@ def run_method(name: str, program: Any, topic: str, counter: Any, seed: int, bud
     from bench.policies_quality import _best_finished, run_one
 
     if name == "best_of_8":
-        policy = policies.BestOfN(n=PARTICLES, batch_size=1, seed=seed)
+        policy = policies.BestOfN(num_particles=PARTICLES, batch_size=1, seed=seed)
         pick = lambda r: r.extra["best"].value if r.extra["best"].log_weight > -math.inf else None  # noqa: E731
     else:
         policy, pick = policies.SMC(num_particles=PARTICLES, ess_threshold=0.5, seed=seed), _best_finished

@@ -115,7 +115,7 @@ def program_row(particles: int, repeats: int) -> dict[str, Any]:
 
         return program
 
-    runs = {name: (lambda p=program_with(t): policies.Forward(num_samples=particles, seed=0).run(p))
+    runs = {name: (lambda p=program_with(t): policies.Forward(num_particles=particles, seed=0).run(p))
             for name, t in (("python", add), ("mcp", remote))}
     times = interleaved(runs, repeats)
     base, cand = median(times["python"]), median(times["mcp"])

@@ -64,15 +64,15 @@ def _ours(base_url: str, start: int, problems: int, n: int) -> dict[str, dict[st
 
     for i in range(start, start + problems):
         topic = tasks.TOPICS[i]
-        for name, policy, program, pick in (("BestOfN", BestOfN(n=n, seed=i), sentence["whole"], best),
+        for name, policy, program, pick in (("BestOfN", BestOfN(num_particles=n, seed=i), sentence["whole"], best),
                                             ("SMC", policies.SMC(num_particles=n, seed=i), sentence["stepwise"],
                                              _best_finished)):
             o = one("sentence", name, policy, program, topic, pick)
             o["ok"] = tasks.sentence_ok(o["answer"] or "")
             progress(f"plp-swarm sentence {name}: ok={o['ok']} tokens={o['tokens']} {o['seconds']:.1f}s")
         question, truth = tasks.PROBLEMS[i]
-        for name, policy, pick in (("SelfConsistency", SelfConsistency(n=n, seed=i), lambda r: r.extra["answer"]),
-                                   ("BestOfN", BestOfN(n=n, seed=i), best)):
+        for name, policy, pick in (("SelfConsistency", SelfConsistency(num_particles=n, seed=i), lambda r: r.extra["answer"]),
+                                   ("BestOfN", BestOfN(num_particles=n, seed=i), best)):
             o = one("arithmetic", name, policy, arithmetic["whole"], question, pick)
             o["ok"] = o["answer"] == truth
             progress(f"plp-swarm arithmetic {name}: ok={o['ok']} tokens={o['tokens']} {o['seconds']:.1f}s")

@@ -17,7 +17,7 @@ writing it in one go: the word chunks only factor it). Only guarantees weight th
 the probability that the model, left alone, writes such a sentence, and log Ẑ estimates it.
 
 SMC resamples between words on the log-mass weights: a prefix whose every continuation the model
-finds unlikely without an "e" loses weight and a likelier prefix takes its place (plp-theory §1.1,
+finds unlikely without an "e" loses weight and a likelier prefix takes its place (docs/theory.md §3, §6.1,
 the SMC of ARCHITECTURE.md). The comparison, guarantee-only SMC (`guided=False`), proposes words
 from π and kills the particles whose word has an "e": most of its proposals are wasted on "The".
 Best-of-N draws whole sentences from π and keeps those that happen to satisfy the constraint:
@@ -88,7 +88,7 @@ async def whole_sentence(topic: str = "a cat", letter: str = "e", min_words: int
 
 def best_of_n_same_budget(topic: str, letter: str, tokens: int, seed: int) -> dict[str, Any]:
     """Draw whole sentences one at a time until `tokens` are spent (BestOfN with a token budget)."""
-    policy = policies.BestOfN(n=100_000, batch_size=1, seed=seed, budget=policies.Budget(max_tokens=tokens))
+    policy = policies.BestOfN(num_particles=100_000, batch_size=1, seed=seed, budget=policies.Budget(max_tokens=tokens))
     try:
         r = policy.run(whole_sentence, topic, letter)
     except NoSurvivingParticles as exc:

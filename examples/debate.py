@@ -8,7 +8,7 @@ answer, and the judge copies the sentence of the story that settles the question
 is "Alice's answer is in that sentence and Bob's is not". Every message is an `interact` event and
 every generation a `sample` event of the debate's trace.
 
-The judge is a measurement channel (plp-theory §1.4, §6): `Judge.calibrate` measures its
+The judge is a measurement channel (docs/theory.md §8): `Judge.calibrate` measures its
 sensitivity q₁ = P(ŷ=1 | Alice right) and specificity q₀ = P(ŷ=0 | Alice wrong) on labelled
 debate states from *other* stories, and its factor is the posterior log P(C=1 | ŷ) under a prior θ.
 The program approximates

@@ -8,7 +8,7 @@ answer should be the last equation's result and the operands should be numbers f
 
     Φ(τ) = 1[a(τ) stated] · exp(−3·#wrong equations − 3·1[a(τ) ≠ last result] − #operands not in the question),
 
-and `SelfConsistency` estimates the answer marginal of the target (plp-theory §7)
+and `SelfConsistency` estimates the answer marginal of the target (docs/theory.md §9.1)
 
     p(τ) ∝ π(τ) · Φ(τ),     p(a) = Σ_τ p(τ) 1[a(τ) = a]  ≈  Σ_i w̄_i 1[a(τ_i) = a],  w_i = Φ(τ_i),
 

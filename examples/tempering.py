@@ -12,7 +12,7 @@ and both Z and the posterior of S are computed exactly by convolving the dice (`
   almost every particle's weight is negligible next to the one whose total came closest, the ESS at
   that step collapses to about 1 and log Ẑ falls far below log Z (Jensen: a noisy unbiased Ẑ is
   biased low in log space).
-- `TemperedSMC` anneals p_β ∝ π·Φ^β from β = 0 to 1 (plp-theory §8), choosing each β by the
+- `TemperedSMC` anneals p_β ∝ π·Φ^β from β = 0 to 1 (docs/theory.md §5), choosing each β by the
   conditional ESS and moving the particles with single-die Metropolis–Hastings steps that leave p_β
   invariant (`move="site"`), so the population walks into the tail instead of waiting to be lucky.
 

@@ -14,7 +14,7 @@ solutions). Each node is a partial game; its value is score + V̂, with the veri
 
     V̂(s) = −min_{r reachable from the numbers left} |r − 24|      (0 iff 24 is still reachable),
 
-backed up with mellowmax mm_ω(Q(children)) = (LSE(ωQ) − log n)/ω (plp-theory §3): between the mean
+backed up with mellowmax mm_ω(Q(children)) = (LSE(ωQ) − log n)/ω (docs/theory.md §7.2): between the mean
 and the max of the children, so a state is good when *several* continuations are, without the
 path-counting growth of log-sum-exp. Every distinct finished game found is returned; the
 `log_evidence` is the lower bound log Σ_found π(τ)Φ(τ) ≤ log Z.

@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
     run.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
     run.add_argument("--particles", "-n", type=int, metavar="N",
-                     help="population size: the policy's num_particles, num_samples, n (BestOfN, "
-                     "SelfConsistency) or width (Beam); an error for a policy without one (default 100)")
+                     help="population size: the policy's num_particles (Beam's width); an error for a "
+                     "policy without one (default 100)")
     run.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same result)")
     run.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
     run.add_argument("--trace", metavar="OUT.jsonl", help="write the run's global trace (JSON Lines) here")

@@ -47,6 +47,7 @@ coordinator computes, so a run that never waits pays the full cost either way.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from typing import Any
@@ -55,12 +56,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from agents.agent_actor import RUN_TRACESTATE_KEY
+from agents.agent_actor import RUN_SCOPE_TRACE_KEY, RUN_TRACESTATE_KEY
 from observability.lineage_sampler import LineageSampler
 from observability.ordered_worker import OrderedWorker
 from observability.otel_attributes import KIND, attributes, llm_attributes, tool_attributes
 from observability.span_plan import Owned, PlannedRun, SpanPlanner
 from observability.span_sinks import SdkSink
+from swarm.effects import run_scope
 from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
 from swarm.runtime import Handler
@@ -181,6 +183,16 @@ class OTelListener(RunListener):
         if token is not None and trace.get_current_span().get_span_context() == span_context:
             otel_context.detach(token)
 
+    def _publish(self, run_id: str) -> None:
+        """Put the run's W3C context in the run scope (`RUN_SCOPE_TRACE_KEY`), whose plain values
+        travel with the program to the Ray segment workers: calls made there join the run's trace
+        (`agents.agent_actor.trace_carrier` reads it when no span is current)."""
+        span_context = self._attached.get(run_id, (None, None))[1]
+        if span_context is not None:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(NonRecordingSpan(span_context)))
+            run_scope()[RUN_SCOPE_TRACE_KEY] = json.dumps(carrier)
+
     def segment_handlers(self, run_id: str, inner: Any = None) -> RunTraceContextHandlers | None:
         """The `extra_handlers` factory that makes run `run_id`'s context current around each of its
         segments in any process (for segment workers; see the module docstring), or None when the
@@ -199,6 +211,7 @@ class OTelListener(RunListener):
         session = otel_context.get_value(SESSION_KEY, current) or self.session_id
         planned = self.planner.plan_run(parent if parent.is_valid else None, str(session))
         self._attach(record.run_id, planned)
+        self._publish(record.run_id)
         self._do(self.planner.start_run, record, planned)
 
     def on_step(self, record: StepRecord) -> None:

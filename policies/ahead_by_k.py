@@ -1,4 +1,4 @@
-"""First-to-ahead-by-k voting (MAKER, Meyerson et al. 2025; plp-theory §9)."""
+"""First-to-ahead-by-k voting (MAKER, Meyerson et al. 2025; docs/theory.md §9.2)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class AheadByK(Policy):
 
     which is exact for two answers (gambler's ruin) and the MAKER step reliability otherwise; for
     any number of answers ``extra["error_bound_union"]`` = min(1, ((1−p)/p)ᵏ) is a proven bound.
-    Both assume independent votes (ρ = 0; correlated votes void them, plp-theory §1.4). p is
+    Both assume independent votes (ρ = 0; correlated votes void them, docs/theory.md §10). p is
     `p_estimate` when given; otherwise the plug-in (N_winner + 1)/(N_votes + 2) (Laplace), which is
     optimistic: it assumes the winner is correct and the stopping rule favours lucky runs.
 

@@ -185,7 +185,7 @@ class Policy(BaseModel, abc.ABC):
     max_lost_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """The most of a step's particles that may be lost to infrastructure failures (an LLM or tool
     call failing for good) before the run stops with `BackendUnavailable`; the lost ones are missing
-    data, excluded from the weights and from log Ẑ (docs/theory.md §3.3)."""
+    data, excluded from the weights and from log Ẑ (docs/theory.md §3.4)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """Critics: estimates of the soft value of a prefix, for twisting (TwistedSMC) and search (TreeSearch).
 
 A *prefix* s is the trace of a particle suspended part-way (at a sync point, or just after a sample
-site). Its soft value is the log of the potential mass still to come (plp-theory §1.4, §4):
+site). Its soft value is the log of the potential mass still to come (docs/theory.md §4.1, §4.4):
 
     V(s) = log Σ_{τ ≻ s} π(τ | s) · Φ(τ)/Φ(s),
 

@@ -1,7 +1,7 @@
 """Diagnostics over a `Result`: basins, genealogy, vote dependence, and a failure attribution that
-follows plp-theory §1.5's order, coverage → selection (judge) → dependence → composition.
+follows docs/theory.md §10's order, coverage → selection (judge) → dependence → composition.
 
-Metrics (plp-theory §1.4, §1.6):
+Metrics (docs/theory.md §9.1, §10):
 
 - basin masses p̂_b = Σᵢ w̄ᵢ 1(b(τᵢ) = b) and N_basins = 1/Σ_b p̂_b² (Rényi-2; the ESS when every
   particle is its own basin);
@@ -139,7 +139,7 @@ class Finding(BaseModel):
 
 
 class Diagnosis(BaseModel):
-    """Which failure mode (plp-theory §1.5) explains a weak result: the first flagged stage in the
+    """Which failure mode (docs/theory.md §10) explains a weak result: the first flagged stage in the
     prescribed order coverage → selection → dependence → composition is the primary suspect."""
 
     policy: str
@@ -176,7 +176,7 @@ def diagnose(result: Result, *, correct: Callable[[Any], bool] | None = None, ju
              key: Callable[[Any], Any] | None = None, votes: Callable[[Any], Sequence[Any]] | None = None,
              min_coverage: float = 0.1, min_ess_fraction: float = 0.1, min_youden: float = 0.3,
              max_rho: float = 0.5, max_failure_rate: float = 0.2) -> Diagnosis:
-    """Attribute a weak result to coverage, selection, dependence or composition (plp-theory §1.5).
+    """Attribute a weak result to coverage, selection, dependence or composition (docs/theory.md §10).
 
     `key` maps a particle's value to its answer (None: the value); `correct(answer) -> bool` is an
     oracle; `judge` a `policies.judges.Judge` with a calibration; `votes(value)` lists the K votes

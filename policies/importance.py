@@ -10,7 +10,7 @@ from swarm.result import Result
 
 
 class Importance(Policy):
-    """Self-normalised importance sampling (SNIS, plp-theory §1.1).
+    """Self-normalised importance sampling (SNIS, docs/theory.md §2.1).
 
     Draw τ₁…τ_N ~ π independently; weight each by w(τ) = Φ(τ) · Π_sites p/q (the second factor is 1
     unless a site used a custom proposal). Then

@@ -1,4 +1,4 @@
-"""Judges as calibrated measurement channels, and the Lee et al. 2025 estimators (plp-theory §1.4, §6).
+"""Judges as calibrated measurement channels, and the Lee et al. 2025 estimators (docs/theory.md §8).
 
 Write C for the true correctness of a trace and Ĉ for a judge's verdict. A judge is summarised by
 
@@ -6,7 +6,7 @@ Write C for the true correctness of a trace and Ĉ for a judge's verdict. A judg
     J = q₀ + q₁ − 1    (Youden index: J > 0 iff the verdict carries information about C).
 
 The functions `point_estimate`, `confidence_interval`, `allocate_calibration` follow Lee et al.,
-"How to Correctly Report LLM-as-a-Judge Evaluations" (arXiv 2511.21140), as given in plp-theory §6.
+"How to Correctly Report LLM-as-a-Judge Evaluations" (arXiv 2511.21140), as given in docs/theory.md §8.4.
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ class Judge(BaseModel):
         return v
 
     def check_filter(self) -> None:
-        """Raise ValueError unless J = q₀ + q₁ − 1 > 0 (filtering then raises accuracy, plp-theory §1.4)."""
+        """Raise ValueError unless J = q₀ + q₁ − 1 > 0 (filtering then raises accuracy, docs/theory.md §8.2)."""
         cal = self.require_calibration()
         if cal.youden <= 0.0:
             raise ValueError(f"judge {self.name!r} cannot be used as a guarantee: its Youden index J = q0 + q1 - 1 = "

@@ -1,4 +1,4 @@
-"""Backup operators for search over program steps: mellowmax and its limits (plp-theory §3).
+"""Backup operators for search over program steps: mellowmax and its limits (docs/theory.md §7.2).
 
     mm_ω(x) = (1/ω) · log( (1/n) Σ_{i=1}^n exp(ω x_i) ) = (LSE(ω x) − log n) / ω,    ω > 0.
 

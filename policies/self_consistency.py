@@ -68,7 +68,7 @@ class SelfConsistency(Policy):
           p̂(a) = Σᵢ w̄ᵢ 1(aᵢ = a),   w̄ᵢ = wᵢ / Σⱼ wⱼ,
 
       the self-normalised importance estimate of the answer marginal of p ∝ πΦ (consistent as
-      n → ∞; this is plp-theory §7's weighted vote);
+      n → ∞; this is docs/theory.md §9.1's weighted vote);
     - ``weighted=False``: vᵢ = 1 for every *accepted* trace (finished with Φ > 0) and 0 otherwise:
       the classic majority vote, p̂(a) = #{i: aᵢ = a} / #accepted. Soft factor values are ignored;
       it estimates the answer marginal of π conditioned on the hard constraints, not of p.
@@ -88,7 +88,7 @@ class SelfConsistency(Policy):
       and otherwise the effective sample size of the vote weights n_eff = (Σv)²/Σv² (Kong's ESS)
       in place of n: a normal-approximation heuristic for weighted proportions, exact in the
       equal-weight case;
-    - ``"n_eff"``: that n; ``"basins"``: N_basins = 1/Σ_a p̂(a)² (plp-theory §1.4, Rényi-2).
+    - ``"n_eff"``: that n; ``"basins"``: N_basins = 1/Σ_a p̂(a)² (docs/theory.md §9.1, Rényi-2).
 
     `result.particles` are the n draws with their importance weights, as in `Importance`
     (`result.marginal(answer)` is the weighted estimate whatever `weighted` says), and

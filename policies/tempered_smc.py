@@ -1,4 +1,4 @@
-"""Tempered SMC: anneal from the proposal to the target along p_β ∝ π·Φ^β (plp-theory §1.4, §8).
+"""Tempered SMC: anneal from the proposal to the target along p_β ∝ π·Φ^β (docs/theory.md §5).
 
 Every particle is a *complete* trace. Each stage raises β, reweights, resamples and moves the
 particles with Metropolis–Hastings steps that leave π·Φ^β invariant. Without the moves the
@@ -237,7 +237,7 @@ class TemperedSMC(Policy):
     Jasra, Kantas & Thiery 2016; measured on a sharp needle at N = 50: E[Ẑ]/Z ≈ 0.8, at N = 200 ≈ 0.94);
     for an unbiased Ẑ, take the β's of an adaptive pilot run (`extra["betas"][1:]`) as a fixed
     schedule for a fresh run. Without moves (k = 0) the increments telescope to Φ and this is
-    importance sampling with extra resampling noise (plp-theory §8). The final population is the weighted population at β = 1 (not
+    importance sampling with extra resampling noise (docs/theory.md §5.2). The final population is the weighted population at β = 1 (not
     resampled), so `result.ess` is its real ESS.
 
     Cost: N + k·N·(S − 1) program executions, reported in `extra["executions"]`.

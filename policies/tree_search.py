@@ -48,7 +48,7 @@ class _Node:
 
 class TreeSearch(Policy):
     """MCTS over program steps (nodes: prefixes at sync points), after AlphaZero's PUCT and the
-    "hybrid MCTS" of plp-theory §3.
+    "hybrid MCTS" of docs/theory.md §7.3.
 
         repeat num_simulations times (or until the whole tree is explored):
             select:  from the root, go to the open child maximising
@@ -61,7 +61,7 @@ class TreeSearch(Policy):
                      (0 when None: the accumulated weight alone);
             backup:  along the path, N += 1 and Q(s) = backup_{live children c} Q(c) with
                      "mellowmax": mm_ω(x) = (LSE(ωx) − log n)/ω  (intensive: a uniform tree of any
-                                  depth or width has the value of its leaves, plp-theory §3),
+                                  depth or width has the value of its leaves, docs/theory.md §7.2),
                      "max" (the best found), "mean", "logsumexp" (extensive: counts paths).
                      Dead children (−inf) are left out of the backup.
 

@@ -1,5 +1,5 @@
 """Twisted SMC: SMC whose intermediate targets are shaped by a critic's estimate of the soft value
-(plp-theory §4; Zhao, Brekelmans, Makhzani & Grosse 2024)."""
+(docs/theory.md §4.3; Zhao, Brekelmans, Makhzani & Grosse 2024)."""
 
 from __future__ import annotations
 

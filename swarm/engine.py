@@ -1,4 +1,5 @@
-"""The handlers every particle execution runs under, one job each (docs/theory.md §2).
+"""The handlers every particle execution runs under, one job each (docs/theory.md §1.3: what each
+statement does to the weight; §3.1: where a particle stops).
 
 Outer to inner on the stack: `Suspend` (synchronisation points), `Meter` (LLM usage), `Weigh` (the
 particle's log weight), `Record` (the events of this segment), then the seed, scale, policy and replay
@@ -207,7 +208,7 @@ class Suspend(Handler):
 
 
 class Fused:
-    """The engine's handlers fused for the common statements (docs/theory.md §2).
+    """The engine's handlers fused for the common statements (docs/theory.md §1.3).
 
     When an execution's stack is exactly the engine's own (no policy handler, no tempering scale,
     no plate scope), a `sample` from a synchronous distribution without a custom proposal, a `factor`

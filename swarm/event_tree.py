@@ -1,4 +1,5 @@
-"""The global trace: every event of a run in one append-only tree (docs/theory.md §3.4).
+"""The global trace: every event of a run in one append-only tree (docs/theory.md §3.2: resampling copies
+pointers).
 
 A node is one event (sample, factor, guarantee, interact, error) and points to the previous event of
 its execution; a particle is a pointer to a leaf. Resampling copies pointers, never events, so
@@ -97,6 +98,7 @@ class PayloadStore:
         self._strings: dict[str, str] = {}
         self._messages: dict[Any, Any] = {}
         self._chains: dict[tuple[int, Any], MessageChain] = {}
+        self._holders: dict[tuple[str, ...], type] = {}
 
     def __len__(self) -> int:
         return len(self._strings) + len(self._messages)
@@ -130,15 +132,33 @@ class PayloadStore:
         return node if node is not None else []
 
     def intern_info(self, info: dict[str, Any]) -> dict[str, Any]:
-        """A copy of an event's metadata with its large payloads interned."""
-        out = {}
+        """A copy of an event's metadata with its large payloads interned, as a key-sharing dict:
+        the metadata of every generation has the same keys, which are then stored once (PEP 412
+        split tables: about 330 bytes for 23 entries instead of 870)."""
+        record = self._holder(tuple(info))()
         for key, value in info.items():
             if type(value) is str:
                 value = self.string(value)
             elif key == "prompt" and isinstance(value, list) and value and isinstance(value[0], dict):
                 value = self.chain(value)
-            out[key] = value
-        return out
+            elif type(value) is dict and len(value) <= 8:  # e.g. usage: {input_tokens, output_tokens}
+                value = self._shared_keys(value)
+            setattr(record, key, value)
+        return record.__dict__
+
+    def _holder(self, keys: tuple[str, ...]) -> type:
+        holder = self._holders.get(keys)
+        if holder is None:
+            holder = self._holders[keys] = type("EventInfo", (), {"__slots__": ("__dict__",)})
+        return holder
+
+    def _shared_keys(self, value: dict[str, Any]) -> dict[str, Any]:
+        if not all(type(k) is str for k in value):
+            return value
+        record = self._holder(tuple(value))()
+        for key, item in value.items():
+            setattr(record, key, item)
+        return record.__dict__
 
 
 class GlobalTrace:

@@ -14,7 +14,7 @@ runs the program with the recorded values fed back (no LLM or distribution is ca
 recorded again) and goes on live past the record. Offspring therefore never share mutable state:
 each continues on its own execution.
 
-A particle *dies* (killed: log weight −∞, docs/theory.md §3.3) at a failed guarantee, a −∞ factor or
+A particle *dies* (killed: log weight −∞, docs/theory.md §3.4) at a failed guarantee, a −∞ factor or
 twist, or an exception of the program's own (an `ErrorEvent` is recorded; the run goes on). It is
 *lost* when infrastructure failed it for good (`ParticleLost`: an LLM call after its retries, a tool
 server): missing data, not evidence. Other `SwarmError`s (NaN potentials, duplicate sites,
@@ -61,7 +61,7 @@ class Segment:
     llm_calls: int = 0
     output_tokens: int = 0
     target_log_weight: float = 0.0
-    """log w(τ) of the particle's whole trace so far (docs/theory.md §1)."""
+    """log w(τ) of the particle's whole trace so far (docs/theory.md §1.3)."""
     twist: float = 0.0
     """The current shaping factor (the last one met), which the next one replaces."""
     prefix: Any = None

@@ -197,23 +197,11 @@ def _same_float(a: float, b: float) -> bool:
     return a == b or (math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12))
 
 
-class condition(Handler):
-    """Observe sample sites: `condition({"x": 3})` fixes x = 3 and weights the trace by log p(3)."""
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.data = dict(data)
-
-    def process_message(self, msg: Message) -> None:
-        if msg.type == "sample" and msg.name in self.data and msg.value is UNSET:
-            msg.value = self.data[msg.name]
-            msg.log_prob = 0.0  # the proposal is a point mass at the observed value
-            msg.target_log_prob = msg.fn.log_prob(msg.value)
-
-
 class substitute(Handler):
     """Intervene on sample sites: fix their values without weighting the trace."""
 
+    process_types = frozenset({"sample"})
+
     def __init__(self, data: Mapping[str, Any]) -> None:
         super().__init__()
         self.data = dict(data)
@@ -221,7 +209,18 @@ class substitute(Handler):
     def process_message(self, msg: Message) -> None:
         if msg.type == "sample" and msg.name in self.data and msg.value is UNSET:
             msg.value = self.data[msg.name]
-            msg.log_prob = 0.0
+            msg.log_prob = 0.0  # the proposal is a point mass at the given value
+            self._weigh(msg)
+
+    def _weigh(self, msg: Message) -> None:
+        """An intervention leaves the target alone: do(x = v) is not evidence."""
+
+
+class condition(substitute):
+    """Observe sample sites: `condition({"x": 3})` fixes x = 3 and weights the trace by log p(3)."""
+
+    def _weigh(self, msg: Message) -> None:
+        msg.target_log_prob = msg.fn.log_prob(msg.value)
 
 
 class block(Handler):

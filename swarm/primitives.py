@@ -115,7 +115,7 @@ def factor(name: str, log_potential: float, *, shaping: bool = False) -> None:
     A target factor (the default) changes p(τ) ∝ π(τ)Φ(τ). A shaping factor (`shaping=True`) is a
     twist: each one *replaces* the particle's previous shaping factor and the last is removed when
     the program ends, so Σ of the increments telescopes to zero and the target is unchanged; it only
-    changes which particles survive resampling (plp-theory §1.2, §4).
+    changes which particles survive resampling (docs/theory.md §4.2).
     """
     if type(name) is not str or not name:
         _check_name(name, "factor")

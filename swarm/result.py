@@ -152,7 +152,7 @@ class Result(BaseModel):
         return dict(sorted(mass.items(), key=lambda kv: -kv[1]))
 
     def expectation(self, fn: Callable[[Any], float]) -> float:
-        """The self-normalised estimate Σᵢ w̄ᵢ fn(vᵢ) (plp-theory §1.1)."""
+        """The self-normalised estimate Σᵢ w̄ᵢ fn(vᵢ) (docs/theory.md §1.5)."""
         w = self.normalized_weights
         return float(math.fsum(wi * float(fn(p.value)) for p, wi in zip(self.particles, w) if wi > 0))
 

@@ -3,7 +3,7 @@
 Events are slotted dataclasses (cheap to build in the hot path); the `Trace` pydantic model
 validates and serialises them wherever a trace crosses a boundary (trace files, Ray, checkpoints).
 
-The trace's weights (see plp-theory §1.1, factorised form):
+The trace's weights (docs/theory.md §1.3, factorised form):
 
     log π(τ)   = Σ_sample log q_i(τ_i | τ_pa(i))           (`proposal_log_prob`)
     log Φ(τ)   = Σ_target-factor ℓ_f(τ) + Σ_guarantee log 1[c]   (`log_potential`)

@@ -1,6 +1,6 @@
 """How one statement changes a trace's log weight: the rule, written once.
 
-With π the proposal and Φ the potentials (docs/theory.md §1), a trace's importance weight against
+With π the proposal and Φ the potentials (docs/theory.md §1.2, §1.3), a trace's importance weight against
 its proposal is
 
     log w(τ) = Σ_target-factors β·ℓ_f  +  Σ_guarantees log 1[c]  +  Σ_samples (log p − log q),

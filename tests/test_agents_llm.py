@@ -98,7 +98,7 @@ def test_same_program_through_a_real_openai_compatible_server(embedded):
             b = await sample("local", local.generate(raw_prompt=prompt))
             return a, b
 
-        trace = policies.Forward(num_samples=1, seed=0).run(both).particles[0].trace
+        trace = policies.Forward(num_particles=1, seed=0).run(both).particles[0].trace
     teacher = teacher_forcing(str(embedded_model_path()))
     for site in ("remote", "local"):
         event = trace[site]

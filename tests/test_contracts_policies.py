@@ -29,9 +29,9 @@ HARD = [_case(n) for n in ("needle_guarantees", "dice")]
 
 
 def sized(cls: type, n: int, **settings: Any) -> Callable[..., policies.Policy]:
-    """A factory for `cls` with population size n, whatever the size field is called (the engine
-    work renames them all to num_particles; until then some are num_samples or n)."""
-    size = next(f for f in ("num_particles", "num_samples", "n", "max_samples") if f in cls.model_fields)
+    """A factory for `cls` with population size n: `num_particles` (AheadByK sizes its votes with
+    `max_samples`, a cap on draws rather than a population)."""
+    size = next(f for f in ("num_particles", "max_samples") if f in cls.model_fields)
     return lambda **overrides: cls(**{size: n, **settings, **overrides})
 
 

@@ -52,7 +52,7 @@ def test_all_rejected_raises_no_surviving_particles_naming_the_guarantee():
         guarantee("impossible_constraint", x > 10)
 
     for policy in (policies.SMC(num_particles=100, seed=0), policies.Importance(num_particles=100, seed=0),
-                   policies.Enumerate(), policies.Rejection(num_samples=5, max_attempts=50, seed=0)):
+                   policies.Enumerate(), policies.Rejection(num_particles=5, max_attempts=50, seed=0)):
         with pytest.raises(swarm.NoSurvivingParticles, match="impossible_constraint") as info:
             policy.run(model)
         assert "impossible_constraint" in info.value.causes
@@ -133,7 +133,7 @@ def test_nondeterministic_program_is_detected_under_replay():
 # --- seeds -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [lambda s: policies.SMC(num_particles=300, seed=s),
                                   lambda s: policies.Importance(num_particles=300, seed=s),
-                                  lambda s: policies.Rejection(num_samples=50, seed=s)])
+                                  lambda s: policies.Rejection(num_particles=50, seed=s)])
 def test_same_seed_same_result_and_different_seed_different_result(make):
     prog = BY_NAME["no_two_heads"]
     a, b, c = (make(s).run(prog.program) for s in (5, 5, 6))

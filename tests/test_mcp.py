@@ -199,7 +199,7 @@ def test_tools_work_in_many_runs_and_event_loops_on_one_session(calc, log):
         return await agent.ask("Add.")
 
     for seed in range(3):  # each run is a new event loop; the session lives on its own loop
-        policies.Forward(num_samples=4, seed=seed).run(program)
+        policies.Forward(num_particles=4, seed=seed).run(program)
     assert len(log.calls("add")) == 12 and len(log.servers()) == 1 and list(server_starts().values()) == [1]
 
 
@@ -210,6 +210,6 @@ def test_a_cold_session_starts_the_server_once_for_many_concurrent_first_calls(c
     async def program():
         return await agent.ask("Add.")
 
-    r = policies.Forward(num_samples=16, seed=1).run(program)
+    r = policies.Forward(num_particles=16, seed=1).run(program)
     assert len(log.calls("add")) == 16 and all(p.status == "finished" for p in r.particles)
     assert list(server_starts().values()) == [1] and len(log.servers()) == 1

@@ -42,7 +42,7 @@ def test_the_embedded_model_calls_an_mcp_tool_and_the_call_is_in_the_trace(log):
     async def program():
         return await agent.ask("What is 7 plus 5?", history=WORKED_EXAMPLES, name="sum")
 
-    r = policies.Forward(num_samples=2, seed=0).run(program)
+    r = policies.Forward(num_particles=2, seed=0).run(program)
     recorded = []
     for p in r.particles:
         assert "add" in p.trace["sum"].info["prompt"][0]["content"]  # the tool list is in the system prompt

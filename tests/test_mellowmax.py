@@ -1,4 +1,4 @@
-"""Property tests of the backup operators (plp-theory §3): mellowmax bounds, limits, translation
+"""Property tests of the backup operators (docs/theory.md §7.2): mellowmax bounds, limits, translation
 equivariance, non-expansion, and depth-independence on a uniform tree (where LSE counts paths)."""
 
 from __future__ import annotations

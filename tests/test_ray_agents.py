@@ -343,9 +343,8 @@ def run_on_segment_workers(hook: bool):
     return inst, records
 
 
-@pytest.mark.xfail(strict=True, reason="runtime='ray': segment workers get no trace context from the "
-                                       "coordinator until the core installs listeners' segment_handlers")
 def test_an_instrumented_run_on_segment_workers_carries_its_trace_context_to_the_actors():
+    """No hook: the listener puts the run's context in the run scope, which travels to the workers."""
     assert_actors_joined_the_llm_spans(*run_on_segment_workers(hook=False))
 
 

@@ -279,3 +279,27 @@ def test_plan_chunks_keeps_particles_home_and_balances():
     assert [(w, len(idx)) for w, idx in plan] == [(0, 5), (1, 5)]
     assert dict(plan)[1] == [0, 1, 2, 3, 4]
     assert [len(idx) for _, idx in plan_chunks(tasks, 3, {}, chunk_size=2)] == [2, 2, 2, 2, 2]
+
+
+# -- run-scoped state in the workers (issue 11, defect d) ------------------------------------------
+def _cache_identity():
+    """Which response cache this particle's calls go through, and in which process."""
+    from agents.cache import run_cache
+
+    sample("x", Bernoulli(0.5))
+    return os.getpid(), id(run_cache())
+
+
+def test_segment_workers_scope_the_response_cache_to_a_run():
+    """A reused runtime's workers give each run its own response cache (before: one process-wide
+    cache outlived every run a worker served)."""
+    rt = RayRuntime(num_workers=1)
+    try:
+        first = policies.Importance(num_particles=4, seed=0, runtime=rt).run(_cache_identity)
+        second = policies.Importance(num_particles=4, seed=1, runtime=rt).run(_cache_identity)
+    finally:
+        asyncio.run(rt.aclose())
+    (pid_a, cache_a), = {p.value for p in first.particles}      # one worker, one cache for the run
+    (pid_b, cache_b), = {p.value for p in second.particles}
+    assert pid_a == pid_b and pid_a != os.getpid()                # the same worker process served both runs
+    assert cache_a != cache_b                                     # yet each run had its own cache

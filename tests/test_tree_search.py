@@ -1,4 +1,4 @@
-"""TreeSearch against enumeration and the backup operators' theory (plp-theory §3).
+"""TreeSearch against enumeration and the backup operators' theory (docs/theory.md §7).
 
 - With enough simulations (the whole drawn tree explored) the best trace found has Enumerate's
   maximal score, for objective="joint" (the MAP of p) and "weight", on every exact program; the

@@ -1,4 +1,4 @@
-"""TwistedSMC against exact answers (plp-theory §4).
+"""TwistedSMC against exact answers (docs/theory.md §4.3).
 
 - With the exact soft value as critic (EnumerationCritic) and the twist-induced proposal, every
   incremental weight of every step is the same across particles (spread ≤ 1e-9) and log Ẑ = log Z
@@ -133,7 +133,7 @@ def test_evidence_is_unbiased_with_a_noisy_critic(prog, proposal):
 
 def test_a_critic_that_does_not_telescope_would_be_caught():
     """The unbiasedness check has power: counting the critic's value as a *target* factor at the end
-    (an untelescoped V̂, the double counting plp-theory §1.2 warns about) biases Ẑ beyond 4 SE."""
+    (an untelescoped V̂, the double counting docs/theory.md §4.2 warns about) biases Ẑ beyond 4 SE."""
     prog = BY_NAME["chain3"]
 
     def double_counted():

@@ -116,7 +116,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if host not in LOOPBACK and key is None:
         print(f"warning: serving on {host} without an API key (--api-key-env)", file=sys.stderr)
     policy = service.policy
-    size = getattr(policy, "num_particles", None) or getattr(policy, "num_samples", None)
+    size = getattr(policy, "num_particles", None)
     print(f"swarm serve: {service.config.model_name} ({type(policy).__name__}"
           f"{f', {size} particles' if size else ''}) on http://{host}:{port}/v1", flush=True)
     try:
