@@ -6,12 +6,14 @@ Each step (the shape of llama.cpp's `examples/parallel`, with requests joining a
  1. admit waiting requests: each gets a sequence slot from the prefix-sharing cache
     (`agents.backends.llama_kv`), which leaves only the prompt's unseen tail to evaluate (or
     nothing, when a snapshot holds the logits after the whole prompt);
- 2. sample every request that has logits (from the last decode or a snapshot), vectorised over the
-    batch (`agents.backends.llama_sampling`), and give each drawn token to its request's
-    `ChunkBuilder`; a finished request leaves (its slot stays as a cache entry with its last logits);
- 3. build one `llama_batch`: the kept token of every request still generating (one position each,
-    logits out) and, within `n_batch`, the next chunk of every prompt being prefilled (logits out
-    only at the prompt's last token); run `llama_decode` once.
+ 2. sample every request that has logits (from the last decode or a snapshot): the proposal rows
+    of the whole batch at once (`agents.backends.llama_sampling`), then each request's
+    `ChunkBuilder` draws its token from its row with the request's drawer (the proposal itself, or
+    guided by a constraint: `agents.backends.llama_guided`); a finished request leaves (its slot
+    stays as a cache entry with its last logits);
+ 3. one batch: the kept token of every request still generating (one position each, logits out)
+    and, within `n_batch`, the next chunk of every prompt being prefilled (logits out only at the
+    prompt's last token), evaluated by the context in one `llama_decode`.
 
 The context (`agents.backends.llama_context`) gives every slot its own KV stream, with flash
 attention: the configuration in which a sequence's logits are the same bit for bit whatever else is
