@@ -148,9 +148,13 @@ class AgentActor:
         return {"role": self.role, "replica": self.replica, "fingerprint": self.fingerprint,
                 "node_id": self.node_id, "actor_id": self.actor_id, "pid": os.getpid()}
 
-    def stats(self) -> dict[str, int]:
-        """Calls served, in flight now, and the most ever in flight at once (backpressure tests)."""
-        return {"served": self.served, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+    def stats(self) -> dict[str, Any]:
+        """Calls served, in flight now, and the most ever in flight at once (backpressure tests); the
+        backend's own `stats()` under "backend" when it has them (e.g. LlamaCpp's batch widths)."""
+        out: dict[str, Any] = {"served": self.served, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+        if callable(getattr(self._backend, "stats", None)):
+            out["backend"] = self._backend.stats()
+        return out
 
     async def complete_batch(self, calls: list[AgentCall]) -> list[AgentReply | RemoteError]:
         """Serve several requests (one Ray call, so Ray's per-call cost is paid once); each reply is

@@ -105,6 +105,9 @@ def completion_info(agent: "Agent", request: GenerationRequest, completion: Comp
     }
     if completion.served_by:
         info["served_by"] = dict(completion.served_by)
+    kv_cache = getattr(completion, "kv_cache", None)
+    if kv_cache:
+        info["kv_cache"] = kv_cache
     if completion.tool_calls:
         info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
     return info

@@ -37,11 +37,33 @@ CASES = {"regex": (r"(yes|no), because [a-z ,]{1,60}\.", "yes, because the sky i
 
 def _vocabulary() -> Any:
     from agents.backends.llama_cpp import LlamaCpp
-    from agents.constraints import Vocabulary
 
     backend = LlamaCpp(n_threads=1)
-    backend.load()
-    return backend, Vocabulary(backend._pieces, np.nonzero(backend._eog)[0].tolist())
+    return backend, backend.vocabulary()
+
+
+def _decode_step(backend: Any, prompt: bytes, tokens: list[int]) -> tuple[np.ndarray, float]:
+    """The logits after `prompt`, and the median time of one decode step of one more token (each of
+    `tokens` in turn; the backend's own context configuration, one sequence, llama.cpp's API)."""
+    import llama_cpp
+
+    from agents.backends.llama_context import BatchContext
+
+    kv = BatchContext(llama_cpp, backend._model, n_ctx=256, n_seq_max=1, n_batch=512, n_threads=1, verbose=False,
+                      name="bench")
+    try:
+        kv.ensure(1)
+        seq = np.asarray(backend._model.tokenize(prompt, True, True), dtype=np.int32)
+        logits = kv.evaluate([(0, 0, seq, True)])[0]
+        times = []
+        for token in tokens:
+            start = time.perf_counter()
+            kv.evaluate([(0, seq.size, np.array([token], dtype=np.int32), True)])
+            times.append(time.perf_counter() - start)
+            kv.cache.memory.truncate(0, seq.size)
+    finally:
+        kv.close()
+    return logits.astype(np.float64), statistics.median(times)
 
 
 def _llguidance_walk(case: str, vocab: Any, tokens: list[int]) -> Callable[[], float]:
@@ -112,16 +134,9 @@ def _guide_overhead(backend: Any, vocab: Any, repeats: int) -> list[dict]:
     from agents import constraints
 
     rng = np.random.default_rng(0)
-    logits = backend._prefill(backend._llm.tokenize(b"Once upon a time", add_bos=True))
+    logits, decode_s = _decode_step(backend, b"Once upon a time", rng.integers(100, 1000, repeats * 4).tolist())
     logq = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
     rows = []
-    decode = []
-    for _ in range(repeats * 4):
-        seq = backend._llm.tokenize(b"Once upon a time", add_bos=True)
-        start = time.perf_counter()
-        backend._eval_from(seq + [int(rng.integers(100, 1000))], len(seq))
-        decode.append(time.perf_counter() - start)
-    decode_s = statistics.median(decode)
     for name, c in [("forbid_chars", constraints.forbid_chars("eE")), ("json_schema", constraints.json_schema(SCHEMA))]:
         times = []
         for _ in range(repeats * 20):

@@ -1,73 +1,142 @@
-"""Generation throughput of the embedded SmolLM2 model: raw llama-cpp-python vs the `LlamaCpp` backend.
+"""llama.cpp on its own, through its low-level API: the baselines of the LLM throughput benchmarks.
 
-    tokens/s = generated tokens / wall time of one call (prompt evaluation included)
+- `single`: one sequence; the prompt evaluated in one batch, then one `llama_decode` per token, each
+  token drawn by llama.cpp's own sampler chain (temperature 1, `llama_sampler_init_dist`).
+- `batched` (the anchor, as in llama.cpp's `examples/batched`): the prompt evaluated once into
+  sequence 0 and copied to the others with `llama_memory_seq_cp` (one shared KV buffer, so the copy
+  is bookkeeping), then one `llama_decode` per step for all sequences, each with its own sampler.
 
-Both sides use greedy decoding on the same prompt, the same thread count, after one warm-up call, so
-the ratio backend/raw measures what our own sampling loop (float64 softmax over the vocabulary,
-honest log-probabilities, Python-side stopping) costs on top of llama.cpp's evaluation.
+tokens/s = drawn tokens / wall time, prompt evaluation included. Both use llama.cpp's defaults
+otherwise (flash attention "auto", which is on for the CPU).
 
-Run: `python -m bench.llm_throughput_raw [n_tokens]`.
+    python -m bench.llm_throughput_raw [--threads 1] [--tokens 64] [--sequences 16]
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
+import argparse
+import contextlib
 import time
+from typing import Any, Iterator
 
-PROMPT = "Write a long story about a lighthouse keeper and the sea. Once upon a time,"
+PROMPT = ("<|im_start|>system\nYou write one short, simple sentence.<|im_end|>\n<|im_start|>user\n"
+          "Write a short story about a lighthouse keeper and the sea.<|im_end|>\n<|im_start|>assistant\n")
 
 
-def raw_tokens_per_second(n_tokens: int = 64) -> float:
-    """Tokens/s of llama-cpp-python's own `create_completion` (greedy) on the embedded model."""
-    from llama_cpp import Llama
+def load_model() -> Any:
+    """The embedded model as llama-cpp-python's `LlamaModel` (quiet)."""
+    import llama_cpp
+    from llama_cpp import _internals
+    from llama_cpp._logger import set_verbose
 
     from agents.backends.embedded import embedded_model_path
 
-    threads = os.cpu_count() or 1
-    llm = Llama(str(embedded_model_path()), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+    set_verbose(False)
+    return _internals.LlamaModel(path_model=str(embedded_model_path()),
+                                 params=llama_cpp.llama_model_default_params(), verbose=False)
+
+
+@contextlib.contextmanager
+def _context(model: Any, n_ctx: int, n_seq: int, threads: int) -> Iterator[tuple[Any, Any]]:
+    import llama_cpp as lib
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    p = lib.llama_context_default_params()
+    p.n_ctx, p.n_seq_max, p.kv_unified = n_ctx, n_seq, n_seq > 1
+    p.n_batch = p.n_ubatch = 512
+    p.n_threads = p.n_threads_batch = threads
+    p.no_perf = True
+    with suppress_stdout_stderr(disable=False):
+        ctx = lib.llama_init_from_model(model.model, p)
+    if not ctx:
+        raise RuntimeError("llama.cpp could not create the context")
+    batch = lib.llama_batch_init(512, 0, n_seq)
     try:
-        llm.create_completion(PROMPT, max_tokens=4, temperature=0)  # warm-up
-        llm.reset()
-        start = time.perf_counter()
-        out = llm.create_completion(PROMPT, max_tokens=n_tokens, temperature=0)
-        elapsed = time.perf_counter() - start
-        return out["usage"]["completion_tokens"] / elapsed
+        yield ctx, batch
     finally:
-        llm.close()
+        lib.llama_batch_free(batch)
+        lib.llama_free(ctx)
 
 
-def backend_tokens_per_second(n_tokens: int = 64) -> float:
-    """Tokens/s through `LlamaCpp.complete` (greedy) on the embedded model."""
-    from agents.backends.base import GenerationRequest, GenerationSettings
-    from agents.backends.llama_cpp import LlamaCpp
+def _fill(batch: Any, entries: list[tuple[int, int, int, bool]]) -> None:
+    for i, (token, pos, seq, out) in enumerate(entries):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = token, pos, 1, seq, out
+    batch.n_tokens = len(entries)
 
-    backend = LlamaCpp()
 
-    async def measure() -> float:
-        warm = GenerationRequest(prompt=PROMPT, settings=GenerationSettings(temperature=0, max_tokens=4))
-        await backend.complete(warm)
-        backend._llm.reset()  # no KV-cache advantage over the raw measurement
-        request = GenerationRequest(prompt=PROMPT, settings=GenerationSettings(temperature=0, max_tokens=n_tokens))
+def _sampler(seed: int) -> Any:
+    import llama_cpp as lib
+
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+    return chain
+
+
+def _decode(ctx: Any, batch: Any) -> None:
+    import llama_cpp as lib
+
+    rc = lib.llama_decode(ctx, batch)
+    if rc != 0:
+        raise RuntimeError(f"llama_decode returned {rc}")
+
+
+def single(model: Any, threads: int, n_tokens: int, seed: int = 0) -> tuple[int, float]:
+    """(tokens drawn, seconds) for one sequence."""
+    import llama_cpp as lib
+
+    prompt = model.tokenize(PROMPT.encode(), False, True)
+    sampler = _sampler(seed)
+    with _context(model, 1024, 1, threads) as (ctx, batch):
         start = time.perf_counter()
-        completion = await backend.complete(request)
-        elapsed = time.perf_counter() - start
-        await backend.aclose()
-        return completion.usage.output_tokens / elapsed
+        _fill(batch, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+        _decode(ctx, batch)
+        for k in range(n_tokens):
+            token = lib.llama_sampler_sample(sampler, ctx, -1)
+            _fill(batch, [(token, len(prompt) + k, 0, True)])
+            _decode(ctx, batch)
+        seconds = time.perf_counter() - start
+    lib.llama_sampler_free(sampler)
+    return n_tokens, seconds
 
-    return asyncio.run(measure())
+
+def batched(model: Any, threads: int, n_tokens: int, n_seqs: int = 16, seed: int = 0) -> tuple[int, float]:
+    """(tokens drawn, seconds) for `n_seqs` sequences sharing the prompt, `n_tokens` each."""
+    import llama_cpp as lib
+
+    prompt = model.tokenize(PROMPT.encode(), False, True)
+    samplers = [_sampler(seed + s) for s in range(n_seqs)]
+    with _context(model, 1024 * 2, n_seqs, threads) as (ctx, batch):
+        memory = lib.llama_get_memory(ctx)
+        start = time.perf_counter()
+        _fill(batch, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+        _decode(ctx, batch)
+        for s in range(1, n_seqs):
+            lib.llama_memory_seq_cp(memory, 0, s, -1, -1)
+        rows = [len(prompt) - 1] * n_seqs
+        for k in range(n_tokens):
+            tokens = [lib.llama_sampler_sample(samplers[s], ctx, rows[s]) for s in range(n_seqs)]
+            _fill(batch, [(tokens[s], len(prompt) + k, s, True) for s in range(n_seqs)])
+            rows = list(range(n_seqs))
+            _decode(ctx, batch)
+        seconds = time.perf_counter() - start
+    for sampler in samplers:
+        lib.llama_sampler_free(sampler)
+    return n_tokens * n_seqs, seconds
 
 
-def main(argv: list[str]) -> None:
-    n = int(argv[0]) if argv else 64
-    raw = raw_tokens_per_second(n)
-    ours = backend_tokens_per_second(n)
-    print(f"raw llama-cpp-python: {raw:7.1f} tokens/s")
-    print(f"LlamaCpp backend:     {ours:7.1f} tokens/s")
-    print(f"ratio backend/raw:    {ours / raw:7.3f}")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--sequences", type=int, default=16)
+    args = parser.parse_args(argv)
+    model = load_model()
+    n, s = single(model, args.threads, args.tokens)
+    print(f"single sequence:         {n / s:7.1f} tokens/s")
+    n, s = batched(model, args.threads, args.tokens, args.sequences)
+    print(f"batched x{args.sequences:<3}            {n / s:7.1f} tokens/s")
+    model.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

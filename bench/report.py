@@ -139,22 +139,44 @@ def _latency_item(results: dict) -> str:
             "(vLLM, llama.cpp `n_parallel`), and trim per-particle-step work in the coordinator (see core_overhead).")
 
 
+def _ratio(r: dict | None) -> float | None:
+    return r["ratio"] if r and isinstance(r.get("ratio"), float) else None
+
+
 def _throughput_item(results: dict) -> str | None:
-    smc_raw = _find(results, "llm_throughput", "Agent in SMC vs raw")
-    if smc_raw is None or not isinstance(smc_raw.get("ratio"), float) or smc_raw["ratio"] >= 0.9:
+    """The in-process LLM path against issue 13's goals, when a measured one is missed: SMC through
+    `Agent` ≥ 0.8 × llama.cpp's own batched decode (the anchor), the main job ≥ 3× faster than before
+    the batched backend, ≤ 0.2 prefilled tokens per generated token."""
+    anchor = _find(results, "llm_throughput", "Agent in SMC vs batched anchor (1 thr)")
+    job = _find(results, "llm_throughput_main_job", "SMC time")
+    prefill = _find(results, "llm_throughput_main_job", "prefilled tokens per generated")
+    missed = [(_ratio(anchor) or 1.0) < 0.8, (_ratio(job) or 0.0) > 1 / 3,
+              isinstance((prefill or {}).get("value"), float) and prefill["value"] > 0.2]
+    if not any(missed):
         return None
-    return (f"**LLM throughput through the framework is below the 0.9 goal** (Agent in SMC / raw llama.cpp "
-            f"{_fig(smc_raw)}; the `LlamaCpp` backend alone / raw "
-            f"{_fig(_find(results, 'llm_throughput', 'LlamaCpp backend vs raw'))}; SMC / backend "
-            f"{_fig(_find(results, 'llm_throughput', 'Agent in SMC vs LlamaCpp backend'))}, the framework's own "
-            "share). The gap is the backend, not the agent or SMC: it evaluates every decode step as a 2-token batch "
-            "(re-evaluating the previous token, so logits are bit-identical whatever the cache history: llama.cpp's "
-            "1-token kernels give different logits), and a profile of `LlamaCpp.complete_sync` puts ~94% of its time "
-            "in llama.cpp's decode, ~5% in the float64 log-softmaxes and cumulative sums over the 49k-token "
-            "vocabulary. *Plan:* make the 1-token decode step the default with its kernel path pinned so results stay "
-            "reproducible for a given seed and prompt (the two kernels only need to agree with themselves), keeping "
-            "the 2-token mode behind a flag for bit-exact replay across cache histories; then one float32 "
-            "log-softmax when temperature is 1 and top_p is 1 (base = proposal).")
+    prefilled = f"{prefill['value']:.2f}" if prefill and isinstance(prefill.get("value"), float) else "(not measured)"
+    return (f"**In-process LLM throughput against its goals** (Agent in SMC N=16 / llama.cpp's own batched decode "
+            f"of 16 sequences: {_fig(anchor)}, goal 0.8; the main job's SMC time / the one-request-at-a-time backend's: "
+            f"{_fig(job)}, goal 0.33; prefilled tokens per generated token: {prefilled}, goal 0.2). Every request in "
+            "flight is already decoded in one `llama_decode` per step with shared KV prefixes; what separates SMC "
+            "from the anchor is its shape: each word step waits for its longest word, so a step's batch narrows "
+            "(widths like 16, 7, 2, 1), prompt text is re-tokenized where the drawn tokens tokenize differently "
+            "(the API passes text), and sampling and gathering run in Python on the decode thread. *Plan:* continue "
+            "a particle's sequence from its drawn token ids when its text round-trips (nothing re-evaluated), sample "
+            "the batch's rows in one vectorised pass, and let requests of other agents and programs fill the narrow "
+            "tail of a word step.")
+
+
+def _threads_note(results: dict) -> str:
+    single = _find(results, "llm_throughput_threads", "single, 2 threads vs 1 (no extra load)")
+    batched = _find(results, "llm_throughput_threads", "batched x16, 2 threads vs 1 (no extra load)")
+    def times(r: dict | None) -> str:
+        return f"{_fig(r)}x" if _ratio(r) is not None else _fig(r)
+    return (f"Also measured: on this shared 2-core machine llama.cpp with 2 threads ran at {times(single)} (one "
+            f"sequence) and {times(batched)} (16 batched) the tokens/s of 1 thread (bench/llm_throughput_threads.py: "
+            "llama.cpp's threads meet at a barrier after every operation, so a step waits for a descheduled thread), "
+            "hence `LlamaCpp`'s default of 1 thread; on a machine with idle cores reserved for the model, pass "
+            "`n_threads` and measure.")
 
 
 def _core_item(results: dict) -> str:
@@ -188,13 +210,9 @@ def _peer_item(results: dict) -> str:
 def behind(results: dict) -> list[str]:
     """The three places where we are behind a peer or the ideal, with a plan (figures from this run)."""
     items = [_latency_item(results), _throughput_item(results) or _core_item(results), _peer_item(results)]
-    threads = _find(results, "llm_throughput", "threads vs")
     lines = ["## Where we are behind, and the plan", ""]
     lines += [f"{i}. {text}" for i, text in enumerate(items, 1)]
-    lines += ["", f"Also measured: `LlamaCpp` defaults to n_threads = cores, and on this shared 2-core machine "
-              f"llama.cpp with 2 threads ran at {_fig(threads)}x the tokens/s of 1 thread (a decode barrier waits "
-              "for a descheduled thread); the benchmarks use 1 thread. Plan: default to 1 thread for models this "
-              "small, or pick the thread count by a timing probe at load.", ""]
+    lines += ["", _threads_note(results), ""]
     return lines
 
 

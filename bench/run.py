@@ -48,8 +48,14 @@ BENCHMARKS: list[Benchmark] = [
               quick={"sizes": (1_000,), "repeats": 3}, full={"sizes": (1_000, 100_000), "repeats": 3}),
     Benchmark("resampling_kernels", "resampling N particles vs numpy Generator.choice(p=w)",
               quick={"n": 100_000, "repeats": 3}, full={"n": 1_000_000, "repeats": 7}),
-    Benchmark("llm_throughput", "tokens/s of the same generations: raw llama.cpp, LlamaCpp backend, Agent in SMC",
-              quick={"repeats": 1, "particles": 3}, full={"repeats": 3, "particles": 6}),
+    Benchmark("llm_throughput", "tokens/s: raw llama.cpp one sequence, llama.cpp's batched decode of 16 (the anchor), "
+              "Agent in SMC N=16 over words, at 1 and 2 threads",
+              quick={"repeats": 1, "particles": 16, "threads": (1,)}, full={"repeats": 3, "particles": 16, "threads": (1, 2)}),
+    Benchmark("llm_throughput_main_job", "the main job (examples/constrained_smc.py defaults): SMC time vs the "
+              "one-request-at-a-time LlamaCpp, and prefilled tokens per generated token",
+              quick={"repeats": 1}, full={"repeats": 3}),
+    Benchmark("llm_throughput_threads", "raw llama.cpp with 2 threads vs 1, one sequence and batched x16, with and "
+              "without another process on a core", quick={"repeats": 1, "tokens": 16}, full={"repeats": 3, "tokens": 32}),
     Benchmark("latency_hiding", "SMC wall time with a 50 ms LLM (in-process double and HTTP fake endpoint) vs ideal",
               quick={"sizes": (256,), "repeats": 1}, full={"sizes": (256, 2048), "repeats": 3}),
     Benchmark("orchestration", "per-message overhead of an N agents x K messages fan-out: plp-swarm, asyncio, LangGraph",

@@ -65,8 +65,8 @@ def _programs(case: dict, correct: bool = True):
 class _Uncorrected(ToyLlama):
     """ToyLlama whose reports claim no log-mass: the weights ignore the constraint (a broken variant)."""
 
-    def _generate(self, request, rng):
-        c = super()._generate(request, rng)
+    async def complete(self, request):
+        c = await super().complete(request)
         if c.constraint is not None:
             c.constraint = c.constraint.model_copy(update={"log_masses": [0.0] * len(c.constraint.log_masses)})
         return c
@@ -131,3 +131,84 @@ def test_without_the_log_mass_the_checks_fail(name):
     tv = _tv(r.marginal(), truth)
     print(f"{name} (no correction): Z = {z:.4f}, mean Ẑ = {mean:.4f} ± {se:.4f}, TV = {tv:.4f}")
     assert abs(mean - z) > 4 * se and (tv > 0.03 or name == "forbid_text")
+
+
+def _log_q_row(text: bytes, temperature: float, top_p: float) -> np.ndarray:
+    """The toy's proposal row after `text` (LlamaCpp's float32 `batch_proposal`), in float64."""
+    from agents.backends.llama_sampling import batch_proposal
+    from tests.toy_llama import toy_logits
+
+    return batch_proposal(toy_logits(text)[None, :], [temperature], [top_p])[0].logq.astype(np.float64)
+
+
+def _log_sum(row: np.ndarray) -> float:
+    finite = row[np.isfinite(row)]
+    return float(np.logaddexp.reduce(finite)) if finite.size else -math.inf
+
+
+@pytest.mark.parametrize("unit,temperature,top_p", [("text", 1.0, 1.0), ("word", 0.8, 0.95), ("word", 1.0, 1.0)])
+def test_recorded_log_q_times_the_log_mass_is_the_unconstrained_chunk(unit, temperature, top_p):
+    """Exact, per completion (no statistics): what a guided completion records is the proposal it was
+    drawn from. For a hard constraint that holds (log Φ = 0), log q_C(chunk) + Σ log Z must equal the
+    chunk's log-probability under the unconstrained chunking proposal q, recomputed here from the
+    toy's table: Σ_i log q(t_i | x_i), plus for a word chunk cut at a boundary log q(B ∪ E) at the
+    cut (the boundary is drawn free, φ = 1); and its base log p likewise with p. Tolerance 1e-6:
+    both sides are float64 sums of the same float32 rows (rounding ~1e-12 per term). Mutants this
+    catches: the word stop masses taken from the unguided row (off by −log Z at the cut), the log q
+    of the unguided row recorded for guided tokens; and the guide not advanced past kept tokens (the
+    reply then leaves the regex: checked on its text)."""
+    from agents.backends.base import GenerationRequest, GenerationSettings
+    from tests.toy_llama import BOUNDARY, PIECES
+
+    constraint = constraints.regex(r"(a|ab)+( (a|ab)+)*\.?")
+    backend = ToyLlama()
+    checked_cuts = 0
+    try:
+        for seed in range(60):
+            prefix = ["", "a", "ab a"][seed % 3]
+            settings = GenerationSettings(max_tokens=4, unit=unit, temperature=temperature, top_p=top_p)
+            c = backend.complete_sync(GenerationRequest(prompt="", assistant_prefix=prefix, seed=seed,
+                                                        settings=settings, constraint=constraint))
+            assert c.constraint.weights == "exact" and not c.constraint.dead, c
+            text, want_q, want_p = prefix.encode(), 0.0, 0.0
+            for tok in c.token_ids:
+                want_q += _log_q_row(text, temperature, top_p)[tok]
+                want_p += _log_q_row(text, 1.0, 1.0)[tok]
+                text += PIECES[tok]
+            if unit == "word" and c.finish_reason in ("unit", "eos") and not (c.token_ids and c.token_ids[-1] == 0):
+                want_q += _log_sum(_log_q_row(text, temperature, top_p)[BOUNDARY])
+                want_p += _log_sum(_log_q_row(text, 1.0, 1.0)[BOUNDARY])
+                checked_cuts += 1
+            assert constraint.prefix(text.decode()) > 0, (seed, text)  # the reply so far satisfies it
+            assert c.log_prob + c.constraint.log_weight == pytest.approx(want_q, abs=1e-6), (seed, c)
+            assert c.base_log_prob == pytest.approx(want_p, abs=1e-6), (seed, c)
+    finally:
+        backend.close()
+    if unit == "word":
+        assert checked_cuts >= 20, f"only {checked_cuts} word chunks ended at a boundary: the cut is barely tested"
+
+
+def test_greedy_takes_the_highest_logit_allowed_token():
+    """T = 0 under a constraint: every kept token is the highest-logit token the constraint allows
+    after the text so far (the toy's logits), with log q = 0 and log Z = 0 where that is also the
+    unconstrained greedy token, −inf where the constraint moved it (the greedy proposal has no mass
+    elsewhere: docs/constraints.md)."""
+    from agents.backends.base import GenerationRequest, GenerationSettings
+    from tests.toy_llama import EOS, PIECES, toy_logits
+
+    backend = ToyLlama()
+    try:
+        c = backend.complete_sync(GenerationRequest(prompt="", settings=GenerationSettings(max_tokens=6, temperature=0),
+                                                    constraint=constraints.forbid_chars("e")))
+    finally:
+        backend.close()
+    text = b""
+    for tok, log_mass in zip(c.token_ids, c.constraint.log_masses):
+        logits = toy_logits(text)
+        allowed = [v for v in range(len(PIECES)) if b"e" not in PIECES[v]]
+        assert tok == max(allowed, key=lambda v: (logits[v], -v)), (text, tok)
+        assert log_mass == (0.0 if tok == int(np.argmax(logits)) else -math.inf)
+        if tok == EOS:
+            break
+        text += PIECES[tok]
+    assert c.token_logprobs == [0.0] * len(c.token_ids) and len(c.token_ids) >= 2

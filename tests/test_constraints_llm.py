@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 pytest.importorskip("llama_cpp")
 import llama_cpp  # noqa: E402
@@ -26,6 +26,11 @@ pytestmark = pytest.mark.llm
 
 
 class Pet(BaseModel):
+    """No extra properties: the schema then bounds the reply's length, so max_tokens=48 cannot cut a
+    valid reply (with extra properties allowed, SmolLM2 invents more keys and a reply may be cut,
+    which the constraint reports as incomplete, docs/constraints.md "Truncation")."""
+
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=12)
     legs: int = Field(ge=0, le=8)
 
@@ -61,9 +66,12 @@ def test_json_schema_agent_always_returns_valid_json(backend):
 
 def test_recorded_log_masses_match_an_independent_evaluation(backend):
     """Each log-mass is log Σ_{v: piece(v) has no e/E} p(v), with p recomputed by an independent
-    `Llama(logits_all=True)` in one batch (tolerance 1e-3: the two evaluations may differ by float
-    rounding in llama.cpp's kernels, as in test_backend_llama_cpp)."""
-    reference = llama_cpp.Llama(str(embedded_model_path()), n_ctx=512, logits_all=True, verbose=False)
+    `Llama(logits_all=True)` in one batch, with flash attention like the backend (tolerance 1e-3:
+    the two evaluations may differ by float rounding in llama.cpp's kernels, as in
+    test_backend_llama_cpp; without flash attention a position evaluated in a 1-token chunk can
+    move a logit by up to 0.65, see agents.backends.llama_cpp)."""
+    reference = llama_cpp.Llama(str(embedded_model_path()), n_ctx=512, logits_all=True, flash_attn=True, n_threads=1,
+                                verbose=False)
     try:
         req = GenerationRequest(messages=[ChatMessage(role="user", content="Write about a cat.")], seed=3,
                                 settings=GenerationSettings(max_tokens=10), constraint=constraints.forbid_chars("eE"))
@@ -73,7 +81,7 @@ def test_recorded_log_masses_match_an_independent_evaluation(backend):
         reference.reset()
         reference.eval(prompt + c.token_ids[:-1])
         rows = np.array(reference.scores[len(prompt) - 1: len(prompt) + len(c.token_ids) - 1], dtype=np.float64)
-        allowed = np.array([b"e" not in p and b"E" not in p for p in backend._pieces])
+        allowed = np.array([b"e" not in p and b"E" not in p for p in backend.vocabulary().pieces])
         expected = []
         for logits in rows:
             logp = logits - logits.max() - math.log(np.exp(logits - logits.max()).sum())
@@ -89,7 +97,7 @@ def test_regex_masks_on_the_model_vocabulary_agree_with_the_definition(backend):
     guide's row says allowed iff the constraint's text definition accepts prefix + piece."""
     from agents.constraints import Vocabulary
 
-    vocab = Vocabulary(backend._pieces, np.nonzero(backend._eog)[0].tolist())
+    vocab = Vocabulary(backend._vocab.pieces, np.nonzero(backend._vocab.eog)[0].tolist())
     constraint = constraints.regex(r"(yes|no), because [a-z ]{1,30}\.")
     c = backend.complete_sync(GenerationRequest(prompt="Is the sky blue? Answer:", seed=1, constraint=constraint,
                                                 settings=GenerationSettings(max_tokens=24)))

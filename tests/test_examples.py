@@ -212,7 +212,8 @@ def test_debate_on_ray_records_messages_and_calibrated_judge_factors(capsys):
     assert (cal.m1, cal.m0) == (1, 2)
     [story] = s["stories"]
     assert abs(sum(story["marginal"].values()) - 1) < 1e-9 and 0 <= story["p_right"] <= 1
-    judge = d.policies.Judge(name="check", fn=lambda x: True, prior=d.JUDGE_PRIOR, calibration=cal)
+    from policies.potentials import Judge
+    judge = Judge(name="check", fn=lambda x: True, prior=d.JUDGE_PRIOR, calibration=cal)
     for p in story["particles"]:
         events = p.trace.events
         senders = [(e.sender, e.receiver) for e in events if e.type == "interact"]

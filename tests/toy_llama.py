@@ -1,6 +1,8 @@
-"""`ToyLlama`, a test double: `LlamaCpp`'s real sampling loop (`_generate`: proposal, guide, word
-chunking, stop masses, reports) on a 7-token "model" whose logits are a fixed function of the text
-written so far, so every distribution it defines can be enumerated exactly.
+"""`ToyLlama`, a test double for the model only: `LlamaCpp`'s real batched sampling loop (its decode
+engine, prefix-sharing sequence cache, vectorised proposal, guided drawer, word chunking, stop
+masses, reports) on a 7-token "model" whose logits are a fixed function of the text written so
+far, so every distribution it defines can be enumerated exactly. Only the batch context (which
+would run llama.cpp) is replaced, by `ToyContext`, which evaluates the table.
 
 `exact_program(...)` is the same generative process written independently with `Categorical`
 draws, one per token the loop would draw (the boundary token a word chunk draws and discards
@@ -12,33 +14,75 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 import zlib
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from agents.backends.llama_cpp import LlamaCpp, _Proposal, _rng_for
+from agents.backends.llama_chunks import VocabTables
+from agents.backends.llama_cpp import LlamaCpp
+from agents.backends.llama_engine import DecodeEngine
+from agents.backends.llama_kv import SequenceCache
+from agents.backends.llama_sampling import batch_proposal, rng_for
+from agents.constraints import Vocabulary
 from swarm import Categorical, factor, sample
 
 PIECES = [b"", b"a", b"e", b" ", b"ab", b" e", b"."]
 EOS = 0
 BOUNDARY = np.array([p[:1] == b" " for p in PIECES]) | (np.arange(len(PIECES)) == EOS)
 WHITESPACE_START = np.array([p[:1] == b" " for p in PIECES])
+START = len(PIECES)
+"""The prompt's start marker: a token id outside the table (it writes no text)."""
 
 
 def toy_logits(text: bytes) -> np.ndarray:
-    """Logits as a fixed pseudo-random function of (length mod 3, last byte) of the text so far,
-    with EOS made likelier as the text grows."""
+    """Logits (float32, like llama.cpp's) as a fixed pseudo-random function of (length mod 3, last
+    byte) of the text so far, with EOS made likelier as the text grows."""
     key = zlib.crc32(bytes([len(text) % 3]) + text[-1:])
     logits = np.random.default_rng(key).normal(size=len(PIECES)) * 1.5
     logits[EOS] += 0.4 * len(text) - 1.0
-    return logits
+    return logits.astype(np.float32)
 
 
-def _text(tokens: list[int]) -> bytes:
-    return b"".join(PIECES[t] for t in tokens if t >= 0)
+def _text(tokens: Any) -> bytes:
+    return b"".join(PIECES[t] for t in tokens if 0 <= t < len(PIECES))
+
+
+class _NoMemory:
+    """The `KvMemory` of the table: there are no cells to copy or truncate."""
+
+    def copy(self, src: int, dst: int) -> None:
+        pass
+
+    def truncate(self, seq: int, keep: int) -> None:
+        pass
+
+
+class ToyContext:
+    """The batch context's interface (`agents.backends.llama_context.BatchContext`) over the table:
+    a sequence's logits after its committed tokens plus the new ones are `toy_logits` of their text."""
+
+    def __init__(self, n_ctx: int = 256, n_seq_max: int = 256) -> None:
+        self.n_ctx, self.n_seq_max, self.n_batch = n_ctx, n_seq_max, 4 * n_seq_max
+        self.cache: SequenceCache | None = None
+        self.capacity = self.resizes = 0
+
+    def ensure(self, wanted: int) -> None:
+        if self.cache is None:
+            self.capacity = self.n_seq_max
+            self.cache = SequenceCache(_NoMemory(), self.capacity)
+
+    def evaluate(self, items: list[tuple[int, int, np.ndarray, bool]]) -> list[np.ndarray]:
+        rows = []
+        for seq, start, tokens, wants in items:
+            held = self.cache.slots[seq].tokens
+            assert held.size == start, f"sequence {seq}: {held.size} tokens held, batch starts at {start}"
+            if wants:
+                rows.append(toy_logits(_text([*held.tolist(), *tokens.tolist()])))
+        return rows
+
+    def close(self) -> None:
+        self.cache, self.capacity = None, 0
 
 
 class ToyLlama(LlamaCpp):
@@ -47,44 +91,38 @@ class ToyLlama(LlamaCpp):
     name = "toy_llama"
 
     def __init__(self, seed: int = 0) -> None:  # no model file: set what LlamaCpp.__init__ sets
-        self.model_path, self.model, self.n_ctx, self.n_threads = None, "toy", 256, 1
+        self.model_path, self.model, self.n_ctx, self.n_seq_max, self.n_threads = None, "toy", 256, 256, 1
         self.seed, self.chat_format, self.verbose = seed, None, False
-        self._seed_rng = _rng_for(seed)
+        self._seed_rng = rng_for(seed)
         self._lock = threading.Lock()
-        self._async_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._llm: Any = None
-        self._vocabulary: Any = None
+        self._model: Any = None
+        self._engine: DecodeEngine | None = None
 
-    def _load_locked(self) -> None:
-        if self._llm is None:
-            self._pieces, self._eog = list(PIECES), np.arange(len(PIECES)) == EOS
-            self._ws_start = WHITESPACE_START
-            self._llm = SimpleNamespace(n_tokens=0)
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.seed,))
+
+    def _start(self) -> DecodeEngine:
+        eog = np.arange(len(PIECES)) == EOS
+        self._vocab = VocabTables(list(PIECES), eog, WHITESPACE_START)
+        self._vocabulary = Vocabulary(PIECES, [EOS])
+        return DecodeEngine(ToyContext(self.n_ctx, self.n_seq_max), name=self.name, model_name=self.model)
 
     def prompt_tokens(self, request: Any) -> list[int]:
-        """A start marker (−1) and a longest-match tokenization of the assistant prefix (the logits
+        """A start marker and a longest-match tokenization of the assistant prefix (the logits
         depend on the text only, so the tokenization does not matter)."""
-        data, out = request.assistant_prefix.encode(), [-1]
+        self.load()
+        data, out = request.assistant_prefix.encode(), [START]
         while data:
             tok = max((i for i, p in enumerate(PIECES) if p and data.startswith(p)), key=lambda i: len(PIECES[i]))
             out.append(tok)
             data = data[len(PIECES[tok]):]
         return out
 
-    def _prefill(self, tokens: list[int]) -> np.ndarray:
-        return self._eval_from(tokens, 0)
-
-    def _eval_from(self, tokens: list[int], start: int) -> np.ndarray:
-        self._llm.n_tokens = len(tokens)
-        return toy_logits(_text(tokens))
-
-    def close(self) -> None:
-        self._llm = None
-
 
 def token_dist(text: bytes, temperature: float, top_p: float) -> Categorical:
-    """The proposal q over token ids after `text` (LlamaCpp's `_Proposal`: temperature, top-p)."""
-    return Categorical(list(range(len(PIECES))), probs=np.exp(_Proposal(toy_logits(text), temperature, top_p).logq).tolist())
+    """The proposal q over token ids after `text` (LlamaCpp's `batch_proposal`: temperature, top-p)."""
+    logq = batch_proposal(toy_logits(text)[None, :], [temperature], [top_p])[0].logq
+    return Categorical(list(range(len(PIECES))), probs=np.exp(logq.astype(np.float64)).tolist())
 
 
 def base_dist(text: bytes) -> Categorical:
