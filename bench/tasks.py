@@ -22,9 +22,10 @@ import re
 import sys
 from pathlib import Path
 
-# the problems and the verifier of the work: examples/arithmetic_work.py (stdlib only), the one the example uses
+# the problems, the prompt and the verifier of the work: examples/arithmetic_work.py (stdlib only), the one the example uses
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from arithmetic_work import ANSWER, EQUATION, OPS, PROBLEMS, extract_answer, work_log_potential  # noqa: E402,F401
+from arithmetic_work import (  # noqa: E402,F401  (re-exported: the benches read them from here)
+    ANSWER, EQUATION, OPS, PROBLEMS, extract_answer, few_shot_prompt, work_log_potential)
 
 # ---------------------------------------------------------------- (a) constrained generation
 LETTER = "e"
@@ -70,20 +71,10 @@ def prefix_score(text: str, letter: str = LETTER) -> float:
 
 
 # ----------------------------------------------------------------------- (b) arithmetic
-# The example's few-shot prompt with no blank lines between the shots: the prompt bench/results.json
-# was measured with (the two prompts are different token sequences, so they are kept apart).
-FEW_SHOT = """Q: Tom has 3 apples. He buys 2 more. How many apples does he have?
-A: 3 + 2 = 5. The answer is 5.
-Q: A box holds 8 pens. Sam takes 3 pens out. How many pens are left?
-A: 8 - 3 = 5. The answer is 5.
-Q: Ann has 4 bags with 2 balls in each bag. How many balls does she have?
-A: 4 * 2 = 8. The answer is 8.
-Q: {question}
-A:"""
-
-
 def arithmetic_prompt(question: str) -> str:
-    return FEW_SHOT.format(question=question)
+    """The example's few-shot prompt without blank lines between the shots (the layout
+    bench/results.json was measured with)."""
+    return few_shot_prompt(question, blank_lines=False)
 
 
 def work_score(question: str, text: str) -> float:

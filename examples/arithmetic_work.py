@@ -1,4 +1,5 @@
-"""The arithmetic word problems of examples/self_consistency.py and a verifier of their *work*.
+"""The arithmetic word problems of examples/self_consistency.py, their few-shot prompt, and a
+verifier of their *work*.
 
 Standard library only, so bench/tasks.py (which also runs under the its-hub virtualenv, without
 plp-swarm) grades with the very same verifier the example uses as its potential:
@@ -25,6 +26,21 @@ PROBLEMS: list[tuple[str, int]] = [
     ("Kim has 10 stickers. She gives 3 to Tom. How many stickers does she have left?", 7),
     ("A farm has 6 cows and 7 pigs. How many animals are there?", 13),
 ]
+
+SHOTS: list[tuple[str, str]] = [
+    ("Tom has 3 apples. He buys 2 more. How many apples does he have?", "3 + 2 = 5. The answer is 5."),
+    ("A box holds 8 pens. Sam takes 3 pens out. How many pens are left?", "8 - 3 = 5. The answer is 5."),
+    ("Ann has 4 bags with 2 balls in each bag. How many balls does she have?", "4 * 2 = 8. The answer is 8."),
+]
+
+
+def few_shot_prompt(question: str, blank_lines: bool = True) -> str:
+    """The worked examples as "Q: …\nA: …" blocks, then "Q: {question}\nA:", the blocks separated by
+    a blank line (the example's layout) or not (bench/tasks.py's: bench/results.json was measured
+    with it; the two are different token sequences)."""
+    blocks = [f"Q: {q}\nA: {a}" for q, a in SHOTS] + [f"Q: {question}\nA:"]
+    return ("\n\n" if blank_lines else "\n").join(blocks)
+
 
 EQUATION = re.compile(r"(-?\d+)\s*([-+*x×/])\s*(-?\d+)\s*=\s*(-?\d+)")
 ANSWER = re.compile(r"answer is\s*(-?\d+)", re.IGNORECASE)

@@ -34,21 +34,9 @@ from typing import Any
 
 import policies
 from agents import Agent, GenerationSettings
-# the problems and the verifier of the work, a stdlib-only file next to this one (bench/tasks.py grades with it too)
-from arithmetic_work import PROBLEMS as ALL_PROBLEMS, extract_answer, work_log_potential
+# the problems, the prompt and the verifier of the work, a stdlib-only file next to this one (bench/tasks.py grades with it too)
+from arithmetic_work import PROBLEMS as ALL_PROBLEMS, extract_answer, few_shot_prompt, work_log_potential
 from swarm import NoSurvivingParticles, factor, guarantee, sample
-
-FEW_SHOT = """Q: Tom has 3 apples. He buys 2 more. How many apples does he have?
-A: 3 + 2 = 5. The answer is 5.
-
-Q: A box holds 8 pens. Sam takes 3 pens out. How many pens are left?
-A: 8 - 3 = 5. The answer is 5.
-
-Q: Ann has 4 bags with 2 balls in each bag. How many balls does she have?
-A: 4 * 2 = 8. The answer is 8.
-
-Q: {question}
-A:"""
 
 PROBLEMS = ALL_PROBLEMS[:6]
 
@@ -59,7 +47,7 @@ DEFAULTS = {"args": {"question": PROBLEMS[0][0]}}
 
 async def program(question: str) -> int | None:
     """One reasoning path: sample a completion, grade its work, return its answer."""
-    text = await sample("reasoning", SOLVER.generate(raw_prompt=FEW_SHOT.format(question=question)))
+    text = await sample("reasoning", SOLVER.generate(raw_prompt=few_shot_prompt(question)))
     answer = extract_answer(text)
     guarantee("states_answer", answer is not None)
     factor("work_checks", work_log_potential(question, text))
