@@ -22,18 +22,9 @@ import math
 import numpy as np
 
 import policies
-from swarm import Bernoulli, factor, sample
+from bench.toy_programs import toy_program
 
 STEPS = 10
-
-
-def toy_program():
-    total = 0
-    for t in range(STEPS):
-        x = sample(f"x{t}", Bernoulli(0.5))
-        total += x
-        factor(f"f{t}", 0.1 * x)
-    return total
 
 
 def _systematic(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -84,10 +75,10 @@ def numpy_smc(n: int, seed: int = 0) -> float:
 def run(sizes=(1_000, 100_000), repeats: int = 3) -> list[dict]:
     from bench.common import interleaved, median
 
-    rows = []
+    rows, program = [], toy_program(STEPS)
     for n in sizes:
         reps = repeats if n <= 10_000 else 1
-        times = interleaved({"framework": lambda: policies.SMC(num_particles=n, seed=0).run(toy_program),
+        times = interleaved({"framework": lambda: policies.SMC(num_particles=n, seed=0).run(program),
                              "python loop": lambda: python_loop_smc(n), "numpy vectorised": lambda: numpy_smc(n)},
                             repeats=reps, warmup=n <= 10_000)
         rate = {name: n * STEPS / median(t) for name, t in times.items()}

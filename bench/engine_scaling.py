@@ -28,25 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_programs(steps: int):
-    from swarm import Bernoulli, factor, sample
-
-    def plain():
-        total = 0
-        for t in range(steps):
-            x = sample(f"x{t}", Bernoulli(0.5))
-            total += x
-            factor(f"f{t}", 0.1 * x)
-        return total
-
-    async def asynchronous():
-        total = 0
-        for t in range(steps):
-            x = sample(f"x{t}", Bernoulli(0.5))
-            total += x
-            factor(f"f{t}", 0.1 * x)
-        return total
-
-    return {"sync": plain, "async": asynchronous}
+    """The toy model of bench/toy_programs.py as a plain and as an async program."""
+    toys = _sibling("toy_programs")  # by path: the baseline child imports this file by path too
+    return {"sync": toys.toy_program(steps), "async": toys.async_toy_program(steps)}
 
 
 def time_once(kind: str, n: int, steps: int, seed: int = 0) -> float:
@@ -62,18 +46,17 @@ def measure(n: int, steps: list[int], repeats: int) -> dict[str, float]:
     """Median wall time of every (kind, T), repetitions interleaved."""
     import statistics
 
-    from_common = _common()
-    interleaved, median = from_common.interleaved, statistics.median
+    interleaved, median = _sibling("common").interleaved, statistics.median
     fns = {f"{kind}@{t}": (lambda k=kind, t=t: time_once(k, n, t)) for t in steps for kind in ("sync", "async")}
     times = interleaved(fns, repeats=repeats, warmup=False)
     return {name: median(ts) for name, ts in times.items()}
 
 
-def _common():
-    """bench.common of this checkout (the baseline child imports this file by path)."""
+def _sibling(name: str):
+    """bench/<name>.py of this checkout (the baseline child imports this file by path)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).with_name("common.py"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -3,23 +3,14 @@
 Every call sleeps `latency` seconds on the event loop (0 means no sleep at all) and returns the
 same short completion with honest-looking log-probabilities, so the framework's own cost
 (agents, traces, replay, resampling, scheduling) can be measured apart from any model or HTTP
-client. `fake_reply(latency)` is the same thing as a bare coroutine, for the plain-asyncio and
-LangGraph baselines.
+client. `fake_reply(latency)` (bench/asyncio_fanout.py) is the same thing as a bare coroutine, for
+the plain-asyncio and LangGraph baselines.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from agents.backends.base import Backend, Completion, GenerationRequest, Usage
-
-REPLY = ("ok", " ok")
-
-
-async def fake_reply(latency: float) -> str:
-    if latency > 0:
-        await asyncio.sleep(latency)
-    return "".join(REPLY)
+from bench.asyncio_fanout import REPLY, fake_reply
 
 
 class FakeLatencyBackend(Backend):

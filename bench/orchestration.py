@@ -20,11 +20,11 @@ plp-swarm / LangGraph compares the two frameworks directly.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 
 from bench.common import bench_python, interleaved, median, progress, row, run_peer
-from bench.fake_backend import FakeLatencyBackend, fake_reply
+from bench.asyncio_fanout import run_asyncio
+from bench.fake_backend import FakeLatencyBackend
 
 
 def run_plp(n_agents: int, n_messages: int, latency: float) -> None:
@@ -43,16 +43,6 @@ def run_plp(n_agents: int, n_messages: int, latency: float) -> None:
 
     result = policies.Forward(num_particles=1, seed=0).run(team)
     assert result.particles[0].value == n_agents * n_messages, result.particles[0].value
-
-
-def run_asyncio(n_agents: int, n_messages: int, latency: float) -> None:
-    async def member() -> list[str]:
-        return [await fake_reply(latency) for _ in range(n_messages)]
-
-    async def team() -> None:
-        await asyncio.gather(*(member() for _ in range(n_agents)))
-
-    asyncio.run(team())
 
 
 def _overhead_us(wall: float, n_agents: int, n_messages: int, latency: float) -> float:

@@ -1,11 +1,12 @@
 """The LangGraph side of bench/orchestration.py; runs in .venv-bench (stdlib + langgraph only).
 
 The same fan-out as plp-swarm's: N agents, each sending K messages, every message one call of a
-fake backend (`fake_reply`, an `asyncio.sleep(latency)` test double). In LangGraph's idiom each
-message is one execution of an "agent" node: a "tick" node fans out to N agent nodes with `Send`
-(one superstep), their messages are merged into the state by an `operator.add` reducer, and the
-graph loops for K rounds. A plain-asyncio run of the same calls, interleaved with LangGraph's in
-this process, is the baseline. Prints one JSON object: {"langgraph": [s…], "asyncio": [s…]}.
+fake backend (`fake_reply` of bench/asyncio_fanout.py, an `asyncio.sleep(latency)` test double). In
+LangGraph's idiom each message is one execution of an "agent" node: a "tick" node fans out to N
+agent nodes with `Send` (one superstep), their messages are merged into the state by an
+`operator.add` reducer, and the graph loops for K rounds. A plain-asyncio run of the same calls
+(`run_asyncio`, the same file's), interleaved with LangGraph's in this process, is the baseline.
+Prints one JSON object: {"langgraph": [s…], "asyncio": [s…]}.
 
     .venv-bench/bin/python bench/orchestration_langgraph.py --agents 100 --messages 10 --latency 0.05
 """
@@ -16,14 +17,14 @@ import argparse
 import asyncio
 import json
 import operator
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, TypedDict
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-async def fake_reply(latency: float) -> str:
-    if latency > 0:
-        await asyncio.sleep(latency)
-    return "ok ok"
+from bench.asyncio_fanout import fake_reply, run_asyncio  # noqa: E402  (stdlib only, shared with orchestration.py)
 
 
 class TeamState(TypedDict):
@@ -65,16 +66,6 @@ def run_langgraph(n_agents: int, n_messages: int, latency: float) -> None:
     app = build_graph(n_agents, n_messages, latency)
     out = asyncio.run(app.ainvoke({"round": 0, "messages": []}, {"recursion_limit": 4 * n_messages + 10}))
     assert len(out["messages"]) == n_agents * n_messages, len(out["messages"])
-
-
-def run_asyncio(n_agents: int, n_messages: int, latency: float) -> None:
-    async def member() -> list[str]:
-        return [await fake_reply(latency) for _ in range(n_messages)]
-
-    async def team() -> None:
-        await asyncio.gather(*(member() for _ in range(n_agents)))
-
-    asyncio.run(team())
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The runs that bench/otel_overhead.py measures, and where they happen: in this process (`Local`),
 or in a long-lived child process that imports another checkout (`Tree`, for before → after
-comparisons in one run). This file imports nothing from `bench`, so a child can run it by path
+comparisons in one run). This file imports nothing from `bench` but toy_programs.py next to it, so a child can run it by path
 against any checkout: `PYTHONPATH=<checkout> python bench/otel_runs.py` (the `Tree` protocol: one
 JSON command a line on stdin, one JSON result a line on stdout)."""
 
@@ -15,23 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import policies
-from swarm import Bernoulli, factor, sample
+from swarm import factor, sample
+
+if __package__:
+    from .toy_programs import toy_program
+else:  # run by path (a `Tree` child): the file next to this one, whatever checkout PYTHONPATH names
+    from toy_programs import toy_program
 
 __all__ = ["VARIANTS", "Local", "Tree", "llm_program", "one_run", "toy_program", "workload_program"]
 
 
 # ---- workloads ----------------------------------------------------------------------------------
-def toy_program(steps: int):
-    def program():
-        total = 0
-        for t in range(steps):
-            x = sample(f"x{t}", Bernoulli(0.5))
-            total += x
-            factor(f"f{t}", 0.1 * x)
-        return total
-    return program
-
-
 def llm_program(steps: int, latency_s: float):
     from agents import Agent, GenerationSettings
     from agents.backends import Scripted

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.local_http import LocalHTTPServer
 
 __all__ = ["OTLPSink", "SinkProcess"]
 
 
 class _SinkHandler(BaseHTTPRequestHandler):
-    server: "_SinkServer"
+    """Its server's `owner` is the `OTLPSink` (tests/local_http.py)."""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """No access log."""
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        sink = self.server.sink
+        sink = self.server.owner
         with sink.lock:
             sink.requests += 1
             sink.bytes += len(body)
@@ -33,12 +35,6 @@ class _SinkHandler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-class _SinkServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-    sink: "OTLPSink"
-
-
 class OTLPSink:
     """A local OTLP/HTTP endpoint that accepts and counts what exporters send (127.0.0.1, free port).
     `keep_bodies=True` keeps every request body (protobuf bytes), e.g. to grep them for secrets."""
@@ -49,29 +45,18 @@ class OTLPSink:
         self.requests = 0
         self.bytes = 0
         self.lock = threading.Lock()
-        self._httpd: _SinkServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LocalHTTPServer(_SinkHandler, owner=self, name="OTLPSink", request_queue_size=64)
 
     @property
     def endpoint(self) -> str:
-        assert self._httpd is not None, "OTLPSink is not running"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1/traces"
+        return self._http.url("/v1/traces")
 
     def __enter__(self) -> "OTLPSink":
-        self._httpd = _SinkServer(("127.0.0.1", 0), _SinkHandler)
-        self._httpd.sink = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="otlp-sink", daemon=True)
-        self._thread.start()
+        self._http.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
+        self._http.stop()
 
 
 def _sink_child(conn) -> None:

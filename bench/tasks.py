@@ -8,7 +8,8 @@ Standard library only: the its-hub side imports this module from .venv-bench.
 (b) Arithmetic word problems: a few-shot completion "3 + 2 = 5. The answer is 5."; the answer is
     the number after "the answer is", graded against the truth; `work_log_potential` is a verifier
     of the *work* (it recomputes every equation, never looks at the truth), the potential the
-    policies may use.
+    policies may use. The problems and the verifier are examples/arithmetic_work.py's, the ones
+    examples/self_consistency.py uses.
 
 Prompts are raw strings in SmolLM2's ChatML template (`chatml`), so the in-process backend and
 the llama.cpp server see the same tokens whichever client sends them.
@@ -18,6 +19,13 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from pathlib import Path
+
+# the problems, the prompt and the verifier of the work: examples/arithmetic_work.py (stdlib only), the one the example uses
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from arithmetic_work import (  # noqa: E402,F401  (re-exported: the benches read them from here)
+    ANSWER, EQUATION, OPS, PROBLEMS, extract_answer, few_shot_prompt, work_log_potential)
 
 # ---------------------------------------------------------------- (a) constrained generation
 LETTER = "e"
@@ -63,50 +71,10 @@ def prefix_score(text: str, letter: str = LETTER) -> float:
 
 
 # ----------------------------------------------------------------------- (b) arithmetic
-FEW_SHOT = """Q: Tom has 3 apples. He buys 2 more. How many apples does he have?
-A: 3 + 2 = 5. The answer is 5.
-Q: A box holds 8 pens. Sam takes 3 pens out. How many pens are left?
-A: 8 - 3 = 5. The answer is 5.
-Q: Ann has 4 bags with 2 balls in each bag. How many balls does she have?
-A: 4 * 2 = 8. The answer is 8.
-Q: {question}
-A:"""
-
-PROBLEMS: list[tuple[str, int]] = [
-    ("Mia has 6 cookies. She eats 2. How many cookies are left?", 4),
-    ("There are 5 birds on a tree. 4 more birds come. How many birds are there?", 9),
-    ("Ben has 3 boxes with 3 toys in each box. How many toys does he have?", 9),
-    ("A shelf has 7 books. Lily puts 5 more books on it. How many books are on the shelf?", 12),
-    ("Joe had 9 marbles. He lost 4 marbles. How many marbles does he have now?", 5),
-    ("There are 2 cars with 4 wheels each. How many wheels are there?", 8),
-    ("Kim has 10 stickers. She gives 3 to Tom. How many stickers does she have left?", 7),
-    ("A farm has 6 cows and 7 pigs. How many animals are there?", 13),
-]
-
-EQUATION = re.compile(r"(-?\d+)\s*([-+*x×/])\s*(-?\d+)\s*=\s*(-?\d+)")
-ANSWER = re.compile(r"answer is\s*(-?\d+)", re.IGNORECASE)
-OPS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "x": lambda x, y: x * y,
-       "×": lambda x, y: x * y, "/": lambda x, y: x / y if y else math.nan}
-
-
 def arithmetic_prompt(question: str) -> str:
-    return FEW_SHOT.format(question=question)
-
-
-def extract_answer(text: str) -> int | None:
-    m = ANSWER.search(text)
-    return int(m.group(1)) if m else None
-
-
-def work_log_potential(question: str, text: str) -> float:
-    """log Φ of the work (0 for flawless work): −3 per wrong equation, −3 when the stated answer is
-    not the last equation's result (or there is no equation), −1 per operand not in the question."""
-    numbers = {int(n) for n in re.findall(r"\d+", question)}
-    equations = EQUATION.findall(text)
-    wrong = sum(OPS[op](int(x), int(y)) != int(z) for x, op, y, z in equations)
-    stray = sum(int(v) not in numbers for x, _, y, _ in equations for v in (x, y))
-    unsupported = not equations or extract_answer(text) != int(equations[-1][3])
-    return -3.0 * wrong - 3.0 * unsupported - 1.0 * stray
+    """The example's few-shot prompt without blank lines between the shots (the layout
+    bench/results.json was measured with)."""
+    return few_shot_prompt(question, blank_lines=False)
 
 
 def work_score(question: str, text: str) -> float:

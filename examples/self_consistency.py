@@ -4,7 +4,8 @@ SmolLM2-135M model, each checked by a Python verifier of the work, and a weighte
 Each trace τ is one few-shot completion ("8 - 3 = 5. The answer is 5."); `extract_answer` reads the
 answer a(τ) from it. A verifier grades the *work*, never the answer against the truth it does not
 know: a path must state an answer (a `guarantee`), every equation "x ∘ y = z" is recomputed, the
-answer should be the last equation's result and the operands should be numbers from the question:
+answer should be the last equation's result and the operands should be numbers from the question
+(`work_log_potential` in arithmetic_work.py, next to this file):
 
     Φ(τ) = 1[a(τ) stated] · exp(−3·#wrong equations − 3·1[a(τ) ≠ last result] − #operands not in the question),
 
@@ -29,63 +30,24 @@ require_own_agents()  # a clear error if another `agents` package (openai-agents
 
 import argparse
 import math
-import re
 from typing import Any
 
 import policies
 from agents import Agent, GenerationSettings
+# the problems, the prompt and the verifier of the work, a stdlib-only file next to this one (bench/tasks.py grades with it too)
+from arithmetic_work import PROBLEMS as ALL_PROBLEMS, extract_answer, few_shot_prompt, work_log_potential
 from swarm import NoSurvivingParticles, factor, guarantee, sample
 
-FEW_SHOT = """Q: Tom has 3 apples. He buys 2 more. How many apples does he have?
-A: 3 + 2 = 5. The answer is 5.
-
-Q: A box holds 8 pens. Sam takes 3 pens out. How many pens are left?
-A: 8 - 3 = 5. The answer is 5.
-
-Q: Ann has 4 bags with 2 balls in each bag. How many balls does she have?
-A: 4 * 2 = 8. The answer is 8.
-
-Q: {question}
-A:"""
-
-PROBLEMS: list[tuple[str, int]] = [
-    ("Mia has 6 cookies. She eats 2. How many cookies are left?", 4),
-    ("There are 5 birds on a tree. 4 more birds come. How many birds are there?", 9),
-    ("Ben has 3 boxes with 3 toys in each box. How many toys does he have?", 9),
-    ("A shelf has 7 books. Lily puts 5 more books on it. How many books are on the shelf?", 12),
-    ("Joe had 9 marbles. He lost 4 marbles. How many marbles does he have now?", 5),
-    ("There are 2 cars with 4 wheels each. How many wheels are there?", 8),
-]
+PROBLEMS = ALL_PROBLEMS[:6]
 
 SOLVER = Agent(name="solver", settings=GenerationSettings(temperature=1.0, max_tokens=24, stop=("\n",)))
 POLICY = policies.SelfConsistency(num_particles=12, seed=0)
 DEFAULTS = {"args": {"question": PROBLEMS[0][0]}}
 
-EQUATION = re.compile(r"(-?\d+)\s*([-+*x×/])\s*(-?\d+)\s*=\s*(-?\d+)")
-ANSWER = re.compile(r"answer is\s*(-?\d+)", re.IGNORECASE)
-OPS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "x": lambda x, y: x * y,
-       "×": lambda x, y: x * y, "/": lambda x, y: x / y if y else math.nan}
-
-
-def extract_answer(text: str) -> int | None:
-    """The number after "the answer is" (None when the completion states no answer)."""
-    m = ANSWER.search(text)
-    return int(m.group(1)) if m else None
-
-
-def work_log_potential(question: str, text: str) -> float:
-    """log Φ: the verifier of the work described in the module docstring (0 for flawless work)."""
-    numbers = {int(n) for n in re.findall(r"\d+", question)}
-    equations = EQUATION.findall(text)
-    wrong = sum(OPS[op](int(x), int(y)) != int(z) for x, op, y, z in equations)
-    stray = sum(int(v) not in numbers for x, _, y, _ in equations for v in (x, y))
-    unsupported = not equations or extract_answer(text) != int(equations[-1][3])
-    return -3.0 * wrong - 3.0 * unsupported - 1.0 * stray
-
 
 async def program(question: str) -> int | None:
     """One reasoning path: sample a completion, grade its work, return its answer."""
-    text = await sample("reasoning", SOLVER.generate(raw_prompt=FEW_SHOT.format(question=question)))
+    text = await sample("reasoning", SOLVER.generate(raw_prompt=few_shot_prompt(question)))
     answer = extract_answer(text)
     guarantee("states_answer", answer is not None)
     factor("work_checks", work_log_potential(question, text))

@@ -275,6 +275,13 @@ def _dice_exact():
     return _tabulate([(max(a, b), 1 / 36) for a in range(1, 7) for b in range(1, 7) if a + b >= 9])
 
 
+def impossible():
+    """Every run fails its guarantee: Z = 0, no posterior (a policy must raise NoSurvivingParticles)."""
+    x = sample("x", Bernoulli(0.5))
+    guarantee("never", False)
+    return x
+
+
 def _make(name, program, exact, hard=False, args=(), kwargs=None) -> ExactProgram:
     posterior, Z = exact()
     return ExactProgram(name, program, posterior, Z, hard, args, kwargs or {})

@@ -35,8 +35,10 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from tests.local_http import LocalHTTPServer
 
 _TOKEN_RE = re.compile(r"\s*\S+|\s+")
 
@@ -56,7 +58,7 @@ def _alternatives(token: str, logprob: float, k: int) -> dict[str, float]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    """Its server's `owner` is the `FaultServer` (tests/local_http.py)."""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """Silence the default stderr access log."""
@@ -74,13 +76,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = {"_unparsed": raw.decode("utf-8", "replace")}
-        fault = self.server.fault
+        fault = self.server.owner
         action = fault.take_action(self.path, body, self.headers.get("Authorization"))
         with fault.in_flight():
             self._act(action, body)
 
     def _act(self, action: str, body: dict[str, Any]) -> None:
-        fault = self.server.fault
+        fault = self.server.owner
         if action == "drop":
             self.close_connection = True
             return
@@ -116,15 +118,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout): nothing to do
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-    """The listen backlog (socketserver's default is 5): more concurrent connections than that were
-    refused by the kernel, a fault nobody scheduled."""
-    fault: "FaultServer"
 
 
 class FaultServer:
@@ -164,26 +157,19 @@ class FaultServer:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._current = 0
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        # a listen backlog of 128 (socketserver's default is 5): more concurrent connections than
+        # that were refused by the kernel, a fault nobody scheduled
+        self._http = LocalHTTPServer(_Handler, owner=self, name="fault-server", request_queue_size=128,
+                                     poll_interval=0.02)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> "FaultServer":
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.fault = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fault-server", daemon=True)
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self.stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
+        self.stopping.set()  # sleeping handlers wake up and answer
+        self._http.stop()
 
     def __enter__(self) -> "FaultServer":
         return self.start()
@@ -193,9 +179,7 @@ class FaultServer:
 
     @property
     def base_url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("FaultServer is not running: use it as a context manager or call start()")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return self._http.url("/v1")
 
     # ---- bookkeeping (called from handler threads) -----------------------------------------
     def take_action(self, path: str, body: dict[str, Any], authorization: str | None) -> str:

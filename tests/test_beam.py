@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 import policies
 from policies.beam import Beam
-from swarm import Bernoulli, NoSurvivingParticles, factor, guarantee, sample
-from tests.exact_programs import BY_NAME, PROGRAMS, total_variation
+from swarm import Bernoulli, NoSurvivingParticles, factor, sample
+from tests.exact_programs import BY_NAME, PROGRAMS, impossible, total_variation
 
 IDS = [p.name for p in PROGRAMS]
 
@@ -116,10 +116,5 @@ def test_invalid_configs_name_the_field():
 
 
 def test_all_dead_raises():
-    def impossible():
-        x = sample("x", Bernoulli(0.5))
-        guarantee("never", False)
-        return x
-
     with pytest.raises(NoSurvivingParticles):
         Beam(width=2, expand=2, seed=0).run(impossible)

@@ -14,6 +14,8 @@ import asyncio
 import importlib.util
 import inspect
 import math
+import os
+import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +29,8 @@ NAMES = ["self_consistency", "constrained_smc", "debate", "tree_of_thoughts", "c
 def load(name: str):
     """Import examples/<name>.py as module `examples_<name>` (registered, so Ray can ship it by value)."""
     module_name = f"examples_{name}"
+    if str(EXAMPLES) not in sys.path:  # as `python examples/X.py` does: an example may import a file next to it
+        sys.path.insert(0, str(EXAMPLES))
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
@@ -110,6 +114,21 @@ def test_self_consistency_verifier_grades_the_work():
     assert sc.work_log_potential(q, " 6 - 2 = 4. The answer is 5.") == -3.0          # answer ≠ its work
     assert sc.work_log_potential(q, " 6 - 1 = 5. The answer is 5.") == -1.0          # 1 is not in the question
     assert sc.work_log_potential(q, " The answer is 4.") == -3.0                     # no work shown
+
+
+def test_self_consistency_runs_as_a_script_and_the_bench_grades_with_its_verifier():
+    """`python examples/self_consistency.py` finds arithmetic_work.py next to it from any directory,
+    and bench/tasks.py (the quality benches) uses that same verifier, not a copy."""
+    from bench import tasks
+
+    root = EXAMPLES.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "self_consistency.py"), "--help"], cwd=root.parent,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--samples" in done.stdout, done.stderr
+    sc = load("self_consistency")
+    assert tasks.work_log_potential is sc.work_log_potential and tasks.extract_answer is sc.extract_answer
+    assert sc.PROBLEMS == tasks.PROBLEMS[:len(sc.PROBLEMS)]
 
 
 def test_tree_of_thoughts_parser_reachability_and_verifier_value():

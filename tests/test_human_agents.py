@@ -13,12 +13,12 @@ from collections import Counter
 import pytest
 
 import policies
-from agents import Agent, ChatMessage, GenerationSettings, mcp_tools, tool
+from agents import Agent, GenerationSettings, mcp_tools, tool
 from agents.approvals import ApprovalRuleError
 from agents.backends.scripted import Scripted
 from agents.mcp import close_all
 from swarm import InvalidAnswerError, factor
-from tests.mcp_servers.harness import CallLog, calc_stdio
+from tests.mcp_servers.harness import WORKED_EXAMPLES, CallLog, calc_stdio
 
 
 def make_agent(calls: list[str], rule=True) -> Agent:
@@ -110,19 +110,7 @@ def test_a_rule_that_does_not_decide_stops_the_run_naming_the_tool():
         policies.SMC(num_particles=2, seed=0).run(program)
 
 
-# -- the embedded model and a real MCP server ---------------------------------------------------------
-WORKED_EXAMPLES = [  # as in tests/test_mcp_llm.py: the 135M model then writes well-formed calls
-    ChatMessage(role="user", content="What is 4 plus 9?"),
-    ChatMessage(role="assistant", content='<tool_call>{"name": "add", "arguments": {"a": 4, "b": 9}}</tool_call>'),
-    ChatMessage(role="tool", content="13", name="add"),
-    ChatMessage(role="assistant", content="The answer is 13."),
-    ChatMessage(role="user", content="What is 12 plus 30?"),
-    ChatMessage(role="assistant", content='<tool_call>{"name": "add", "arguments": {"a": 12, "b": 30}}</tool_call>'),
-    ChatMessage(role="tool", content="42", name="add"),
-    ChatMessage(role="assistant", content="The answer is 42."),
-]
-
-
+# -- the embedded model and a real MCP server (WORKED_EXAMPLES: the harness's) ---------------------------
 @pytest.mark.llm
 @pytest.mark.server
 def test_a_refused_mcp_call_reaches_the_embedded_models_next_prompt(tmp_path):

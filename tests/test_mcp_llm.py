@@ -10,22 +10,11 @@ from __future__ import annotations
 import pytest
 
 import policies
-from agents import Agent, ChatMessage, GenerationSettings, mcp_tools
+from agents import Agent, GenerationSettings, mcp_tools
 from agents.mcp import close_all
-from tests.mcp_servers.harness import CallLog, calc_stdio
+from tests.mcp_servers.harness import WORKED_EXAMPLES, CallLog, calc_stdio
 
 pytestmark = [pytest.mark.llm, pytest.mark.server]
-
-WORKED_EXAMPLES = [
-    ChatMessage(role="user", content="What is 4 plus 9?"),
-    ChatMessage(role="assistant", content='<tool_call>{"name": "add", "arguments": {"a": 4, "b": 9}}</tool_call>'),
-    ChatMessage(role="tool", content="13", name="add"),
-    ChatMessage(role="assistant", content="The answer is 13."),
-    ChatMessage(role="user", content="What is 12 plus 30?"),
-    ChatMessage(role="assistant", content='<tool_call>{"name": "add", "arguments": {"a": 12, "b": 30}}</tool_call>'),
-    ChatMessage(role="tool", content="42", name="add"),
-    ChatMessage(role="assistant", content="The answer is 42."),
-]
 
 
 @pytest.fixture

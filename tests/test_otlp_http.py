@@ -6,12 +6,30 @@ variables reach the collector."""
 from __future__ import annotations
 
 import gzip
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from observability.otlp_http import OtlpHttpSender
+from tests.local_http import LocalHTTPServer
+
+
+class _CollectorHandler(BaseHTTPRequestHandler):
+    """Its server's `owner` is the `ScriptedCollector`."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        collector = self.server.owner
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        collector.received.append((dict(self.headers), body))
+        status = collector.statuses.pop(0) if collector.statuses else 200
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
 class ScriptedCollector:
@@ -19,36 +37,18 @@ class ScriptedCollector:
 
     def __init__(self, statuses: list[int]) -> None:
         self.statuses, self.received = list(statuses), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.received.append((dict(self.headers), body))
-                status = outer.statuses.pop(0) if outer.statuses else 200
-                self.send_response(status)
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.http = LocalHTTPServer(_CollectorHandler, owner=self, name="scripted-collector")
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        return self.http.url("/v1/traces")
 
     def __enter__(self) -> "ScriptedCollector":
-        self.thread.start()
+        self.http.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
 
 def test_retryable_statuses_are_retried_until_accepted():

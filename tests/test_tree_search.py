@@ -23,8 +23,8 @@ import policies
 from policies.critics import RolloutCritic
 from policies.mellowmax import mellowmax
 from policies.tree_search import TreeSearch
-from swarm import Bernoulli, Categorical, NoSurvivingParticles, Uniform, factor, guarantee, sample
-from tests.exact_programs import BY_NAME, PROGRAMS
+from swarm import Bernoulli, Categorical, NoSurvivingParticles, Uniform, factor, sample
+from tests.exact_programs import BY_NAME, PROGRAMS, impossible
 
 IDS = [p.name for p in PROGRAMS]
 
@@ -146,11 +146,6 @@ def test_invalid_configs_name_the_field():
 
 
 def test_all_dead_raises_and_budget_stops():
-    def impossible():
-        x = sample("x", Bernoulli(0.5))
-        guarantee("never", False)
-        return x
-
     with pytest.raises(NoSurvivingParticles):
         TreeSearch(expand=4, num_simulations=10, seed=0).run(impossible)
     stopped = TreeSearch(expand=4, num_simulations=10, seed=0,

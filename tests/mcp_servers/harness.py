@@ -1,6 +1,6 @@
 """What the MCP tests share: starting the calc server (stdio or streamable HTTP on 127.0.0.1),
-counting the calls it received, a TEST DOUBLE model that asks for tool calls, and the temporary
-shim for lost particles. (Free ports and stopping a server: tests/llama_server.py.)"""
+counting the calls it received, a TEST DOUBLE model that asks for tool calls, the worked examples
+that make the embedded model call the calc server's `add`, and the temporary shim for lost particles. (Free ports and stopping a server: tests/llama_server.py.)"""
 
 from __future__ import annotations
 
@@ -14,11 +14,26 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from agents import ChatMessage
 from agents.backends.scripted import Scripted
 from tests.llama_server import _stop, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CALC = [sys.executable, "-m", "tests.mcp_servers.calc_server"]
+
+WORKED_EXAMPLES = [
+    ChatMessage(role="user", content="What is 4 plus 9?"),
+    ChatMessage(role="assistant", content='<tool_call>{"name": "add", "arguments": {"a": 4, "b": 9}}</tool_call>'),
+    ChatMessage(role="tool", content="13", name="add"),
+    ChatMessage(role="assistant", content="The answer is 13."),
+    ChatMessage(role="user", content="What is 12 plus 30?"),
+    ChatMessage(role="assistant", content='<tool_call>{"name": "add", "arguments": {"a": 12, "b": 30}}</tool_call>'),
+    ChatMessage(role="tool", content="42", name="add"),
+    ChatMessage(role="assistant", content="The answer is 42."),
+]
+"""Two worked tool calls in the history (the call in `agents.tools`' text protocol, the tool's
+answer, the reply): the 135M model does not call tools from instructions alone, but with these it
+writes a well-formed `add` call for a new question (tests/test_mcp_llm.py: 6 of 6 at temperature 0.7)."""
 
 
 class CallLog:
