@@ -28,7 +28,7 @@ from observability.progress import ProgressDisplay, print_result  # noqa: F401 -
 from swarm.errors import SwarmError
 
 from observability.programs import (  # noqa: E402,F401 - re-exported: the commands' shared program loading
-    BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, parse_kwargs,
+    BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, parse_kwargs, ship_by_value,
 )
 
 
@@ -62,9 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     policy = make_policy(args, module, listeners)
     apply_run_options(args, policy)
     if policy.runtime == "ray":
-        from ray import cloudpickle  # ship the file's functions by value: workers cannot import it
-
-        cloudpickle.register_pickle_by_value(module)
+        ship_by_value(module)  # workers cannot import the file: its functions travel by value
     status, result = 0, None
     try:
         progress.total_steps = getattr(policy, "max_steps", None)
@@ -133,9 +131,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         module, program = load_program(args.target)
         policy = make_policy(args, module, [])
         if policy.runtime == "ray":
-            from ray import cloudpickle
-
-            cloudpickle.register_pickle_by_value(module)
+            ship_by_value(module)  # workers cannot import the file: its functions travel by value
         from agents.mcp.serve import program_server
 
         server = program_server(program, policy, name=args.name)

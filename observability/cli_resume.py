@@ -111,9 +111,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     call_args, call_kwargs = header.arguments
     policy = _policy(header, module, args.runtime)
     if policy.runtime == "ray":
-        from ray import cloudpickle
+        from observability.programs import ship_by_value
 
-        cloudpickle.register_pickle_by_value(module)
+        ship_by_value(module)  # workers cannot import the file: its functions travel by value
     result = policy.resume(directory, program, *call_args, answers=answers, **call_kwargs)
     if result.status == "waiting":
         print_pending(result, result.checkpoint)

@@ -59,6 +59,19 @@ def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
                    f"(pick one with {file}:NAME)")
 
 
+def ship_by_value(module: ModuleType) -> None:
+    """Let Ray workers run a program file they cannot import: its module, and every module it
+    imported from beside it (e.g. examples/arithmetic_work.py), are pickled by value."""
+    from ray import cloudpickle
+
+    directory = Path(module.__file__ or ".").resolve().parent
+    cloudpickle.register_pickle_by_value(module)
+    for other in list(sys.modules.values()):
+        file = getattr(other, "__file__", None)
+        if other is not module and file and Path(file).resolve().parent == directory:
+            cloudpickle.register_pickle_by_value(other)
+
+
 def _imports_agents(path: Path) -> bool:
     """Whether the program file imports the `agents` package (or a module of it)."""
     try:

@@ -256,3 +256,24 @@ def test_the_marginal_header_counts_what_it_shows(example, tmp_path):
         assert header and tuple(map(int, header.groups())) == expected, proc.stdout
         shown = proc.stdout[header.end():].split("\nlog Z")[0].splitlines()
         assert len(shown) == expected[0], proc.stdout
+
+
+@pytest.mark.ray
+def test_a_program_that_imports_a_file_beside_it_runs_on_ray_workers(tmp_path):
+    """Ray workers cannot import files from the program's folder (the repo and the driver's working
+    directory are on their path; the command runs from the repo): the program's module and the
+    modules it imported from beside it travel by value. Fails when only the program's own module is
+    shipped (the helper's import fails on the worker)."""
+    (tmp_path / "coin_helpers.py").write_text("def bias(heads):\n    return 0.5 * heads\n")
+    (tmp_path / "biased.py").write_text(textwrap.dedent('''
+        from coin_helpers import bias
+        from swarm import Bernoulli, factor, sample
+
+        def program():
+            heads = sample("a", Bernoulli(0.5)) + sample("b", Bernoulli(0.5))
+            factor("bias", bias(heads))
+            return heads
+    '''))
+    proc = swarm("run", str(tmp_path / "biased.py"), "--runtime", "ray", "--particles", "8", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "answer marginal" in proc.stdout, proc.stdout

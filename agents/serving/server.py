@@ -32,7 +32,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def build_service(args: argparse.Namespace) -> tuple[ChatService, Any]:
     """(the service, the OTel instrumentation handle or None) from `swarm serve`'s arguments."""
     from agents.serving.tracing import RequestTracing
-    from observability.programs import CLIError, load_program, make_policy, parse_kwargs
+    from observability.programs import CLIError, load_program, make_policy, parse_kwargs, ship_by_value
 
     if (args.model is None) == (args.target is None):
         both = args.model is not None
@@ -54,9 +54,7 @@ def build_service(args: argparse.Namespace) -> tuple[ChatService, Any]:
         listeners.append(inst.listener)
     policy = make_policy(args, module, listeners)
     if policy.runtime == "ray" and args.model is None:
-        from ray import cloudpickle  # ship the file's functions by value: workers cannot import it
-
-        cloudpickle.register_pickle_by_value(module)
+        ship_by_value(module)  # workers cannot import the file: its functions travel by value
     budget = policy.budget
     try:
         config = ServeConfig(model_name=args.model_name or name, answer=args.answer,
