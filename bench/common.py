@@ -123,6 +123,19 @@ def run_peer(module_file: str, args: Sequence[str], timeout: float) -> str:
     return proc.stdout
 
 
+def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a server this process started: SIGTERM, then SIGKILL if it is still running after
+    `grace_s` seconds (used by the benchmarks' and the tests' local servers)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def progress(message: str) -> None:
     """A progress line on stderr (stdout may carry machine-readable output)."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)

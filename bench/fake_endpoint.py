@@ -128,12 +128,9 @@ def start_fake_endpoint(latency: float, timeout_s: float = 20.0) -> Iterator[str
             raise RuntimeError(f"fake endpoint did not start (got {line!r})")
         yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        from bench.common import stop_process  # here: this file also runs as a script (the server)
+
+        stop_process(proc, timeout_s)
 
 
 def fetch_stats(base_url: str) -> dict:

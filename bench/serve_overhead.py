@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from agents import Agent, ChatMessage
-from bench.common import REPO_ROOT, progress, row
+from bench.common import REPO_ROOT, progress, row, stop_process
 from bench.fake_backend import FakeLatencyBackend
 from swarm import factor, sample
 
@@ -190,8 +190,7 @@ def overhead(concurrency: tuple[int, ...] = (1, 8, 64), rounds: int = 3, per_cli
                          row("serve_overhead", f"{name} c={c} CPU per request", med[name]["cpu"], base["cpu"], "ms",
                              better="lower", note=note + "; server process vs the direct loop's process")]
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_process(proc, grace_s=15)
     return rows
 
 
@@ -285,8 +284,7 @@ def frameworks(rounds: int = 5, requests: int = 600, concurrency: int = 8) -> li
                     med["starlette json h11"], "req/s", note=note)]
     finally:
         for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(timeout=15)
+            stop_process(proc, grace_s=15)
 
 
 async def _plain_load(url: str, concurrency: int, requests: int, stream: bool) -> tuple[list[float], float]:

@@ -25,6 +25,8 @@ import urllib.error
 import urllib.request
 from typing import Iterator
 
+from bench.common import stop_process as _stop
+
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -57,17 +59,6 @@ def _tail(path: pathlib.Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "<no log>"
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.common import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PHOENIX_BIN = REPO_ROOT / ".venv-phoenix" / "bin" / "phoenix"
 
@@ -179,13 +181,7 @@ def _wait_ready(server: PhoenixServer, timeout_s: float) -> None:
 
 def _stop(process: subprocess.Popen, grace_s: float = 20.0) -> None:
     """SIGTERM the server (it spawns no children), SIGKILL it after `grace_s`."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    stop_process(process, grace_s)
 
 
 @contextmanager

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from bench.common import stop_process
+
 from agents import Agent, GenerationSettings
 from agents.backends.scripted import Scripted
 from swarm import guarantee, sample
@@ -102,10 +104,4 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float) -> str:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_process(proc, grace_s=15)
