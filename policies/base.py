@@ -125,7 +125,7 @@ class RunContext:
 
     def emit_step(self, outcome: StepOutcome) -> None:
         """Report one population step to the listeners (see `swarm.listeners.StepRecord`)."""
-        if self.broadcaster:
+        if self.broadcaster and self.broadcaster.wants_steps:
             self.broadcaster.emit("on_step", step_record(self.run_id, outcome, self.diagnostics))
 
     def emit_segments(self, step: int, segments: Sequence[Segment], log_w: np.ndarray, log_evidence: float, *,
@@ -133,7 +133,7 @@ class RunContext:
                       increments: np.ndarray | None = None) -> None:
         """Report executions that are not a coordinator's population (independent draws, the nodes a
         search expanded) to the listeners as one step; lost ones are left out of the ESS."""
-        if not self.broadcaster:
+        if not (self.broadcaster and self.broadcaster.wants_steps):
             return
         n = len(segments)
         status = np.array([STATUS_CODES[s.status] for s in segments], dtype=np.int8)

@@ -191,12 +191,6 @@ class RecordTranslator:
         return RunSummary(run_id=record.run_id, error=record.error, log_evidence=record.log_evidence, ess=record.ess,
                           tokens=record.tokens, llm_calls=record.llm_calls)
 
-    def count(self, record: StepRecord) -> None:
-        """Only count the step's output tokens (for a consumer that wants no events)."""
-        for p in record.particles:
-            for e in p.new_events:
-                self.output_tokens += _output_tokens(e)
-
     def step(self, record: StepRecord) -> list[_Event]:
         run_id = self.run_id or record.run_id
         if not self._steps and record.step > 1:  # a resumed run: the texts before it are not in the records
@@ -271,17 +265,17 @@ class RecordTranslator:
             self.texts = {i: self.texts.get(i, "") for i in ids}
 
 
-class _CountingListener(RunListener):
-    """Follows a run's records for its output tokens only (`RunStream.result`)."""
+class _RunIdListener(RunListener):
+    """Learns the run's id and nothing else (`RunStream.result`: the output tokens come from the
+    result's diagnostics), so a run it alone listens to builds no step records."""
+
+    wants_steps = False
 
     def __init__(self) -> None:
-        self.translator = RecordTranslator(text_of=None)
+        self.run_id = ""
 
     def on_run_start(self, record: RunStarted) -> None:
-        self.translator.start(record)
-
-    def on_step(self, record: StepRecord) -> None:
-        self.translator.count(record)
+        self.run_id = record.run_id
 
 
 class _StreamListener(RunListener):
@@ -333,10 +327,10 @@ class RunStream:
     async def result(self) -> RunEnd:
         """Run to the end and return only the last event (no per-step events are made or queued:
         the cheap path for a consumer that needs the Result and the token counts)."""
-        listener = _CountingListener()
+        listener = _RunIdListener()
         policy = self.policy.model_copy(update={"listeners": [*self.policy.listeners, listener]})
         result = await policy.run_async(self.program, *self.args, **self.kwargs)
-        return RunEnd(run_id=listener.translator.run_id, result=result, output_tokens=listener.translator.output_tokens)
+        return RunEnd(run_id=listener.run_id, result=result, output_tokens=result.diagnostics.output_tokens)
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The run as an async generator; closing it early cancels the run."""

@@ -388,4 +388,5 @@ async def _run_proposals(ctx: RunContext, runner: SegmentRunner, tasks: list[Seg
     for seg in segments:
         ctx.diagnostics.tokens += seg.tokens
         ctx.diagnostics.llm_calls += seg.llm_calls
+        ctx.diagnostics.output_tokens += seg.output_tokens
     return segments

@@ -150,6 +150,10 @@ _LOST_CODE = 4  # swarm.population.LOST
 class RunListener:
     """Base class: override what you need. Every method is called from the coordinator's thread."""
 
+    wants_steps: bool = True
+    """False for a listener that ignores `on_step`: a run whose listeners all say so builds no step
+    records (one `ParticleStep` per particle per step)."""
+
     def on_run_start(self, record: RunStarted) -> None:  # pragma: no cover - default no-op
         pass
 
@@ -191,6 +195,11 @@ class Broadcaster:
 
     def __bool__(self) -> bool:
         return bool(self.listeners)
+
+    @property
+    def wants_steps(self) -> bool:
+        """Whether any listener reads step records (see `RunListener.wants_steps`)."""
+        return any(getattr(listener, "wants_steps", True) for listener in self.listeners)
 
     def emit(self, method: str, record: BaseModel) -> None:
         for listener in list(self.listeners):

@@ -109,9 +109,11 @@ class LiveExecutions:
         try:
             await step.done
         except BaseException:
-            for execution, _ in claimed:  # unwind the segments still running (as gather's children were)
-                if execution.host is not None and not execution.host.done():
-                    execution.host.cancel()
+            hosts = [execution.host for execution, _ in claimed if execution.host is not None and not execution.host.done()]
+            for host_task in hosts:  # unwind the segments still running, and wait for them to end
+                host_task.cancel()  # (as gather's children were): no task outlives the step that failed
+            if hosts:
+                await asyncio.wait(hosts)
             raise
         return step.segments
 

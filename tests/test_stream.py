@@ -145,3 +145,21 @@ def test_the_display_shows_the_same_lines_from_the_stream_and_as_a_listener():
     policies.SMC(num_particles=50, seed=1, listeners=[ProgressListener(listened, tty=False)]).run(coins)
     assert lines(followed.getvalue()) == lines(listened.getvalue())
     assert len(lines(followed.getvalue())) == 1 + 7 + 1  # the run, seven steps, the end
+
+
+def test_result_only_counts_output_tokens_without_building_step_records(monkeypatch):
+    """`RunStream.result()` (a plain served response) takes the output tokens from the result's
+    diagnostics and builds no per-step records; the count equals the streamed run's (which reads
+    the records). Fails if the run-id listener asks for steps, or the counts disagree."""
+    import swarm.listeners as listeners
+
+    built = []
+    real = listeners.step_record
+    monkeypatch.setattr(listeners, "step_record", lambda *a: built.append(1) or real(*a))
+    import policies.base as base
+    monkeypatch.setattr(base, "step_record", listeners.step_record)
+    policy = policies.SMC(num_particles=6, seed=3)
+    end = asyncio.run(policy.stream(sentence_program, MESSAGES).result())
+    assert built == [] and end.output_tokens > 0 and end.run_id
+    streamed = events_of(policy, sentence_program, MESSAGES)[-1]
+    assert built and streamed.output_tokens == end.output_tokens
