@@ -105,12 +105,26 @@ def completion_info(agent: "Agent", request: GenerationRequest, completion: Comp
     }
     if completion.served_by:
         info["served_by"] = dict(completion.served_by)
-    kv_cache = getattr(completion, "kv_cache", None)
+    kv_cache = completion.kv_cache if _reports_kv_cache(type(completion)) else None
     if kv_cache:
         info["kv_cache"] = kv_cache
     if completion.tool_calls:
         info["tool_calls"] = [c.model_dump() for c in completion.tool_calls]
     return info
+
+
+_KV_CACHE_REPORTERS: dict[type, bool] = {}
+
+
+def _reports_kv_cache(kind: type) -> bool:
+    """Whether completions of this class have a `kv_cache` report (e.g. `LlamaCpp`'s), decided once
+    per class: `getattr(completion, "kv_cache", None)` on a pydantic model without it raises and
+    catches an AttributeError inside pydantic's `__getattr__`, ~2.5 µs on every call."""
+    known = _KV_CACHE_REPORTERS.get(kind)
+    if known is None:
+        known = _KV_CACHE_REPORTERS[kind] = any("kv_cache" in vars(k) for k in kind.__mro__) or \
+            "kv_cache" in getattr(kind, "model_fields", {})
+    return known
 
 
 def _message_dict(message: Any) -> dict[str, Any]:

@@ -212,3 +212,23 @@ def test_chunked_generation_resamples_between_words():
     r = policies.SMC(num_particles=4, seed=0).run(program)
     assert r.particles[0].value.split() == sentence.split()[:4]
     assert [s.step for s in r.diagnostics.steps] == [1, 2, 3, 4, 5]
+
+
+def test_completion_info_records_a_kv_cache_report_only_when_the_completion_has_one():
+    """`completion_info` asks each Completion class once whether it reports `kv_cache` (LlamaCpp's
+    completions do, as a property); the report lands in the sample event's info, and a completion
+    without one records none."""
+    from agents.backends.base import Completion, GenerationRequest
+    from agents.clients import completion_info
+
+    class Cached(Completion):
+        @property
+        def kv_cache(self) -> dict[str, int]:
+            return {"reused_tokens": 3, "prefilled_tokens": 1, "evictions": 0}
+
+    agent = Agent(name="writer", backend=Scripted(["x"]))
+    request = GenerationRequest(prompt="hi")
+    plain = completion_info(agent, request, Completion(text="a"), 0, "scripted")
+    cached = completion_info(agent, request, Cached(text="a"), 0, "scripted")
+    assert "kv_cache" not in plain
+    assert cached["kv_cache"] == {"reused_tokens": 3, "prefilled_tokens": 1, "evictions": 0}
