@@ -34,6 +34,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from pydantic import BaseModel
+
 from agents.backends.base import Completion, GenerationRequest
 from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL
 from swarm.errors import SwarmError
@@ -50,8 +52,16 @@ def request_key(identity: str, request: GenerationRequest) -> str:
 
 
 def _line(key: str, completion: Completion) -> bytes:
-    """One JSONL record; python-mode dump so that -inf log-probabilities survive (as -Infinity)."""
-    return (json.dumps({"key": key, "completion": completion.model_dump(mode="python")}) + "\n").encode()
+    """One JSONL record. The standard `json` encoder writes -inf log-probabilities as -Infinity
+    (pydantic's JSON would write null); models are encoded as their field dicts, which is what
+    `model_dump(mode="python")` gives for these plain models, at a third of the cost."""
+    return (json.dumps({"key": key, "completion": completion.__dict__}, default=_fields) + "\n").encode()
+
+
+def _fields(value: object) -> dict:
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    raise TypeError(f"response journal: cannot encode a {type(value).__name__}")
 
 
 class ResponseCache:

@@ -297,6 +297,27 @@ def test_journal_reloads_completed_calls_and_ignores_a_torn_tail(tmp_path):
         ResponseCache(journal=journal)
 
 
+def test_a_journaled_completion_reads_back_equal_with_its_nested_models(tmp_path):
+    """The journal encodes a completion's fields directly (not through model_dump): every field,
+    nested models (usage, tool calls) and -inf included, must read back equal."""
+    import asyncio
+
+    from agents.backends.base import ToolCall, Usage
+
+    full = Completion(text=" a b", tokens=[" a", " b"], token_logprobs=[-0.5, -float("inf")],
+                      base_token_logprobs=[-0.25, -1.5], finish_reason="tool_calls", usage=Usage(input_tokens=7, output_tokens=2),
+                      latency_s=0.01, model="m", backend="b", tool_calls=[ToolCall(id="c1", name="add", arguments='{"a": 1}')],
+                      served_by={"replica": 3})
+    cache = ResponseCache(journal=tmp_path / "responses.jsonl")
+
+    async def call():
+        return full
+
+    asyncio.run(cache.get_or_call("k", call))
+    cache.close()
+    assert ResponseCache(journal=tmp_path / "responses.jsonl")._loaded["k"] == full
+
+
 def test_journal_write_failure_is_a_clear_error(tmp_path, monkeypatch):
     import asyncio
 
