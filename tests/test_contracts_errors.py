@@ -51,7 +51,8 @@ def test_every_framework_error_derives_from_swarm_error():
 
 def test_the_errors_that_lose_a_particle_are_the_infrastructure_ones():
     lost = sorted(name for name, cls in _error_classes().items() if issubclass(cls, ParticleLost))
-    assert lost == ["agents.backends.base.BackendError", "agents.mcp.errors.MCPCallFailed", "swarm.errors.ParticleLost"]
+    assert lost == ["agents.backends.base.BackendError", "agents.backends.llama_context.DecodeFailed",
+                    "agents.mcp.errors.MCPCallFailed", "swarm.errors.ParticleLost"]
 
 
 @pytest.mark.parametrize(("path", "old_base"), [

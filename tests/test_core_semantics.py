@@ -123,8 +123,12 @@ def test_nondeterministic_program_is_detected_under_replay():
     def model():
         x = sample("x", Bernoulli(0.5))
         factor("f0", 0.0)
-        factor("noisy", random.random())  # not routed through sample: replay cannot reproduce it
+        factor("noisy", 10 * random.random())  # not routed through sample: replay cannot reproduce it
         return x
+
+    # Only a replayed offspring (the second or later of its parent) can notice, so the resampling
+    # after "noisy" must duplicate someone: weights spread over e^10 make that certain in practice
+    # (0 of 1,000 runs without a duplicate; with random() alone, weights within e^1, 3 of 300 had none).
 
     with pytest.raises(swarm.NondeterminismError, match="noisy"):
         policies.SMC(num_particles=20, ess_threshold=1.0, seed=0).run(model)
