@@ -27,7 +27,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
@@ -221,11 +221,14 @@ class DecodeEngine:
         cache = self._kv.cache
         ahead = {j.slot.seq: j.todo for j in self._active if j.todo.size}
         later: list[Job] = []
+        wants = cache.wanted([j.tokens for j in self._waiting])
+        waiting_for = Counter(wants)  # idle slots that waiting requests will reuse: spared if possible
         for i, job in enumerate(self._waiting):
             if ahead and cache.pending_reuse(job.tokens, ahead) > cache.best_reuse(job.tokens):
                 later.append(job)  # a prompt it shares is being evaluated now: copy it next step
                 continue
-            assignment = cache.assign(job.tokens)
+            waiting_for[wants[i]] -= 1
+            assignment = cache.assign(job.tokens, frozenset(seq for seq, n in waiting_for.items() if n > 0))
             if assignment is None:  # every slot is busy: wait, in order
                 later.extend(self._waiting[i:])
                 break
