@@ -89,10 +89,18 @@ def _rows_for(threads: int, repeats: int, particles: int, model: Any) -> list[di
 
     def smc() -> None:  # a new seed each time: the response cache never serves a repeat
         runs["seed"] += 1
+        steps = backend.stats().get("decode_steps", 0)
         counts["smc"] = smc_words(counting, particles, WORDS, runs["seed"])
+        runs["shapes"] = backend.decode_shapes()[-(backend.stats()["decode_steps"] - steps):]
+        runs["tokens"] = counts["smc"]
+
+    def widths() -> None:  # the last SMC run's batch shapes, on llama.cpp alone
+        counts["widths"] = runs["tokens"]
+        return raw.replay(model, threads, runs["shapes"])
 
     progress(f"llm throughput, {threads} thread(s): warm-up, then {repeats} interleaved repeats")
-    times = interleaved({"single": single, "anchor": anchor, "smc": smc}, repeats=repeats, warmup=True)
+    times = interleaved({"single": single, "anchor": anchor, "smc": smc, "widths": widths}, repeats=repeats,
+                        warmup=True)
     stats = backend.stats()
     asyncio.run(backend.aclose())
     rate = {name: counts[name] / median(t) for name, t in times.items()}
@@ -106,6 +114,10 @@ def _rows_for(threads: int, repeats: int, particles: int, model: Any) -> list[di
             "tokens/s", note=smc_note + "; goal >= 0.8"),
         row("llm throughput", f"Agent in SMC vs raw llama.cpp single ({threads} thr)", rate["smc"], rate["single"],
             "tokens/s", note=note),
+        row("llm throughput", f"raw llama.cpp on SMC's batch widths vs anchor ({threads} thr)", rate["widths"],
+            rate["anchor"], "tokens/s", note=note + "; what unit='word' SMC's ragged steps cost llama.cpp alone"),
+        row("llm throughput", f"Agent in SMC vs raw llama.cpp on its batch widths ({threads} thr)", rate["smc"],
+            rate["widths"], "tokens/s", note=note + "; what the engine and the framework add"),
     ]
 
 

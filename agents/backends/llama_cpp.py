@@ -249,6 +249,11 @@ class LlamaCpp(Backend):
         batches, prefilled and generated tokens, the widest batch, reused tokens, copies, evictions."""
         return self._engine.stats() if self._engine is not None else {}
 
+    def decode_shapes(self) -> list[tuple[int, int]]:
+        """(sequences, tokens) of each recent decode step, oldest first (at most the last 65536): how
+        wide the batches were, for benchmarks that replay them on raw llama.cpp."""
+        return list(self._engine.shapes) if self._engine is not None else []
+
     def close(self) -> None:
         """Stop the decode thread and free the model now (a later call loads it again)."""
         with self._lock:

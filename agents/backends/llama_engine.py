@@ -50,6 +50,9 @@ issues together (an SMC step's particles) decode together instead of one step ap
 request that comes alone waits only a few of its usual intervals. Throughput only: results do not
 depend on how requests are grouped."""
 
+SHAPES_KEPT = 1 << 16
+"""Decode steps whose shape (sequences, tokens) `DecodeEngine.shapes` keeps."""
+
 
 class Job:
     """One request inside the engine: its prompt, its chunk (which draws its tokens), its random
@@ -109,6 +112,8 @@ class DecodeEngine:
                        "generated_tokens": 0, "completion_tokens": 0, "max_batch_sequences": 0,
                        "longest_sequence": 0}
         self.seconds = {"decode": 0.0, "sample": 0.0, "step": 0.0}
+        self.shapes: deque[tuple[int, int]] = deque(maxlen=SHAPES_KEPT)
+        """(sequences, tokens) of the recent decode steps, oldest first (benchmarks replay them)."""
 
     # ------------------------------------------------------------------ the public side (any thread)
     def submit(self, job: Job) -> Any:
@@ -264,6 +269,7 @@ class DecodeEngine:
         self.counts["decode_steps"] += 1
         self.counts["batch_tokens"] += n_tokens
         self.counts["max_batch_sequences"] = max(self.counts["max_batch_sequences"], len(entries))
+        self.shapes.append((len(entries), n_tokens))
         for job, tokens, _ in entries:
             self._kv.cache.commit(job.slot, tokens)
             if job.pending is not None:
