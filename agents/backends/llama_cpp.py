@@ -246,7 +246,8 @@ class LlamaCpp(Backend):
 
     def stats(self) -> dict[str, int]:
         """What the batched decode and the KV cache did so far: requests, decode steps, tokens in
-        batches, prefilled and generated tokens, the widest batch, reused tokens, copies, evictions."""
+        batches, prefilled and generated tokens, the widest batch, reused tokens, copies, evictions, and
+        the micro-batches llama.cpp cut the decodes into."""
         return self._engine.stats() if self._engine is not None else {}
 
     def decode_shapes(self) -> list[tuple[int, int]]:

@@ -137,6 +137,7 @@ class DecodeEngine:
         cache = self._kv.cache.stats if self._kv.cache is not None else {}
         seconds = {f"{k}_seconds": round(v, 3) for k, v in self.seconds.items()}
         return {**self.counts, **cache, **seconds, "slots": self._kv.capacity, "context_resizes": self._kv.resizes,
+                "micro_batches": getattr(self._kv, "micro_batches", 0),
                 "in_flight": len(self._active)}
 
     def close(self) -> None:
