@@ -40,7 +40,9 @@ probability of the chunk under the chunking proposal:
 Batching: every request in flight on one `LlamaCpp` (all particles, all agents sharing it, from any
 thread or event loop) is decoded by one thread, one `llama_decode` per step, one llama.cpp sequence
 per request; requests join and leave between steps, and sampling is vectorised over the batch (the
-shape of llama.cpp's `examples/parallel`; see `agents.backends.llama_engine`). `complete` only
+shape of llama.cpp's `examples/parallel`; see `agents.backends.llama_engine`). A batch is listed by
+sequence id, so llama.cpp evaluates a step over consecutive sequences in one pass over the weights
+(`agents.backends.llama_context`). `complete` only
 tokenizes and waits: callers never see batching.
 
 KV sharing: each sequence slot keeps its tokens' keys and values after its request ends, with the

@@ -50,6 +50,11 @@ issues together (an SMC step's particles) decode together instead of one step ap
 request that comes alone waits only a few of its usual intervals. Throughput only: results do not
 depend on how requests are grouped."""
 
+WANTED_LOOKAHEAD = 32
+"""Admission spares the idle slots that the next WANTED_LOOKAHEAD waiting requests will reuse (a
+resampled particle's parent stays until its offspring are admitted); bounded because each costs a
+scan of the slots, and a queue of thousands (10,000 particles on 256 slots) needs no more."""
+
 SHAPES_KEPT = 1 << 16
 """Decode steps whose shape (sequences, tokens) `DecodeEngine.shapes` keeps."""
 
@@ -227,13 +232,15 @@ class DecodeEngine:
         cache = self._kv.cache
         ahead = {j.slot.seq: j.todo for j in self._active if j.todo.size}
         later: list[Job] = []
-        wants = cache.wanted([j.tokens for j in self._waiting])
-        waiting_for = Counter(wants)  # idle slots that waiting requests will reuse: spared if possible
+        # idle slots that the next requests in line will reuse: spared if possible
+        wants = cache.wanted([j.tokens for j in self._waiting[:min(cache.idle_count(), WANTED_LOOKAHEAD)]])
+        waiting_for = Counter(wants)
         for i, job in enumerate(self._waiting):
             if ahead and cache.pending_reuse(job.tokens, ahead) > cache.best_reuse(job.tokens):
                 later.append(job)  # a prompt it shares is being evaluated now: copy it next step
                 continue
-            waiting_for[wants[i]] -= 1
+            if i < len(wants):
+                waiting_for[wants[i]] -= 1
             assignment = cache.assign(job.tokens, frozenset(seq for seq, n in waiting_for.items() if n > 0))
             if assignment is None:  # every slot is busy: wait, in order
                 later.extend(self._waiting[i:])

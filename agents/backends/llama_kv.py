@@ -128,6 +128,10 @@ class SequenceCache:
         spare = [s for s in idle if s.seq not in keep] or idle
         return min(spare, key=lambda s: s.last_used) if spare else None
 
+    def idle_count(self) -> int:
+        """Slots no request is decoding in (so at most this many requests can be admitted now)."""
+        return sum(not s.busy for s in self.slots)
+
     def wanted(self, prompts: list[np.ndarray]) -> list[int | None]:
         """For each of `prompts` (requests waiting their turn), the idle slot it would reuse now (its
         sequence id, or None). `assign` evicts these only when no other idle slot is left, so a
