@@ -37,9 +37,10 @@ from the drawn tokens cost one token in one run (1 of 192 requests), so continui
 (which would make a completion depend on the cache's history) is not done. Left: the step widths
 are inherent to resampling after every word; at narrow widths the in-flight sequences' ids have
 gaps (141 micro-batches for 77 steps over two runs), each gap another pass over the weights (~5 ms at 1 thread).
-Before the batched backend (c501006) SMC / anchor was 0.11. Threads: with 2, earlier runs gave SMC /
-anchor 0.38-0.50 (the decode thread's and the event loop's Python need the second core); not
-re-measured after these changes.
+Before the batched backend (c501006) SMC / anchor was 0.11. With 2 threads (one process each, before then
+after, load average ~3.5): SMC / anchor 0.46 -> 0.73, replay / anchor 0.89, SMC / replay 0.82 (the
+decode thread's and the event loop's Python need the second core that llama.cpp's second thread
+takes).
 
     python -m bench.llm_throughput [--repeats 3] [--particles 16] [--threads 1 2]
 """
