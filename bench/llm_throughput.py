@@ -1,7 +1,7 @@
 """LLM throughput in-process: SMC through `Agent` against llama.cpp's own batched decode.
 
-Three rows per thread count (1 and 2), all measured in one run, repetitions interleaved (single,
-batched, SMC, …) and medians reported, so every row sees the same load:
+Five rows per thread count (1 and 2), all measured in one run, repetitions interleaved (single,
+batched, SMC, replay, …) and medians reported, so every row sees the same load:
 
 - raw single: one sequence through llama.cpp's low-level API (`bench.llm_throughput_raw.single`):
   the baseline;
@@ -16,17 +16,31 @@ tokens/s = generated tokens / wall time: for the raw rows every drawn token; for
 completions kept (`usage.output_tokens` of every backend call; replayed calls cost nothing and count
 nothing), prompt evaluation and the whole framework included.
 
-Measured (shared 2-core AMD EPYC, other jobs running: load average 3-7; medians of 5 and 3, 1 thread):
-anchor / single 1.74-2.18; SMC / anchor 0.46-0.63 across five runs, 0.61 in the last (load average
-2.5; before the batched backend, c501006: 0.11); SMC / single 0.81-1.36. With 2 threads: SMC /
-anchor 0.38-0.50 (the anchor gains up to 1.7x from a second thread on a quiet machine, SMC through
-`Agent` does not: the decode thread's and the event loop's Python need the second core). Where the gap to the
-anchor goes (one 1-thread run, engine counters): of 302 tokens evaluated, 45 re-evaluate prompt text
-whose re-tokenization differs from the drawn tokens (the API passes text), so 257 are generated;
-each word step waits for its longest word, so 12 words take ~41 decode steps of widths like
-16, 7, 2, 1 (raw llama.cpp on such widths runs at 0.95 of constant width 16); sampling, gathering
-and the rest of the engine's Python take ~12% of the wall time. The framework itself (the same SMC
-on a zero-latency test double) takes 0.11 s of the ~4 s.
+Two more rows take the raggedness apart: the last SMC run's decode steps, their shapes (sequences,
+tokens) recorded by the backend (`LlamaCpp.decode_shapes`), replayed on llama.cpp alone through the
+anchor's path (`bench.llm_throughput_raw.replay`): that replay against the anchor is what unit="word"
+SMC's step widths cost llama.cpp itself (each word step waits for its longest word: widths like
+16, 7, 2, 1), and SMC against the replay is what the engine and the framework add.
+
+Measured (shared 2-core AMD EPYC, other jobs running, load average 1-6; medians of 3, 1 thread;
+before and after alternating in fresh processes, two rounds each): SMC / anchor 0.51, 0.50 before
+(main 0c750fe) -> 0.83, 0.81 after (SMC 63.7, 63.2 -> 103.4, 103.6 tokens/s; anchor 125-128 in
+every process; the same 248 tokens in the last run: the same seeds give the same text). Of the
+remaining gap, the step widths alone cost llama.cpp 0.85 of the anchor (replay / anchor 0.854,
+0.850) and the engine and framework 0.97, 0.95 of that (SMC / replay). Two changes made it: a batch
+is listed by sequence id (with one KV stream per sequence llama.cpp cuts a batch into micro-batches
+of consecutive ids taken in batch order, each a pass over the weights; in admission order one step
+took several; `stats()["micro_batches"]`), and a copy for a resampled offspring no longer evicts
+the sequence of a parent whose own offspring are still waiting (128 -> 10 prompt tokens evaluated
+again over two runs). Not the cause, though measured: prompt text whose re-tokenization differs
+from the drawn tokens cost one token in one run (1 of 192 requests), so continuing from drawn ids by text match
+(which would make a completion depend on the cache's history) is not done. Left: the step widths
+are inherent to resampling after every word; at narrow widths the in-flight sequences' ids have
+gaps (141 micro-batches for 77 steps over two runs), each gap another pass over the weights (~5 ms at 1 thread).
+Before the batched backend (c501006) SMC / anchor was 0.11. With 2 threads (one process each, before then
+after, load average ~3.5): SMC / anchor 0.46 -> 0.73, replay / anchor 0.89, SMC / replay 0.82 (the
+decode thread's and the event loop's Python need the second core that llama.cpp's second thread
+takes).
 
     python -m bench.llm_throughput [--repeats 3] [--particles 16] [--threads 1 2]
 """
@@ -89,10 +103,18 @@ def _rows_for(threads: int, repeats: int, particles: int, model: Any) -> list[di
 
     def smc() -> None:  # a new seed each time: the response cache never serves a repeat
         runs["seed"] += 1
+        steps = backend.stats().get("decode_steps", 0)
         counts["smc"] = smc_words(counting, particles, WORDS, runs["seed"])
+        runs["shapes"] = backend.decode_shapes()[-(backend.stats()["decode_steps"] - steps):]
+        runs["tokens"] = counts["smc"]
+
+    def widths() -> None:  # the last SMC run's batch shapes, on llama.cpp alone
+        counts["widths"] = runs["tokens"]
+        return raw.replay(model, threads, runs["shapes"])
 
     progress(f"llm throughput, {threads} thread(s): warm-up, then {repeats} interleaved repeats")
-    times = interleaved({"single": single, "anchor": anchor, "smc": smc}, repeats=repeats, warmup=True)
+    times = interleaved({"single": single, "anchor": anchor, "smc": smc, "widths": widths}, repeats=repeats,
+                        warmup=True)
     stats = backend.stats()
     asyncio.run(backend.aclose())
     rate = {name: counts[name] / median(t) for name, t in times.items()}
@@ -106,6 +128,10 @@ def _rows_for(threads: int, repeats: int, particles: int, model: Any) -> list[di
             "tokens/s", note=smc_note + "; goal >= 0.8"),
         row("llm throughput", f"Agent in SMC vs raw llama.cpp single ({threads} thr)", rate["smc"], rate["single"],
             "tokens/s", note=note),
+        row("llm throughput", f"raw llama.cpp on SMC's batch widths vs anchor ({threads} thr)", rate["widths"],
+            rate["anchor"], "tokens/s", note=note + "; what unit='word' SMC's ragged steps cost llama.cpp alone"),
+        row("llm throughput", f"Agent in SMC vs raw llama.cpp on its batch widths ({threads} thr)", rate["smc"],
+            rate["widths"], "tokens/s", note=note + "; what the engine and the framework add"),
     ]
 
 

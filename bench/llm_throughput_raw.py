@@ -5,6 +5,8 @@
 - `batched` (the anchor, as in llama.cpp's `examples/batched`): the prompt evaluated once into
   sequence 0 and copied to the others with `llama_memory_seq_cp` (one shared KV buffer, so the copy
   is bookkeeping), then one `llama_decode` per step for all sequences, each with its own sampler.
+- `replay`: the anchor's path on the step shapes (sequences, tokens) a run of the batched backend
+  recorded (`LlamaCpp.decode_shapes`): what those batch widths cost llama.cpp alone.
 
 tokens/s = drawn tokens / wall time, prompt evaluation included. Both use llama.cpp's defaults
 otherwise (flash attention "auto", which is on for the CPU).
@@ -122,6 +124,44 @@ def batched(model: Any, threads: int, n_tokens: int, n_seqs: int = 16, seed: int
     for sampler in samplers:
         lib.llama_sampler_free(sampler)
     return n_tokens * n_seqs, seconds
+
+
+def replay(model: Any, threads: int, shapes: list[tuple[int, int]], seed: int = 0) -> float:
+    """Seconds for llama.cpp's own batched decode (the anchor's path: shared prompt copied, one
+    `llama_decode` per step, llama.cpp's sampler for every row with logits) run on the given step
+    shapes (sequences, tokens): per step, one new token in each of the first `sequences` sequences,
+    the step's surplus tokens as a prompt chunk on the last of them. So the same number of steps of
+    the same widths as a recorded run, with no Python around llama.cpp."""
+    import llama_cpp as lib
+
+    prompt = model.tokenize(PROMPT.encode(), False, True)
+    n_seqs = max((n for n, _ in shapes), default=1)
+    longest = len(prompt) + sum(t - n + 1 for n, t in shapes)
+    samplers = [_sampler(seed + s) for s in range(n_seqs)]
+    with _context(model, n_seqs * longest + 64, n_seqs, threads) as (ctx, batch):
+        memory = lib.llama_get_memory(ctx)
+        start = time.perf_counter()
+        _fill(batch, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+        _decode(ctx, batch)
+        for s in range(1, n_seqs):
+            lib.llama_memory_seq_cp(memory, 0, s, -1, -1)
+        pos, rows = [len(prompt)] * n_seqs, {0: len(prompt) - 1}  # rows: logits index in the last batch
+        for width, n_tokens in shapes:
+            entries, fallback, last = [], next(iter(rows.values())), rows
+            rows = {}
+            for s in range(width):  # a sequence absent from the last batch samples another row (same cost)
+                token = lib.llama_sampler_sample(samplers[s], ctx, last.get(s, fallback))
+                extra = n_tokens - width if s == width - 1 else 0
+                for k in range(1 + extra):
+                    entries.append((token, pos[s] + k, s, k == extra))
+                pos[s] += 1 + extra
+                rows[s] = len(entries) - 1
+            _fill(batch, entries)
+            _decode(ctx, batch)
+        seconds = time.perf_counter() - start
+    for sampler in samplers:
+        lib.llama_sampler_free(sampler)
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -168,3 +168,54 @@ def test_restream_refuses_an_unexpected_layout():
     other = bytearray(_blob(8, 2, b"", section))
     other[-1] = 7  # a trailing stream that is not empty
     assert restream(bytes(other), 8, 16, 2) is None
+
+
+def test_a_copy_spares_the_slots_that_waiting_requests_will_reuse():
+    """Resampling: parents A, B, C, D (D left no offspring); A's two children and B's and C's are
+    waiting. A's second child needs a slot to copy A into: least recently used alone picks B (it
+    finished before C and D), whose child would then evaluate B's text again; `wanted` spares B and C."""
+    memory = RecordingMemory()
+    cache = SequenceCache(memory, 4)
+    parents = [serve(cache, memory, [1, k, k, k]).slot for k in (2, 3, 4, 5)]
+    children = [np.array([1, k, k, k, 9], dtype=np.int32) for k in (2, 2, 3, 4)]
+    wants = cache.wanted(children)
+    assert wants == [parents[0].seq, parents[0].seq, parents[1].seq, parents[2].seq]
+    first = cache.assign(children[0], frozenset(wants[1:]))
+    second = cache.assign(children[1], frozenset(wants[2:]))
+    assert first.slot is parents[0] and second.copied_from == parents[0].seq and second.slot is parents[3]
+    for child, parent in zip(children[2:], parents[1:3]):
+        a = cache.assign(child)
+        assert a.slot is parent and a.reused == 4 and a.evicted == 0
+    assert cache.stats["evictions"] == 1  # D only
+    consistent(cache, memory)
+
+
+def test_the_engine_spares_the_parents_of_waiting_offspring():
+    """The same through the decode loop (`ToyLlama`'s engine on 4 slots): each child evaluates only
+    the one token it adds to its parent's prompt, not the parent's prompt again."""
+    from agents.backends.base import GenerationSettings
+    from agents.backends.llama_chunks import ChunkBuilder
+    from agents.backends.llama_engine import Job
+    from agents.backends.llama_sampling import rng_for
+    from tests.toy_llama import START, ToyLlama
+
+    backend = ToyLlama()
+    backend.n_seq_max = 4
+    backend.load()
+    engine = backend._engine
+    settings = GenerationSettings(unit="token", max_tokens=1)
+
+    def run_together(prompts: list[list[int]]) -> list:
+        with engine._cond:  # all queued before the engine thread admits any
+            futures = [engine.submit(Job(p, settings, ChunkBuilder(settings, backend._vocab), rng_for(i)))
+                       for i, p in enumerate(prompts)]
+        return [f.result(timeout=30) for f in futures]
+
+    parents = [[START, k, k, k, k] for k in (1, 2, 4, 6)]
+    run_together(parents)
+    children = [parents[i] + [t] for i, t in ((0, 1), (0, 2), (1, 3), (2, 3))]
+    before = engine.stats()["prefilled_tokens"]
+    completions = run_together(children)
+    assert engine.stats()["prefilled_tokens"] - before == 4
+    assert [c.prefilled_tokens for c in completions] == [1, 1, 1, 1]
+    backend.close()

@@ -51,6 +51,32 @@ def restream(blob: bytes, n_old: int, n_new: int, seq: int) -> bytes | None:
     return None
 
 
+def batch_order(items: list[tuple[int, int, np.ndarray, bool]]) -> list[int]:
+    """The indices of `items` ((sequence id, …) each) by sequence id: the order in which llama.cpp
+    puts the most sequences into one micro-batch (see `BatchContext.evaluate`)."""
+    return sorted(range(len(items)), key=lambda n: items[n][0])
+
+
+def micro_batches(items: list[tuple[int, int, np.ndarray, bool]]) -> int:
+    """How many micro-batches llama.cpp (`split_equal(sequential=true)`, one KV stream per sequence)
+    cuts one batch into, for items in the given order: each takes, in one sweep of the batch, the
+    first unused token, then those of sequence id last + 1, as many tokens from each as the fewest
+    any of them has left. A count for diagnostics and tests; llama.cpp does the cutting."""
+    left = [[seq, tokens.size] for seq, _, tokens, _ in items]
+    count = 0
+    while any(n for _, n in left):
+        chosen, last = [], None
+        for entry in left:
+            if entry[1] and (last is None or entry[0] == last + 1):
+                chosen.append(entry)
+                last = entry[0]
+        take = min(n for _, n in chosen)
+        for entry in chosen:
+            entry[1] -= take
+        count += 1
+    return count
+
+
 class BatchContext:
     """The context, its `llama_batch` and its `SequenceCache`, resized as a whole."""
 
@@ -65,6 +91,8 @@ class BatchContext:
         self.cache: SequenceCache | None = None
         self.capacity = 0
         self.resizes = 0
+        self.micro_batches = 0
+        """llama.cpp micro-batches (passes over the weights) the decodes so far were cut into."""
 
     def ensure(self, wanted: int) -> None:
         """At least `wanted` slots (a power of two ≥ INITIAL_SLOTS, at most n_seq_max). Only call it
@@ -136,22 +164,30 @@ class BatchContext:
 
     def evaluate(self, items: list[tuple[int, int, np.ndarray, bool]]) -> list[np.ndarray]:
         """One `llama_decode` of `items`, each (sequence id, position of its first token, tokens,
-        whether the logits after its last token are wanted): the logits rows asked for, in order
-        (float32 copies). Raises `DecodeFailed` when llama.cpp refuses the batch."""
-        b, i, wanted = self.batch, 0, []
-        for seq, start, tokens, wants in items:
+        whether the logits after its last token are wanted): the logits rows asked for, in the order
+        of `items` (float32 copies). Raises `DecodeFailed` when llama.cpp refuses the batch.
+
+        The batch lists the items by sequence id (`batch_order`): with one KV stream per sequence,
+        llama.cpp cuts a batch into micro-batches that each take tokens in batch order from sequences
+        with consecutive ids (`split_equal(sequential=true)`), and every micro-batch is a pass over
+        the weights; in arrival order, 16 sequences could take up to 16 passes instead of one. The
+        logits do not depend on the order (see `agents.backends.llama_cpp`)."""
+        b, i, wanted, order = self.batch, 0, {}, batch_order(items)
+        self.micro_batches += micro_batches([items[n] for n in order])
+        for n in order:
+            seq, start, tokens, wants = items[n]
             for k, token in enumerate(tokens.tolist()):
                 b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = token, start + k, 1, seq
                 b.logits[i] = wants and k == tokens.size - 1
                 i += 1
             if wants:
-                wanted.append(i - 1)
+                wanted[n] = i - 1
         b.n_tokens = i
         rc = self._lib.llama_decode(self.ctx, b)
         if rc != 0:
             raise DecodeFailed(f"{self.name}: llama_decode returned {rc} on a batch of {i} tokens")
-        return [np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)).copy()
-                for index in wanted]
+        return [np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, wanted[n]), shape=(self.n_vocab,)).copy()
+                for n in sorted(wanted)]
 
     def close(self) -> None:
         if self.batch is not None:

@@ -40,7 +40,9 @@ probability of the chunk under the chunking proposal:
 Batching: every request in flight on one `LlamaCpp` (all particles, all agents sharing it, from any
 thread or event loop) is decoded by one thread, one `llama_decode` per step, one llama.cpp sequence
 per request; requests join and leave between steps, and sampling is vectorised over the batch (the
-shape of llama.cpp's `examples/parallel`; see `agents.backends.llama_engine`). `complete` only
+shape of llama.cpp's `examples/parallel`; see `agents.backends.llama_engine`). A batch is listed by
+sequence id, so llama.cpp evaluates a step over consecutive sequences in one pass over the weights
+(`agents.backends.llama_context`). `complete` only
 tokenizes and waits: callers never see batching.
 
 KV sharing: each sequence slot keeps its tokens' keys and values after its request ends, with the
@@ -246,8 +248,14 @@ class LlamaCpp(Backend):
 
     def stats(self) -> dict[str, int]:
         """What the batched decode and the KV cache did so far: requests, decode steps, tokens in
-        batches, prefilled and generated tokens, the widest batch, reused tokens, copies, evictions."""
+        batches, prefilled and generated tokens, the widest batch, reused tokens, copies, evictions, and
+        the micro-batches llama.cpp cut the decodes into."""
         return self._engine.stats() if self._engine is not None else {}
+
+    def decode_shapes(self) -> list[tuple[int, int]]:
+        """(sequences, tokens) of each recent decode step, oldest first (at most the last 65536): how
+        wide the batches were, for benchmarks that replay them on raw llama.cpp."""
+        return list(self._engine.shapes) if self._engine is not None else []
 
     def close(self) -> None:
         """Stop the decode thread and free the model now (a later call loads it again)."""

@@ -27,7 +27,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,14 @@ GATHER_CAP × the step time at most (2 ms and 10 ms before any step was timed). 
 issues together (an SMC step's particles) decode together instead of one step apart, while a
 request that comes alone waits only a few of its usual intervals. Throughput only: results do not
 depend on how requests are grouped."""
+
+WANTED_LOOKAHEAD = 32
+"""Admission spares the idle slots that the next WANTED_LOOKAHEAD waiting requests will reuse (a
+resampled particle's parent stays until its offspring are admitted); bounded because each costs a
+scan of the slots, and a queue of thousands (10,000 particles on 256 slots) needs no more."""
+
+SHAPES_KEPT = 1 << 16
+"""Decode steps whose shape (sequences, tokens) `DecodeEngine.shapes` keeps."""
 
 
 class Job:
@@ -109,6 +117,8 @@ class DecodeEngine:
                        "generated_tokens": 0, "completion_tokens": 0, "max_batch_sequences": 0,
                        "longest_sequence": 0}
         self.seconds = {"decode": 0.0, "sample": 0.0, "step": 0.0}
+        self.shapes: deque[tuple[int, int]] = deque(maxlen=SHAPES_KEPT)
+        """(sequences, tokens) of the recent decode steps, oldest first (benchmarks replay them)."""
 
     # ------------------------------------------------------------------ the public side (any thread)
     def submit(self, job: Job) -> Any:
@@ -132,6 +142,7 @@ class DecodeEngine:
         cache = self._kv.cache.stats if self._kv.cache is not None else {}
         seconds = {f"{k}_seconds": round(v, 3) for k, v in self.seconds.items()}
         return {**self.counts, **cache, **seconds, "slots": self._kv.capacity, "context_resizes": self._kv.resizes,
+                "micro_batches": getattr(self._kv, "micro_batches", 0),
                 "in_flight": len(self._active)}
 
     def close(self) -> None:
@@ -221,11 +232,16 @@ class DecodeEngine:
         cache = self._kv.cache
         ahead = {j.slot.seq: j.todo for j in self._active if j.todo.size}
         later: list[Job] = []
+        # idle slots that the next requests in line will reuse: spared if possible
+        wants = cache.wanted([j.tokens for j in self._waiting[:min(cache.idle_count(), WANTED_LOOKAHEAD)]])
+        waiting_for = Counter(wants)
         for i, job in enumerate(self._waiting):
             if ahead and cache.pending_reuse(job.tokens, ahead) > cache.best_reuse(job.tokens):
                 later.append(job)  # a prompt it shares is being evaluated now: copy it next step
                 continue
-            assignment = cache.assign(job.tokens)
+            if i < len(wants):
+                waiting_for[wants[i]] -= 1
+            assignment = cache.assign(job.tokens, frozenset(seq for seq, n in waiting_for.items() if n > 0))
             if assignment is None:  # every slot is busy: wait, in order
                 later.extend(self._waiting[i:])
                 break
@@ -261,6 +277,7 @@ class DecodeEngine:
         self.counts["decode_steps"] += 1
         self.counts["batch_tokens"] += n_tokens
         self.counts["max_batch_sequences"] = max(self.counts["max_batch_sequences"], len(entries))
+        self.shapes.append((len(entries), n_tokens))
         for job, tokens, _ in entries:
             self._kv.cache.commit(job.slot, tokens)
             if job.pending is not None:

@@ -16,7 +16,8 @@ with at most a few dozen slots a linear scan of numpy comparisons is cheaper tha
     s* idle, and s* holds nothing beyond T[:L], or no other slot is idle, or every other idle slot
              holds a sequence used more recently than s*:   the request takes s* over
     otherwise: s* is copied (llama_memory_seq_cp) into an empty slot, else into the least recently
-               used idle slot (no match at all: that slot is simply cleared)
+               used idle slot that no waiting request would reuse (`wanted`), else into the least
+               recently used idle slot (no match at all: that slot is simply cleared)
     the request's slot is truncated to r cells and T[r:] is evaluated.
 A cached sequence is *evicted* when cells it needed are discarded for another request: a whole
 slot reused for an unrelated prompt, or the tail of a slot taken over beyond the shared prefix.
@@ -117,19 +118,37 @@ class SequenceCache:
         slot, match = self.best_match(tokens)
         return 0 if slot is None else reuse(match, tokens.size, match == tokens.size and match in slot.snapshots)
 
-    def _victim(self, exclude: Slot | None = None) -> Slot | None:
-        """An empty idle slot, else the least recently used idle one (None: every slot is busy)."""
+    def _victim(self, exclude: Slot | None = None, keep: frozenset[int] = frozenset()) -> Slot | None:
+        """An empty idle slot, else the least recently used idle one whose sequence is not in `keep`,
+        else the least recently used idle one (None: every slot is busy)."""
         idle = [s for s in self.slots if not s.busy and s is not exclude]
         empty = [s for s in idle if s.tokens.size == 0]
         if empty:
             return empty[0]
-        return min(idle, key=lambda s: s.last_used) if idle else None
+        spare = [s for s in idle if s.seq not in keep] or idle
+        return min(spare, key=lambda s: s.last_used) if spare else None
 
-    def assign(self, tokens: np.ndarray) -> Assignment | None:
-        """A slot for a request with prompt `tokens`, prepared as the rule says; None when every slot
-        is busy (the request waits for one to be released)."""
+    def idle_count(self) -> int:
+        """Slots no request is decoding in (so at most this many requests can be admitted now)."""
+        return sum(not s.busy for s in self.slots)
+
+    def wanted(self, prompts: list[np.ndarray]) -> list[int | None]:
+        """For each of `prompts` (requests waiting their turn), the idle slot it would reuse now (its
+        sequence id, or None). `assign` evicts these only when no other idle slot is left, so a
+        resampled particle's parent survives until its own offspring are admitted (least recently
+        used alone picks whichever parent finished its previous step first, and its offspring then
+        evaluate their text again)."""
+        out: list[int | None] = []
+        for tokens in prompts:
+            slot, _ = self.best_match(tokens)
+            out.append(slot.seq if slot is not None and not slot.busy else None)
+        return out
+
+    def assign(self, tokens: np.ndarray, keep: frozenset[int] = frozenset()) -> Assignment | None:
+        """A slot for a request with prompt `tokens`, prepared as the rule says (sparing the slots in
+        `keep`, see `wanted`); None when every slot is busy (the request waits for one to be released)."""
         source, match = self.best_match(tokens)
-        victim = self._victim(exclude=source)
+        victim = self._victim(exclude=source, keep=keep)
         copied_from = None
         if source is not None and not source.busy and (
                 match == source.tokens.size or victim is None
