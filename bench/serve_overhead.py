@@ -46,6 +46,19 @@ of 18 alternating rounds): direct 5.55 ms, the service 7.14 ms, the service with
 ms; so if the engine counted completion tokens in `Diagnostics`, a plain request could skip the
 records and cost ~0.5 ms (8%) over the direct call, plus HTTP.
 
+Since then a plain response builds no step records (`RunListener.wants_steps`; output tokens come
+from `Diagnostics.output_tokens`). One run on a quiet machine (load average 1.3), medians of 3:
+
+    clients  side            req/s   p50 ms  CPU ms/req   vs direct
+    1        served           4.76    209.9     8.1        p50 +1.3%, req/s 0.99
+    8        served          35.94    219.7     5.6        p50 +3.4%, req/s 0.96
+             served stream   34.97    224.2    10.0        p50 +5.6%, req/s 0.93
+    64       served         200.3     311.3     4.7        p50 +22.5%, req/s 0.82
+
+So the 10% target holds at 1 and 8 clients (plain and streamed); at 64 clients the server, its
+clients and the direct loop's baseline share 2 cores, and the server's extra ~1 ms of CPU per run
+(HTTP, parsing, the request span) is what the wall clock shows.
+
 Library choices, same run (trivial handler, 8 clients, requests/s): Starlette 2358 vs FastAPI 1029
 (2.3x); httptools 2358 vs h11 843 (2.8x); sse-starlette 637 vs a bare StreamingResponse 1070
 streams of 20 events (0.6x: ~0.6 ms a stream, for keep-alive pings, disconnect handling and clean
