@@ -55,13 +55,16 @@ def _line(key: str, completion: Completion) -> bytes:
     """One JSONL record. The standard `json` encoder writes -inf log-probabilities as -Infinity
     (pydantic's JSON would write null); models are encoded as their field dicts, which is what
     `model_dump(mode="python")` gives for these plain models, at a third of the cost."""
-    return (json.dumps({"key": key, "completion": completion.__dict__}, default=_fields) + "\n").encode()
+    return (_ENCODER.encode({"key": key, "completion": completion.__dict__}) + "\n").encode()
 
 
 def _fields(value: object) -> dict:
     if isinstance(value, BaseModel):
         return value.__dict__
     raise TypeError(f"response journal: cannot encode a {type(value).__name__}")
+
+
+_ENCODER = json.JSONEncoder(default=_fields)
 
 
 class ResponseCache:
@@ -72,7 +75,8 @@ class ResponseCache:
         self.max_entries = max_entries
         self._done: OrderedDict[str, Completion] = OrderedDict()
         self._loaded: dict[str, Completion] = {}
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, asyncio.Future | None] = {}
+        """Requests in flight; a future once a second caller waits for the same one."""
         self.hits = 0
         self.misses = 0
         self.journal = Path(journal) if journal is not None else None
@@ -93,23 +97,26 @@ class ResponseCache:
             if key in self._done:
                 self._done.move_to_end(key)
             return done
-        pending = self._pending.get(key)
-        if pending is not None:
+        if key in self._pending:  # the same request is in flight: wait for its completion
             self.hits += 1
-            return await asyncio.shield(pending)
+            future = self._pending[key]
+            if future is None:  # the first waiter makes the future the call will resolve
+                future = self._pending[key] = asyncio.get_running_loop().create_future()
+            return await asyncio.shield(future)
         self.misses += 1
-        future = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
+        self._pending[key] = None
         try:
             completion = await call()
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody logs it as lost
+            future = self._pending.pop(key, None)
+            if future is not None:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: waiters re-raise it, nobody logs it as lost
             raise
-        finally:
-            self._pending.pop(key, None)
+        future = self._pending.pop(key, None)
         self._remember(key, completion)
-        future.set_result(completion)
+        if future is not None:
+            future.set_result(completion)
         if self.journal is not None:
             self._append(key, completion)
         return completion

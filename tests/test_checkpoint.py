@@ -318,6 +318,35 @@ def test_a_journaled_completion_reads_back_equal_with_its_nested_models(tmp_path
     assert ResponseCache(journal=tmp_path / "responses.jsonl")._loaded["k"] == full
 
 
+def test_concurrent_identical_requests_make_one_call_and_share_its_outcome(tmp_path):
+    """Callers of a request already in flight wait for its completion (one backend call, one journal
+    line), and share its failure; after a failure the next caller calls again."""
+    import asyncio
+
+    cache = ResponseCache(journal=tmp_path / "responses.jsonl")
+    calls = []
+
+    async def call(fail=False):
+        calls.append(fail)
+        await asyncio.sleep(0.01)
+        if fail:
+            raise ConnectionError("down")
+        return Completion(text="once")
+
+    async def main():
+        same = await asyncio.gather(*(cache.get_or_call("k", call) for _ in range(5)))
+        failed = await asyncio.gather(*(cache.get_or_call("bad", lambda: call(True)) for _ in range(3)),
+                                      return_exceptions=True)
+        return same, failed, await cache.get_or_call("bad", call)
+
+    same, failed, retried = asyncio.run(main())
+    cache.close()
+    assert [c.text for c in same] == ["once"] * 5 and all(c is same[0] for c in same)
+    assert all(isinstance(e, ConnectionError) for e in failed) and retried.text == "once"
+    assert calls == [False, True, False] and (cache.hits, cache.misses) == (6, 3)
+    assert len((tmp_path / "responses.jsonl").read_text().splitlines()) == 2
+
+
 def test_journal_write_failure_is_a_clear_error(tmp_path, monkeypatch):
     import asyncio
 
