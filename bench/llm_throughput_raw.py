@@ -101,6 +101,18 @@ def single(model: Any, threads: int, n_tokens: int, seed: int = 0) -> tuple[int,
     return n_tokens, seconds
 
 
+def _prefill_shared(ctx: Any, batch: Any, prompt: list[int], n_seqs: int) -> None:
+    """Evaluate the prompt once in sequence 0 and copy its cache to sequences 1..n_seqs-1
+    (`llama_memory_seq_cp`): the anchor's shared prefill."""
+    import llama_cpp as lib
+
+    _fill(batch, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+    _decode(ctx, batch)
+    memory = lib.llama_get_memory(ctx)
+    for s in range(1, n_seqs):
+        lib.llama_memory_seq_cp(memory, 0, s, -1, -1)
+
+
 def batched(model: Any, threads: int, n_tokens: int, n_seqs: int = 16, seed: int = 0) -> tuple[int, float]:
     """(tokens drawn, seconds) for `n_seqs` sequences sharing the prompt, `n_tokens` each."""
     import llama_cpp as lib
@@ -108,12 +120,8 @@ def batched(model: Any, threads: int, n_tokens: int, n_seqs: int = 16, seed: int
     prompt = model.tokenize(PROMPT.encode(), False, True)
     samplers = [_sampler(seed + s) for s in range(n_seqs)]
     with _context(model, 1024 * 2, n_seqs, threads) as (ctx, batch):
-        memory = lib.llama_get_memory(ctx)
         start = time.perf_counter()
-        _fill(batch, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
-        _decode(ctx, batch)
-        for s in range(1, n_seqs):
-            lib.llama_memory_seq_cp(memory, 0, s, -1, -1)
+        _prefill_shared(ctx, batch, prompt, n_seqs)
         rows = [len(prompt) - 1] * n_seqs
         for k in range(n_tokens):
             tokens = [lib.llama_sampler_sample(samplers[s], ctx, rows[s]) for s in range(n_seqs)]
@@ -139,12 +147,8 @@ def replay(model: Any, threads: int, shapes: list[tuple[int, int]], seed: int = 
     longest = len(prompt) + sum(t - n + 1 for n, t in shapes)
     samplers = [_sampler(seed + s) for s in range(n_seqs)]
     with _context(model, n_seqs * longest + 64, n_seqs, threads) as (ctx, batch):
-        memory = lib.llama_get_memory(ctx)
         start = time.perf_counter()
-        _fill(batch, [(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
-        _decode(ctx, batch)
-        for s in range(1, n_seqs):
-            lib.llama_memory_seq_cp(memory, 0, s, -1, -1)
+        _prefill_shared(ctx, batch, prompt, n_seqs)
         pos, rows = [len(prompt)] * n_seqs, {0: len(prompt) - 1}  # rows: logits index in the last batch
         for width, n_tokens in shapes:
             entries, fallback, last = [], next(iter(rows.values())), rows
