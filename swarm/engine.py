@@ -228,6 +228,16 @@ class Suspend(Handler):
 
 
 
+_ANY_VALUE = object()
+
+
+def _same_weighting(event: Any, kind: str, value: Any) -> bool:
+    """Whether a recorded factor or guarantee carries `value` (a factor's −inf and NaN included)."""
+    if kind == "guarantee":
+        return event.satisfied == value
+    return event.log_potential == value or _same_float(event.log_potential, value)
+
+
 class Replay(replay):
     """The replay handler of an execution rebuilt from its recorded prefix, positional first.
 
@@ -264,42 +274,35 @@ class Replay(replay):
                 self._interacts[e.address] = self._interacts.get(e.address, 0) + 1
         self.indexed = True
 
+    def _take(self, name: str, kind: str, value: Any = _ANY_VALUE) -> Any:
+        """Positional matching: consume and return the next recorded event when it is a `kind` at
+        `name` (and, for a factor or guarantee, recorded with `value`); otherwise switch to
+        address-indexed matching for the rest of the replay and return None."""
+        position = self.position
+        if position < len(self.recorded):
+            event = self.recorded[position]
+            if event.address == name and event.type == kind and (value is _ANY_VALUE or _same_weighting(event, kind, value)):
+                self.position = position + 1
+                self.left -= 1
+                return event
+        self._index()
+        return None
+
     def interact(self, name: str) -> bool:
-        if not self.indexed:
-            position = self.position
-            if position < len(self.recorded):
-                event = self.recorded[position]
-                if event.address == name and event.type == "interact":
-                    self.position = position + 1
-                    self.left -= 1
-                    return True
-            self._index()
+        if not self.indexed and self._take(name, "interact") is not None:
+            return True
         return replay.interact(self, name)
 
     def sample(self, name: str) -> Any:
         if not self.indexed:
-            position = self.position
-            if position < len(self.recorded):
-                event = self.recorded[position]
-                if event.address == name and event.type == "sample":
-                    self.position = position + 1
-                    self.left -= 1
-                    return event
-            self._index()
+            event = self._take(name, "sample")
+            if event is not None:
+                return event
         return replay.sample(self, name)
 
     def weighting(self, kind: str, name: str, value: Any) -> bool:
-        if not self.indexed:
-            position = self.position
-            if position < len(self.recorded):
-                event = self.recorded[position]
-                if event.address == name and event.type == kind and (
-                        event.satisfied == value if kind == "guarantee" else
-                        event.log_potential == value or _same_float(event.log_potential, value)):
-                    self.position = position + 1
-                    self.left -= 1
-                    return True
-            self._index()
+        if not self.indexed and self._take(name, kind, value) is not None:
+            return True
         return replay.weighting(self, kind, name, value)
 
     def check_consumed(self) -> None:
