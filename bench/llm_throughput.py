@@ -59,15 +59,18 @@ RAW_TOKENS = 48
 PROMPT = "Write a short story about a lighthouse keeper and the sea."
 
 
-def _program(agent: Any, words: int):
+def word_program(agent: Any, words: int = WORDS, prompt: str = PROMPT, penalty: float = 0.3, max_tokens: int = 8):
+    """Word-level SMC's program: `words` words of `prompt`, one `unit="word"` generation each,
+    then `factor(-penalty · len(word))` (shorter words weigh more, so the population resamples and
+    offspring continue their parent's text). The tests of the batched backend run it too."""
     from swarm import factor, sample
 
     async def story() -> str:
         text = ""
         for i in range(words):
-            word = await sample(f"word{i}", agent.generate(PROMPT, prefix=text, unit="word", max_tokens=8))
+            word = await sample(f"word{i}", agent.generate(prompt, prefix=text, unit="word", max_tokens=max_tokens))
             text += word
-            factor(f"short{i}", -0.3 * len(word.strip()))
+            factor(f"short{i}", -penalty * len(word.strip()))
         return text
 
     return story
@@ -81,7 +84,7 @@ def smc_words(counting: Any, particles: int, words: int, seed: int) -> int:
 
     before = counting.output_tokens
     agent = Agent(name="writer", system="You write one short, simple sentence.", backend=counting)
-    policies.SMC(num_particles=particles, seed=seed).run(_program(agent, words))
+    policies.SMC(num_particles=particles, seed=seed).run(word_program(agent, words))
     return counting.output_tokens - before
 
 

@@ -318,20 +318,11 @@ def test_an_smc_run_is_the_same_batched_and_one_request_at_a_time(invariant):
         pytest.skip("llama.cpp's kernels are not batch-invariant on this CPU")
     import policies
     from agents import Agent
-    from swarm import factor, sample
+    from bench.llm_throughput import word_program
 
     def run(backend: LlamaCpp):
         writer = Agent(name="writer", system="You write one short, simple sentence.", backend=backend)
-
-        async def program() -> str:
-            text = ""
-            for i in range(3):
-                word = await sample(f"w{i}", writer.generate("Write about a cat.", prefix=text, unit="word",
-                                                              max_tokens=6))
-                text += word
-                factor(f"short{i}", -0.5 * len(word.strip()))
-            return text
-
+        program = word_program(writer, words=3, prompt="Write about a cat.", penalty=0.5, max_tokens=6)
         try:
             result = policies.SMC(num_particles=8, seed=5).run(program)
             return [(p.value, p.log_weight) for p in result.particles], result.log_evidence, backend.stats()

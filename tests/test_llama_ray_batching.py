@@ -15,7 +15,7 @@ import policies  # noqa: E402
 from agents import Agent  # noqa: E402
 from agents.backends.llama_cpp import LlamaCpp  # noqa: E402
 from agents.ray_hosting import RayHosting, pool_for, shutdown_agent_pools  # noqa: E402
-from swarm import factor, sample  # noqa: E402
+from bench.llm_throughput import word_program  # noqa: E402
 from tests.ray_fixtures import local_ray  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.llm]
@@ -29,16 +29,7 @@ def writer(hosting) -> Agent:
 
 
 def program_for(agent: Agent):
-    async def program() -> str:
-        text = ""
-        for i in range(3):
-            word = await sample(f"word{i}", agent.generate("Write about the sea.", prefix=text, unit="word",
-                                                           max_tokens=6))
-            text += word
-            factor(f"short{i}", -0.3 * len(word.strip()))
-        return text
-
-    return program
+    return word_program(agent, words=3, prompt="Write about the sea.", penalty=0.3, max_tokens=6)
 
 
 def summary(result):
