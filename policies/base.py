@@ -168,7 +168,7 @@ class RunContext:
         """The run's `Result`, named after the policy's class."""
         self.diagnostics.wall_time_s = time.perf_counter() - self.started
         return Result(policy=self.policy_name, particles=particles, log_evidence=float(log_evidence), seed=self.seed,
-                      diagnostics=self.diagnostics, global_trace=self.tree, **extra)
+                      run_id=self.run_id, diagnostics=self.diagnostics, global_trace=self.tree, **extra)
 
 
 class Policy(BaseModel, abc.ABC):

@@ -265,19 +265,6 @@ class RecordTranslator:
             self.texts = {i: self.texts.get(i, "") for i in ids}
 
 
-class _RunIdListener(RunListener):
-    """Learns the run's id and nothing else (`RunStream.result`: the output tokens come from the
-    result's diagnostics), so a run it alone listens to builds no step records."""
-
-    wants_steps = False
-
-    def __init__(self) -> None:
-        self.run_id = ""
-
-    def on_run_start(self, record: RunStarted) -> None:
-        self.run_id = record.run_id
-
-
 class _StreamListener(RunListener):
     """Feeds translated events to `put` (on the consumer's event loop, from any thread)."""
 
@@ -325,12 +312,10 @@ class RunStream:
         return self.events()
 
     async def result(self) -> RunEnd:
-        """Run to the end and return only the last event (no per-step events are made or queued:
-        the cheap path for a consumer that needs the Result and the token counts)."""
-        listener = _RunIdListener()
-        policy = self.policy.model_copy(update={"listeners": [*self.policy.listeners, listener]})
-        result = await policy.run_async(self.program, *self.args, **self.kwargs)
-        return RunEnd(run_id=listener.run_id, result=result, output_tokens=result.diagnostics.output_tokens)
+        """Run to the end and return only the last event (no listener is added, so no records are
+        made: the cheap path for a consumer that needs the Result and the token counts)."""
+        result = await self.policy.run_async(self.program, *self.args, **self.kwargs)
+        return RunEnd(run_id=result.run_id or "", result=result, output_tokens=result.diagnostics.output_tokens)
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The run as an async generator; closing it early cancels the run."""

@@ -116,6 +116,8 @@ class Result(BaseModel):
     """An estimate of log Z = log Σ_τ π(τ)Φ(τ) (exact for Enumerate; for the sampling policies the
     estimate Ẑ is unbiased for Z, so log Ẑ is biased low by Jensen)."""
     seed: int | None = None
+    run_id: str | None = None
+    """The run's id: the `run_id` of its listener records, trace file and OTel run span."""
     exact: bool = False
     diagnostics: Diagnostics = Field(default_factory=Diagnostics)
     extra: dict[str, Any] = Field(default_factory=dict)

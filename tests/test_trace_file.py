@@ -217,6 +217,7 @@ def test_one_writer_two_runs(tmp_path):
     writer.close()
     runs = read_trace_runs(path)
     assert [r.run.policy for r in runs] == ["SMC", "Importance"]
+    assert [r.run.run_id for r in runs] == [first.run_id, second.run_id]  # a Result names its run
     assert read_trace_file(path).run.policy == "Importance"
     chosen = read_trace_file(path, run_id=runs[0].run.run_id)
     assert [p.log_weight for p in chosen.final_population()] == [p.log_weight for p in first.particles]
