@@ -130,9 +130,12 @@ async def direct(concurrency: int, requests: int) -> tuple[list[float], float, f
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    """User + system CPU seconds so far of process `pid` and its child processes (the workers of
+    `--workers`), from Linux /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(process_cpu_s(int(child)) for child in children)
 
 
 async def served(url: str, concurrency: int, requests: int, stream: bool, pid: int) -> tuple[list[float], float, float]:
@@ -153,9 +156,9 @@ async def served(url: str, concurrency: int, requests: int, stream: bool, pid: i
         return latencies, wall, process_cpu_s(pid) - cpu
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(workers: int = 1) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "observability.cli", "serve", f"{Path(__file__)}:program", "--particles",
-           str(PARTICLES), "--port", "0", "--no-access-log", "--log-level", "warning"]
+           str(PARTICLES), "--port", "0", "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     line = proc.stdout.readline() if proc.stdout else ""
@@ -172,9 +175,11 @@ def _stats(latencies: list[float], wall: float, cpu: float) -> dict[str, float]:
 
 
 def overhead(concurrency: tuple[int, ...] = (1, 8, 64), rounds: int = 3, per_client: int = 8,
-             stream_at: tuple[int, ...] = (8,)) -> list[dict[str, Any]]:
-    """Baseline and candidates alternate within each round; medians over rounds."""
+             stream_at: tuple[int, ...] = (8,), workers_at: tuple[int, ...] = (64,)) -> list[dict[str, Any]]:
+    """Baseline and candidates alternate within each round; medians over rounds. Where the number
+    of clients is in `workers_at`, `swarm serve --workers 2` is a third side."""
     proc, url = start_server()
+    pair = start_server(workers=2) if set(workers_at) & set(concurrency) else None
     rows: list[dict[str, Any]] = []
     try:
         for c in concurrency:
@@ -182,6 +187,8 @@ def overhead(concurrency: tuple[int, ...] = (1, 8, 64), rounds: int = 3, per_cli
             sides = {"direct": lambda: direct(c, requests), "served": lambda: served(url, c, requests, False, proc.pid)}
             if c in stream_at:
                 sides["served stream"] = lambda: served(url, c, requests, True, proc.pid)
+            if pair is not None and c in workers_at:
+                sides["served 2 workers"] = lambda: served(pair[1], c, requests, False, pair[0].pid)
             results: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
             for r in range(rounds):
                 names = list(sides)[r % len(sides):] + list(sides)[:r % len(sides)]
@@ -204,6 +211,8 @@ def overhead(concurrency: tuple[int, ...] = (1, 8, 64), rounds: int = 3, per_cli
                              better="lower", note=note + "; server process vs the direct loop's process")]
     finally:
         stop_process(proc, grace_s=15)
+        if pair is not None:
+            stop_process(pair[0], grace_s=15)
     return rows
 
 

@@ -179,6 +179,8 @@ def add_serve_parser(sub: Any, fmt: Any) -> None:
     serve.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--workers", type=int, default=1, metavar="K", help="server processes sharing the port "
+                       "(default 1; each builds its own service: see docs/serving.md)")
     serve.add_argument("--answer", choices=["mode", "draw"], default="mode", help="the posterior's most probable "
                        "answer, or a draw from it (default mode; a request may choose)")
     serve.add_argument("--max-tokens", type=int, metavar="N", help="most tokens one request's run may spend")

@@ -178,3 +178,35 @@ def test_committed_streaming_sends_settled_text_early():
     assert content == plain.choices[0].message.content == "A dog runs far."
     assert early and content.startswith(early)  # text was committed before the run ended
     assert "".join(c.choices[0].delta.content or "" for c in mixed if c.choices) == in_process(4)[0][0]
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    return [int(c) for c in open(path).read().split()] if os.path.exists(path) else []
+
+
+def test_workers_share_one_port_and_stop_together():
+    """--workers 2: two server processes behind one port, each answering exactly what the run of
+    its request's seed gives alone; stopping the parent stops both (no orphan keeps the port)."""
+    with run_server(TARGET, "--workers", "2") as (url, proc, _):
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        seeds = list(range(20, 28))
+        with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
+            responses = list(pool.map(lambda s: client.chat.completions.create(model=MODEL, messages=HI, seed=s), seeds))
+        for seed, response in zip(seeds, responses):
+            assert response.choices[0].message.content == in_process(seed)[0][0]
+        workers = [p for p in _children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+        assert len(workers) == 2, workers
+    assert proc.returncode is not None
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+
+
+def test_workers_are_refused_where_they_cannot_work():
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*swarm_command(), "serve", TARGET, *args, "--port", "0"], capture_output=True,
+                              text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    none = serve("--workers", "0")
+    assert none.returncode == 1 and "--workers must be at least 1, got 0" in none.stderr
+    ray = serve("--workers", "2", "--runtime", "ray")
+    assert ray.returncode == 1 and "--workers needs the local runtime" in ray.stderr

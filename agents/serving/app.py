@@ -47,8 +47,9 @@ def error_response(error: ServeError, headers: dict[str, str] | None = None) -> 
                     headers={**error.headers(), **(headers or {})})
 
 
-def build_app(service: ChatService, *, api_key: Secret | None = None) -> Starlette:
-    """The Starlette app serving `service` (optionally behind an API key)."""
+def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: Any = None) -> Starlette:
+    """The Starlette app serving `service` (optionally behind an API key; `lifespan`: Starlette's
+    start-up/shut-down context)."""
     expected = api_key.get_secret_value().encode() if api_key is not None else None
 
     def authorized(request: Request) -> bool:
@@ -94,7 +95,7 @@ def build_app(service: ChatService, *, api_key: Secret | None = None) -> Starlet
     routes = [Route("/v1/models", models, methods=["GET"]),
               Route("/v1/chat/completions", chat, methods=["POST"]),
               Route("/health", health, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
 
 
 class ClientDisconnected(SwarmError):

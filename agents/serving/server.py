@@ -2,6 +2,7 @@
 
     swarm serve FILE.py[:program] --policy smc --particles 16 --port 8000
     swarm serve --model embedded --particles 8 --port 0        # port 0: a free port, printed
+    swarm serve FILE.py --workers 2                            # two server processes, one port
 
 The served program is found like `swarm run` finds it (FILE.py's `program`, or the function after
 the colon; its POLICY and DEFAULTS apply, command-line options override them); `--model embedded`
@@ -9,11 +10,23 @@ serves `agents.serving.chat_program.chat` over the embedded SmolLM2-135M. The se
 127.0.0.1 unless `--host` says otherwise, and prints one line when it accepts connections:
 
     swarm serve: smollm2-135m-smc (SMC, 8 particles) on http://127.0.0.1:40123/v1
+
+Workers: one server process runs every request on one event loop, so on a busy server its CPU
+(HTTP, JSON, the engine's own work) is the limit before the backend is. `--workers K` runs K
+processes that accept on the same listening socket (uvicorn's supervisor: the parent binds the
+socket, spawns the workers, restarts one that dies, and stops them all on SIGINT/SIGTERM). Each
+worker builds its own service from the same arguments (passed in the environment variable
+`PLP_SWARM_SERVE_ARGS`): requests in one worker share its agents and backends; an HTTP backend is
+shared by all workers through its server, but `--model embedded` loads the model once per worker
+(K copies of its memory, and K batched decoders competing for the cores). Workers need the local
+runtime: with `--runtime ray` the cluster is where the work scales.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -27,6 +40,7 @@ from agents.serving.service import ChatService, ServeConfig
 EMBEDDED_DEFAULTS = {"policy": "smc", "particles": 8}
 EMBEDDED_MAX_TOKENS = 50_000
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+WORKER_ARGS_ENV = "PLP_SWARM_SERVE_ARGS"
 
 
 def build_service(args: argparse.Namespace) -> tuple[ChatService, Any]:
@@ -100,28 +114,74 @@ def serve_command(args: argparse.Namespace) -> int:
     requests of h11 per CPU second (bench/serve_overhead.py); the event loop is plain asyncio, the
     loop the framework is tested on."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from agents.serving.app import build_app
+    from observability.programs import CLIError
 
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {workers}")
     key = api_key(args)
-    service, inst = build_service(args)
+    service, inst = build_service(args)  # in the parent too: a bad argument fails here, once
+    if workers > 1:
+        if service.policy.runtime != "local":
+            raise CLIError("--workers needs the local runtime (with --runtime ray, scale on the Ray cluster)")
+        service.tracing.close()
+        if inst is not None:
+            inst.shutdown()
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(build_app(service, api_key=key), loop="asyncio", http="auto", log_level=args.log_level,
-                            access_log=args.access_log, timeout_graceful_shutdown=5, server_header=False)
-    for logger in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "agents.serving"):
-        install_logging_redaction(logging.getLogger(logger))
+    options = dict(loop="asyncio", http="auto", log_level=args.log_level, access_log=args.access_log,
+                   timeout_graceful_shutdown=5, server_header=False)
+    if workers > 1:
+        os.environ[WORKER_ARGS_ENV] = json.dumps(vars(args), default=str)
+        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, **options)
+    else:
+        config = uvicorn.Config(build_app(service, api_key=key), **options)
+    _redact_logs()
     if host not in LOOPBACK and key is None:
         print(f"warning: serving on {host} without an API key (--api-key-env)", file=sys.stderr)
     policy = service.policy
     size = getattr(policy, "num_particles", None)
     print(f"swarm serve: {service.config.model_name} ({type(policy).__name__}"
-          f"{f', {size} particles' if size else ''}) on http://{host}:{port}/v1", flush=True)
+          f"{f', {size} particles' if size else ''}{f', {workers} workers' if workers > 1 else ''}) "
+          f"on http://{host}:{port}/v1", flush=True)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        if workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
-        service.tracing.close()
-        if inst is not None:
-            inst.shutdown()
+        if workers == 1:
+            service.tracing.close()
+            if inst is not None:
+                inst.shutdown()
     return 0
+
+
+def worker_app() -> Any:
+    """The app of one `--workers` process (uvicorn calls this factory in each spawned worker): the
+    service built from the parent's arguments, closed when the worker stops."""
+    from agents.serving.app import build_app
+
+    args = argparse.Namespace(**json.loads(os.environ[WORKER_ARGS_ENV]))
+    _redact_logs()
+    service, inst = build_service(args)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        try:
+            yield
+        finally:
+            service.tracing.close()
+            if inst is not None:
+                inst.shutdown()
+
+    return build_app(service, api_key=api_key(args), lifespan=lifespan)
+
+
+def _redact_logs() -> None:
+    for logger in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "agents.serving"):
+        install_logging_redaction(logging.getLogger(logger))
