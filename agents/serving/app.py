@@ -11,8 +11,9 @@ per request; sse-starlette costs ~0.1 ms per event over a bare StreamingResponse
 long run needs: keep-alive pings while a step computes (proxies drop silent connections), the
 client's disconnect cancelling the run, and open streams closed when the server stops.
 
-A plain (non-stream) request whose client disconnects is cancelled too: a watcher reads the ASGI
-channel while the run goes, so an abandoned request stops using the shared backend.
+A plain (non-stream) request whose client disconnects is cancelled too: once it has run for
+`WATCH_AFTER_S`, a watcher reads the ASGI channel while the run goes, so an abandoned request stops
+using the shared backend (a shorter one just finishes: watching costs a task per request).
 
 API key: with `api_key` set, every /v1 request needs `Authorization: Bearer <key>`, compared in
 constant time; the key is a `Secret` (masked in every log line, span and error message).
@@ -39,6 +40,8 @@ from agents.serving.errors import ServeError
 from agents.serving.service import ChatService
 
 PING_S = 15.0
+WATCH_AFTER_S = 1.0
+"""A plain request still running after this long starts watching for its client's disconnect."""
 TRACE_HEADER = "x-swarm-trace-id"
 
 
@@ -103,22 +106,37 @@ class ClientDisconnected(SwarmError):
 
 
 async def _unless_disconnected(request: Request, work: Any) -> Any:
-    """Await `work`; if the client disconnects first, cancel it and raise `ClientDisconnected`."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
+    """Await `work` in this task; if the client disconnects first, cancel it and raise
+    `ClientDisconnected`. Only a request still running after `WATCH_AFTER_S` starts a watcher task
+    (it cancels this one from a done callback): most requests end sooner and pay for one timer, not
+    a task, and an abandoned long run still stops within about that long."""
+    task = asyncio.current_task()
+    assert task is not None
+    left, watchers = False, []
+
+    def on_disconnect(watcher: asyncio.Future) -> None:
+        nonlocal left
+        if not watcher.cancelled() and watcher.exception() is None:
+            left = True
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            if not asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise ClientDisconnected()
-    return task.result()
+
+    def watch() -> None:
+        watcher = asyncio.ensure_future(_disconnected(request))
+        watcher.add_done_callback(on_disconnect)
+        watchers.append(watcher)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:  # cancelled by the watcher only, not by the server
+            raise ClientDisconnected() from None
+        raise
+    finally:
+        timer.cancel()
+        for watcher in watchers:
+            watcher.remove_done_callback(on_disconnect)
+            watcher.cancel()
 
 
 async def _disconnected(request: Request) -> None:
