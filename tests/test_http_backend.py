@@ -13,7 +13,7 @@ import pytest
 
 from agents.backends.base import ChatMessage, GenerationRequest, GenerationSettings
 from agents.backends.http_continuation import ContinuationUnsupported, render_chat
-from agents.backends.http_pool import HttpPool
+from agents.backends.http_pool import HttpPool, HttpTransportError
 from agents.backends.http_words import WORD_LOOKAHEAD_TOKENS
 from agents.backends.openai_compat import OpenAICompatible
 from tests.fault_server import FaultServer
@@ -226,6 +226,57 @@ def test_pool_reads_chunked_and_close_framed_replies_and_reconnects_after_a_serv
     # the server closed every connection after one reply without saying so: each reuse found the
     # connection dead before any reply byte and retried once on a fresh one, invisibly
     assert connections == opened == 4
+
+
+def test_pool_deadlines_time_out_each_request_alone_and_leave_other_cancels_alone():
+    """One timer serves all deadlines (agents.backends.http_pool._Deadlines): a request the server
+    never answers times out after `timeout` (not before, not much after), one started later times
+    out later by as much, an answered request in between is unaffected, a cancel from elsewhere
+    stays a cancel, and nothing is left pending."""
+    silent_started = asyncio.Event()
+
+    async def go():
+        async def handle(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b"/slow" in head:
+                silent_started.set()
+                await asyncio.sleep(30)  # never answers in time
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        async with server:
+            pool = HttpPool(url, max_connections=8, timeout=0.4)
+            loop = asyncio.get_running_loop()
+
+            async def timed(path: str, delay: float = 0.0):
+                await asyncio.sleep(delay)
+                started = loop.time()
+                try:
+                    await pool.post(path, b"{}")
+                    return "ok", loop.time() - started
+                except HttpTransportError as exc:
+                    return ("timed out" if exc.timed_out else str(exc)), loop.time() - started
+
+            first, second, fine = await asyncio.gather(timed("/slow"), timed("/slow", 0.15), timed("/fast", 0.1))
+            cancelled = asyncio.ensure_future(pool.post("/slow", b"{}"))
+            await asyncio.sleep(0.1)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            pending = dict(pool._deadlines._pending), set(pool._deadlines.expired)
+            await pool.close()
+            return first, second, fine, pending
+
+    first, second, fine, pending = run(go())
+    # Bounds: the limit is 0.4 s; the upper bound leaves 0.5 s for a loaded event loop (a CI
+    # machine's scheduler, not the mechanism: the timer fires at the deadline itself).
+    assert first[0] == second[0] == "timed out" and 0.4 <= first[1] < 0.9 and 0.4 <= second[1] < 0.9
+    assert fine[0] == "ok" and fine[1] < 0.4
+    assert pending == ({}, set())
 
 
 def test_pool_keeps_connections_alive_and_bounded():

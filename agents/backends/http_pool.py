@@ -21,6 +21,13 @@ connection the server closed meanwhile is detected when taken, and a request tha
 *reused* connection before any byte of the reply arrived is sent once more on a fresh one (the
 server closed it between requests: nothing was processed). The pool is bound to the event loop it
 was made on; `OpenAICompatible` makes one per loop.
+
+Time limits: a request (from taking a connection slot to the end of its reply, retry on a fresh
+connection included) is cancelled after `timeout` seconds and raises `HttpTransportError(timed_out=
+True)`, as `asyncio.timeout` would, but without a timer per request: every request of a pool has
+the same limit and starts later than the ones before it, so the deadlines are in start order and
+one timer, set for the earliest, serves them all (`_Deadlines`). At thousands of requests in
+flight that is a dict insert and delete per request instead of a timer scheduled and cancelled.
 """
 
 from __future__ import annotations
@@ -54,6 +61,53 @@ class _Stale(SwarmError):
     """A reused connection was closed by the server before it replied (retry on a fresh one)."""
 
 
+class _Deadlines:
+    """The deadlines of a pool's requests in flight, in start order (= deadline order: one timeout
+    for all), with one loop timer set for the earliest. A request past its deadline has its task
+    cancelled and its key in `expired`."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.expired: set[int] = set()
+        self._pending: dict[int, tuple[float, asyncio.Task]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._next_key = 0
+
+    def start(self, task: asyncio.Task) -> int:
+        loop = task.get_loop()
+        key = self._next_key = self._next_key + 1
+        self._pending[key] = (loop.time() + self.timeout, task)
+        if self._timer is None:
+            self._timer = loop.call_at(loop.time() + self.timeout, self._expire, loop)
+        return key
+
+    def finish(self, key: int) -> bool:
+        """Forget request `key`; whether it had expired."""
+        self._pending.pop(key, None)
+        if key in self.expired:
+            self.expired.discard(key)
+            return True
+        return False
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        while self._pending:
+            key = next(iter(self._pending))
+            deadline, task = self._pending[key]
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._expire, loop)
+                return
+            del self._pending[key]
+            self.expired.add(key)
+            task.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class _Conn:
     __slots__ = ("reader", "writer")
 
@@ -83,6 +137,7 @@ class HttpPool:
         self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self._idle: list[_Conn] = []
         self._gate = asyncio.Semaphore(max_connections)
+        self._deadlines = _Deadlines(self.timeout)
         self.opened = 0
         """Connections opened so far (keep-alive reuse keeps it near the concurrency)."""
 
@@ -95,6 +150,7 @@ class HttpPool:
         return await self._request(f"GET {self.prefix}{path} HTTP/1.1\r\n{self._head}\r\n".encode("latin-1"))
 
     async def close(self) -> None:
+        self._deadlines.close()
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
@@ -102,11 +158,17 @@ class HttpPool:
     # ---- one exchange ---------------------------------------------------------------------------
     async def _request(self, data: bytes) -> HttpReply:
         async with self._gate:
+            task = asyncio.current_task()
+            assert task is not None, "HttpPool requests run in a task"
+            key = self._deadlines.start(task)
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await self._exchange_with_retry(data)
-            except TimeoutError:
-                raise HttpTransportError(f"request timed out after {self.timeout:g}s", timed_out=True) from None
+                return await self._exchange_with_retry(data)
+            except asyncio.CancelledError:
+                if self._deadlines.finish(key) and task.uncancel() == 0:  # cancelled for its deadline only
+                    raise HttpTransportError(f"request timed out after {self.timeout:g}s", timed_out=True) from None
+                raise
+            finally:
+                self._deadlines.finish(key)
 
     async def _exchange_with_retry(self, data: bytes) -> HttpReply:
         conn = self._take_idle()
