@@ -1,6 +1,8 @@
 """`OpenAICompatible`: any OpenAI-compatible endpoint (llama.cpp server, vLLM, OpenAI, …) over a lean
 keep-alive HTTP pool (`agents.backends.http_pool`), with explicit retries, a concurrency limit and
-token accounting. Responses are parsed as dicts (`agents.backends.http_wire`), never as pydantic models.
+token accounting. Responses are parsed as dicts (`agents.backends.http_wire`), never as pydantic models;
+bodies are encoded and decoded by orjson (~7 µs less per request than the standard library's json,
+a tenth of the transport's CPU at thousands of requests in flight; bench/latency_hiding.py).
 
 Log-probabilities are requested only where something needs them (each one costs: llama-cpp-python's
 server took 6.8x as long for the same 24-token completion with `logprobs: 0`):
@@ -48,6 +50,7 @@ import time
 import urllib.parse
 from typing import Any, Literal, NamedTuple
 
+import orjson
 from pydantic import SecretStr
 
 from agents.backends import http_continuation, http_words
@@ -309,7 +312,7 @@ class OpenAICompatible(Backend):
         """POST `body` to /chat/completions or /completions; retry what may pass on a second try."""
         pool = self._resources()[0]
         path = "/chat/completions" if kind == "chat" else "/completions"
-        data = json.dumps(body).encode()
+        data = _dumps(body)
         failure: _Failure | None = None
         for attempt in range(self.max_retries + 1):
             if failure is not None:
@@ -326,7 +329,7 @@ class OpenAICompatible(Backend):
                 continue
             if reply.status == 200:
                 try:
-                    return json.loads(reply.body)
+                    return _loads(reply.body)
                 except ValueError:
                     failure = _Failure(f"HTTP 200 with a body that is not JSON: {self._redact(repr(reply.body[:200]))}",
                                        status=200, retryable=False)
@@ -420,3 +423,21 @@ def _safe_url(url: str) -> str:
     if parts.username is None and parts.password is None:
         return url
     return urllib.parse.urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """A request body as JSON (orjson; values it does not know, such as a user's `extra_body`
+    objects, go through the standard library and its error messages)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
+
+
+def _loads(data: bytes) -> Any:
+    """A reply body (orjson; the standard library for what strict JSON forbids but Python servers
+    send, such as `-Infinity` log-probabilities; `ValueError` when it is not JSON at all)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
