@@ -22,44 +22,14 @@ clients' own CPU (HTTP, JSON) is charged to the candidate. Figures are noisy: co
 "CPU per request" (the server process's user+system time, or the direct loop's process time,
 divided by the requests) is the figure least disturbed by other jobs.
 
-Figures of one run (f9bde3b, 2 shared cores, load average 14-19 from other jobs throughout, so
-every side got a fraction of a core; medians of 3 alternating rounds):
+Figures: docs/serving.md ("Performance") and bench/RESULTS.md. History: the first version
+(f9bde3b, load average 14-19) measured p50 +6.6% at 1 client, +44% at 8 and +38% at 64, about 1 ms
+of it the engine's step records (a pydantic record per particle per step) that the server needed to
+count completion tokens; a plain response now builds none (`RunListener.wants_steps`, output
+tokens from `Diagnostics.output_tokens`, the run id from `Result.run_id`), and watches for its
+client's disconnect only after `WATCH_AFTER_S`; `--workers 2` is measured at 64 clients.
 
-    clients  side            req/s   p50 ms  p95 ms  CPU ms/req
-    1        direct            4.1     233     326     9.6
-             served            3.8     248     402    13.1     p50 +6.6%
-    8        direct           28.1     273     324     7.5
-             served           19.5     394     486     9.8     CPU +31%
-             served stream    14.6     512     676    12.8     CPU +71%
-    64       direct           42.4    1491    1638     6.2
-             served           30.4    2057    2446     7.5     CPU +21%
-
-At one client the run waits on its 50 ms calls and serving adds 15 ms to the p50 (6.6%). With 8
-and 64 clients on this loaded machine the event loop is CPU-bound on both sides, so the wall-clock
-ratios follow the CPU per request: serving adds 1.3 ms (64 clients) to 2.3 ms (8) of CPU to a run
-that costs 6-7.5 ms. About 1 ms of it is the engine's listener records (a pydantic ParticleStep
-per particle per step, built only when a listener is attached: here 40 per run), which the server
-needs to count completion tokens; the rest is request parsing and validation, the request span,
-the answers and the JSON (~0.5 ms in process) and HTTP. A streamed response adds the per-step
-chunks and sse-starlette (+3 ms per run of 6 events). In process (no HTTP, CPU per request, min
-of 18 alternating rounds): direct 5.55 ms, the service 7.14 ms, the service without records 6.01
-ms; so if the engine counted completion tokens in `Diagnostics`, a plain request could skip the
-records and cost ~0.5 ms (8%) over the direct call, plus HTTP.
-
-Since then a plain response builds no step records (`RunListener.wants_steps`; output tokens come
-from `Diagnostics.output_tokens`). One run on a quiet machine (load average 1.3), medians of 3:
-
-    clients  side            req/s   p50 ms  CPU ms/req   vs direct
-    1        served           4.76    209.9     8.1        p50 +1.3%, req/s 0.99
-    8        served          35.94    219.7     5.6        p50 +3.4%, req/s 0.96
-             served stream   34.97    224.2    10.0        p50 +5.6%, req/s 0.93
-    64       served         200.3     311.3     4.7        p50 +22.5%, req/s 0.82
-
-So the 10% target holds at 1 and 8 clients (plain and streamed); at 64 clients the server, its
-clients and the direct loop's baseline share 2 cores, and the server's extra ~1 ms of CPU per run
-(HTTP, parsing, the request span) is what the wall clock shows.
-
-Library choices, same run (trivial handler, 8 clients, requests/s): Starlette 2358 vs FastAPI 1029
+Library choices, one run of `--only frameworks` (trivial handler, 8 clients, requests/s): Starlette 2358 vs FastAPI 1029
 (2.3x); httptools 2358 vs h11 843 (2.8x); sse-starlette 637 vs a bare StreamingResponse 1070
 streams of 20 events (0.6x: ~0.6 ms a stream, for keep-alive pings, disconnect handling and clean
 shutdown, which long SMC runs need).
