@@ -13,7 +13,11 @@ plp-swarm runs here through `OpenAICompatible(mode="completions")`; its-hub runs
 are the server's completion_tokens on both sides. Success = the same independent check
 (`tasks.sentence_ok`, answer == truth). The two sides run one after the other on a shared machine,
 so the sides alternate problem by problem (plp-swarm, then its-hub, on problem 1, then 2, …) and
-both meet the same load; the ratios are of rates and of seconds per problem. plp-swarm requests no
+both meet the same load; the ratios are of rates and of seconds per problem. Before every measured
+run each side resets the server's prompt cache (`tasks.cold_server`, not timed): llama.cpp keeps the
+last prompt's prefix, and the two sides run the arithmetic policies in opposite orders, so without
+it the second run of a problem's prompt got it warm (one run measured ours/its-hub 1.60 for
+SelfConsistency and 0.62 for BestOfN with the same tokens and requests: the order, not the libraries). plp-swarm requests no
 log-probabilities here (no program's weight needs them) and draws words with a 3-token look-ahead.
 
     python -m bench.peer_its_hub [--problems 4] [--n 6] [--repeats 3]
@@ -56,6 +60,7 @@ def _ours(base_url: str, start: int, problems: int, n: int) -> dict[str, dict[st
     sentence, arithmetic = sentence_programs(agent), arithmetic_programs(agent)
 
     def one(task: str, name: str, policy: Any, program: Any, arg: str, pick: Any) -> dict:
+        tasks.cold_server(base_url)  # every measured run starts from the same server cache (not timed)
         before = backend.stats()["requests"]
         o = run_one(policy, program, arg, counter, pick)
         o["requests"] = backend.stats()["requests"] - before

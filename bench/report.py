@@ -171,13 +171,15 @@ def _throughput_item(results: dict) -> str | None:
 def _threads_note(results: dict) -> str:
     single = _find(results, "llm_throughput_threads", "single, 2 threads vs 1 (no extra load)")
     batched = _find(results, "llm_throughput_threads", "batched x16, 2 threads vs 1 (no extra load)")
+    loaded = _find(results, "llm_throughput_threads", "single, 2 threads vs 1 (another process")
     def times(r: dict | None) -> str:
         return f"{_fig(r)}x" if _ratio(r) is not None else _fig(r)
-    return (f"Also measured: on this shared 2-core machine llama.cpp with 2 threads ran at {times(single)} (one "
-            f"sequence) and {times(batched)} (16 batched) the tokens/s of 1 thread (bench/llm_throughput_threads.py: "
-            "llama.cpp's threads meet at a barrier after every operation, so a step waits for a descheduled thread), "
-            "hence `LlamaCpp`'s default of 1 thread; on a machine with idle cores reserved for the model, pass "
-            "`n_threads` and measure.")
+    return (f"Also measured: llama.cpp with 2 threads ran at {times(single)} (one sequence) and {times(batched)} "
+            f"(16 batched) the tokens/s of 1 thread with both cores free, and at {times(loaded)} with another "
+            "process on a core (bench/llm_throughput_threads.py: llama.cpp's threads meet at a barrier after every "
+            "operation, so a step waits for a descheduled thread). `LlamaCpp` defaults to 1 thread, the safe "
+            "choice on a shared machine; where cores are reserved for the model, pass `n_threads` (measured "
+            "here: faster when the cores are free).")
 
 
 def _core_item(results: dict) -> str:
@@ -245,10 +247,10 @@ def render(results: dict) -> str:
         "candidate and medians reported where the benchmark repeats). `better` says which direction is good for "
         "`value`.",
         "",
-        "**Shared machine.** Other jobs (tests of other work, other benchmarks) were using the same 2 cores "
-        f"while this ran (load average {m.get('load_before', '?')} at the start, {m.get('load_now', '?')} at the end): "
-        "absolute times and rates are pessimistic and noisy; ratios of interleaved repetitions are the figures to "
-        "read.",
+        f"**Machine.** 2 cores (load average {m.get('load_before', '?')} at the start, {m.get('load_now', '?')} at "
+        "the end; above ~2, other jobs shared them). Within a benchmark the candidate, its baseline and any local "
+        "server or clients share those cores, so absolute times are noisy; ratios of interleaved repetitions are "
+        "the figures to read.",
         "",
         "| machine | |", "|---|---|",
         f"| CPU | {m.get('cpu', '?')} |", f"| cores | {m.get('cores', '?')} |", f"| RAM | {m.get('ram_gib', '?')} GiB |",

@@ -80,3 +80,21 @@ def arithmetic_prompt(question: str) -> str:
 def work_score(question: str, text: str) -> float:
     """The verifier as a score in (0, 1] for libraries that want one: exp(log Φ), 0 without an answer."""
     return 0.0 if extract_answer(text) is None else math.exp(work_log_potential(question, text))
+
+
+COLD_PROMPT = "Unrelated text that shares no prefix with any task prompt."
+
+
+def cold_server(base_url: str) -> None:
+    """Put a llama.cpp server's prompt cache in the same state before every measured run: a one-token
+    completion of `COLD_PROMPT` replaces the cached prefix, so the run that comes first on a problem
+    and the one after it pay the same prefill (without this, whichever side ran a prompt second got it
+    warm). Standard library only: both the bench and the peer's venv call it; not timed."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"prompt": COLD_PROMPT, "max_tokens": 1, "temperature": 0.0}).encode()
+    request = urllib.request.Request(base_url.rstrip("/") + "/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        response.read()

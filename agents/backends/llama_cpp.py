@@ -78,7 +78,9 @@ at 0.07x (one sequence) and 0.26x (16 batched) the tokens/s of 1 thread at load 
 and 0.14x with another process keeping a core busy, and 0.03-0.11x at load average 13-20. llama.cpp's
 threads meet at a barrier after every operation and spin there, so a step runs at the pace of a
 descheduled thread; one thread has no barrier, and the batch, not threads, is what uses the
-hardware. On a machine with idle cores reserved for the model, pass `n_threads` and measure.
+hardware. With both cores free (load average < 1, 2026-12-07) 2 threads ran at 1.7x and, with
+another process on a core, 0.54x: on a machine with idle cores reserved for the model, pass
+`n_threads` and measure.
 
 Constraints (`request.constraint`, see `agents.constraints` and docs/constraints.md): the
 constraint is bound to this model's vocabulary (`vocabulary()`, built once per model); per request
