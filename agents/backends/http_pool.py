@@ -76,9 +76,10 @@ class _Deadlines:
     def start(self, task: asyncio.Task) -> int:
         loop = task.get_loop()
         key = self._next_key = self._next_key + 1
-        self._pending[key] = (loop.time() + self.timeout, task)
+        deadline = loop.time() + self.timeout
+        self._pending[key] = (deadline, task)
         if self._timer is None:
-            self._timer = loop.call_at(loop.time() + self.timeout, self._expire, loop)
+            self._timer = loop.call_at(deadline, self._expire, loop)
         return key
 
     def finish(self, key: int) -> bool:

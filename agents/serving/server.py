@@ -125,11 +125,9 @@ def serve_command(args: argparse.Namespace) -> int:
     key = api_key(args)
     service, inst = build_service(args)  # in the parent too: a bad argument fails here, once
     if workers > 1:
+        _close(service, inst)  # the parent only supervises; each worker builds its own
         if service.policy.runtime != "local":
             raise CLIError("--workers needs the local runtime (with --runtime ray, scale on the Ray cluster)")
-        service.tracing.close()
-        if inst is not None:
-            inst.shutdown()
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     options = dict(loop="asyncio", http="auto", log_level=args.log_level, access_log=args.access_log,
@@ -155,9 +153,7 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         sock.close()
         if workers == 1:
-            service.tracing.close()
-            if inst is not None:
-                inst.shutdown()
+            _close(service, inst)
     return 0
 
 
@@ -175,11 +171,16 @@ def worker_app() -> Any:
         try:
             yield
         finally:
-            service.tracing.close()
-            if inst is not None:
-                inst.shutdown()
+            _close(service, inst)
 
     return build_app(service, api_key=api_key(args), lifespan=lifespan)
+
+
+def _close(service: ChatService, inst: Any) -> None:
+    """Flush and close what `build_service` opened (the request tracing, the OTel exporter)."""
+    service.tracing.close()
+    if inst is not None:
+        inst.shutdown()
 
 
 def _redact_logs() -> None:
