@@ -32,15 +32,13 @@ from agents.backends.base import GenerationRequest
 from agents.clients import client_for, completion_info
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
+from swarm.effects import NEEDS_LOG_Q
 from swarm.runtime import run_scope
 
 if TYPE_CHECKING:
     from agents.agent import Agent
 
 
-NEEDS_LOG_Q = "agents.needs_log_q"
-"""`run_scope()` key: set True by a policy whose scores use every site's log q (e.g. a
-length-normalised vote), so generations request log-probabilities even with target="proposal"."""
 
 
 class GenerationError(SwarmError):

@@ -11,6 +11,8 @@ from pydantic import Field
 
 from policies.base import Policy, RunContext
 from policies.independent import particles_of, weighted_independent
+from swarm.effects import NEEDS_LOG_Q, run_scope
+from swarm.errors import SwarmError
 from swarm.execution import Segment
 from swarm.population import normalized_weights
 from swarm.result import Result, hashable
@@ -42,12 +44,17 @@ def length_normalized_log_prob(trace: Trace) -> float:
     The tokens t_k are, for each sample site in program order, the entries of
     ``info["token_logprobs"]`` when the site recorded them (an LLM generation), otherwise the site
     itself counts as one token with log-probability ``log_prob`` (log q of the drawn value).
-    K is the total count; a trace with no sample site gives 0 (score exp(0) = 1).
+    K is the total count; a trace with no sample site gives 0 (score exp(0) = 1). A generation whose
+    backend reported no log-probabilities (info["log_q"] == "absent") is refused, naming the site:
+    its log q is a placeholder, and the score would silently count it as one certain token.
     """
     total, count = 0.0, 0
     for e in trace.events:
         if e.type != "sample":
             continue
+        if e.info and e.info.get("log_q") == "absent":
+            raise SwarmError(f"length-normalised votes need log q of every token, and site {e.address!r} has none "
+                             "(its backend reported no log-probabilities for that call)")
         tokens = e.info.get("token_logprobs") if e.info else None
         if tokens:
             total += math.fsum(float(t) for t in tokens)
@@ -106,6 +113,8 @@ class SelfConsistency(Policy):
 
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
+        if self.length_normalized:
+            run_scope()[NEEDS_LOG_Q] = True  # the score reads every token's log q: generations ask for it
         runner = ctx.runner(args, kwargs)
         segments, log_w, log_z = await weighted_independent(ctx, runner, self.num_particles, batch_size=self.batch_size)
         particles = particles_of(ctx, segments, log_w)

@@ -33,6 +33,11 @@ _RUN_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextV
 _PROCESS_SCOPE: dict[str, Any] = {}
 
 
+NEEDS_LOG_Q = "swarm.needs_log_q"
+"""`run_scope()` key: set True by a policy whose scores use every site's log q (a length-normalised
+vote), so LLM generations ask their backend for log-probabilities even with target="proposal"."""
+
+
 def run_scope() -> dict[str, Any]:
     """A scratch dictionary shared by everything that runs inside the current policy run (outside
     any run: one process-wide dictionary). Layers above the core keep per-run state here, e.g. the

@@ -337,3 +337,30 @@ def test_target_base_with_an_estimated_log_q_is_refused_naming_agent_and_setting
             _one_sample(b, target="base", temperature=0.7)
         greedy = _one_sample(b, target="base", temperature=0.0)  # q is a point mass: exact
     assert greedy.info["log_q"] == "exact" and greedy.log_prob == 0.0 and greedy.target_log_prob == -1.5
+
+
+def test_length_normalised_votes_ask_for_log_q_and_refuse_a_site_without_it():
+    """SelfConsistency(length_normalized=True) scores each trace by its tokens' mean log q, so its
+    generations ask the server for log-probabilities (plain votes do not); a site whose log q is
+    absent is refused by name, never counted as one certain token (log q = 0)."""
+    from agents import Agent
+    from policies.self_consistency import SelfConsistency, length_normalized_log_prob
+    from swarm import SwarmError, sample
+    from swarm.trace import SampleEvent, Trace
+
+    with FaultServer() as srv:
+        agent = Agent(name="voter", backend=OpenAICompatible(srv.base_url, "m", mode="completions", **FAST))
+
+        async def program():
+            return await sample("answer", agent.generate(raw_prompt="Q:", max_tokens=4))
+
+        normalised = SelfConsistency(num_particles=3, length_normalized=True, seed=0).run(program)
+        plain = SelfConsistency(num_particles=3, seed=0).run(program)
+        asked = ["logprobs" in r["body"] for r in srv.requests]
+    assert asked == [True] * 3 + [False] * 3
+    assert normalised.extra["answer"] == plain.extra["answer"] == "Hello world again"
+    events = [e for p in normalised.particles for e in p.trace.events if e.type == "sample"]
+    assert {e.info["log_q"] for e in events} == {"exact"}
+    absent = Trace(events=[SampleEvent(address="answer", value="x", log_prob=0.0, info={"log_q": "absent"})])
+    with pytest.raises(SwarmError, match="site 'answer' has none"):
+        length_normalized_log_prob(absent)
