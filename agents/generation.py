@@ -9,7 +9,7 @@ sampled from. With `target="base"` the site's model distribution is the base mod
 
 Log-probabilities are asked of the backend (`GenerationRequest.log_q = "required"`) only when the
 weight needs them: `target="base"`, or a policy that scores traces by log q and says so with
-`run_scope()[NEEDS_LOG_Q] = True`. The sample event's info records `log_q` (the completion's
+`run_scope()[NEEDS_LOG_Q] = True` (`SelfConsistency(length_normalized=True)`). The sample event's info records `log_q` (the completion's
 `log_q_quality`: "exact", "estimated" or "absent") and `tokens_generated` vs `tokens_kept` (a
 chunk's look-ahead beyond its boundary is generated, not kept; kept is None when the backend
 returned no token pieces, i.e. without log-probabilities). A weight that needs what the backend
