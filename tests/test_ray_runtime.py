@@ -283,11 +283,15 @@ def test_plan_chunks_keeps_particles_home_and_balances():
 
 # -- run-scoped state in the workers (issue 11, defect d) ------------------------------------------
 def _cache_identity():
-    """Which response cache this particle's calls go through, and in which process."""
+    """Which response cache this particle's calls go through, and in which process. The cache is
+    named by a serial number given the first time it is seen, not by id(): a run's cache freed
+    before the next run's is made can get the same address, hence the same id."""
+    import uuid
+
     from agents.cache import run_cache
 
     sample("x", Bernoulli(0.5))
-    return os.getpid(), id(run_cache())
+    return os.getpid(), run_cache().__dict__.setdefault("_test_name", uuid.uuid4().hex)
 
 
 def test_segment_workers_scope_the_response_cache_to_a_run():
