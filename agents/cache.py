@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from pydantic import BaseModel
-
 from agents.backends.base import Completion, GenerationRequest
+from agents.json_codec import dumps_exact, loads
 from swarm.checkpoint import CHECKPOINT_DIR_KEY, RESPONSE_JOURNAL
 from swarm.errors import SwarmError
 from swarm.effects import run_scope
@@ -52,19 +50,10 @@ def request_key(identity: str, request: GenerationRequest) -> str:
 
 
 def _line(key: str, completion: Completion) -> bytes:
-    """One JSONL record. The standard `json` encoder writes -inf log-probabilities as -Infinity
-    (pydantic's JSON would write null); models are encoded as their field dicts, which is what
-    `model_dump(mode="python")` gives for these plain models, at a third of the cost."""
-    return (_ENCODER.encode({"key": key, "completion": completion.__dict__}) + "\n").encode()
-
-
-def _fields(value: object) -> dict:
-    if isinstance(value, BaseModel):
-        return value.__dict__
-    raise TypeError(f"response journal: cannot encode a {type(value).__name__}")
-
-
-_ENCODER = json.JSONEncoder(default=_fields)
+    """One JSONL record: the completion's fields (what `model_dump(mode="python")` gives for these
+    plain models, at a third of the cost), -inf log-probabilities written as -Infinity (pydantic's
+    JSON would write null), through orjson when that writes the same (`agents.json_codec`)."""
+    return dumps_exact({"key": key, "completion": completion.__dict__}) + b"\n"
 
 
 class ResponseCache:
@@ -173,7 +162,7 @@ class ResponseCache:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = loads(line)
                 self._loaded[row["key"]] = Completion.model_validate(row["completion"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise CacheJournalError(f"response cache {path}, line {number}: {type(exc).__name__}: {exc}") from None

@@ -59,6 +59,7 @@ from agents.backends.http_batching import SiblingBatcher
 from agents.backends.http_pool import HttpPool, HttpTransportError
 from agents.backends.http_reply import OpenAICompletion, parse_choice
 from agents.backends.http_wire import error_text
+from agents.json_codec import loads
 from agents.secrets import MASK, redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ class OpenAICompatible(Backend):
                 continue
             if reply.status == 200:
                 try:
-                    return _loads(reply.body)
+                    return loads(reply.body)
                 except ValueError:
                     failure = _Failure(f"HTTP 200 with a body that is not JSON: {self._redact(repr(reply.body[:200]))}",
                                        status=200, retryable=False)
@@ -432,12 +433,3 @@ def _dumps(body: dict[str, Any]) -> bytes:
         return orjson.dumps(body)
     except TypeError:
         return json.dumps(body).encode()
-
-
-def _loads(data: bytes) -> Any:
-    """A reply body (orjson; the standard library for what strict JSON forbids but Python servers
-    send, such as `-Infinity` log-probabilities; `ValueError` when it is not JSON at all)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
