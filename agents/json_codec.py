@@ -57,7 +57,18 @@ def finite_plain(value: Any) -> bool:
             pass
         return all(finite_plain(item) for item in value)
     if kind is dict:
-        return all(type(key) is str and finite_plain(item) for key, item in value.items())
+        for key, item in value.items():  # scalars inline: a model's dict is mostly scalars
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if kind is float:
+                if item - item != 0.0:
+                    return False
+            elif not finite_plain(item):
+                return False
+        return True
     if isinstance(value, BaseModel):
         return finite_plain(value.__dict__)
     return False
