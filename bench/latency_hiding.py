@@ -186,8 +186,7 @@ def run(sizes: tuple[int, ...] = (256, 1024, 2048), repeats: int = 3, latency: f
     ideal = STEPS * latency
     with start_fake_endpoint(latency) as base_url:
         for n in sizes:
-            reps = repeats if n <= 1024 else max(1, repeats - 1)
-            progress(f"latency hiding: N={n}, {reps} interleaved repeat(s)")
+            progress(f"latency hiding: N={n}, {repeats} interleaved repeat(s)")
             fns = {"smc in-process": lambda: _smc_in_process(n, latency)}
             if http:
                 fns.update({"smc http": lambda: _smc(_http_backend(base_url, n), n),
@@ -195,7 +194,7 @@ def run(sizes: tuple[int, ...] = (256, 1024, 2048), repeats: int = 3, latency: f
                             "backend alone": lambda: _backend_waves(base_url, n)})
                 if n <= OPENAI_MAX_N:
                     fns["openai client"] = lambda: _openai_waves(base_url, n)
-            times = interleaved(fns, repeats=reps, warmup=True)
+            times = interleaved(fns, repeats=repeats, warmup=True)
             rows += _case_rows(n, times, ideal, fetch_stats(base_url)["max_in_flight"] if http else 0)
     return rows
 

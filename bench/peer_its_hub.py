@@ -20,7 +20,7 @@ it the second run of a problem's prompt got it warm (one run measured ours/its-h
 SelfConsistency and 0.62 for BestOfN with the same tokens and requests: the order, not the libraries). plp-swarm requests no
 log-probabilities here (no program's weight needs them) and draws words with a 3-token look-ahead.
 
-    python -m bench.peer_its_hub [--problems 4] [--n 6] [--repeats 3]
+    python -m bench.peer_its_hub [--problems 8] [--n 6] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -142,10 +142,14 @@ def compare(ours: dict, theirs: dict, version: str, n: int) -> list[dict]:
             rows.append(row("peer: its-hub", label + " (wall)", s1, s2, "s/problem", better="lower",
                             note=f"same llama.cpp server, sides alternated problem by problem; HTTP requests/problem "
                                  f"{req1:.0f} vs {req2:.0f}; generated tokens/problem {tok1:.0f} vs {tok2:.0f}"))
+            rows.append(row("peer: its-hub", label + " (wall per generated token)", s1 / max(tok1, 1) * 1e3,
+                            s2 / max(tok2, 1) * 1e3, "ms/token", better="lower",
+                            note="seconds per problem over generated tokens per problem: the wall time at equal tokens "
+                                 "(the same algorithm on both sides draws different random lengths)"))
     return rows
 
 
-def run(problems: int = 4, n: int = 6, repeats: int = 1) -> list[dict]:
+def run(problems: int = 8, n: int = 6, repeats: int = 1) -> list[dict]:
     sys.path.insert(0, str(tasks.__file__).rsplit("/bench/", 1)[0])
     from agents.backends.embedded import embedded_model_path
     from tests.llama_server import start_llama_server
@@ -183,7 +187,7 @@ def _extend(into: dict, more: dict, repeat: int = 0) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", type=int, default=4)
+    parser.add_argument("--problems", type=int, default=8)
     parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side per problem, alternated")
     args = parser.parse_args(argv)

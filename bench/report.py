@@ -195,20 +195,31 @@ def _core_item(results: dict) -> str:
 
 
 def _peer_item(results: dict) -> str:
-    walls = [r for r in results["benchmarks"].get("peer_its_hub", {}).get("rows", []) if "(wall)" in r.get("case", "")]
-    wall_txt = ", ".join(f"{_num(r['ratio'])}x ({r['case'].split(':')[0]} "
-                         f"{r['case'].split('plp-swarm ')[1].split(' vs')[0]})" for r in walls) or "(not measured in this run)"
+    rows = results["benchmarks"].get("peer_its_hub", {}).get("rows", [])
+    walls = [r for r in rows if "(wall)" in r.get("case", "")]
+    per_token = {r["case"].replace(" (wall per generated token)", ""): r for r in rows
+                 if "(wall per generated token)" in r.get("case", "")}
+
+    def pair(r: dict) -> str:
+        return f"{r['case'].split(':')[0]} {r['case'].split('plp-swarm ')[1].split(' vs')[0]}"
+
+    def per_token_of(r: dict) -> str:
+        t = per_token.get(r["case"].replace(" (wall)", ""))
+        return f"; {_num(t['ratio'])}x per generated token" if t else ""
+
+    wall_txt = ", ".join(f"{_num(r['ratio'])}x ({pair(r)}{per_token_of(r)})" for r in walls) or "(not measured in this run)"
     cost = _find(results, "peer_its_hub", "with logprobs vs without")
     slower = [r for r in walls if isinstance(r.get("ratio"), float) and r["ratio"] > 1.0]
-    verdict = ("slower on " + ", ".join(r["case"].split(":")[0] + " " + r["case"].split("plp-swarm ")[1].split(" vs")[0]
-                                        for r in slower)) if slower else "not slower on any task"
+    verdict = ("slower on " + ", ".join(pair(r) for r in slower)) if slower else "not slower on any task"
     return (f"**Against its-hub on the same llama.cpp server** (our wall time per problem / its-hub's: {wall_txt}; "
             f"{verdict} in this run). Both sides wait on one single-threaded llama.cpp server, one request at a "
-            "time, so the ratio follows the tokens each side makes the server process, and a few problems per task "
-            "make it noisy (a problem where one side's particles run to the token cap dominates). plp-swarm asks "
-            "for log-probabilities only where a weight needs them (a call with them costs "
-            f"{_fig(cost)}x on this server) and draws words with a short look-ahead. *Plan:* more problems per task "
-            "for a tighter ratio, and for word steps the server's stop strings instead of a look-ahead.")
+            "time, so the ratio follows the tokens each side makes the server process: on the pairs that run the "
+            "same algorithm (BestOfN, SelfConsistency) it follows the lengths each side's random samples happen "
+            "to have (the per-token figure takes that out), and it can be well below 1 only where the algorithms "
+            "differ in what they make the server generate (SMC). plp-swarm asks for log-probabilities only where a "
+            f"weight needs them (a call with them costs {_fig(cost)}x on this server) and draws words with a short "
+            "look-ahead. *Plan:* for word steps, the next word's first token taken from the look-ahead's surplus "
+            "(exact with its q(boundary) correction) instead of redrawn.")
 
 
 def _overheads_item(results: dict) -> str:

@@ -67,7 +67,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("constraint_masks", "token-mask cost on the 49k vocabulary: llguidance vs outlines-core; guide vs decode",
               quick={"repeats": 1}, full={"repeats": 5}),
     Benchmark("peer_its_hub", "the quality tasks through its-hub vs plp-swarm on one llama.cpp server",
-              quick={"problems": 1, "n": 4}, full={"problems": 4, "n": 6}),
+              quick={"problems": 1, "n": 4}, full={"problems": 8, "n": 6}),
     Benchmark("ray_scaling", "SMC over Ray with a 50 ms fake agent vs ideal", entry="main_argv",
               quick={"argv": ["--sizes", "16", "256", "--calls", "50"]}, full={"argv": []}),
     Benchmark("checkpoint_cost", "SMC with checkpoints every step vs without", entry="main_argv",
