@@ -61,3 +61,17 @@ def test_a_journal_line_keeps_minus_infinity_and_every_field(tmp_path):
     assert cache._loaded["k"].token_logprobs == [-0.25, -math.inf]
     assert cache._loaded["k"] == completion
     assert cache._loaded["k2"].token_logprobs == [-0.25, -0.5]
+
+
+def test_a_typical_completion_takes_the_fast_path():
+    """The journal's speed rests on this: every field of an ordinary completion (tokens, finite
+    log-probabilities, usage, tool calls) is one orjson writes as json does. A new field of another
+    kind would send every line to the standard library (5x slower) without failing anything else."""
+    from agents.backends.http_reply import OpenAICompletion
+    from agents.backends.llama_chunks import LlamaCppCompletion
+
+    for cls in (Completion, OpenAICompletion, LlamaCppCompletion):
+        completion = cls(text="a b", tokens=["a", " b"], token_logprobs=[-0.25, -0.5], base_token_logprobs=[-0.2, -0.4],
+                         usage=Usage(input_tokens=3, output_tokens=2),
+                         tool_calls=[ToolCall(id="1", name="f", arguments="{}")])
+        assert finite_plain({"key": "k", "completion": completion.__dict__}), cls.__name__
