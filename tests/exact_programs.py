@@ -304,6 +304,13 @@ PROGRAMS: list[ExactProgram] = [
 ]
 BY_NAME = {p.name: p for p in PROGRAMS}
 
+SEARCH_CASES = [(p, objective) for objective in ("joint", "weight") for p in PROGRAMS
+                if not (objective == "weight" and p.name == "custom_proposal")]
+"""(program, objective) pairs for search policies checked against Enumerate's best trace. Not
+custom_proposal under "weight": there log w holds p/q of its Uniform proposal, and Enumerate's
+traces (drawn from each site's model) have no proposal, so the two scores are not comparable."""
+SEARCH_IDS = [f"{p.name}-{objective}" for p, objective in SEARCH_CASES]
+
 
 def total_variation(p: dict[Any, float], q: dict[Any, float]) -> float:
     keys = set(p) | set(q)

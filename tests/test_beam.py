@@ -17,9 +17,7 @@ from pydantic import ValidationError
 import policies
 from policies.beam import Beam
 from swarm import Bernoulli, NoSurvivingParticles, factor, sample
-from tests.exact_programs import BY_NAME, PROGRAMS, impossible, total_variation
-
-IDS = [p.name for p in PROGRAMS]
+from tests.exact_programs import BY_NAME, SEARCH_CASES, SEARCH_IDS, impossible, total_variation
 
 
 def run(policy, prog):
@@ -34,11 +32,8 @@ def enumerate_scores(prog, objective):
     return [(p.trace.log_weight, p) for p in exact.particles]
 
 
-@pytest.mark.parametrize("objective", ["joint", "weight"])
-@pytest.mark.parametrize("prog", PROGRAMS, ids=IDS)
+@pytest.mark.parametrize("prog, objective", SEARCH_CASES, ids=SEARCH_IDS)
 def test_wide_beam_finds_the_best_trace_of_enumerate(prog, objective):
-    if objective == "weight" and prog.name == "custom_proposal":
-        pytest.skip("log w includes p/q of the Uniform proposal there; Enumerate's traces have none")
     scores = sorted(enumerate_scores(prog, objective), key=lambda sp: -sp[0])
     result = run(Beam(width=64, expand=64, objective=objective, seed=0), prog)
     best = result.extra["best"]

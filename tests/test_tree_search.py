@@ -24,20 +24,15 @@ from policies.critics import RolloutCritic
 from policies.mellowmax import mellowmax
 from policies.tree_search import TreeSearch
 from swarm import Bernoulli, Categorical, NoSurvivingParticles, Uniform, factor, sample
-from tests.exact_programs import BY_NAME, PROGRAMS, impossible
-
-IDS = [p.name for p in PROGRAMS]
+from tests.exact_programs import BY_NAME, SEARCH_CASES, SEARCH_IDS, impossible
 
 
 def run(policy, prog):
     return policy.run(prog.program, *prog.args, **prog.kwargs)
 
 
-@pytest.mark.parametrize("objective", ["joint", "weight"])
-@pytest.mark.parametrize("prog", PROGRAMS, ids=IDS)
+@pytest.mark.parametrize("prog, objective", SEARCH_CASES, ids=SEARCH_IDS)
 def test_enough_simulations_find_the_best_trace_of_enumerate(prog, objective):
-    if objective == "weight" and prog.name == "custom_proposal":
-        pytest.skip("log w includes p/q of the Uniform proposal there; Enumerate's traces have none")
     exact = run(policies.Enumerate(), prog)
     scores = sorted(((p.log_weight if objective == "joint" else p.trace.log_weight), i)
                     for i, p in enumerate(exact.particles))[::-1]
