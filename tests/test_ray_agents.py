@@ -381,7 +381,9 @@ def test_traceparent_travels_in_the_envelope_and_the_actor_joins_the_trace():
 
 
 def test_hosting_options_from_agent_fields():
-    agent = Agent(name="a", hosting="ray", replicas=3, max_concurrency=2, resources={"num_gpus": 1, "llm": 2})
+    """The deprecated Agent fields still describe the pool (and say they are deprecated)."""
+    with pytest.warns(DeprecationWarning, match="hosting=RayHosting"):
+        agent = Agent(name="a", hosting="ray", replicas=3, max_concurrency=2, resources={"num_gpus": 1, "llm": 2})
     hosting = agent.ray_hosting()
     assert (hosting.replicas, hosting.max_concurrency, hosting.num_gpus, hosting.resources) == (3, 2, 1, {"llm": 2})
     assert hosting.concurrency_limit == 6

@@ -218,9 +218,10 @@ def test_async_program_with_an_async_bound_critic():
 def test_judge_critic_twists_by_the_calibrated_verdict():
     """A calibrated judge of the prefix (here: a function that says x, with made-up error rates) as
     critic: the twist is its log likelihood ratio, the target is still exact."""
-    judge = policies.Judge(name="x_is_true", fn=lambda x: bool(x),
-                           calibration=policies.Calibration(q0=0.8, q1=0.9, m0=50, m1=50))
-    critic = policies.JudgeCritic(judge=judge, view=lambda prefix: prefix.samples()["x"])
+    from policies.potentials import Calibration, Judge, JudgeCritic
+
+    judge = Judge(name="x_is_true", fn=lambda x: bool(x), calibration=Calibration(q0=0.8, q1=0.9, m0=50, m1=50))
+    critic = JudgeCritic(judge=judge, view=lambda prefix: prefix.samples()["x"])
     assert critic(_trace_with_x(True)) == pytest.approx(judge.potential(True))
     result = TwistedSMC(critic=critic, num_particles=10_000, ess_threshold=1.0, seed=10).run(two_stage)
     assert total_variation(result.marginal(lambda v: v[0]), {True: 0.8, False: 0.2}) <= 0.03
