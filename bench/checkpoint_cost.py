@@ -6,7 +6,7 @@ The agent's backend is `FakeFixedLatency` from bench/ray_scaling.py, a TEST DOUB
 reply). With latency 0 the ratio shows the whole cost of checkpointing against the framework's own
 work (the worst case); with a real LLM's latency it shrinks towards 1.
 
-    python bench/checkpoint_cost.py [--sizes 256 2048] [--steps 8] [--latency 0]
+    python bench/checkpoint_cost.py [--sizes 256 2048] [--steps 8] [--latency 0 [0.05 ...]]
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def measure(n: int, steps: int, latency: float, repeats: int) -> dict[str, Any]:
                      (Path(directory) / "responses.jsonl").stat().st_size)
     with_ckpt, without = statistics.median(checkpointed), statistics.median(plain)
     per_step = (with_ckpt - without) / (steps + 1) * 1e3
-    return row(f"N={n} × {steps} steps, checkpoint every step", with_ckpt, without, "s",
+    agent_latency = f", {latency * 1e3:g} ms agent" if latency else ""
+    return row(f"N={n} × {steps} steps{agent_latency}, checkpoint every step", with_ckpt, without, "s",
                f"≈{per_step:.0f} ms a checkpoint; last checkpoint {sizes[0] / 1e6:.2f} MB, journal "
                f"{sizes[1] / 1e6:.2f} MB; median of {repeats}; driver peak RSS {peak_rss_mb():.0f} MB")
 
@@ -57,10 +58,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 2048])
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--latency", type=float, nargs="+", default=[0.0],
+                        help="the agent's latency in seconds; several values: one run each")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    rows = [measure(n, args.steps, args.latency, args.repeats) for n in args.sizes]
+    rows = [measure(n, args.steps, latency, args.repeats) for latency in args.latency for n in args.sizes]
     print(markdown(rows))
     return rows
 
