@@ -9,12 +9,13 @@ sampled from. With `target="base"` the site's model distribution is the base mod
 
 Log-probabilities are asked of the backend (`GenerationRequest.log_q = "required"`) only when the
 weight needs them: `target="base"`, or a policy that scores traces by log q and says so with
-`run_scope()[NEEDS_LOG_Q] = True` (`SelfConsistency(length_normalized=True)`). The sample event's info records `log_q` (the completion's
-`log_q_quality`: "exact", "estimated" or "absent") and `tokens_generated` vs `tokens_kept` (a
-chunk's look-ahead beyond its boundary is generated, not kept; kept is None when the backend
-returned no token pieces, i.e. without log-probabilities). A weight that needs what the backend
-could not give (base log p missing; log q only estimated while p ≠ q) raises `GenerationError`
-naming the agent and the setting at fault, never a silently wrong weight.
+`run_scope()[NEEDS_LOG_Q] = True` (`SelfConsistency(length_normalized=True)`). The sample event's
+info records `log_q` (the completion's `log_q_quality`: "exact", "estimated" or "absent") and
+`tokens_generated` vs `tokens_kept` (a chunk's look-ahead beyond its boundary is generated, not
+kept; kept is None when the backend returned no token pieces, i.e. without log-probabilities). A
+weight that needs what the backend could not give (base log p missing; log q only estimated while
+p ≠ q) raises `GenerationError` naming the agent and the setting at fault, never a silently wrong
+weight.
 
 With a constraint (`agents.constraints`), the completion was drawn from the proposal renormalised
 over the constraint, and the site's target is the unconstrained one times the constraint's
@@ -32,13 +33,10 @@ from agents.backends.base import GenerationRequest
 from agents.clients import client_for, completion_info
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
-from swarm.effects import NEEDS_LOG_Q
-from swarm.runtime import run_scope
+from swarm.effects import NEEDS_LOG_Q, run_scope
 
 if TYPE_CHECKING:
     from agents.agent import Agent
-
-
 
 
 class GenerationError(SwarmError):
