@@ -88,18 +88,13 @@ def _ours(base_url: str, start: int, problems: int, n: int) -> dict[str, dict[st
 def logprob_cost(base_url: str, repeats: int = 3) -> dict:
     """The server's cost of log-probabilities: the same completion request (the arithmetic prompt,
     24 tokens, plain sampling) with `logprobs: 0` and without, interleaved; seconds per call."""
-    import urllib.request
-
     from bench.common import interleaved, median
 
     body = {"model": "smollm2", "prompt": tasks.arithmetic_prompt(tasks.PROBLEMS[0][0]), "max_tokens": 24,
             "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "seed": 0}
 
     def call(extra: dict) -> None:
-        request = urllib.request.Request(base_url + "/completions", data=json.dumps({**body, **extra}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600) as response:
-            response.read()
+        tasks.post_completion(base_url, {**body, **extra})
 
     times = interleaved({"with": lambda: call({"logprobs": 0}), "without": lambda: call({})}, repeats=repeats)
     return row("peer: its-hub", "llama.cpp server: completion with logprobs vs without", median(times["with"]),

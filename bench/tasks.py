@@ -90,11 +90,15 @@ def cold_server(base_url: str) -> None:
     completion of `COLD_PROMPT` replaces the cached prefix, so the run that comes first on a problem
     and the one after it pay the same prefill (without this, whichever side ran a prompt second got it
     warm). Standard library only: both the bench and the peer's venv call it; not timed."""
+    post_completion(base_url, {"prompt": COLD_PROMPT, "max_tokens": 1, "temperature": 0.0})
+
+
+def post_completion(base_url: str, body: dict) -> bytes:
+    """POST `body` to the server's /completions and return the reply (standard library only)."""
     import json
     import urllib.request
 
-    body = json.dumps({"prompt": COLD_PROMPT, "max_tokens": 1, "temperature": 0.0}).encode()
-    request = urllib.request.Request(base_url.rstrip("/") + "/completions", data=body,
+    request = urllib.request.Request(base_url.rstrip("/") + "/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as response:
-        response.read()
+        return response.read()
