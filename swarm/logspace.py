@@ -47,38 +47,48 @@ def check_log_weights(log_w: Iterable[float] | np.ndarray, what: str = "log weig
     ``-inf`` is allowed (weight zero). The error is an `InvalidPotentialError` (a ValueError) whose
     message names the first offending index, its value, and how many entries are bad in total.
     """
+    return _validated(log_w, what)[0]
+
+
+def _validated(log_w: Iterable[float] | np.ndarray, what: str = "log weights") -> tuple[np.ndarray, float]:
+    """(``log_w`` as a validated 1-D float64 array, its maximum m; −inf when empty or all −inf).
+
+    One reduction both validates and finds the shift: the maximum propagates NaN, and it is +inf
+    iff an entry is, so ``m < +inf`` holds exactly when no entry is NaN or +inf. (The populations
+    of a serving workload are small, where numpy's per-call cost, not the arithmetic, is the time.)
+    """
     try:
         arr = np.asarray(log_w, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidPotentialError(f"{what} must be numeric: {exc}") from None
     if arr.ndim != 1:
         raise InvalidPotentialError(f"{what} must be a 1-D array, got shape {arr.shape}")
-    bad = np.flatnonzero(np.isnan(arr) | np.isposinf(arr))
-    if bad.size:
+    if not arr.size:
+        return arr, -math.inf
+    m = float(arr.max())
+    if not m < math.inf:
+        bad = np.flatnonzero(np.isnan(arr) | (arr == math.inf))
         i = int(bad[0])
         more = f" ({bad.size} invalid entries in total)" if bad.size > 1 else ""
         raise InvalidPotentialError(
             f"{what}[{i}] is {float(arr[i])!r}; log weights must be finite or -inf{more}"
         )
-    return arr
+    return arr, m
 
 
-def _lse(arr: np.ndarray) -> float:
-    """logsumexp of an already validated array."""
-    if arr.size == 0 or np.isneginf(arr).all():
+def _shifted_exp(arr: np.ndarray, m: float) -> np.ndarray:
+    """exp(arr − m) for a validated ``arr`` whose maximum ``m`` is finite: every entry in [0, 1], the
+    maximum's exactly 1. An entry with arr − m < −1.8e308 (log weights spanning ±1e308) rounds to
+    −inf, whose exp is its weight relative to the maximum, 0, exactly: that overflow is not an error."""
+    with np.errstate(over="ignore"):
+        return np.exp(arr - m)
+
+
+def _lse(arr: np.ndarray, m: float) -> float:
+    """logsumexp of a validated array with maximum ``m``: m + log Σ exp(arr − m) (Σ ∈ [1, N])."""
+    if m == -math.inf:
         return -math.inf
-    m, s = _shifted_sum(arr)
-    return m + math.log(s)
-
-
-def _shifted_sum(arr: np.ndarray) -> tuple[float, float]:
-    """Return ``(m, s)`` with ``m = max(arr)`` and ``s = Σ exp(arr − m)`` (so 1 ≤ s ≤ len(arr)).
-
-    Precondition: ``arr`` is validated, non-empty and has at least one finite entry.
-    """
-    m = float(np.max(arr))
-    with np.errstate(over="ignore"):  # arr − m < −1.8e308 rounds to −inf: exp gives the exact 0
-        return m, float(np.sum(np.exp(arr - m)))
+    return m + math.log(float(_shifted_exp(arr, m).sum()))
 
 
 def logsumexp(log_w: Iterable[float] | np.ndarray) -> float:
@@ -86,7 +96,7 @@ def logsumexp(log_w: Iterable[float] | np.ndarray) -> float:
 
     Empty input or all ``-inf`` gives ``-inf`` (the log of an empty sum, 0).
     """
-    return _lse(check_log_weights(log_w))
+    return _lse(*_validated(log_w))
 
 
 def logmeanexp(log_w: Iterable[float] | np.ndarray) -> float:
@@ -95,10 +105,10 @@ def logmeanexp(log_w: Iterable[float] | np.ndarray) -> float:
     This is the log of the importance-sampling evidence estimate of a weighted population.
     Raises ValueError on an empty population (the mean of nothing is undefined).
     """
-    arr = check_log_weights(log_w)
+    arr, m = _validated(log_w)
     if arr.size == 0:
         raise ValueError("logmeanexp of an empty population is undefined")
-    return _lse(arr) - math.log(arr.size)
+    return _lse(arr, m) - math.log(arr.size)
 
 
 def normalize(log_w: Iterable[float] | np.ndarray) -> np.ndarray:
@@ -110,14 +120,14 @@ def normalize(log_w: Iterable[float] | np.ndarray) -> np.ndarray:
     ValueError when every entry is ``-inf``: a population with total weight zero has no normalised
     weights (the caller decides, e.g. by raising `NoSurvivingParticles`). Empty in, empty out.
     """
-    arr = check_log_weights(log_w)
+    arr, m = _validated(log_w)
     if arr.size == 0:
         return arr.copy()
-    if np.isneginf(arr).all():
+    if m == -math.inf:
         raise ValueError("cannot normalise: every log weight is -inf (total weight zero)")
-    m, s = _shifted_sum(arr)
     with np.errstate(over="ignore"):
-        return (arr - m) - math.log(s)
+        shifted = arr - m
+    return shifted - math.log(float(np.exp(shifted).sum()))
 
 
 def normalized_weights(log_w: Iterable[float] | np.ndarray) -> np.ndarray:
@@ -136,15 +146,16 @@ def normalized_weights(log_w: Iterable[float] | np.ndarray) -> np.ndarray:
 def log_ess(log_w: Iterable[float] | np.ndarray) -> float:
     """Log effective sample size (Kong): log ESS = 2·logsumexp(log_w) − logsumexp(2·log_w).
 
-    Evaluated as −logsumexp(2·log w̄) with the normalised log weights (ESS = 1/Σ w̄²), which is
-    the same quantity but cannot overflow when log weights are ~1e308 (2·log_w would be +inf).
+    Evaluated with the shifted weights u_i = exp(log_w[i] − m), m the maximum, as
+    2·log Σ u − log Σ u² (the same quantity: the shift cancels), where 1 ≤ Σ u ≤ N and
+    1 ≤ Σ u² ≤ N, so it cannot overflow when log weights are ~1e308 (2·log_w would be +inf).
     ``-inf`` for an empty or all-dead population; otherwise 0 ≤ log ESS ≤ log N.
     """
-    arr = check_log_weights(log_w)
-    if arr.size == 0 or np.isneginf(arr).all():
+    arr, m = _validated(log_w)
+    if m == -math.inf:
         return -math.inf
-    with np.errstate(over="ignore"):
-        return -_lse(2.0 * normalize(arr))
+    u = _shifted_exp(arr, m)
+    return 2.0 * math.log(float(u.sum())) - math.log(float(np.dot(u, u)))
 
 
 def ess(log_w: Iterable[float] | np.ndarray) -> float:
