@@ -40,7 +40,7 @@ def _toy(n: int) -> int:
     import policies
     from bench.core_overhead import STEPS, toy_program
 
-    policies.SMC(num_particles=n, seed=0).run(toy_program)
+    policies.SMC(num_particles=n, seed=0).run(toy_program(STEPS))
     return n * STEPS
 
 
