@@ -106,6 +106,28 @@ def test_program_arguments_come_from_defaults_sampling_fields_and_the_request():
 
 
 # -- the request's trace -----------------------------------------------------------------------------
+def test_without_an_exporter_request_spans_are_id_only():
+    """No provider: nothing is recorded, yet every response names a real trace id: the caller's under
+    a traceparent (its sampled flag kept), a fresh one per request otherwise; a run span made by an
+    OTel listener of the policy is still the request span's child."""
+    inst = instrument("memory", register=False, background=False)
+    policy = policies.SMC(num_particles=4, listeners=[inst.listener])
+    service = ChatService(sentence_program, policy, ServeConfig(model_name="m"))
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    run = service.prepare(request(seed=1), {"Traceparent": f"00-{caller}-00f067aa0ba902b7-01"})
+    assert not run.span.span.is_recording()
+    response = asyncio.run(service.complete(run))
+    assert response.swarm.trace_id == caller and run.span.span.get_span_context().trace_flags.sampled
+    fresh = {service.prepare(request(seed=i), {}).span.trace_id for i in range(20)}
+    assert len(fresh) == 20 and all(len(t) == 32 and int(t, 16) != 0 for t in fresh)
+    inst.force_flush()
+    (run_span,) = [s for s in inst.memory_exporter.get_finished_spans() if s.name == "plp.run SMC"]
+    assert run_span.context.trace_id == int(caller, 16)
+    assert run_span.parent.span_id == run.span.span.get_span_context().span_id
+    assert not [s for s in inst.memory_exporter.get_finished_spans() if s.name.startswith("swarm.chat")]
+    inst.shutdown()
+
+
 def test_each_request_is_one_trace_request_span_over_run_span():
     """The caller's traceparent → the request span → the run span → step spans, one trace id, which
     the response reports; the streamed request is a trace of its own."""
