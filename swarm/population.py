@@ -69,7 +69,7 @@ class Population:
         self.next_id = first_id + n
 
     def running(self) -> np.ndarray:
-        return np.flatnonzero(self.status == RUNNING)
+        return (self.status == RUNNING).nonzero()[0]
 
     @property
     def active(self) -> np.ndarray:
@@ -89,7 +89,7 @@ class Population:
 
     def alive(self) -> int:
         """Particles with positive weight (lost ones excluded)."""
-        return int(np.sum((self.log_w > -math.inf) & self.active))
+        return int(np.count_nonzero((self.log_w > -math.inf) & self.active))
 
     def update(self, indices: np.ndarray, segments: Sequence[Any], leaves: Sequence[int],
                codes: np.ndarray | None = None, log_weights: np.ndarray | None = None) -> np.ndarray:
@@ -105,20 +105,22 @@ class Population:
         new = log_weights if log_weights is not None else \
             np.fromiter((s.log_weight() for s in segments), dtype=float, count=len(segments))
         self.leaf[indices] = leaves
-        self.sync[indices] = [s.sync_count for s in segments]
         self.status[indices] = codes
-        sites = self.sites
+        sites, sync = self.sites, []
         for i, seg in zip(indices.tolist(), segments):
             sites[i] = seg.site
-        for i in np.flatnonzero(codes == FINISHED).tolist():
+            sync.append(seg.sync_count)
+        self.sync[indices] = sync
+        for i in (codes == FINISHED).nonzero()[0].tolist():
             self.values[indices[i]] = segments[i].value
         counted = codes != LOST
-        idx, new = indices[counted], new[counted]
+        if not counted.all():
+            indices, new = indices[counted], new[counted]
         dead = new == -math.inf
-        step = np.where(dead, -math.inf, new - np.where(dead, 0.0, self.eff[idx]))
-        inc[idx] = step
-        self.log_w[idx] = np.where(dead, -math.inf, self.log_w[idx] + np.where(dead, 0.0, step))
-        self.eff[idx] = new
+        step = np.where(dead, -math.inf, new - np.where(dead, 0.0, self.eff[indices]))
+        inc[indices] = step
+        self.log_w[indices] = np.where(dead, -math.inf, self.log_w[indices] + np.where(dead, 0.0, step))
+        self.eff[indices] = new
         return inc
 
     def resample(self, ancestors: np.ndarray) -> np.ndarray:
