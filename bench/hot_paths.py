@@ -9,9 +9,13 @@ each run in its own subprocess, the two interleaved (this, baseline, baseline, t
   in-process `FakeLatencyBackend` test double at 0 ms, a coin, a factor; 3 steps) under SMC at N;
 - "toy": the 10-step toy of bench/core_overhead.py under SMC at N (ess_threshold 0.5);
 - "replay": the async toy of bench/engine_scaling.py, N = 100, T steps, resampling at every step
-  (every second and later offspring is rebuilt by replay).
+  (every second and later offspring is rebuilt by replay);
+- "small runs": 200 runs, one after another, of a chat program of 4 generations (0 ms double) and
+  4 factors under SMC at small N (8: the shape of a `swarm serve` request, bench/serve_overhead.py),
+  where the per-step and per-run work of the policy (weights, ESS, evidence, records), not the
+  particles', is most of the time.
 
-    python -m bench.hot_paths --baseline /work/wt/engine [--repeats 3] [--n-llm 2048] [--n-toy 1000]
+    python -m bench.hot_paths --baseline /work/wt/engine [--repeats 3] [--n-llm 2048] [--n-toy 1000] [--n-small 8]
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORKLOADS = ("llm step", "toy", "replay")
+WORKLOADS = ("llm step", "toy", "replay", "small runs")
+SMALL_RUNS, SMALL_CALLS = 200, 4
 
 
 def _llm_step(n: int) -> int:
@@ -51,9 +56,36 @@ def _replay(steps: int) -> int:
     return 100 * steps
 
 
+def _small_runs(n: int) -> int:
+    import asyncio
+
+    import policies
+    from agents import Agent, ChatMessage
+    from bench.fake_backend import FakeLatencyBackend
+    from swarm import factor, sample
+
+    agent = Agent(name="small", backend=FakeLatencyBackend(0.0))
+    messages = [ChatMessage(role="user", content="Say ok.")]
+
+    async def program() -> str:
+        text = ""
+        for i in range(SMALL_CALLS):
+            text += await sample(f"s{i}", agent.generate(messages=messages, prefix=text, max_tokens=4))
+            factor(f"f{i}", 0.0)
+        return text
+
+    async def runs() -> None:
+        policy = policies.SMC(num_particles=n)
+        for _ in range(SMALL_RUNS):
+            await policy.run_async(program)
+
+    asyncio.run(runs())
+    return SMALL_RUNS * n * SMALL_CALLS
+
+
 def measure(workload: str, size: int) -> dict[str, float]:
     """CPU and wall µs per particle-step of one run (after one untimed warm-up run)."""
-    fn = {"llm step": _llm_step, "toy": _toy, "replay": _replay}[workload]
+    fn = {"llm step": _llm_step, "toy": _toy, "replay": _replay, "small runs": _small_runs}[workload]
     fn(size)
     cpu, wall = time.process_time(), time.perf_counter()
     work = fn(size)
@@ -70,10 +102,10 @@ def _child(directory: Path, workload: str, size: int) -> dict[str, float]:
 
 
 def run(baseline: str | None = None, repeats: int = 3, n_llm: int = 2048, n_toy: int = 1000,
-        replay_steps: int = 200) -> list[dict]:
+        replay_steps: int = 200, n_small: int = 8) -> list[dict]:
     from bench.common import progress, row
 
-    sizes = {"llm step": n_llm, "toy": n_toy, "replay": replay_steps}
+    sizes = {"llm step": n_llm, "toy": n_toy, "replay": replay_steps, "small runs": n_small}
     dirs = {"this": REPO, **({"baseline": Path(baseline).resolve()} if baseline else {})}
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in range(repeats):
@@ -85,7 +117,8 @@ def run(baseline: str | None = None, repeats: int = 3, n_llm: int = 2048, n_toy:
     rows = []
     for workload in WORKLOADS:
         what = {"llm step": f"N={n_llm:,} x 3, agent on a 0 ms double", "toy": f"N={n_toy:,} x 10 toy",
-                "replay": f"async toy N=100, T={replay_steps}, resample every step"}[workload]
+                "replay": f"async toy N=100, T={replay_steps}, resample every step",
+                "small runs": f"{SMALL_RUNS} runs at N={n_small} x {SMALL_CALLS} calls"}[workload]
         for key in ("cpu_us", "wall_us"):
             now = statistics.median(s[key] for s in samples[(workload, "this")])
             if baseline:
@@ -106,12 +139,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n-llm", type=int, default=2048)
     parser.add_argument("--n-toy", type=int, default=1000)
     parser.add_argument("--replay-steps", type=int, default=200)
+    parser.add_argument("--n-small", type=int, default=8)
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child[0], int(args.child[1]))))
         return []
-    rows = run(args.baseline, args.repeats, args.n_llm, args.n_toy, args.replay_steps)
+    rows = run(args.baseline, args.repeats, args.n_llm, args.n_toy, args.replay_steps, args.n_small)
     for r in rows:
         print(f"{r['case']:<95} {r['value']:9.2f} vs {r['baseline']:9.2f}  ratio {r['ratio']:.3f}")
     return rows

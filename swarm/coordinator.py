@@ -84,7 +84,7 @@ class Coordinator:
         return self.population.running()
 
     def active_size(self) -> int:
-        return int(np.sum(self.population.active))
+        return int(np.count_nonzero(self.population.active))
 
     def ess(self) -> float:
         return self.population.ess()
@@ -159,7 +159,7 @@ class Coordinator:
 
     def _check_alive(self) -> None:
         pop = self.population
-        if not np.any((pop.log_w > -math.inf) & pop.active):
+        if not ((pop.log_w > -math.inf) & pop.active).any():
             raise NoSurvivingParticles(self.diagnostics.deaths, policy=self.policy,
                                        detail=f"{int(np.sum(~pop.active))} lost" if np.any(~pop.active) else "")
 

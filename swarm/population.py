@@ -116,10 +116,10 @@ class Population:
         counted = codes != LOST
         if not counted.all():
             indices, new = indices[counted], new[counted]
-        dead = new == -math.inf
-        step = np.where(dead, -math.inf, new - np.where(dead, 0.0, self.eff[indices]))
+        step = new - self.eff[indices]  # the eff of a particle that moved is finite (else it was killed)
+        step[new == -math.inf] = -math.inf  # killed: W = −inf
         inc[indices] = step
-        self.log_w[indices] = np.where(dead, -math.inf, self.log_w[indices] + np.where(dead, 0.0, step))
+        self.log_w[indices] += step
         self.eff[indices] = new
         return inc
 
