@@ -17,6 +17,7 @@ so an observer can never cost the user a run.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any, Literal, Sequence
@@ -122,26 +123,41 @@ def step_record(run_id: str, outcome: Any, diagnostics: Any) -> StepRecord:
     log_w = outcome.log_w
     active = outcome.status != _LOST_CODE
     w = np.zeros(len(log_w))
-    if np.any((log_w > -np.inf) & active):
+    if ((log_w > -np.inf) & active).any():
         w[active] = normalized_weights(log_w[active])
+    ids, parents, log_ws = outcome.ids.tolist(), outcome.parents.tolist(), log_w.tolist()
+    increments, weights, step = outcome.increments.tolist(), w.tolist(), outcome.step
     particles = []
-    for i, seg in zip(outcome.moved, outcome.segments):
-        status = "dead" if seg.status in ("dead", "failed") else seg.status
-        particles.append(ParticleStep.model_construct(
-            particle_id=int(outcome.ids[i]), parent_id=None if outcome.parents[i] < 0 else int(outcome.parents[i]),
-            index=int(i), step=outcome.step, status=status, site=seg.site if seg.status == "running" else None,
-            log_weight=float(log_w[i]) if seg.status != "lost" else float("-inf"),
-            log_increment=float(outcome.increments[i]), normalized_weight=float(w[i]), new_events=list(seg.events),
-            started_at_ns=seg.started_ns, ended_at_ns=seg.ended_ns, value=seg.value if seg.status == "finished" else None,
-            killed_by=seg.site if seg.status in ("dead", "failed", "lost") else None))
+    for i, seg in zip(outcome.moved.tolist(), outcome.segments):
+        status, parent = seg.status, parents[i]
+        particles.append(particle_step({
+            "particle_id": ids[i], "parent_id": None if parent < 0 else parent, "index": i, "step": step,
+            "status": "dead" if status in ("dead", "failed") else status,
+            "site": seg.site if status == "running" else None,
+            "log_weight": log_ws[i] if status != "lost" else -math.inf, "log_increment": increments[i],
+            "normalized_weight": weights[i], "new_events": list(seg.events), "started_at_ns": seg.started_ns,
+            "ended_at_ns": seg.ended_ns, "value": seg.value if status == "finished" else None,
+            "killed_by": seg.site if status in ("dead", "failed", "lost") else None}))
     return StepRecord(
-        run_id=run_id, step=outcome.step, particles=particles, log_weights=[float(x) for x in log_w],
-        particle_ids=[int(i) for i in outcome.ids], ess=float(outcome.ess), log_evidence=float(outcome.log_evidence),
-        resampled=outcome.ancestors is not None,
-        ancestors=None if outcome.ancestors is None else [int(a) for a in outcome.ancestors],
-        offspring_ids=None if outcome.offspring_ids is None else [int(x) for x in outcome.offspring_ids],
+        run_id=run_id, step=step, particles=particles, log_weights=log_ws, particle_ids=ids,
+        ess=float(outcome.ess), log_evidence=float(outcome.log_evidence), resampled=outcome.ancestors is not None,
+        ancestors=None if outcome.ancestors is None else np.asarray(outcome.ancestors).tolist(),
+        offspring_ids=None if outcome.offspring_ids is None else np.asarray(outcome.offspring_ids).tolist(),
         started_at_ns=outcome.started_ns, ended_at_ns=time.time_ns(), tokens=diagnostics.tokens,
         llm_calls=diagnostics.llm_calls, lost=outcome.lost)
+
+
+def particle_step(values: dict[str, Any]) -> ParticleStep:
+    """`ParticleStep.model_construct(**values)` for `values` that give every field, in order, from
+    the engine (trusted, already typed): the instance pydantic's `model_construct` makes, without its
+    per-field default and alias handling, which made it most of a step record's cost (one per
+    particle per step, for every listener that wants steps: streams, OpenTelemetry, the live view)."""
+    record = ParticleStep.__new__(ParticleStep)
+    object.__setattr__(record, "__dict__", values)
+    object.__setattr__(record, "__pydantic_fields_set__", set(values))
+    object.__setattr__(record, "__pydantic_extra__", None)
+    object.__setattr__(record, "__pydantic_private__", None)
+    return record
 
 
 _LOST_CODE = 4  # swarm.population.LOST

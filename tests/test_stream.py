@@ -25,6 +25,7 @@ from agents import ChatMessage
 from observability.progress import ProgressDisplay, ProgressListener
 from policies.streaming import CommittedText, RunEnd, RunStart, StepEnd, StepStart, TextDelta, generated_text
 from swarm import Bernoulli, NoSurvivingParticles, factor, guarantee, sample
+from swarm.listeners import RunListener
 from tests.serve_fixtures import program as sentence_program
 
 MESSAGES = [ChatMessage(role="user", content="Write a sentence.")]
@@ -163,3 +164,33 @@ def test_result_only_counts_output_tokens_without_building_step_records(monkeypa
     assert built == [] and end.output_tokens > 0 and end.run_id
     streamed = events_of(policy, sentence_program, MESSAGES)[-1]
     assert built and streamed.output_tokens == end.output_tokens
+
+
+def test_step_records_are_what_model_construct_builds(monkeypatch):
+    """`swarm.listeners.particle_step` (the step records' fast construction) gives the instance
+    pydantic's `model_construct` gives, and `step_record` names every field of `ParticleStep`, in
+    order (a field added to the model without it fails here)."""
+    from swarm import listeners
+
+    seen = []
+    real = listeners.particle_step
+    monkeypatch.setattr(listeners, "particle_step", lambda values: seen.append(values) or real(values))
+    policies.SMC(num_particles=4, seed=0, listeners=[_Steps()]).run(_two_step_program)
+    assert seen
+    for values in seen:
+        assert list(values) == list(listeners.ParticleStep.model_fields)
+        fast, slow = real(dict(values)), listeners.ParticleStep.model_construct(**values)
+        assert fast == slow and fast.model_fields_set == slow.model_fields_set
+        assert fast.model_dump() == slow.model_dump()
+        assert listeners.ParticleStep.model_validate(fast.model_dump()) == fast  # valid as built
+
+
+class _Steps(RunListener):
+    def on_step(self, record) -> None:
+        assert all(isinstance(p.particle_id, int) and isinstance(p.log_weight, float) for p in record.particles)
+
+
+def _two_step_program():
+    x = sample("x", Bernoulli(0.5))
+    factor("f", 0.3 * x)
+    return int(x)
