@@ -7,10 +7,11 @@
 The run span's parent is the OTel context current when the run starts (`OTelListener.on_run_start`),
 so the service makes the request span current exactly while the run's task is created
 (`RequestSpan.current()`), never across a `yield`. A W3C `traceparent` header on the request makes
-the request span a child of the caller's span. Without an exporter (no provider given) the request span is id-only: a
-non-recording span with real, fresh ids (the caller's trace id under a `traceparent`), so the
-response still names a trace id and a run span made by a listener of the policy still has its
-parent, while the request pays for no attributes that nothing would export (~25 µs a request).
+the request span a child of the caller's span. Without an exporter (no provider given) the
+request span is id-only: a non-recording span with real, fresh ids (the caller's trace id under a
+`traceparent`), so the response still names a trace id and a run span made by a listener of the
+policy still has its parent, while the request pays for no attributes that nothing would export
+(~25 µs a request).
 Prompts and answers are recorded only with `capture_content=True`.
 """
 
