@@ -102,8 +102,7 @@ class RunCheckpoints:
         pop = swarm.population
         population = {name: getattr(pop, name).copy() for name in _ARRAYS}
         population.update(values=list(pop.values), sites=list(pop.sites), next_id=pop.next_id, n=pop.n)
-        rows = swarm.genealogy.to_lists()
-        self._append(ctx, swarm.step, swarm.tree, population, rows,
+        self._append(ctx, swarm.step, swarm.tree, population, swarm.genealogy.to_lists(self.genealogy_mark),
                      swarm.paused.to_state() if swarm.paused is not None else None)
 
     def save_paused(self, policy: Any, ctx: Any, paused: PausedStep, swarm: Coordinator | None = None) -> Path:
@@ -116,14 +115,19 @@ class RunCheckpoints:
             self._append(ctx, paused.step, ctx.tree, {}, [], paused.to_state())
         return directory
 
-    def _append(self, ctx: Any, step: int, tree: Any, population: dict[str, Any], rows: list[list[int]],
+    def _append(self, ctx: Any, step: int, tree: Any, population: dict[str, Any], new_rows: list[list[int]],
                 paused: dict[str, Any] | None) -> None:
+        """Write a frame of what the run added since the last one: the tree's new nodes and the
+        genealogy rows `new_rows` (each frame's share only: converting every row at every frame made
+        a long run's checkpoints quadratic). The frame holds the run's live diagnostics, not a copy:
+        `Checkpointer.save` pickles it before returning."""
         assert self.checkpointer is not None
-        frame = StepFrame(step=step, tree=tree.since(self.tree_mark), population=population,
-                          genealogy=rows[self.genealogy_mark:], diagnostics=ctx.diagnostics.model_copy(deep=True),
-                          elapsed_s=time.perf_counter() - ctx.started, answers=dict(self.answers), paused=paused)
+        frame = StepFrame(step=step, tree=tree.since(self.tree_mark), population=population, genealogy=new_rows,
+                          diagnostics=ctx.diagnostics, elapsed_s=time.perf_counter() - ctx.started,
+                          answers=dict(self.answers), paused=paused)
         self.checkpointer.save(frame)
-        self.tree_mark, self.genealogy_mark = len(tree), len(rows)
+        self.tree_mark = len(tree)
+        self.genealogy_mark += len(new_rows)
 
     # -- resuming -------------------------------------------------------------------------------
     @staticmethod

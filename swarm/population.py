@@ -226,9 +226,10 @@ class Genealogy:
             idx = self._steps[t][idx]
         return int(np.unique(idx).size)
 
-    def to_lists(self) -> list[list[int]]:
-        """Plain lists (JSON-ready): element t is ``ancestors_at(t)``."""
-        return [a.tolist() for a in self._steps]
+    def to_lists(self, start: int = 0) -> list[list[int]]:
+        """Plain lists (JSON-ready): element t is ``ancestors_at(start + t)`` (`start`: only the steps
+        from there on, e.g. those a checkpoint has not written yet)."""
+        return [a.tolist() for a in self._steps[start:]]
 
     @classmethod
     def from_lists(cls, num_particles: int, steps: Iterable[Iterable[int]]) -> "Genealogy":
