@@ -60,6 +60,8 @@ class RunCheckpoints:
         self.state = state
         self.tree_mark = 0
         self.genealogy_mark = 0
+        self.steps_mark = 0
+        """How many of the run's step records (`Diagnostics.steps`) earlier frames hold."""
         self.answers: dict[str, Any] = {}
         """The answers the run has (`swarm.human`), written into every frame."""
 
@@ -117,17 +119,20 @@ class RunCheckpoints:
 
     def _append(self, ctx: Any, step: int, tree: Any, population: dict[str, Any], new_rows: list[list[int]],
                 paused: dict[str, Any] | None) -> None:
-        """Write a frame of what the run added since the last one: the tree's new nodes and the
-        genealogy rows `new_rows` (each frame's share only: converting every row at every frame made
-        a long run's checkpoints quadratic). The frame holds the run's live diagnostics, not a copy:
-        `Checkpointer.save` pickles it before returning."""
+        """Write a frame of what the run added since the last one: the tree's new nodes, the
+        genealogy rows `new_rows` and the step records (each frame's share only: writing every row
+        and record at every frame made a long run's checkpoints quadratic). The diagnostics are a
+        shallow copy: `Checkpointer.save` pickles the frame before returning."""
         assert self.checkpointer is not None
+        diagnostics = ctx.diagnostics
         frame = StepFrame(step=step, tree=tree.since(self.tree_mark), population=population, genealogy=new_rows,
-                          diagnostics=ctx.diagnostics, elapsed_s=time.perf_counter() - ctx.started,
+                          diagnostics=diagnostics.model_copy(update={"steps": diagnostics.steps[self.steps_mark:]}),
+                          steps_from=self.steps_mark, elapsed_s=time.perf_counter() - ctx.started,
                           answers=dict(self.answers), paused=paused)
         self.checkpointer.save(frame)
         self.tree_mark = len(tree)
         self.genealogy_mark += len(new_rows)
+        self.steps_mark = len(diagnostics.steps)
 
     # -- resuming -------------------------------------------------------------------------------
     @staticmethod
@@ -175,6 +180,7 @@ class RunCheckpoints:
         swarm.step = last.step
         self.tree_mark, self.genealogy_mark = len(swarm.tree), len(rows)
         ctx.diagnostics = swarm.diagnostics = last.diagnostics.model_copy(deep=True)
+        self.steps_mark = len(ctx.diagnostics.steps)
         ctx.started -= last.elapsed_s
 
     @staticmethod

@@ -25,8 +25,14 @@ generator state to save and the resumed run draws exactly what the uninterrupted
 
 Frame format: one header line, then the payload.
 
-    PLPCKPT2 {"format": "plp-swarm-checkpoint/2", "kind": "step", "step": 3, "payload_bytes": N, "sha256": "…"}\\n
+    PLPCKPT2 {"format": "plp-swarm-checkpoint/3", "kind": "step", "step": 3, "payload_bytes": N, "sha256": "…"}\\n
     <N bytes: pickle (protocol 5)>
+
+Format 3 differs from 2 in one respect: a step frame's diagnostics carry only the per-step records
+(`Diagnostics.steps`) of the steps since the previous frame, from index `steps_from` of the run's
+list, so a run checkpointed at every step writes O(T) of them, not O(T²); the reader puts the whole
+list back into every frame it returns. Logs of format 2 (whole lists in every frame) are still read,
+and a run resumed from one appends format-3 frames to it. The magic bytes are format 2's.
 
 The payload is a pickle because trace values are arbitrary Python objects and floats include −inf:
 resuming must reproduce them exactly, which JSON cannot. Load checkpoints you wrote yourself only
@@ -60,7 +66,8 @@ from swarm.errors import SwarmError
 from swarm.result import Diagnostics
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent
 
-FORMAT = "plp-swarm-checkpoint/2"
+FORMAT = "plp-swarm-checkpoint/3"
+READABLE_FORMATS = (FORMAT, "plp-swarm-checkpoint/2")
 MAGIC = b"PLPCKPT2"
 POPULATION_FILE = "population.ckpt"
 RESPONSE_JOURNAL = "responses.jsonl"
@@ -127,6 +134,9 @@ class StepFrame(BaseModel):
     genealogy: list[list[int]]
     """The genealogy rows of the steps since the previous frame."""
     diagnostics: Diagnostics
+    """The run's diagnostics after the step. On disk (format 3) their `steps` are the records from
+    index `steps_from` on; read back (`decode_log`), every frame holds the run's whole list."""
+    steps_from: int = Field(0, ge=0)
     elapsed_s: float = 0.0
     """Wall time spent before this checkpoint (a resumed run's time budget counts it)."""
     answers: dict[str, Any] = Field(default_factory=dict)
@@ -197,6 +207,7 @@ def decode_log(path: Path, data: bytes) -> PopulationCheckpoint:
                                     f"{len(data)} bytes): the file is torn or of another kind")
     header: RunHeader | None = None
     frames: list[StepFrame] = []
+    steps: list[Any] = []
     pos = 0
     while pos < len(data):
         parsed = _frame_at(path, data, pos)
@@ -207,6 +218,11 @@ def decode_log(path: Path, data: bytes) -> PopulationCheckpoint:
         if fh.kind == "run":
             header = obj
         else:
+            if fh.format == FORMAT:  # the steps since the previous frame, from index steps_from
+                steps = steps[:obj.steps_from] + obj.diagnostics.steps
+            else:  # format 2: the whole list
+                steps = list(obj.diagnostics.steps)
+            obj.diagnostics.steps, obj.steps_from = steps, 0
             frames.append(obj)
         pos = end
     if header is None:
@@ -225,8 +241,8 @@ def _frame_at(path: Path, data: bytes, pos: int) -> tuple[FrameHeader, bytes, in
     except ValidationError as exc:
         raise CheckpointError(path, f"unreadable frame header at byte {pos}: "
                                     f"{exc.errors(include_url=False)[0]['msg']}") from None
-    if fh.format != FORMAT:
-        raise CheckpointError(path, f"format {fh.format!r} is not {FORMAT!r}")
+    if fh.format not in READABLE_FORMATS:
+        raise CheckpointError(path, f"format {fh.format!r} is not one of {', '.join(map(repr, READABLE_FORMATS))}")
     payload = data[line_end + 1:line_end + 1 + fh.payload_bytes]
     if len(payload) != fh.payload_bytes:
         return None

@@ -93,6 +93,68 @@ def test_resume_keeps_checkpointing_and_a_finished_run_resumes_to_itself(tmp_pat
     assert_same(first, run(policy, prog))
 
 
+def _raw_frames(path):
+    """(frame header, unpickled payload) of every frame as written, before `decode_log` rebuilds
+    the step records."""
+    import json
+    import pickle
+
+    data, out, pos = path.read_bytes(), [], 0
+    while pos < len(data):
+        line_end = data.index(b"\n", pos)
+        head = json.loads(data[pos + len(b"PLPCKPT2 "):line_end])
+        end = line_end + 1 + head["payload_bytes"]
+        out.append((head, pickle.loads(data[line_end + 1:end])))
+        pos = end
+    return out
+
+
+def test_a_frame_holds_only_the_step_records_since_the_previous_one(tmp_path):
+    """Format 3: a run checkpointed at every step writes each step record once (format 2 wrote the
+    whole list in every frame: T²/2 records); read back, every frame has the run's list so far."""
+    prog = BY_NAME["hmm"]
+    result = run(policies.SMC(num_particles=50, seed=3, checkpoint=tmp_path), prog)
+    steps = result.diagnostics.steps
+    raw = [(head, frame) for head, frame in _raw_frames(tmp_path / "population.ckpt") if head["kind"] == "step"]
+    assert len(raw) == len(steps) >= 3 and all(h["format"] == "plp-swarm-checkpoint/3" for h, _ in raw)
+    assert [frame.steps_from for _, frame in raw] == list(range(len(steps)))
+    assert [len(frame.diagnostics.steps) for _, frame in raw] == [1] * len(steps)
+    loaded = read_checkpoint(tmp_path / "population.ckpt")
+    assert [f.diagnostics.steps for f in loaded.frames] == [steps[:k + 1] for k in range(len(steps))]
+
+
+def test_a_format_2_log_is_read_and_resumed(tmp_path):
+    """A log written by format 2 (every frame with the whole list of step records) still loads, and
+    a run resumed from it appends format-3 frames and equals the uninterrupted run."""
+    import json
+
+    from swarm.checkpoint import MAGIC, encode_frame
+
+    prog = BY_NAME["hmm"]
+    policy = policies.SMC(num_particles=200, seed=4)
+    with pytest.raises(SimulatedCrash):
+        run(policy.model_copy(update={"checkpoint": tmp_path, "runtime": CrashingRuntime(4)}), prog)
+    path = tmp_path / "population.ckpt"
+    cumulative, old = [], b""
+    for head, obj in _raw_frames(path):
+        if head["kind"] == "step":
+            cumulative = cumulative[:obj.steps_from] + obj.diagnostics.steps
+            obj.diagnostics.steps = list(cumulative)
+            del obj.__dict__["steps_from"]  # the field format 2 did not have
+        frame = encode_frame(head["kind"], head["step"], obj)
+        header, payload = frame.split(b"\n", 1)
+        fields = json.loads(header[len(MAGIC) + 1:])
+        old += MAGIC + b" " + json.dumps({**fields, "format": "plp-swarm-checkpoint/2"}).encode() + b"\n" + payload
+    path.write_bytes(old)
+    loaded = read_checkpoint(path)
+    assert [len(f.diagnostics.steps) for f in loaded.frames] == [1, 2, 3]
+    resumed = resume(policy, tmp_path, prog)
+    assert_same(resumed, run(policy, prog))
+    formats = [h["format"] for h, _ in _raw_frames(path)]
+    assert formats[:4] == ["plp-swarm-checkpoint/2"] * 4 and set(formats[4:]) == {"plp-swarm-checkpoint/3"}
+    assert read_checkpoint(path).last.diagnostics.steps == resumed.diagnostics.steps
+
+
 def test_unseeded_run_resumes_with_its_own_seed(tmp_path):
     prog = BY_NAME["chain3"]
     with pytest.raises(SimulatedCrash):
