@@ -17,12 +17,24 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import threading
 from typing import Iterator
 
 _lock = threading.Lock()
 _open = 0
 _saved: tuple[int, ...] | None = None
+
+
+def _new_lock_in_child() -> None:
+    """A process forked while another thread held the lock gets it locked forever: give the child a
+    fresh one (the count stays: a child forked inside a block closes that block itself)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import threading
 
 import pytest
@@ -82,3 +84,32 @@ def test_concurrent_runs_leave_the_default_threshold():
 
     asyncio.run(many())
     assert gc.get_threshold() == (700, 10, 10)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # Python >= 3.12 warns of fork with threads: the point here
+def test_a_child_forked_while_the_lock_is_held_can_still_open_blocks():
+    """Fork while another thread is inside the lock (e.g. the span worker opening its block): the
+    child's copy of the lock would stay locked and its first run would hang; it gets a fresh lock."""
+    from swarm import gc_tuning
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gc_tuning._lock:
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: a block must open and close within 5 s
+        signal.alarm(5)
+        with relaxed_gc():
+            pass
+        os._exit(0 if gc.get_threshold()[0] == 700 else 3)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
