@@ -94,18 +94,16 @@ def test_resume_keeps_checkpointing_and_a_finished_run_resumes_to_itself(tmp_pat
 
 
 def _raw_frames(path):
-    """(frame header, unpickled payload) of every frame as written, before `decode_log` rebuilds
-    the step records."""
-    import json
+    """(frame header, unpickled payload) of every frame as written, read by the reader's own frame
+    parser (`swarm.checkpoint._frame_at`) but before `decode_log` rebuilds the step records."""
     import pickle
+
+    from swarm.checkpoint import _frame_at
 
     data, out, pos = path.read_bytes(), [], 0
     while pos < len(data):
-        line_end = data.index(b"\n", pos)
-        head = json.loads(data[pos + len(b"PLPCKPT2 "):line_end])
-        end = line_end + 1 + head["payload_bytes"]
-        out.append((head, pickle.loads(data[line_end + 1:end])))
-        pos = end
+        head, payload, pos = _frame_at(path, data, pos)
+        out.append((head, pickle.loads(payload)))
     return out
 
 
@@ -115,8 +113,8 @@ def test_a_frame_holds_only_the_step_records_since_the_previous_one(tmp_path):
     prog = BY_NAME["hmm"]
     result = run(policies.SMC(num_particles=50, seed=3, checkpoint=tmp_path), prog)
     steps = result.diagnostics.steps
-    raw = [(head, frame) for head, frame in _raw_frames(tmp_path / "population.ckpt") if head["kind"] == "step"]
-    assert len(raw) == len(steps) >= 3 and all(h["format"] == "plp-swarm-checkpoint/3" for h, _ in raw)
+    raw = [(head, frame) for head, frame in _raw_frames(tmp_path / "population.ckpt") if head.kind == "step"]
+    assert len(raw) == len(steps) >= 3 and all(h.format == "plp-swarm-checkpoint/3" for h, _ in raw)
     assert [frame.steps_from for _, frame in raw] == list(range(len(steps)))
     assert [len(frame.diagnostics.steps) for _, frame in raw] == [1] * len(steps)
     loaded = read_checkpoint(tmp_path / "population.ckpt")
@@ -137,11 +135,11 @@ def test_a_format_2_log_is_read_and_resumed(tmp_path):
     path = tmp_path / "population.ckpt"
     cumulative, old = [], b""
     for head, obj in _raw_frames(path):
-        if head["kind"] == "step":
+        if head.kind == "step":
             cumulative = cumulative[:obj.steps_from] + obj.diagnostics.steps
             obj.diagnostics.steps = list(cumulative)
             del obj.__dict__["steps_from"]  # the field format 2 did not have
-        frame = encode_frame(head["kind"], head["step"], obj)
+        frame = encode_frame(head.kind, head.step, obj)
         header, payload = frame.split(b"\n", 1)
         fields = json.loads(header[len(MAGIC) + 1:])
         old += MAGIC + b" " + json.dumps({**fields, "format": "plp-swarm-checkpoint/2"}).encode() + b"\n" + payload
@@ -150,7 +148,7 @@ def test_a_format_2_log_is_read_and_resumed(tmp_path):
     assert [len(f.diagnostics.steps) for f in loaded.frames] == [1, 2, 3]
     resumed = resume(policy, tmp_path, prog)
     assert_same(resumed, run(policy, prog))
-    formats = [h["format"] for h, _ in _raw_frames(path)]
+    formats = [h.format for h, _ in _raw_frames(path)]
     assert formats[:4] == ["plp-swarm-checkpoint/2"] * 4 and set(formats[4:]) == {"plp-swarm-checkpoint/3"}
     assert read_checkpoint(path).last.diagnostics.steps == resumed.diagnostics.steps
 
