@@ -53,7 +53,6 @@ import dataclasses
 import errno
 import hashlib
 import io
-import json
 import os
 import pickle
 from operator import attrgetter
