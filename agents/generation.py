@@ -74,7 +74,7 @@ class Generation(Distribution):
         update: dict[str, Any] = {"seed": rng.seed()}
         if self.target == "base" or run_scope().get(NEEDS_LOG_Q):
             update["log_q"] = "required"
-        request = self.request.model_copy(update=update)
+        request = self.request.replaced(**update)
         agent = self.agent
         started = time.time_ns()
         completion = await client_for(agent).complete(request)

@@ -232,3 +232,20 @@ def test_completion_info_records_a_kv_cache_report_only_when_the_completion_has_
     cached = completion_info(agent, request, Cached(text="a"), 0, "scripted")
     assert "kv_cache" not in plain
     assert cached["kv_cache"] == {"reused_tokens": 3, "prefilled_tokens": 1, "evictions": 0}
+
+
+def test_a_request_replaced_is_what_model_copy_gives_and_leaves_the_original_alone():
+    from agents import constraints
+    from agents.backends.base import ChatMessage, GenerationRequest, GenerationSettings
+
+    chat = GenerationRequest(messages=[ChatMessage(role="user", content="hi")], assistant_prefix="The",
+                             settings=GenerationSettings(max_tokens=4, temperature=0.7),
+                             constraint=constraints.regex("[a-z]+"))
+    raw = GenerationRequest(prompt="Q:", seed=1)
+    for request, update in ((chat, {"seed": 7}), (chat, {"seed": 7, "log_q": "required"}), (raw, {"seed": None}),
+                            (raw, {"prompt": "R:", "assistant_prefix": "x"})):
+        before = request.model_dump()
+        fast, slow = request.replaced(**update), request.model_copy(update=update)
+        assert type(fast) is type(slow) and fast == slow and fast.model_dump() == slow.model_dump()
+        assert fast.model_fields_set == slow.model_fields_set and fast.model_dump_json() == slow.model_dump_json()
+        assert request.model_dump() == before and fast is not request

@@ -27,6 +27,8 @@ from agents.constraints.report import ConstraintReport
 
 from swarm.errors import ParticleLost
 
+_object_setattr = object.__setattr__
+
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
@@ -85,6 +87,19 @@ class GenerationRequest(BaseModel):
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("GenerationRequest needs exactly one of 'messages' or 'prompt'")
         return self
+
+    def replaced(self, **fields: Any) -> "GenerationRequest":
+        """A shallow copy with `fields` replaced, unvalidated: what `model_copy(update=fields)` gives
+        (same fields, fields set, equality and dump), for values of the fields' own types, at a third
+        of its cost. Every generation copies its request once, to set the particle's seed."""
+        new = object.__new__(type(self))
+        values = self.__dict__.copy()
+        values.update(fields)
+        _object_setattr(new, "__dict__", values)
+        _object_setattr(new, "__pydantic_extra__", None)  # extra input is ignored, never stored
+        _object_setattr(new, "__pydantic_fields_set__", self.__pydantic_fields_set__ | fields.keys())
+        _object_setattr(new, "__pydantic_private__", None)  # and has no private attributes
+        return new
 
 
 class Usage(BaseModel):
