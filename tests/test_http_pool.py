@@ -202,7 +202,8 @@ def test_a_reset_in_the_middle_of_a_reply_is_an_error_not_a_silent_retry():
         async with server:
             pool = HttpPool(url, max_connections=1, timeout=5)
             first = await pool.post("/x", b"{}")
-            with pytest.raises(HttpTransportError, match="without a \\(complete\\) reply"):
+            # the server's close after half a reply arrives as an end of stream (or, on some systems, a reset)
+            with pytest.raises(HttpTransportError, match="without a \\(complete\\) reply|Reset"):
                 await pool.post("/x", b"{}")
             await pool.close()
         return first, len(requests), pool.opened
