@@ -132,81 +132,70 @@ def test_a_reply_cut_short_fails_and_only_a_silent_reused_connection_is_stale():
         second.result()
 
 
-async def _server(handle):
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+class PiecewiseServer:
+    """An asyncio server on 127.0.0.1 answering the k-th request (k = 1, 2, …, over all connections)
+    with the pieces `answer(body, k)` returns, written one at a time; with `close` true the
+    connection is closed after them."""
 
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.connections = 0
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    return await reader.readexactly(length)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                self.requests += 1
+                pieces, close = self.answer(await reader.readexactly(length), self.requests)
+                for piece in pieces:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0)
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def run(self, client):
+        """`await client(url)` while the server runs; its result."""
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        async with server:
+            return await client(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
 
 
 def test_replies_sent_in_pieces_over_a_socket_are_read_on_one_kept_connection():
     pieces_of = {name: [raw[i:i + 7] for i in range(0, len(raw), 7)] for name, (raw, *_) in REPLIES.items()
                  if name != "connection close"}
+    server = PiecewiseServer(lambda body, k: (pieces_of[body.decode()], False))
 
-    async def go():
-        connections = []
+    async def client(url):
+        pool = HttpPool(url, max_connections=1, timeout=5)
+        replies = {name: await pool.post("/x", name.encode()) for name in pieces_of}
+        await pool.close()
+        return replies, pool.opened
 
-        async def handle(reader, writer):
-            connections.append(writer)
-            try:
-                while True:
-                    name = (await _read_request(reader)).decode()
-                    for piece in pieces_of[name]:
-                        writer.write(piece)
-                        await writer.drain()
-                        await asyncio.sleep(0)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            writer.close()
-
-        server, url = await _server(handle)
-        async with server:
-            pool = HttpPool(url, max_connections=1, timeout=5)
-            replies = {name: await pool.post("/x", name.encode()) for name in pieces_of}
-            await pool.close()
-        return replies, len(connections), pool.opened
-
-    replies, connections, opened = asyncio.run(go())
+    replies, opened = asyncio.run(server.run(client))
     assert {name: (r.status, r.body) for name, r in replies.items()} == \
         {name: REPLIES[name][1:3] for name in pieces_of}
-    assert connections == opened == 1
+    assert server.connections == opened == 1
 
 
 def test_a_reset_in_the_middle_of_a_reply_is_an_error_not_a_silent_retry():
     raw = REPLIES["content-length"][0]
+    server = PiecewiseServer(lambda body, k: ([raw], False) if k == 1 else ([raw[:50]], True))  # then half a reply
 
-    async def go():
-        requests = []
+    async def client(url):
+        pool = HttpPool(url, max_connections=1, timeout=5)
+        first = await pool.post("/x", b"{}")
+        # the server's close after half a reply arrives as an end of stream (or, on some systems, a reset)
+        with pytest.raises(HttpTransportError, match="without a \\(complete\\) reply|Reset"):
+            await pool.post("/x", b"{}")
+        await pool.close()
+        return first, pool.opened
 
-        async def handle(reader, writer):
-            try:
-                while True:
-                    await _read_request(reader)
-                    requests.append(1)
-                    if len(requests) == 1:
-                        writer.write(raw)
-                    else:  # half a reply, then the connection goes
-                        writer.write(raw[:50])
-                        await writer.drain()
-                        break
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            writer.close()
-
-        server, url = await _server(handle)
-        async with server:
-            pool = HttpPool(url, max_connections=1, timeout=5)
-            first = await pool.post("/x", b"{}")
-            # the server's close after half a reply arrives as an end of stream (or, on some systems, a reset)
-            with pytest.raises(HttpTransportError, match="without a \\(complete\\) reply|Reset"):
-                await pool.post("/x", b"{}")
-            await pool.close()
-        return first, len(requests), pool.opened
-
-    first, requests, opened = asyncio.run(go())
-    assert first.body == BODY and requests == 2 and opened == 1  # part of a reply came: never resent
+    first, opened = asyncio.run(server.run(client))
+    assert first.body == BODY and server.requests == 2 and opened == 1  # part of a reply came: never resent
