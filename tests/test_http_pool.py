@@ -160,11 +160,12 @@ class PiecewiseServer:
             pass
         writer.close()
 
-    async def run(self, client):
-        """`await client(url)` while the server runs; its result."""
-        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+    async def run(self, client, tls=None):
+        """`await client(url)` while the server runs (over TLS with the server context `tls`); its result."""
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0, ssl=tls)
         async with server:
-            return await client(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+            scheme = "https" if tls is not None else "http"
+            return await client(f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
 
 
 def test_replies_sent_in_pieces_over_a_socket_are_read_on_one_kept_connection():
@@ -199,3 +200,58 @@ def test_a_reset_in_the_middle_of_a_reply_is_an_error_not_a_silent_retry():
 
     first, opened = asyncio.run(server.run(client))
     assert first.body == BODY and server.requests == 2 and opened == 1  # part of a reply came: never resent
+
+
+@pytest.fixture(scope="module")
+def tls_server_context(tmp_path_factory):
+    """(a server TLS context, its self-signed certificate for 127.0.0.1), made with the openssl
+    command line (skip without it)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    return tls, cert
+
+
+def test_https_replies_are_framed_on_a_kept_tls_connection_verified_by_the_default_context(tls_server_context,
+                                                                                          monkeypatch):
+    tls, cert = tls_server_context
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default context trusts it, as a private CA would be
+    names = ["content-length", "chunked", "gzip", "no content"]
+    server = PiecewiseServer(lambda body, k: ([REPLIES[body.decode()][0][i:i + 7]
+                                               for i in range(0, len(REPLIES[body.decode()][0]), 7)], False))
+
+    async def client(url):
+        pool = HttpPool(url, max_connections=1, timeout=5)
+        replies = {name: await pool.post("/x", name.encode()) for name in names}
+        await pool.close()
+        return replies, pool.opened
+
+    replies, opened = asyncio.run(server.run(client, tls))
+    assert {name: (r.status, r.body) for name, r in replies.items()} == {name: REPLIES[name][1:3] for name in names}
+    assert server.connections == opened == 1
+
+
+def test_an_untrusted_certificate_fails_the_request_naming_the_verification(tls_server_context, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    server = PiecewiseServer(lambda body, k: ([REPLIES["content-length"][0]], False))
+
+    async def client(url):
+        pool = HttpPool(url, max_connections=1, timeout=5)
+        try:
+            with pytest.raises(HttpTransportError, match="SSLCertVerificationError.*certificate verify failed"):
+                await pool.post("/x", b"{}")
+        finally:
+            await pool.close()
+
+    asyncio.run(server.run(client, tls_server_context[0]))
+    assert server.requests == 0

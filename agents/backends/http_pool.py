@@ -17,10 +17,11 @@ real server needs; on protocols it costs less CPU per request than the streams c
 (client CPU per request at N=2,048: streams pool 170 µs, the floor client 153 µs, protocols ~120 µs;
 bench/latency_hiding.py reports it).
 
-What it speaks: HTTP/1.1 (and HTTP/1.0 replies) over TCP or TLS (https, the default SSL context);
+What it speaks: HTTP/1.1 (and HTTP/1.0 replies) over TCP or TLS (https, the default SSL context,
+which verifies the server's certificate: for a private CA set `SSL_CERT_FILE` to its bundle);
 request bodies with Content-Length; responses framed by Content-Length, chunked transfer-encoding or
-connection close; gzip/deflate bodies are decoded (it asks for identity). No proxies, no redirects
-(a 3xx is returned as a status like any other), no HTTP/2.
+connection close (interim 1xx replies are skipped); gzip/deflate bodies are decoded (it asks for
+identity). No proxies, no redirects (a 3xx is returned as a status like any other), no HTTP/2.
 
 Connections: at most `max_connections` open at once (callers wait for a free one); an idle
 connection the server closed meanwhile is detected when taken, and a request that fails on a
