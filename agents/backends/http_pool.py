@@ -13,9 +13,10 @@ of N requests at concurrency N, medians of interleaved runs, ratio to a minimal 
 client): httpx (the openai client's transport) 4.9x at N=256 and 28.9x at N=2,048 (its pool scans
 every connection per request), aiohttp 1.6x and 1.8x even tuned (DummyCookieJar, no
 decompression). This pool began as that minimal client (asyncio streams) with the HTTP/1.1 rules a
-real server needs; on protocols it costs less CPU per request than the streams client itself
-(client CPU per request at N=2,048: streams pool 170 µs, the floor client 153 µs, protocols ~120 µs;
-bench/latency_hiding.py reports it).
+real server needs; on protocols it costs less client CPU per request than the streams client
+itself (3 waves of N requests, interleaved runs on a quiet host: at N=2,048 92 µs against the
+streams pool's 104 and the floor client's 103; at N=1,024 85 against 122 and 111;
+bench/latency_hiding.py reports the client's CPU per request).
 
 What it speaks: HTTP/1.1 (and HTTP/1.0 replies) over TCP or TLS (https, the default SSL context,
 which verifies the server's certificate: for a private CA set `SSL_CERT_FILE` to its bundle);
