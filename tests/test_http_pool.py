@@ -46,11 +46,17 @@ class RecordingTransport:
         return self.closed
 
 
+def _connected() -> _Connection:
+    """A `_Connection` on a recording transport (call inside a running loop)."""
+    conn = _Connection()
+    conn.connection_made(RecordingTransport())
+    return conn
+
+
 def _feed(pieces: list[bytes], eof: bool = False):
     """Send one request on a fresh `_Connection` and feed it `pieces`; (the future, the connection)."""
     async def go():
-        conn = _Connection()
-        conn.connection_made(RecordingTransport())
+        conn = _connected()
         waiter = conn.send(b"POST / HTTP/1.1\r\n\r\n")
         for piece in pieces:
             conn.data_received(piece)
@@ -90,8 +96,8 @@ def test_a_reply_framed_by_the_close_ends_when_the_server_closes():
 
 def test_bytes_after_a_reply_retire_the_connection():
     raw = REPLIES["content-length"][0]
-    for extra in (raw + b"HTTP/1.1 200 OK\r\n", [raw[:40], raw[40:] + b"junk"]):
-        waiter, conn = _feed(extra if isinstance(extra, list) else [extra])
+    for pieces in ([raw + b"HTTP/1.1 200 OK\r\n"], [raw[:40], raw[40:] + b"junk"]):
+        waiter, conn = _feed(pieces)
         assert waiter.result().body == BODY and not conn.keep
 
 
@@ -100,7 +106,7 @@ def test_bytes_after_a_reply_retire_the_connection():
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid literal"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n", "chunk does not end"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: -4\r\n\r\n", "negative Content-Length"),
-    (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope", "error"),
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope", "while decompressing"),
 ])
 def test_a_malformed_reply_fails_its_request_naming_what_is_wrong(raw, says):
     waiter, conn = _feed([raw])
@@ -118,8 +124,7 @@ def test_a_reply_cut_short_fails_and_only_a_silent_reused_connection_is_stale():
         waiter.result()
 
     async def reused_then_closed():
-        conn = _Connection()
-        conn.connection_made(RecordingTransport())
+        conn = _connected()
         first = conn.send(b"GET / HTTP/1.1\r\n\r\n")
         conn.data_received(raw)
         second = conn.send(b"GET / HTTP/1.1\r\n\r\n")

@@ -177,7 +177,7 @@ class _Connection(asyncio.Protocol):
         try:
             reply = self._frame(data)
         except (ValueError, zlib.error) as exc:
-            self._fail(HttpTransportError(f"malformed reply: {type(exc).__name__}: {exc}"))
+            self._fail(_malformed(exc))
             self.close()
             return
         if reply is not None:
@@ -201,13 +201,12 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        if self.framing == _UNTIL_CLOSE and exc is None:
+        if self.framing == _UNTIL_CLOSE and exc is None:  # (such a reply never keeps its connection)
             self.waiter = None
-            self.keep = False
             try:
                 waiter.set_result(self._reply(b"".join(self.parts)))
             except (ValueError, zlib.error) as error:
-                waiter.set_exception(HttpTransportError(f"malformed reply: {type(error).__name__}: {error}"))
+                waiter.set_exception(_malformed(error))
             return
         if self.replies and not self.received:
             self._fail(_Stale())
@@ -308,6 +307,10 @@ class _Connection(asyncio.Protocol):
         if encoding in ("gzip", "deflate"):
             body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
         return HttpReply(self.status, headers, body)
+
+
+def _malformed(exc: BaseException) -> HttpTransportError:
+    return HttpTransportError(f"malformed reply: {type(exc).__name__}: {exc}")
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
