@@ -14,14 +14,17 @@ Backends, all test doubles with a fixed 50 ms latency:
 - "HTTP": `bench/fake_endpoint.py`, an asyncio OpenAI-compatible server in its own process on
   127.0.0.1, reached through `OpenAICompatible` (its keep-alive pool, retries, dict parsing) with
   `max_concurrency = N`.
-Baselines measured in the same run, interleaved with SMC: the floor client, and (N <= 256 only:
-it takes minutes beyond) the openai client with plain asyncio at the same concurrency, the
-transport this backend used before. Besides wall times, the client's CPU time per request (this
-process; the endpoint has its own) is reported for SMC and for the transport alone against the
-floor: on a shared machine it is the figure other jobs disturb least.
+Baselines measured in the same run, interleaved with SMC: the floor client; the same requests
+through `OpenAICompatible.complete` with plain asyncio ("backend alone": the transport without the
+engine) and through its connection pool alone ("pool alone": `HttpPool.post` of the same bytes, no
+request building or reply parsing); and (N <= 256 only: it takes minutes beyond) the openai client
+with plain asyncio at the same concurrency, the transport this backend used before. Besides wall
+times, the client's CPU time per request (this process; the endpoint has its own) is reported for
+each against the floor: on a shared machine it is the figure other jobs disturb least.
 
-The split (transport vs engine): SMC in-process / ideal is the engine alone; SMC HTTP / floor is
-engine + transport; `--profile N` prints where the CPU time of one SMC-over-HTTP run goes, by
+The split, layer by layer: pool alone / floor is the connection handling; backend alone / pool
+alone is building the request and parsing the reply into a `Completion`; SMC HTTP / backend alone
+is the engine over HTTP (SMC in-process / ideal is the engine alone); `--profile N` prints where the CPU time of one SMC-over-HTTP run goes, by
 module group (engine: swarm/ policies/ agents/ outside the backends; transport: agents/backends/
 http_* and openai_compat; asyncio; pydantic; json).
 
@@ -139,6 +142,25 @@ def _backend_waves(base_url: str, n: int) -> None:
     asyncio.run(waves())
 
 
+def _pool_waves(base_url: str, n: int) -> None:
+    """The same request bytes through `OpenAICompatible`'s connection pool alone (`HttpPool.post`:
+    keep-alive connections, framing, deadlines), no request building or reply parsing: the pool's
+    share of the transport."""
+    from agents.json_codec import dumps_exact
+
+    backend = _http_backend(base_url, n)
+
+    async def waves() -> None:
+        try:
+            pool = backend._resources()[0]
+            for k in range(STEPS):
+                await asyncio.gather(*(pool.post("/completions", dumps_exact(_request_body(k, i))) for i in range(n)))
+        finally:
+            await backend.aclose()
+
+    asyncio.run(waves())
+
+
 def _openai_waves(base_url: str, n: int) -> None:
     import openai
 
@@ -189,12 +211,16 @@ def _case_rows(n: int, times: dict[str, list[float]], ideal: float, peak: int,
                         m["floor"], "s", better="lower", note="the transport's share: same requests, no engine"))
         rows.append(row("latency hiding", f"SMC N={n:,} HTTP vs OpenAICompatible alone", m["smc http"],
                         m["backend alone"], "s", better="lower", note="the engine's share over HTTP"))
+    if "pool alone" in m:
+        rows.append(row("latency hiding", f"N={n:,} HttpPool alone (plain asyncio) vs floor", m["pool alone"],
+                        m["floor"], "s", better="lower",
+                        note="the connection pool's share: same request bytes, no request building or parsing"))
     if "openai client" in m:
         rows.append(row("latency hiding", f"N={n:,} openai client (plain asyncio) vs floor", m["openai client"],
                         m["floor"], "s", better="lower",
                         note="the transport OpenAICompatible used before: httpx's pool, pydantic models"))
     requests = STEPS * n
-    for name in ("smc http", "backend alone"):
+    for name in ("smc http", "backend alone", "pool alone"):
         if cpu and cpu.get(name) and cpu.get("floor"):
             per = {k: median(cpu[k][1:] or cpu[k]) / requests * 1e6 for k in (name, "floor")}  # [0]: the warm-up
             rows.append(row("latency hiding", f"N={n:,} client CPU per request: {name} vs floor", per[name],
@@ -215,7 +241,8 @@ def run(sizes: tuple[int, ...] = (256, 1024, 2048), repeats: int = 3, latency: f
             if http:
                 fns.update({"smc http": lambda: _smc(_http_backend(base_url, n), n),
                             "floor": lambda: _floor_waves(base_url, n),
-                            "backend alone": lambda: _backend_waves(base_url, n)})
+                            "backend alone": lambda: _backend_waves(base_url, n),
+                            "pool alone": lambda: _pool_waves(base_url, n)})
                 if n <= OPENAI_MAX_N:
                     fns["openai client"] = lambda: _openai_waves(base_url, n)
             cpu: dict[str, list[float]] = {name: [] for name in fns}
