@@ -24,9 +24,10 @@ each against the floor: on a shared machine it is the figure other jobs disturb 
 
 The split, layer by layer: pool alone / floor is the connection handling; backend alone / pool
 alone is building the request and parsing the reply into a `Completion`; SMC HTTP / backend alone
-is the engine over HTTP (SMC in-process / ideal is the engine alone); `--profile N` prints where the CPU time of one SMC-over-HTTP run goes, by
-module group (engine: swarm/ policies/ agents/ outside the backends; transport: agents/backends/
-http_* and openai_compat; asyncio; pydantic; json).
+is the engine over HTTP (SMC in-process / ideal is the engine alone). `--profile N` prints where
+the CPU time of one SMC-over-HTTP run goes, by module group (engine: swarm/ policies/ agents/
+outside the backends; transport: agents/backends/http_* and openai_compat; asyncio; pydantic;
+json).
 
     python -m bench.latency_hiding [--sizes 256 1024 2048] [--repeats 3] [--profile 2048]
 """
@@ -123,23 +124,28 @@ def _floor_waves(base_url: str, n: int) -> None:
     asyncio.run(waves())
 
 
-def _backend_waves(base_url: str, n: int) -> None:
-    """The same requests through `OpenAICompatible.complete` with plain asyncio: the transport
-    without the engine."""
-    from agents.backends.base import GenerationRequest, GenerationSettings
-
+def _waves_through_backend(base_url: str, n: int, send: Any) -> None:
+    """STEPS waves of n requests with plain asyncio, request (k, i) being `send(backend, k, i)` on
+    one `OpenAICompatible` (closed at the end: its pool is bound to this event loop)."""
     backend = _http_backend(base_url, n)
-    settings = GenerationSettings(max_tokens=4)
 
     async def waves() -> None:
         try:
             for k in range(STEPS):
-                await asyncio.gather(*(backend.complete(GenerationRequest(prompt=f"step {k}:", seed=i,
-                                                                          settings=settings)) for i in range(n)))
+                await asyncio.gather(*(send(backend, k, i) for i in range(n)))
         finally:
             await backend.aclose()
 
     asyncio.run(waves())
+
+
+def _backend_waves(base_url: str, n: int) -> None:
+    """The same requests through `OpenAICompatible.complete`: the transport without the engine."""
+    from agents.backends.base import GenerationRequest, GenerationSettings
+
+    settings = GenerationSettings(max_tokens=4)
+    _waves_through_backend(base_url, n, lambda backend, k, i: backend.complete(
+        GenerationRequest(prompt=f"step {k}:", seed=i, settings=settings)))
 
 
 def _pool_waves(base_url: str, n: int) -> None:
@@ -148,17 +154,8 @@ def _pool_waves(base_url: str, n: int) -> None:
     share of the transport."""
     from agents.json_codec import dumps_exact
 
-    backend = _http_backend(base_url, n)
-
-    async def waves() -> None:
-        try:
-            pool = backend._resources()[0]
-            for k in range(STEPS):
-                await asyncio.gather(*(pool.post("/completions", dumps_exact(_request_body(k, i))) for i in range(n)))
-        finally:
-            await backend.aclose()
-
-    asyncio.run(waves())
+    _waves_through_backend(base_url, n, lambda backend, k, i: backend._resources()[0].post(
+        "/completions", dumps_exact(_request_body(k, i))))
 
 
 def _openai_waves(base_url: str, n: int) -> None:
