@@ -243,7 +243,7 @@ def test_a_request_replaced_is_what_model_copy_gives_and_leaves_the_original_alo
                              constraint=constraints.regex("[a-z]+"))
     raw = GenerationRequest(prompt="Q:", seed=1)
     for request, update in ((chat, {"seed": 7}), (chat, {"seed": 7, "log_q": "required"}), (raw, {"seed": None}),
-                            (raw, {"prompt": "R:", "assistant_prefix": "x"})):
+                            (raw, {"prompt": "R:", "assistant_prefix": "x"}), (chat, {"messages": None, "prompt": "P"})):
         before = request.model_dump()
         fast, slow = request.replaced(**update), request.model_copy(update=update)
         assert type(fast) is type(slow) and fast == slow and fast.model_dump() == slow.model_dump()

@@ -91,7 +91,8 @@ class GenerationRequest(BaseModel):
     def replaced(self, **fields: Any) -> "GenerationRequest":
         """A shallow copy with `fields` replaced, unvalidated: what `model_copy(update=fields)` gives
         (same fields, fields set, equality and dump), for values of the fields' own types, at a third
-        of its cost. Every generation copies its request once, to set the particle's seed."""
+        of its cost. Every generation copies its request once, to set the particle's seed; the HTTP
+        backend copies it for word chunks, sibling groups and client-rendered continuations."""
         new = object.__new__(type(self))
         values = self.__dict__.copy()
         values.update(fields)

@@ -61,7 +61,7 @@ class SiblingBatcher:
 
     async def _send(self, items: list[tuple[GenerationRequest, asyncio.Future]], raw: bool) -> None:
         seeds = [r.seed for r, _ in items]
-        lead = items[0][0] if None not in seeds else items[0][0].model_copy(update={"seed": None})
+        lead = items[0][0] if None not in seeds else items[0][0].replaced(seed=None)
         if len(items) > 1:
             self.groups += 1
         try:

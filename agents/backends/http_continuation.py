@@ -72,7 +72,7 @@ async def route(backend: "OpenAICompatible", request: GenerationRequest) -> tupl
     dicts = ([m.model_dump(exclude_none=True) for m in messages] if messages is not None
              else [{"role": "user", "content": request.prompt}])
     rendered = render_chat(backend.chat_template, dicts)
-    return request.model_copy(update={"messages": None, "prompt": rendered}), True
+    return request.replaced(messages=None, prompt=rendered), True
 
 
 async def probe(backend: "OpenAICompatible") -> bool:

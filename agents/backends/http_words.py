@@ -60,8 +60,8 @@ async def generate_word(backend: "OpenAICompatible", request: "GenerationRequest
         text = "".join(p.text for p in parts)
         sub, sub_raw = request, raw
         if k > 0:
-            sub = request.model_copy(update={"assistant_prefix": request.assistant_prefix + text,
-                                             "seed": continuation_seed(request.seed, k)})
+            sub = request.replaced(assistant_prefix=request.assistant_prefix + text,
+                                   seed=continuation_seed(request.seed, k))
             if not raw and backend.mode == "chat":  # the first request had no reply to continue yet
                 sub, sub_raw = await http_continuation.route(backend, sub)
         part = (await backend.generate(sub, raw=sub_raw, max_tokens=min(lookahead, budget),

@@ -202,7 +202,7 @@ class OpenAICompatible(Backend):
         if self.n_supported and request.settings.unit != "word" and not (self.mode == "chat" and request.assistant_prefix):
             return await self.generate(request, n=n, raw=self.mode == "completions")
         seeds = [None if request.seed is None else request.seed + i for i in range(n)]
-        reqs = [request.model_copy(update={"seed": s}) for s in seeds]
+        reqs = [request.replaced(seed=s) for s in seeds]
         return list(await asyncio.gather(*(self.complete(r) for r in reqs)))
 
     async def aclose(self) -> None:
