@@ -8,6 +8,7 @@ search policies, says precisely what it returns instead). docs/theory.md has the
 | Enumerate | exactly | every path, exact log Z |
 | Forward, Importance, Rejection | yes (Importance: SNIS) | weighted draws, unbiased Ẑ |
 | SMC, TwistedSMC, TemperedSMC | yes | weighted population, unbiased Ẑ |
+| VectorizedSMC (numeric array programs) | yes | the same, the population as arrays |
 | SelfConsistency, AheadByK | the answer marginal / a voting contract | vote shares, error bounds |
 | BestOfN, Beam, TreeSearch | no: search | the best-found traces; a lower bound on log Z |
 
@@ -39,10 +40,11 @@ from policies.smc import SMC
 from policies.tempered_smc import TemperedSMC
 from policies.tree_search import TreeSearch
 from policies.twisted_smc import TwistedSMC
+from policies.vectorized_smc import VectorizedSMC
 
 __all__ = [
     "Budget", "Policy", "RunContext",
-    "Enumerate", "Forward", "Importance", "Rejection", "SMC", "TwistedSMC", "TemperedSMC",
+    "Enumerate", "Forward", "Importance", "Rejection", "SMC", "TwistedSMC", "TemperedSMC", "VectorizedSMC",
     "BestOfN", "SelfConsistency", "AheadByK", "Beam", "TreeSearch",
 ]
 

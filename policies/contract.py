@@ -77,6 +77,9 @@ class Case:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     hard: bool = False
+    reference: Callable[..., Any] | None = None
+    """The program `Enumerate` computes the exact answer from, with the same arguments, when it is
+    not `program` itself: the scalar twin of a program written for arrays (`VectorizedSMC`)."""
 
 
 # -- the default programs --------------------------------------------------------------------------
@@ -266,7 +269,7 @@ def _runs(make: PolicyFactory, case: Case, seeds: range) -> list[tuple[int, Resu
 
 def check_case(make: PolicyFactory, claims: Claims, case: Case, seeds: range) -> str:
     """Shape, reproducibility, evidence and posterior on one program, over `seeds`."""
-    exact = Enumerate().run(case.program, *case.args, **case.kwargs)
+    exact = Enumerate().run(case.reference or case.program, *case.args, **case.kwargs)
     runs = _runs(make, case, seeds)
     for s, result in runs:
         if result is not None:

@@ -13,6 +13,7 @@ from swarm.errors import (
     InvalidDistributionError,
     InvalidPotentialError,
     NondeterminismError,
+    NotVectorizable,
     NoSurvivingParticles,
     ParticleLost,
     RejectionError,
@@ -22,6 +23,7 @@ from swarm.human import AwaitingHuman, CannotPauseError, InvalidAnswerError, Que
 from swarm.listeners import RunListener, add_listener, remove_listener
 from swarm.primitives import auto_name, factor, guarantee, interact, plate, sample
 from swarm.result import Particle, Result
+from swarm.vector_draws import CategoricalRows
 from swarm.trace import (
     ErrorEvent,
     FactorEvent,
@@ -35,11 +37,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "sample", "factor", "guarantee", "plate", "interact", "auto_name",
-    "Distribution", "Draw", "Categorical", "Bernoulli", "Delta", "Uniform",
+    "Distribution", "Draw", "Categorical", "Bernoulli", "Delta", "Uniform", "CategoricalRows",
     "Trace", "SampleEvent", "FactorEvent", "GuaranteeEvent", "InteractEvent", "ErrorEvent",
     "Particle", "Result", "RunListener", "add_listener", "remove_listener",
     "SwarmError", "AsyncInPlainProgramError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
-    "NondeterminismError", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
+    "NondeterminismError", "NotVectorizable", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
     "ParticleLost", "BackendUnavailable",
     "ask_human", "Question", "AwaitingHuman", "InvalidAnswerError", "CannotPauseError",
 ]

@@ -29,6 +29,9 @@ _STACK: contextvars.ContextVar[_Stack] = contextvars.ContextVar("swarm_handler_s
 _FUSED: contextvars.ContextVar[Any] = contextvars.ContextVar("swarm_fused_engine", default=None)
 """The fused engine of the current stack when it is exactly an execution's engine stack; every
 handler pushed on top resets it to None (see `fused_engine`)."""
+_VECTOR: contextvars.ContextVar[int | None] = contextvars.ContextVar("swarm_vector_run", default=None)
+"""The number of particles of the vectorised run (`swarm.vector_run`) this context executes, if any:
+its statements then take one value per particle (arrays) where a scalar run takes one."""
 _RUN_SCOPE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("swarm_run_scope", default=None)
 _PROCESS_SCOPE: dict[str, Any] = {}
 
@@ -181,6 +184,18 @@ fused_engine = _FUSED.get
 """`fused_engine()`: the fused engine of the execution whose own stack this is (`swarm.engine.Fused`),
 or None under any other stack (then every statement goes through the handlers). A bound
 `ContextVar.get`: asked at every statement, it costs no Python call."""
+
+
+vector_run_size = _VECTOR.get
+"""`vector_run_size()`: N inside a vectorised run of N particles (`swarm.vector_run`), else None."""
+
+
+def set_vector_run(n: int) -> contextvars.Token:
+    return _VECTOR.set(n)
+
+
+def reset_vector_run(token: contextvars.Token) -> None:
+    _VECTOR.reset(token)
 
 
 def mark_fused(fused: Any) -> None:

@@ -42,6 +42,12 @@ class AsyncInPlainProgramError(SwarmError, TypeError):
     """A plain `def` program sampled an asynchronous distribution (an LLM generation)."""
 
 
+class NotVectorizable(SwarmError, TypeError):
+    """A vectorised run (`policies.VectorizedSMC`) met what it cannot execute for all particles at
+    once: an LLM generation, a message between agents, a distribution without a batched draw, a
+    branch on a particle's value, a return value without one row per particle."""
+
+
 class EnumerationError(SwarmError):
     """`Enumerate` met a site whose distribution has no finite support (an LLM generation, say)."""
 

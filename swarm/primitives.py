@@ -25,7 +25,7 @@ import numpy as np
 
 from swarm.distributions import Distribution
 from swarm.errors import InvalidDistributionError, InvalidPotentialError
-from swarm.effects import UNSET, Handler, Message, apply_stack, apply_stack_async, fused_engine
+from swarm.effects import UNSET, Handler, Message, apply_stack, apply_stack_async, fused_engine, vector_run_size
 from swarm.engine import at_site as _at_site, raise_async_in_plain_program
 
 __all__ = ["sample", "factor", "guarantee", "plate", "interact", "auto_name"]
@@ -46,6 +46,8 @@ def as_log_potential(name: str, value: Any) -> float:
             f"factor {name!r}: got a boolean ({value!r}); use guarantee({name!r}, condition) for hard constraints")
     if isinstance(value, np.ndarray):
         if value.shape != ():
+            if vector_run_size() is not None:  # one per particle: validated by the vectorised run
+                return value
             raise InvalidPotentialError(
                 f"factor {name!r}: the log-potential must be a scalar, got an array of shape {value.shape}")
         value = value.item()
@@ -62,6 +64,8 @@ def as_log_potential(name: str, value: Any) -> float:
 
 def _as_condition(name: str, condition: Any) -> bool:
     if isinstance(condition, np.ndarray):
+        if vector_run_size() is not None:  # one per particle: validated by the vectorised run
+            return condition
         if condition.size != 1:
             raise InvalidPotentialError(
                 f"guarantee {name!r}: the condition must be a single truth value, got an array of shape {condition.shape}")

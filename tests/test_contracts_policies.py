@@ -17,6 +17,7 @@ import pytest
 import policies
 from policies.contract import Case, Claims, PolicyContractViolation, check_policy
 from tests.exact_programs import BY_NAME
+from tests.exact_vector_programs import VECTOR_PROGRAMS
 
 
 def _case(name: str) -> Case:
@@ -26,6 +27,12 @@ def _case(name: str) -> Case:
 
 SOFT = [_case(n) for n in ("api_example", "hmm", "shaped", "async_program")]
 HARD = [_case(n) for n in ("needle_guarantees", "dice")]
+
+
+def _vector_case(case: Case) -> Case:
+    """The same case written for arrays, its exact answer from the scalar program."""
+    program, args = VECTOR_PROGRAMS[case.name]
+    return Case(case.name, program, args, {}, case.hard, reference=case.program)
 
 
 def sized(cls: type, n: int, **settings: Any) -> Callable[..., policies.Policy]:
@@ -45,6 +52,7 @@ BUILT_IN: dict[str, tuple[Callable[..., policies.Policy], Claims, list[Case]]] =
                          proposal="twisted"),
                    Claims("unbiased"), SOFT + HARD),
     "TemperedSMC": (sized(policies.TemperedSMC, 100, schedule=[0.25, 0.5, 1.0]), Claims("unbiased"), SOFT + HARD),
+    "VectorizedSMC": (sized(policies.VectorizedSMC, 100), Claims("unbiased"), [_vector_case(c) for c in SOFT + HARD]),
     "BestOfN": (sized(policies.BestOfN, 100), Claims("unbiased"), SOFT),
     "SelfConsistency": (sized(policies.SelfConsistency, 100), Claims("unbiased"), SOFT),
     "AheadByK": (sized(policies.AheadByK, 300, k=3), Claims("none", posterior=False), HARD),
