@@ -44,7 +44,7 @@ class Benchmark:
 
 
 BENCHMARKS: list[Benchmark] = [
-    Benchmark("core_overhead", "particle-steps/s of SMC on a 10-step toy program vs plain-Python and numpy SMC loops",
+    Benchmark("core_overhead", "particle-steps/s of SMC and VectorizedSMC on a 10-step toy program vs plain-Python and numpy SMC loops",
               quick={"sizes": (1_000,), "repeats": 3}, full={"sizes": (1_000, 100_000), "repeats": 3}),
     Benchmark("resampling_kernels", "resampling N particles vs numpy Generator.choice(p=w)",
               quick={"n": 100_000, "repeats": 3}, full={"n": 1_000_000, "repeats": 7}),

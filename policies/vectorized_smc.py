@@ -86,8 +86,9 @@ class VectorizedSMC(Policy):
         values = per_particle(value, n) if finished else [None] * n
         status = "finished" if finished else "running"
         log_w = run.log_w.tolist()
-        particles = [Particle(id=pid, value=v, log_weight=lw, trace=VectorTrace(run.columns, i),
-                              status=status if lw > -np.inf else "dead", parent_id=None if parent < 0 else parent)
+        columns = run.columns
+        particles = [Particle.from_engine(pid, v, lw, VectorTrace(columns, i), status if lw > -np.inf else "dead",
+                                          None if parent < 0 else parent)
                      for i, (pid, v, lw, parent) in enumerate(zip(steps.ids.tolist(), values, log_w,
                                                                   steps.parents.tolist()))]
         return ctx.result(particles, logmeanexp(run.log_w))

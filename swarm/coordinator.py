@@ -183,8 +183,8 @@ class Coordinator:
 
     # -- the final population -------------------------------------------------------------------
     def particles(self) -> list[Any]:
-        """The final population as `Particle`s (validated construction, ~2x cheaper than
-        `model_construct` here; a particle's trace stays a lazy view of the global trace)."""
+        """The final population as `Particle`s (built from the population's arrays without
+        validation; a particle's trace stays a lazy view of the global trace)."""
         from swarm.population import STATUS_NAMES
         from swarm.result import Particle
 
@@ -194,9 +194,8 @@ class Coordinator:
         for pid, value, log_w, leaf, status, parent in zip(
                 pop.ids.tolist(), pop.values, pop.log_w.tolist(), pop.leaf.tolist(), pop.status.tolist(),
                 pop.parents.tolist()):
-            out.append(Particle(id=pid, value=value, log_weight=log_w if status != LOST else -math.inf,
-                                trace=trace(leaf), status=STATUS_NAMES[status],
-                                parent_id=None if parent < 0 else parent, leaf=leaf))
+            out.append(Particle.from_engine(pid, value, log_w if status != LOST else -math.inf, trace(leaf),
+                                            STATUS_NAMES[status], None if parent < 0 else parent, leaf))
         return out
 
 

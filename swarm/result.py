@@ -13,6 +13,7 @@ from swarm.human import Question
 from swarm.population import ess as _ess
 from swarm.population import normalized_weights
 from swarm.trace import Trace
+from swarm.trusted import trusted
 
 
 class Particle(BaseModel):
@@ -30,6 +31,14 @@ class Particle(BaseModel):
     parent_id: int | None = None
     leaf: int | None = None
     """The particle's last node in the run's global trace (`Result.global_trace`), if it has one."""
+
+    @classmethod
+    def from_engine(cls, id: int, value: Any, log_weight: float, trace: Trace, status: str,
+                    parent_id: int | None, leaf: int | None = None) -> "Particle":
+        """A particle from the engine's own arrays (typed already), built without validation: a
+        final population of 100,000 costs milliseconds instead of half a second."""
+        return trusted(cls, {"id": id, "value": value, "log_weight": log_weight, "trace": trace, "status": status,
+                             "parent_id": parent_id, "leaf": leaf})
 
 
 class StepStats(BaseModel):
