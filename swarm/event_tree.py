@@ -24,7 +24,7 @@ from itertools import chain
 from collections.abc import Sequence
 from typing import Any, Iterable, Iterator
 
-from swarm.trace import Trace
+from swarm.trace import LazyTrace, Trace
 
 ROOT = -1
 _LONG = 64
@@ -313,29 +313,16 @@ class GlobalTrace:
             run.append(run[i - 1] if i > start and parent[i] == i - 1 else i)
 
 
-class TreeTrace(Trace):
+class TreeTrace(LazyTrace):
     """A particle's `Trace` read from the global trace: its events are gathered along the parent
     pointers the first time they are read (a population's traces cost nothing until looked at)."""
 
-    __slots__ = ("_tree", "_leaf", "_events")
+    __slots__ = ("_tree", "_leaf")
 
     def __init__(self, tree: GlobalTrace, leaf: int) -> None:
+        super().__init__()
         self._tree = tree
         self._leaf = leaf
-        self._events: list[Any] | None = None
 
-    @property  # type: ignore[override]
-    def events(self) -> list[Any]:
-        if self._events is None:
-            self._events = self._tree.path(self._leaf)
-        return self._events
-
-    @events.setter
-    def events(self, value: list[Any]) -> None:
-        self._events = value
-
-    def __reduce__(self) -> tuple:
-        return (Trace, (self.events,))
-
-    def __repr__(self) -> str:
-        return f"Trace(events={self.events!r})"
+    def _materialise(self) -> list[Any]:
+        return self._tree.path(self._leaf)

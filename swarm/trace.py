@@ -203,5 +203,34 @@ class Trace:
         return None
 
 
+class LazyTrace(Trace):
+    """A `Trace` whose events are built the first time they are read (`_materialise`), so a large
+    population's traces cost nothing until looked at. Pickles as a plain `Trace`."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self) -> None:
+        self._events: list[Any] | None = None
+
+    def _materialise(self) -> list[Any]:
+        raise NotImplementedError
+
+    @property  # type: ignore[override]
+    def events(self) -> list[Any]:
+        if self._events is None:
+            self._events = self._materialise()
+        return self._events
+
+    @events.setter
+    def events(self, value: list[Any]) -> None:
+        self._events = value
+
+    def __reduce__(self) -> tuple:
+        return (Trace, (self.events,))
+
+    def __repr__(self) -> str:
+        return f"Trace(events={self.events!r})"
+
+
 TRACE_ADAPTER: TypeAdapter[Trace] = TypeAdapter(Trace)
 """`TRACE_ADAPTER.dump_json(trace)` / `TRACE_ADAPTER.validate_json(text)` for a trace on its own."""

@@ -33,7 +33,7 @@ import numpy as np
 
 from swarm.effects import Handler, Message, set_vector_run, reset_vector_run
 from swarm.errors import InvalidDistributionError, InvalidPotentialError, NondeterminismError, NotVectorizable
-from swarm.trace import Trace, factor_event, guarantee_event, sample_event
+from swarm.trace import LazyTrace, factor_event, guarantee_event, sample_event
 from swarm.vector_draws import draw_batch, log_prob_batch
 
 __all__ = ["Column", "Restart", "Stop", "VectorRun", "VectorTrace", "per_particle"]
@@ -79,31 +79,18 @@ class Column:
         return guarantee_event(self.address, bool(value))
 
 
-class VectorTrace(Trace):
+class VectorTrace(LazyTrace):
     """Particle i's `Trace`, built from the run's columns the first time it is read."""
 
-    __slots__ = ("_columns", "_index", "_events")
+    __slots__ = ("_columns", "_index")
 
     def __init__(self, columns: list[Column], index: int) -> None:
+        super().__init__()
         self._columns = columns
         self._index = index
-        self._events: list[Any] | None = None
 
-    @property  # type: ignore[override]
-    def events(self) -> list[Any]:
-        if self._events is None:
-            self._events = [column.event(self._index) for column in self._columns]
-        return self._events
-
-    @events.setter
-    def events(self, value: list[Any]) -> None:
-        self._events = value
-
-    def __reduce__(self) -> tuple:
-        return (Trace, (self.events,))
-
-    def __repr__(self) -> str:
-        return f"Trace(events={self.events!r})"
+    def _materialise(self) -> list[Any]:
+        return [column.event(self._index) for column in self._columns]
 
 
 class VectorRun(Handler):

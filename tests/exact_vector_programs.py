@@ -1,7 +1,8 @@
 """The programs of tests/exact_programs.py written for arrays (`policies.VectorizedSMC`): one
 statement for the whole population, `np.where` where the scalar program branches, `CategoricalRows`
 where a distribution depends on a particle's state. Each has the same posterior and evidence as its
-scalar twin, `BY_NAME[name]` there (brute-forced without the library)."""
+scalar twin, `BY_NAME[name]` there (brute-forced without the library). `needle_guarantees` is the
+scalar program itself: it has no branch, so it runs on arrays unchanged."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import numpy as np
 
 from swarm import Bernoulli, Categorical, CategoricalRows, Uniform, factor, guarantee, plate, sample
-from tests.exact_programs import HMM_EMIT, HMM_INIT, HMM_TRANS, HMM_OBS
+from tests.exact_programs import HMM_EMIT, HMM_INIT, HMM_OBS, HMM_TRANS, needle_guarantees
 
 
 def _bernoulli_rows(p: np.ndarray) -> CategoricalRows:
@@ -44,14 +45,6 @@ def hmm(observations):
         z = sample(f"z{t}", CategoricalRows([0, 1], trans[z]))
         factor(f"y{t}", emit[z, observations[t]])
     return z
-
-
-def needle_guarantees():
-    x = sample("x", Uniform(range(10)))
-    y = sample("y", Uniform(range(10)))
-    guarantee("sum_is_9", x + y == 9)
-    guarantee("x_small", x < 5)
-    return x
 
 
 def shaped(use_shaping: bool = True):
