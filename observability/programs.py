@@ -16,7 +16,7 @@ from swarm.agents_package import require_own_agents
 from swarm.errors import SwarmError
 
 POLICIES = {"smc": "SMC", "importance": "Importance", "enumerate": "Enumerate", "forward": "Forward",
-            "rejection": "Rejection"}
+            "rejection": "Rejection", "vectorized-smc": "VectorizedSMC"}
 BUILTIN_DEFAULTS = {"policy": "smc", "particles": 100, "seed": None, "runtime": "local"}
 POPULATION_FIELDS = ("num_particles", "width")
 """The fields `--particles` sets, looked up by name on the policy's class (the first it has): every

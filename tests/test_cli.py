@@ -277,3 +277,33 @@ def test_a_program_that_imports_a_file_beside_it_runs_on_ray_workers(tmp_path):
     proc = swarm("run", str(tmp_path / "biased.py"), "--runtime", "ray", "--particles", "8", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "answer marginal" in proc.stdout, proc.stdout
+
+
+VECTOR_MODULE = '''
+import numpy as np
+from swarm import Bernoulli, factor, sample
+
+def program(steps: int = 10):
+    heads = 0
+    for t in range(steps):
+        heads = heads + sample(f"x{t}", Bernoulli(0.5))          # N draws in one statement
+        factor(f"ahead{t}", np.where(2 * heads > t + 1, 0.0, -1.0))
+    return heads
+'''
+
+
+def test_run_inspect_and_report_a_vectorised_population(tmp_path):
+    """`--policy vectorized-smc` runs an array program for 20,000 particles; its trace file (step
+    records without per-particle segments) reads back in `inspect` and `report`."""
+    path = tmp_path / "coins.py"
+    path.write_text(VECTOR_MODULE)
+    trace = tmp_path / "v.jsonl"
+    proc = swarm("run", str(path), "--policy", "vectorized-smc", "--particles", "20000", "--seed", "0",
+                 "--trace", str(trace))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^log Z = -1\.8\d+ +ESS = [\d.]+ / 20000 ", proc.stdout, re.M), proc.stdout
+    assert read_trace_file(trace).run.policy == "VectorizedSMC"
+    inspected = swarm("inspect", str(trace))
+    assert inspected.returncode == 0 and "★ final" in inspected.stdout, inspected.stderr
+    report = swarm("report", str(trace), "--html", str(tmp_path / "r.html"))
+    assert report.returncode == 0 and (tmp_path / "r.html").stat().st_size > 10_000, report.stderr
