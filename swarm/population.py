@@ -166,6 +166,7 @@ class Genealogy:
             raise ValueError(f"num_particles must be >= 0, got {num_particles}")
         self.num_particles = int(num_particles)
         self._steps: list[np.ndarray] = []
+        self._identity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._steps)
@@ -178,8 +179,12 @@ class Genealogy:
     def record(self, ancestors: Iterable[int] | np.ndarray | None = None) -> None:
         """Append one step: the resampling's ancestor indices, or None for a step without one."""
         parents = self.size
-        if ancestors is None:
-            self._steps.append(np.arange(parents, dtype=np.int64))
+        if ancestors is None:  # one shared read-only identity per size: memory O(N), not O(N·T)
+            identity = self._identity
+            if identity is None or identity.size != parents:
+                identity = self._identity = np.arange(parents, dtype=np.int64)
+                identity.setflags(write=False)
+            self._steps.append(identity)
             return
         arr = np.asarray(ancestors)
         if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
@@ -229,7 +234,16 @@ class Genealogy:
     def to_lists(self, start: int = 0) -> list[list[int]]:
         """Plain lists (JSON-ready): element t is ``ancestors_at(start + t)`` (`start`: only the steps
         from there on, e.g. those a checkpoint has not written yet)."""
-        return [a.tolist() for a in self._steps[start:]]
+        out: list[list[int]] = []
+        identity: list[int] | None = None  # the steps without resampling share one identity list
+        for a in self._steps[start:]:
+            if a is self._identity:
+                if identity is None:
+                    identity = a.tolist()
+                out.append(identity)
+            else:
+                out.append(a.tolist())
+        return out
 
     @classmethod
     def from_lists(cls, num_particles: int, steps: Iterable[Iterable[int]]) -> "Genealogy":

@@ -74,11 +74,24 @@ class CategoricalRows(Distribution):
         values = tuple(values)
         if not values:
             raise InvalidDistributionError("CategoricalRows needs a non-empty list of values")
+        self.values = values
+        self._raw = probs
+        self._probs: np.ndarray | None = None
+
+    @property
+    def probs(self) -> np.ndarray:
+        """The rows, validated and normalised when first read: a draw reads them, a replayed
+        statement (whose distribution is built but not drawn from) never does."""
+        if self._probs is None:
+            self._probs = self._validated(self._raw)
+        return self._probs
+
+    def _validated(self, probs: Any) -> np.ndarray:
+        k = len(self.values)
         p = np.asarray(probs, dtype=float)
-        if p.ndim != 2 or p.shape[1] != len(values):
+        if p.ndim != 2 or p.shape[1] != k:
             raise InvalidDistributionError(
-                f"CategoricalRows over {len(values)} values needs probs of shape (particles, {len(values)}), "
-                f"got shape {p.shape}")
+                f"CategoricalRows over {k} values needs probs of shape (particles, {k}), got shape {p.shape}")
         if not np.isfinite(p).all() or (p < 0).any():
             row = int(np.argwhere(~np.isfinite(p) | (p < 0))[0][0])
             raise InvalidDistributionError(
@@ -90,8 +103,7 @@ class CategoricalRows(Distribution):
             raise InvalidDistributionError(
                 f"CategoricalRows probs must sum to 1 in every row (within {_PROB_TOLERANCE}); "
                 f"row {row} sums to {float(totals[row])!r}")
-        self.values = values
-        self.probs = p / totals[:, None]
+        return p / totals[:, None]
 
     @property
     def support(self) -> tuple[Any, ...]:
@@ -136,7 +148,7 @@ class CategoricalRows(Distribution):
         return f"CategoricalRows({len(self.values)})"
 
     def __repr__(self) -> str:
-        return f"CategoricalRows({len(self.values)} values, {self.probs.shape[0]} rows)"
+        return f"CategoricalRows({len(self.values)} values, {np.shape(self._raw)[0]} rows)"
 
 
 def _inverse_cdf(probs: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NAMES = ["self_consistency", "constrained_smc", "debate", "tree_of_thoughts", "code_with_tests", "tempering"]
+NAMES = ["self_consistency", "constrained_smc", "debate", "tree_of_thoughts", "code_with_tests", "tempering",
+         "hmm_filter"]
 
 
 def load(name: str):
@@ -272,3 +273,20 @@ def test_code_with_tests_main(capsys):
     assert all(body.startswith("return") for body in task["marginal"])
     assert -4 * 2.0 <= task["log_evidence"] <= 0.0                    # log E_π[exp(−2·failed)] with 4 tests
     assert (task["log_evidence"] == 0.0) == (task["all_pass_rate"] == 1.0)
+
+
+def test_hmm_filter_matches_the_forward_algorithm(capsys):
+    """VectorizedSMC at 50,000 particles over 40 steps against the exact likelihood and filtering
+    posterior. Over 8 seeds its log-Z error had mean −0.001 and SD 0.031 and its TV at most 0.0014,
+    so 0.2 (6 SD) and 0.02 hold on any CPU and fail for a wrong filter (a missing factor moves log Z
+    by tens). SMC with 300 particles is noisy (log-Z error SD ~0.6 over 4 seeds; TV ≤ 0.05): it is
+    checked loosely, as the comparison the example prints."""
+    hmm = load("hmm_filter")
+    rows = hmm.main(["--particles", "50000", "--steps", "40", "--smc-particles", "300"])
+    vector, smc = rows["VectorizedSMC"], rows["SMC"]
+    assert abs(vector["log_z"] - rows["exact_log_z"]) < 0.2 and vector["tv"] < 0.02, rows
+    assert abs(smc["log_z"] - rows["exact_log_z"]) < 4.0 and smc["tv"] < 0.2, rows
+    out = capsys.readouterr().out
+    assert "exact (forward algorithm)" in out and "VectorizedSMC" in out
+    assert hmm.exact_filter(1)[0] == pytest.approx(math.log(sum(
+        hmm.INITIAL[z] * math.exp(hmm.log_poisson(hmm.observations(1)[0], hmm.RATES[z])) for z in range(3))))

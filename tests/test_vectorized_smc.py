@@ -238,8 +238,11 @@ def test_bad_rows_and_a_program_that_changes_its_statements_are_refused():
 
     with pytest.raises(InvalidDistributionError, match="3 rows of probabilities for 4 particles"):
         policies.VectorizedSMC(num_particles=4, seed=0).run(too_few_rows)
-    with pytest.raises(InvalidDistributionError, match="row 1 sums to 0.9"):
-        CategoricalRows([0, 1], [[0.5, 0.5], [0.5, 0.4]])
+    def bad_row():
+        return sample("z", CategoricalRows([0, 1], [[0.5, 0.5], [0.5, 0.4]]))
+
+    with pytest.raises(InvalidDistributionError, match="sample 'z': .*row 1 sums to 0.9"):
+        policies.VectorizedSMC(num_particles=2, seed=0).run(bad_row)
 
     calls = []
 
