@@ -265,3 +265,26 @@ def test_the_runtime_must_be_local_and_scalar_programs_still_refuse_arrays():
 
     with pytest.raises(InvalidPotentialError, match="must be a scalar"):
         policies.SMC(num_particles=2, seed=0).run(scalar)
+
+
+def test_a_vectorised_run_streams_and_exports_its_steps_to_opentelemetry():
+    """The listeners' view of a vectorised run: stream events per step and a final Result, and
+    OTel spans for the run, each step (with ESS and log Ẑ) and each final particle's weight."""
+    import observability
+    from bench.toy_programs import toy_program
+
+    events = list(policies.VectorizedSMC(num_particles=300, seed=0).stream(toy_program(5)))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "RunStart" and kinds[-1] == "RunEnd" and kinds.count("StepEnd") == 6
+    handle = observability.instrument("memory")
+    try:
+        result = policies.VectorizedSMC(num_particles=300, seed=0).run(toy_program(5))
+        handle.force_flush()
+        spans = handle.memory_exporter.get_finished_spans()
+    finally:
+        handle.shutdown()
+    names = [s.name.split(" ")[0] for s in spans]
+    assert names.count("plp.run") == 1 and names.count("plp.step") == 6 and names.count("plp.final") == 300
+    run = next(s for s in spans if s.name.startswith("plp.run"))
+    assert run.attributes["plp.log_evidence"] == pytest.approx(result.log_evidence)
+    assert all("plp.ess" in s.attributes for s in spans if s.name.startswith("plp.step"))
