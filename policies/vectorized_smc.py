@@ -139,8 +139,8 @@ class _Steps:
         elif not final and self.ctx.out_of_budget():
             run.stop()
 
-    def _report(self, ids: np.ndarray, parents: np.ndarray, log_w: np.ndarray, increments: np.ndarray, step_ess: float, log_evidence: float,
-                ancestors: np.ndarray | None, final: bool) -> None:
+    def _report(self, ids: np.ndarray, parents: np.ndarray, log_w: np.ndarray, increments: np.ndarray,
+                step_ess: float, log_evidence: float, ancestors: np.ndarray | None, final: bool) -> None:
         """A step record for the listeners: the population's weights, ESS, log Ẑ and ancestors (the
         particles' own records are left out: a vectorised step has no per-particle segments)."""
         ctx = self.ctx
