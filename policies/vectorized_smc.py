@@ -32,8 +32,8 @@ class VectorizedSMC(Policy):
         log Ẑ = logmeanexp(W_final)        (unbiased for Z)
 
     The same model as `policies.SMC`, the same estimator, another execution: one Python statement
-    per program statement instead of one per particle, so a million particle-steps cost
-    milliseconds. What it cannot run: LLM generations, agent messages, a branch on a particle's
+    per program statement instead of one per particle, so a million particle-steps of a small model
+    cost a fraction of a second, most of it building the final `Particle`s. What it cannot run: LLM generations, agent messages, a branch on a particle's
     value (use `np.where`), distributions without a batched draw (`swarm.vector_draws`); those
     raise `NotVectorizable` naming the site. A program exception fails the run (a scalar SMC
     fails only that particle). Draws come from one numpy generator per run: a seed reproduces the
