@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from swarm.distributions import _PROB_TOLERANCE, Categorical, Delta, Distribution
-from swarm.errors import InvalidDistributionError
+from swarm.errors import InvalidDistributionError, NotVectorizable
 
 __all__ = ["CategoricalRows", "draw_batch", "log_prob_batch", "value_array"]
 
@@ -50,7 +50,7 @@ def draw_batch(dist: Distribution, rng: np.random.Generator, n: int) -> tuple[np
         return value_array(dist.values)[index], np.asarray(dist._log_probs, dtype=float)[index]
     if type(dist) is Delta:
         return np.repeat(value_array([dist.value]), n), np.zeros(n)
-    raise TypeError(_no_batch(dist))
+    raise NotVectorizable(_no_batch(dist))
 
 
 def log_prob_batch(dist: Distribution, values: np.ndarray) -> np.ndarray:
@@ -62,7 +62,7 @@ def log_prob_batch(dist: Distribution, values: np.ndarray) -> np.ndarray:
         return _support_log_probs(value_array(dist.values), np.asarray(dist._log_probs, dtype=float), values)
     if type(dist) is Delta:
         return np.where(_equal(values, dist.value), 0.0, -math.inf)
-    raise TypeError(_no_batch(dist))
+    raise NotVectorizable(_no_batch(dist))
 
 
 class CategoricalRows(Distribution):

@@ -192,14 +192,14 @@ class VectorRun(Handler):
         try:
             values, log_q = draw_batch(dist if proposal is None else proposal, self.rng, self.n)
             log_p = None if proposal is None else log_prob_batch(dist, values)
-        except TypeError as exc:
+        except NotVectorizable as exc:
             raise NotVectorizable(f"sample {msg.name!r}: {exc}") from exc
         if len(values) != self.n or len(log_q) != self.n:
             raise InvalidDistributionError(f"sample {msg.name!r}: a batched draw returned {len(values)} values "
                                            f"for {self.n} particles")
+        if np.isnan(log_q).any() or (log_p is not None and np.isnan(log_p).any()):
+            raise InvalidDistributionError(f"sample {msg.name!r}: a log-probability is NaN")
         if log_p is not None:
-            if np.isnan(log_p).any() or np.isnan(log_q).any():
-                raise InvalidDistributionError(f"sample {msg.name!r}: a log-probability is NaN")
             with np.errstate(invalid="ignore"):
                 increment = np.where(log_p == -math.inf, -math.inf, log_p - log_q)
             self._add(msg.name, increment)

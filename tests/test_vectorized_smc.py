@@ -189,6 +189,16 @@ def test_what_cannot_be_vectorised_is_refused_naming_the_site():
     def returns_a_list():
         return [sample("x", Bernoulli(0.5))]
 
+    class NaNCoin(Coin):
+        def batch_sample(self, rng, n):
+            return rng.random(n) < 0.5, np.full(n, np.nan)
+
+        def batch_log_prob(self, values):
+            return np.full(len(values), np.nan)
+
+    def nan_coin():
+        return sample("nan_flip", NaNCoin())
+
     def talks():
         from swarm import interact
         interact("a", "b", "hello")
@@ -198,6 +208,8 @@ def test_what_cannot_be_vectorised_is_refused_naming_the_site():
         run(branches)
     with pytest.raises(NotVectorizable, match="sample 'flip'.*no batched draw"):
         run(custom)
+    with pytest.raises(InvalidDistributionError, match="sample 'nan_flip': a log-probability is NaN"):
+        run(nan_coin)
     with pytest.raises(NotVectorizable, match="returned a list"):
         run(returns_a_list)
     with pytest.raises(NotVectorizable, match="interact"):
