@@ -31,6 +31,9 @@ class VectorizedSMC(Policy):
                 restart the program, replaying the recorded sites, and go on live from t
         log Ẑ = logmeanexp(W_final)        (unbiased for Z)
 
+    With `ess_threshold=0` it never resamples: importance sampling (`policies.Importance`) with N
+    vectorised draws; with 1.0 it resamples at every sync point.
+
     The same model as `policies.SMC`, the same estimator, another execution: one Python statement
     per program statement instead of one per particle, so a million particle-steps of a small model
     cost a fraction of a second, most of it building the final `Particle`s. What it cannot run: LLM generations, agent messages, a branch on a particle's
