@@ -3,6 +3,7 @@
     from swarm import sample, factor, guarantee, plate, interact, Categorical, Bernoulli
 """
 
+from swarm.continuous import Normal
 from swarm.distributions import Bernoulli, Categorical, Delta, Distribution, Draw, Uniform
 from swarm.errors import (
     AsyncInPlainProgramError,
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "sample", "factor", "guarantee", "plate", "interact", "auto_name",
-    "Distribution", "Draw", "Categorical", "Bernoulli", "Delta", "Uniform", "CategoricalRows",
+    "Distribution", "Draw", "Categorical", "Bernoulli", "Delta", "Uniform", "CategoricalRows", "Normal",
     "Trace", "SampleEvent", "FactorEvent", "GuaranteeEvent", "InteractEvent", "ErrorEvent",
     "Particle", "Result", "RunListener", "add_listener", "remove_listener",
     "SwarmError", "AsyncInPlainProgramError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",

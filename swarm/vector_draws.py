@@ -177,5 +177,5 @@ def _equal(values: np.ndarray, v: Any) -> np.ndarray:
 
 
 def _no_batch(dist: Distribution) -> str:
-    return (f"{dist!r} has no batched draw: a vectorised run samples Categorical, Uniform, Bernoulli, Delta and "
-            "CategoricalRows, or a distribution with batch_sample(rng, n) and batch_log_prob(values)")
+    return (f"{dist!r} has no batched draw: a vectorised run samples Categorical, Uniform, Bernoulli, Delta, "
+            "CategoricalRows and Normal, or a distribution with batch_sample(rng, n) and batch_log_prob(values)")
