@@ -34,6 +34,13 @@ class VectorizedSMC(Policy):
     With `ess_threshold=0` it never resamples: importance sampling (`policies.Importance`) with N
     vectorised draws; with 1.0 it resamples at every sync point.
 
+    Explicit steps: a program written as a generator ends each step at a yield of its state,
+    `state = yield state`; the sync points are its yields, and resampling gathers the yielded state
+    (state ← state[a]) and sends it back instead of restarting the program, so a long filter costs
+    time linear in its steps (a restart replays all the statements so far: quadratic when the
+    population resamples often). Per-particle values kept across a yield outside the state raise
+    `NotVectorizable` (`swarm.vector_run.VectorRun.drive`).
+
     The same model as `policies.SMC`, the same estimator, another execution: one Python statement
     per program statement instead of one per particle, so a million particle-steps of a small model
     cost a fraction of a second, most of it building the final `Particle`s. What it cannot run: LLM generations, agent messages, a branch on a particle's
@@ -67,8 +74,13 @@ class VectorizedSMC(Policy):
             try:
                 with run:
                     value = ctx.program(*args, **kwargs)
-                    if inspect.isawaitable(value):
+                    if inspect.isgenerator(value):
+                        value = run.drive(value)
+                    elif inspect.isawaitable(value):
                         value = await value
+                    elif inspect.isasyncgen(value):
+                        raise NotVectorizable("the program is an async generator; a vectorised program with "
+                                              "explicit steps is a plain generator (`state = yield state`)")
             except Restart:
                 continue
             except Stop:
@@ -89,7 +101,7 @@ class VectorizedSMC(Policy):
         values = per_particle(value, n) if finished else [None] * n
         status = "finished" if finished else "running"
         log_w = run.log_w.tolist()
-        columns = run.columns
+        columns = run.final_columns()
         particles = [Particle.from_engine(pid, v, lw, VectorTrace(columns, i), status if lw > -np.inf else "dead",
                                           None if parent < 0 else parent)
                      for i, (pid, v, lw, parent) in enumerate(zip(steps.ids.tolist(), values, log_w,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from swarm.errors import InvalidDistributionError, InvalidPotentialError, Nondet
 from swarm.trace import LazyTrace, factor_event, guarantee_event, sample_event
 from swarm.vector_draws import draw_batch, log_prob_batch
 
-__all__ = ["Column", "Restart", "Stop", "VectorRun", "VectorTrace", "per_particle"]
+__all__ = ["Column", "Restart", "Stop", "VectorRun", "VectorTrace", "gather_state", "per_particle"]
 
 
 class Restart(BaseException):
@@ -61,11 +61,14 @@ class Column:
     """A sample's log p(x_i) when it was drawn from a proposal q ≠ p (else None)."""
     shaping: bool = False
     dist: str = ""
+    epoch: int = 0
+    """The number of resamplings before the population whose order the rows follow."""
 
-    def gather(self, ancestors: np.ndarray) -> "Column":
-        take = (lambda a: None if a is None else a[ancestors])
-        return Column(self.kind, self.address, self.value[ancestors], take(self.log_prob),
-                      take(self.target_log_prob), self.shaping, self.dist)
+    def gather(self, index: np.ndarray, epoch: int) -> "Column":
+        """The column in the order of the population at `epoch`: row j ← row index[j]."""
+        take = (lambda a: None if a is None else a[index])
+        return Column(self.kind, self.address, self.value[index], take(self.log_prob),
+                      take(self.target_log_prob), self.shaping, self.dist, epoch)
 
     def event(self, i: int) -> Any:
         """Particle i's trace event for this statement."""
@@ -104,6 +107,9 @@ class VectorRun(Handler):
         self.rng = rng
         self.on_sync = on_sync
         self.columns: list[Column] = []
+        self.ancestry: list[np.ndarray] = []
+        """The ancestors of each resampling so far: resampling e takes the population at epoch e
+        to epoch e + 1 (particle j ← particle ancestry[e][j])."""
         self.log_w = np.zeros(n)
         self.twist = np.zeros(n)
         self.deaths: dict[str, int] = {}
@@ -111,6 +117,11 @@ class VectorRun(Handler):
         self._names: dict[str, int] = {}
         self._pending = False
         self._restart = self._stop = False
+        self.ancestors: np.ndarray | None = None
+        """The last resampling's ancestors, while `drive` handles its step."""
+        self.explicit_steps = False
+        """A generator program (see `drive`): its steps end at its yields, not at each weighting
+        statement, and resampling gathers the state it yields instead of restarting it."""
 
     # -- the policy's side ------------------------------------------------------------------------
     def begin(self) -> None:
@@ -120,11 +131,28 @@ class VectorRun(Handler):
         self._pending = self._restart = self._stop = False
 
     def resample(self, ancestors: np.ndarray, log_w: np.ndarray) -> None:
-        """Particle j becomes a copy of particle ancestors[j]; the execution restarts after `on_sync`."""
-        self.columns = [column.gather(ancestors) for column in self.columns]
+        """Particle j becomes a copy of particle ancestors[j]; the execution restarts after `on_sync`
+        (a generator program's yielded state is gathered instead: `drive`)."""
+        self.ancestry.append(ancestors)
+        if not self.explicit_steps:  # the restart replays the columns: in the new population's order
+            self.columns = [column.gather(ancestors, len(self.ancestry)) for column in self.columns]
         self.twist = self.twist[ancestors]
         self.log_w = log_w
-        self._restart = True
+        self.ancestors = ancestors
+        self._restart = not self.explicit_steps
+
+    def final_columns(self) -> list[Column]:
+        """Every column in the order of the final population: a column recorded at epoch e is
+        gathered once by the composed ancestors a_e ∘ … ∘ a_last (linear in the steps, where
+        gathering every column at every resampling would be quadratic)."""
+        last = len(self.ancestry)
+        index: dict[int, np.ndarray] = {}
+        composed: np.ndarray | None = None
+        for epoch in range(last - 1, -1, -1):
+            composed = self.ancestry[epoch] if composed is None else self.ancestry[epoch][composed]
+            index[epoch] = composed
+        return [column if column.epoch == last else column.gather(index[column.epoch], last)
+                for column in self.columns]
 
     def stop(self) -> None:
         self._stop = True
@@ -155,7 +183,7 @@ class VectorRun(Handler):
         elif kind == "factor" or kind == "guarantee":
             self._weigh(msg)
         elif kind == "sync":
-            if not msg.plates and self._pending:
+            if not msg.plates and self._pending and not self.explicit_steps:
                 self._sync(msg.name)
         elif kind == "name":
             msg.value = self._names.get(msg.name, 0)
@@ -204,7 +232,8 @@ class VectorRun(Handler):
                 increment = np.where(log_p == -math.inf, -math.inf, log_p - log_q)
             self._add(msg.name, increment)
             self._pending = True
-        self.columns.append(Column("sample", msg.name, values, log_q, log_p, dist=dist.describe()))
+        self.columns.append(Column("sample", msg.name, values, log_q, log_p, dist=dist.describe(),
+                                   epoch=len(self.ancestry)))
         self._position += 1
         msg.value, msg.log_prob, msg.target_log_prob = values, 0.0, None
 
@@ -222,9 +251,9 @@ class VectorRun(Handler):
         else:
             values = conditions(msg.name, msg.value, self.n)
             self._add(msg.name, np.where(values, 0.0, -math.inf))
-        self.columns.append(Column(kind, msg.name, values, shaping=bool(msg.shaping)))
+        self.columns.append(Column(kind, msg.name, values, shaping=bool(msg.shaping), epoch=len(self.ancestry)))
         self._position += 1
-        if msg.plates:
+        if msg.plates or self.explicit_steps:
             self._pending = True
         else:
             self._sync(msg.name)
@@ -243,6 +272,77 @@ class VectorRun(Handler):
             raise Stop()
         if self._restart:
             raise Restart()
+
+    # -- generator programs: explicit state, no restart -------------------------------------------
+    def drive(self, program: Generator[Any, Any, Any]) -> Any:
+        """Run a generator program, whose steps end at its yields:
+
+            state = yield state      # a sync point; after resampling, state ← state[a]
+
+        The state it yields (arrays with one row per particle, or tuples, lists and dicts of them)
+        is all it carries from one step to the next; resampling gathers it and sends it back, so
+        the program goes on live with no restart: linear in the steps. A local variable of the
+        program that holds per-particle values across a yield without being part of the state
+        would keep its old rows: that raises `NotVectorizable` naming it. Returns the value the
+        program returns."""
+        self.explicit_steps = True
+        sent: Any = None
+        step = 0
+        try:
+            while True:
+                try:
+                    state = program.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                step += 1
+                self.ancestors = None
+                if self._pending:
+                    self._sync(f"yield {step}")
+                sent = state
+                if self.ancestors is not None:
+                    _check_carried(program, state, self.n)
+                    sent = gather_state(state, self.ancestors, self.n)
+        finally:
+            program.close()
+
+
+def gather_state(state: Any, ancestors: np.ndarray, n: int) -> Any:
+    """`state` with every per-particle array (first axis of length N) indexed by the ancestors,
+    through tuples, lists and dicts; anything else (a shared value) as it is."""
+    if isinstance(state, np.ndarray):
+        return state[ancestors] if state.ndim >= 1 and state.shape[0] == n else state
+    if isinstance(state, (tuple, list)):
+        return type(state)(gather_state(v, ancestors, n) for v in state)
+    if isinstance(state, dict):
+        return {k: gather_state(v, ancestors, n) for k, v in state.items()}
+    return state
+
+
+def _per_particle_objects(value: Any, n: int, depth: int = 0) -> list[int]:
+    """The ids of the per-particle arrays in `value` (through tuples, lists, dicts)."""
+    if isinstance(value, np.ndarray):
+        return [id(value)] if value.ndim >= 1 and value.shape[0] == n else []
+    if depth < 4 and isinstance(value, (tuple, list)):
+        return [i for v in value for i in _per_particle_objects(v, n, depth + 1)]
+    if depth < 4 and isinstance(value, dict):
+        return [i for v in value.values() for i in _per_particle_objects(v, n, depth + 1)]
+    return []
+
+
+def _check_carried(program: Generator[Any, Any, Any], state: Any, n: int) -> None:
+    """Refuse a program that keeps per-particle values across a yield outside its yielded state:
+    after resampling they would still be the old particles' rows."""
+    frame = program.gi_frame
+    if frame is None:
+        return
+    yielded = set(_per_particle_objects(state, n))
+    for name, value in frame.f_locals.items():
+        held = _per_particle_objects(value, n)
+        if any(i not in yielded for i in held):
+            raise NotVectorizable(
+                f"the program keeps per-particle values in {name!r} across a yield without yielding them: after "
+                f"resampling they would be other particles' rows. Yield them with the state, or `del {name}` "
+                "before the yield")
 
 
 def potentials(name: str, value: Any, n: int) -> np.ndarray:

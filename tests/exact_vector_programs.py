@@ -110,3 +110,34 @@ VECTOR_PROGRAMS = {
     "noisy_count": (noisy_count, (4, 0.3, 3)), "custom_proposal": (custom_proposal, ()),
     "no_two_heads": (no_two_heads, ()), "dice": (dice, ()),
 }
+
+
+def hmm_steps(observations):
+    """`hmm` with explicit steps: `z = yield z` ends each step, so resampling gathers z and the
+    program goes on without a restart (what a long filter should do)."""
+    emit, trans = np.log(np.array(HMM_EMIT)), np.array(HMM_TRANS)
+    z = sample("z0", Categorical([0, 1], probs=HMM_INIT))
+    factor("y0", emit[z, observations[0]])
+    for t in range(1, len(observations)):
+        z = yield z
+        z = sample(f"z{t}", CategoricalRows([0, 1], trans[z]))
+        factor(f"y{t}", emit[z, observations[t]])
+    return z
+
+
+def chain3_steps():
+    """`chain3` with explicit steps and a dict state (x1 is carried to the return value)."""
+    x1 = sample("x1", Bernoulli(0.3))
+    factor("f1", np.where(x1, 0.5, -0.5))
+    state = yield {"x1": x1}
+    x1 = state["x1"]
+    x2 = sample("x2", _bernoulli_rows(np.where(x1, 0.9, 0.2)))
+    x3 = sample("x3", _bernoulli_rows(np.where(x2, 0.6, 0.1)))
+    factor("f2", np.where(x2 == x3, math.log(0.8), math.log(0.2)))
+    return (x1, x2, x3)
+
+
+VECTOR_PROGRAMS["hmm_steps"] = (hmm_steps, (HMM_OBS,))
+VECTOR_PROGRAMS["chain3_steps"] = (chain3_steps, ())
+STEPS_OF = {"hmm_steps": "hmm", "chain3_steps": "chain3"}
+"""Generator programs → the exact program whose answer they share."""

@@ -33,9 +33,14 @@ from swarm import (
     sample,
 )
 from tests.exact_programs import BY_NAME, total_variation
-from tests.exact_vector_programs import VECTOR_PROGRAMS
+from tests.exact_vector_programs import STEPS_OF, VECTOR_PROGRAMS
 
 CASES = [(name, threshold) for name in VECTOR_PROGRAMS for threshold in (0.5, 1.0)]
+
+
+def _exact(name: str):
+    """The exact program a vectorised one shares its answer with."""
+    return BY_NAME[STEPS_OF.get(name, name)]
 IDS = [f"{name}-ess{threshold}" for name, threshold in CASES]
 
 
@@ -53,7 +58,7 @@ def _z_hat(name: str, **config) -> float:
 
 @pytest.mark.parametrize("name,threshold", CASES, ids=IDS)
 def test_evidence_is_unbiased_over_200_seeds(name, threshold):
-    exact = BY_NAME[name]
+    exact = _exact(name)
     estimates = np.array([_z_hat(name, num_particles=32, ess_threshold=threshold, seed=s) for s in range(200)])
     mean, se = estimates.mean(), estimates.std(ddof=1) / math.sqrt(len(estimates))
     assert abs(mean - exact.Z) <= 4 * se + 1e-12, f"{name}: mean Ẑ {mean:.5f} ± {se:.5f}, Z {exact.Z:.5f}"
@@ -72,7 +77,7 @@ def _particles_for_tv(name: str, n: int = 10_000) -> int:
     whose proposal puts mass Z < 0.2 on the target gets n/Z (its survivors, ~n, are what the TV is
     measured on; at n = 10,000 needle_guarantees keeps ~1,000 ancestors of a 5-value posterior, whose
     expected TV is then 0.025); `shaped`'s hard twists leave few ancestors, so it gets 4n."""
-    exact = BY_NAME[name]
+    exact = _exact(name)
     if exact.hard and exact.Z < 0.2:
         return int(n / exact.Z)
     return 4 * n if name == "shaped" else n
@@ -81,7 +86,7 @@ def _particles_for_tv(name: str, n: int = 10_000) -> int:
 @pytest.mark.parametrize("name,threshold", CASES, ids=IDS)
 def test_total_variation_at_10k_particles(name, threshold):
     result = _run(name, num_particles=_particles_for_tv(name), ess_threshold=threshold, seed=7)
-    tv = total_variation(result.marginal(), BY_NAME[name].posterior)
+    tv = total_variation(result.marginal(), _exact(name).posterior)
     assert tv <= 0.03, f"{name}: TV {tv:.4f} (ESS {result.ess:.0f})"
 
 
@@ -300,3 +305,53 @@ def test_a_vectorised_run_streams_and_exports_its_steps_to_opentelemetry():
     run = next(s for s in spans if s.name.startswith("plp.run"))
     assert run.attributes["plp.log_evidence"] == pytest.approx(result.log_evidence)
     assert all("plp.ess" in s.attributes for s in spans if s.name.startswith("plp.step"))
+
+
+# Explicit steps: generator programs ---------------------------------------------------------------
+def _history_steps(steps: int, calls: list[int]):
+    calls.append(1)
+    history = np.zeros((0,), dtype=int)
+    for t in range(steps):
+        x = sample(f"x{t}", Categorical([0, 1, 2]))
+        factor(f"f{t}", np.where(x == 2, 0.0, -1.5))
+        history = np.column_stack([history.reshape(len(x), -1), x]) if t else x[:, None]
+        del x
+        history = yield history
+    return history
+
+
+def test_a_generator_program_is_never_restarted_and_offspring_keep_their_past():
+    calls: list[int] = []
+    result = policies.VectorizedSMC(num_particles=500, ess_threshold=1.0, seed=5).run(_history_steps, 6, calls)
+    assert calls == [1]  # one execution: resampling gathered the yielded state instead of restarting
+    assert sum(s.resampled for s in result.diagnostics.steps) >= 5
+    for p in result.particles:
+        samples = p.trace.samples()
+        assert p.value == [samples[f"x{t}"] for t in range(6)]  # the state and the trace agree
+
+
+def test_per_particle_values_kept_across_a_yield_outside_the_state_are_refused():
+    def stale():
+        x = sample("x0", Bernoulli(0.5))
+        total = x.astype(int)
+        factor("f0", np.where(x, 0.0, -1.0))
+        for t in range(1, 4):
+            x = yield x  # total is not yielded: after resampling it would be other particles' counts
+            x = sample(f"x{t}", Bernoulli(0.5))
+            total = total + x
+            factor(f"f{t}", np.where(x, 0.0, -1.0))
+        return total
+
+    with pytest.raises(NotVectorizable, match="per-particle values in 'total' across a yield"):
+        policies.VectorizedSMC(num_particles=100, ess_threshold=1.0, seed=0).run(stale)
+
+
+def test_gather_state_goes_through_containers_and_leaves_shared_values():
+    from swarm.vector_run import gather_state
+
+    a = np.array([2, 0, 0])
+    state = {"x": np.array([10, 11, 12]), "pair": (np.array([[1], [2], [3]]), 7), "rows": [np.arange(3)],
+             "shared": np.array([5.0, 6.0])}
+    out = gather_state(state, a, 3)
+    assert out["x"].tolist() == [12, 10, 10] and out["pair"][0].tolist() == [[3], [1], [1]] and out["pair"][1] == 7
+    assert out["rows"][0].tolist() == [2, 0, 0] and out["shared"] is state["shared"]
