@@ -17,6 +17,11 @@ step at 12-17 µs that is ≤ ~1 µs per replayed step, where a replayed event c
 (1.05 µs replayed hot: the replay walks events scattered over the run's memory). Without
 resampling both program kinds are linear (2.0 and 1.75 in one quiet-host run).
 
+The same toy under `policies.VectorizedSMC` (N = 10,000, resampling every step), written two ways:
+"restart" (the plain program: a resampling restarts it and replays the statements so far, so the
+run is quadratic in T by design) and "explicit steps" (`total = yield total`: a resampling gathers
+the yielded state and the program goes on; linear).
+
 `--baseline DIR` also times the same workloads with the code checked out in DIR (e.g. a worktree
 of an older commit: `git worktree add /tmp/old <commit>`), in its own subprocess, for before → after.
 
@@ -60,6 +65,28 @@ def measure(n: int, steps: list[int], repeats: int) -> dict[str, float]:
     return {name: median(ts) for name, ts in times.items()}
 
 
+VECTOR_N = 10_000
+
+
+def time_vectorized(kind: str, n: int, steps: int, seed: int = 0) -> float:
+    import policies
+
+    toys = _sibling("toy_programs")
+    program = toys.toy_program(steps) if kind == "restart" else toys.toy_steps_program(steps)
+    start = time.perf_counter()
+    policies.VectorizedSMC(num_particles=n, ess_threshold=1.0, seed=seed).run(program)
+    return time.perf_counter() - start
+
+
+def measure_vectorized(n: int, steps: list[int], repeats: int) -> dict[str, float]:
+    import statistics
+
+    fns = {f"{kind}@{t}": (lambda k=kind, t=t: time_vectorized(k, n, t))
+           for t in steps for kind in ("restart", "explicit steps")}
+    times = _sibling("common").interleaved(fns, repeats=repeats, warmup=False)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def _sibling(name: str):
     """bench/<name>.py of this checkout (the baseline child imports this file by path)."""
     import importlib.util
@@ -94,6 +121,10 @@ def run(n: int = 100, steps: tuple[int, ...] = (200, 400), repeats: int = 3, bas
                         note=f"goal <= 2.3 (linear {hi / lo:.1f})"))
     rows.append(row("engine scaling", f"async / sync program, N={n}, T={hi}", now[f"async@{hi}"], now[f"sync@{hi}"],
                     "s", better="lower", note="goal <= 1.5"))
+    vector = measure_vectorized(VECTOR_N, steps, repeats)
+    for kind, note in (("restart", "quadratic by design (4.0)"), ("explicit steps", f"linear {hi / lo:.1f}")):
+        rows.append(row("engine scaling", f"VectorizedSMC N={VECTOR_N:,}, {kind}, resample every step: wall T={hi} / "
+                        f"T={lo}", vector[f"{kind}@{hi}"], vector[f"{kind}@{lo}"], "s", better="lower", note=note))
     if baseline:
         before = _baseline(baseline, n, [lo], 1)
         for kind in ("sync", "async"):

@@ -36,3 +36,20 @@ def async_toy_program(steps: int) -> Callable[[], Any]:
         return body()
 
     return program
+
+
+def toy_steps_program(steps: int) -> Callable[[], Any]:
+    """The same model with explicit steps, for `policies.VectorizedSMC`: each step ends at
+    `total = yield total`, so resampling gathers the running total instead of restarting."""
+
+    def program():
+        total = 0
+        for t in range(steps):
+            x = sample(f"x{t}", Bernoulli(0.5))
+            total = total + x
+            factor(f"f{t}", 0.1 * x)
+            del x
+            total = yield total
+        return total
+
+    return program
