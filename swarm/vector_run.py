@@ -21,6 +21,10 @@ particles, so it *restarts* the execution: every recorded site is gathered by th
 (x ← x[a], as offspring inherit their parent's past), the program runs again from its start with
 each statement replaying its recorded column (no draw, no weight), and continues live after the
 sync point. A resampling costs O(statements so far) array operations, whatever N is.
+
+A generator program (`VectorRun.drive`) hands its state to the engine instead: each step ends with
+`state = yield state`, the yields are the sync points, and a resampling gathers the yielded state
+and sends it back, so nothing is replayed and the run is linear in its steps.
 """
 
 from __future__ import annotations
@@ -117,8 +121,6 @@ class VectorRun(Handler):
         self._names: dict[str, int] = {}
         self._pending = False
         self._restart = self._stop = False
-        self.ancestors: np.ndarray | None = None
-        """The last resampling's ancestors, while `drive` handles its step."""
         self.explicit_steps = False
         """A generator program (see `drive`): its steps end at its yields, not at each weighting
         statement, and resampling gathers the state it yields instead of restarting it."""
@@ -138,7 +140,6 @@ class VectorRun(Handler):
             self.columns = [column.gather(ancestors, len(self.ancestry)) for column in self.columns]
         self.twist = self.twist[ancestors]
         self.log_w = log_w
-        self.ancestors = ancestors
         self._restart = not self.explicit_steps
 
     def final_columns(self) -> list[Column]:
@@ -295,13 +296,13 @@ class VectorRun(Handler):
                 except StopIteration as stop:
                     return stop.value
                 step += 1
-                self.ancestors = None
+                resamplings = len(self.ancestry)
                 if self._pending:
                     self._sync(f"yield {step}")
                 sent = state
-                if self.ancestors is not None:
+                if len(self.ancestry) > resamplings:
                     _check_carried(program, state, self.n)
-                    sent = gather_state(state, self.ancestors, self.n)
+                    sent = gather_state(state, self.ancestry[-1], self.n)
         finally:
             program.close()
 
