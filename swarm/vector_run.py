@@ -343,7 +343,8 @@ def _check_carried(program: Generator[Any, Any, Any], state: Any, n: int) -> Non
             raise NotVectorizable(
                 f"the program keeps per-particle values in {name!r} across a yield without yielding them: after "
                 f"resampling they would be other particles' rows. Yield them with the state, or `del {name}` "
-                "before the yield")
+                f"before the yield (an array whose first axis has the population's length, {n}, counts as "
+                "per-particle)")
 
 
 def potentials(name: str, value: Any, n: int) -> np.ndarray:
