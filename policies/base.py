@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policies.sync_bridge import boxed
 from swarm.coordinator import Coordinator, StepOutcome, check_lost_fraction
 from swarm.effects import new_run_scope, run_scope
 from swarm.event_tree import GlobalTrace
@@ -223,7 +224,7 @@ class Policy(BaseModel, abc.ABC):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(_boxed(coroutine)).value
+            return asyncio.run(boxed(coroutine)).value  # policies.sync_bridge: why boxed
         coroutine.close()
         raise RuntimeError(f"{type(self).__name__}.{method}() was called inside a running event loop; "
                            f"use `await {type(self).__name__}.{method}_async(...)` there")
@@ -263,25 +264,6 @@ class Policy(BaseModel, abc.ABC):
     @abc.abstractmethod
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         """The algorithm."""
-
-
-class _Box:
-    """A run's result as the value of `asyncio.run`'s main task, with a constant repr. On Python
-    3.11 `asyncio.run` formats the main task's repr when it restores the SIGINT handler (an enum
-    lookup of the handler builds an error message that is then discarded), and a `Result`'s repr is
-    its summary: a marginal over every particle, 0.13 s at N = 100,000, paid twice per run."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<run result>"
-
-
-async def _boxed(coroutine: Any) -> _Box:
-    return _Box(await coroutine)
 
 
 def _jsonable_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

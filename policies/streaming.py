@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Litera
 
 from pydantic import BaseModel, ConfigDict
 
+from policies.sync_bridge import boxed
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
 from swarm.result import Result
 
@@ -198,14 +199,15 @@ class RecordTranslator:
         events: list[_Event] = [StepStart(run_id=run_id, step=record.step, at_ns=record.started_at_ns)]
         deaths = self._advance(record)
         ids, log_w = record.particle_ids, record.log_weights
-        if ids and len(ids) == len(log_w) and self.text_of is not None:
+        tracks_text = self.text_of is not None and bool(self.texts)  # no particle record, no text (VectorizedSMC)
+        if ids and len(ids) == len(log_w) and tracks_text:
             events += self._texts(run_id, record.step, ids, log_w)
         events.append(StepEnd(
             run_id=run_id, step=record.step, ess=record.ess, log_evidence=record.log_evidence,
-            resampled=record.resampled, alive=sum(1 for w in log_w if w > -math.inf),
+            resampled=record.resampled, alive=len(log_w) - log_w.count(-math.inf),
             num_particles=len(log_w), deaths=deaths, tokens=record.tokens, llm_calls=record.llm_calls,
             output_tokens=self.output_tokens, started_at_ns=record.started_at_ns, at_ns=record.ended_at_ns))
-        if self.text_of is not None:
+        if tracks_text:
             self._regroup(record)
         self._steps += 1
         return events
@@ -349,14 +351,11 @@ class RunStream:
                                "use `async for event in policy.stream(...)` there")
         agen = self.events()
 
-        async def step() -> Any:
-            return await agen.__anext__()
-
         with asyncio.Runner() as runner:
             try:
                 while True:
                     try:
-                        event = runner.run(step())
+                        event = runner.run(boxed(agen.__anext__())).value  # policies.sync_bridge: why boxed
                     except StopAsyncIteration:
                         return
                     yield event
