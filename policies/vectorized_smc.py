@@ -47,7 +47,9 @@ class VectorizedSMC(Policy):
     value (use `np.where`), distributions without a batched draw (`swarm.vector_draws`); those
     raise `NotVectorizable` naming the site. A program exception fails the run (a scalar SMC
     fails only that particle). Draws come from one numpy generator per run: a seed reproduces the
-    run, but not the values `policies.SMC` would draw for the same seed.
+    run, but not the values `policies.SMC` would draw for the same seed. Memory is O(N·T): every
+    site's N values are kept (the particles' traces), and `diagnostics.genealogy` holds N ints per
+    resampling.
     """
 
     num_particles: int = Field(1000, gt=0)
