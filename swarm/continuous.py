@@ -22,6 +22,7 @@ from swarm.distributions import Distribution
 from swarm.effects import vector_run_size
 from swarm.errors import InvalidDistributionError
 from swarm.randomness import SiteRandom
+from swarm.vector_draws import one_per_particle
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _SMALLEST_UNIFORM = 2.0**-53
@@ -105,9 +106,8 @@ def _per_particle(value: Any, n: int, name: str) -> np.ndarray:
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError) as exc:
         raise InvalidDistributionError(f"Normal {name} must be numbers: {exc}") from exc
-    if arr.shape == ():
-        return np.full(n, float(arr))
-    if arr.shape != (n,):
+    rows = one_per_particle(arr, n)
+    if rows is None:
         raise InvalidDistributionError(f"Normal {name} has shape {arr.shape}; a vectorised run of {n} particles "
                                        f"needs one {name} (shape ()) or one per particle (shape ({n},))")
-    return arr
+    return rows

@@ -23,7 +23,7 @@ import numpy as np
 from swarm.distributions import _PROB_TOLERANCE, Categorical, Delta, Distribution
 from swarm.errors import InvalidDistributionError, NotVectorizable
 
-__all__ = ["CategoricalRows", "draw_batch", "log_prob_batch", "value_array"]
+__all__ = ["CategoricalRows", "draw_batch", "log_prob_batch", "one_per_particle", "value_array"]
 
 
 def value_array(values: Sequence[Any]) -> np.ndarray:
@@ -38,6 +38,14 @@ def value_array(values: Sequence[Any]) -> np.ndarray:
     for i, v in enumerate(values):  # one by one: a tuple value stays one element
         arr[i] = v
     return arr
+
+
+def one_per_particle(arr: np.ndarray, n: int) -> np.ndarray | None:
+    """`arr` as one entry per particle: a shape-() value repeated n times, a shape-(n,) array as it
+    is; None for any other shape (the caller names the site and what it expected)."""
+    if arr.shape == ():
+        return np.full(n, arr.item(), dtype=arr.dtype)
+    return arr if arr.shape == (n,) else None
 
 
 def draw_batch(dist: Distribution, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

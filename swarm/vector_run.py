@@ -38,7 +38,7 @@ import numpy as np
 from swarm.effects import Handler, Message, set_vector_run, reset_vector_run
 from swarm.errors import InvalidDistributionError, InvalidPotentialError, NondeterminismError, NotVectorizable
 from swarm.trace import LazyTrace, factor_event, guarantee_event, sample_event
-from swarm.vector_draws import draw_batch, log_prob_batch
+from swarm.vector_draws import draw_batch, log_prob_batch, one_per_particle
 
 __all__ = ["Column", "Restart", "Stop", "VectorRun", "VectorTrace", "gather_state", "per_particle"]
 
@@ -162,10 +162,6 @@ class VectorRun(Handler):
         """The program returned: remove the last twist (shaping factors telescope to zero)."""
         self.log_w = self.log_w - self.twist
         self.twist = np.zeros(self.n)
-
-    @property
-    def replaying(self) -> bool:
-        return self._position < len(self.columns)
 
     # -- the program's side -------------------------------------------------------------------------
     def __enter__(self) -> "VectorRun":
@@ -380,12 +376,11 @@ def conditions(name: str, value: Any, n: int) -> np.ndarray:
 
 
 def _per_particle_shape(name: str, kind: str, what: str, arr: np.ndarray, n: int) -> np.ndarray:
-    if arr.shape == ():
-        return np.full(n, arr.item(), dtype=arr.dtype)
-    if arr.shape != (n,):
+    rows = one_per_particle(arr, n)
+    if rows is None:
         raise InvalidPotentialError(f"{kind} {name!r}: a vectorised run of {n} particles needs {n} {what} (shape "
                                     f"({n},)) or one for all, got shape {arr.shape}")
-    return arr
+    return rows
 
 
 def per_particle(value: Any, n: int) -> list[Any]:
