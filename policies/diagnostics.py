@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from policies.judges import Judge
+from swarm.population import AncestorRows, count_distinct
 from swarm.result import Particle, Result, hashable
 
 STAGES = ("coverage", "selection", "dependence", "composition")
@@ -62,17 +63,19 @@ def root_ancestors(result: Result) -> np.ndarray:
     `result.diagnostics.genealogy` (no genealogy: every particle is its own root)."""
     idx = np.arange(len(result.particles), dtype=np.int64)
     steps = result.diagnostics.genealogy
+    if not isinstance(steps, AncestorRows):  # assigned as lists after the result was built
+        steps = AncestorRows.from_lists(steps)
     if steps and len(steps[-1]) != len(idx):
         raise ValueError(f"the genealogy's final population has {len(steps[-1])} particles, "
                          f"the result has {len(idx)}")
-    for anc in reversed(steps):
-        idx = np.asarray(anc, dtype=np.int64)[idx]
+    for k in range(len(steps) - 1, -1, -1):
+        idx = steps.array(k)[idx]
     return idx
 
 
 def unique_ancestors(result: Result) -> int:
     """How many initial particles have descendants in the final population (N without resampling)."""
-    return int(np.unique(root_ancestors(result)).size)
+    return count_distinct(root_ancestors(result))
 
 
 def root_correlation(result: Result) -> float:

@@ -13,6 +13,7 @@ from policies.pausing import Pausable, allow_pausing, install_answers, mark_wait
 from swarm.checkpoint import PopulationCheckpoint
 from swarm.coordinator import Coordinator, StepOutcome
 from swarm.execution import Segment, SegmentTask
+from swarm.population import count_distinct
 from swarm.result import Result, StepStats
 
 
@@ -97,11 +98,11 @@ class SMC(Pausable, Policy):
         ctx.diagnostics.steps.append(StepStats(
             step=step.step, ess=step.ess, log_evidence=step.log_evidence, resampled=step.ancestors is not None,
             num_alive=swarm.population.alive(),
-            unique_ancestors=None if step.ancestors is None else len(set(step.ancestors.tolist()))))
+            unique_ancestors=None if step.ancestors is None else count_distinct(step.ancestors)))
         ctx.emit_step(step)
 
     def result(self, ctx: RunContext, swarm: Coordinator) -> Result:
-        ctx.diagnostics.genealogy = swarm.genealogy.to_lists()
+        ctx.diagnostics.genealogy = swarm.genealogy.rows()
         return ctx.result(swarm.particles(), swarm.log_evidence())
 
     def waiting_result(self, ctx: RunContext, swarm: Coordinator, checkpoints: RunCheckpoints) -> Result:
@@ -114,7 +115,7 @@ class SMC(Pausable, Policy):
         tokens, calls = swarm.paused.tokens()  # spent by the paused step so far (the frame keeps them apart)
         ctx.diagnostics.tokens += tokens
         ctx.diagnostics.llm_calls += calls
-        ctx.diagnostics.genealogy = swarm.genealogy.to_lists()
+        ctx.diagnostics.genealogy = swarm.genealogy.rows()
         return ctx.result(mark_waiting(swarm.particles(), pending), swarm.log_evidence(), status="waiting",
                           pending=pending, checkpoint=str(directory))
 

@@ -21,7 +21,7 @@ from swarm.coordinator import StepOutcome
 from swarm.effects import UNSET, Handler, Message
 from swarm.errors import InvalidDistributionError, NoSurvivingParticles
 from swarm.execution import Segment, SegmentRunner, SegmentTask
-from swarm.population import STATUS_CODES, Genealogy, ess, logmeanexp, logsumexp, normalize, normalized_weights
+from swarm.population import STATUS_CODES, Genealogy, count_distinct, ess, logmeanexp, logsumexp, normalize, normalized_weights
 from swarm.resampling import resample
 from swarm.result import Particle, Result, StepStats
 from swarm.trace import Trace
@@ -281,7 +281,7 @@ class TemperedSMC(Policy):
         self._record(ctx, state, pop, 0, 0.0, None, None, None)
         while state["beta"] < 1.0:
             await self._stage(ctx, pop, chains, state)
-        ctx.diagnostics.genealogy = state["genealogy"].to_lists()
+        ctx.diagnostics.genealogy = state["genealogy"].rows()
         return ctx.result(pop.particles(ctx), logmeanexp(pop.log_w), extra=_extra(state))
 
     async def _stage(self, ctx: RunContext, pop: _Population, chains: _Chains, state: dict) -> None:
@@ -370,7 +370,7 @@ class TemperedSMC(Policy):
         ctx.diagnostics.steps.append(StepStats(
             step=stage, ess=stage_ess, log_evidence=log_z, resampled=ancestors is not None,
             num_alive=int(np.sum(pop.log_w > -math.inf)), beta=state["beta"],
-            unique_ancestors=None if ancestors is None else int(len(np.unique(ancestors)))))
+            unique_ancestors=None if ancestors is None else count_distinct(ancestors)))
 
 
 def _extra(state: dict) -> dict:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from swarm.ancestor_rows import AncestorRows, count_distinct
 from swarm.logspace import (  # noqa: F401 - re-exported: the population's math
     EvidenceAccumulator,
     check_log_weights,
@@ -35,8 +36,8 @@ from swarm.logspace import (  # noqa: F401 - re-exported: the population's math
 )
 
 __all__ = [
-    "EvidenceAccumulator", "Genealogy", "Population", "STATUS_NAMES", "check_log_weights", "ess", "log_ess",
-    "logmeanexp", "logsumexp", "normalize", "normalized_weights",
+    "AncestorRows", "EvidenceAccumulator", "Genealogy", "Population", "STATUS_NAMES", "check_log_weights",
+    "count_distinct", "ess", "log_ess", "logmeanexp", "logsumexp", "normalize", "normalized_weights",
 ]
 
 RUNNING, FINISHED, DEAD, FAILED, LOST = range(5)
@@ -176,8 +177,10 @@ class Genealogy:
         """Number of particles in the current (latest post-resampling) population."""
         return self._steps[-1].size if self._steps else self.num_particles
 
-    def record(self, ancestors: Iterable[int] | np.ndarray | None = None) -> None:
-        """Append one step: the resampling's ancestor indices, or None for a step without one."""
+    def record(self, ancestors: Iterable[int] | np.ndarray | None = None, copy: bool = True) -> None:
+        """Append one step: the resampling's ancestor indices, or None for a step without one.
+        `copy=False` keeps an int64 array itself (made read-only) instead of a copy: for a caller
+        that hands it over and only reads it from then on."""
         parents = self.size
         if ancestors is None:  # one shared read-only identity per size: memory O(N), not O(N·T)
             identity = self._identity
@@ -189,7 +192,7 @@ class Genealogy:
         arr = np.asarray(ancestors)
         if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
             raise ValueError(f"ancestors must be a 1-D integer array, got {arr.dtype} shape {arr.shape}")
-        arr = arr.astype(np.int64, copy=True)
+        arr = arr.astype(np.int64, copy=copy)
         if arr.size and (arr.min() < 0 or arr.max() >= parents):
             raise ValueError(
                 f"step {len(self._steps)}: ancestor indices must be in [0, {parents}), "
@@ -229,7 +232,12 @@ class Genealogy:
         idx = np.arange(self._steps[hi].size, dtype=np.int64)
         for t in range(hi, lo - 1, -1):
             idx = self._steps[t][idx]
-        return int(np.unique(idx).size)
+        return count_distinct(idx)
+
+    def rows(self) -> AncestorRows:
+        """The steps so far as `Result.diagnostics.genealogy` holds them: the arrays themselves
+        (read-only), read as lists only row by row."""
+        return AncestorRows(self._steps)
 
     def to_lists(self, start: int = 0) -> list[list[int]]:
         """Plain lists (JSON-ready): element t is ``ancestors_at(start + t)`` (`start`: only the steps

@@ -9,6 +9,7 @@ from typing import Any, Callable, Hashable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from swarm.ancestor_rows import AncestorRows
 from swarm.human import Question
 from swarm.population import ess as _ess
 from swarm.population import normalized_weights
@@ -53,8 +54,9 @@ class StepStats(BaseModel):
 
 class Diagnostics(BaseModel):
     steps: list[StepStats] = Field(default_factory=list)
-    genealogy: list[list[int]] = Field(default_factory=list)
-    """genealogy[k][j]: index at step k of the parent of the particle at index j after step k."""
+    genealogy: AncestorRows = Field(default_factory=AncestorRows)
+    """genealogy[k][j]: index at step k of the parent of the particle at index j after step k (a
+    sequence of lists over the run's own arrays: `genealogy.array(k)` is row k as one)."""
     deaths: dict[str, int] = Field(default_factory=dict)
     """address (or error) that killed particles → how many."""
     lost: int = 0

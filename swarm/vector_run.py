@@ -145,15 +145,21 @@ class VectorRun(Handler):
     def final_columns(self) -> list[Column]:
         """Every column in the order of the final population: a column recorded at epoch e is
         gathered once by the composed ancestors a_e ∘ … ∘ a_last (linear in the steps, where
-        gathering every column at every resampling would be quadratic)."""
+        gathering every column at every resampling would be quadratic). The columns are gathered
+        in place, newest first (their epochs never decrease along the list), so the run holds one
+        composed index and one column's old rows at a time on top of its columns."""
         last = len(self.ancestry)
-        index: dict[int, np.ndarray] = {}
+        columns = self.columns
         composed: np.ndarray | None = None
-        for epoch in range(last - 1, -1, -1):
-            composed = self.ancestry[epoch] if composed is None else self.ancestry[epoch][composed]
-            index[epoch] = composed
-        return [column if column.epoch == last else column.gather(index[column.epoch], last)
-                for column in self.columns]
+        epoch = last
+        for i in range(len(columns) - 1, -1, -1):
+            column = columns[i]
+            while epoch > column.epoch:
+                epoch -= 1
+                composed = self.ancestry[epoch] if composed is None else self.ancestry[epoch][composed]
+            if column.epoch != last:
+                columns[i] = column.gather(composed, last)
+        return columns
 
     def stop(self) -> None:
         self._stop = True

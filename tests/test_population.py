@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from swarm.errors import InvalidPotentialError
 from swarm.population import (
+    AncestorRows,
     EvidenceAccumulator,
     Genealogy,
+    count_distinct,
     check_log_weights,
     ess,
     log_ess,
@@ -321,6 +323,52 @@ def test_genealogy_serialisation_and_validation():
         g.record([0.5, 1.0])
     with pytest.raises(ValueError):
         g.ancestors_at(0)[0] = 3  # read-only
+
+
+def test_ancestor_rows_read_as_lists_over_the_runs_arrays():
+    g = _example()
+    rows = g.rows()
+    lists = [[0, 0, 2, 3], [0, 1, 2, 3], [1, 1, 2, 2]]
+    assert rows == lists and lists == rows and rows == AncestorRows.from_lists(lists)
+    assert rows != lists[:2] and rows != [[0, 0, 2, 3], [0, 1, 2, 3], [1, 1, 2, 3]] and rows != AncestorRows()
+    assert len(rows) == 3 and rows[0] == [0, 0, 2, 3] and rows[-1] == [1, 1, 2, 2]
+    assert all(type(i) is int for row in rows for i in row)
+    assert list(rows) == lists and rows[1:] == lists[1:] and rows.tolist() == lists
+    assert rows.array(1) is g.ancestors_at(1)  # the run's own array, not a copy (the identity is shared)
+    with pytest.raises(ValueError):
+        rows.array(0)[0] = 1  # read-only
+    g.record([0, 0, 0, 0])
+    assert len(rows) == 3  # a snapshot of the steps so far
+    assert "3 steps" in repr(rows)
+
+
+def test_ancestor_rows_round_trip_through_pickle_json_and_validation():
+    import pickle
+
+    from swarm.result import Diagnostics
+
+    for rows in (_example().rows(), AncestorRows()):
+        back = pickle.loads(pickle.dumps(rows))
+        assert back == rows and type(back) is AncestorRows
+        assert all(not back.array(k).flags.writeable for k in range(len(back)))
+    d = Diagnostics(genealogy=[[0, 0, 1], [2, 1, 0]])
+    assert isinstance(d.genealogy, AncestorRows) and d.genealogy == [[0, 0, 1], [2, 1, 0]]
+    assert d.model_dump()["genealogy"] == [[0, 0, 1], [2, 1, 0]]
+    again = Diagnostics.model_validate_json(d.model_dump_json())
+    assert again.genealogy == d.genealogy and again == d
+    assert Diagnostics().genealogy == [] and Diagnostics.model_json_schema()["properties"]["genealogy"]["type"] == "array"
+    with pytest.raises(ValueError, match="genealogy row 1: ancestor indices must be a flat list of integers"):
+        Diagnostics(genealogy=[[0, 1], [0.5, 1]])
+    with pytest.raises(ValueError, match="genealogy row 0: ancestor indices must be >= 0"):
+        Diagnostics(genealogy=[[0, -1]])
+    with pytest.raises(ValueError, match="expected a list of lists"):
+        Diagnostics(genealogy="0 1")
+
+
+@given(st.lists(st.integers(0, 50), max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_count_distinct_matches_a_set(xs):
+    assert count_distinct(xs) == len(set(xs)) == count_distinct(np.array(xs, dtype=np.int64))
 
 
 def test_genealogy_population_size_change():
