@@ -342,7 +342,16 @@ class Fused:
     def sample(self, name: str, dist: Any) -> Any:
         replayer = self.replayer
         if replayer is not None and replayer.left:
-            recorded = replayer.sample(name)
+            if replayer.indexed:
+                recorded = replayer.sample(name)
+            else:  # `Replay._take` inline (a replayed step is what every resampled duplicate pays again)
+                position = replayer.position  # < len(recorded): events are left, and none was skipped
+                recorded = replayer.recorded[position]
+                if recorded.address == name and recorded.type == "sample":
+                    replayer.position = position + 1
+                    replayer.left -= 1
+                else:
+                    recorded = replayer.sample(name)
             if recorded is not None:
                 record = self.record
                 if name in record.addresses:
@@ -420,7 +429,16 @@ class Fused:
 
     def factor(self, name: str, value: float, shaping: bool) -> None:
         replayer = self.replayer
-        replayed = replayer is not None and replayer.left != 0 and replayer.weighting("factor", name, value)
+        replayed = False
+        if replayer is not None and replayer.left:
+            recorded = None if replayer.indexed else replayer.recorded[replayer.position]
+            if recorded is not None and recorded.address == name and recorded.type == "factor" and \
+                    (recorded.log_potential == value or _same_float(recorded.log_potential, value)):
+                replayer.position += 1  # `Replay._take` inline, as in `sample`
+                replayer.left -= 1
+                replayed = True
+            else:
+                replayed = replayer.weighting("factor", name, value)
         record = self.record
         if name in record.addresses:
             raise _duplicate(name, "factor")

@@ -355,6 +355,22 @@ def test_nondeterminism_is_detected_inside_an_smc_run():
         policies.SMC(num_particles=50, ess_threshold=1.0, seed=0).run(model)
 
 
+def test_a_factor_renamed_under_replay_is_detected_inside_an_smc_run():
+    """The same for a factor: replay matches the recorded statements in order, and a factor at the
+    recorded position under another name is a divergence, not the recorded factor."""
+    runs = itertools.count()
+
+    def model():
+        x = sample("x", Bernoulli(0.5))
+        factor("w", 0.0 if x else -1.0)
+        factor(f"judge{next(runs)}", 0.0)  # hidden state leaks into the factor's name
+        factor("w2", 0.0 if x else -1.0)  # uneven weights: the resampling after it duplicates, and
+        return x                          # the duplicates replay past the judge
+
+    with pytest.raises(swarm.NondeterminismError, match=r"judge\d+"):
+        policies.SMC(num_particles=50, ess_threshold=1.0, seed=0).run(model)
+
+
 def test_deterministic_programs_replay_without_error():
     """The control: a deterministic program replays cleanly whatever the replay seed."""
     def model():
