@@ -46,6 +46,14 @@ class Benchmark:
 BENCHMARKS: list[Benchmark] = [
     Benchmark("core_overhead", "particle-steps/s of SMC and VectorizedSMC on a 10-step toy program vs plain-Python and numpy SMC loops",
               quick={"sizes": (1_000,), "repeats": 3}, full={"sizes": (1_000, 100_000), "repeats": 3}),
+    Benchmark("engine_scaling", "SMC wall time at T=400 vs T=200 steps, resampling every step: sync and async programs, "
+              "and VectorizedSMC restarted vs with explicit steps",
+              quick={"n": 50, "steps": (50, 100), "repeats": 1}, full={"n": 100, "steps": (200, 400), "repeats": 3}),
+    Benchmark("engine_memory", "bytes a chat agent's trace keeps per particle at 10/20/40 turns; VectorizedSMC's peak "
+              "memory vs its data", quick={"particles": 10, "turns": (5, 10), "vector_n": 10_000, "vector_steps": 50},
+              full={"particles": 50, "turns": (10, 20, 40), "vector_n": 100_000, "vector_steps": 200}),
+    Benchmark("ray_traffic", "bytes shipped per step under runtime='ray', last step vs step 1 (debate-shaped program)",
+              quick={"particles": 10, "rounds": 3}, full={"particles": 40, "rounds": 6}),
     Benchmark("resampling_kernels", "resampling N particles vs numpy Generator.choice(p=w)",
               quick={"n": 100_000, "repeats": 3}, full={"n": 1_000_000, "repeats": 7}),
     Benchmark("llm_throughput", "tokens/s: raw llama.cpp one sequence, llama.cpp's batched decode of 16 (the anchor), "

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.cloudpickle as cloudpickle
 from ray.exceptions import RayError, RayTaskError
 
 from swarm.errors import SwarmError

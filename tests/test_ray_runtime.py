@@ -166,6 +166,21 @@ def test_actor_count_does_not_grow_with_the_population():
     assert _eventually(lambda: alive_segment_workers() == base)
 
 
+def test_bytes_shipped_per_step_do_not_grow_with_the_step():
+    """Issue 12's traffic goal, on bench/ray_traffic.py's debate (every round's prompt carries the
+    transcript so far): workers keep their particles' executions and paths, so a step ships only
+    what it adds. Bytes are counted as Ray pickles them (deterministic for a seed, no timing):
+    the tasks sent stay flat, and the segments received at round 6 are ≤ 1.5x round 1's (they
+    grow only with the prompt each new event carries; whole traces made it 4.3x)."""
+    from bench.ray_traffic import measure
+
+    traffic = measure(particles=40, rounds=6)
+    sent = [t["sent"] for t in traffic[:6]]
+    received = [t["received"] for t in traffic[:6]]
+    assert max(sent) <= 1.1 * min(sent), sent
+    assert received[5] <= 1.5 * received[0], received
+
+
 def _eventually(check, timeout_s: float = 10.0) -> bool:
     """Actor deaths reach the GCS table asynchronously."""
     import time
