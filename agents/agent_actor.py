@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import os
 import random
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 

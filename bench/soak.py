@@ -25,7 +25,6 @@ Each size runs in a fresh subprocess, so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import random

@@ -12,7 +12,6 @@ each cause of death, so every cause appears); a line under a node counts the chi
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import IO, Any

@@ -29,7 +29,7 @@ from swarm.errors import BackendUnavailable, NoSurvivingParticles
 from swarm.event_tree import GlobalTrace
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.pause import PausedStep
-from swarm.population import LOST, RUNNING, STATUS_CODES, Genealogy, Population, normalized_weights
+from swarm.population import LOST, STATUS_CODES, Genealogy, Population, normalized_weights
 from swarm.resampling import resample as draw_ancestors
 from swarm.result import Diagnostics
 

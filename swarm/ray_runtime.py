@@ -46,7 +46,7 @@ from swarm.errors import SwarmError
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.live import LiveExecutions
 from swarm.gc_tuning import relaxed_gc
-from swarm.remote_errors import RemoteError, capture_error, rebuild_error
+from swarm.remote_errors import capture_error, rebuild_error
 from swarm.runtime_api import Runtime
 from swarm.trace import ErrorEvent, FactorEvent, GuaranteeEvent, InteractEvent, SampleEvent, Trace
 

@@ -3,7 +3,6 @@ structured output, the response cache, and how generations behave under every po
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest

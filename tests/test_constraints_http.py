@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agents import Agent, constraints
-from agents.backends.base import ChatMessage, GenerationRequest, GenerationSettings
+from agents.backends.base import GenerationRequest
 from agents.backends.openai_compat import LLAMA_CPP_PLAIN_SAMPLING, OpenAICompatible
 from tests.llama_server import llama_server_available, start_llama_server
 

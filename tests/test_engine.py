@@ -4,13 +4,11 @@ share state, cost that grows with the work, and the fused engine path equal to t
 from __future__ import annotations
 
 import asyncio
-import math
 
-import numpy as np
 import pytest
 
 import policies
-from swarm import Bernoulli, Categorical, factor, guarantee, interact, sample
+from swarm import Bernoulli, Categorical, factor, interact, sample
 from swarm.effects import _STACK
 from swarm.event_tree import GlobalTrace, MessageChain, PayloadStore
 from swarm.execution import SegmentRunner, SegmentTask

@@ -203,7 +203,7 @@ def test_step_attributes_and_weights_sum_to_one(run):
 def test_run_attributes(run):
     spans, records = run
     (root,) = _by_name(spans, "plp.run")
-    start, end = records[0][1], records[-1][1]
+    end = records[-1][1]
     assert root.attributes["plp.policy"] == "SMC"
     assert root.attributes["plp.num_particles"] == 4
     assert root.attributes["plp.config.ess_threshold"] == 0.5

@@ -6,7 +6,6 @@ exports full batches in the thread that ends them (observability.exporters)."""
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from agents.backends.base import BackendError, GenerationSettings, Usage
-from agents.backends.llama_chunks import ChunkBuilder, LlamaCppCompletion
+from agents.backends.llama_chunks import ChunkBuilder
 from agents.backends.llama_context import BatchContext, DecodeFailed
 from agents.backends.llama_kv import Assignment
 from agents.backends.llama_sampling import batch_proposal

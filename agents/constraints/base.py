@@ -32,10 +32,8 @@ from swarm.errors import SwarmError
 
 import math
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
 
 from agents.constraints.state import GuidedDraw, TokenState  # noqa: F401 - re-exported
 from agents.constraints.vocabulary import Vocabulary

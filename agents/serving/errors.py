@@ -7,8 +7,6 @@ response says `x-should-retry: false`, which we send for failures a retry cannot
 
 from __future__ import annotations
 
-from swarm.errors import SwarmError
-
 import logging
 
 from agents.serving.protocol import ErrorBody, ErrorResponse
