@@ -13,8 +13,8 @@ The program is written for arrays: `sample` returns the regimes of all particles
 regime's distribution is one row of the transition matrix per particle (`CategoricalRows`), and each
 step ends by handing its state to the engine (`z = yield z`), so resampling costs no replay. Under
 `VectorizedSMC` a step costs a few numpy operations whatever the population: 100,000 particles over
-60 steps took 1.4-1.5 s on a 2-core machine (~4 million particle-steps/s), where `SMC` (one Python
-execution per particle) ran the same model written for one particle (`program_one`) at ~18,000
+60 steps took about 1 s on a 2-core machine (~6 million particle-steps/s), where `SMC` (one Python
+execution per particle) ran the same model written for one particle (`program_one`) at ~20,000
 particle-steps/s, so `main()` gives it 1,000 particles.
 
     python examples/hmm_filter.py [--particles 100000] [--steps 60]
