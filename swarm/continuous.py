@@ -80,11 +80,11 @@ class Normal(Distribution):
         scale = _per_particle(self.scale, n, "scale")
         if not np.isfinite(loc).all():
             raise InvalidDistributionError(f"Normal loc must be finite; particle {int(np.argmax(~np.isfinite(loc)))} "
-                                           f"has {loc[~np.isfinite(loc)][0]!r}")
+                                           f"has {float(loc[~np.isfinite(loc)][0])!r}")
         bad = ~(np.isfinite(scale) & (scale > 0))
         if bad.any():
             raise InvalidDistributionError(f"Normal scale must be finite and positive; particle {int(np.argmax(bad))} "
-                                           f"has {scale[bad][0]!r}")
+                                           f"has {float(scale[bad][0])!r}")
         return loc, scale
 
     @staticmethod

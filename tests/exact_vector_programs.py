@@ -137,7 +137,21 @@ def chain3_steps():
     return (x1, x2, x3)
 
 
+def hmm_proposed(observations):
+    """`hmm` with every regime proposed uniformly instead of from the model: each weight gains
+    log p(z_t | z_{t−1}) − log q(z_t), p read off the particle's own row of the transition matrix
+    (`CategoricalRows.batch_log_prob`), so the posterior and Z are the model's."""
+    emit, trans = np.log(np.array(HMM_EMIT)), np.array(HMM_TRANS)
+    z = sample("z0", Categorical([0, 1], probs=HMM_INIT), proposal=Uniform([0, 1]))
+    factor("y0", emit[z, observations[0]])
+    for t in range(1, len(observations)):
+        z = sample(f"z{t}", CategoricalRows([0, 1], trans[z]), proposal=Uniform([0, 1]))
+        factor(f"y{t}", emit[z, observations[t]])
+    return z
+
+
 VECTOR_PROGRAMS["hmm_steps"] = (hmm_steps, (HMM_OBS,))
 VECTOR_PROGRAMS["chain3_steps"] = (chain3_steps, ())
-STEPS_OF = {"hmm_steps": "hmm", "chain3_steps": "chain3"}
-"""Generator programs → the exact program whose answer they share."""
+VECTOR_PROGRAMS["hmm_proposed"] = (hmm_proposed, (HMM_OBS,))
+STEPS_OF = {"hmm_steps": "hmm", "chain3_steps": "chain3", "hmm_proposed": "hmm"}
+"""Generator programs and reweighted twins → the exact program whose answer they share."""

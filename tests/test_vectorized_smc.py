@@ -22,6 +22,7 @@ from swarm import (
     Bernoulli,
     Categorical,
     CategoricalRows,
+    Delta,
     Distribution,
     InvalidDistributionError,
     InvalidPotentialError,
@@ -355,3 +356,22 @@ def test_gather_state_goes_through_containers_and_leaves_shared_values():
     out = gather_state(state, a, 3)
     assert out["x"].tolist() == [12, 10, 10] and out["pair"][0].tolist() == [[3], [1], [1]] and out["pair"][1] == 7
     assert out["rows"][0].tolist() == [2, 0, 0] and out["shared"] is state["shared"]
+
+
+def test_a_delta_draws_its_value_and_weighs_a_proposal_exactly():
+    """Delta in a vectorised run: drawn, every particle gets its value; as the target of a
+    Categorical proposal, a particle that drew another value dies (log p = −inf) and one that drew
+    it gains log 1 − log 0.5, so Ẑ = 2·(share of particles that drew it): an identity, not a
+    tolerance."""
+    def program():
+        d = sample("d", Delta(2))
+        x = sample("x", Delta(1), proposal=Categorical([0, 1], probs=[0.5, 0.5]))
+        return d + x
+
+    n = 1000
+    result = policies.VectorizedSMC(num_particles=n, seed=4, ess_threshold=0.0).run(program)
+    kept = sum(p.log_weight > -math.inf for p in result.particles)
+    assert 0 < kept < n and result.marginal() == {3: pytest.approx(1.0)}
+    assert result.log_evidence == pytest.approx(math.log(2 * kept / n), abs=1e-12)
+    assert all(p.log_weight == pytest.approx(math.log(2)) for p in result.particles if p.log_weight > -math.inf)
+    assert result.diagnostics.deaths == {"x": n - kept}
