@@ -5,7 +5,7 @@ k, of the parent of particle j of the population after it (the identity for a st
 resampling). The rows are kept as the read-only int64 arrays the run recorded (a step without
 resampling shares one identity array), and a row becomes a list of ints only when it is read: a
 run of 100,000 particles resampled at each of 200 steps keeps 160 MB of arrays, where lists of
-Python ints took 930 MB more at the end of the run. `rows.array(k)` is row k as the array itself.
+Python ints took 770 MB more at the end of the run. `rows.array(k)` is row k as the array itself.
 
 It reads as a sequence of lists (indexing, iteration, `len`, `==` with lists of lists), pickles,
 and serialises to JSON as a list of lists; a pydantic field of this type accepts a list of lists.
@@ -41,6 +41,9 @@ class AncestorRows(Sequence[list[int]]):
             arr = arr.astype(np.int64)
             if arr.size and arr.min() < 0:
                 raise ValueError(f"genealogy row {k}: ancestor indices must be >= 0, got {int(arr.min())}")
+            if arrays and arr.size and arr.max() >= arrays[-1].size:  # row k indexes the population after row k−1
+                raise ValueError(f"genealogy row {k}: ancestor indices must be < {arrays[-1].size} (the particles "
+                                 f"after row {k - 1}), got {int(arr.max())}")
             arr.setflags(write=False)
             arrays.append(arr)
         return cls(arrays)

@@ -361,6 +361,9 @@ def test_ancestor_rows_round_trip_through_pickle_json_and_validation():
         Diagnostics(genealogy=[[0, 1], [0.5, 1]])
     with pytest.raises(ValueError, match="genealogy row 0: ancestor indices must be >= 0"):
         Diagnostics(genealogy=[[0, -1]])
+    with pytest.raises(ValueError, match=r"genealogy row 1: ancestor indices must be < 2 \(the particles after row 0\)"):
+        Diagnostics(genealogy=[[0, 0], [0, 2, 1]])
+    assert Diagnostics(genealogy=[[0, 0], [1, 1, 0]]).genealogy == [[0, 0], [1, 1, 0]]  # a size change is fine
     with pytest.raises(ValueError, match="expected a list of lists"):
         Diagnostics(genealogy="0 1")
 
