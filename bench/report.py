@@ -243,8 +243,8 @@ def _scaling_item(results: dict) -> str:
             "replayed statement under ~0.5 µs, about what the toy's own Python costs per statement (an f-string, a "
             "`Bernoulli`). Where a step is an LLM call the replay is microseconds against milliseconds and this does "
             "not show. `VectorizedSMC` with explicit steps (resampling gathers the yielded state, nothing is "
-            f"replayed): {_fig(steps)}. *Plan:* none that keeps arbitrary Python programs; programs written with "
-            "explicit steps avoid replay.")
+            f"replayed): {_fig(steps)}. *Plan:* none that keeps arbitrary Python programs; numeric programs "
+            "written for `VectorizedSMC` with explicit steps avoid replay.")
 
 
 def _overheads_item(results: dict) -> str:
