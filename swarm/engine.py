@@ -433,7 +433,7 @@ class Fused:
         if replayer is not None and replayer.left:
             recorded = None if replayer.indexed else replayer.recorded[replayer.position]
             if recorded is not None and recorded.address == name and recorded.type == "factor" and \
-                    (recorded.log_potential == value or _same_float(recorded.log_potential, value)):
+                    _same_weighting(recorded, "factor", value):
                 replayer.position += 1  # `Replay._take` inline, as in `sample`
                 replayer.left -= 1
                 replayed = True
