@@ -8,7 +8,10 @@
 Each benchmark runs in its own subprocess (`python -m bench.run --child NAME`), so Ray instances,
 loaded models, servers and event loops never leak from one into the next, and one failure is
 recorded as a note instead of ending the run. A benchmark whose module is absent (another
-helper's, not landed yet) is skipped with a note. Rows are kept in bench/results.json (one entry
+helper's, not landed yet) is skipped with a note. Before anything runs, the libraries the chosen
+benchmarks import (found in their source, `missing_libraries`) are checked: a missing one stops
+the run at once, naming it and the command that installs it (`bash scripts/setup.sh --bench`),
+instead of a benchmark failing half an hour in. Rows are kept in bench/results.json (one entry
 per benchmark, with its date and mode), from which bench/RESULTS.md is rendered: `--only` updates
 its benchmarks and keeps the others' last figures, each labelled with the run it came from.
 """
@@ -16,6 +19,7 @@ its benchmarks and keeps the others' last figures, each labelled with the run it
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import math
@@ -123,6 +127,60 @@ def child(name: str, mode: str, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ parent side
+PROJECT_PACKAGES = frozenset({"swarm", "agents", "policies", "observability", "bench", "examples", "tests"})
+SETUP_HINT = "bash scripts/setup.sh --bench"
+
+
+def _local_modules() -> frozenset[str]:
+    """Modules that are files of this repository, imported by path (bench/toy_programs.py by a
+    child script, examples/arithmetic_work.py by bench/tasks.py)."""
+    root = BENCH_DIR.parent
+    return frozenset(p.stem for folder in ("bench", "examples") for p in (root / folder).glob("*.py"))
+
+
+def imported_libraries(name: str) -> set[str]:
+    """The top-level third-party modules bench/<name>.py imports, anywhere in it (imports inside
+    functions included), and those of the bench modules it imports, transitively. Standard library
+    and this repository's own modules are left out. Scripts that run in .venv-bench
+    (its_hub_side.py, orchestration_langgraph.py) are started by path, not imported, so their
+    libraries (its_hub, langgraph) are not counted."""
+    local, seen, todo, found = _local_modules(), set(), [name], set()
+    while todo:
+        module = todo.pop()
+        if module in seen or not (BENCH_DIR / f"{module}.py").exists():
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse((BENCH_DIR / f"{module}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # from .x import y / from . import x
+                    todo += [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                    continue
+                names = [node.module or ""]
+                if node.module == "bench":
+                    todo += [alias.name for alias in node.names]
+            else:
+                continue
+            for full in names:
+                top, _, rest = full.partition(".")
+                if top == "bench" and rest:
+                    todo.append(rest.split(".")[0])
+                elif top and top not in sys.stdlib_module_names and top not in PROJECT_PACKAGES and top not in local:
+                    found.add(top)
+    return found
+
+
+def missing_libraries(benches: list[Benchmark]) -> dict[str, list[str]]:
+    """{benchmark: the libraries it imports that this interpreter cannot find}, only those with any."""
+    missing = {}
+    for bench in benches:
+        absent = sorted(m for m in imported_libraries(bench.name) if importlib.util.find_spec(m) is None)
+        if absent:
+            missing[bench.name] = absent
+    return missing
+
+
 def _available(bench: Benchmark) -> bool:
     return importlib.util.find_spec(f"bench.{bench.name}") is not None
 
@@ -179,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import machine_info, render
 
     chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only]
+    missing = missing_libraries([b for b in chosen if _available(b)])
+    if missing:
+        listed = "; ".join(f"{name} imports {', '.join(libs)}" for name, libs in missing.items())
+        print(f"python -m bench: missing libraries ({listed}); install them with `{SETUP_HINT}` "
+              f"(or leave those benchmarks out with --only); nothing was run", file=sys.stderr)
+        return 2
     mode = "quick" if args.quick else "full"
     results = load_results() if args.only else {"benchmarks": {}}
     machine_before = machine_info()

