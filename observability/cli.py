@@ -1,10 +1,10 @@
 """The `swarm` command: run a program under a policy, inspect its trace, write a report.
 
-    swarm run examples/dice.py --policy smc --particles 500 --seed 0 --trace out.jsonl --html report.html
-    swarm inspect out.jsonl --max-particles 10
-    swarm report out.jsonl --html report.html --png-dir docs/img
-    swarm mcp prog.py:program --policy smc --particles 200 --seed 0      # the program as an MCP tool (stdio)
-    swarm serve examples/my_chat.py --policy smc --particles 16 --port 8000
+    swarm run examples/tempering.py --policy smc --particles 500 --seed 0 --trace runs/out.jsonl --html runs/report.html
+    swarm inspect runs/out.jsonl --max-particles 10
+    swarm report runs/out.jsonl --html runs/report.html --png-dir runs/img
+    swarm mcp tests/mcp_servers/dice_program.py:program --policy smc --particles 200   # an MCP tool (stdio)
+    swarm serve --model embedded --particles 8 --port 8000            # or FILE.py[:program]
 
     swarm resume runs/task --answer review=yes                        # a run that waits for a person
 

@@ -76,6 +76,17 @@ def test_help():
     assert "--png-dir" in swarm("report", "--help").stdout
 
 
+def test_the_help_s_examples_name_files_that_exist():
+    """`swarm --help` shows commands to copy: every program file they name is in the repository
+    (they once named examples/dice.py and examples/my_chat.py, which are not)."""
+    root = Path(__file__).resolve().parents[1]
+    commands = [line.split("#")[0].split() for line in swarm("--help").stdout.splitlines()
+                if line.strip().startswith("swarm ")]
+    programs = [word.split(":")[0] for words in commands for word in words if word.split(":")[0].endswith(".py")]
+    assert len(programs) >= 2, commands
+    assert [p for p in programs if not (root / p).is_file()] == []
+
+
 def test_run_prints_plain_lines_and_writes_trace_and_report(plain_run):
     proc, out = plain_run
     assert proc.returncode == 0, proc.stderr
