@@ -18,6 +18,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 KNOWN_MARKS = ("llm", "server", "ray", "phoenix", "slow")
 _MARK_COMMENT = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
+_NOT_RUN_COMMENT = re.compile(r"^<!--\s*not run:\s*(.*?)\s*-->$")
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,15 @@ class Block:
     """README line number of the block's first code line."""
     code: str
     marks: tuple[str, ...]
+    not_run: str | None = None
+    """Why the block is not run (a `<!-- not run: why -->` comment above it; docs pages only)."""
 
 
-def python_blocks(text: str) -> list[Block]:
+def python_blocks(text: str, source: str = "README.md") -> list[Block]:
     """The ```python blocks of a Markdown text, with the markers of a `<!-- test: ... -->` comment
-    on the nearest non-blank line above the fence. Raises ValueError naming the line of an unknown
-    marker or an unclosed fence."""
+    on the nearest non-blank line above the fence (or the reason of a `<!-- not run: ... -->` one).
+    Raises ValueError naming `source` and the line of an unknown marker, an empty reason or an
+    unclosed fence."""
     lines = text.splitlines()
     blocks, i = [], 0
     while i < len(lines):
@@ -42,36 +46,42 @@ def python_blocks(text: str) -> list[Block]:
         language, start = fence[3:].strip().lower(), i + 1
         end = next((j for j in range(start, len(lines)) if lines[j].strip() == "```"), None)
         if end is None:
-            raise ValueError(f"README.md:{i + 1}: code fence is never closed")
+            raise ValueError(f"{source}:{i + 1}: code fence is never closed")
         if language == "python":
-            blocks.append(Block(start + 1, "\n".join(lines[start:end]) + "\n", _marks_above(lines, i)))
+            blocks.append(Block(start + 1, "\n".join(lines[start:end]) + "\n", *_marks_above(lines, i, source)))
         i = end + 1
     return blocks
 
 
-def _marks_above(lines: list[str], fence: int) -> tuple[str, ...]:
+def _marks_above(lines: list[str], fence: int, source: str) -> tuple[tuple[str, ...], str | None]:
     above = next((j for j in range(fence - 1, -1, -1) if lines[j].strip()), None)
-    match = _MARK_COMMENT.match(lines[above].strip()) if above is not None else None
+    line = lines[above].strip() if above is not None else ""
+    if (skip := _NOT_RUN_COMMENT.match(line)) is not None:
+        if not skip.group(1):
+            raise ValueError(f"{source}:{above + 1}: a `not run` comment must say why")
+        return (), skip.group(1)
+    match = _MARK_COMMENT.match(line)
     if match is None:
-        return ()
+        return (), None
     marks = tuple(m for m in re.split(r"[\s,]+", match.group(1)) if m)
     unknown = [m for m in marks if m not in KNOWN_MARKS]
     if unknown:
-        raise ValueError(f"README.md:{above + 1}: unknown test marker(s) {unknown}; known: {KNOWN_MARKS}")
-    return marks
+        raise ValueError(f"{source}:{above + 1}: unknown test marker(s) {unknown}; known: {KNOWN_MARKS}")
+    return marks, None
 
 
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
 
 
-def run_block(block: Block) -> None:
-    """Execute a block; fail naming its README line and the error (with README line numbers)."""
-    code = compile("\n" * (block.line - 1) + block.code, str(README), "exec")
+def run_block(block: Block, path: Path = README, namespace: dict | None = None) -> None:
+    """Execute a block (in `namespace`: a page's blocks may build on each other); fail naming its
+    file and line and the error (with the file's line numbers)."""
+    code = compile("\n" * (block.line - 1) + block.code, str(path), "exec")
     try:
-        exec(code, {"__name__": "__readme__"})
-    except Exception as exc:  # noqa: BLE001 - any error in a block is the README's bug
+        exec(code, namespace if namespace is not None else {"__name__": "__readme__"})
+    except Exception as exc:  # noqa: BLE001 - any error in a block is the page's bug
         trace = "".join(traceback.format_exception(exc)[-6:])
-        pytest.fail(f"the README.md code block starting at line {block.line} failed: "
+        pytest.fail(f"the {path.name} code block starting at line {block.line} failed: "
                     f"{type(exc).__name__}: {exc}\n{trace}", pytrace=False)
 
 
@@ -79,6 +89,7 @@ def run_block(block: Block) -> None:
                                                                                       for m in b.marks])
                                    for b in BLOCKS])
 def test_readme_python_block_runs(block):
+    assert block.not_run is None, f"README.md:{block.line}: every README block runs (not run: {block.not_run})"
     run_block(block)
 
 
@@ -92,6 +103,10 @@ def test_the_readme_has_python_blocks_and_the_parser_finds_them():
         python_blocks("text\n<!-- test: gpu -->\n```python\npass\n```\n")
     with pytest.raises(ValueError, match="README.md:1: code fence is never closed"):
         python_blocks("```python\npass\n")
+    (fragment,) = python_blocks("<!-- not run: needs your server -->\n```python\nclient.call()\n```\n", "docs/x.md")
+    assert fragment.not_run == "needs your server" and fragment.marks == ()
+    with pytest.raises(ValueError, match="docs/x.md:1: a `not run` comment must say why"):
+        python_blocks("<!-- not run: -->\n```python\npass\n```\n", "docs/x.md")
 
 
 def test_a_failing_block_is_reported_with_its_readme_line():
