@@ -137,3 +137,15 @@ def test_observability_instrument_is_the_documented_export_call():
     assert inst.listener not in global_listeners()
     with pytest.raises(AttributeError, match="no attribute 'instrumnet'"):
         observability.instrumnet  # noqa: B018 - a typo is an AttributeError, not None
+
+
+def test_the_readme_s_shell_blocks_name_files_that_exist():
+    """The README's shell blocks are commands to copy (CI runs the first two; the examples' tests
+    run the rest): every script or program they name is in the repository, no placeholder."""
+    text = README.read_text(encoding="utf-8")
+    shell = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    named = [word.split(":")[0] for block in shell for line in block.splitlines()
+             for word in line.split("#")[0].split() if re.fullmatch(r"[\w./-]+\.(py|sh)(:\w+)?", word)]
+    assert len(named) >= 10, named
+    root = README.parent
+    assert [w for w in named if not (root / w).is_file()] == []
