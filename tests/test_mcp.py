@@ -7,6 +7,7 @@ count the calls that really reached it."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pytest
@@ -93,6 +94,19 @@ def test_a_server_that_cannot_start_is_named(tmp_path):
         mcp_tools(command=[str(tmp_path / "no-such-server")], connect_timeout_s=20)
     with pytest.raises(MCPServerError, match="could not list its tools"):
         mcp_tools(command=[*CALC[:2], "-c", "import sys; sys.exit(2)"], connect_timeout_s=20)
+
+
+def test_a_server_that_exits_at_once_is_named_with_the_cause_and_its_stderr(tmp_path):
+    """The SDK reports such a server as an ExceptionGroup around 'Connection closed'; the error
+    says that, and what the server wrote to its stderr (captured to a file, not shown otherwise)."""
+    missing = tmp_path / "calc_server_typo.py"
+    with pytest.raises(MCPServerError) as info:
+        mcp_tools(command=[sys.executable, str(missing)], connect_timeout_s=20)
+    message = str(info.value)
+    assert "could not list its tools: MCPError: Connection closed" in message
+    assert "ExceptionGroup" not in message
+    assert "server stderr (last lines):" in message and "calc_server_typo.py" in message
+    assert "No such file or directory" in message
 
 
 def test_bad_arguments_to_mcp_tools_name_the_field(log):

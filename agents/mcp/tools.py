@@ -134,8 +134,24 @@ def _params(command: Sequence[str] | str | None, url: str | None, **options: Any
     return params
 
 
+class _ListingFailed(Exception):
+    """Why a server's tools could not be listed: the innermost cause, and the server's last stderr."""
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (the SDK's task groups wrap the cause: a server that
+    exited before its handshake is `ExceptionGroup(... MCPError('Connection closed'))`)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _unlisted(params: MCPServerParams, name: str | None, exc: BaseException) -> MCPServerError:
-    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, _ListingFailed):
+        reason = str(exc)
+    else:
+        exc = _innermost(exc)
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return MCPServerError(f"MCP server {name or params.describe()!r}: could not list its tools: {reason}")
 
 
@@ -165,7 +181,16 @@ def build_tools(params: MCPServerParams, server_name: str, specs: list[types.Too
 
 
 async def _listing(session: ServerSession) -> tuple[str, list[types.Tool]]:
-    return await session.list_tools()
+    """The server's name and tools; on failure the cause and what the server wrote to stderr (a
+    stdio server's stderr goes to a file, not the terminal: e.g. "can't open file" is only there)."""
+    try:
+        return await session.list_tools()
+    except Exception as exc:  # noqa: BLE001 - reported by mcp_tools, named
+        leaf = _innermost(exc)
+        reason = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+        if tail := session.stderr_tail().strip():
+            reason += f"\nserver stderr (last lines):\n{tail}"
+        raise _ListingFailed(reason) from exc
 
 
 def mcp_tools(command: Sequence[str] | str | None = None, *, url: str | None = None, name: str | None = None,
