@@ -19,6 +19,7 @@ from swarm.errors import (
     ParticleLost,
     RejectionError,
     SwarmError,
+    UnawaitedSampleError,
 )
 from swarm.human import AwaitingHuman, CannotPauseError, InvalidAnswerError, Question, ask_human
 from swarm.listeners import RunListener, add_listener, remove_listener
@@ -41,7 +42,7 @@ __all__ = [
     "Distribution", "Draw", "Categorical", "Bernoulli", "Delta", "Uniform", "CategoricalRows", "Normal",
     "Trace", "SampleEvent", "FactorEvent", "GuaranteeEvent", "InteractEvent", "ErrorEvent",
     "Particle", "Result", "RunListener", "add_listener", "remove_listener",
-    "SwarmError", "AsyncInPlainProgramError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
+    "SwarmError", "AsyncInPlainProgramError", "UnawaitedSampleError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
     "NondeterminismError", "NotVectorizable", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
     "ParticleLost", "BackendUnavailable",
     "ask_human", "Question", "AwaitingHuman", "InvalidAnswerError", "CannotPauseError",

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import greenlet
 
 from swarm.effects import Handler, Message
-from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError, InvalidDistributionError
+from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError, InvalidDistributionError, UnawaitedSampleError
 from swarm.handlers import _same_float, event_from_message, replay
 from swarm.distributions import FINITE_INVERSE_CDF
 from swarm.randomness import _TWO_POW_53, SiteRandom
@@ -325,12 +325,28 @@ class Fused:
     the replay handler's state); the two paths give identical traces and weights
     (tests/test_engine.py runs every exact program both ways)."""
 
-    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer", "meter")
+    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer", "meter", "unawaited")
 
     def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any,
                  meter: Meter | None = None) -> None:
         self.record, self.weigh, self.suspend, self.seeder, self.replayer = record, weigh, suspend, seeder, replayer
         self.meter = meter if meter is not None else Meter()
+        self.unawaited: dict[str, Any] = {}
+        """{site: its `sample_async` coroutine} handed to the program and not started yet: any left
+        when the program returns were never awaited (`check_awaited`)."""
+
+    def check_awaited(self) -> None:
+        """Raise `UnawaitedSampleError` naming the sites whose generation the program never awaited
+        (`text = sample(...)` without `await`: the call never ran and `text` is a coroutine)."""
+        if self.unawaited:
+            names = sorted(self.unawaited)
+            for coroutine in self.unawaited.values():
+                coroutine.close()  # never started: closing it is all (and Python's own warning is moot)
+            self.unawaited.clear()
+            raise UnawaitedSampleError(
+                f"sample {', '.join(map(repr, names))}: the awaitable `sample` returned was never awaited, so the "
+                f"generation never ran (the program got a coroutine object instead of its value); write "
+                f"`await sample({names[0]!r}, ...)`")
 
     def _site(self, name: str, kind: str) -> None:
         record = self.record
@@ -379,6 +395,7 @@ class Fused:
     async def sample_async(self, name: str, dist: Any) -> Any:
         """`sample` for an asynchronous distribution (an LLM generation, a tool call): what the seed,
         replay, Record, Weigh, Meter and Suspend handlers do with it, in one coroutine."""
+        self.unawaited.pop(name, None)
         replayer = self.replayer
         if replayer is not None and replayer.left:
             recorded = replayer.sample(name)

@@ -42,6 +42,11 @@ class AsyncInPlainProgramError(SwarmError, TypeError):
     """A plain `def` program sampled an asynchronous distribution (an LLM generation)."""
 
 
+class UnawaitedSampleError(SwarmError, TypeError):
+    """An async program's `sample` of an LLM generation (or another asynchronous distribution) was
+    never awaited: the generation never ran, and its value would have been a coroutine object."""
+
+
 class NotVectorizable(SwarmError, TypeError):
     """A vectorised run (`policies.VectorizedSMC`) met what it cannot execute for all particles at
     once: an LLM generation, a message between agents, a distribution without a batched draw, a

@@ -34,7 +34,7 @@ import greenlet
 
 from swarm.effects import Handler, execution_context, mark_fused, push_plain_handlers, set_run_scope
 from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh
-from swarm.errors import ParticleLost, SwarmError
+from swarm.errors import ParticleLost, SwarmError, UnawaitedSampleError
 from swarm.handlers import scale, seed
 from swarm.human import AwaitingHuman, is_pausable
 from swarm.trace import Trace
@@ -286,6 +286,12 @@ class Execution:
             result = runner.program(*runner.args, **runner.kwargs)
             if runner.is_async:
                 result = self._drive(result)
+                if self.fused is not None:
+                    self.fused.check_awaited()
+                if inspect.iscoroutine(result):  # under any handler stack, e.g. `return agent.ask(...)`
+                    result.close()
+                    raise UnawaitedSampleError(f"{runner.name} returned a coroutine object: an `await` is missing "
+                                               "(e.g. `text = await sample(...)`, `reply = await agent.ask(...)`)")
             elif inspect.isawaitable(result):
                 if inspect.iscoroutine(result):
                     result.close()

@@ -95,7 +95,8 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
         if proposal is None and (fused := fused_engine()) is not None:
             if not fused.suspend.program_is_async:
                 raise_async_in_plain_program(name, dist)
-            return fused.sample_async(name, dist)
+            pending = fused.unawaited[name] = fused.sample_async(name, dist)  # until it starts: a program
+            return pending                                                    # that returns first never awaited it
         return _await_value(name, apply_stack_async(Message("sample", name, dist, proposal)))
     try:
         if proposal is None and (fused := fused_engine()) is not None:

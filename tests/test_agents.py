@@ -3,6 +3,7 @@ structured output, the response cache, and how generations behave under every po
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -13,6 +14,7 @@ import swarm
 from agents import Agent, GenerationError, tool
 from agents.backends.scripted import Scripted
 from swarm import factor, guarantee, sample
+from tests.fake_backends import SeededEcho
 
 
 def _writer_critic(backend_w, backend_c):
@@ -74,6 +76,59 @@ def test_generation_cannot_be_sampled_synchronously_or_scored():
         policies.Importance(num_particles=1, seed=0).run(program)
     with pytest.raises(GenerationError):
         agent.generate("hi").log_prob("x")
+
+
+def test_a_generation_sampled_without_await_stops_the_run_naming_the_site():
+    """`text = sample(...)` without `await` in an async program: before, the particle's value was a
+    coroutine object and the run "succeeded" with no LLM call; now the run stops naming the site,
+    and the coroutine is closed (no "never awaited" RuntimeWarning)."""
+    import gc
+    import warnings
+
+    backend = SeededEcho()
+    calls: list = []
+    backend.complete = _counting(backend.complete, calls)  # type: ignore[method-assign]
+    agent = Agent(name="a", backend=backend)
+
+    async def forgot_await():
+        text = sample("draft", agent.generate("hi"))
+        factor("f", 0.0)
+        return text
+
+    for policy in (policies.SMC(num_particles=4, seed=0), policies.Importance(num_particles=3, seed=0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(swarm.UnawaitedSampleError, match="'draft'.*never awaited.*await sample\\('draft'"):
+                policy.run(forgot_await)
+            gc.collect()
+        assert not [w for w in caught if "never awaited" in str(w.message)]
+    assert calls == []
+
+    async def awaits_later_and_concurrently():  # legal: created first, awaited after a factor; gathered
+        pending = sample("first", agent.generate("one"))
+        factor("f0", 0.0)
+        first = await pending
+        second, third = await asyncio.gather(sample("second", agent.generate("two")),
+                                             sample("third", agent.generate("three")))
+        factor("f1", 0.0)
+        return first + second + third
+
+    async def returns_an_unawaited_ask():  # not a sample: the returned value is checked, under any stack
+        factor("f", 0.0)
+        return agent.ask("hi")
+
+    with pytest.raises(swarm.UnawaitedSampleError, match="returned a coroutine object: an `await` is missing"):
+        policies.SMC(num_particles=2, seed=0).run(returns_an_unawaited_ask)
+
+    result = policies.SMC(num_particles=4, seed=0).run(awaits_later_and_concurrently)
+    assert all(p.value.count("idea") == 3 for p in result.particles) and len(calls) == 12
+
+
+def _counting(complete, calls):
+    async def counted(request):
+        calls.append(request.seed)
+        return await complete(request)
+    return counted
 
 
 def test_tools_are_called_and_errors_come_back_as_results():
