@@ -143,6 +143,21 @@ def _is_async(program: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(program) or inspect.iscoroutinefunction(getattr(program, "__call__", None))
 
 
+def _check_arguments(program: Callable[..., Any], name: str, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Arguments the program's signature does not take are a usage error, raised before the run
+    names the program (run anyway, every particle would die of the same TypeError and the run end
+    in `NoSurvivingParticles` counting them)."""
+    try:
+        signature = inspect.signature(program)
+    except (TypeError, ValueError):  # a callable without a signature (a C function): the call will tell
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        given = f"{len(args)} positional" + (f", keywords {sorted(kwargs)}" if kwargs else "")
+        raise TypeError(f"{name}{signature} cannot be called with {given}: {exc}") from None
+
+
 class SegmentRunner:
     """One program with fixed arguments, seed, temperature and policy handlers: builds executions.
 
@@ -168,6 +183,7 @@ class SegmentRunner:
         """The run scope the executions see as `run_scope()` (per-run state of the layers above)."""
         self.is_async = _is_async(program)
         self.name = _program_name(program)
+        _check_arguments(program, self.name, args, self.kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         """What travels to another process (a Ray worker): not the payload store, and of the run scope

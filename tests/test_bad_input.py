@@ -208,6 +208,23 @@ def _in_a_plate():
     plate("voters", 2, replica)
 
 
+def test_a_program_called_with_arguments_it_does_not_take_fails_before_the_run():
+    """Before, every particle died of the same TypeError and the run ended in NoSurvivingParticles
+    ("'TypeError after <program start>' killed 4"), the message of the error nowhere."""
+    def program(topic, letter="e"):
+        x = sample("x", Categorical(["a", "b"]))
+        factor("f", 0.0)
+        return topic + x
+
+    for policy in run_policies()[:3]:
+        with pytest.raises(TypeError, match=r"program\(topic, letter='e'\) cannot be called with 0 positional, "
+                                            r"keywords \['topc'\]: missing a required argument: 'topic'"):
+            policy.run(program, topc="cats")
+        with pytest.raises(TypeError, match="too many positional arguments"):
+            policy.run(program, "cats", "e", "extra")
+    assert policies.SMC(num_particles=4, seed=0).run(program, "cats", letter="a").particles  # bound: runs
+
+
 @pytest.mark.parametrize("program, site", [(_twice_sample, "'x'"), (_twice_in_a_loop, "'step'"),
                                            (_sample_then_factor, "'answer'"), (_in_a_plate, r"'voters\[0\]/vote'")],
                          ids=["sample-sample", "loop", "sample-factor", "plate"])
