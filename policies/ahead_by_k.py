@@ -163,7 +163,7 @@ class AheadByK(Policy):
             if winner is None and (ctx.out_of_budget() or len(batch) < size):
                 break
         if not accepted:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name,
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name,
                                        detail=f"0 of {used} draws accepted")
         return self._result(ctx, votes, accepted, used, winner, margin, lost)
 

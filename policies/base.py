@@ -23,7 +23,7 @@ from policies.sync_bridge import boxed
 from swarm.coordinator import Coordinator, StepOutcome, check_lost_fraction
 from swarm.effects import new_run_scope, run_scope
 from swarm.event_tree import GlobalTrace
-from swarm.execution import Segment, SegmentRunner, SegmentTask
+from swarm.execution import Segment, SegmentRunner, SegmentTask, check_arguments
 from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import Broadcaster, RunFinished, RunStarted, step_record
 from swarm.population import STATUS_CODES
@@ -77,7 +77,9 @@ class RunContext:
 
     # -- execution ---------------------------------------------------------------------------
     def runner(self, args: tuple, kwargs: dict, *, beta: float | None = None, kill: bool = True) -> SegmentRunner:
-        """The program with its arguments, this run's seed and payload store, and the run scope."""
+        """The program with its arguments (checked against its signature), this run's seed and
+        payload store, and the run scope."""
+        check_arguments(self.program, args, kwargs)
         runner = SegmentRunner(self.program, args, kwargs, seed=self.seed, beta=beta, kill=kill,
                                intern=self.tree.payloads.intern_info, scope=run_scope())
         self.runners.append(runner)

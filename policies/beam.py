@@ -110,7 +110,7 @@ class Beam(Policy):
             unique.setdefault(elem.key, elem)
         state["merged"] += len(candidates) - len(unique)
         if not unique:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name)
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name)
         ranked = sorted(unique.values(), key=lambda e: -e.score)  # stable: ties keep the order found
         return ranked[: self.width]
 

@@ -91,7 +91,7 @@ class Enumerate(Policy):
             if log_joint > -math.inf:
                 particles.append(particle_of(ctx, len(particles), seg, log_joint))
         if not particles:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name, detail="every path has zero mass")
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name, detail="every path has zero mass")
         log_w = np.array([p.log_weight for p in particles])
         return ctx.result(particles, logsumexp(log_w), exact=True,
                           extra={"executions": executions})

@@ -74,7 +74,7 @@ async def weighted_independent(ctx: RunContext, runner: SegmentRunner, count: in
     log_z = log_evidence(segments, log_w)
     report_step(ctx, segments, log_w, log_z)
     if not np.any(log_w[active(segments)] > -np.inf):
-        raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name)
+        raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name)
     return segments, log_w, log_z
 
 

@@ -81,7 +81,7 @@ class Rejection(Policy):
                 break
         k = len(accepted)
         if k == 0:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name,
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name,
                                        detail=f"0 of {attempts} draws accepted")
         stopped_at_k = k == self.num_particles and k >= 2
         z_hat = (k - 1) / (attempts - 1) if stopped_at_k else k / attempts

@@ -358,7 +358,7 @@ class TemperedSMC(Policy):
 
     def _check_alive(self, ctx: RunContext, pop: _Population) -> None:
         if not np.any(pop.log_w > -math.inf):
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=type(self).__name__)
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=type(self).__name__)
 
     def _record(self, ctx: RunContext, state: dict, pop: _Population, stage: int, log_increment: float,
                 rate: float | None, ancestors: np.ndarray | None, stage_ess: float | None) -> None:

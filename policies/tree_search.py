@@ -217,7 +217,7 @@ class TreeSearch(Policy):
     def _result(self, ctx: RunContext, root: _Node, state: dict, simulations: int, critic: Any) -> Result:
         found = sorted(state["finished"], key=lambda n: -n.score)
         if not found and root.closed:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, policy=ctx.policy_name)
+            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name)
         particles = [Particle(id=n.stream, value=n.seg.value, log_weight=joint_log_mass(n.seg.trace),
                               trace=n.seg.trace) for n in found]
         children = [{"value": c.value, "visits": c.visits, "log_prior": c.log_prior, "status": c.status,

@@ -160,7 +160,7 @@ class Coordinator:
     def _check_alive(self) -> None:
         pop = self.population
         if not ((pop.log_w > -math.inf) & pop.active).any():
-            raise NoSurvivingParticles(self.diagnostics.deaths, policy=self.policy,
+            raise NoSurvivingParticles(self.diagnostics.deaths, examples=self.diagnostics.death_examples, policy=self.policy,
                                        detail=f"{int(np.sum(~pop.active))} lost" if np.any(~pop.active) else "")
 
     # -- resampling -----------------------------------------------------------------------------

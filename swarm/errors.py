@@ -10,6 +10,19 @@ class SwarmError(Exception):
     def __init__(self, *args: object) -> None:
         super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
+    def __reduce__(self) -> tuple:
+        """Pickles with its message and fields whatever its `__init__` takes (Ray ships errors between
+        processes; the default would call `__init__(message)`, which e.g. `NoSurvivingParticles`
+        does not take)."""
+        return (_restored, (type(self), self.args, self.__dict__))
+
+
+def _restored(cls: type, args: tuple, state: dict) -> BaseException:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidPotentialError(SwarmError, ValueError):
     """A `factor` got a log-potential that is NaN, +inf, non-numeric or not a scalar.
@@ -65,12 +78,21 @@ class NoSurvivingParticles(SwarmError):
     """Every particle of the population has weight zero.
 
     `causes` maps each factor/guarantee address (or error type) that killed particles to how many
-    it killed, so the message says what to relax.
+    it killed, so the message says what to relax; `examples` (`Diagnostics.death_examples`) gives
+    the first "<Error>: <message>" of a cause that is the program's own exception, shown with it.
     """
 
-    def __init__(self, causes: dict[str, int], *, policy: str = "", detail: str = "") -> None:
+    def __init__(self, causes: dict[str, int], *, policy: str = "", detail: str = "",
+                 examples: dict[str, str] | None = None) -> None:
         self.causes = dict(causes)
-        parts = ", ".join(f"{site!r} killed {n}" for site, n in sorted(causes.items(), key=lambda kv: -kv[1]))
+        self.examples = dict(examples or {})
+
+        def example(site: str) -> str:
+            text = self.examples.get(site)
+            return "" if not text else f" (first: {text if len(text) <= 300 else text[:297] + '...'})"
+
+        parts = ", ".join(f"{site!r} killed {n}{example(site)}"
+                          for site, n in sorted(causes.items(), key=lambda kv: -kv[1]))
         where = f"{policy}: " if policy else ""
         msg = f"{where}no surviving particles; {parts or 'no particle was weighted'}"
         if detail:

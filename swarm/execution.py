@@ -67,7 +67,7 @@ class Segment:
     prefix: Any = None
     """The events this segment continued from, when the caller gave them (see `trace`)."""
     error: str | None = None
-    """For a lost particle: what failed ("<Error>: <message>")."""
+    """For a lost or failed particle: what failed ("<Error>: <message>")."""
     continued: bool = False
     """Whether an execution kept alive from the previous step was continued (else: replayed/new)."""
     _trace: Trace | None = field(default=None, repr=False)
@@ -143,10 +143,10 @@ def _is_async(program: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(program) or inspect.iscoroutinefunction(getattr(program, "__call__", None))
 
 
-def _check_arguments(program: Callable[..., Any], name: str, args: tuple, kwargs: dict[str, Any]) -> None:
-    """Arguments the program's signature does not take are a usage error, raised before the run
-    names the program (run anyway, every particle would die of the same TypeError and the run end
-    in `NoSurvivingParticles` counting them)."""
+def check_arguments(program: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
+    """Arguments the program's signature does not take are a usage error: a `TypeError` naming the
+    program, raised before a run starts (run anyway, every particle would die of the same TypeError
+    and the run end in `NoSurvivingParticles` counting them)."""
     try:
         signature = inspect.signature(program)
     except (TypeError, ValueError):  # a callable without a signature (a C function): the call will tell
@@ -155,7 +155,7 @@ def _check_arguments(program: Callable[..., Any], name: str, args: tuple, kwargs
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         given = f"{len(args)} positional" + (f", keywords {sorted(kwargs)}" if kwargs else "")
-        raise TypeError(f"{name}{signature} cannot be called with {given}: {exc}") from None
+        raise TypeError(f"{_program_name(program)}{signature} cannot be called with {given}: {exc}") from None
 
 
 class SegmentRunner:
@@ -183,7 +183,6 @@ class SegmentRunner:
         """The run scope the executions see as `run_scope()` (per-run state of the layers above)."""
         self.is_async = _is_async(program)
         self.name = _program_name(program)
-        _check_arguments(program, self.name, args, self.kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         """What travels to another process (a Ray worker): not the payload store, and of the run scope
@@ -428,7 +427,7 @@ class Execution:
         if isinstance(exc, (SwarmError, KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
             raise exc
         event = self.record.record_error(exc)
-        return "failed", f"{type(exc).__name__} after {event.address}", None
+        return "failed", f"{type(exc).__name__} after {event.address}", f"{type(exc).__name__}: {event.message}"
 
 
 class _Yield:

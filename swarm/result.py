@@ -59,6 +59,9 @@ class Diagnostics(BaseModel):
     sequence of lists over the run's own arrays: `genealogy.array(k)` is row k as one)."""
     deaths: dict[str, int] = Field(default_factory=dict)
     """address (or error) that killed particles → how many."""
+    death_examples: dict[str, str] = Field(default_factory=dict)
+    """For a death by the program's own exception ("<Error> after <address>"): the first such
+    error's "<Error>: <message>", which `NoSurvivingParticles` shows."""
     lost: int = 0
     """Particles lost to infrastructure failures (an LLM or tool call failing for good): missing data,
     excluded from the weights and from log Ẑ, not counted as deaths."""
@@ -84,6 +87,8 @@ class Diagnostics(BaseModel):
                 continue
             if seg.status in ("dead", "failed") and seg.site:
                 self.deaths[seg.site] = self.deaths.get(seg.site, 0) + 1
+                if seg.status == "failed" and seg.error and seg.site not in self.death_examples:
+                    self.death_examples[seg.site] = seg.error
             elif seg.status == "lost":
                 self.lost += 1
                 cause = seg.site or "lost"

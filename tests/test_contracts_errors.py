@@ -78,6 +78,23 @@ def test_one_except_clause_catches_a_backend_failure_and_its_fields_survive_pick
     assert (copy.status_code, copy.retryable, copy.source) == (503, True, "openai:m")
 
 
+def test_swarm_errors_with_their_own_init_survive_pickling_with_their_fields():
+    """`NoSurvivingParticles(causes, ...)` did not unpickle (pickle called `__init__(message)`): a run
+    ending that way inside a Ray task or another process raised a ValueError about a dictionary."""
+    from swarm.errors import BackendUnavailable, NoSurvivingParticles, ParticleLost, UnawaitedSampleError
+
+    errors = [NoSurvivingParticles({"KeyError after f": 3, "fit": 1}, policy="SMC", detail="2 lost",
+                                   examples={"KeyError after f": "KeyError: 'a'"}),
+              ParticleLost("tool server gone", source="mcp:calc"),
+              BackendUnavailable("4 of 4 lost", site="s", source="m", last_error="503"),
+              UnawaitedSampleError("sample 'x' never awaited")]
+    for err in errors:
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is type(err) and str(copy) == str(err) and copy.args == err.args
+        assert copy.__dict__ == err.__dict__
+    assert "(first: KeyError: 'a')" in str(errors[0]) and pickle.loads(pickle.dumps(errors[0])).causes["fit"] == 1
+
+
 def test_a_tool_lets_the_frameworks_own_errors_through_but_returns_its_own_failures():
     import asyncio
 

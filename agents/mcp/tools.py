@@ -37,6 +37,7 @@ from agents.mcp.connection import ServerSession, with_session, with_session_sync
 from agents.mcp.errors import MCPCallFailed, MCPServerError
 from agents.mcp.params import MCPServerParams
 from agents.tools import Tool
+from swarm.errors import SwarmError
 
 ErrorPolicy = Literal["lose", "reply"]
 Approval = bool | Callable[[Any, Any], bool]
@@ -134,7 +135,7 @@ def _params(command: Sequence[str] | str | None, url: str | None, **options: Any
     return params
 
 
-class _ListingFailed(Exception):
+class _ListingFailed(SwarmError):
     """Why a server's tools could not be listed: the innermost cause, and the server's last stderr."""
 
 
