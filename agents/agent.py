@@ -83,6 +83,17 @@ class Agent(BaseModel):
                 local_fallback=hosting == "auto")
         return data
 
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools_not_plain_functions(cls, value: Any) -> Any:
+        """A plain function among the tools gets a message saying how to make it one."""
+        for i, item in enumerate(value if isinstance(value, (list, tuple)) else []):
+            if callable(item) and not isinstance(item, (Tool, dict, BaseModel)):
+                name = getattr(item, "__name__", type(item).__name__)
+                raise ValueError(f"tools[{i}] is the plain callable {name!r}: decorate it with `@agents.tool` (its "
+                                 "docstring and type hints become the tool's description and argument schema)")
+        return value
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:

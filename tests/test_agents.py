@@ -131,6 +131,17 @@ def _counting(complete, calls):
     return counted
 
 
+def test_a_plain_function_given_as_a_tool_is_refused_saying_to_decorate_it():
+    from pydantic import ValidationError
+
+    def lookup(city: str) -> str:
+        return city
+
+    with pytest.raises(ValidationError, match=r"tools\[1\] is the plain callable 'lookup': decorate it with `@agents.tool`"):
+        Agent(name="a", backend=Scripted(["x"]), tools=[tool(lookup), lookup])
+    assert [t.name for t in Agent(name="a", backend=Scripted(["x"]), tools=[tool(lookup)]).tools] == ["lookup"]
+
+
 def test_tools_are_called_and_errors_come_back_as_results():
     @tool
     def add(a: int, b: int) -> int:
