@@ -1,7 +1,11 @@
 """Tools: typed Python functions an agent may call.
 
 A tool's arguments are a pydantic model built from the function's signature, so a call with bad
-arguments is rejected with the field named. A tool error never crashes the particle: it comes back
+arguments is rejected with the field named. A plain (non-`async`) function runs in a worker thread
+(`asyncio.to_thread`, with the caller's context), so a slow one (an HTTP API through `requests`, a
+subprocess) does not stop every other particle's calls while it runs; `@tool(in_thread=False)`
+keeps it on the event loop's thread (for a function that must run there, or one so cheap that the
+hand-off would cost more than the call). A tool error never crashes the particle: it comes back
 to the agent as the tool result ("error: ..."), as a human tool user would see it. The exception is
 the framework's own errors (`swarm.SwarmError`: a backend lost after its retries, a sandbox that
 cannot start): they are infrastructure, not information, and propagate (docs/theory.md §3.4).
@@ -17,6 +21,7 @@ completion reproduces the calls exactly.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
@@ -41,6 +46,9 @@ class Tool(BaseModel):
     requires_approval: StrictBool | Callable[[Any, Any], bool] = False
     """Ask a person before each call (True), or before the calls for which `requires_approval(tool,
     arguments)` is True; a refusal is the call's result (`agents.approvals`)."""
+    in_thread: StrictBool = True
+    """Run a plain function in a worker thread (see the module docstring); an `async def` one always
+    runs on the event loop."""
 
     @property
     def endpoint(self) -> str:
@@ -66,7 +74,10 @@ class Tool(BaseModel):
             if isinstance(arguments, str):
                 arguments = json.loads(arguments or "{}")
             args = self.args_model.model_validate(arguments)
-            result = self.fn(**args.model_dump())
+            if self.in_thread and not inspect.iscoroutinefunction(self.fn):
+                result = await asyncio.to_thread(self.fn, **args.model_dump())
+            else:
+                result = self.fn(**args.model_dump())
             if inspect.isawaitable(result):
                 result = await result
         except ValidationError as exc:
@@ -79,9 +90,10 @@ class Tool(BaseModel):
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
-         requires_approval: bool | Callable[[Any, Any], bool] = False):
+         requires_approval: bool | Callable[[Any, Any], bool] = False, in_thread: bool = True):
     """Make a `Tool` from a typed function (usable bare, `@tool`, or with arguments).
-    `requires_approval`: True, or `callable(tool, arguments) -> bool`, to ask a person first."""
+    `requires_approval`: True, or `callable(tool, arguments) -> bool`, to ask a person first.
+    `in_thread`: run a plain function in a worker thread (the default) or on the event loop."""
 
     def build(f: Callable[..., Any]) -> Tool:
         sig = inspect.signature(f)
@@ -94,7 +106,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
             fields[pname] = (annotation, default)
         args_model = create_model(f"{f.__name__}_args", **fields)
         return Tool(name=name or f.__name__, description=description or inspect.getdoc(f) or "", fn=f,
-                    args_model=args_model, requires_approval=requires_approval)
+                    args_model=args_model, requires_approval=requires_approval, in_thread=in_thread)
 
     return build(fn) if fn is not None else build
 

@@ -174,6 +174,47 @@ def test_tools_are_called_and_errors_come_back_as_results():
     assert "add" in backend.last_request.messages[0].content  # the text protocol is in the system prompt
 
 
+def test_plain_function_tools_of_different_particles_run_at_once_in_worker_threads():
+    """Two particles call a plain (blocking) tool that only returns once both are inside it (a
+    barrier): in worker threads both get there; on the event loop's thread (`in_thread=False`, the
+    control) the first call blocks the loop, the second never starts, and the barrier times out."""
+    import threading
+
+    def lookup_for(in_thread: bool, timeout_s: float):
+        barrier = threading.Barrier(2, timeout=timeout_s)
+        loop_threads: list[int] = []
+
+        def lookup(city: str) -> str:
+            """Weather of a city (blocks like an HTTP call)."""
+            loop_threads.append(threading.get_ident())
+            barrier.wait()
+            return f"sunny in {city}"
+
+        return tool(lookup, in_thread=in_thread), loop_threads
+
+    def program_for(lookup):
+        backend = Scripted(lambda req: "done." if req.messages[-1].role == "tool" else
+                           '<tool_call>{"name": "lookup", "arguments": {"city": "Oslo"}}</tool_call>')
+        agent = Agent(name="forecaster", backend=backend, tools=[lookup])
+
+        async def program():
+            reply = await agent.ask("Weather in Oslo?")
+            factor("f", 0.0)
+            return reply
+        return program
+
+    threaded, ran_on = lookup_for(in_thread=True, timeout_s=30)
+    r = policies.SMC(num_particles=2, seed=0).run(program_for(threaded))
+    results = [e.content for p in r.particles for e in p.trace.of_type("interact") if e.kind == "tool_result"]
+    assert results == ["sunny in Oslo"] * 2
+    assert threading.get_ident() not in ran_on
+
+    inline, _ = lookup_for(in_thread=False, timeout_s=1)
+    r = policies.SMC(num_particles=2, seed=0).run(program_for(inline))
+    results = [e.content for p in r.particles for e in p.trace.of_type("interact") if e.kind == "tool_result"]
+    assert results == ["error: BrokenBarrierError: "] * 2
+
+
 def test_tool_with_bad_arguments_names_the_field():
     @tool
     def square(n: int) -> int:
