@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
 from policies.independent import particle_of, report_step, run_independent
-from swarm.errors import NoSurvivingParticles, RejectionError
+from swarm.errors import RejectionError
 from swarm.result import Result, hashable
 from swarm.trace import Trace
 from swarm.weights import first_soft_event
@@ -163,8 +163,7 @@ class AheadByK(Policy):
             if winner is None and (ctx.out_of_budget() or len(batch) < size):
                 break
         if not accepted:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name,
-                                       detail=f"0 of {used} draws accepted")
+            raise ctx.diagnostics.no_survivors(ctx.policy_name, detail=f"0 of {used} draws accepted")
         return self._result(ctx, votes, accepted, used, winner, margin, lost)
 
     def _result(self, ctx: RunContext, votes: dict, accepted: list, used: int, winner: Any,

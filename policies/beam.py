@@ -11,7 +11,6 @@ from pydantic import Field
 
 from policies.base import Policy, RunContext
 from policies.search import Objective, evidence_lower_bound, joint_log_mass, score, trace_key
-from swarm.errors import NoSurvivingParticles
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.population import ess
 from swarm.result import Particle, Result, StepStats
@@ -110,7 +109,7 @@ class Beam(Policy):
             unique.setdefault(elem.key, elem)
         state["merged"] += len(candidates) - len(unique)
         if not unique:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name)
+            raise ctx.diagnostics.no_survivors(ctx.policy_name)
         ranked = sorted(unique.values(), key=lambda e: -e.score)  # stable: ties keep the order found
         return ranked[: self.width]
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from policies.base import Policy, RunContext
 from policies.independent import particle_of
-from swarm.errors import EnumerationError, NoSurvivingParticles
+from swarm.errors import EnumerationError
 from swarm.execution import SegmentTask
 from swarm.population import logsumexp
 from swarm.result import Result
@@ -91,7 +91,7 @@ class Enumerate(Policy):
             if log_joint > -math.inf:
                 particles.append(particle_of(ctx, len(particles), seg, log_joint))
         if not particles:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name, detail="every path has zero mass")
+            raise ctx.diagnostics.no_survivors(ctx.policy_name, detail="every path has zero mass")
         log_w = np.array([p.log_weight for p in particles])
         return ctx.result(particles, logsumexp(log_w), exact=True,
                           extra={"executions": executions})

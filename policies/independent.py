@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 
-from swarm.errors import NoSurvivingParticles
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.population import logmeanexp
 from swarm.result import Particle
@@ -74,7 +73,7 @@ async def weighted_independent(ctx: RunContext, runner: SegmentRunner, count: in
     log_z = log_evidence(segments, log_w)
     report_step(ctx, segments, log_w, log_z)
     if not np.any(log_w[active(segments)] > -np.inf):
-        raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name)
+        raise ctx.diagnostics.no_survivors(ctx.policy_name)
     return segments, log_w, log_z
 
 

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
 from policies.independent import particle_of, report_step, run_independent
-from swarm.errors import NoSurvivingParticles, RejectionError
+from swarm.errors import RejectionError
 from swarm.execution import Segment
 from swarm.result import Result
 from swarm.trace import Trace
@@ -81,8 +81,7 @@ class Rejection(Policy):
                 break
         k = len(accepted)
         if k == 0:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name,
-                                       detail=f"0 of {attempts} draws accepted")
+            raise ctx.diagnostics.no_survivors(ctx.policy_name, detail=f"0 of {attempts} draws accepted")
         stopped_at_k = k == self.num_particles and k >= 2
         z_hat = (k - 1) / (attempts - 1) if stopped_at_k else k / attempts
         log_z = math.log(z_hat) if z_hat > 0 else -math.inf

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from policies.base import Policy, RunContext
 from swarm.coordinator import StepOutcome
 from swarm.effects import UNSET, Handler, Message
-from swarm.errors import InvalidDistributionError, NoSurvivingParticles
+from swarm.errors import InvalidDistributionError
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.population import STATUS_CODES, Genealogy, count_distinct, ess, logmeanexp, logsumexp, normalize, normalized_weights
 from swarm.resampling import resample
@@ -358,7 +358,7 @@ class TemperedSMC(Policy):
 
     def _check_alive(self, ctx: RunContext, pop: _Population) -> None:
         if not np.any(pop.log_w > -math.inf):
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=type(self).__name__)
+            raise ctx.diagnostics.no_survivors(type(self).__name__)
 
     def _record(self, ctx: RunContext, state: dict, pop: _Population, stage: int, log_increment: float,
                 rate: float | None, ancestors: np.ndarray | None, stage_ess: float | None) -> None:

@@ -14,7 +14,6 @@ from policies.base import Policy, RunContext
 from policies.critics import bind_critic, evaluate_all
 from policies.mellowmax import backup as backup_value
 from policies.search import Objective, evidence_lower_bound, joint_log_mass, score, segment_log_prob, trace_key
-from swarm.errors import NoSurvivingParticles
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.population import logsumexp
 from swarm.result import Particle, Result, StepStats
@@ -217,7 +216,7 @@ class TreeSearch(Policy):
     def _result(self, ctx: RunContext, root: _Node, state: dict, simulations: int, critic: Any) -> Result:
         found = sorted(state["finished"], key=lambda n: -n.score)
         if not found and root.closed:
-            raise NoSurvivingParticles(ctx.diagnostics.deaths, examples=ctx.diagnostics.death_examples, policy=ctx.policy_name)
+            raise ctx.diagnostics.no_survivors(ctx.policy_name)
         particles = [Particle(id=n.stream, value=n.seg.value, log_weight=joint_log_mass(n.seg.trace),
                               trace=n.seg.trace) for n in found]
         children = [{"value": c.value, "visits": c.visits, "log_prior": c.log_prior, "status": c.status,

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from swarm.errors import BackendUnavailable, NoSurvivingParticles
+from swarm.errors import BackendUnavailable
 from swarm.event_tree import GlobalTrace
 from swarm.execution import Segment, SegmentRunner, SegmentTask
 from swarm.pause import PausedStep
@@ -160,8 +160,8 @@ class Coordinator:
     def _check_alive(self) -> None:
         pop = self.population
         if not ((pop.log_w > -math.inf) & pop.active).any():
-            raise NoSurvivingParticles(self.diagnostics.deaths, examples=self.diagnostics.death_examples, policy=self.policy,
-                                       detail=f"{int(np.sum(~pop.active))} lost" if np.any(~pop.active) else "")
+            lost = int(np.sum(~pop.active))
+            raise self.diagnostics.no_survivors(self.policy, detail=f"{lost} lost" if lost else "")
 
     # -- resampling -----------------------------------------------------------------------------
     def resample(self, scheme: str, rng: np.random.Generator) -> np.ndarray:

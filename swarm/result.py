@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from swarm.ancestor_rows import AncestorRows
+from swarm.errors import NoSurvivingParticles
 from swarm.human import Question
 from swarm.population import ess as _ess
 from swarm.population import normalized_weights
@@ -96,6 +97,11 @@ class Diagnostics(BaseModel):
         self.tokens += tokens  # once per call: an assignment to a pydantic field costs a microsecond
         self.output_tokens += output_tokens
         self.llm_calls += calls
+
+    def no_survivors(self, policy: str, detail: str = "") -> NoSurvivingParticles:
+        """The error for a run with no particle of positive weight left: the causes counted in
+        `deaths`, with the first message of each that is the program's own exception."""
+        return NoSurvivingParticles(self.deaths, policy=policy, detail=detail, examples=self.death_examples)
 
     @property
     def ess_per_step(self) -> list[float]:
