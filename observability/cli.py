@@ -25,7 +25,8 @@ from typing import Any
 from observability.cli_resume import (EXIT_WAITING, add_resume_parser, add_run_options, apply_run_options,
                                       print_pending)
 from observability.progress import ProgressDisplay, print_result  # noqa: F401 - re-exported: the CLI's API
-from swarm.errors import SwarmError
+from swarm.errors import ProgramArgumentsError, SwarmError
+from swarm.execution import check_arguments
 
 from observability.programs import (  # noqa: E402,F401 - re-exported: the commands' shared program loading
     BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, parse_kwargs, ship_by_value,
@@ -45,6 +46,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     module, program = load_program(args.target)
     defaults = dict(getattr(module, "DEFAULTS", None) or {})
     kwargs = {**dict(defaults.get("args") or {}), **parse_kwargs(args.arg)}
+    try:
+        check_arguments(program, (), kwargs)
+    except ProgramArgumentsError as exc:
+        print(f"swarm run: error: {exc} (--arg NAME=VALUE sets an argument; the file's DEFAULTS give the rest)",
+              file=sys.stderr)
+        return 2
     tmp = None
     trace_path = Path(args.trace) if args.trace else None
     if trace_path is None and args.html:

@@ -55,6 +55,10 @@ class AsyncInPlainProgramError(SwarmError, TypeError):
     """A plain `def` program sampled an asynchronous distribution (an LLM generation)."""
 
 
+class ProgramArgumentsError(SwarmError, TypeError):
+    """A program was given arguments its signature does not take (raised before the run starts)."""
+
+
 class UnawaitedSampleError(SwarmError, TypeError):
     """An async program's `sample` of an LLM generation (or another asynchronous distribution) was
     never awaited: the generation never ran, and its value would have been a coroutine object."""

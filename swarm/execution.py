@@ -34,7 +34,7 @@ import greenlet
 
 from swarm.effects import Handler, execution_context, mark_fused, push_plain_handlers, set_run_scope
 from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh
-from swarm.errors import ParticleLost, SwarmError, UnawaitedSampleError
+from swarm.errors import ParticleLost, ProgramArgumentsError, SwarmError, UnawaitedSampleError
 from swarm.handlers import scale, seed
 from swarm.human import AwaitingHuman, is_pausable
 from swarm.trace import Trace
@@ -144,8 +144,8 @@ def _is_async(program: Callable[..., Any]) -> bool:
 
 
 def check_arguments(program: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
-    """Arguments the program's signature does not take are a usage error: a `TypeError` naming the
-    program, raised before a run starts (run anyway, every particle would die of the same TypeError
+    """Arguments the program's signature does not take are a usage error: `ProgramArgumentsError` (a
+    `TypeError`) naming the program, raised before a run starts (run anyway, every particle would die of the same TypeError
     and the run end in `NoSurvivingParticles` counting them)."""
     try:
         signature = inspect.signature(program)
@@ -155,7 +155,7 @@ def check_arguments(program: Callable[..., Any], args: tuple, kwargs: dict[str, 
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         given = f"{len(args)} positional" + (f", keywords {sorted(kwargs)}" if kwargs else "")
-        raise TypeError(f"{_program_name(program)}{signature} cannot be called with {given}: {exc}") from None
+        raise ProgramArgumentsError(f"{_program_name(program)}{signature} cannot be called with {given}: {exc}") from None
 
 
 class SegmentRunner:

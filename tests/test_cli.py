@@ -119,6 +119,9 @@ def test_run_errors_name_what_is_wrong(example, tmp_path):
     bad = swarm("run", str(example), "--particles", "0")
     assert bad.returncode == 1 and "num_particles" in bad.stderr
     assert swarm("run", str(example), "--policy", "magic").returncode == 2
+    unknown = swarm("run", str(example), "--arg", "nn=5")  # a usage error, before any run: no traceback
+    assert unknown.returncode == 2 and "got an unexpected keyword argument 'nn'" in unknown.stderr
+    assert "--arg NAME=VALUE" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_inspect_prints_the_genealogy(plain_run):
