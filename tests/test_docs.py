@@ -41,11 +41,16 @@ def test_docs_page_python_blocks_run(path, blocks, tmp_path, monkeypatch):
     page.__file__ = str(path)                          # paused run finds its program again on resume
     monkeypatch.setitem(sys.modules, page.__name__, page)
     namespace = page.__dict__
-    for block in blocks:
-        if block.not_run is not None:
-            compile("\n" * (block.line - 1) + block.code, str(path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)  # `async for` as in a notebook
-            continue
-        run_block(block, path, namespace)
+    try:
+        for block in blocks:
+            if block.not_run is not None:
+                compile("\n" * (block.line - 1) + block.code, str(path), "exec",
+                        flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)  # `async for` as in a notebook
+                continue
+            run_block(block, path, namespace)
+    finally:
+        if "agents.mcp" in sys.modules:  # stop the MCP servers a page started (they live for the process)
+            sys.modules["agents.mcp"].close_all()
 
 
 
