@@ -62,6 +62,20 @@ class Agent(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _settings_given_as_keywords(cls, data: Any) -> Any:
+        """`Agent(temperature=0.7)`: a generation setting where an Agent field belongs, named with
+        where it goes (pydantic alone says only "Extra inputs are not permitted")."""
+        if isinstance(data, dict):
+            misplaced = sorted(k for k in data if k in GenerationSettings.model_fields and k not in cls.model_fields)
+            if misplaced:
+                given = ", ".join(f"{k}=..." for k in misplaced)
+                what = "generation settings, not Agent fields" if len(misplaced) > 1 else "a generation setting, not an Agent field"
+                raise ValueError(f"{', '.join(misplaced)}: {what}; give it as Agent(settings=GenerationSettings({given})), "
+                                 f"or per call: agent.generate(..., {given})")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _pool_keywords(cls, data: Any) -> Any:
         """The deprecated `replicas`, `max_concurrency`, `resources` keywords, folded into `hosting`."""
         if not isinstance(data, dict) or not _POOL_KEYWORDS & data.keys():

@@ -142,6 +142,17 @@ def test_a_plain_function_given_as_a_tool_is_refused_saying_to_decorate_it():
     assert [t.name for t in Agent(name="a", backend=Scripted(["x"]), tools=[tool(lookup)]).tools] == ["lookup"]
 
 
+def test_generation_settings_given_to_agent_say_where_they_go():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"max_tokens, temperature: generation settings, not Agent fields; "
+                                              r"give it as Agent\(settings=GenerationSettings\(max_tokens=..., "
+                                              r"temperature=...\)\)"):
+        Agent(name="a", backend=Scripted(["x"]), temperature=0.7, max_tokens=8)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        Agent(name="a", backend=Scripted(["x"]), colour="blue")  # any other unknown field: pydantic's message
+
+
 def test_tools_are_called_and_errors_come_back_as_results():
     @tool
     def add(a: int, b: int) -> int:
