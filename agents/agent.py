@@ -69,8 +69,9 @@ class Agent(BaseModel):
             misplaced = sorted(k for k in data if k in GenerationSettings.model_fields and k not in cls.model_fields)
             if misplaced:
                 given = ", ".join(f"{k}=..." for k in misplaced)
-                what = "generation settings, not Agent fields" if len(misplaced) > 1 else "a generation setting, not an Agent field"
-                raise ValueError(f"{', '.join(misplaced)}: {what}; give it as Agent(settings=GenerationSettings({given})), "
+                what = ("generation settings, not Agent fields; give them" if len(misplaced) > 1 else
+                        "a generation setting, not an Agent field; give it")
+                raise ValueError(f"{', '.join(misplaced)}: {what} as Agent(settings=GenerationSettings({given})), "
                                  f"or per call: agent.generate(..., {given})")
         return data
 
