@@ -146,7 +146,7 @@ def test_generation_settings_given_to_agent_say_where_they_go():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=r"max_tokens, temperature: generation settings, not Agent fields; "
-                                              r"give it as Agent\(settings=GenerationSettings\(max_tokens=..., "
+                                              r"give them as Agent\(settings=GenerationSettings\(max_tokens=..., "
                                               r"temperature=...\)\)"):
         Agent(name="a", backend=Scripted(["x"]), temperature=0.7, max_tokens=8)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
