@@ -29,6 +29,10 @@ _STACK: contextvars.ContextVar[_Stack] = contextvars.ContextVar("swarm_handler_s
 _FUSED: contextvars.ContextVar[Any] = contextvars.ContextVar("swarm_fused_engine", default=None)
 """The fused engine of the current stack when it is exactly an execution's engine stack; every
 handler pushed on top resets it to None (see `fused_engine`)."""
+_UNAWAITED: contextvars.ContextVar[dict[object, tuple[str, tuple[Any, ...]]] | None] = contextvars.ContextVar(
+    "swarm_unawaited", default=None)
+"""{token: (site, the coroutine `sample` returned and any it holds unstarted)} for an async program's
+samples of asynchronous distributions not started yet (see `unawaited_samples`)."""
 _VECTOR: contextvars.ContextVar[int | None] = contextvars.ContextVar("swarm_vector_run", default=None)
 """The number of particles of the vectorised run (`swarm.vector_run`) this context executes, if any:
 its statements then take one value per particle (arrays) where a scalar run takes one."""
@@ -184,6 +188,20 @@ fused_engine = _FUSED.get
 """`fused_engine()`: the fused engine of the execution whose own stack this is (`swarm.engine.Fused`),
 or None under any other stack (then every statement goes through the handlers). A bound
 `ContextVar.get`: asked at every statement, it costs no Python call."""
+
+
+unawaited_samples = _UNAWAITED.get
+"""`unawaited_samples()`: the execution's {token: (site, coroutines)} of asynchronous samples handed to the
+program and not started yet (`swarm.execution` sets a fresh one for each async execution and, when
+the program returns, raises `UnawaitedSampleError` for any left: a `sample` without `await`), or
+None outside an execution."""
+
+
+def track_unawaited_samples() -> dict[object, tuple[str, tuple[Any, ...]]]:
+    """Start tracking the current execution's unawaited samples (its context is its own)."""
+    pending: dict[object, tuple[str, tuple[Any, ...]]] = {}
+    _UNAWAITED.set(pending)
+    return pending
 
 
 vector_run_size = _VECTOR.get

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import greenlet
 
-from swarm.effects import Handler, Message
+from swarm.effects import Handler, Message, unawaited_samples
 from swarm.errors import AsyncInPlainProgramError, DuplicateSiteError, InvalidDistributionError, UnawaitedSampleError
 from swarm.handlers import _same_float, event_from_message, replay
 from swarm.distributions import FINITE_INVERSE_CDF
@@ -52,6 +52,22 @@ def raise_async_in_plain_program(name: str, dist: Any) -> None:
     raise AsyncInPlainProgramError(
         f"sample {name!r}: {dist.describe()} is asynchronous (an LLM generation); declare the "
         f"program `async def` and write `await sample({name!r}, ...)`")
+
+
+def check_awaited(waiting: dict[object, tuple[str, tuple[Any, ...]]]) -> None:
+    """Raise `UnawaitedSampleError` naming the sites whose sample the program never awaited
+    (`text = sample(...)` without `await`: the generation never ran and `text` is a coroutine);
+    `waiting` is the execution's `unawaited_samples()` when its program returned."""
+    if waiting:
+        names = sorted({name for name, _ in waiting.values()})
+        for _, coroutines in waiting.values():
+            for coroutine in coroutines:  # never started: closing them is all (no "never awaited" warning)
+                coroutine.close()
+        waiting.clear()
+        raise UnawaitedSampleError(
+            f"sample {', '.join(map(repr, names))}: the awaitable `sample` returned was never awaited, so the "
+            f"generation never ran (the program got a coroutine object instead of its value); write "
+            f"`await sample({names[0]!r}, ...)`")
 
 
 def _duplicate(name: str, kind: str) -> DuplicateSiteError:
@@ -325,28 +341,12 @@ class Fused:
     the replay handler's state); the two paths give identical traces and weights
     (tests/test_engine.py runs every exact program both ways)."""
 
-    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer", "meter", "unawaited")
+    __slots__ = ("record", "weigh", "suspend", "seeder", "replayer", "meter")
 
     def __init__(self, record: Record, weigh: Weigh, suspend: Suspend, seeder: Any, replayer: Any,
                  meter: Meter | None = None) -> None:
         self.record, self.weigh, self.suspend, self.seeder, self.replayer = record, weigh, suspend, seeder, replayer
         self.meter = meter if meter is not None else Meter()
-        self.unawaited: dict[str, Any] = {}
-        """{site: its `sample_async` coroutine} handed to the program and not started yet: any left
-        when the program returns were never awaited (`check_awaited`)."""
-
-    def check_awaited(self) -> None:
-        """Raise `UnawaitedSampleError` naming the sites whose generation the program never awaited
-        (`text = sample(...)` without `await`: the call never ran and `text` is a coroutine)."""
-        if self.unawaited:
-            names = sorted(self.unawaited)
-            for coroutine in self.unawaited.values():
-                coroutine.close()  # never started: closing it is all (and Python's own warning is moot)
-            self.unawaited.clear()
-            raise UnawaitedSampleError(
-                f"sample {', '.join(map(repr, names))}: the awaitable `sample` returned was never awaited, so the "
-                f"generation never ran (the program got a coroutine object instead of its value); write "
-                f"`await sample({names[0]!r}, ...)`")
 
     def _site(self, name: str, kind: str) -> None:
         record = self.record
@@ -392,10 +392,11 @@ class Fused:
         record.delta.append(sample_event(name, value, log_prob, None, dist.describe(), {}))
         return value
 
-    async def sample_async(self, name: str, dist: Any) -> Any:
+    async def sample_async(self, name: str, dist: Any, token: object = None) -> Any:
         """`sample` for an asynchronous distribution (an LLM generation, a tool call): what the seed,
         replay, Record, Weigh, Meter and Suspend handlers do with it, in one coroutine."""
-        self.unawaited.pop(name, None)
+        if (waiting := unawaited_samples()) is not None:
+            waiting.pop(token, None)  # started: awaited (see `check_awaited`)
         replayer = self.replayer
         if replayer is not None and replayer.left:
             recorded = replayer.sample(name)

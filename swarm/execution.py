@@ -32,8 +32,9 @@ from typing import Any, Callable, Iterable, Literal
 
 import greenlet
 
-from swarm.effects import Handler, execution_context, mark_fused, push_plain_handlers, set_run_scope
-from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh
+from swarm.effects import (Handler, execution_context, mark_fused, push_plain_handlers, set_run_scope,
+                           track_unawaited_samples)
+from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh, check_awaited
 from swarm.errors import ParticleLost, ProgramArgumentsError, SwarmError, UnawaitedSampleError
 from swarm.handlers import scale, seed
 from swarm.human import AwaitingHuman, is_pausable
@@ -298,11 +299,11 @@ class Execution:
         if self.fused is not None:
             mark_fused(self.fused)
         try:
+            waiting = track_unawaited_samples() if runner.is_async else None
             result = runner.program(*runner.args, **runner.kwargs)
             if runner.is_async:
                 result = self._drive(result)
-                if self.fused is not None:
-                    self.fused.check_awaited()
+                check_awaited(waiting)
                 if inspect.iscoroutine(result):  # under any handler stack, e.g. `return agent.ask(...)`
                     result.close()
                     raise UnawaitedSampleError(f"{runner.name} returned a coroutine object: an `await` is missing "

@@ -25,7 +25,8 @@ import numpy as np
 
 from swarm.distributions import Distribution
 from swarm.errors import InvalidDistributionError, InvalidPotentialError
-from swarm.effects import UNSET, Handler, Message, apply_stack, apply_stack_async, fused_engine, vector_run_size
+from swarm.effects import (UNSET, Handler, Message, apply_stack, apply_stack_async, fused_engine, unawaited_samples,
+                           vector_run_size)
 from swarm.engine import at_site as _at_site, raise_async_in_plain_program
 
 __all__ = ["sample", "factor", "guarantee", "plate", "interact", "auto_name"]
@@ -92,12 +93,18 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
     if proposal is not None and not isinstance(proposal, Distribution):
         raise TypeError(f"sample {name!r}: proposal must be a swarm Distribution, got {type(proposal).__name__}")
     if dist.is_async or (proposal is not None and proposal.is_async):
+        token = object()  # the coroutine drops it from `unawaited_samples()` when it starts
         if proposal is None and (fused := fused_engine()) is not None:
             if not fused.suspend.program_is_async:
                 raise_async_in_plain_program(name, dist)
-            pending = fused.unawaited[name] = fused.sample_async(name, dist)  # until it starts: a program
-            return pending                                                    # that returns first never awaited it
-        return _await_value(name, apply_stack_async(Message("sample", name, dist, proposal)))
+            pending, coroutines = fused.sample_async(name, dist, token), None
+        else:
+            inner = apply_stack_async(Message("sample", name, dist, proposal))
+            pending = _await_value(name, inner, token)
+            coroutines = (pending, inner)
+        if (waiting := unawaited_samples()) is not None:  # a program that returns before it starts
+            waiting[token] = (name, coroutines or (pending,))  # never awaited it
+        return pending
     try:
         if proposal is None and (fused := fused_engine()) is not None:
             return fused.sample(name, dist)
@@ -106,7 +113,9 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
         raise _at_site(name, exc) from exc
 
 
-async def _await_value(name: str, pending: Any) -> Any:
+async def _await_value(name: str, pending: Any, token: object = None) -> Any:
+    if (waiting := unawaited_samples()) is not None:
+        waiting.pop(token, None)
     try:
         return (await pending).value
     except InvalidDistributionError as exc:

@@ -113,6 +113,19 @@ def test_a_generation_sampled_without_await_stops_the_run_naming_the_site():
         factor("f1", 0.0)
         return first + second + third
 
+    async def forgot_await_in_a_plate():  # a plate's scope: the handler stack, not the fused path
+        async def replica():
+            sample("vote", agent.generate("hi"))
+            factor("f", 0.0)
+        await swarm.plate("voters", 2, replica)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(swarm.UnawaitedSampleError, match=r"sample 'vote': .*never awaited"):
+            policies.SMC(num_particles=2, seed=0).run(forgot_await_in_a_plate)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]  # both replicas' coroutines closed
+
     async def returns_an_unawaited_ask():  # not a sample: the returned value is checked, under any stack
         factor("f", 0.0)
         return agent.ask("hi")
