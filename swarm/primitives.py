@@ -97,13 +97,14 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
         if proposal is None and (fused := fused_engine()) is not None:
             if not fused.suspend.program_is_async:
                 raise_async_in_plain_program(name, dist)
-            pending, coroutines = fused.sample_async(name, dist, token), None
+            pending = fused.sample_async(name, dist, token)
+            coroutines: tuple[Any, ...] = (pending,)
         else:
             inner = apply_stack_async(Message("sample", name, dist, proposal))
             pending = _await_value(name, inner, token)
             coroutines = (pending, inner)
         if (waiting := unawaited_samples()) is not None:  # a program that returns before it starts
-            waiting[token] = (name, coroutines or (pending,))  # never awaited it
+            waiting[token] = (name, coroutines)             # never awaited it
         return pending
     try:
         if proposal is None and (fused := fused_engine()) is not None:

@@ -139,20 +139,17 @@ class _ListingFailed(SwarmError):
     """Why a server's tools could not be listed: the innermost cause, and the server's last stderr."""
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    """The first leaf of an exception group (the SDK's task groups wrap the cause: a server that
-    exited before its handshake is `ExceptionGroup(... MCPError('Connection closed'))`)."""
+def _cause(exc: BaseException) -> str:
+    """"<Error>: <message>" of the first leaf of an exception group (the SDK's task groups wrap the
+    cause: a server that exited before its handshake is `ExceptionGroup(... MCPError('Connection
+    closed'))`), or of `exc` itself."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    return exc
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _unlisted(params: MCPServerParams, name: str | None, exc: BaseException) -> MCPServerError:
-    if isinstance(exc, _ListingFailed):
-        reason = str(exc)
-    else:
-        exc = _innermost(exc)
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    reason = str(exc) if isinstance(exc, _ListingFailed) else _cause(exc)
     return MCPServerError(f"MCP server {name or params.describe()!r}: could not list its tools: {reason}")
 
 
@@ -187,8 +184,7 @@ async def _listing(session: ServerSession) -> tuple[str, list[types.Tool]]:
     try:
         return await session.list_tools()
     except Exception as exc:  # noqa: BLE001 - reported by mcp_tools, named
-        leaf = _innermost(exc)
-        reason = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+        reason = _cause(exc)
         if tail := session.stderr_tail().strip():
             reason += f"\nserver stderr (last lines):\n{tail}"
         raise _ListingFailed(reason) from exc
