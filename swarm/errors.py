@@ -64,6 +64,19 @@ class UnawaitedSampleError(SwarmError, TypeError):
     never awaited: the generation never ran, and its value would have been a coroutine object."""
 
 
+class PrimitiveUsageError(SwarmError, TypeError):
+    """A primitive was called with arguments of the wrong kind: a site name that is not a non-empty
+    string, a `sample` of something that is not a swarm `Distribution`, non-string `interact` parties.
+    A programming error, not an outcome of the model, so it aborts the run: as an ordinary exception
+    it would kill only the particles that reach it and silently bias the population that is left."""
+
+
+class ProgramKindError(SwarmError, TypeError):
+    """The program is of a kind the policy cannot run: a generator function (a program with explicit
+    steps, which `policies.VectorizedSMC` runs), an async generator, or a plain `def` that returns an
+    awaitable. Caught when the program first returns, before any value becomes a particle's."""
+
+
 class NotVectorizable(SwarmError, TypeError):
     """A vectorised run (`policies.VectorizedSMC`) met what it cannot execute for all particles at
     once: an LLM generation, a message between agents, a distribution without a batched draw, a

@@ -35,7 +35,7 @@ import greenlet
 from swarm.effects import (Handler, execution_context, mark_fused, push_plain_handlers, set_run_scope,
                            track_unawaited_samples)
 from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh, check_awaited
-from swarm.errors import ParticleLost, ProgramArgumentsError, SwarmError, UnawaitedSampleError
+from swarm.errors import ParticleLost, ProgramArgumentsError, ProgramKindError, SwarmError, UnawaitedSampleError
 from swarm.handlers import scale, seed
 from swarm.human import AwaitingHuman, is_pausable
 from swarm.trace import Trace
@@ -242,6 +242,24 @@ def _installed(handlers: Iterable[Handler]):
         yield
 
 
+def check_plain_result(name: str, result: Any) -> None:
+    """Raise `ProgramKindError` if a plain program's return value shows it is not one: a generator
+    (a program with explicit steps), an async generator, or an awaitable (an `async def` in disguise).
+    Without this check the object would silently become every particle's value."""
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        what = "a generator" if inspect.isgenerator(result) else "an async generator"
+        if inspect.isgenerator(result):
+            result.close()
+        raise ProgramKindError(
+            f"{name} is {what} function (it `yield`s): SMC and the other policies run plain and `async def` "
+            "programs; a numeric program with explicit steps (`state = yield state`) runs under "
+            "policies.VectorizedSMC; otherwise replace `yield` with `return`")
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()
+        raise ProgramKindError(f"{name} returned an awaitable: declare it `async def`")
+
+
 class Execution:
     """One execution of the program in its own greenlet, advanced segment by segment.
 
@@ -308,10 +326,8 @@ class Execution:
                     result.close()
                     raise UnawaitedSampleError(f"{runner.name} returned a coroutine object: an `await` is missing "
                                                "(e.g. `text = await sample(...)`, `reply = await agent.ask(...)`)")
-            elif inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()
-                raise TypeError(f"{runner.name} returned an awaitable: declare it `async def`")
+            else:
+                check_plain_result(runner.name, result)
         except greenlet.GreenletExit:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the coordinator to classify

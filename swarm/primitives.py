@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from swarm.distributions import Distribution
-from swarm.errors import InvalidDistributionError, InvalidPotentialError
+from swarm.errors import InvalidDistributionError, InvalidPotentialError, PrimitiveUsageError
 from swarm.effects import (UNSET, Handler, Message, apply_stack, apply_stack_async, fused_engine, unawaited_samples,
                            vector_run_size)
 from swarm.engine import at_site as _at_site, raise_async_in_plain_program
@@ -34,7 +34,7 @@ __all__ = ["sample", "factor", "guarantee", "plate", "interact", "auto_name"]
 
 def _check_name(name: Any, primitive: str) -> str:
     if not isinstance(name, str) or not name:
-        raise TypeError(f"{primitive}() needs a non-empty string site name, got {name!r}")
+        raise PrimitiveUsageError(f"{primitive}() needs a non-empty string site name, got {name!r}")
     return name
 
 
@@ -80,6 +80,17 @@ def _as_condition(name: str, condition: Any) -> bool:
         raise InvalidPotentialError(f"guarantee {name!r}: the condition has no truth value ({exc})") from exc
 
 
+def _distribution_hint(value: Any) -> str:
+    """What to pass instead of `value`, for the common mistakes."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # never started: no "never awaited" warning on top of this error
+        return "an awaitable, e.g. agent.ask(...), which samples by itself: await it, or sample agent.generate(...)"
+    if isinstance(value, type) and issubclass(value, Distribution):
+        return "the class, not an instance: e.g. Bernoulli(0.5)"
+    return "e.g. Bernoulli(0.5), Categorical(...), agent.generate(prompt)"
+
+
 def sample(name: str, dist: Distribution, *, proposal: Distribution | None = None) -> Any:
     """Draw a value at site `name` from `dist` (or from `proposal`, weighting by log p − log q).
 
@@ -89,9 +100,11 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
     if type(name) is not str or not name:
         _check_name(name, "sample")
     if not isinstance(dist, Distribution):
-        raise TypeError(f"sample {name!r}: expected a swarm Distribution, got {type(dist).__name__}")
+        raise PrimitiveUsageError(f"sample {name!r}: expected a swarm Distribution, got {type(dist).__name__} "
+                                  f"({_distribution_hint(dist)})")
     if proposal is not None and not isinstance(proposal, Distribution):
-        raise TypeError(f"sample {name!r}: proposal must be a swarm Distribution, got {type(proposal).__name__}")
+        raise PrimitiveUsageError(f"sample {name!r}: proposal must be a swarm Distribution, got "
+                                  f"{type(proposal).__name__}")
     if dist.is_async or (proposal is not None and proposal.is_async):
         token = object()  # the coroutine drops it from `unawaited_samples()` when it starts
         if proposal is None and (fused := fused_engine()) is not None:
@@ -157,7 +170,7 @@ def interact(sender: str, receiver: str, content: Any, *, kind: str = "message",
              info: dict[str, Any] | None = None) -> None:
     """Record a message from `sender` to `receiver` (or a tool call/result, an observation)."""
     if not isinstance(sender, str) or not isinstance(receiver, str):
-        raise TypeError(f"interact() needs string sender and receiver, got {sender!r} → {receiver!r}")
+        raise PrimitiveUsageError(f"interact() needs string sender and receiver, got {sender!r} → {receiver!r}")
     address = name or f"{kind}:{sender}->{receiver}"
     apply_stack(Message("interact", address, value=content,
                         args={"sender": sender, "receiver": receiver, "kind": kind, "info": info or {}}))

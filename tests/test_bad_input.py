@@ -27,7 +27,7 @@ from pydantic import ValidationError
 import policies
 import swarm
 from policies.base import Budget, Policy
-from swarm import Bernoulli, Categorical, Distribution, Uniform, factor, guarantee, plate, sample
+from swarm import Bernoulli, Categorical, Distribution, Uniform, factor, guarantee, interact, plate, sample
 from swarm.handlers import replay, seed, trace
 from swarm.resampling import SCHEMES
 from tests.exact_programs import total_variation
@@ -223,6 +223,84 @@ def test_a_program_called_with_arguments_it_does_not_take_fails_before_the_run()
         with pytest.raises(TypeError, match="too many positional arguments"):
             policy.run(program, "cats", "e", "extra")
     assert policies.SMC(num_particles=4, seed=0).run(program, "cats", letter="a").particles  # bound: runs
+
+
+# --- primitives called with the wrong kind of argument, programs of the wrong kind ----------------
+def _misuses_sample_on_one_branch():
+    x = sample("x", Bernoulli(0.5))
+    if x:
+        sample("y", 0.3)  # not a Distribution: a programming error on one branch only
+    factor("f", 0.0)
+    return x
+
+
+def _misuses_interact_on_one_branch():
+    x = sample("x", Bernoulli(0.5))
+    if x:
+        interact("planner", None, "hello")
+    return x
+
+
+def _misuses_a_site_name_on_one_branch():
+    x = sample("x", Bernoulli(0.5))
+    if x:
+        factor(3, 0.0)
+    return x
+
+
+@pytest.mark.parametrize("program, culprit", [
+    (_misuses_sample_on_one_branch, r"sample 'y': expected a swarm Distribution, got float"),
+    (_misuses_interact_on_one_branch, r"interact\(\) needs string sender and receiver, got 'planner' → None"),
+    (_misuses_a_site_name_on_one_branch, r"factor\(\) needs a non-empty string site name, got 3"),
+], ids=["sample", "interact", "site-name"])
+@pytest.mark.parametrize("policy", POLICIES, ids=POLICY_IDS)
+def test_a_primitive_misused_on_one_branch_aborts_the_run(program, culprit, policy):
+    """Before, the TypeError was an ordinary exception: it killed the particles that took the branch
+    (x = True, half of them) and the run returned the others as if the model had said Φ = 0 there,
+    marginal {False: 1.0}, with no error."""
+    with pytest.raises(swarm.PrimitiveUsageError, match=culprit):
+        policy.run(program)
+
+
+def test_sampling_an_awaitable_says_to_sample_the_generation_instead():
+    async def ask():
+        return "ok"
+
+    def program():
+        return sample("answer", ask())
+
+    with pytest.raises(swarm.PrimitiveUsageError, match=r"got coroutine \(an awaitable, e\.g\. agent\.ask"):
+        policies.SMC(num_particles=4, seed=0).run(program)
+    with pytest.raises(swarm.PrimitiveUsageError, match="the class, not an instance"):
+        policies.SMC(num_particles=4, seed=0).run(lambda: sample("x", Bernoulli))
+
+
+def _generator_program():
+    x = sample("x", Bernoulli(0.5))
+    yield int(x)
+
+
+async def _async_generator_program():
+    yield 1
+
+
+def _returns_a_coroutine():
+    async def later():
+        return 1
+    return later()
+
+
+@pytest.mark.parametrize("program, culprit", [
+    (_generator_program, r"_generator_program is a generator function .*policies\.VectorizedSMC"),
+    (_async_generator_program, r"_async_generator_program is an async generator function"),
+    (_returns_a_coroutine, r"_returns_a_coroutine returned an awaitable: declare it `async def`"),
+], ids=["generator", "async-generator", "awaitable"])
+@pytest.mark.parametrize("policy", POLICIES, ids=POLICY_IDS)
+def test_a_program_of_the_wrong_kind_is_refused(program, culprit, policy):
+    """Before, a generator program ran under SMC with an empty trace and every particle's value a
+    generator object; a plain def returning a coroutine killed every particle (NoSurvivingParticles)."""
+    with pytest.raises(swarm.ProgramKindError, match=culprit):
+        policy.run(program)
 
 
 @pytest.mark.parametrize("program, site", [(_twice_sample, "'x'"), (_twice_in_a_loop, "'step'"),
