@@ -190,6 +190,14 @@ class Policy(BaseModel, abc.ABC):
     call failing for good) before the run stops with `BackendUnavailable`; the lost ones are missing
     data, excluded from the weights and from log Ẑ (docs/theory.md §3.4)."""
 
+    def __init__(self, *args: Any, **fields: Any) -> None:
+        if args:  # pydantic's own message ("BaseModel.__init__() takes 1 positional argument") names neither
+            own = [f for f in type(self).model_fields if f not in Policy.model_fields]
+            first = "num_particles" if "num_particles" in own else (own or ["seed"])[0]
+            raise TypeError(f"{type(self).__name__}() takes keyword arguments only, got {len(args)} positional; "
+                            f"e.g. {type(self).__name__}({first}={args[0]!r})")
+        super().__init__(**fields)
+
     @model_validator(mode="before")
     @classmethod
     def _population_size_name(cls, data: Any) -> Any:

@@ -66,7 +66,8 @@ class UnawaitedSampleError(SwarmError, TypeError):
 
 class PrimitiveUsageError(SwarmError, TypeError):
     """A primitive was called with arguments of the wrong kind: a site name that is not a non-empty
-    string, a `sample` of something that is not a swarm `Distribution`, non-string `interact` parties.
+    string, a `sample` of something that is not a swarm `Distribution`, non-string `interact` parties,
+    a `plate` whose size is not a non-negative integer or whose replica is not a function.
     A programming error, not an outcome of the model, so it aborts the run: as an ordinary exception
     it would kill only the particles that reach it and silently bias the population that is left."""
 

@@ -223,7 +223,10 @@ def plate(name: str, size: int, fn: Callable[..., Any], *args: Any, **kwargs: An
     """
     _check_name(name, "plate")
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
-        raise ValueError(f"plate {name!r}: size must be a non-negative integer, got {size!r}")
+        raise PrimitiveUsageError(f"plate {name!r}: size must be a non-negative integer, got {size!r}")
+    if not callable(fn):
+        raise PrimitiveUsageError(f"plate {name!r}: the replica must be a function (called once per replica), "
+                                  f"got {type(fn).__name__}")
     if inspect.iscoroutinefunction(fn):
         return _plate_async(name, int(size), fn, args, kwargs)
     results = []

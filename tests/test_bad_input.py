@@ -248,11 +248,27 @@ def _misuses_a_site_name_on_one_branch():
     return x
 
 
+def _misuses_a_plate_size_on_one_branch():
+    x = sample("x", Bernoulli(0.5))
+    if x:
+        plate("voters", -1, lambda: sample("v", Bernoulli(0.5)))
+    return x
+
+
+def _misuses_a_plate_replica_on_one_branch():
+    x = sample("x", Bernoulli(0.5))
+    if x:
+        plate("voters", 2, "ask")
+    return x
+
+
 @pytest.mark.parametrize("program, culprit", [
     (_misuses_sample_on_one_branch, r"sample 'y': expected a swarm Distribution, got float"),
+    (_misuses_a_plate_size_on_one_branch, r"plate 'voters': size must be a non-negative integer, got -1"),
+    (_misuses_a_plate_replica_on_one_branch, r"plate 'voters': the replica must be a function .*got str"),
     (_misuses_interact_on_one_branch, r"interact\(\) needs string sender and receiver, got 'planner' → None"),
     (_misuses_a_site_name_on_one_branch, r"factor\(\) needs a non-empty string site name, got 3"),
-], ids=["sample", "interact", "site-name"])
+], ids=["sample", "plate-size", "plate-replica", "interact", "site-name"])
 @pytest.mark.parametrize("policy", POLICIES, ids=POLICY_IDS)
 def test_a_primitive_misused_on_one_branch_aborts_the_run(program, culprit, policy):
     """Before, the TypeError was an ordinary exception: it killed the particles that took the branch
@@ -595,6 +611,17 @@ def test_valid_configuration_at_the_boundaries_is_accepted(cls):
                 accepted(name, lo[0])
             if not hi[1]:
                 accepted(name, hi[0])
+
+
+@pytest.mark.parametrize("cls", policy_classes(), ids=lambda c: c.__name__)
+def test_a_positional_argument_to_a_policy_says_to_name_the_field(cls):
+    """Before: pydantic's "BaseModel.__init__() takes 1 positional argument but 2 were given"."""
+    with pytest.raises(TypeError, match=rf"{cls.__name__}\(\) takes keyword arguments only, got 1 positional; "
+                                        rf"e\.g\. {cls.__name__}\(\w+=8\)"):
+        cls(8)
+    if "num_particles" in cls.model_fields:
+        with pytest.raises(TypeError, match=rf"{cls.__name__}\(num_particles=8\)"):
+            cls(8)
 
 
 def test_unknown_runtime_is_rejected_naming_the_field():
