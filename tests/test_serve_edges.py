@@ -1,0 +1,62 @@
+"""`swarm serve` at its edges, as a demanding user of the OpenAI API drives it: a real server on
+127.0.0.1 (a subprocess, behind an API key), the official `openai` client and raw HTTP (aiohttp).
+
+The served program is the TEST DOUBLE sentence writer of `tests/serve_fixtures.py` (no model).
+Each test here is the regression test of a bug found by probing the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import openai
+import pytest
+
+from tests.serve_fixtures import REPO, run_server
+
+pytestmark = pytest.mark.server
+
+MODEL = "serve_fixtures:program"
+KEY = "sk-serve-edges-0123456789abcdef"
+TARGET = str(REPO / "tests" / "serve_fixtures.py")
+HI = [{"role": "user", "content": "Write a sentence."}]
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One server for the module: 12 particles, an API key, the access log on (the default)."""
+    with run_server(TARGET, "--max-tokens", "4000", "--api-key-env", "SERVE_EDGES_KEY",
+                    env={"SERVE_EDGES_KEY": KEY}) as (url, proc, log):
+        yield url, log
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0], api_key=KEY, max_retries=0, timeout=60)
+
+
+def http(server, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one raw request (`body`: bytes as they are, else JSON)."""
+
+    async def go():
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        async with aiohttp.ClientSession() as session:
+            async with session.request(method, server[0].removesuffix("/v1") + path, data=data,
+                                       headers={**AUTH, **(headers or {})}) as response:
+                return response.status, dict(response.headers), await response.read()
+
+    return asyncio.run(go())
+
+
+def test_the_access_log_works_behind_an_api_key(client, server):
+    """With a key, the log's secret masking must not break uvicorn's access lines (it made every
+    one a '--- Logging error ---' traceback: the masking dropped the arguments the line is built from)."""
+    client.chat.completions.create(model=MODEL, messages=HI, seed=1)
+    http(server, "GET", f"/v1/models?key={KEY}")
+    log = server[1].read_text()
+    assert "Logging error" not in log and "Traceback" not in log
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in log
+    assert '"GET /v1/models?key=********** HTTP/1.1" 200' in log and KEY not in log
