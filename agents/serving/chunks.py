@@ -5,6 +5,7 @@
      "swarm": {"event": "step", "step": k, "ess": .., "log_evidence": .., "alive": .., "resampled": ..,
                "deaths": {..}, "tokens": .., "text": {"particle_id", "offset", "delta"} | null}}   per step
     {"choices": [{"index": i, "delta": {"content": <rest of answer i>}, "finish_reason": "stop"}]}    per answer
+                                                    (choices 1.. with "role": "assistant" too, as OpenAI opens each)
     ... the last of them with "swarm": {"event": "end", <RunInfo>}
     {"choices": [], "usage": {...}}       when stream_options.include_usage
     [DONE]
@@ -75,7 +76,9 @@ class ChunkWriter:
                                      code="stream_mismatch")
                 content = content[len(self.streamed):]
             extra = {"swarm": {"event": "end", **response.swarm.model_dump()}} if i == last else {}
-            out.append(self.chunk([ChunkChoice(index=i, delta=Delta(content=content), finish_reason="stop")], **extra))
+            role = "assistant" if i > 0 else None  # choice 0 was opened by the first chunk, the others here
+            delta = Delta(role=role, content=content)
+            out.append(self.chunk([ChunkChoice(index=i, delta=delta, finish_reason="stop")], **extra))
         options = self.run.request.stream_options
         if options is not None and options.include_usage:
             out.append(self.chunk([], usage=response.usage))
