@@ -60,3 +60,22 @@ def test_the_access_log_works_behind_an_api_key(client, server):
     assert "Logging error" not in log and "Traceback" not in log
     assert '"POST /v1/chat/completions HTTP/1.1" 200' in log
     assert '"GET /v1/models?key=********** HTTP/1.1" 200' in log and KEY not in log
+
+
+def test_every_streamed_choice_is_introduced_with_the_assistant_role(client):
+    """n > 1 streamed: OpenAI opens each choice with a `delta.role`; only choice 0 had one, so the
+    openai client assembled choices 1.. with role None."""
+    with client.chat.completions.stream(model=MODEL, messages=HI, n=3, seed=1) as stream:
+        final = stream.get_final_completion()
+    assert len(final.choices) == 3
+    assert [c.message.role for c in final.choices] == ["assistant"] * 3
+
+
+def test_null_n_and_stream_mean_their_defaults(client, server):
+    """OpenAI takes `"n": null` and `"stream": null` as the defaults (clients that send every field
+    do); they were 400s."""
+    status, _, body = http(server, "POST", "/v1/chat/completions",
+                           {"model": MODEL, "messages": HI, "seed": 1, "n": None, "stream": None})
+    response = json.loads(body)
+    assert status == 200, response
+    assert len(response["choices"]) == 1 and response["object"] == "chat.completion"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from agents.backends.base import ChatMessage
 
@@ -85,6 +85,12 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, gt=0)
     max_completion_tokens: int | None = Field(None, gt=0)
     swarm: SwarmOptions = Field(default_factory=SwarmOptions)
+
+    @field_validator("n", "stream", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """OpenAI's API takes null for `n` and `stream` as their defaults (1, false)."""
+        return cls.model_fields[info.field_name].default if value is None else value
 
 
 SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens")
