@@ -79,3 +79,26 @@ def test_null_n_and_stream_mean_their_defaults(client, server):
     response = json.loads(body)
     assert status == 200, response
     assert len(response["choices"]) == 1 and response["object"] == "chat.completion"
+
+
+def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(server):
+    """HTTP requires `Allow` on a 405; the error object had neither it nor a code."""
+    status, headers, body = http(server, "GET", "/v1/chat/completions")
+    assert status == 405 and headers["Allow"] == "POST"
+    error = json.loads(body)["error"]
+    assert error["code"] == "method_not_allowed" and "GET /v1/chat/completions" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    status, headers, _ = http(server, "POST", "/v1/models", {})
+    assert status == 405 and "GET" in headers["Allow"]
+
+
+def test_a_model_can_be_retrieved_by_id(client):
+    """`client.models.retrieve(id)` (GET /v1/models/{id}) was a 404 for the served model too."""
+    card = client.models.retrieve(MODEL)
+    assert (card.id, card.object) == (MODEL, "model") and card == client.models.list().data[0]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o")
+    assert missing.value.body["code"] == "model_not_found" and missing.value.body["param"] == "model"
+    unauthorized = openai.OpenAI(base_url=client.base_url, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        unauthorized.models.retrieve(MODEL)

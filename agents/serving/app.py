@@ -1,6 +1,7 @@
 """The ASGI app: `ChatService` behind Starlette, streams as server-sent events (sse-starlette).
 
     GET  /v1/models              the one served model
+    GET  /v1/models/{model}      its card (another id: 404 model_not_found)
     POST /v1/chat/completions    a run of the program per request (JSON, or SSE with stream=true)
     GET  /health                 {"status": "ok"} (no API key needed)
 
@@ -43,6 +44,7 @@ PING_S = 15.0
 WATCH_AFTER_S = 1.0
 """A plain request still running after this long starts watching for its client's disconnect."""
 TRACE_HEADER = "x-swarm-trace-id"
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def error_response(error: ServeError, headers: dict[str, str] | None = None) -> Response:
@@ -69,6 +71,15 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
             return error_response(unauthorized)
         return Response(service.models().model_dump_json(), media_type="application/json")
 
+    async def model(request: Request) -> Response:
+        if not authorized(request):
+            return error_response(unauthorized)
+        try:
+            card = service.model(request.path_params["model"])
+        except ServeError as exc:
+            return error_response(exc)
+        return Response(card.model_dump_json(), media_type="application/json")
+
     async def chat(request: Request) -> Response:
         if not authorized(request):
             return error_response(unauthorized)
@@ -91,11 +102,14 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
         return JSONResponse({"status": "ok", "model": service.config.model_name})
 
     async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's routing errors (404, 405 with its `Allow` header) as OpenAI error objects."""
         assert isinstance(exc, HTTPException)
-        return error_response(ServeError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                         code="not_found" if exc.status_code == 404 else None))
+        error = ServeError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                           code=HTTP_ERROR_CODES.get(exc.status_code))
+        return error_response(error, dict(exc.headers or {}))
 
     routes = [Route("/v1/models", models, methods=["GET"]),
+              Route("/v1/models/{model:path}", model, methods=["GET"]),
               Route("/v1/chat/completions", chat, methods=["POST"]),
               Route("/health", health, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)

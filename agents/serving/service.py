@@ -82,7 +82,17 @@ class ChatService:
         self.created = int(time.time())
 
     def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=self.config.model_name, created=self.created)])
+        return ModelList(data=[self.model(self.config.model_name)])
+
+    def model(self, model_id: str) -> ModelCard:
+        """The served model's card; another id is a 404 `model_not_found`."""
+        if model_id != self.config.model_name:
+            raise self._unknown_model(model_id)
+        return ModelCard(id=self.config.model_name, created=self.created)
+
+    def _unknown_model(self, model_id: str) -> ServeError:
+        return ServeError(404, f"model {model_id!r} does not exist; this server serves "
+                               f"{self.config.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
 
     # -- validation --------------------------------------------------------------------------------
     def prepare(self, body: bytes, headers: Mapping[str, str]) -> PreparedRun:
@@ -91,8 +101,7 @@ class ChatService:
         try:
             request = parse_request(body)
             if request.model != self.config.model_name:
-                raise ServeError(404, f"model {request.model!r} does not exist; this server serves "
-                                      f"{self.config.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
+                raise self._unknown_model(request.model)
             check_supported(request)
             kwargs, ignored = self.arguments.bind(request)
             budget, timeout_s = self._budget(request)
