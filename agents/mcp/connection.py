@@ -15,6 +15,8 @@ Lifecycle of a server's session:
 - shared by every particle of the process: the SDK multiplexes concurrent requests by id;
 - after the server closed the connection (a crash), dropped: the call in flight fails, and the
   next call starts the server again;
+- started by one attempt at a time, which every call that finds no session awaits (a server that
+  exits or hangs at start fails them all once, `tests/test_mcp_edges.py`);
 - closed by `close_all()` and at interpreter exit (atexit): the stdio server's stdin is closed and
   the process terminated, the HTTP session deleted.
 
@@ -40,7 +42,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult
 from mcp_types import Tool as ToolSpec
 
-from agents.mcp.errors import MCPCallFailed, Reason
+from agents.mcp.errors import MCPCallFailed, Reason, describe_cause
 from agents.mcp.params import MCPServerParams
 
 T = TypeVar("T")
@@ -58,19 +60,29 @@ class ServerSession:
         """How many times the server was started (or reached) in this process."""
         self._stop: asyncio.Event | None = None
         self._owner: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
+        self._starting: asyncio.Task[Client] | None = None
+        """The start under way, which every caller that finds no client awaits."""
         self._stderr = tempfile.TemporaryFile() if params.command is not None else None
 
     # -- opening and closing -----------------------------------------------------------------------
     async def connected(self) -> Client:
-        """The live client, starting (or restarting) the server first when there is none."""
-        async with self._lock:
-            if self.client is None:
-                await self._start()
-            assert self.client is not None
+        """The live client, starting (or restarting) the server first when there is none. Callers
+        that find a start under way wait for that one attempt and share its outcome: a server that
+        hangs or exits at start fails every waiting call once, not one connect timeout after another."""
+        if self.client is not None:
             return self.client
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start_attempt())
+            self._starting.add_done_callback(_retrieve)  # read even when every caller gave up
+        return await asyncio.shield(self._starting)
 
-    async def _start(self) -> None:
+    async def _start_attempt(self) -> Client:
+        try:
+            return await self._start()
+        finally:
+            self._starting = None
+
+    async def _start(self) -> Client:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[Client] = loop.create_future()
         stop = asyncio.Event()
@@ -89,6 +101,7 @@ class ServerSession:
             raise
         self.client, self._stop, self._owner = client, stop, owner
         self.starts += 1
+        return client
 
     async def _own(self, ready: asyncio.Future, stop: asyncio.Event) -> None:
         """Enter the client's context, hand the client out, wait for `stop`, exit the context."""
@@ -177,10 +190,16 @@ class ServerSession:
             raise self._failed(server, tool, "crashed", exc) from exc
 
     def _failed(self, server: str, tool: str, reason: Reason, cause: Any) -> MCPCallFailed:
-        text = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(cause)
+        text = describe_cause(cause) if isinstance(cause, BaseException) else str(cause)
         if reason in ("crashed", "unavailable") and (tail := self.stderr_tail().strip()):
             text += f"\nserver stderr (last lines):\n{tail}"
         return MCPCallFailed(text, server=server, tool=tool, reason=reason)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Mark a finished task's exception as retrieved (its callers report it, if any are left)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @contextlib.asynccontextmanager

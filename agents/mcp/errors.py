@@ -38,3 +38,12 @@ def _rebuild(detail: str, server: str, tool: str, reason: Reason) -> MCPCallFail
 class MCPServerError(SwarmError):
     """An MCP server could not be used to make tools at all (`mcp_tools`): it could not be started
     or reached, or its tool list is unusable. Raised to the caller, outside any particle."""
+
+
+def describe_cause(exc: BaseException) -> str:
+    """"<Error>: <message>" of the first leaf of an exception group (the SDK's task groups wrap the
+    cause: a server that exited before its handshake is `ExceptionGroup(... MCPError('Connection
+    closed'))`, an unreachable URL `ExceptionGroup(... ConnectError(...))`), or of `exc` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

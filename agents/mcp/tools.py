@@ -34,7 +34,7 @@ import mcp_types as types
 from pydantic import BaseModel, Field
 
 from agents.mcp.connection import ServerSession, with_session, with_session_sync
-from agents.mcp.errors import MCPCallFailed, MCPServerError
+from agents.mcp.errors import MCPCallFailed, MCPServerError, describe_cause
 from agents.mcp.params import MCPServerParams
 from agents.tools import Tool
 from swarm.errors import SwarmError
@@ -139,17 +139,8 @@ class _ListingFailed(SwarmError):
     """Why a server's tools could not be listed: the innermost cause, and the server's last stderr."""
 
 
-def _cause(exc: BaseException) -> str:
-    """"<Error>: <message>" of the first leaf of an exception group (the SDK's task groups wrap the
-    cause: a server that exited before its handshake is `ExceptionGroup(... MCPError('Connection
-    closed'))`), or of `exc` itself."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 def _unlisted(params: MCPServerParams, name: str | None, exc: BaseException) -> MCPServerError:
-    reason = str(exc) if isinstance(exc, _ListingFailed) else _cause(exc)
+    reason = str(exc) if isinstance(exc, _ListingFailed) else describe_cause(exc)
     return MCPServerError(f"MCP server {name or params.describe()!r}: could not list its tools: {reason}")
 
 
@@ -184,7 +175,7 @@ async def _listing(session: ServerSession) -> tuple[str, list[types.Tool]]:
     try:
         return await session.list_tools()
     except Exception as exc:  # noqa: BLE001 - reported by mcp_tools, named
-        reason = _cause(exc)
+        reason = describe_cause(exc)
         if tail := session.stderr_tail().strip():
             reason += f"\nserver stderr (last lines):\n{tail}"
         raise _ListingFailed(reason) from exc
