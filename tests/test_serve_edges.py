@@ -102,3 +102,32 @@ def test_a_model_can_be_retrieved_by_id(client):
     unauthorized = openai.OpenAI(base_url=client.base_url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         unauthorized.models.retrieve(MODEL)
+
+
+def bad_request(client, messages) -> dict:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=messages)
+    return {**bad.value.body, "message": bad.value.message}
+
+
+def test_malformed_content_is_a_400_naming_the_content_field(client):
+    """The content union's errors named an internal branch (`messages.0.content.str`) and, for an
+    image part, said only 'Input should be a valid string'; a user message without content passed."""
+    image = bad_request(client, [{"role": "user", "content": [{"type": "text", "text": "Look:"},
+                                                               {"type": "image_url", "image_url": {"url": "x"}}]}])
+    assert image["param"] == "messages.0.content" and image["code"] == "invalid_messages"
+    assert "part 1" in image["message"] and "'image_url'" in image["message"] and "text parts" in image["message"]
+    number = bad_request(client, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 5}])
+    assert number["param"] == "messages.1.content" and "a string or a list of text parts" in number["message"]
+    missing = bad_request(client, [{"role": "user"}])
+    assert missing["param"] == "messages.0.content" and "a user message needs content" in missing["message"]
+    no_text = bad_request(client, [{"role": "user", "content": [{"type": "text"}]}])
+    assert no_text["param"] == "messages.0.content" and "part 0" in no_text["message"]
+    parts = [{"type": "text", "text": "Write a "}, {"type": "text", "text": "sentence."}]
+    joined = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": parts}], seed=3)
+    assert joined.choices[0].message.content == client.chat.completions.create(
+        model=MODEL, messages=HI, seed=3).choices[0].message.content
+    tool_call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [*HI, {"role": "assistant", "content": None, "tool_calls": [tool_call]},
+               {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+    assert client.chat.completions.create(model=MODEL, messages=history, seed=3).choices

@@ -17,32 +17,64 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from agents.backends.base import ChatMessage
 
 
-class TextPart(BaseModel):
-    """A content part; only text parts are supported."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    type: Literal["text"]
-    text: str
-
-
 class RequestMessage(BaseModel):
+    """A message of the conversation. `content` is a string or a list of text parts
+    (`[{"type": "text", "text": ...}]`, joined into one string); only an assistant message (one
+    that made tool calls) may have none."""
+
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | None = Field(None, validate_default=True)
     name: str | None = None
     tool_call_id: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, content: Any, info: ValidationInfo) -> Any:
+        """The content as one string (text parts joined); every problem names the part."""
+        role = info.data.get("role")
+        if content is None:
+            if role not in (None, "assistant"):  # None: the role itself was invalid, reported already
+                raise _invalid(f"a {role} message needs content (a string or a list of text parts)")
+            return None
+        if isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise _invalid(f"content must be a string or a list of text parts, not {_json_type(content)}")
+        return "".join(_part_text(i, part) for i, part in enumerate(content))
+
     def to_chat_message(self) -> ChatMessage:
-        """The framework's `ChatMessage` ("developer" is a system message; text parts are joined)."""
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        """The framework's `ChatMessage` ("developer" is a system message)."""
         role = "system" if self.role == "developer" else self.role
-        return ChatMessage(role=role, content=content, name=self.name, tool_call_id=self.tool_call_id)
+        return ChatMessage(role=role, content=self.content or "", name=self.name, tool_call_id=self.tool_call_id)
+
+
+def _part_text(index: int, part: Any) -> str:
+    """The text of content part `index`; anything but a text part is an error naming it."""
+    form = 'text parts ({"type": "text", "text": "..."}) are supported'
+    if not isinstance(part, dict):
+        raise _invalid(f"part {index} is {_json_type(part)}, not an object; only {form}")
+    if part.get("type") != "text":
+        raise _invalid(f"part {index} has type {part.get('type')!r}; only {form}")
+    if not isinstance(part.get("text"), str):
+        raise _invalid(f"part {index} has no string 'text'; {form}")
+    return part["text"]
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    """A validation error whose message is exactly `message` (no "Value error, " before it)."""
+    return PydanticCustomError("invalid_content", message)
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 class SwarmOptions(BaseModel):
