@@ -10,12 +10,12 @@ from agents.agent import Agent
 from agents.backends import BUILT_IN, Backend, BackendError, ChatMessage, Completion, GenerationRequest
 from agents.backends import GenerationSettings, built_in_backend, default_backend
 from agents.cache import ResponseCache
-from agents.generation import Generation, GenerationError
+from agents.generation import Generation, GenerationError, InvalidGenerationRequest
 from agents.ray_hosting import RayHosting
 from agents.tools import Tool, tool
 
 __all__ = ["Agent", "Backend", "BackendError", "ChatMessage", "Completion", "GenerationRequest",
-           "GenerationSettings", "Generation", "GenerationError", "ResponseCache", "Tool", "tool",
+           "GenerationSettings", "Generation", "GenerationError", "InvalidGenerationRequest", "ResponseCache", "Tool", "tool",
            "default_backend", "RayHosting", *BUILT_IN, "mcp_tools"]
 
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.approvals import refusal_of
 from agents.backends.base import Backend, ChatMessage, GenerationRequest, GenerationSettings
-from agents.generation import Generation
+from agents.generation import Generation, InvalidGenerationRequest
 from agents.ray_hosting import RayHosting
 from agents.structured import parse_output, response_format, schema_instructions
 from agents.tools import Tool, ToolExecution, parse_tool_calls, render_tool_calls, tools_prompt
@@ -172,6 +172,9 @@ class Agent(BaseModel):
         return "\n\n".join(parts)
 
     def conversation(self, prompt: str | None = None, history: list[ChatMessage] | None = None) -> list[ChatMessage]:
+        if history is not None and not isinstance(history, (list, tuple)):
+            raise InvalidGenerationRequest(f"history must be a list of ChatMessage (or of dicts with role and "
+                                           f"content), got {type(history).__name__} {_shown(history)}")
         messages = []
         if system := self.system_prompt():
             messages.append(ChatMessage(role="system", content=system))
@@ -188,14 +191,22 @@ class Agent(BaseModel):
         (e.g. unit="word", max_tokens=8, temperature=0.7). `constraint` (from `agents.constraints`)
         applies to the whole reply (`prefix` included) inside the proposal; the site's weight gains
         the log-mass of the allowed tokens (docs/constraints.md)."""
-        merged = _merged_settings(self.settings, settings) if settings else self.settings
-        if raw_prompt is not None:
-            request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged, constraint=constraint)
-        else:
-            request = GenerationRequest(messages=messages if messages is not None else self.conversation(prompt, history),
-                                        assistant_prefix=prefix, settings=merged, constraint=constraint,
-                                        tools=[t.openai_schema() for t in self.tools] or None,
-                                        response_format=response_format(self.output_schema) if self.output_schema else None)
+        try:
+            merged = _merged_settings(self.settings, settings) if settings else self.settings
+            if raw_prompt is not None:
+                _only_one_prompt(prompt, history, messages)
+                request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged,
+                                            constraint=constraint)
+            else:
+                chat = messages if messages is not None else self.conversation(prompt, history)
+                if not chat:
+                    raise InvalidGenerationRequest("generate() needs something to answer: a prompt, a history, "
+                                                   "messages, or a raw_prompt")
+                request = GenerationRequest(messages=chat, assistant_prefix=prefix, settings=merged,
+                                            constraint=constraint, tools=[t.openai_schema() for t in self.tools] or None,
+                                            response_format=response_format(self.output_schema) if self.output_schema else None)
+        except (ValidationError, InvalidGenerationRequest) as exc:
+            raise InvalidGenerationRequest(f"agent {self.name!r}: {_described(exc)}") from None
         return Generation(self, request, target=self.target)
 
     # -- the call ----------------------------------------------------------------------------------
@@ -206,9 +217,15 @@ class Agent(BaseModel):
         With tools the agent may call them up to `max_tool_rounds` times. With an output schema an
         invalid reply is retried up to `max_output_retries` times, then the particle fails a
         `guarantee` named `<site>/valid_output` (recorded in its trace, not raised)."""
+        if not isinstance(prompt, str):
+            raise InvalidGenerationRequest(f"agent {self.name!r}: ask() needs a str prompt, got {type(prompt).__name__} "
+                                           f"{_shown(prompt)}")
         site = name or auto_name(self.name)
         interact(sender, self.name, prompt, name=f"{site}/request")
-        messages = self.conversation(prompt, history)
+        try:
+            messages = self.conversation(prompt, history)
+        except (ValidationError, InvalidGenerationRequest) as exc:
+            raise InvalidGenerationRequest(f"agent {self.name!r}: {_described(exc)}") from None
         text = await self._respond(site, messages)
         reply: Any = text
         if self.output_schema is not None:
@@ -289,6 +306,32 @@ def _merged_settings(base: GenerationSettings, overrides: dict[str, Any]) -> Gen
 def _validated_settings(base: GenerationSettings, overrides: dict[str, Any]) -> GenerationSettings:
     unknown = sorted(set(overrides) - set(GenerationSettings.model_fields))
     if unknown:
-        raise TypeError(f"unknown generation setting {unknown[0]!r}; the settings are "
-                        f"{', '.join(GenerationSettings.model_fields)}")
+        raise InvalidGenerationRequest(f"unknown generation setting {unknown[0]!r}; the settings are "
+                                       f"{', '.join(GenerationSettings.model_fields)}")
     return GenerationSettings.model_validate({**base.model_dump(), **overrides})
+
+
+def _only_one_prompt(prompt: Any, history: Any, messages: Any) -> None:
+    """A raw completion takes its whole text from `raw_prompt`: a chat prompt beside it would be dropped."""
+    given = [name for name, value in (("prompt", prompt), ("history", history), ("messages", messages))
+             if value is not None]
+    if given:
+        raise InvalidGenerationRequest(f"generate() got raw_prompt and {', '.join(given)}: a raw completion takes "
+                                       "its whole text from raw_prompt; give one or the other")
+
+
+def _described(exc: Exception) -> str:
+    """A pydantic validation error in one line a person can act on: each field at fault, the value
+    given and what is wrong (`settings.max_tokens=-1: Input should be greater than 0`)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    where = {"GenerationSettings": "settings.", "ChatMessage": "message ", "GenerationRequest": ""}.get(exc.title, "")
+    problems = [f"{where}{'.'.join(map(str, error['loc']))}={_shown(error.get('input'))}: {error['msg']}"
+                for error in exc.errors()[:3]]
+    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return "; ".join(problems) + more
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

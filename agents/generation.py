@@ -43,6 +43,13 @@ class GenerationError(SwarmError):
     """A generation cannot do what was asked of it (e.g. a log-probability of arbitrary text)."""
 
 
+class InvalidGenerationRequest(GenerationError, ValueError):
+    """An agent was asked for a generation it cannot request: an unknown or invalid setting, a
+    message without a known role or string content, a prompt that is not a string, a chat prompt
+    and a raw prompt at once, or nothing to answer. A programming error, so it aborts the run: as an
+    ordinary exception it would kill only the particles that reach it."""
+
+
 class Generation(Distribution):
     """The distribution of one LLM completion of `request` by `agent`'s backend."""
 

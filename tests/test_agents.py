@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 import policies
 import swarm
-from agents import Agent, GenerationError, tool
+from agents import Agent, GenerationError, InvalidGenerationRequest, tool
 from agents.backends.scripted import Scripted
-from swarm import factor, guarantee, sample
+from swarm import Bernoulli, factor, guarantee, sample
 from tests.fake_backends import SeededEcho
 
 
@@ -320,8 +321,55 @@ def test_agent_validation_names_the_field():
 
     with pytest.raises(ValidationError, match="name"):
         Agent(name="bad/name")
-    with pytest.raises(ValidationError, match="max_tokens"):
+    with pytest.raises(InvalidGenerationRequest, match=r"agent 'a': settings\.max_tokens=0: Input should be greater"):
         Agent(name="a", backend=Scripted(["x"])).generate("hi", max_tokens=0)
+
+
+def _asks(agent: Agent, bad: dict[str, Any]):
+    """A program that makes the request `bad` on one branch only (x = True, about half the particles)."""
+    async def program():
+        x = sample("x", Bernoulli(0.5))
+        if x:
+            if "ask" in bad:
+                await agent.ask(**bad["ask"])
+            else:
+                await sample("reply", agent.generate(**bad["generate"]))
+        return x
+    return program
+
+
+BAD_REQUESTS = [
+    ({"generate": {"prompt": "hi", "tempreature": 0.5}}, r"unknown generation setting 'tempreature'; the settings are"),
+    ({"generate": {"prompt": "hi", "max_tokens": -1}}, r"settings\.max_tokens=-1: Input should be greater than 0"),
+    ({"generate": {"prompt": "hi", "unit": "sentence"}}, r"settings\.unit='sentence': Input should be 'text', 'token'"),
+    ({"generate": {"prompt": "hi", "history": [{"role": "usr", "content": "yo"}]}},
+     r"messages\.0\.role='usr': Input should be 'system', 'user'"),
+    ({"generate": {"prompt": "hi", "raw_prompt": "x"}}, r"generate\(\) got raw_prompt and prompt: .*give one or the other"),
+    ({"generate": {}}, r"generate\(\) needs something to answer"),
+    ({"ask": {"prompt": 42}}, r"ask\(\) needs a str prompt, got int 42"),
+    ({"ask": {"prompt": "hi", "history": "previous chat"}}, r"history must be a list of ChatMessage .*got str"),
+]
+
+
+@pytest.mark.parametrize("bad, culprit", BAD_REQUESTS, ids=[b.split(":")[0][:30] for _, b in BAD_REQUESTS])
+def test_a_bad_request_on_one_branch_aborts_the_run_naming_the_agent_and_field(bad, culprit):
+    """Before, the pydantic ValidationError (or TypeError) was an ordinary exception: it killed the
+    particles that took the branch and the run returned the others (marginal {False: 1.0}, no error);
+    `raw_prompt` beside a chat prompt silently dropped the prompt, and a generation with nothing to
+    answer was sent as an empty chat."""
+    agent = Agent(name="w", backend=Scripted(["hello world"]))
+    with pytest.raises(InvalidGenerationRequest, match=rf"agent 'w': .*{culprit}"):
+        policies.SMC(num_particles=8, seed=0).run(_asks(agent, bad))
+
+
+def test_the_requests_the_bad_ones_are_made_from_run():
+    """The control for the test above: the same calls with the fault removed run on every branch."""
+    agent = Agent(name="w", backend=Scripted(["hello world"]))
+    for good in ({"generate": {"prompt": "hi", "temperature": 0.5, "unit": "word", "max_tokens": 3,
+                               "history": [{"role": "user", "content": "yo"}]}},
+                 {"generate": {"raw_prompt": "x"}}, {"ask": {"prompt": "hi", "history": []}}):
+        result = policies.SMC(num_particles=8, seed=0).run(_asks(agent, good))
+        assert set(result.marginal()) == {True, False}
 
 
 def test_chunked_generation_resamples_between_words():
