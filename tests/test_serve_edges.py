@@ -131,3 +131,17 @@ def test_malformed_content_is_a_400_naming_the_content_field(client):
     history = [*HI, {"role": "assistant", "content": None, "tool_calls": [tool_call]},
                {"role": "tool", "tool_call_id": "c1", "content": "done"}]
     assert client.chat.completions.create(model=MODEL, messages=history, seed=3).choices
+
+
+def test_a_program_argument_of_the_wrong_type_is_a_400_naming_it(client):
+    """`swarm.arguments` are checked against the program's annotations (`max_words: int`): a wrong
+    type was a TypeError in every particle, answered as 422 'no answer satisfies the constraints'."""
+    for arguments, name, expected in (({"max_words": "many"}, "max_words", "int"),
+                                      ({"letter": ["e"]}, "letter", "str")):
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(model=MODEL, messages=HI, extra_body={"swarm": {"arguments": arguments}})
+        assert bad.value.body["param"] == f"swarm.arguments.{name}" and bad.value.body["code"] == "invalid_argument"
+        assert f"{name}: {expected}" in bad.value.message
+    fine = client.chat.completions.create(model=MODEL, messages=HI, seed=3,
+                                          extra_body={"swarm": {"arguments": {"max_words": 8, "delay": 0}}})
+    assert fine.choices[0].message.content

@@ -9,13 +9,17 @@ Its other arguments come from, in increasing priority: the program's defaults, t
 `DEFAULTS["args"]` and `swarm serve --arg K=V`, the standard sampling fields of the request
 (`temperature`, `top_p`, `max_tokens`) when the program has a parameter of that name, and the
 request's `swarm.arguments`. An argument the program does not take, or a required one that is
-missing, is a 400 naming it.
+missing, is a 400 naming it; so is a request argument that does not fit the parameter's type
+annotation (checked, and converted, by pydantic: `max_words: int` takes 3, not "many").
 """
 
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable
+
+from pydantic import TypeAdapter, ValidationError
 
 from agents.serving.errors import bad_request
 from agents.serving.protocol import SAMPLING_FIELDS, UNSUPPORTED, ChatCompletionRequest
@@ -48,6 +52,7 @@ class ProgramArguments:
                                         f"it takes: {', '.join(self.names) or 'no other arguments'}")
         self.required = [p for p in self.names if params[p].default is inspect.Parameter.empty
                          and p not in self.defaults]
+        self.types = _annotated_types(program, self.names)
 
     def accepts(self, name: str) -> bool:
         return name in self.names or (self.any_keyword and name not in CONVERSATION)
@@ -73,13 +78,25 @@ class ProgramArguments:
                 raise bad_request(f"unknown program argument {key!r}; the program takes: "
                                   f"{', '.join(self.names) or 'no arguments besides the conversation'}",
                                   param=f"swarm.arguments.{key}", code="unknown_argument")
-            kwargs[key] = value
+            kwargs[key] = self._checked(key, value)
         missing = [p for p in self.required if p not in kwargs]
         if missing:
             raise bad_request(f"missing program argument {missing[0]!r} (pass it in swarm.arguments)",
                               param=f"swarm.arguments.{missing[0]}", code="missing_argument")
         kwargs[self.conversation] = self._conversation(request)
         return kwargs, sorted(ignored)
+
+    def _checked(self, key: str, value: Any) -> Any:
+        """`value` validated against the parameter's annotation (as pydantic converts it), or a 400."""
+        if key not in self.types:
+            return value
+        hint, adapter = self.types[key]
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"]
+            raise bad_request(f"swarm.arguments.{key}: {problem} (the program takes {key}: {_type_name(hint)})",
+                              param=f"swarm.arguments.{key}", code="invalid_argument") from None
 
     def _conversation(self, request: ChatCompletionRequest) -> Any:
         messages = [m.to_chat_message() for m in request.messages]
@@ -90,6 +107,30 @@ class ProgramArguments:
             raise bad_request("messages: this program answers a user message, and there is none",
                               param="messages", code="invalid_messages")
         return users[-1].content
+
+
+def _annotated_types(program: Callable[..., Any], names: list[str]) -> dict[str, tuple[Any, TypeAdapter]]:
+    """A validator for each parameter in `names` with a type annotation pydantic can check (string
+    annotations resolved); a parameter without one, or with one that cannot be resolved or
+    checked, takes any value."""
+    try:
+        hints = typing.get_type_hints(program)
+    except Exception:  # an annotation naming what the module cannot resolve: check none
+        return {}
+    adapters = {}
+    for name in names:
+        hint = hints.get(name, Any)
+        if hint is Any:
+            continue
+        try:
+            adapters[name] = (hint, TypeAdapter(hint))
+        except Exception:  # not a type pydantic knows (an arbitrary class): unchecked
+            continue
+    return adapters
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def check_supported(request: ChatCompletionRequest) -> None:
