@@ -145,3 +145,27 @@ def test_a_program_argument_of_the_wrong_type_is_a_400_naming_it(client):
     fine = client.chat.completions.create(model=MODEL, messages=HI, seed=3,
                                           extra_body={"swarm": {"arguments": {"max_words": 8, "delay": 0}}})
     assert fine.choices[0].message.content
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(client, server):
+    """Bodies had no limit: a 100 MB message was read, parsed and run (20 s, 450 MB of memory).
+    Over `MAX_BODY_BYTES` it is a 413, by its Content-Length or, chunked, as it arrives."""
+    from agents.serving.app import MAX_BODY_BYTES
+
+    huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]}).encode()
+    status, headers, body = http(server, "POST", "/v1/chat/completions", huge)
+    error = json.loads(body)["error"]
+    assert status == 413 and error["code"] == "request_too_large" and str(MAX_BODY_BYTES) in error["message"]
+
+    async def chunked():
+        async def pieces():
+            for i in range(0, len(huge), 1 << 20):
+                yield huge[i:i + (1 << 20)]
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server[0] + "/chat/completions", data=pieces(), headers=AUTH) as response:
+                return response.status, await response.json()
+
+    status, response = asyncio.run(chunked())
+    assert status == 413 and response["error"]["code"] == "request_too_large"
+    assert client.chat.completions.create(model=MODEL, messages=HI, seed=1).choices  # the server goes on

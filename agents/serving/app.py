@@ -16,6 +16,9 @@ A plain (non-stream) request whose client disconnects is cancelled too: once it 
 `WATCH_AFTER_S`, a watcher reads the ASGI channel while the run goes, so an abandoned request stops
 using the shared backend (a shorter one just finishes: watching costs a task per request).
 
+A request body over `MAX_BODY_BYTES` is a 413 (by its Content-Length, or while a chunked one
+arrives), so a huge body costs neither the memory nor the time to parse and run it.
+
 API key: with `api_key` set, every /v1 request needs `Authorization: Bearer <key>`, compared in
 constant time; the key is a `Secret` (masked in every log line, span and error message).
 """
@@ -45,6 +48,8 @@ WATCH_AFTER_S = 1.0
 """A plain request still running after this long starts watching for its client's disconnect."""
 TRACE_HEADER = "x-swarm-trace-id"
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+MAX_BODY_BYTES = 16 << 20
+"""The largest request body accepted (16 MiB: millions of tokens of text)."""
 
 
 def error_response(error: ServeError, headers: dict[str, str] | None = None) -> Response:
@@ -84,7 +89,7 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
         if not authorized(request):
             return error_response(unauthorized)
         try:
-            run = service.prepare(await request.body(), request.headers)
+            run = service.prepare(await read_body(request), request.headers)
         except ServeError as exc:
             return error_response(exc)
         headers = {TRACE_HEADER: run.span.trace_id}
@@ -113,6 +118,24 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
               Route("/v1/chat/completions", chat, methods=["POST"]),
               Route("/health", health, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or a 413 `ServeError` as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ServeError:
+    return ServeError(413, f"the request body is over this server's limit of {limit} bytes", code="request_too_large")
 
 
 class ClientDisconnected(SwarmError):
