@@ -1,7 +1,9 @@
 """Tools: typed Python functions an agent may call.
 
-A tool's arguments are a pydantic model built from the function's signature, so a call with bad
-arguments is rejected with the field named. A plain (non-`async`) function runs in a worker thread
+A tool's arguments are a pydantic model built from the function's signature (string annotations,
+`from __future__ import annotations`, are resolved in the function's module), so a call with bad
+arguments is rejected with the tool and each field named; the function gets the validated values
+(a pydantic-model parameter as the model), and a result that is not a string is given as JSON. A plain (non-`async`) function runs in a worker thread
 (`asyncio.to_thread`, with the caller's context), so a slow one (an HTTP API through `requests`, a
 subprocess) does not stop every other particle's calls while it runs; `@tool(in_thread=False)`
 keeps it on the event loop's thread (for a function that must run there, or one so cheap that the
@@ -25,10 +27,13 @@ import asyncio
 import inspect
 import json
 import re
+import sys
 import time
+import typing
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, create_model
+from pydantic_core import to_jsonable_python
 
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
@@ -65,28 +70,90 @@ class Tool(BaseModel):
                                                  "parameters": self.parameters_schema()}}
 
     def describe(self) -> str:
-        params = json.dumps(self.parameters_schema().get("properties", {}))
+        params = json.dumps(inline_refs(self.parameters_schema()).get("properties", {}))
         return f"- {self.name}: {self.description} Arguments (JSON): {params}"
+
+    def validated(self, arguments: Any) -> tuple[dict[str, Any], str | None]:
+        """(the keyword arguments to call the function with, None), or ({}, what is wrong with the
+        arguments, naming each field): the model's doing, answered to it as "invalid arguments"."""
+        arguments, problem = parse_arguments(arguments)
+        if problem is not None:
+            return {}, problem
+        try:
+            args = self.args_model.model_validate(arguments)
+        except ValidationError as exc:
+            return {}, "; ".join(_field_problem(e) for e in exc.errors(include_url=False)[:5])
+        return {name: getattr(args, name) for name in type(args).model_fields}, None  # models stay models
 
     async def call(self, arguments: Any) -> str:
         """Validate the arguments and run the tool; any failure is returned as an error string."""
+        kwargs, problem = self.validated(arguments)
+        if problem is not None:
+            return f"error: invalid arguments for {self.name}: {problem}"
         try:
-            if isinstance(arguments, str):
-                arguments = json.loads(arguments or "{}")
-            args = self.args_model.model_validate(arguments)
             if self.in_thread and not inspect.iscoroutinefunction(self.fn):
-                result = await asyncio.to_thread(self.fn, **args.model_dump())
+                result = await asyncio.to_thread(self.fn, **kwargs)
             else:
-                result = self.fn(**args.model_dump())
+                result = self.fn(**kwargs)
             if inspect.isawaitable(result):
                 result = await result
-        except ValidationError as exc:
-            return f"error: invalid arguments for {self.name}: {exc.errors(include_url=False)}"
         except SwarmError:  # the framework's own (a lost backend, no sandbox): never evidence for the agent
             raise
         except Exception as exc:  # a tool failure is information for the agent, not a crash
             return f"error: {type(exc).__name__}: {exc}"
-        return result if isinstance(result, str) else json.dumps(result, default=str)
+        return result if isinstance(result, str) else json.dumps(to_jsonable_python(result, fallback=str))
+
+
+def parse_arguments(arguments: Any) -> tuple[dict[str, Any], str | None]:
+    """A call's arguments as a dict (the model writes JSON text, or an object; nothing is {}), or
+    ({}, why they are not one)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except json.JSONDecodeError as exc:
+            return {}, f"not JSON ({exc})"
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        return {}, f"expected a JSON object, got {type(arguments).__name__}"
+    return arguments, None
+
+
+def _field_problem(error: Any) -> str:
+    """One pydantic error as "'field.sub': message (got value)"."""
+    where = ".".join(map(str, error["loc"])) or "arguments"
+    got = "" if error["type"] == "missing" else f" (got {error['input']!r})"
+    return f"{where!r}: {error['msg']}{got}"
+
+
+def inline_refs(schema: Any, defs: dict[str, Any] | None = None, seen: tuple[str, ...] = ()) -> Any:
+    """`schema` with every local `{"$ref": "#/$defs/X"}` replaced by X itself and `$defs` dropped, for
+    the text prompt (a model reads the tool's arguments there and cannot follow references); a
+    recursive reference is left as it is."""
+    if defs is None and isinstance(schema, dict):
+        defs = schema.get("$defs") or schema.get("definitions") or {}
+    if isinstance(schema, list):
+        return [inline_refs(item, defs, seen) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in (defs or {}) and ref not in seen:
+        target = defs[ref.rsplit("/", 1)[-1]]  # type: ignore[index]
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return inline_refs({**target, **rest}, defs, (*seen, ref))
+    return {k: inline_refs(v, defs, seen) for k, v in schema.items() if k not in ("$defs", "definitions")}
+
+
+def _resolved_annotations(f: Callable[..., Any], caller_locals: dict[str, Any]) -> dict[str, Any]:
+    """The parameters' annotations as types, also when they are strings (a module with `from
+    __future__ import annotations`): pydantic, building the argument model in this module, cannot
+    resolve "Point" by itself. Names are looked up in the function's module, then where `tool` was
+    called (a class defined in the same function); one found in neither is an error naming it."""
+    try:
+        return typing.get_type_hints(f, localns=caller_locals, include_extras=True)
+    except NameError as exc:
+        raise TypeError(f"tool {f.__name__!r}: cannot resolve the type annotation {exc.name!r} of its parameters "
+                        "(define it before the tool, at module level or where the tool is made)") from None
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
@@ -95,13 +162,16 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
     `requires_approval`: True, or `callable(tool, arguments) -> bool`, to ask a person first.
     `in_thread`: run a plain function in a worker thread (the default) or on the event loop."""
 
+    caller_locals = dict(sys._getframe(1).f_locals)
+
     def build(f: Callable[..., Any]) -> Tool:
         sig = inspect.signature(f)
+        hints = _resolved_annotations(f, caller_locals)
         fields: dict[str, Any] = {}
         for pname, param in sig.parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise TypeError(f"tool {f.__name__!r}: *args/**kwargs are not supported (parameter {pname!r})")
-            annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
+            annotation = Any if param.annotation is inspect.Parameter.empty else hints.get(pname, param.annotation)
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (annotation, default)
         args_model = create_model(f"{f.__name__}_args", **fields)

@@ -15,11 +15,10 @@ from typing import Literal, Optional
 import pytest
 from pydantic import BaseModel
 
-import policies
-from agents import Agent, mcp_tools, tool
+from agents import mcp_tools, tool
 from agents.mcp import MCPCallFailed, MCPServerParams, MCPTool, close_all
 from agents.mcp.connection import server_starts
-from tests.mcp_servers.harness import REPO, CallLog, calc_stdio, tool_caller
+from tests.mcp_servers.harness import REPO, CallLog
 
 EDGE = [sys.executable, "-m", "tests.mcp_servers.edge_server"]
 
@@ -95,3 +94,85 @@ def test_an_unreachable_http_server_at_call_time_names_the_connection_error(log)
         asyncio.run(tool_.call({}))
     assert info.value.reason == "unavailable" and "ExceptionGroup" not in str(info.value)
     assert "ConnectError: All connection attempts failed" in str(info.value)
+
+
+# -- plain typed tools (agents.tools) -----------------------------------------------------------------
+class Point(BaseModel):
+    x: int
+    y: int = 0
+
+
+@tool
+def place(point: Point, mode: Literal["fast", "slow"] = "fast", note: Optional[str] = None) -> str:
+    """Place a point."""
+    return f"{type(point).__name__} {point.x},{point.y} {mode} {note}"  # attribute access: a model, not a dict
+
+
+@tool
+async def shifted(point: Point, by: int = 1) -> Point:
+    """Shift a point (async, returns a model)."""
+    return Point(x=point.x + by, y=point.y + by)
+
+
+def test_a_model_parameter_reaches_the_function_as_the_model_and_a_returned_model_as_json():
+    """Before the fix the arguments were `model_dump()`ed, so `point` arrived as a dict and
+    `point.x` failed; a returned model was rendered with `str` ("x=2 y=1") instead of JSON."""
+    assert asyncio.run(place.call({"point": {"x": 1}})) == "Point 1,0 fast None"
+    assert asyncio.run(place.call('{"point": {"x": 1, "y": 2}, "mode": "slow", "note": "hi"}')) == "Point 1,2 slow hi"
+    assert asyncio.run(shifted.call({"point": {"x": 1}})) == '{"x": 2, "y": 1}'
+
+
+def test_bad_arguments_to_a_plain_tool_name_the_tool_and_each_field_readably():
+    wrong = asyncio.run(place.call({"point": {"x": "one"}, "mode": "medium"}))
+    assert wrong.startswith("error: invalid arguments for place: ")
+    assert "'point.x': Input should be a valid integer" in wrong and "(got 'one')" in wrong
+    assert "'mode': Input should be 'fast' or 'slow' (got 'medium')" in wrong
+    assert "{'type':" not in wrong  # not pydantic's raw error list
+    assert asyncio.run(place.call({})) == "error: invalid arguments for place: 'point': Field required"
+    assert asyncio.run(place.call("{not json")).startswith("error: invalid arguments for place: not JSON (")
+    assert asyncio.run(place.call([1, 2])) == "error: invalid arguments for place: expected a JSON object, got list"
+
+
+def test_a_validation_error_inside_the_tool_is_the_tools_error_not_the_models():
+    @tool
+    def strict(n: int) -> str:
+        """Validate something of its own."""
+        return str(Point.model_validate({"x": "not a number"}))
+
+    out = asyncio.run(strict.call({"n": 1}))
+    assert out.startswith("error: ValidationError: ") and "invalid arguments" not in out
+
+
+def test_the_prompt_shows_what_a_referenced_model_parameter_is():
+    """`describe()` is the text-protocol prompt (the embedded model): a model parameter is a `$ref`
+    into `$defs`, which it left out, so the model saw `{"$ref": "#/$defs/Point"}` and nothing else."""
+    text = place.describe()
+    assert "#/$defs" not in text
+    assert '"point": {"properties": {"x": {"title": "X", "type": "integer"}' in text
+
+
+@pytest.mark.server
+def test_the_prompt_shows_what_a_referenced_mcp_argument_is(log):
+    nested = mcp_tools(**edge_stdio(), include=["nested"])[0]
+    assert "#/$defs" not in nested.describe() and '"point": {"properties": {"x"' in nested.describe()
+    assert asyncio.run(nested.call({"point": {"x": 1, "y": 2}, "tags": ["a", "b"]})) == "1,2 a/b fast"
+
+
+def test_string_annotations_resolve_in_the_tools_module_or_where_it_is_made():
+    """This module has `from __future__ import annotations`: every annotation is a string. Before
+    the fix `Point` could not be resolved and every call answered "PydanticUserError: `place_args`
+    is not fully defined"; a type defined in the function that makes the tool resolves too, and an
+    unknown one is refused when the tool is made, naming it."""
+    class Box(BaseModel):
+        side: int
+
+    @tool
+    def volume(box: Box) -> int:
+        """The volume of a box."""
+        return box.side ** 3
+
+    assert asyncio.run(volume.call({"box": {"side": 2}})) == "8"
+    with pytest.raises(TypeError, match="tool 'bad': cannot resolve the type annotation 'Nowhere'"):
+        @tool
+        def bad(thing: Nowhere) -> str:  # noqa: F821 - the point of the test
+            return ""

@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 from agents.mcp.connection import ServerSession, with_session, with_session_sync
 from agents.mcp.errors import MCPCallFailed, MCPServerError, describe_cause
 from agents.mcp.params import MCPServerParams
-from agents.tools import Tool
+from agents.tools import Tool, parse_arguments
 from swarm.errors import SwarmError
 
 ErrorPolicy = Literal["lose", "reply"]
@@ -84,15 +84,9 @@ class MCPTool(Tool):
 
     def validated(self, arguments: Any) -> tuple[dict[str, Any], str | None]:
         """(arguments as a dict, None) or ({}, what is wrong with them)."""
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments or "{}")
-            except json.JSONDecodeError as exc:
-                return {}, f"not JSON ({exc})"
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            return {}, f"expected a JSON object, got {type(arguments).__name__}"
+        arguments, problem = parse_arguments(arguments)
+        if problem is not None:
+            return {}, problem
         validator = jsonschema.validators.validator_for(self.input_schema)(self.input_schema)
         problems = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
         if problems:
