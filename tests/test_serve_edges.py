@@ -169,3 +169,18 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(client, server):
     status, response = asyncio.run(chunked())
     assert status == 413 and response["error"]["code"] == "request_too_large"
     assert client.chat.completions.create(model=MODEL, messages=HI, seed=1).choices  # the server goes on
+
+
+def test_fields_of_the_wrong_json_type_are_400s_not_coerced(server):
+    """As in OpenAI's API, a field of the wrong JSON type is a 400 naming it: `"stream": "yes"`
+    started a stream and `"n": "2"` gave two answers (pydantic's lax coercion)."""
+    wrong = {"stream": "yes", "n": "2", "seed": "7", "temperature": "0.5", "max_tokens": 10.0,
+             "stream_options": {"include_usage": "yes"}, "swarm": {"max_llm_calls": "9"}}
+    for field, value in wrong.items():
+        status, _, body = http(server, "POST", "/v1/chat/completions", {"model": MODEL, "messages": HI, field: value})
+        error = json.loads(body)["error"]
+        assert (status, error["code"]) == (400, "invalid_request"), (field, error)
+        assert error["param"].split(".")[0] == field, (field, error)
+    status, _, body = http(server, "POST", "/v1/chat/completions",  # an integer is a number, though
+                           {"model": MODEL, "messages": HI, "temperature": 1, "top_p": 1, "seed": 1})
+    assert status == 200, body

@@ -27,7 +27,7 @@ class RequestMessage(BaseModel):
     (`[{"type": "text", "text": ...}]`, joined into one string); only an assistant message (one
     that made tool calls) may have none."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | None = Field(None, validate_default=True)
@@ -80,7 +80,7 @@ def _json_type(value: Any) -> str:
 class SwarmOptions(BaseModel):
     """The request's `swarm` object."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     arguments: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the served program (`messages`/`prompt` come from the messages)."""
@@ -94,7 +94,7 @@ class SwarmOptions(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
@@ -102,9 +102,10 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """A chat completion request. Other OpenAI fields are accepted and listed back in
     `swarm.ignored_fields`; those whose silent omission would change the answer's meaning
-    (`UNSUPPORTED`) are rejected."""
+    (`UNSUPPORTED`) are rejected. Types are strict, as OpenAI's are: `"stream": "yes"` or
+    `"n": "2"` is a 400, not coerced (a JSON integer is still a number)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str
     messages: list[RequestMessage] = Field(min_length=1)
