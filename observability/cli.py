@@ -261,7 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_mcp_parser(sub, fmt)
     add_serve_parser(sub, fmt)
     add_resume_parser(sub, fmt)
+    add_debug_option(parser, sub)
     return parser
+
+
+def add_debug_option(parser: argparse.ArgumentParser, sub: Any) -> None:
+    """`--debug`, before or after the command: an error prints its traceback, not only its line."""
+    text = "on an error, print the traceback too (by default: one line naming the culprit)"
+    parser.add_argument("--debug", action="store_true", help=text)
+    for command in sub.choices.values():  # SUPPRESS: the command's default must not undo `swarm --debug CMD`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=text)
+
+
+def report_error(command: str, exc: BaseException, debug: bool, *, expected: bool = True) -> None:
+    """One line on stderr naming what failed; the traceback (with its causes) too under --debug."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    from observability.programs import one_line
+
+    text = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+    hint = ""
+    if not debug and not expected:
+        hint = " (an unexpected error; --debug shows the traceback)"
+    elif not debug and exc.__cause__ is not None:  # e.g. the program file raised while it was imported
+        hint = " (--debug shows the traceback)"
+    print(f"swarm {command}: error: {one_line(text)}{hint}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SwarmError as exc:
-        print(f"swarm {args.command}: error: {exc}", file=sys.stderr)
+        report_error(args.command, exc, args.debug)
         return 1
     except KeyboardInterrupt:
         print(f"swarm {args.command}: interrupted", file=sys.stderr)
@@ -281,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `swarm inspect out.jsonl | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug, or an error no command anticipated: still one line
+        report_error(args.command, exc, args.debug, expected=False)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,7 +46,7 @@ def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     sys.path.insert(0, str(path.resolve().parent))
-    spec.loader.exec_module(module)
+    _execute(spec.loader, module, path, file)
     candidates = [name] if name else ["program", "main"]
     for candidate in candidates:
         fn = getattr(module, candidate, None)
@@ -57,6 +57,43 @@ def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
     wanted = f"function named {name!r}" if name else "function named 'program' or 'main'"
     raise CLIError(f"{file} has no {wanted}; its functions: {', '.join(found) or 'none'} "
                    f"(pick one with {file}:NAME)")
+
+
+def _execute(loader: Any, module: ModuleType, path: Path, file: str) -> None:
+    """Run the program file's top level. What it raises (a syntax error, a failed import, any
+    exception, a `sys.exit`) becomes a one-line `CLIError` naming the file and the line; the
+    original exception stays its `__cause__`, for `swarm --debug`."""
+    try:
+        loader.exec_module(module)
+    except SyntaxError as exc:
+        sys.modules.pop(module.__name__, None)
+        elsewhere = bool(exc.filename) and Path(exc.filename).resolve() != path.resolve()
+        where = exc.filename if elsewhere else file
+        raise CLIError(f"{where}{f', line {exc.lineno}' if exc.lineno else ''}: {type(exc).__name__}: {exc.msg}"
+                       + (f" (imported by {file})" if elsewhere else "")) from exc
+    except (Exception, SystemExit) as exc:
+        sys.modules.pop(module.__name__, None)
+        what = (f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                else f"raised {type(exc).__name__}: {one_line(str(exc))}")
+        line = _line_of(exc, path)
+        raise CLIError(f"{file}{f', line {line}' if line else ''}: importing it {what}") from exc
+
+
+def _line_of(exc: BaseException, path: Path) -> int | None:
+    """The last line of the program file in the exception's traceback (None if it is not there)."""
+    import traceback
+
+    target = path.resolve()
+    lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__)
+             if frame.filename and Path(frame.filename).resolve() == target]
+    return lines[-1] if lines else None
+
+
+def one_line(text: str, width: int = 300) -> str:
+    """The first line of a message, clipped to `width` characters (a message on stderr is one line)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    more = "…" if len(first) > width or len(text.strip().splitlines()) > 1 else ""
+    return first[:width] + more
 
 
 def ship_by_value(module: ModuleType) -> None:
@@ -97,6 +134,14 @@ def parse_kwargs(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _validation_message(exc: ValueError) -> str:
+    """What a pydantic ValidationError (or another ValueError) says, in one line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and errors():
+        return str(errors()[0].get("msg", exc))
+    return one_line(str(exc))
+
+
 def make_policy(args: argparse.Namespace, module: ModuleType, listeners: list[Any]) -> Any:
     """The policy: --policy, else the module's POLICY, else DEFAULTS["policy"], else SMC; then
     --particles/--seed/--runtime (or DEFAULTS) applied, and the CLI's listeners attached."""
@@ -117,20 +162,21 @@ def make_policy(args: argparse.Namespace, module: ModuleType, listeners: list[An
             raise CLIError(f"DEFAULTS['policy'] = {name!r} is not one of {', '.join(POLICIES)}")
         policy = getattr(policies, POLICIES[name])()
         updates = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
-    try:
-        for key, value in updates.items():
-            if value is None:
+    for key, value in updates.items():
+        if value is None:
+            continue
+        field = key
+        if key == "particles":
+            field = next((f for f in POPULATION_FIELDS if f in type(policy).model_fields), None)
+            if field is None and args.particles is not None:
+                raise CLIError(f"--particles {value}: {type(policy).__name__} has no population size to set "
+                               f"(none of the fields {', '.join(POPULATION_FIELDS)}); drop --particles")
+            if field is None:
                 continue
-            if key == "particles":
-                field = next((f for f in POPULATION_FIELDS if f in type(policy).model_fields), None)
-                if field is None and args.particles is not None:
-                    raise CLIError(f"--particles {value}: {type(policy).__name__} has no population size to set "
-                                   f"(none of the fields {', '.join(POPULATION_FIELDS)}); drop --particles")
-                if field is not None:
-                    setattr(policy, field, value)
-            else:
-                setattr(policy, key, value)
-        policy.listeners = [*policy.listeners, *listeners]
-    except ValueError as exc:  # pydantic's ValidationError names the field
-        raise CLIError(f"invalid policy setting: {exc}") from None
+        try:
+            setattr(policy, field, value)
+        except ValueError as exc:  # pydantic's ValidationError: one line, naming the option and the field
+            source = f"--{key} {value}" if given[key] is not None else f"DEFAULTS[{key!r}] = {value!r}"
+            raise CLIError(f"{source}: invalid {type(policy).__name__}.{field}: {_validation_message(exc)}") from None
+    policy.listeners = [*policy.listeners, *listeners]
     return policy

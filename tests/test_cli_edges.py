@@ -1,0 +1,91 @@
+"""The `swarm` command on bad input and at the edges: each failure is one line on stderr naming the
+culprit, with a nonzero exit and no traceback unless `--debug` asks for it. Real subprocesses of
+the installed script, real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(sys.executable).parent / "swarm"
+REPO = Path(__file__).resolve().parents[1]
+
+COINS = textwrap.dedent('''
+    from swarm import Bernoulli, factor, guarantee, sample
+
+    DEFAULTS = {"particles": 30, "seed": 0}
+
+
+    def program(n=3):
+        heads = 0
+        for t in range(n):
+            heads += sample(f"flip{t}", Bernoulli(0.5))
+            factor(f"prefer_heads{t}", 0.3 * heads)
+        guarantee("at_least_one", heads >= 1)
+        return heads
+''')
+
+
+def swarm(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the installed `swarm` script (or `python -m observability.cli` if it is not installed)."""
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "observability.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, command: str = "run") -> str:
+    """The single stderr line of a failed command (asserting there is no traceback)."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"swarm {command}: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "coins.py").write_text(COINS)
+    (tmp_path / "raises.py").write_text("X = 1\nraise RuntimeError('boom at import')\n\ndef program():\n    return 1\n")
+    (tmp_path / "missing_import.py").write_text("import no_such_module_xyz\n\ndef program():\n    return 1\n")
+    (tmp_path / "broken.py").write_text("def program(:\n    return 1\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, culprit", [
+    ("raises.py", "raises.py, line 2: importing it raised RuntimeError: boom at import"),
+    ("missing_import.py", "missing_import.py, line 1: importing it raised ModuleNotFoundError: "
+                          "No module named 'no_such_module_xyz'"),
+    ("broken.py", "broken.py, line 1: SyntaxError: invalid syntax"),
+    ("exits.py", "exits.py, line 2: importing it called sys.exit(3)"),
+])
+def test_a_program_file_that_fails_at_import_is_one_line(files, name, culprit):
+    """A program file that raises, fails an import, does not compile or exits while it is imported:
+    one line naming the file and line (it was a raw traceback), the traceback under --debug."""
+    for command in ("run", "mcp"):
+        line = one_line_error(swarm(command, name, cwd=files), command)
+        assert culprit in line and line.endswith("(--debug shows the traceback)"), line
+    debug = swarm("run", name, "--debug", cwd=files)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("swarm run: error: ")
+    assert "Traceback" in swarm("--debug", "run", name, cwd=files).stderr  # before the command, too
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--particles", "0"], "--particles 0: invalid SMC.num_particles: Input should be greater than 0"),
+    (["--particles", "-3", "--policy", "importance"], "--particles -3: invalid Importance.num_particles"),
+])
+def test_an_invalid_policy_setting_is_one_line_naming_the_option(files, args, culprit):
+    """It was pydantic's four-line ValidationError with a URL."""
+    assert culprit in one_line_error(swarm("run", "coins.py", *args, cwd=files))
+
+
+def test_an_invalid_default_names_the_defaults(files):
+    (files / "bad_defaults.py").write_text("DEFAULTS = {'particles': -1}\n\ndef program():\n    return 1\n")
+    assert "DEFAULTS['particles'] = -1: invalid SMC.num_particles" in one_line_error(
+        swarm("run", "bad_defaults.py", cwd=files))
