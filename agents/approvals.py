@@ -24,14 +24,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agents.tools import parse_arguments
 from swarm.errors import SwarmError
 from swarm.human import Question, ask
 
 __all__ = ["APPROVAL_SCHEMA", "ApprovalRuleError", "needs_approval", "approval_question", "decision", "refusal_of"]
 
 class ApprovalRuleError(SwarmError, TypeError):
-    """A tool's `requires_approval` rule did not answer True or False (the run stops: a rule that
-    cannot decide must not let calls through, nor kill particles as if the target had)."""
+    """A tool's `requires_approval` rule did not answer True or False, or raised (the run stops: a
+    rule that cannot decide must not let calls through, nor kill particles as if the target had)."""
 
 
 APPROVAL_SCHEMA: dict[str, Any] = {
@@ -44,12 +45,9 @@ APPROVAL_SCHEMA: dict[str, Any] = {
 
 
 def _arguments(arguments: Any) -> Any:
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments or "{}")
-        except json.JSONDecodeError:
-            return arguments
-    return {} if arguments is None else arguments
+    """The call's arguments as the model wrote them, parsed (JSON text becomes an object)."""
+    parsed, problem = parse_arguments(arguments)
+    return arguments if problem is not None else parsed
 
 
 def needs_approval(tool: Any, arguments: Any) -> bool:
@@ -57,7 +55,11 @@ def needs_approval(tool: Any, arguments: Any) -> bool:
     rule = tool.requires_approval
     if rule is True or rule is False:
         return rule
-    decided = rule(tool, _arguments(arguments))
+    try:
+        decided = rule(tool, _arguments(arguments))
+    except Exception as exc:  # noqa: BLE001 - a rule that cannot decide stops the run, named
+        raise ApprovalRuleError(f"tool {tool.name!r}: requires_approval(tool, arguments) raised "
+                                f"{type(exc).__name__}: {exc} (arguments {_arguments(arguments)!r})") from exc
     if not isinstance(decided, bool):
         raise ApprovalRuleError(f"tool {tool.name!r}: requires_approval(tool, arguments) must return a bool, "
                                 f"got {type(decided).__name__} {decided!r}")
@@ -80,8 +82,10 @@ def decision(answer: Any) -> tuple[bool, str]:
 
 def refusal_of(site: str, agent: str, tool: Any, arguments: Any) -> str | None:
     """Ask for approval when the call needs it: None to run the call, else the refusal text that is
-    its result. Raises `swarm.AwaitingHuman` while nobody has answered (the run pauses)."""
-    if not needs_approval(tool, arguments):
+    its result. Raises `swarm.AwaitingHuman` while nobody has answered (the run pauses). A call whose
+    arguments do not fit the tool's schema is not put to anyone: it does not run, and the agent reads
+    "invalid arguments" (the rule, too, only ever sees arguments that fit)."""
+    if tool.validated(arguments)[1] is not None or not needs_approval(tool, arguments):
         return None
     approved, reason = decision(ask(f"{site}/approval", approval_question(tool, arguments), sender=agent))
     return None if approved else f"refused by a human: {reason or 'no reason given'}"

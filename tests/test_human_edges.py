@@ -1,0 +1,79 @@
+"""Edge cases of people in the loop: approval rules given what a model really writes, and pauses,
+resumes and answers used the wrong way. The model is the `Scripted` TEST DOUBLE (the tool calls it
+writes are fixed); the engine, the policies, the checkpoints and the tools are real."""
+
+from __future__ import annotations
+
+import pytest
+
+import policies
+from agents import Agent, tool
+from agents.approvals import ApprovalRuleError
+from agents.backends.scripted import Scripted
+from swarm import factor
+
+
+def deleting_agent(arguments: str, rule, calls: list[str]) -> Agent:
+    """An agent whose model asks once for `delete` with these arguments (JSON text), then replies."""
+
+    @tool(requires_approval=rule)
+    def delete(path: str) -> str:
+        """Delete a file."""
+        calls.append(path)
+        return f"deleted {path}"
+
+    def reply(request):  # TEST DOUBLE
+        last = request.messages[-1]
+        if last.role == "tool":
+            return f"Done: {last.content}"
+        return f'<tool_call>{{"name": "delete", "arguments": {arguments}}}</tool_call>'
+
+    return Agent(name="ops", backend=Scripted(reply), tools=[delete], hosting="local")
+
+
+def cleaning(agent: Agent):
+    async def program():
+        reply = await agent.ask("Clean up.", name="clean")
+        factor("f", 0.0)
+        return reply
+    return program
+
+
+def test_a_call_with_invalid_arguments_is_answered_to_the_model_without_asking_anyone(tmp_path):
+    """Before the fix a person was asked to approve `delete` with `{"path": 5}` or `{}` (the run
+    paused), and only after the approval did the agent read "invalid arguments"."""
+    calls: list[str] = []
+    for arguments in ('{"path": 5}', "{}"):
+        agent = deleting_agent(arguments, True, calls)
+        result = policies.SMC(num_particles=3, seed=0, checkpoint=tmp_path / arguments).run(cleaning(agent))
+        assert result.status == "finished" and not result.pending
+        for p in result.particles:
+            assert p.value.startswith("Done: error: invalid arguments for delete: 'path': ")
+            assert not [e for e in p.trace.events if e.address.endswith("/approval")]
+    assert calls == []
+
+
+def test_a_rule_that_fails_on_the_models_arguments_stops_the_run_naming_the_tool():
+    """A rule that raises cannot decide, like one that returns a non-bool: the run stops with
+    `ApprovalRuleError` naming the tool (before the fix its KeyError killed every particle, as if
+    the target had ruled them out: 'KeyError after clean/call0' killed 2)."""
+    calls: list[str] = []
+    agent = deleting_agent('{"path": "/etc/x"}', lambda t, args: args["file"].startswith("/etc"), calls)
+    with pytest.raises(ApprovalRuleError, match=r"tool 'delete': requires_approval\(tool, arguments\) raised "
+                                                r"KeyError: 'file'"):
+        policies.SMC(num_particles=2, seed=0).run(cleaning(agent))
+    assert calls == []
+
+
+def test_a_rule_sees_only_arguments_that_fit_the_schema():
+    calls: list[str] = []
+    seen: list[dict] = []
+
+    def rule(t, args):
+        seen.append(args)
+        return args["path"].startswith("/etc")
+
+    result = policies.SMC(num_particles=2, seed=0).run(cleaning(deleting_agent('{"file": "/etc/x"}', rule, calls)))
+    assert seen == [] and calls == [] and result.status == "finished"
+    result = policies.SMC(num_particles=2, seed=0).run(cleaning(deleting_agent('{"path": "/tmp/x"}', rule, calls)))
+    assert seen == [{"path": "/tmp/x"}] * 2 and calls == ["/tmp/x"] * 2
