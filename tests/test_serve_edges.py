@@ -184,3 +184,12 @@ def test_fields_of_the_wrong_json_type_are_400s_not_coerced(server):
     status, _, body = http(server, "POST", "/v1/chat/completions",  # an integer is a number, though
                            {"model": MODEL, "messages": HI, "temperature": 1, "top_p": 1, "seed": 1})
     assert status == 200, body
+
+
+def test_ignored_fields_name_what_the_client_sent(client):
+    """`max_completion_tokens` alone, to a program without a `max_tokens` parameter, was listed
+    back as the ignored field `max_tokens`, which the client never sent."""
+    response = client.chat.completions.create(model=MODEL, messages=HI, seed=1, max_completion_tokens=50, user="u")
+    assert response.swarm["ignored_fields"] == ["max_completion_tokens", "user"]
+    both = client.chat.completions.create(model=MODEL, messages=HI, seed=1, max_completion_tokens=50, max_tokens=50)
+    assert both.swarm["ignored_fields"] == ["max_completion_tokens", "max_tokens"]

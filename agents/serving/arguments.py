@@ -61,15 +61,14 @@ class ProgramArguments:
         """(keyword arguments for the program, the request fields that were ignored)."""
         kwargs = dict(self.defaults)
         ignored = sorted(k for k in (request.model_extra or {}) if k not in UNSUPPORTED)
-        sampling = {field: getattr(request, field) for field in SAMPLING_FIELDS}
-        if request.max_completion_tokens is not None:
-            sampling["max_tokens"] = request.max_completion_tokens
-        for key, value in sampling.items():
-            if value is not None:
-                if self.accepts(key):
-                    kwargs[key] = value
-                else:
-                    ignored.append(key)
+        for key, sent in SAMPLING_FIELDS.items():
+            given = [field for field in sent if getattr(request, field) is not None]
+            if not given:
+                continue
+            if self.accepts(key):
+                kwargs[key] = getattr(request, given[0])  # max_completion_tokens before max_tokens
+            else:
+                ignored.extend(given)
         for key, value in request.swarm.arguments.items():
             if key in CONVERSATION:
                 raise bad_request(f"swarm.arguments.{key}: the conversation comes from 'messages', not from arguments",

@@ -126,9 +126,10 @@ class ChatCompletionRequest(BaseModel):
         return cls.model_fields[info.field_name].default if value is None else value
 
 
-SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens")
-"""Standard fields passed to the program as keyword arguments of the same name when it takes them
-(`max_completion_tokens` is `max_tokens`); otherwise ignored and listed."""
+SAMPLING_FIELDS = {"temperature": ("temperature",), "top_p": ("top_p",),
+                   "max_tokens": ("max_completion_tokens", "max_tokens")}
+"""Standard fields passed to the program as the keyword argument they map to when it takes it
+(`max_completion_tokens`, OpenAI's newer name, before `max_tokens`); otherwise ignored and listed."""
 
 UNSUPPORTED = {"tools": (None, []), "functions": (None, []), "tool_choice": (None, "none", "auto"),
                "logprobs": (None, False), "top_logprobs": (None, 0), "response_format": (None, {"type": "text"}),
