@@ -193,3 +193,12 @@ def test_ignored_fields_name_what_the_client_sent(client):
     assert response.swarm["ignored_fields"] == ["max_completion_tokens", "user"]
     both = client.chat.completions.create(model=MODEL, messages=HI, seed=1, max_completion_tokens=50, max_tokens=50)
     assert both.swarm["ignored_fields"] == ["max_completion_tokens", "max_tokens"]
+
+
+def test_a_negative_seed_draws_answers(client):
+    """OpenAI's seed may be negative; with `answer="draw"` it was a 500 (numpy refuses negative
+    seeds). The draw is seeded like the run's own random choices, so it is reproducible."""
+    draws = [client.chat.completions.create(model=MODEL, messages=HI, seed=-5, n=2,
+                                            extra_body={"swarm": {"answer": "draw"}}) for _ in range(2)]
+    assert [c.message.content for c in draws[0].choices] == [c.message.content for c in draws[1].choices]
+    assert len(draws[0].choices) == 2 and draws[0].swarm["answer"] == "draw"

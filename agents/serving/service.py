@@ -198,7 +198,7 @@ class ChatService:
         result = end.result
         weights = result.normalized_weights if result.particles else np.zeros(0)
         answers, distinct = choose(result, run.request.n, run.answer, weights=weights,  # draws: reproducible
-                                   rng=lambda: np.random.default_rng([result.seed or 0, 0xA45]))  # given the seed
+                                   rng=lambda: draw_rng(result.seed))  # given the seed
         if not answers:
             raise ServeError(422, "no answer: the run's final population has no particle with weight > 0",
                              code="no_surviving_particles")
@@ -227,6 +227,12 @@ class ChatService:
         if self.tracing.capture_content:
             run.span.set({"output.value": response.choices[0].message.content})
         run.span.end()
+
+
+def draw_rng(seed: int | None) -> np.random.Generator:
+    """The generator of a run's answer draws, from its seed (any int: OpenAI's may be negative,
+    numpy's may not, so it is masked to 63 bits as the policy's own generators are)."""
+    return np.random.default_rng([(seed or 0) & (2**63 - 1), 0xA45])
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
