@@ -73,9 +73,9 @@ def test_every_streamed_choice_is_introduced_with_the_assistant_role(client):
 
 def test_null_n_and_stream_mean_their_defaults(client, server):
     """OpenAI takes `"n": null` and `"stream": null` as the defaults (clients that send every field
-    do); they were 400s."""
+    do); they were 400s. So is `"swarm": null` now."""
     status, _, body = http(server, "POST", "/v1/chat/completions",
-                           {"model": MODEL, "messages": HI, "seed": 1, "n": None, "stream": None})
+                           {"model": MODEL, "messages": HI, "seed": 1, "n": None, "stream": None, "swarm": None})
     response = json.loads(body)
     assert status == 200, response
     assert len(response["choices"]) == 1 and response["object"] == "chat.completion"

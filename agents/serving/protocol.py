@@ -119,11 +119,11 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, gt=0)
     swarm: SwarmOptions = Field(default_factory=SwarmOptions)
 
-    @field_validator("n", "stream", mode="before")
+    @field_validator("n", "stream", "swarm", mode="before")
     @classmethod
     def _null_is_the_default(cls, value: Any, info: ValidationInfo) -> Any:
-        """OpenAI's API takes null for `n` and `stream` as their defaults (1, false)."""
-        return cls.model_fields[info.field_name].default if value is None else value
+        """OpenAI's API takes null for `n` and `stream` as their defaults (1, false); so does `swarm`."""
+        return cls.model_fields[info.field_name].get_default(call_default_factory=True) if value is None else value
 
 
 SAMPLING_FIELDS = {"temperature": ("temperature",), "top_p": ("top_p",),
