@@ -32,13 +32,13 @@ import copy
 import functools
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Awaitable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from swarm.distributions import Distribution
-from swarm.effects import active_handlers, run_scope
-from swarm.errors import SwarmError
+from swarm.effects import active_handlers, run_scope, unawaited_samples
+from swarm.errors import AsyncInPlainProgramError, SwarmError
 from swarm.primitives import interact, sample
 
 __all__ = ["ask_human", "ask_human_sync", "ask", "Question", "AwaitingHuman", "InvalidAnswerError",
@@ -255,10 +255,30 @@ def ask_human_sync(name: str, question: str, schema: Any = None, *, sender: str 
     return ask(name, Question.make(name, question, schema), sender=sender)
 
 
-async def ask_human(name: str, question: str, schema: Any = None, *, sender: str = "program") -> Any:
+def ask_human(name: str, question: str, schema: Any = None, *, sender: str = "program") -> Awaitable[Any]:
     """Ask a person `question`; the answer (fitting `schema`, a JSON Schema dict or a Python type,
-    when given) is the value of sample site `name`. See the module docstring."""
-    return ask_human_sync(name, question, schema, sender=sender)
+    when given) is the value of sample site `name`: `answer = await ask_human(...)`. See the module
+    docstring. Without the `await` nobody would be asked: in a plain `def` program (which cannot
+    await; `ask_human_sync` is for it) this raises `AsyncInPlainProgramError` at once, and in an
+    async program an awaitable never awaited is named when the program returns, like `sample`'s."""
+    asked = Question.make(name, question, schema)
+    waiting = unawaited_samples()
+    if waiting is None and active_handlers():  # inside an execution of a plain program
+        raise AsyncInPlainProgramError(
+            f"ask_human {name!r}: a plain `def` program cannot await the answer; call "
+            f"swarm.human.ask_human_sync({name!r}, ...) (the same arguments), or declare the program "
+            f"`async def` and write `await ask_human({name!r}, ...)`")
+    token = object()
+    pending = _answer(name, asked, sender, token)
+    if waiting is not None:  # dropped when it starts; left there, the program never awaited it
+        waiting[token] = (name, (pending,))
+    return pending
+
+
+async def _answer(site: str, question: Question, sender: str, token: object) -> Any:
+    if (waiting := unawaited_samples()) is not None:
+        waiting.pop(token, None)
+    return ask(site, question, sender=sender)
 
 
 def unanswered(events: list[Any]) -> list[Question]:

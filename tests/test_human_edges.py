@@ -10,7 +10,8 @@ import policies
 from agents import Agent, tool
 from agents.approvals import ApprovalRuleError
 from agents.backends.scripted import Scripted
-from swarm import factor
+from swarm import Bernoulli, ask_human, factor, guarantee, sample
+from swarm.errors import AsyncInPlainProgramError, UnawaitedSampleError
 
 
 def deleting_agent(arguments: str, rule, calls: list[str]) -> Agent:
@@ -77,3 +78,30 @@ def test_a_rule_sees_only_arguments_that_fit_the_schema():
     assert seen == [] and calls == [] and result.status == "finished"
     result = policies.SMC(num_particles=2, seed=0).run(cleaning(deleting_agent('{"path": "/tmp/x"}', rule, calls)))
     assert seen == [{"path": "/tmp/x"}] * 2 and calls == ["/tmp/x"] * 2
+
+
+# -- ask_human without await ------------------------------------------------------------------------
+def _keep_plain():
+    x = sample("x", Bernoulli(0.5))
+    answer = ask_human("keep", f"Keep {x}?", schema={"enum": ["yes", "no"]})  # the coroutine, not the answer
+    guarantee("kept", answer == "yes" or x == 1)
+    return x
+
+
+async def _keep_forgot_await():
+    x = sample("x", Bernoulli(0.5))
+    answer = ask_human("keep", f"Keep {x}?", schema={"enum": ["yes", "no"]})  # no await
+    guarantee("kept", answer == "yes" or x == 1)
+    return x
+
+
+def test_ask_human_in_a_plain_program_says_to_use_ask_human_sync(tmp_path):
+    """Before the fix nobody was asked: `answer` was a coroutine object, the run "finished" with
+    every particle whose x was False killed, and Python warned "never awaited" at exit."""
+    with pytest.raises(AsyncInPlainProgramError, match=r"ask_human 'keep'.*plain `def` program.*ask_human_sync"):
+        policies.SMC(num_particles=10, seed=0, checkpoint=tmp_path).run(_keep_plain)
+
+
+def test_ask_human_without_await_in_an_async_program_is_named():
+    with pytest.raises(UnawaitedSampleError, match="'keep'.*never awaited"):
+        policies.SMC(num_particles=10, seed=0, answers={"keep": "yes"}).run(_keep_forgot_await)
