@@ -40,6 +40,17 @@ def print_paths(trace_path: Path | None, report: dict | None) -> None:
         print(f"report: {path}" if key == "html" else f"  png:  {path}")
 
 
+def check_outputs(writer: Any, args: argparse.Namespace) -> None:
+    """Fail before the run, not after it, when the trace file or the report cannot be written
+    (a directory that is a file, no permission): raises `TraceFileError` or `ReportError`."""
+    if writer is not None:
+        writer.open()
+    if args.html:
+        from observability.html_report import check_writable
+
+        check_writable(args.html, args.png_dir)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from observability.trace_file import TraceFileError, TraceFileWriter
 
@@ -51,6 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ProgramArgumentsError as exc:
         print(f"swarm run: error: {exc} (--arg NAME=VALUE sets an argument; the file's DEFAULTS give the rest)",
               file=sys.stderr)
+        return 2
+    if args.png_dir and not args.html:
+        print("swarm run: error: --png-dir writes the plots of the --html report: give --html too", file=sys.stderr)
         return 2
     tmp = None
     trace_path = Path(args.trace) if args.trace else None
@@ -70,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     apply_run_options(args, policy)
     if policy.runtime == "ray":
         ship_by_value(module)  # workers cannot import the file: its functions travel by value
+    check_outputs(writer, args)  # last before the run: a usage error above leaves an old trace file alone
     status, result = 0, None
     try:
         progress.total_steps = getattr(policy, "max_steps", None)

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from observability.global_trace import GlobalTrace
 from observability.progress import fmt_float
+from observability.trace_file import os_reason
 from swarm.errors import SwarmError
 
 PLOTS = ("ess", "log_evidence", "weights", "genealogy", "marginal")
@@ -250,6 +251,31 @@ def render_html(trace: GlobalTrace, images: dict[str, bytes]) -> str:
 """
 
 
+def _output_files(html_path: str | os.PathLike[str], png_dir: str | os.PathLike[str] | None) -> list[Path]:
+    return [Path(html_path)] + ([Path(png_dir) / f"{name}.png" for name in PLOTS] if png_dir is not None else [])
+
+
+def _temporary(path: Path) -> Path:
+    """The file beside `path` that is written first, then renamed to it (a directory is refused)."""
+    if path.is_dir() or not path.name:
+        raise ReportError(f"cannot write the report file {path}: it is a directory (give a file name)")
+    return path.with_name(f".{path.name}.tmp")
+
+
+def check_writable(html_path: str | os.PathLike[str], png_dir: str | os.PathLike[str] | None = None) -> None:
+    """Raise `ReportError` now if the report (or its PNGs) could not be written: `swarm run --html`
+    checks before the run, so that a bad path does not cost the run. Creates missing directories;
+    leaves no file behind."""
+    for path in _output_files(html_path, png_dir):
+        tmp = _temporary(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(b"")
+            tmp.unlink()
+        except OSError as exc:
+            raise ReportError(f"cannot write the report file {path}: {os_reason(exc)}") from None
+
+
 def write_report(trace: GlobalTrace, html_path: str | os.PathLike[str],
                  png_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """Write the HTML report (and, with `png_dir`, one PNG per plot); return the paths written."""
@@ -260,12 +286,12 @@ def write_report(trace: GlobalTrace, html_path: str | os.PathLike[str],
     if png_dir is not None:
         targets += [(Path(png_dir) / f"{name}.png", data, name) for name, data in images.items()]
     for path, data, key in targets:
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = _temporary(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)
             os.replace(tmp, path)
         except OSError as exc:
-            raise ReportError(f"cannot write the report file {path}: {exc.strerror or exc}") from None
+            raise ReportError(f"cannot write the report file {path}: {os_reason(exc)}") from None
         written[key] = path
     return written

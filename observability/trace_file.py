@@ -122,6 +122,16 @@ def _restore_nonfinite(obj: dict[str, Any], paths: list[list[Any]]) -> None:
         container[last] = _NONFINITE[container[last]]
 
 
+def os_reason(exc: OSError) -> str:
+    """Why a write failed, in words: a path component that is a file says so (mkdir's bare
+    "File exists" does not)."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename is not None:
+        blocker = next((p for p in [Path(exc.filename), *Path(exc.filename).parents] if p.is_file()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a directory"
+    return exc.strerror or str(exc)
+
+
 # -- writing -------------------------------------------------------------------------------------
 class TraceFileWriter(RunListener):
     """A `RunListener` that appends every record of a run to a JSONL file (see the module doc).
@@ -141,6 +151,17 @@ class TraceFileWriter(RunListener):
         self._fd: int | None = None
         self._opened_before = False
         self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Create (or truncate) the file now, so that a path that cannot be written fails before a
+        run rather than after it (`swarm run --trace` calls it). Raises `TraceFileError`."""
+        with self._lock:
+            if self._fd is not None:
+                return
+            try:
+                self._open()
+            except OSError as exc:
+                raise TraceFileError(self.path, f"cannot create it: {os_reason(exc)}") from None
 
     def on_run_start(self, record: RunStarted) -> None:
         self._write("run_started", record)
@@ -173,7 +194,7 @@ class TraceFileWriter(RunListener):
                     os.fsync(self._fd)
                 self.lines_written += 1
             except OSError as exc:
-                self._fail(f"cannot write {what}: {exc.strerror or exc} (errno {exc.errno})")
+                self._fail(f"cannot write {what}: {os_reason(exc)} (errno {exc.errno})")
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

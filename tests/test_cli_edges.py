@@ -89,3 +89,41 @@ def test_an_invalid_default_names_the_defaults(files):
     (files / "bad_defaults.py").write_text("DEFAULTS = {'particles': -1}\n\ndef program():\n    return 1\n")
     assert "DEFAULTS['particles'] = -1: invalid SMC.num_particles" in one_line_error(
         swarm("run", "bad_defaults.py", cwd=files))
+
+
+@pytest.mark.parametrize("option, culprit", [
+    (["--trace", "coins.py/out.jsonl"], "trace file coins.py/out.jsonl: cannot create it: coins.py is a file, "
+                                        "not a directory"),
+    (["--html", "coins.py/report.html"], "cannot write the report file coins.py/report.html: coins.py is a file"),
+    (["--html", "."], "cannot write the report file .: it is a directory (give a file name)"),
+    (["--html", "r.html", "--png-dir", "coins.py/png"], "cannot write the report file coins.py/png/ess.png"),
+])
+def test_an_output_that_cannot_be_written_fails_before_the_run(files, option, culprit):
+    """It used to run the whole program first (hours, with an LLM), then fail on the output, with
+    mkdir's bare "File exists" as the reason and the unwritten trace's path printed as if written."""
+    proc = swarm("run", "coins.py", *option, cwd=files)
+    assert culprit in one_line_error(proc)
+    assert "step 1" not in proc.stdout and "answer marginal" not in proc.stdout  # the run did not start
+
+
+def test_a_usage_error_leaves_an_existing_trace_file_alone(files):
+    old = files / "old.jsonl"
+    assert swarm("run", "coins.py", "--trace", str(old), cwd=files).returncode == 0
+    before = old.read_bytes()
+    assert swarm("run", "coins.py", "--trace", str(old), "--particles", "0", cwd=files).returncode == 1
+    assert swarm("run", "coins.py", "--trace", str(old), "--arg", "nope=1", cwd=files).returncode == 2
+    assert old.read_bytes() == before
+
+
+def test_png_dir_without_html_is_a_usage_error(files):
+    """--png-dir writes the report's plots; without --html it was silently ignored."""
+    proc = swarm("run", "coins.py", "--png-dir", "png", cwd=files)
+    assert proc.returncode == 2 and "give --html too" in proc.stderr and not (files / "png").exists()
+
+
+def test_report_into_a_directory_names_it(files):
+    """`swarm report T --html .` was a ValueError from pathlib ("has an empty name")."""
+    assert swarm("run", "coins.py", "--trace", "t.jsonl", cwd=files).returncode == 0
+    for target in (".", str(files)):
+        line = one_line_error(swarm("report", "t.jsonl", "--html", target, cwd=files), "report")
+        assert f"cannot write the report file {target}: it is a directory" in line
