@@ -27,7 +27,8 @@ as `.error` (a `TraceFileError` naming the path and the record), logs it once, a
 
 Reading: a last line without its newline (the writer was killed mid-write) is dropped and sets
 `GlobalTrace.truncated`; any other malformed line raises `TraceFileError` naming the path, the
-line number and the field at fault.
+line number and the field at fault, and so does a file with no complete record at all (empty, or
+only a torn line: not a trace file, or nothing worth reading).
 """
 
 from __future__ import annotations
@@ -282,14 +283,14 @@ def read_trace_runs(path: str | os.PathLike[str]) -> list[GlobalTrace]:
             trace.steps.append(record)  # type: ignore[arg-type]
         else:
             trace.finished = record  # type: ignore[assignment]
-    if not runs and not torn:
-        raise TraceFileError(path, "the file holds no record (is it a plp-swarm trace file?)")
+    if not runs:
+        torn_note = f" (only {len(torn)} bytes without a newline)" if torn else ""
+        raise TraceFileError(path, f"the file holds no complete record{torn_note}: is it a plp-swarm trace file, "
+                                   "and did its run get as far as starting?")
     if torn:
         message = (f"line {len(lines) + 1} is incomplete ({len(torn)} bytes without a newline): the "
                    "writer was probably killed mid-write; it was ignored")
         log.warning("trace file %s: %s", path, message)
-        if not runs:
-            runs[""] = GlobalTrace(path=str(path))
         last = list(runs.values())[-1]
         last.truncated = True
         last.problems.append(message)

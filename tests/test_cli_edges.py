@@ -127,3 +127,23 @@ def test_report_into_a_directory_names_it(files):
     for target in (".", str(files)):
         line = one_line_error(swarm("report", "t.jsonl", "--html", target, cwd=files), "report")
         assert f"cannot write the report file {target}: it is a directory" in line
+
+
+@pytest.mark.parametrize("name, data, culprit", [
+    ("absent.jsonl", None, "cannot read it: No such file or directory"),
+    ("empty.jsonl", b"", "the file holds no complete record"),
+    ("binary.jsonl", b"\x89PNG\x00\x01", "the file holds no complete record (only 6 bytes without a newline)"),
+    ("text.txt", b"hello\n", "line 1 is not valid JSON"),
+    ("other.jsonl", b'{"kind": "span"}\n', "line 1: 'kind' must be one of"),
+    ("adir", "dir", "cannot read it: Is a directory"),
+])
+def test_inspect_and_report_refuse_what_is_not_a_trace_file(tmp_path, name, data, culprit):
+    path = tmp_path / name
+    if data == "dir":
+        path.mkdir()
+    elif data is not None:
+        path.write_bytes(data)
+    for command in ("inspect", "report"):
+        line = one_line_error(swarm(command, str(path), cwd=tmp_path), command)
+        assert f"trace file {path}: {culprit}" in line, line
+    assert not (tmp_path / f"{path.stem}.html").exists()

@@ -224,3 +224,14 @@ def test_one_writer_two_runs(tmp_path):
     assert [p.log_weight for p in runs[1].final_population()] == [p.log_weight for p in second.particles]
     with pytest.raises(TraceFileError, match="no run 'nope'"):
         read_trace_file(path, run_id="nope")
+
+
+def test_a_file_without_one_complete_record_is_an_error(tmp_path):
+    """Bytes without a newline (a binary file, a run killed while writing its first line) used to
+    read as an empty, merely truncated trace: `swarm inspect` printed an empty tree and exited 0."""
+    for name, data in (("binary.jsonl", b"\x00\x01\xff\xfe"), ("torn.jsonl", b'{"kind":"run_started","run_id"'),
+                       ("empty.jsonl", b""), ("blank.jsonl", b"\n\n")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(TraceFileError, match=f"{name}: the file holds no complete record"):
+            read_trace_file(path)
