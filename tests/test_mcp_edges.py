@@ -15,10 +15,11 @@ from typing import Literal, Optional
 import pytest
 from pydantic import BaseModel
 
-from agents import mcp_tools, tool
+import policies
+from agents import Agent, mcp_tools, tool
 from agents.mcp import MCPCallFailed, MCPServerParams, MCPTool, close_all
 from agents.mcp.connection import server_starts
-from tests.mcp_servers.harness import REPO, CallLog
+from tests.mcp_servers.harness import REPO, CallLog, calc_stdio, tool_caller
 
 EDGE = [sys.executable, "-m", "tests.mcp_servers.edge_server"]
 
@@ -176,3 +177,45 @@ def test_string_annotations_resolve_in_the_tools_module_or_where_it_is_made():
         @tool
         def bad(thing: Nowhere) -> str:  # noqa: F821 - the point of the test
             return ""
+
+
+# -- what a text-only client is given -------------------------------------------------------------------
+@pytest.mark.server
+def test_non_text_results_are_rendered_as_notes_and_structured_content_as_json(log):
+    edge = {t.name: t for t in mcp_tools(**edge_stdio(), timeout_s=30)}
+    assert asyncio.run(edge["image"].call({})).startswith("[image image/png, ")
+    assert asyncio.run(edge["resource"].call({})) == "the notes"
+    assert asyncio.run(edge["resource"].call({"binary": True})) == "[resource file:///data.bin]"
+    assert asyncio.run(edge["structured"].call({})) == '{"temperature": 21.5, "unit": "C"}'
+    assert len(asyncio.run(edge["huge"].call({"n": 2_000_000}))) == 2_000_000  # no truncation, no stall
+    assert asyncio.run(edge["noisy"].call({})) == "quiet now"  # a print() does not break the protocol
+
+
+# -- cancelling a run with calls in flight ----------------------------------------------------------------
+@pytest.mark.server
+def test_cancelling_a_run_with_calls_in_flight_leaves_the_session_usable_and_no_orphan(log):
+    tools = {t.name: t for t in mcp_tools(**calc_stdio(log), timeout_s=60)}
+    agent = Agent(name="a", backend=tool_caller(lambda seed: ("hang", {"seconds": 60})), tools=[tools["hang"]],
+                  max_tool_rounds=1, hosting="local")
+
+    async def program():
+        return await agent.ask("Wait.")
+
+    async def cancelled_run():
+        task = asyncio.create_task(policies.Forward(num_particles=8, seed=0).run_async(program))
+        for _ in range(200):  # until every particle's call reached the server
+            await asyncio.sleep(0.05)
+            if len(log.calls("hang")) == 8:
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    started = time.monotonic()
+    asyncio.run(cancelled_run())
+    assert len(log.calls("hang")) == 8 and time.monotonic() - started < 30  # not the 60 s the calls sleep
+    assert asyncio.run(tools["add"].call({"a": 1, "b": 2})) == "3"  # the same session goes on
+    assert list(server_starts().values()) == [1]
+    assert any("calc_server" in c for c in children())
+    close_all()
+    assert not any("calc_server" in c for c in children())  # closing stops the server: no orphan
