@@ -59,7 +59,7 @@ class ProgressDisplay:
         self.tty = self.stream.isatty() if tty is None else tty
         self.total_steps = total_steps
         self.num_particles = 0
-        self._t0 = time.perf_counter()
+        self._t0_ns = time.time_ns()
         self._progress: Any = None
         self._task: Any = None
 
@@ -95,7 +95,7 @@ class ProgressDisplay:
                 self.finished(event.log_evidence, event.ess, event.tokens, event.llm_calls)
 
     def start(self, event: RunStart) -> None:
-        self._t0 = time.perf_counter()
+        self._t0_ns = event.at_ns  # the run's own clock: its events may arrive late, and all at once
         self.num_particles = event.num_particles
         head = (f"run {event.run_id}: {event.policy} on {event.program}, N = {event.num_particles}, "
                 f"runtime {event.runtime}")
@@ -114,7 +114,7 @@ class ProgressDisplay:
         self._task = self._progress.add_task("step 0", total=self.total_steps, stats="starting")
 
     def step(self, event: StepEnd) -> None:
-        s = step_stats(event, self.num_particles, self._elapsed())
+        s = step_stats(event, self.num_particles, (event.at_ns - self._t0_ns) / 1e9)
         if self._progress is None:
             self._print(plain_line(s))
             return
@@ -149,7 +149,8 @@ class ProgressDisplay:
             self._progress = None
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - self._t0
+        """Seconds since the run started (wall clock, as the records' timestamps are)."""
+        return (time.time_ns() - self._t0_ns) / 1e9
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)

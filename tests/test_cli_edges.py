@@ -5,6 +5,7 @@ the installed script, real files."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -147,3 +148,29 @@ def test_inspect_and_report_refuse_what_is_not_a_trace_file(tmp_path, name, data
         line = one_line_error(swarm(command, str(path), cwd=tmp_path), command)
         assert f"trace file {path}: {culprit}" in line, line
     assert not (tmp_path / f"{path.stem}.html").exists()
+
+
+SLEEPY = textwrap.dedent('''
+    import time
+    from swarm import Bernoulli, factor, sample
+
+    def program(steps=3):
+        for t in range(steps):
+            x = sample(f"x{t}", Bernoulli(0.5))
+            time.sleep(0.02)
+            factor(f"f{t}", 0.1 * x)
+        return x
+''')
+
+
+def test_the_progress_times_are_the_run_s_own(tmp_path):
+    """A plain (non-async) program's events reach the display only when the run yields to the event
+    loop, here all at the end: the times were measured from when the display saw the first event,
+    so a run of at least 10 particles × 3 sleeps of 20 ms "finished in 0.01 s"."""
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    proc = swarm("run", "sleepy.py", "--particles", "10", "--seed", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    finished = re.search(r"^run finished in ([\d.]+) s", proc.stdout, re.M)
+    step_times = [float(t) for t in re.findall(r"^step \d+ \|.* \| ([\d.]+) s$", proc.stdout, re.M)]
+    assert finished and float(finished.group(1)) >= 0.6, proc.stdout
+    assert step_times == sorted(step_times) and step_times[-1] >= 0.6, proc.stdout
