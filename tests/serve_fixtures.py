@@ -105,3 +105,8 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float) -> str:
 
 def stop(proc: subprocess.Popen) -> None:
     stop_process(proc, grace_s=15)
+
+
+async def lone_surrogate(messages) -> str:
+    """A TEST DOUBLE program whose reply cannot be written as UTF-8 (it holds a lone surrogate)."""
+    return "broken \ud800 text"

@@ -113,11 +113,18 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
                            code=HTTP_ERROR_CODES.get(exc.status_code))
         return error_response(error, dict(exc.headers or {}))
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        """An exception no handler turned into a `ServeError` (a bug): still an OpenAI error object,
+        with Starlette's 500; Starlette re-raises it after, so uvicorn logs the traceback."""
+        return error_response(ServeError(500, f"internal server error ({type(exc).__name__}); see the server log",
+                                         type="server_error", code="internal_error"))
+
     routes = [Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{model:path}", model, methods=["GET"]),
               Route("/v1/chat/completions", chat, methods=["POST"]),
               Route("/health", health, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error},
+                     lifespan=lifespan)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
