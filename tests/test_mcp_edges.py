@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 import policies
 from agents import Agent, mcp_tools, tool
-from agents.mcp import MCPCallFailed, MCPServerParams, MCPTool, close_all
+from agents.mcp import MCPCallFailed, MCPServerError, MCPServerParams, MCPTool, close_all
 from agents.mcp.connection import server_starts
 from tests.mcp_servers.harness import REPO, CallLog, calc_stdio, tool_caller
 
@@ -219,3 +219,29 @@ def test_cancelling_a_run_with_calls_in_flight_leaves_the_session_usable_and_no_
     assert any("calc_server" in c for c in children())
     close_all()
     assert not any("calc_server" in c for c in children())  # closing stops the server: no orphan
+
+
+# -- two servers with a tool of one name --------------------------------------------------------------
+@pytest.mark.server
+def test_a_prefix_keeps_two_servers_tools_of_one_name_apart(log):
+    """calc and edge both have `add`: in one agent the first would shadow the other (docs/mcp.md);
+    `prefix` names edge's `edge_add` for the model while the call still goes to the server's `add`."""
+    calc = mcp_tools(**calc_stdio(log), include=["add"])
+    edge = mcp_tools(**edge_stdio(), include=["add"], prefix="edge_")
+    assert [t.name for t in edge] == ["edge_add"] and edge[0].endpoint == "mcp:edge/add"
+    assert asyncio.run(edge[0].call({"a": 1, "b": 2})) == "1003"  # edge's add, reached by its own name
+    picks = {0: ("add", {"a": 1, "b": 2}), 1: ("edge_add", {"a": 1, "b": 2})}
+    agent = Agent(name="solver", backend=tool_caller(lambda seed: picks[seed % 2]), tools=[*calc, *edge],
+                  max_tool_rounds=1, hosting="local")
+
+    async def program():
+        return await agent.ask("Add.", name="q")
+
+    result = policies.Forward(num_particles=6, seed=0).run(program)
+    for p in result.particles:
+        (call,) = [e for e in p.trace.of_type("interact") if e.kind == "tool_call"]
+        assert p.value == {"mcp:calc/add": "The answer is 3.", "mcp:edge/add": "The answer is 1003."}[call.receiver]
+    assert {e.receiver for p in result.particles for e in p.trace.of_type("interact") if e.kind == "tool_call"} \
+        == {"mcp:calc/add", "mcp:edge/add"}
+    with pytest.raises(MCPServerError, match="prefix must be"):
+        mcp_tools(**edge_stdio(), prefix="edge/")

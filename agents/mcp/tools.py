@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import jsonschema
@@ -56,10 +57,17 @@ class MCPTool(Tool):
     timeout_s: float = Field(30.0, gt=0)
     """Seconds a call may take before the particle is lost."""
     errors: ErrorPolicy = "lose"
+    remote_name: str = ""
+    """The tool's name on the server when the agent knows it by another (`mcp_tools(prefix=...)`)."""
+
+    @property
+    def tool_name(self) -> str:
+        """The name the server knows the tool by."""
+        return self.remote_name or self.name
 
     @property
     def endpoint(self) -> str:
-        return f"mcp:{self.server_name}/{self.name}"
+        return f"mcp:{self.server_name}/{self.tool_name}"
 
     def parameters_schema(self) -> dict[str, Any]:
         return self.input_schema
@@ -71,7 +79,7 @@ class MCPTool(Tool):
             return f"error: invalid arguments for {self.name}: {problem}"
 
         async def call_on(session: ServerSession) -> types.CallToolResult:
-            return await session.call_tool(self.server_name, self.name, args, self.timeout_s)
+            return await session.call_tool(self.server_name, self.tool_name, args, self.timeout_s)
 
         result = await with_session(self.server, call_on)
         text = render_result(result)
@@ -79,7 +87,7 @@ class MCPTool(Tool):
             if self.errors == "reply":
                 return f"error: {text}"
             raise MCPCallFailed(text or "the tool reported an error without a message",
-                                server=self.server_name, tool=self.name, reason="tool_error")
+                                server=self.server_name, tool=self.tool_name, reason="tool_error")
         return text
 
     def validated(self, arguments: Any) -> tuple[dict[str, Any], str | None]:
@@ -140,11 +148,14 @@ def _unlisted(params: MCPServerParams, name: str | None, exc: BaseException) -> 
 
 def build_tools(params: MCPServerParams, server_name: str, specs: list[types.Tool], *, name: str | None,
                 include: Iterable[str] | None, timeout_s: float, errors: ErrorPolicy,
-                requires_approval: Approval = False) -> list[MCPTool]:
-    """One `MCPTool` per listed tool (those in `include`, in its order, when given)."""
+                requires_approval: Approval = False, prefix: str = "") -> list[MCPTool]:
+    """One `MCPTool` per listed tool (those in `include`, in its order, when given), named
+    `prefix + its name` for the agent."""
     server = name or server_name or params.describe()
     if not server or "/" in server:
         raise MCPServerError(f"mcp_tools: the server name must be non-empty without '/', got {server!r} (pass name=...)")
+    if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_.-]*", prefix):
+        raise MCPServerError(f"mcp_tools: prefix must be letters, digits, '_', '-' or '.', got {prefix!r}")
     by_name = {spec.name: spec for spec in specs}
     wanted = list(include) if include is not None else list(by_name)
     missing = [t for t in wanted if t not in by_name]
@@ -157,7 +168,7 @@ def build_tools(params: MCPServerParams, server_name: str, specs: list[types.Too
             jsonschema.validators.validator_for(spec.input_schema).check_schema(spec.input_schema)
         except jsonschema.SchemaError as exc:
             raise MCPServerError(f"MCP server {server!r}, tool {tool_name!r}: invalid input schema: {exc.message}") from None
-        tools.append(MCPTool(name=tool_name, description=spec.description or spec.title or "", server=params,
+        tools.append(MCPTool(name=prefix + tool_name, remote_name=tool_name if prefix else "", description=spec.description or spec.title or "", server=params,
                              server_name=server, input_schema=dict(spec.input_schema), timeout_s=timeout_s,
                              errors=errors, requires_approval=requires_approval))
     return tools
@@ -178,7 +189,8 @@ async def _listing(session: ServerSession) -> tuple[str, list[types.Tool]]:
 def mcp_tools(command: Sequence[str] | str | None = None, *, url: str | None = None, name: str | None = None,
               include: Iterable[str] | None = None, timeout_s: float = 30.0, errors: ErrorPolicy = "lose",
               env: dict[str, str] | None = None, cwd: str | None = None, headers: dict[str, str] | None = None,
-              connect_timeout_s: float | None = None, requires_approval: Approval = False) -> list[MCPTool]:
+              connect_timeout_s: float | None = None, requires_approval: Approval = False,
+              prefix: str = "") -> list[MCPTool]:
     """The tools of the MCP server started by `command` (stdio) or reached at `url` (streamable
     HTTP), for `Agent(tools=...)`.
 
@@ -186,8 +198,10 @@ def mcp_tools(command: Sequence[str] | str | None = None, *, url: str | None = N
     these tools; `timeout_s` bounds each call; `errors` is what a tool's own error result does
     ("lose" the particle, or "reply" to the agent). `env`/`cwd` (stdio) and `headers` (HTTP) as in
     `MCPServerParams`. `requires_approval` (True, or `callable(tool, arguments) -> bool`): a person
-    approves calls first (`agents.approvals`). The session opened here stays open for the process's
-    later calls.
+    approves calls first (`agents.approvals`). `prefix` is put before every tool's name as the agent
+    sees it (e.g. "edge_" for two servers that both have `add`: in one agent the first tool of a
+    name shadows the others); calls still go to the server's own name. The session opened here
+    stays open for the process's later calls.
     """
     params = _params(command, url, env=env, cwd=cwd, headers=headers, connect_timeout_s=connect_timeout_s)
     try:
@@ -195,14 +209,14 @@ def mcp_tools(command: Sequence[str] | str | None = None, *, url: str | None = N
     except Exception as exc:  # noqa: BLE001 - the server could not be started or listed
         raise _unlisted(params, name, exc) from exc
     return build_tools(params, server_name, specs, name=name, include=include, timeout_s=timeout_s, errors=errors,
-                       requires_approval=requires_approval)
+                       requires_approval=requires_approval, prefix=prefix)
 
 
 async def mcp_tools_async(command: Sequence[str] | str | None = None, *, url: str | None = None,
                           name: str | None = None, include: Iterable[str] | None = None, timeout_s: float = 30.0,
                           errors: ErrorPolicy = "lose", env: dict[str, str] | None = None, cwd: str | None = None,
                           headers: dict[str, str] | None = None, connect_timeout_s: float | None = None,
-                          requires_approval: Approval = False) -> list[MCPTool]:
+                          requires_approval: Approval = False, prefix: str = "") -> list[MCPTool]:
     """`mcp_tools` for async code (the same arguments)."""
     params = _params(command, url, env=env, cwd=cwd, headers=headers, connect_timeout_s=connect_timeout_s)
     try:
@@ -210,4 +224,4 @@ async def mcp_tools_async(command: Sequence[str] | str | None = None, *, url: st
     except Exception as exc:  # noqa: BLE001
         raise _unlisted(params, name, exc) from exc
     return build_tools(params, server_name, specs, name=name, include=include, timeout_s=timeout_s, errors=errors,
-                       requires_approval=requires_approval)
+                       requires_approval=requires_approval, prefix=prefix)
