@@ -10,7 +10,9 @@
 
 Exit status: 0 on success, 1 when the run, the trace file or the report fails (the message on
 stderr names the file or field at fault), 2 for a usage error, 3 when the run waits for a person
-(its pending questions are printed; `swarm resume` continues it).
+(its pending questions are printed; `swarm resume` continues it), 130 when interrupted (Ctrl-C:
+`swarm run` still closes the trace file and writes the report of the run so far). An error is one
+line on stderr; `--debug` (before or after the command) prints its traceback too.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from swarm.execution import check_arguments
 from observability.programs import (  # noqa: E402,F401 - re-exported: the commands' shared program loading
     BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, parse_kwargs, ship_by_value,
 )
+
+
+EXIT_INTERRUPTED = 130
+"""The exit status after Ctrl-C (128 + SIGINT, as a shell reports it)."""
 
 
 def print_paths(trace_path: Path | None, report: dict | None) -> None:
@@ -90,8 +96,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.total_steps = getattr(policy, "max_steps", None)
         result = progress.follow(policy.stream(program, **kwargs))  # the live display reads the run's events
     except SwarmError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"swarm run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
+    except KeyboardInterrupt:  # Ctrl-C: the run so far is in the trace file; report it, say where it is
+        kept = " (the trace file and report below hold the run so far)" if args.trace or args.html else ""
+        print(f"swarm run: interrupted{kept}", file=sys.stderr)
+        status = EXIT_INTERRUPTED
     finally:
         progress.close()
         if inst is not None:
@@ -318,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"swarm {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `swarm inspect out.jsonl | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0

@@ -127,8 +127,11 @@ class ProgressDisplay:
                     f"ESS {fmt_float(ess, 1)}, {tokens} tokens, {llm_calls} LLM calls")
 
     def failed(self, error: BaseException | str) -> None:
+        if isinstance(error, KeyboardInterrupt):
+            self.finish(f"run interrupted after {self._elapsed():.2f} s")
+            return
         if not isinstance(error, str):
-            error = f"{type(error).__name__}: {error}"
+            error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         self.finish(f"run failed after {self._elapsed():.2f} s: {error}")
 
     def finish(self, tail: str) -> None:

@@ -174,3 +174,46 @@ def test_the_progress_times_are_the_run_s_own(tmp_path):
     step_times = [float(t) for t in re.findall(r"^step \d+ \|.* \| ([\d.]+) s$", proc.stdout, re.M)]
     assert finished and float(finished.group(1)) >= 0.6, proc.stdout
     assert step_times == sorted(step_times) and step_times[-1] >= 0.6, proc.stdout
+
+
+ASYNC_SLOW = textwrap.dedent('''
+    import asyncio
+    from swarm import Bernoulli, factor, sample
+
+    async def program(steps=400):
+        heads = 0
+        for t in range(steps):
+            heads += sample(f"x{t}", Bernoulli(0.5))
+            await asyncio.sleep(0.02)
+            factor(f"f{t}", 0.1 * heads)
+        return heads
+''')
+
+
+def test_ctrl_c_keeps_the_trace_and_writes_the_report_of_the_run_so_far(tmp_path):
+    """SIGINT mid-run: exit 130, "interrupted" (not "failed: KeyboardInterrupt: "), the trace file
+    closed and readable, the report written and both paths printed (they were not)."""
+    import signal
+
+    from observability.trace_file import read_trace_file
+
+    (tmp_path / "slow.py").write_text(ASYNC_SLOW)
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "observability.cli"]
+    proc = subprocess.Popen([*cmd, "run", "slow.py", "-n", "8", "--trace", "t.jsonl", "--html", "r.html"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    while not any(line.startswith("step 3 ") for line in seen):
+        line = proc.stdout.readline()
+        assert line, (seen, proc.stderr.read())
+        seen.append(line)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "swarm run: interrupted (the trace file and report below hold the run so far)", err
+    assert re.search(r"^run interrupted after [\d.]+ s$", out, re.M), out
+    assert "trace:  t.jsonl" in out and "report: r.html" in out
+    trace = read_trace_file(tmp_path / "t.jsonl")
+    assert trace.complete and 3 <= len(trace.steps) < 400 and trace.finished.error
+    assert "plp-swarm run report" in (tmp_path / "r.html").read_text()
