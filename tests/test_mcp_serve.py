@@ -73,3 +73,36 @@ def test_a_missing_program_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "prog.py").write_text("def other():\n    return 1\n")
     assert main(["mcp", f"{tmp_path / 'prog.py'}:missing"]) == 1
     assert "has no function named 'missing'" in capsys.readouterr().err
+
+
+ASKING = '''
+import policies
+from swarm import Bernoulli, ask_human, guarantee, sample
+
+POLICY = policies.SMC(num_particles=20, seed=0)
+
+
+async def program(bias: float = 0.5):
+    """Keep x or not, as a person says."""
+    x = sample("x", Bernoulli(bias))
+    answer = await ask_human("keep", f"Keep {x}?", schema={"enum": ["yes", "no"]})
+    guarantee("kept", answer == "yes" or x == 1)
+    return x
+'''
+
+
+def test_a_served_program_that_would_wait_for_a_person_is_the_tools_error(tmp_path):
+    """Nobody can answer inside an MCP call: before the fix the paused run was answered as if it
+    had finished ({"answer": null, "marginal": [{"value": null, "probability": 1.0}], "log_evidence":
+    0.0}) and each call left a plp-swarm-paused-* directory behind."""
+    (tmp_path / "asking.py").write_text(ASKING)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    (tool,) = mcp_tools(command=[sys.executable, "-m", "observability.cli", "mcp", f"{tmp_path / 'asking.py'}:program"],
+                        env={"PYTHONPATH": str(REPO), "TMPDIR": str(scratch)}, cwd=str(REPO), timeout_s=120)
+    with pytest.raises(MCPCallFailed) as info:
+        asyncio.run(tool.call({"bias": 0.3}))
+    message = str(info.value)
+    assert info.value.reason == "tool_error" and "the run waits for a person" in message
+    assert "'keep' (id " in message and "'Keep True?'" in message and "answers=" in message
+    assert list(scratch.iterdir()) == []  # the paused run's temporary directory was removed

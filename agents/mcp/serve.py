@@ -6,7 +6,8 @@ The server has one tool, named after the program, whose arguments are the progra
 (the input schema comes from its signature and annotations, as for any typed tool). A call runs
 `policy.run_async(program, **arguments)` and answers with the weighted result: the most probable
 value, the answer marginal (top values), the evidence estimate log Ẑ, the ESS and the policy.
-A run that fails (e.g. no surviving particles) is the tool's error result, with the message.
+A run that fails (e.g. no surviving particles) is the tool's error result, with the message; so is
+a run that would wait for a person (`swarm.ask_human`, approvals), naming the questions.
 With a fixed `--seed`, the same arguments give the same answer.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import shutil
 from typing import Any, Callable
 
 from mcp.server.mcpserver import MCPServer
@@ -59,6 +61,18 @@ def weighted_answer(result: Any, policy_name: str) -> WeightedAnswer:
                           num_particles=len(result.particles), policy=policy_name)
 
 
+def _cannot_wait(result: Any, policy: Any) -> str:
+    """The error for a run that paused for a person (nobody can answer inside a tool call): its
+    questions and how to answer them up front. Its temporary checkpoint is removed (a policy's own
+    `checkpoint` directory is kept)."""
+    if getattr(policy, "checkpoint", None) is None and result.checkpoint:
+        shutil.rmtree(result.checkpoint, ignore_errors=True)
+    listing = "; ".join(f"{q.label()}: {q.question!r}" for q in result.pending)
+    example = result.pending[0].name if result.pending else "NAME"
+    return (f"the run waits for a person: {listing}; a served program cannot pause, give the answers up "
+            f"front in the module's POLICY, e.g. POLICY = {type(policy).__name__}(..., answers={{{example!r}: ...}})")
+
+
 def program_server(program: Callable[..., Any], policy: Any, *, name: str | None = None,
                    description: str | None = None) -> MCPServer:
     """An MCP server whose one tool runs `program` under `policy` (see the module docstring)."""
@@ -75,6 +89,8 @@ def program_server(program: Callable[..., Any], policy: Any, *, name: str | None
             result = await policy.run_async(program, **arguments)
         except SwarmError as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+        if getattr(result, "status", "finished") == "waiting":
+            raise ToolError(_cannot_wait(result, policy))
         return weighted_answer(result, policy_name)
 
     run_program.__name__ = run_program.__qualname__ = tool_name
