@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
 from typing import Any, Callable, Hashable, Literal
 
@@ -112,19 +113,64 @@ class Diagnostics(BaseModel):
         return [s.log_evidence for s in self.steps]
 
 
+_NAN = float("nan")
+"""The one key of every NaN value: NaN ≠ NaN (and NaNs hash by identity), so without it each NaN
+particle would be a value of its own in a marginal."""
+
+
 def hashable(value: Any) -> Hashable:
-    """A dictionary key for a value: the value itself if hashable, else a canonical tuple/repr."""
+    """A dictionary key for a value: equal values give equal keys. The value itself if hashable
+    (NaN as one shared NaN; tuples item by item, for the NaNs inside); else a canonical form: lists
+    and arrays as tuples (an array as its nested `tolist()`: its repr elides the middle of a large
+    array, so two arrays differing there would share a key), sets as frozensets, dicts as their
+    items sorted by key, pydantic models as their JSON, anything else as its repr."""
+    kind = type(value)
+    if kind is float or isinstance(value, (float, np.floating)):
+        return _NAN if value != value else value
+    if kind is tuple:
+        return tuple(hashable(v) for v in value)
     try:
         hash(value)
         return value
     except TypeError:
         if isinstance(value, (list, tuple)):
             return tuple(hashable(v) for v in value)
+        if isinstance(value, np.ndarray):
+            return hashable(value.tolist())
+        if isinstance(value, (set, frozenset)):
+            return frozenset(hashable(v) for v in value)
         if isinstance(value, dict):
-            return tuple(sorted((k, hashable(v)) for k, v in value.items()))
+            items = [(k, hashable(v)) for k, v in value.items()]
+            try:
+                return tuple(sorted(items))
+            except TypeError:  # keys of several types (1 and "a"): no natural order, so by their reprs
+                return tuple(sorted(items, key=lambda kv: (type(kv[0]).__name__, repr(kv[0]))))
         if isinstance(value, BaseModel):
             return value.model_dump_json()
         return repr(value)
+
+
+def _term(fn: Callable[[Any], float], particle: Particle) -> float:
+    """fn(value) of one particle as a float, for `Result.expectation`."""
+    term = fn(particle.value)
+    if not isinstance(term, (numbers.Real, np.number, np.bool_)) or isinstance(term, np.complexfloating):
+        raise TypeError(f"expectation: fn(value) of particle {particle.id} (value {_brief(particle.value)}) is "
+                        f"{_brief(term)}, not a real number{_hint(term)}")
+    term = float(term)
+    if term != term:
+        raise ValueError(f"expectation: fn(value) of particle {particle.id} (value {_brief(particle.value)}) is NaN")
+    return term
+
+
+def _hint(term: Any) -> str:
+    if term is None:
+        return " (a particle that returned nothing: use an fn that maps None to a number, or marginal())"
+    return ""
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Result(BaseModel):
@@ -193,9 +239,11 @@ class Result(BaseModel):
         return dict(sorted(mass.items(), key=lambda kv: -kv[1]))
 
     def expectation(self, fn: Callable[[Any], float]) -> float:
-        """The self-normalised estimate Σᵢ w̄ᵢ fn(vᵢ) (docs/theory.md §1.5)."""
+        """The self-normalised estimate Σᵢ w̄ᵢ fn(vᵢ) (docs/theory.md §1.5). Every fn(vᵢ) of positive
+        weight must be a real number, not NaN (±inf is allowed: the estimate is then ±inf); a value
+        that is not is named rather than turned into a NaN estimate or a bare TypeError."""
         w = self.normalized_weights
-        return float(math.fsum(wi * float(fn(p.value)) for p, wi in zip(self.particles, w) if wi > 0))
+        return float(math.fsum(wi * _term(fn, p) for p, wi in zip(self.particles, w) if wi > 0))
 
     def map(self) -> Particle:
         """The particle of largest weight."""
