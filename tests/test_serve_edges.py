@@ -207,12 +207,14 @@ def test_a_negative_seed_draws_answers(client):
 def test_an_unexpected_failure_is_still_an_openai_error_object():
     """A reply that cannot be encoded (a lone surrogate) failed outside the handlers' error
     mapping: a text/plain 'Internal Server Error' the openai client cannot read. Any unexpected
-    exception is now a 500 `internal_error` object (and uvicorn logs the traceback)."""
+    exception is now a 500 `internal_error` object, logged with its traceback, and the connection
+    stays usable (the client's next request on it is answered, not cut)."""
     with run_server(f"{TARGET}:lone_surrogate") as (url, _, log):
         broken = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
-        with pytest.raises(openai.InternalServerError) as failed:
-            broken.chat.completions.create(model="serve_fixtures:lone_surrogate", messages=HI)
-        assert failed.value.body["code"] == "internal_error" and failed.value.body["type"] == "server_error"
+        for _ in range(3):  # one keep-alive connection
+            with pytest.raises(openai.InternalServerError) as failed:
+                broken.chat.completions.create(model="serve_fixtures:lone_surrogate", messages=HI)
+            assert failed.value.body["code"] == "internal_error" and failed.value.body["type"] == "server_error"
         with pytest.raises(openai.APIError) as streamed:
             list(broken.chat.completions.create(model="serve_fixtures:lone_surrogate", messages=HI, stream=True))
         assert "internal server error" in streamed.value.message

@@ -28,8 +28,9 @@ from __future__ import annotations
 from swarm.errors import SwarmError
 
 import asyncio
+import functools
 import hmac
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
@@ -40,7 +41,7 @@ from starlette.routing import Route
 
 from agents.secrets import Secret
 from agents.serving.chunks import stream_chunks
-from agents.serving.errors import ServeError
+from agents.serving.errors import ServeError, internal_error
 from agents.serving.service import ChatService
 
 PING_S = 15.0
@@ -113,18 +114,27 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
                            code=HTTP_ERROR_CODES.get(exc.status_code))
         return error_response(error, dict(exc.headers or {}))
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        """An exception no handler turned into a `ServeError` (a bug): still an OpenAI error object,
-        with Starlette's 500; Starlette re-raises it after, so uvicorn logs the traceback."""
-        return error_response(ServeError(500, f"internal server error ({type(exc).__name__}); see the server log",
-                                         type="server_error", code="internal_error"))
-
-    routes = [Route("/v1/models", models, methods=["GET"]),
-              Route("/v1/models/{model:path}", model, methods=["GET"]),
-              Route("/v1/chat/completions", chat, methods=["POST"]),
+    routes = [Route("/v1/models", openai_errors(models), methods=["GET"]),
+              Route("/v1/models/{model:path}", openai_errors(model), methods=["GET"]),
+              Route("/v1/chat/completions", openai_errors(chat), methods=["POST"]),
               Route("/health", health, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error},
-                     lifespan=lifespan)
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+
+def openai_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """`handler`, with any exception it did not map (a bug) answered as a 500 `internal_error`
+    object and logged with its traceback. Answered here, not by Starlette's error middleware, whose
+    response is text/plain and which re-raises, so that uvicorn closes the client's keep-alive
+    connection under its next request."""
+
+    @functools.wraps(handler)
+    async def answer(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return error_response(internal_error(exc))
+
+    return answer
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -67,6 +67,11 @@ def from_run_error(exc: BaseException) -> ServeError:
         log.error("the served program failed: %s: %s", type(exc).__name__, exc)
         return ServeError(500, f"the served program failed: {type(exc).__name__}: {exc}", type="server_error",
                           code="program_error")
+    return internal_error(exc)
+
+
+def internal_error(exc: BaseException) -> ServeError:
+    """The 500 for an exception nothing expected (a bug), logged with its traceback."""
     log.exception("request failed", exc_info=exc)
     return ServeError(500, f"internal server error ({type(exc).__name__}); see the server log", type="server_error",
                       code="internal_error")
