@@ -3,7 +3,8 @@
 Each particle is a node under the particle it was copied from at resampling (initial particles
 are roots). A node shows the steps it lived through, its log weight and normalised weight at its
 last step, and how it ended: finished with a value, in the final population (★), or killed (✗)
-by the factor, guarantee, zero-probability sample or error that decided its death.
+by the factor, guarantee, zero-probability sample or error that decided its death. A run that did
+not finish, or failed, has no final population: its last recorded one is marked ◦.
 
 A population of N particles over many steps is too big to print, so the tree keeps the lineages of
 the `max_particles` heaviest final particles and up to `max_particles` dead ones (taken in turn from
@@ -33,6 +34,8 @@ class Node:
     status: str = "running"
     value: Any = None
     final: bool = False
+    provisional: bool = False
+    """In the last recorded population of a run that did not finish (or failed), not a final one."""
     death: Death | None = None
     children: list[int] = field(default_factory=list)
 
@@ -51,7 +54,7 @@ def build_nodes(trace: GlobalTrace) -> dict[int, Node]:
     last_step = trace.steps[-1].step if trace.steps else None
     for fp in trace.final_population():
         node = nodes.setdefault(fp.id, Node(fp.id, first_step=last_step, last_step=last_step, status="finished"))
-        node.final, node.value = True, fp.value
+        node.final, node.provisional, node.value = True, trace.provisional, fp.value
         node.log_weight, node.normalized_weight = fp.log_weight, fp.normalized_weight
     for pid, parent in trace.genealogy().items():
         node = nodes.setdefault(pid, Node(pid))
@@ -110,7 +113,9 @@ def label(node: Node) -> str:
             f" ({node.death.detail})" if node.death.kind == "error" else "")
     if node.status == "finished" or node.value is not None:
         text += f"  → {_short(node.value)}"
-    return text + ("  ★ final" if node.final else "")
+    if node.final:
+        text += "  ◦ last recorded" if node.provisional else "  ★ final"
+    return text
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -138,7 +143,7 @@ def summary(trace: GlobalTrace) -> list[str]:
     """The header lines: policy, program, N, steps, resamplings, log Z, ESS, deaths, cost."""
     run, fin = trace.run, trace.finished
     n = (run.num_particles if run else 0) or (fin.num_particles if fin else 0)
-    ess = fin.ess if fin and fin.ess is not None else (trace.steps[-1].ess if trace.steps else None)
+    ess = fin.ess if fin and (fin.ess is not None or fin.error) else (trace.steps[-1].ess if trace.steps else None)
     deaths = trace.deaths()
     causes: dict[str, int] = defaultdict(int)
     for d in deaths.values():
@@ -155,8 +160,11 @@ def summary(trace: GlobalTrace) -> list[str]:
                      + (f", duration = {(fin.ended_at_ns - run.started_at_ns) / 1e9:.2f} s" if run else ""))
         if fin.error:
             lines.append(f"run failed: {fin.error}")
+        if trace.provisional and trace.steps:
+            lines.append(f"(◦: the population of step {trace.steps[-1].step}, the last one recorded before it failed)")
     else:
-        lines.append("the run has no run_finished record (still running, or the writer was killed)")
+        lines.append("the run has no run_finished record (still running, or the writer was killed); "
+                     "◦: the last recorded population")
     lines += [f"warning: {p}" for p in trace.problems]
     return lines
 
@@ -231,7 +239,8 @@ def _render_rich(stream: IO[str], head: list[str], shown: str, forest: list, ext
 
     def add(parent: Any, item: tuple[str, list]) -> None:
         text, children = item
-        style = "red" if "✗" in text else ("green" if "★" in text else ("dim" if text.startswith("…") else ""))
+        style = ("red" if "✗" in text else "green" if "★" in text else "yellow" if "◦" in text
+                 else "dim" if text.startswith("…") else "")
         branch = parent.add(f"[{style}]{escape(text)}[/{style}]" if style else escape(text))
         for child in children:
             add(branch, child)

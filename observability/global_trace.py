@@ -56,8 +56,15 @@ class GlobalTrace(BaseModel):
         return self.finished is not None
 
     @property
+    def failed(self) -> bool:
+        """True when the run ended by raising (its `run_finished` record carries the error)."""
+        return self.finished is not None and self.finished.error is not None
+
+    @property
     def log_evidence(self) -> float | None:
-        if self.finished is not None and self.finished.log_evidence is not None:
+        """The run's log Ẑ; for an incomplete run the last step's running estimate; None for a run
+        that failed without one (a partial estimate would read as the run's)."""
+        if self.finished is not None and (self.finished.log_evidence is not None or self.failed):
             return self.finished.log_evidence
         return self.steps[-1].log_evidence if self.steps else None
 
@@ -108,7 +115,8 @@ class GlobalTrace(BaseModel):
         return out
 
     def final_population(self) -> list[FinalParticle]:
-        """The final population from `run_finished`, else (an incomplete run) the last step's."""
+        """The final population from `run_finished`, else (an incomplete run, or one that failed
+        without a population) the last recorded step's: see `provisional`."""
         if self.finished is not None and (self.finished.particle_ids or self.finished.error is None):
             ids, log_w, values = self.finished.particle_ids, self.finished.log_weights, self.finished.values
         elif self.steps:
@@ -122,6 +130,12 @@ class GlobalTrace(BaseModel):
         return [FinalParticle(id=i, log_weight=lw, normalized_weight=float(wi),
                               value=values[k] if k < len(values) else None)
                 for k, (i, lw, wi) in enumerate(zip(ids, log_w, w))]
+
+    @property
+    def provisional(self) -> bool:
+        """True when `final_population()` is only the last recorded step's population (the run did
+        not finish, or failed), not a final one."""
+        return self.finished is None or not (self.finished.particle_ids or self.finished.error is None)
 
     def final_marginal(self, top: int | None = None) -> dict[Hashable, float]:
         """The posterior over return values, Σᵢ w̄ᵢ 1(vᵢ = v), most likely first (as `Result.marginal`;

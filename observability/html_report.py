@@ -231,7 +231,13 @@ def render_html(trace: GlobalTrace, images: dict[str, bytes]) -> str:
 
     title = f"{trace.run.policy} on {trace.run.program}" if trace.run else Path(trace.path).name
     deaths = _deaths(trace)
-    warn = "".join(f'<p class="warn">{html.escape(p)}</p>' for p in trace.problems)
+    warnings = list(trace.problems)
+    if trace.failed:
+        warnings.insert(0, f"The run failed: {trace.finished.error}")
+    if trace.provisional and trace.steps:
+        warnings.append(f"The run has no final population: the plots of the final population show step "
+                        f"{trace.steps[-1].step}'s, the last one recorded.")
+    warn = "".join(f'<p class="warn">{html.escape(p)}</p>' for p in warnings)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>plp-swarm run report: {html.escape(title)}</title>
 <style>{_CSS}</style></head><body>

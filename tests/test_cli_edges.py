@@ -217,3 +217,27 @@ def test_ctrl_c_keeps_the_trace_and_writes_the_report_of_the_run_so_far(tmp_path
     trace = read_trace_file(tmp_path / "t.jsonl")
     assert trace.complete and 3 <= len(trace.steps) < 400 and trace.finished.error
     assert "plp-swarm run report" in (tmp_path / "r.html").read_text()
+
+
+def test_inspect_and_report_of_a_run_that_failed_say_so(tmp_path):
+    """A run whose particles all die: no log Z and no "★ final" population in `inspect` (the last
+    recorded step's were shown as the run's), and the report says the run failed."""
+    (tmp_path / "doomed.py").write_text(textwrap.dedent('''
+        from swarm import Bernoulli, factor, guarantee, sample
+
+        def program():
+            x = sample("x", Bernoulli(0.5))
+            factor("f", 0.0)
+            sample("y", Bernoulli(0.5))
+            guarantee("never", False)
+            return x
+    '''))
+    run = swarm("run", "doomed.py", "-n", "5", "--trace", "t.jsonl", "--html", "r.html", cwd=tmp_path)
+    assert run.returncode == 1 and "no surviving particles" in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.startswith("swarm run: error: NoSurvivingParticles")
+    shown = swarm("inspect", "t.jsonl", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "log Z = -, ESS = -" in shown.stdout and "run failed: NoSurvivingParticles" in shown.stdout
+    assert "★ final" not in shown.stdout and shown.stdout.count("◦ last recorded") == 5
+    html = (tmp_path / "r.html").read_text()
+    assert "The run failed: NoSurvivingParticles" in html and "<td>log Z</td><td>-</td>" in html

@@ -235,3 +235,29 @@ def test_a_file_without_one_complete_record_is_an_error(tmp_path):
         path.write_bytes(data)
         with pytest.raises(TraceFileError, match=f"{name}: the file holds no complete record"):
             read_trace_file(path)
+
+
+def _all_die_at_step_two():
+    from swarm import Bernoulli, factor, guarantee, sample
+
+    x = sample("x", Bernoulli(0.5))
+    factor("f", 0.0)
+    sample("y", Bernoulli(0.5))
+    guarantee("never", False)
+    return x
+
+
+def test_a_failed_run_has_no_log_z_and_only_a_provisional_population(tmp_path):
+    """Every particle dies at step 2: the run raises, its last recorded step (1) had a running
+    log Ẑ of 0 and a healthy population. That estimate used to be the run's log Z and that
+    population its "final" one, next to "run failed: no surviving particles"."""
+    writer = TraceFileWriter(tmp_path / "t.jsonl")
+    with pytest.raises(SwarmError, match="no surviving particles"):
+        policies.SMC(num_particles=6, seed=0, listeners=[writer]).run(_all_die_at_step_two)
+    writer.close()
+    trace = read_trace_file(tmp_path / "t.jsonl")
+    assert trace.complete and trace.failed and trace.provisional
+    assert trace.log_evidence is None and trace.steps[-1].log_evidence == 0.0
+    assert len(trace.final_population()) == 6  # still shown, as the last recorded population
+    ok = run_smc("api_example", tmp_path / "ok.jsonl", n=20)[1]
+    assert not ok.failed and not ok.provisional and ok.log_evidence is not None
