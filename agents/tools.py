@@ -2,7 +2,8 @@
 
 A tool's arguments are a pydantic model built from the function's signature (string annotations,
 `from __future__ import annotations`, are resolved in the function's module), so a call with bad
-arguments is rejected with the tool and each field named; the function gets the validated values
+arguments (a wrong type, a missing field, one the function does not take) is rejected with the tool
+and each field named; the function gets the validated values
 (a pydantic-model parameter as the model), and a result that is not a string is given as JSON. A plain (non-`async`) function runs in a worker thread
 (`asyncio.to_thread`, with the caller's context), so a slow one (an HTTP API through `requests`, a
 subprocess) does not stop every other particle's calls while it runs; `@tool(in_thread=False)`
@@ -174,7 +175,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
             annotation = Any if param.annotation is inspect.Parameter.empty else hints.get(pname, param.annotation)
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (annotation, default)
-        args_model = create_model(f"{f.__name__}_args", **fields)
+        args_model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
         return Tool(name=name or f.__name__, description=description or inspect.getdoc(f) or "", fn=f,
                     args_model=args_model, requires_approval=requires_approval, in_thread=in_thread)
 

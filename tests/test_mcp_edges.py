@@ -245,3 +245,17 @@ def test_a_prefix_keeps_two_servers_tools_of_one_name_apart(log):
         == {"mcp:calc/add", "mcp:edge/add"}
     with pytest.raises(MCPServerError, match="prefix must be"):
         mcp_tools(**edge_stdio(), prefix="edge/")
+
+
+def test_an_argument_the_tool_does_not_take_is_named_not_dropped():
+    """`add(a, b=2)` called with a misspelt `bb`: before the fix `bb` was dropped silently and the
+    agent read 3 (b's default) as the answer to its call."""
+    @tool
+    def add(a: int, b: int = 2) -> int:
+        """Add two integers."""
+        return a + b
+
+    out = asyncio.run(add.call({"a": 1, "bb": 5}))
+    assert out == "error: invalid arguments for add: 'bb': Extra inputs are not permitted (got 5)"
+    assert add.parameters_schema()["additionalProperties"] is False  # and the model is told so
+    assert asyncio.run(add.call({"a": 1, "b": 5})) == "6"
