@@ -3,15 +3,16 @@
 A tool's arguments are a pydantic model built from the function's signature (string annotations,
 `from __future__ import annotations`, are resolved in the function's module), so a call with bad
 arguments (a wrong type, a missing field, one the function does not take) is rejected with the tool
-and each field named; the function gets the validated values
-(a pydantic-model parameter as the model), and a result that is not a string is given as JSON. A plain (non-`async`) function runs in a worker thread
-(`asyncio.to_thread`, with the caller's context), so a slow one (an HTTP API through `requests`, a
-subprocess) does not stop every other particle's calls while it runs; `@tool(in_thread=False)`
-keeps it on the event loop's thread (for a function that must run there, or one so cheap that the
-hand-off would cost more than the call). A tool error never crashes the particle: it comes back
-to the agent as the tool result ("error: ..."), as a human tool user would see it. The exception is
-the framework's own errors (`swarm.SwarmError`: a backend lost after its retries, a sandbox that
-cannot start): they are infrastructure, not information, and propagate (docs/theory.md §3.4).
+and each field named; the function gets the validated values (a pydantic-model parameter as the
+model), and a result that is not a string is given as JSON. A plain (non-`async`) function runs in
+a worker thread (`asyncio.to_thread`, with the caller's context), so a slow one (an HTTP API
+through `requests`, a subprocess) does not stop every other particle's calls while it runs;
+`@tool(in_thread=False)` keeps it on the event loop's thread (for a function that must run there,
+or one so cheap that the hand-off would cost more than the call). A tool error never crashes the
+particle: it comes back to the agent as the tool result ("error: ..."), as a human tool user would
+see it. The exception is the framework's own errors (`swarm.SwarmError`: a backend lost after its
+retries, a sandbox that cannot start): they are infrastructure, not information, and propagate
+(docs/theory.md §3.4).
 
 Protocols. Backends with native tool calling (OpenAI-compatible servers) get the OpenAI schemas;
 for the others (the embedded model) the system prompt describes the tools and the model writes
