@@ -239,6 +239,15 @@ class Policy(BaseModel, abc.ABC):
         raise RuntimeError(f"{type(self).__name__}.{method}() was called inside a running event loop; "
                            f"use `await {type(self).__name__}.{method}_async(...)` there")
 
+    def resume(self, directory: Any, program: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Only the policies that checkpoint resume (`policies.pausing.Pausable`); any other says so,
+        naming them, rather than raising an AttributeError."""
+        raise TypeError(_cannot_resume(self))
+
+    async def resume_async(self, directory: Any, program: Callable[..., Any] | None = None, *args: Any,
+                           **kwargs: Any) -> Any:
+        raise TypeError(_cannot_resume(self))
+
     def stream(self, program: Callable[..., Any], *args: Any, **kwargs: Any) -> "RunStream":
         """Run `program(*args, **kwargs)` as an iterator of typed events (`async for`, or a plain `for`
         outside an event loop): steps with ESS and log Z, the heaviest particle's text as it grows,
@@ -287,3 +296,19 @@ def _jsonable_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
             return {str(k): plain(v) for k, v in value.items()}
         return repr(value)
     return {"args": plain(list(args)), "kwargs": plain(kwargs)}
+
+
+def _cannot_resume(policy: Policy) -> str:
+    from policies.pausing import Pausable
+
+    resumable = sorted({cls.__name__ for cls in _subclasses(Policy) if issubclass(cls, Pausable)
+                        and cls.__module__.startswith("policies.")})
+    return (f"{type(policy).__name__} does not checkpoint, so it cannot resume a run; the policies that do "
+            f"(with checkpoint=DIR): {', '.join(resumable)}")
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found

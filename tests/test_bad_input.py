@@ -624,6 +624,19 @@ def test_a_positional_argument_to_a_policy_says_to_name_the_field(cls):
             cls(8)
 
 
+def test_a_policy_that_does_not_checkpoint_says_which_ones_resume(tmp_path):
+    """Before: AttributeError: 'Importance' object has no attribute 'resume'."""
+    def program():
+        return sample("x", Bernoulli(0.5))
+
+    policies.SMC(num_particles=4, seed=0, checkpoint=tmp_path).run(program)
+    for policy in (policies.Importance(num_particles=4, seed=0), policies.Enumerate()):
+        with pytest.raises(TypeError, match=rf"{type(policy).__name__} does not checkpoint, so it cannot resume a "
+                                            r"run; the policies that do \(with checkpoint=DIR\): Forward, SMC, TwistedSMC"):
+            policy.resume(tmp_path, program)
+    assert policies.SMC(num_particles=4, seed=0).resume(tmp_path, program).particles  # the control
+
+
 def test_unknown_runtime_is_rejected_naming_the_field():
     with pytest.raises(ValidationError, match="runtime") as info:
         policies.SMC(runtime="gpu-cluster")
