@@ -45,6 +45,7 @@ from typing import Any
 import policies
 from agents import Agent, GenerationSettings, constraints
 from swarm import NoSurvivingParticles, guarantee, sample
+from swarm.listeners import RunFinished, RunListener
 
 WRITER = Agent(name="writer", system="You write one short, simple sentence.",
                settings=GenerationSettings(temperature=1.0, max_tokens=32))
@@ -91,15 +92,29 @@ BEST_OF_N_BATCH = 8
 spend can pass `tokens` by at most one batch (~5% at the default budget): the output prints it."""
 
 
+class SpentTokens(RunListener):
+    """The tokens a run spent, from its run_finished record: also known when the run raises
+    `NoSurvivingParticles` (its `Result`, which carries them otherwise, is never returned)."""
+
+    wants_steps = False
+
+    def __init__(self) -> None:
+        self.tokens: int | None = None
+
+    def on_run_end(self, record: RunFinished) -> None:
+        self.tokens = record.tokens
+
+
 def best_of_n_same_budget(topic: str, letter: str, tokens: int, seed: int) -> dict[str, Any]:
     """Draw whole sentences, BEST_OF_N_BATCH at a time, until `tokens` are spent (BestOfN with a
     token budget)."""
+    spent = SpentTokens()
     policy = policies.BestOfN(num_particles=100_000, batch_size=BEST_OF_N_BATCH, seed=seed,
-                              budget=policies.Budget(max_tokens=tokens))
+                              budget=policies.Budget(max_tokens=tokens), listeners=[spent])
     try:
         r = policy.run(whole_sentence, topic, letter)
     except NoSurvivingParticles as exc:
-        return {"valid": [], "drawn": sum(exc.causes.values()), "log_evidence": -math.inf, "tokens": None}
+        return {"valid": [], "drawn": sum(exc.causes.values()), "log_evidence": -math.inf, "tokens": spent.tokens}
     valid = [p.value for p in r.particles if p.log_weight > -math.inf]
     return {"valid": valid, "drawn": len(r.particles), "log_evidence": r.log_evidence,
             "tokens": r.diagnostics.tokens}
@@ -107,11 +122,12 @@ def best_of_n_same_budget(topic: str, letter: str, tokens: int, seed: int) -> di
 
 def guarantee_only_smc(args: argparse.Namespace) -> dict[str, Any]:
     """The comparison: the same SMC and program with the constraint checked only by `guarantee`."""
-    smc = POLICY.model_copy(update={"num_particles": args.particles, "seed": args.seed})
+    spent = SpentTokens()
+    smc = POLICY.model_copy(update={"num_particles": args.particles, "seed": args.seed, "listeners": [spent]})
     try:
         r = smc.run(program, args.topic, args.letter, args.max_words, args.min_words, False)
     except NoSurvivingParticles as exc:
-        return {"marginal": {}, "log_evidence": -math.inf, "tokens": None, "deaths": exc.causes}
+        return {"marginal": {}, "log_evidence": -math.inf, "tokens": spent.tokens, "deaths": exc.causes}
     return {"marginal": r.marginal(), "log_evidence": r.log_evidence, "tokens": r.diagnostics.tokens, "ess": r.ess}
 
 
@@ -170,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         top = next(iter(g["marginal"]), None)
         print(f"\nGuarantee-only SMC ({args.particles} particles, words from the unconstrained model, a guarantee per "
               f"word): log Z = {g['log_evidence']:.3f}, tokens = {g['tokens']}, "
-              + (f"{len(g['marginal'])} distinct sentences, top {top!r}" if top else "no particle survived"))
+              + (f"{len(g['marginal'])} distinct sentences, top {top!r}" if top else
+                 "no particle survived (" + ", ".join(f"{n} killed by {site!r}" for site, n in
+                                                     sorted(g["deaths"].items(), key=lambda kv: -kv[1])) + ")"))
         summary["guarantee_only"] = g
         bon = best_of_n_same_budget(args.topic, args.letter, tokens, args.seed)
         shown = f"; e.g. {bon['valid'][0]!r}" if bon["valid"] else ""

@@ -212,6 +212,22 @@ def test_constrained_smc_main_writes_trace_and_report_and_keeps_the_constraint(t
 
 
 @pytest.mark.llm
+def test_constrained_smc_guarantee_only_comparison_counts_its_tokens_when_every_particle_dies():
+    """The comparison is at equal tokens: when guarantee-only SMC loses every particle, what it
+    spent was printed as "tokens = None" (the exception carries no Result)."""
+    needs_model()
+    import argparse
+
+    cs = load("constrained_smc")
+    args = argparse.Namespace(particles=3, seed=0, topic="a cat", letter="e", max_words=3, min_words=2)
+    g = cs.guarantee_only_smc(args)
+    if g["log_evidence"] == -math.inf:
+        assert g["deaths"] and isinstance(g["tokens"], int) and g["tokens"] > 0, g
+    else:
+        assert g["tokens"] > 0 and abs(sum(g["marginal"].values()) - 1) < 1e-9
+
+
+@pytest.mark.llm
 def test_constrained_smc_best_of_n_keeps_only_valid_sentences():
     needs_model()
     cs = load("constrained_smc")
