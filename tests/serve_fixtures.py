@@ -110,3 +110,15 @@ def stop(proc: subprocess.Popen) -> None:
 async def lone_surrogate(messages) -> str:
     """A TEST DOUBLE program whose reply cannot be written as UTF-8 (it holds a lone surrogate)."""
     return "broken \ud800 text"
+
+
+class Unrenderable:
+    """A TEST DOUBLE return value whose text raises an error that quotes the server's API key."""
+
+    def __str__(self) -> str:
+        raise ValueError(f"cannot render with key {os.environ.get('SERVE_EDGES_KEY', '')}")
+
+
+async def unrenderable(messages) -> Unrenderable:
+    """A TEST DOUBLE program whose reply fails to render (an internal error, logged)."""
+    return Unrenderable()

@@ -219,3 +219,16 @@ def test_an_unexpected_failure_is_still_an_openai_error_object():
             list(broken.chat.completions.create(model="serve_fixtures:lone_surrogate", messages=HI, stream=True))
         assert "internal server error" in streamed.value.message
         assert "UnicodeEncodeError" in log.read_text()
+
+
+def test_the_api_key_is_masked_in_logged_tracebacks():
+    """The server's own error log (`agents.serving`, and any logger without a handler) went to
+    Python's last-resort handler, which masks nothing: a traceback quoting the key printed it."""
+    with run_server(f"{TARGET}:unrenderable", "--api-key-env", "SERVE_EDGES_KEY",
+                    env={"SERVE_EDGES_KEY": KEY}) as (url, _, log):
+        broken = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
+        with pytest.raises(openai.InternalServerError):
+            broken.chat.completions.create(model="serve_fixtures:unrenderable", messages=HI)
+        text = log.read_text()
+    assert "ValueError: cannot render with key **********" in text and "request failed" in text
+    assert KEY not in text and KEY[8:] not in text

@@ -185,11 +185,25 @@ def _close(service: ChatService, inst: Any) -> None:
 
 def _redact_logs() -> None:
     """Mask secrets (the API key, a backend's key) in every log line the server writes."""
-    for logger in ("", "uvicorn", "uvicorn.error", "agents.serving"):
+    _root_handler()
+    for logger in ("", "uvicorn", "uvicorn.error"):
         install_logging_redaction(logging.getLogger(logger))
     for handler in logging.getLogger("uvicorn.access").handlers:
         if not any(isinstance(f, AccessLogRedaction) for f in handler.filters):
             handler.addFilter(AccessLogRedaction())
+
+
+def _root_handler() -> None:
+    """Give the root logger a stderr handler (warnings and errors) when it has none. Without one,
+    the records of every logger that has no handler of its own (`agents.serving`'s tracebacks, the
+    engine's, the backends') reach `logging.lastResort`, which no filter can be added to: secrets
+    in them would be printed unmasked."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(levelname)s:    %(name)s: %(message)s"))
+        root.addHandler(handler)
 
 
 class AccessLogRedaction(logging.Filter):
