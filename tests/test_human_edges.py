@@ -91,7 +91,7 @@ def _keep_plain():
 async def _keep_forgot_await():
     x = sample("x", Bernoulli(0.5))
     answer = ask_human("keep", f"Keep {x}?", schema={"enum": ["yes", "no"]})  # no await
-    guarantee("kept", answer == "yes" or x == 1)
+    factor("kept", 0.0 if answer == "yes" else -1.0)  # (before the fix: always -1, silently)
     return x
 
 
