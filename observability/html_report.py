@@ -99,6 +99,11 @@ def plot_weights(trace: GlobalTrace) -> bytes:
 
 
 def plot_genealogy(trace: GlobalTrace) -> bytes:
+    """The genealogy plot as PNG bytes (`genealogy_figure`)."""
+    return _png(genealogy_figure(trace))
+
+
+def genealogy_figure(trace: GlobalTrace) -> Figure:
     """Particles as dots (x: step, y: index in the population); a line joins each particle to its
     parent at the previous step. Lineages that reach the final population are dark, the rest pale;
     a red cross marks a death."""
@@ -107,7 +112,7 @@ def plot_genealogy(trace: GlobalTrace) -> bytes:
     ax = fig.add_subplot()
     if not steps:
         _empty(ax, "no steps recorded (e.g. Enumerate)")
-        return _png(fig)
+        return fig
     parent_index = [None] + [  # parent_index[t][j]: index at step t-1 of the parent of index j at step t
         (np.asarray(prev.ancestors) if prev.resampled and prev.ancestors is not None
          else np.arange(len(cur.particle_ids)))
@@ -141,11 +146,27 @@ def plot_genealogy(trace: GlobalTrace) -> bytes:
     ax.scatter(dead_x, dead_y, marker="x", s=14, c=_RED, zorder=4, label=f"death ({len(died)})")
     ax.set(title="Genealogy: particles per step, lines to parents (dark: ancestors of the final population)",
            xlabel="step", ylabel="particle index")
-    ax.set_xticks([s.step for s in steps])
+    _integer_axes(ax, [s.step for s in steps])
     ax.autoscale()
     if died:
         ax.legend(fontsize=8, loc="upper right")
-    return _png(fig)
+    return fig
+
+
+MAX_STEP_TICKS = 25
+"""Beyond this many steps a plot labels a readable subset of them (one label per step overprinted)."""
+
+
+def _integer_axes(ax, steps: list[int]) -> None:
+    """Whole numbers on both axes (steps, particle indices): every step labelled when there are few,
+    else a readable subset; never a fractional particle index."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(steps) <= MAX_STEP_TICKS:
+        ax.set_xticks(steps)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_marginal(trace: GlobalTrace, top: int = 15) -> bytes:

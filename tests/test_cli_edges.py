@@ -241,3 +241,33 @@ def test_inspect_and_report_of_a_run_that_failed_say_so(tmp_path):
     assert "★ final" not in shown.stdout and shown.stdout.count("◦ last recorded") == 5
     html = (tmp_path / "r.html").read_text()
     assert "The run failed: NoSurvivingParticles" in html and "<td>log Z</td><td>-</td>" in html
+
+
+@pytest.mark.parametrize("steps", [4, 120])
+def test_the_genealogy_plot_labels_whole_steps_and_particles_readably(tmp_path, steps):
+    """With many steps every step got its own x label, overprinted into a black smear, and the
+    particle index axis had ticks such as 2.5."""
+    import numpy as np
+
+    import policies
+    from observability.html_report import genealogy_figure
+    from observability.trace_file import TraceFileWriter, read_trace_file
+    from swarm import Bernoulli, factor, sample
+
+    def walk():
+        heads = 0
+        for t in range(steps):
+            heads += sample(f"x{t}", Bernoulli(0.5))
+            factor(f"f{t}", 0.2 * heads)
+        return heads
+
+    with TraceFileWriter(tmp_path / "t.jsonl") as writer:
+        policies.SMC(num_particles=7, seed=0, listeners=[writer]).run(walk)
+    fig = genealogy_figure(read_trace_file(tmp_path / "t.jsonl"))
+    ax = fig.axes[0]
+    xticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    yticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert len(xticks) <= 25 and np.allclose(xticks, np.round(xticks)), xticks
+    assert np.allclose(yticks, np.round(yticks)), yticks
+    if steps <= 25:
+        assert [int(t) for t in xticks] == list(range(1, len(xticks) + 1))  # every step, when few
