@@ -31,7 +31,6 @@ import json
 import re
 import sys
 import time
-import typing
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, create_model
@@ -146,15 +145,16 @@ def inline_refs(schema: Any, defs: dict[str, Any] | None = None, seen: tuple[str
     return {k: inline_refs(v, defs, seen) for k, v in schema.items() if k not in ("$defs", "definitions")}
 
 
-def _resolved_annotations(f: Callable[..., Any], caller_locals: dict[str, Any]) -> dict[str, Any]:
-    """The parameters' annotations as types, also when they are strings (a module with `from
-    __future__ import annotations`): pydantic, building the argument model in this module, cannot
-    resolve "Point" by itself. Names are looked up in the function's module, then where `tool` was
-    called (a class defined in the same function); one found in neither is an error naming it."""
+def _signature(f: Callable[..., Any], caller_locals: dict[str, Any]) -> inspect.Signature:
+    """`f`'s signature with its annotations as types, also when they are strings (a module with
+    `from __future__ import annotations`): pydantic, building the argument model in this module,
+    cannot resolve "Point" by itself. Names are looked up in the function's module, then where
+    `tool` was called (a class defined in the same function); one found in neither is an error."""
     try:
-        return typing.get_type_hints(f, localns=caller_locals, include_extras=True)
+        return inspect.signature(f, locals=caller_locals, eval_str=True)
     except NameError as exc:
-        raise TypeError(f"tool {f.__name__!r}: cannot resolve the type annotation {exc.name!r} of its parameters "
+        name = getattr(f, "__name__", repr(f))
+        raise TypeError(f"tool {name!r}: cannot resolve the type annotation {exc.name!r} of its parameters "
                         "(define it before the tool, at module level or where the tool is made)") from None
 
 
@@ -167,13 +167,12 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
     caller_locals = dict(sys._getframe(1).f_locals)
 
     def build(f: Callable[..., Any]) -> Tool:
-        sig = inspect.signature(f)
-        hints = _resolved_annotations(f, caller_locals)
+        sig = _signature(f, caller_locals)
         fields: dict[str, Any] = {}
         for pname, param in sig.parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise TypeError(f"tool {f.__name__!r}: *args/**kwargs are not supported (parameter {pname!r})")
-            annotation = Any if param.annotation is inspect.Parameter.empty else hints.get(pname, param.annotation)
+            annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (annotation, default)
         args_model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
