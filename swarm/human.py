@@ -175,6 +175,9 @@ def _lookup(question: Question, answers: dict[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
+_APPROVAL_ANSWERS = 'an approval is answered true, false or {"approved": false, "reason": "..."}'
+
+
 def validate_answer(question: Question, value: Any) -> Any:
     """`value` if it fits the question's schema, else an `InvalidAnswerError` naming the question."""
     if question.answer_schema is not None:
@@ -184,8 +187,10 @@ def validate_answer(question: Question, value: Any) -> Any:
         problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if problem is not None:
             where = "/".join(map(str, problem.path)) or "the answer"
+            expected = (_APPROVAL_ANSWERS if question.kind == "approval"
+                        else f"schema {json.dumps(question.answer_schema)}")
             raise InvalidAnswerError(f"answer to {question.label()} refused: {where}: {problem.message} "
-                                     f"(got {value!r}; schema {json.dumps(question.answer_schema)})")
+                                     f"(got {value!r}; {expected})")
     return value
 
 

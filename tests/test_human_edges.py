@@ -12,6 +12,7 @@ from agents.approvals import ApprovalRuleError
 from agents.backends.scripted import Scripted
 from swarm import Bernoulli, ask_human, factor, guarantee, sample
 from swarm.errors import AsyncInPlainProgramError, UnawaitedSampleError
+from swarm.human import InvalidAnswerError
 
 
 def deleting_agent(arguments: str, rule, calls: list[str]) -> Agent:
@@ -105,3 +106,16 @@ def test_ask_human_in_a_plain_program_says_to_use_ask_human_sync(tmp_path):
 def test_ask_human_without_await_in_an_async_program_is_named():
     with pytest.raises(UnawaitedSampleError, match="'keep'.*never awaited"):
         policies.SMC(num_particles=10, seed=0, answers={"keep": "yes"}).run(_keep_forgot_await)
+
+
+def test_a_malformed_approval_answer_says_what_an_approval_answer_is(tmp_path):
+    """jsonschema's own message for the approval schema (a oneOf) is only "'yes' is not valid under
+    any of the given schemas"; the refusal now says what fits."""
+    calls: list[str] = []
+    agent = deleting_agent('{"path": "/etc/x"}', True, calls)
+    policy = policies.SMC(num_particles=2, seed=0, checkpoint=tmp_path)
+    assert policy.run(cleaning(agent)).status == "waiting"
+    with pytest.raises(InvalidAnswerError, match=r"answer to 'approve:delete' .* an approval is answered true, false "
+                                                 r"or \{\"approved\": false, \"reason\": \"...\"\}"):
+        policy.resume(tmp_path, cleaning(agent), answers={"approve:delete": "yes"})
+    assert calls == []
