@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from swarm.distributions import Distribution
 from swarm.effects import active_handlers, run_scope, unawaited_samples
-from swarm.errors import AsyncInPlainProgramError, SwarmError
+from swarm.errors import AsyncInPlainProgramError, PrimitiveUsageError, SwarmError
 from swarm.primitives import interact, sample
 
 __all__ = ["ask_human", "ask_human_sync", "ask", "Question", "AwaitingHuman", "InvalidAnswerError",
@@ -255,18 +255,32 @@ def ask(site: str, question: Question, *, sender: str = "program") -> Any:
     return answer
 
 
-def ask_human_sync(name: str, question: str, schema: Any = None, *, sender: str = "program") -> Any:
+def ask_human_sync(name: str, question: str, schema: Any = None, *, sender: str = "program",
+                   site: str | None = None) -> Any:
     """`ask_human` for a plain (non-async) program."""
-    return ask(name, Question.make(name, question, schema), sender=sender)
+    return ask(_site(name, site), Question.make(name, question, schema), sender=sender)
 
 
-def ask_human(name: str, question: str, schema: Any = None, *, sender: str = "program") -> Awaitable[Any]:
+def _site(name: str, site: str | None) -> str:
+    """The sample site of a question: `site`, or its name."""
+    if site is None:
+        return name
+    if not isinstance(site, str) or not site:
+        raise PrimitiveUsageError(f"ask_human {name!r}: site must be a non-empty string, got {site!r}")
+    return site
+
+
+def ask_human(name: str, question: str, schema: Any = None, *, sender: str = "program",
+              site: str | None = None) -> Awaitable[Any]:
     """Ask a person `question`; the answer (fitting `schema`, a JSON Schema dict or a Python type,
-    when given) is the value of sample site `name`: `answer = await ask_human(...)`. See the module
+    when given) is the value of sample site `site` (default: `name`): `answer = await ask_human(...)`.
+    A particle asks at a site once: to ask one question name again (in a loop), give each time its
+    own `site` (e.g. f"review{t}"), and an answer by name answers them all. See the module
     docstring. Without the `await` nobody would be asked: in a plain `def` program (which cannot
     await; `ask_human_sync` is for it) this raises `AsyncInPlainProgramError` at once, and in an
     async program an awaitable never awaited is named when the program returns, like `sample`'s."""
     asked = Question.make(name, question, schema)
+    where = _site(name, site)
     waiting = unawaited_samples()
     if waiting is None and active_handlers():  # inside an execution of a plain program
         raise AsyncInPlainProgramError(
@@ -274,9 +288,9 @@ def ask_human(name: str, question: str, schema: Any = None, *, sender: str = "pr
             f"swarm.human.ask_human_sync({name!r}, ...) (the same arguments), or declare the program "
             f"`async def` and write `await ask_human({name!r}, ...)`")
     token = object()
-    pending = _answer(name, asked, sender, token)
+    pending = _answer(where, asked, sender, token)
     if waiting is not None:  # dropped when it starts; left there, the program never awaited it
-        waiting[token] = (name, (pending,))
+        waiting[token] = (where, (pending,))
     return pending
 
 

@@ -11,7 +11,7 @@ from agents import Agent, tool
 from agents.approvals import ApprovalRuleError
 from agents.backends.scripted import Scripted
 from swarm import Bernoulli, ask_human, factor, guarantee, sample
-from swarm.errors import AsyncInPlainProgramError, UnawaitedSampleError
+from swarm.errors import AsyncInPlainProgramError, PrimitiveUsageError, UnawaitedSampleError
 from swarm.human import InvalidAnswerError
 
 
@@ -119,3 +119,35 @@ def test_a_malformed_approval_answer_says_what_an_approval_answer_is(tmp_path):
                                                  r"or \{\"approved\": false, \"reason\": \"...\"\}"):
         policy.resume(tmp_path, cleaning(agent), answers={"approve:delete": "yes"})
     assert calls == []
+
+
+# -- one question name asked in a loop ------------------------------------------------------------------
+async def _reviewed_loop():
+    total = 0
+    for t in range(3):
+        x = sample(f"x{t}", Bernoulli(0.5))
+        ok = await ask_human("review", f"Keep {x}?", schema=bool, site=f"review{t}")
+        factor(f"f{t}", 0.0 if ok or x else -1.0)
+        total += int(x)
+    return total
+
+
+def test_one_question_name_asked_at_many_sites_is_answered_once_by_name(tmp_path):
+    """A particle asks each site once, and the site was the name: a loop had to name its questions
+    review0, review1, ... and answer each. `site=` keeps one name for all of them."""
+    policy = policies.SMC(num_particles=30, seed=0, ess_threshold=0.9)
+    waiting = policy.model_copy(update={"checkpoint": tmp_path}).run(_reviewed_loop)
+    assert waiting.status == "waiting" and {q.name for q in waiting.pending} == {"review"}
+    done = policy.resume(tmp_path, _reviewed_loop, answers={"review": False})
+    assert done.status == "finished"  # the later sites were answered by the name, without pausing again
+    reference = policy.model_copy(update={"answers": {"review": False}}).run(_reviewed_loop)
+    assert [(p.id, p.value, p.log_weight) for p in done.particles] == \
+           [(p.id, p.value, p.log_weight) for p in reference.particles]
+    assert [e.address for e in reference.particles[0].trace.events if e.type == "sample" and "review" in e.address] \
+        == ["review0", "review1", "review2"]
+    with pytest.raises(PrimitiveUsageError, match="ask_human 'review': site must be a non-empty string"):
+        policies.Forward(num_particles=1, seed=0).run(_bad_site)
+
+
+async def _bad_site():
+    return await ask_human("review", "?", site="")
