@@ -22,14 +22,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class LocalHTTPServer:
-    """`handler` served on 127.0.0.1 at a free port, one thread per connection, from `start()`
+    """`handler` served on 127.0.0.1 at a free port (or `port`), one thread per connection, from `start()`
     (or `with`) to `stop()`. `request_queue_size` is the listen backlog (socketserver's default
     is 5: more concurrent connections than that are refused by the kernel, a fault nobody
     scheduled); `poll_interval` is how often the serving loop checks for `stop()`."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], *, owner: Any = None, name: str = "local-http",
-                 request_queue_size: int = 64, poll_interval: float = 0.05) -> None:
-        self.handler, self.owner, self.name = handler, owner, name
+                 request_queue_size: int = 64, poll_interval: float = 0.05, port: int = 0) -> None:
+        self.handler, self.owner, self.name, self.requested_port = handler, owner, name, port
         self.request_queue_size, self.poll_interval = request_queue_size, poll_interval
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -49,7 +49,7 @@ class LocalHTTPServer:
 
     def start(self) -> "LocalHTTPServer":
         server_class = type("_Server", (_Server,), {"request_queue_size": self.request_queue_size})
-        self._httpd = server_class(("127.0.0.1", 0), self.handler)
+        self._httpd = server_class(("127.0.0.1", self.requested_port), self.handler)
         self._httpd.owner = self.owner
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": self.poll_interval},
                                         name=self.name, daemon=True)
