@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from swarm.distributions import Distribution
-from swarm.effects import active_handlers, run_scope, unawaited_samples
+from swarm.effects import active_handlers, current_run_scope, run_scope, unawaited_samples
 from swarm.errors import AsyncInPlainProgramError, PrimitiveUsageError, SwarmError
 from swarm.primitives import interact, sample
 
@@ -282,7 +282,7 @@ def ask_human(name: str, question: str, schema: Any = None, *, sender: str = "pr
     asked = Question.make(name, question, schema)
     where = _site(name, site)
     waiting = unawaited_samples()
-    if waiting is None and active_handlers():  # inside an execution of a plain program
+    if waiting is None and current_run_scope() is not None and active_handlers():  # a plain program's execution
         raise AsyncInPlainProgramError(
             f"ask_human {name!r}: a plain `def` program cannot await the answer; call "
             f"swarm.human.ask_human_sync({name!r}, ...) (the same arguments), or declare the program "
