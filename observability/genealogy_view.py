@@ -165,8 +165,18 @@ def summary(trace: GlobalTrace) -> list[str]:
     else:
         lines.append("the run has no run_finished record (still running, or the writer was killed); "
                      "◦: the last recorded population")
-    lines += [f"warning: {p}" for p in trace.problems]
+    lines += [f"warning: {p}" for p in trace.problems + genealogy_warnings(trace)]
     return lines
+
+
+def genealogy_warnings(trace: GlobalTrace) -> list[str]:
+    """Why the genealogy may be incomplete (a policy's step records that contradict themselves)."""
+    bad = trace.inconsistent_steps()
+    if not bad:
+        return []
+    shown = ", ".join(map(str, bad[:8])) + (" …" if len(bad) > 8 else "")
+    return [f"the records of resampling step(s) {shown} give offspring their own ids as parents (the policy "
+            "recorded ids after resampling, not before): lineages are cut there"]
 
 
 def history(trace: GlobalTrace, particle_id: int) -> list[str]:

@@ -75,20 +75,29 @@ class GlobalTrace(BaseModel):
         return [s.log_evidence for s in self.steps]
 
     def genealogy(self) -> dict[int, int | None]:
-        """{particle id: parent id} for every particle of the run (None for the initial ones)."""
+        """{particle id: parent id} for every particle of the run (None for the initial ones, and
+        for the offspring of a resampling whose record contradicts itself: `inconsistent_steps`)."""
         parents: dict[int, int | None] = {}
+        inconsistent = set(self.inconsistent_steps())
         for step in self.steps:
             for ps in step.particles:
                 if ps.parent_id is not None:
                     parents[ps.particle_id] = ps.parent_id
             for pid in step.particle_ids:
                 parents.setdefault(pid, None)
-            if step.ancestors is not None and step.offspring_ids is not None:
+            if step.ancestors is not None and step.offspring_ids is not None and step.step not in inconsistent:
                 for child, a in zip(step.offspring_ids, step.ancestors):
                     parents[child] = step.particle_ids[a]
         for particle in self.final_population():
             parents.setdefault(particle.id, None)
         return parents
+
+    def inconsistent_steps(self) -> list[int]:
+        """The resampling steps whose record names an offspring as its own parent: the policy recorded
+        the population's ids after resampling where `StepRecord.particle_ids` are those before it
+        (the genealogy is cut at those steps: their offspring show as roots)."""
+        return [step.step for step in self.steps if step.ancestors is not None and step.offspring_ids is not None
+                and any(child == step.particle_ids[a] for child, a in zip(step.offspring_ids, step.ancestors))]
 
     def lineage(self, particle_id: int) -> list[int]:
         """The ids from the particle's first ancestor (at the first step) down to `particle_id`."""

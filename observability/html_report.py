@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from observability.genealogy_view import genealogy_warnings
 from observability.global_trace import GlobalTrace
 from observability.progress import fmt_float
 from observability.trace_file import os_reason
@@ -252,7 +253,7 @@ def render_html(trace: GlobalTrace, images: dict[str, bytes]) -> str:
 
     title = f"{trace.run.policy} on {trace.run.program}" if trace.run else Path(trace.path).name
     deaths = _deaths(trace)
-    warnings = list(trace.problems)
+    warnings = list(trace.problems) + genealogy_warnings(trace)
     if trace.failed:
         warnings.insert(0, f"The run failed: {trace.finished.error}")
     if trace.provisional and trace.steps:
