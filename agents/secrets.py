@@ -41,7 +41,7 @@ import json
 import logging
 import re
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 from pydantic import BaseModel, SecretStr
@@ -168,8 +168,14 @@ def _scrub(obj: Any, pattern: re.Pattern[str]) -> Any:
 
 
 class RedactingFilter(logging.Filter):
-    """Scrubs each record in place: the formatted message (args merged in), the exception text and
-    the stack text. Always lets the record through. Attach it to *handlers*."""
+    """Scrubs each record in place: the message, each of its arguments, the exception text and the
+    stack text. Always lets the record through. Attach it to *handlers*.
+
+    The arguments keep their shape (a tuple stays a tuple of as many items, a mapping a mapping), so
+    a formatter that reads `record.args` itself still can (uvicorn's access log unpacks client,
+    method, path, version and status from them: merging them into the message broke every line).
+    A string argument is masked; a number, bool or None kept; any other object is kept unless its
+    str or repr shows a secret, then it is replaced by a stand-in whose str and repr are masked."""
 
     def __init__(self, name: str = "", secrets: Iterable[str | SecretStr] | None = None) -> None:
         super().__init__(name)
@@ -179,7 +185,9 @@ class RedactingFilter(logging.Filter):
         pattern = _pattern(self._secrets)
         if pattern is None:
             return True
-        record.msg, record.args = pattern.sub(MASK, record.getMessage()), None
+        record.msg = pattern.sub(MASK, record.msg if isinstance(record.msg, str) else str(record.msg))
+        if record.args:
+            record.args = _masked_args(record.args, pattern)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -187,6 +195,38 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = pattern.sub(MASK, record.stack_info)
         return True
+
+
+def _masked_args(args: Any, pattern: re.Pattern[str]) -> Any:
+    if isinstance(args, Mapping):
+        return {key: _masked_arg(value, pattern) for key, value in args.items()}
+    return tuple(_masked_arg(value, pattern) for value in args)
+
+
+def _masked_arg(value: Any, pattern: re.Pattern[str]) -> Any:
+    if isinstance(value, str):
+        return pattern.sub(MASK, value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text, shown = str(value), repr(value)
+    if pattern.search(text) or pattern.search(shown):
+        return _MaskedArgument(pattern.sub(MASK, text), pattern.sub(MASK, shown))
+    return value
+
+
+class _MaskedArgument:
+    """A log argument that showed a secret: formats (`%s`, `%r`) as its masked str and repr."""
+
+    __slots__ = ("text", "shown")
+
+    def __init__(self, text: str, shown: str) -> None:
+        self.text, self.shown = text, shown
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.shown
 
 
 def _redact_text(text: str) -> str:

@@ -136,6 +136,34 @@ def test_logging_filter_redacts_message_args_and_exception():
     assert "calling with key **********" in text and "RuntimeError: auth failed for **********" in text
 
 
+def test_the_filter_keeps_the_arguments_a_formatter_reads():
+    """A formatter that reads `record.args` itself (uvicorn's access log unpacks five of them) still
+    can: before, the filter merged them into the message and set them to None, so every such line
+    was a 'Logging error' traceback. Each argument is masked in place; a str/repr showing a secret
+    becomes a stand-in with masked str and repr."""
+    register_secret(KEY)
+
+    class AccessFormatter(logging.Formatter):  # reads the arguments, as uvicorn's does
+        def formatMessage(self, record):
+            client, method, path, version, status = record.args
+            return f"{client} {method} {path} HTTP/{version} {status + 0}"
+
+    class Holder:
+        def __repr__(self):
+            return f"Holder(key={KEY!r})"
+
+    flt = RedactingFilter()
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", f"/v1?key={KEY}", "1.1", 200), None)
+    assert flt.filter(record) and AccessFormatter().format(record) == f"127.0.0.1:5 GET /v1?key={MASK} HTTP/1.1 200"
+    record = logging.LogRecord("n", logging.INFO, __file__, 1, "%(who)s has %(holder)r and %(n)d", ({
+        "who": KEY, "holder": Holder(), "n": 3},), None)
+    assert flt.filter(record) and record.getMessage() == f"{MASK} has Holder(key='{MASK}') and 3"
+    plain = object()
+    record = logging.LogRecord("n", logging.INFO, __file__, 1, "%s", (plain,), None)
+    assert flt.filter(record) and record.args == (plain,)  # nothing to mask: the object itself
+
+
 def test_filter_with_explicit_secrets_and_install_on_root_handlers():
     flt = RedactingFilter(secrets=["explicit-secret-1"])
     record = logging.LogRecord("n", logging.INFO, __file__, 1, "x=%s", ("explicit-secret-1",), None)

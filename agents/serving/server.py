@@ -34,7 +34,7 @@ import sys
 from types import SimpleNamespace
 from typing import Any
 
-from agents.secrets import Secret, install_logging_redaction, redact
+from agents.secrets import Secret, install_logging_redaction
 from agents.serving.service import ChatService, ServeConfig
 
 EMBEDDED_DEFAULTS = {"policy": "smc", "particles": 8}
@@ -186,11 +186,8 @@ def _close(service: ChatService, inst: Any) -> None:
 def _redact_logs() -> None:
     """Mask secrets (the API key, a backend's key) in every log line the server writes."""
     _root_handler()
-    for logger in ("", "uvicorn", "uvicorn.error"):
+    for logger in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
         install_logging_redaction(logging.getLogger(logger))
-    for handler in logging.getLogger("uvicorn.access").handlers:
-        if not any(isinstance(f, AccessLogRedaction) for f in handler.filters):
-            handler.addFilter(AccessLogRedaction())
 
 
 def _root_handler() -> None:
@@ -204,13 +201,3 @@ def _root_handler() -> None:
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter("%(levelname)s:    %(name)s: %(message)s"))
         root.addHandler(handler)
-
-
-class AccessLogRedaction(logging.Filter):
-    """Masks secrets in an access-log record's message and in each of its arguments, which stay a
-    tuple: uvicorn's access formatter unpacks them (client, method, path, version, status), so the
-    generic `RedactingFilter`, which merges the arguments into the message, breaks every line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.msg), redact(record.args)
-        return True
