@@ -159,6 +159,9 @@ def test_what_cannot_be_served_is_refused_at_start_up():
     assert no_conversation.returncode == 1 and "needs a parameter named 'messages'" in no_conversation.stderr
     no_key = serve(TARGET, "--api-key-env", "SERVE_TEST_UNSET_KEY", env={"SERVE_TEST_UNSET_KEY": ""})
     assert no_key.returncode == 1 and "SERVE_TEST_UNSET_KEY" in no_key.stderr
+    unmatchable = serve(TARGET, "--api-key-env", "SERVE_TEST_KEY", env={"SERVE_TEST_KEY": "clé-secrète"})
+    assert unmatchable.returncode == 1 and "the key must be printable ASCII" in unmatchable.stderr
+    assert "clé-secrète" not in unmatchable.stderr + unmatchable.stdout
     unknown_default = serve(TARGET, "--arg", "colour=red")
     assert unknown_default.returncode == 1 and "no parameter 'colour'" in unknown_default.stderr
 

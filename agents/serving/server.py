@@ -93,6 +93,10 @@ def api_key(args: argparse.Namespace) -> Secret | None:
     value = os.environ.get(args.api_key_env, "")
     if not value.strip():
         raise CLIError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
+    if not value.strip().isascii() or not value.strip().isprintable():
+        # an HTTP header carries ASCII (clients refuse, or encode it otherwise): no request could match it
+        raise CLIError(f"--api-key-env {args.api_key_env}: the key must be printable ASCII (an Authorization "
+                       "header cannot carry it otherwise, so no request could ever match)")
     return Secret(value.strip())
 
 
