@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SwarmError as exc:
         report_error(args.command, exc, args.debug)
-        return 1
+        return getattr(exc, "exit_status", 1)  # 2 for a malformed command line (UsageError)
     except KeyboardInterrupt:
         print(f"swarm {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

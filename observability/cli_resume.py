@@ -25,13 +25,13 @@ EXIT_WAITING = 3
 
 def parse_answers(items: list[str]) -> dict[str, Any]:
     """`NAME=VALUE` pairs → {name: value}; VALUE as JSON when it parses, else the string itself."""
-    from observability.programs import CLIError
+    from observability.programs import UsageError
 
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise CLIError(f"--answer {item!r}: expected NAME=VALUE (NAME: a question's name or id)")
+            raise UsageError(f"--answer {item!r}: expected NAME=VALUE (NAME: a question's name or id)")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:

@@ -26,6 +26,14 @@ policy's population size is `num_particles` (Beam's is its `width`)."""
 class CLIError(SwarmError):
     """A command-line problem the user can fix (a missing file, program or argument)."""
 
+    exit_status = 1
+
+
+class UsageError(CLIError):
+    """A command line that is malformed (as argparse's own errors): `swarm` exits with status 2."""
+
+    exit_status = 2
+
 
 def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
     """Import FILE.py and return (module, program): the function named after a colon, else the
@@ -126,7 +134,7 @@ def parse_kwargs(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.isidentifier():
-            raise CLIError(f"--arg {item!r}: expected NAME=VALUE")
+            raise UsageError(f"--arg {item!r}: expected NAME=VALUE (NAME a Python identifier)")
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -298,3 +298,12 @@ def test_inspect_of_a_tempered_smc_run_shows_its_final_particles(tmp_path):
     assert shown.stdout.count("★ final") >= 3, shown.stdout
     if trace.inconsistent_steps():  # until the policy records the ids before resampling
         assert "lineages are cut there" in shown.stdout
+
+
+@pytest.mark.parametrize("args", [["run", "coins.py", "--arg", "junk"], ["run", "coins.py", "--arg", "2x=1"],
+                                  ["run", "coins.py", "--answer", "novalue"], ["resume", ".", "--answer", "=1"]])
+def test_a_malformed_option_value_is_a_usage_error(files, args):
+    """Exit 2, as the help says for a usage error and as argparse's own errors do (it was 1)."""
+    proc = swarm(*args, cwd=files)
+    assert proc.returncode == 2 and "expected NAME=VALUE" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
