@@ -57,6 +57,15 @@ def check_outputs(writer: Any, args: argparse.Namespace) -> None:
         check_writable(args.html, args.png_dir)
 
 
+def quiet_abandoned_tasks() -> None:
+    """After Ctrl-C: no "Task exception was never retrieved" traceback at exit. A second Ctrl-C
+    raises KeyboardInterrupt inside the run's task, which the policy's stream then drops without
+    retrieving it (policies/streaming.py), so asyncio logs it when the task is collected."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from observability.trace_file import TraceFileError, TraceFileWriter
 
@@ -99,9 +108,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"swarm run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:  # Ctrl-C: the run so far is in the trace file; report it, say where it is
-        kept = " (the trace file and report below hold the run so far)" if args.trace or args.html else ""
+        kept = " and ".join(name for name, given in (("the trace file", args.trace), ("the report", args.html)) if given)
+        kept = f" (the run so far is in {kept} below)" if kept else ""
         print(f"swarm run: interrupted{kept}", file=sys.stderr)
         status = EXIT_INTERRUPTED
+        quiet_abandoned_tasks()
     finally:
         progress.close()
         if inst is not None:
