@@ -12,6 +12,14 @@ units (see `agents.backends.llama_cpp`):
 - "text": until an end-of-generation token, `max_tokens`, or a stop string (text cut before it).
 Any unit also ends at `max_tokens` or when the sequence fills its context ("length").
 
+A chunk never ends inside a UTF-8 character: a character of 2-4 bytes is often spread over several
+byte tokens, and a chunk cut after its first byte would end in U+FFFD, lose the bytes drawn and
+condition the next chunk on a broken prefix. So "token" and `max_tokens` end the chunk at the first
+token after which the text is whole, taking at most `UTF8_TAIL_TOKENS` tokens more (a character
+has at most 3 bytes after its first); the stopping rule is still a function of the drawn tokens, so
+log q is still the sum of their log q. Only a full context, an end of generation, a word boundary
+or a model that writes invalid UTF-8 can leave a U+FFFD.
+
 Tokens are drawn by the request's `TokenDrawer` (`agents.backends.llama_sampling`): from q itself,
 or under a constraint (`agents.backends.llama_guided`), which also gives the word stop masses and
 the completion's constraint report; a drawer that allows no token ends the chunk ("constraint").
@@ -27,6 +35,10 @@ import numpy as np
 
 from agents.backends.base import Completion, GenerationSettings, Usage
 from agents.backends.llama_sampling import PROPOSAL, RowProposal, TokenDraw, TokenDrawer
+
+UTF8_TAIL_TOKENS = 3
+"""Tokens a chunk may take beyond `max_tokens` (or beyond its one token) to finish a UTF-8
+character: the continuation bytes of a 4-byte character, one byte token each at worst."""
 
 
 class LlamaCppCompletion(Completion):
@@ -108,6 +120,8 @@ class ChunkBuilder:
         self.finish = "length"
         self.stop_lq, self.stop_lp = 0.0, None
         self._in_word = False
+        self._tail = 0
+        """Tokens taken beyond the chunk's end to finish a UTF-8 character."""
 
     def step(self, row: RowProposal, rng: np.random.Generator, room: bool) -> int | None:
         """Draw the next position from `row` with the request's drawer and offer it: the token to
@@ -142,11 +156,22 @@ class ChunkBuilder:
         if cut is not None:
             self.text, self.pieces, self.finish = self.text[:cut], trim_pieces(self.pieces, cut), "stop"
             return True
-        if s.unit == "token" or (s.unit == "line" and "\n" in piece):
+        if s.unit == "line" and "\n" in piece:
             self.finish = "unit"
             return True
         self._in_word = self._in_word or bool(piece.strip())
-        return len(self.ids) == s.max_tokens or not room
+        due = s.unit == "token" or len(self.ids) >= s.max_tokens
+        if due and room and self._inside_character() and self._tail < UTF8_TAIL_TOKENS:
+            self._tail += 1  # finish the character first
+            return False
+        if s.unit == "token":
+            self.finish = "unit"
+            return True
+        return due or not room
+
+    def _inside_character(self) -> bool:
+        """Whether the tokens so far end inside a UTF-8 character (the decoder holds its first bytes)."""
+        return bool(self._decoder.getstate()[0])
 
     def completion(self, *, usage: Usage, latency_s: float, model: str, backend: str, reused: int,
                    prefilled: int, evictions: int) -> LlamaCppCompletion:

@@ -1,0 +1,83 @@
+"""Edge cases of the LLM backends as a demanding user hits them: chunks over multi-byte characters,
+prompts that do not fit, tiny and oversized `max_tokens`, stop strings at the start, greedy decoding.
+
+The in-process backend runs the embedded SmolLM2-135M through llama.cpp. Where a test needs a
+particular token sequence (a character spread over byte tokens) it offers those real vocabulary
+tokens to the backend's own `ChunkBuilder`, so it does not depend on what the model happens to
+draw on a given CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'plp-swarm[llama]')")
+
+from agents.backends.base import GenerationRequest, GenerationSettings  # noqa: E402
+from agents.backends.llama_chunks import UTF8_TAIL_TOKENS, ChunkBuilder  # noqa: E402
+from agents.backends.llama_cpp import LlamaCpp  # noqa: E402
+from agents.backends.llama_sampling import TokenDraw  # noqa: E402
+
+pytestmark = pytest.mark.llm
+
+EMOJI_PROMPT = "Emoji party: 🎉🎊🥳😀 Chinese: 你好世界 Repeat: 🎉🎊🥳😀 你好世界 🎉"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = LlamaCpp(seed=0, n_ctx=256)
+    b.load()
+    yield b
+    asyncio.run(b.aclose())
+
+
+def byte_tokens(backend: LlamaCpp, text: str) -> list[int]:
+    """The vocabulary's single-byte tokens spelling `text` byte by byte (a character split across tokens)."""
+    pieces = backend._vocab.pieces
+    return [pieces.index(bytes([b])) for b in text.encode("utf-8")]
+
+
+def offer_all(chunk: ChunkBuilder, ids: list[int]) -> int:
+    """Offer `ids` in turn until the chunk says it is complete; how many it took."""
+    for n, tok in enumerate(ids, 1):
+        if chunk.offer(TokenDraw(tok, -1.0, -1.0), row=None, room=True):
+            return n
+    raise AssertionError("the chunk never completed")
+
+
+@pytest.mark.parametrize("unit,max_tokens", [("token", 8), ("text", 1), ("word", 2), ("line", 1)])
+def test_a_chunk_never_ends_inside_a_utf8_character(backend, unit, max_tokens):
+    """Before: a chunk cut after the first byte token of "🎉" (unit="token", or max_tokens) returned
+    "\\ufffd", so its bytes were lost and the next chunk continued a broken prefix."""
+    ids = byte_tokens(backend, "🎉") + byte_tokens(backend, "x")
+    chunk = ChunkBuilder(GenerationSettings(unit=unit, max_tokens=max_tokens), backend._vocab)
+    taken = offer_all(chunk, ids)
+    assert taken == 4 and chunk.text == "🎉" and "".join(chunk.pieces) == "🎉"
+    assert taken <= max(max_tokens, 1) + UTF8_TAIL_TOKENS
+
+
+def test_the_utf8_tail_is_bounded(backend):
+    """A model that keeps writing lead bytes cannot make a chunk unbounded: at most UTF8_TAIL_TOKENS more."""
+    lead = byte_tokens(backend, "🎉")[0]
+    chunk = ChunkBuilder(GenerationSettings(unit="token"), backend._vocab)
+    taken = offer_all(chunk, [lead] * 10)
+    assert taken == 1 + UTF8_TAIL_TOKENS
+
+
+def test_token_chunks_over_emoji_concatenate_to_whole_characters(backend):
+    """Greedy one-token chunks, each continuing the text so far (as a program does with
+    `assistant_prefix`): no chunk holds U+FFFD, each chunk's text is its tokens' bytes decoded, and
+    a chunk is only longer than one token to finish a character."""
+    text = ""
+    for i in range(10):
+        c = asyncio.run(backend.complete(GenerationRequest(
+            prompt=EMOJI_PROMPT, assistant_prefix=text, seed=i,
+            settings=GenerationSettings(unit="token", temperature=0, max_tokens=1))))
+        assert "\ufffd" not in c.text
+        assert backend.detokenize(c.token_ids).decode("utf-8") == c.text == "".join(c.tokens)
+        assert len(c.token_ids) == 1 or len(c.text) == 1
+        assert c.usage.output_tokens == len(c.token_ids) == len(c.token_logprobs)
+        text += c.text
+    assert text.strip()
