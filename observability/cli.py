@@ -46,6 +46,18 @@ def print_paths(trace_path: Path | None, report: dict | None) -> None:
         print(f"report: {path}" if key == "html" else f"  png:  {path}")
 
 
+def check_otlp_url(url: str) -> None:
+    """A usage error now for an --otlp value that is no http(s) URL (every export would fail, after
+    the run, with the spans lost)."""
+    from urllib.parse import urlsplit
+
+    from observability.programs import UsageError
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--otlp {url!r}: expected an http(s) URL such as http://127.0.0.1:6006/v1/traces")
+
+
 def check_outputs(writer: Any, args: argparse.Namespace) -> None:
     """Fail before the run, not after it, when the trace file or the report cannot be written
     (a directory that is a file, no permission): raises `TraceFileError` or `ReportError`."""
@@ -92,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     inst = None
     if args.otlp:
         from observability.exporters import instrument
+
+        check_otlp_url(args.otlp)
 
         inst = instrument("otlp", endpoint=args.otlp, project=Path(args.target.split(":")[0]).stem, register=False)
         listeners.append(inst.listener)

@@ -345,3 +345,11 @@ def test_ctrl_c_twice_on_a_plain_program_is_one_line(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines() == ["swarm run: interrupted (the run so far is in the trace file below)"]
+
+
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:6006/v1/traces", "ftp://127.0.0.1/x", "http://"])
+def test_an_otlp_value_that_is_no_url_is_a_usage_error(files, url):
+    """It ran the whole program, then failed every export ("No scheme supplied") and exited 0."""
+    proc = swarm("run", "coins.py", "--otlp", url, cwd=files)
+    assert proc.returncode == 2 and f"--otlp {url!r}: expected an http(s) URL" in proc.stderr, proc.stderr
+    assert "answer marginal" not in proc.stdout
