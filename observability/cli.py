@@ -31,7 +31,8 @@ from swarm.errors import ProgramArgumentsError, SwarmError
 from swarm.execution import check_arguments
 
 from observability.programs import (  # noqa: E402,F401 - re-exported: the commands' shared program loading
-    BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, parse_kwargs, ship_by_value,
+    BUILTIN_DEFAULTS, POLICIES, POPULATION_FIELDS, CLIError, load_program, make_policy, module_defaults, parse_kwargs,
+    ship_by_value,
 )
 
 
@@ -82,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from observability.trace_file import TraceFileError, TraceFileWriter
 
     module, program = load_program(args.target)
-    defaults = dict(getattr(module, "DEFAULTS", None) or {})
+    defaults = module_defaults(module)
     kwargs = {**dict(defaults.get("args") or {}), **parse_kwargs(args.arg)}
     try:
         check_arguments(program, (), kwargs)

@@ -150,13 +150,34 @@ def _validation_message(exc: ValueError) -> str:
     return one_line(str(exc))
 
 
+DEFAULT_KEYS = ("policy", "particles", "seed", "runtime", "args")
+
+
+def module_defaults(module: ModuleType) -> dict[str, Any]:
+    """The module's DEFAULTS, checked: a dict with only the keys `DEFAULT_KEYS` (a misspelt key was
+    silently ignored), its "args" a dict of keyword arguments."""
+    defaults = getattr(module, "DEFAULTS", None)
+    if defaults is None:
+        return {}
+    where = f"{getattr(module, '__file__', None) or module.__name__}: DEFAULTS"
+    if not isinstance(defaults, dict):
+        raise CLIError(f"{where} must be a dict with keys among {', '.join(DEFAULT_KEYS)}, got {type(defaults).__name__}")
+    unknown = sorted(str(k) for k in defaults if k not in DEFAULT_KEYS)
+    if unknown:
+        raise CLIError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the keys are {', '.join(DEFAULT_KEYS)}")
+    args = defaults.get("args")
+    if args is not None and not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
+        raise CLIError(f"{where}['args'] must be a dict of keyword arguments (name: value), got {type(args).__name__}")
+    return dict(defaults)
+
+
 def make_policy(args: argparse.Namespace, module: ModuleType, listeners: list[Any]) -> Any:
     """The policy: --policy, else the module's POLICY, else DEFAULTS["policy"], else SMC; then
     --particles/--seed/--runtime (or DEFAULTS) applied, and the CLI's listeners attached."""
     import policies
     from policies.base import Policy
 
-    defaults = {**BUILTIN_DEFAULTS, **dict(getattr(module, "DEFAULTS", None) or {})}
+    defaults = {**BUILTIN_DEFAULTS, **module_defaults(module)}
     base = getattr(module, "POLICY", None)
     if base is not None and not isinstance(base, Policy):
         raise CLIError(f"{module.__file__}: POLICY must be a policies.Policy instance, got {type(base).__name__}")

@@ -353,3 +353,16 @@ def test_an_otlp_value_that_is_no_url_is_a_usage_error(files, url):
     proc = swarm("run", "coins.py", "--otlp", url, cwd=files)
     assert proc.returncode == 2 and f"--otlp {url!r}: expected an http(s) URL" in proc.stderr, proc.stderr
     assert "answer marginal" not in proc.stdout
+
+
+@pytest.mark.parametrize("defaults, culprit", [
+    ("['x']", "DEFAULTS must be a dict with keys among policy, particles, seed, runtime, args, got list"),
+    ("{'args': 5}", "DEFAULTS['args'] must be a dict of keyword arguments (name: value), got int"),
+    ("{'particle': 5}", "DEFAULTS has unknown key(s) 'particle'; the keys are policy, particles, seed, runtime, args"),
+])
+def test_malformed_defaults_are_named(files, defaults, culprit):
+    """A DEFAULTS that is no dict, or whose args are not, was an unexpected ValueError/TypeError; a
+    misspelt key was silently ignored."""
+    (files / "odd.py").write_text(f"DEFAULTS = {defaults}\n\ndef program():\n    return 1\n")
+    for command in ("run", "mcp"):
+        assert culprit in one_line_error(swarm(command, "odd.py", cwd=files), command)
