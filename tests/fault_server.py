@@ -8,6 +8,7 @@ arrival order; once the script is used up every request gets `default` (normally
     "400", "429", "500", "503", …   that HTTP status with an OpenAI-style error body
     "drop"        read the request, then close the connection without any response
     "sleep:2.0"   wait 2.0 s (interruptible by `stop`), then answer "ok"
+    "body:TEXT"   a 200 whose body is TEXT exactly (JSON of the wrong shape, or not JSON at all)
 
     with FaultServer(script=["500", "drop", "ok"]) as srv:
         client = OpenAICompatible(srv.base_url, "fake-model", ...)
@@ -89,6 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
         if action.startswith("sleep:"):
             fault.stopping.wait(float(action.split(":", 1)[1]))
             action = "ok"
+        if action.startswith("body:"):  # a 200 whose body is these exact characters
+            self._send_raw(200, action.split(":", 1)[1].encode())
+            return
         if action.isdigit():
             status = int(action)
             message = f"fault script says {status}"
@@ -107,7 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no route POST {self.path}", "code": 404}})
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
+        self._send_raw(status, json.dumps(payload).encode())
+
+    def _send_raw(self, status: int, data: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

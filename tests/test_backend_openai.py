@@ -70,6 +70,29 @@ def test_permanent_400_raises_at_once():
     assert "HTTP 400" in str(err) and "fault script says 400" in str(err)
 
 
+MALFORMED_REPLIES = [
+    ("completions", "[]"), ("chat", "null"), ("chat", '{"choices": "x"}'), ("completions", '{"choices": [null]}'),
+    ("completions", '{"choices": [{"text": 5}]}'), ("chat", '{"choices": [{"message": "hi"}]}'),
+    ("completions", '{"choices": [{"message": {"content": "hi"}}]}'), ("chat", '{"choices": [{"text": "hi"}]}'),
+    ("completions", '{"choices": [{"text": "hi"}], "usage": {"prompt_tokens": "many"}}'),
+    ("completions", '{"choices": [{"text": "a", "index": "x"}, {"text": "b", "index": 1}]}'),
+    ("completions", '{"choices": [{"text": "hi", "logprobs": {"tokens": ["hi"], "token_logprobs": ["a"]}}]}'),
+]
+
+
+@pytest.mark.parametrize("mode,body", MALFORMED_REPLIES)
+def test_a_200_reply_of_the_wrong_shape_is_a_backend_error_naming_the_server(mode, body):
+    """Before: JSON that is not an object, choices that are not objects, a text that is not a string
+    or a usage that is not a number raised AttributeError/TypeError/ValueError out of the backend (a
+    crash, not a lost particle), and a choice without its text gave a silent empty completion."""
+    with FaultServer(script=["body:" + body]) as srv:
+        url = srv.base_url
+        with pytest.raises(BackendError) as info:
+            run(backend(srv, mode=mode).complete(prompt()))
+    assert len(srv.requests) == 1 and not info.value.retryable
+    assert url in str(info.value) and "fake-model" in str(info.value)
+
+
 def test_retries_exhausted_raise_retryable_error_naming_last_cause():
     with FaultServer(script=["503"] * 10) as srv:
         b = backend(srv, max_retries=2)

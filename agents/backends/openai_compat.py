@@ -226,17 +226,40 @@ class OpenAICompatible(Backend):
             body["n"] = n
         try:
             response = await self.post_json(kind, body)
-            choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+            out, usage = self._parse_reply(kind, response, request, want, in_word)
+        except BackendError:
+            self.errors += 1
+            raise
+        self._account(response, usage, out, started)
+        return out
+
+    def _parse_reply(self, kind: str, response: dict[str, Any], request: GenerationRequest, want: bool,
+                     in_word: bool) -> tuple[list[OpenAICompletion], tuple[int, int]]:
+        """The completions of a reply's choices (by index) and its usage (prompt, completion tokens).
+        A reply of the wrong shape (choices that are not objects, a text that is not a string, a
+        usage that is not a number, ...) is a `BackendError` naming the server, not a crash."""
+        try:
+            choices = response.get("choices")
+            if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                raise TypeError(f"'choices' is {type(choices).__name__}, not a list of objects")
+            field = "message" if kind == "chat" else "text"
+            if not all(isinstance(c.get(field), dict if kind == "chat" else str) for c in choices):
+                raise TypeError(f"a choice has no {field!r} {'object' if kind == 'chat' else 'string'}")
+            choices = sorted(choices, key=lambda c: c.get("index") or 0)
             if not choices:
                 raise BackendError(f"{self._where(kind)} returned no choices", retryable=False)
             if self.reports_stop_reason is None:
                 self.reports_stop_reason = "stop_reason" in choices[0]
             out = [parse_choice(self, kind, c, request, want, in_word) for c in choices]
+            usage = response.get("usage") or {}
+            counts = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         except BackendError:
-            self.errors += 1
             raise
-        self._account(response, out, started)
-        return out
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"{self._where(kind)} sent a reply that is not an OpenAI completion ({exc!r}): "
+                               f"{self._redact(dumps_exact(response)[:200].decode(errors='replace'))}",
+                               retryable=False) from None
+        return out, counts
 
     def _constraint_fields(self, request: GenerationRequest) -> dict[str, Any]:
         """The server's guided-decoding fields enforcing `request.constraint`; the weight correction
@@ -256,10 +279,10 @@ class OpenAICompatible(Backend):
                          f"(constraints={where!r}: llama.cpp servers take GBNF grammars and JSON schemas, "
                          "vLLM regex, JSON schemas and grammars); use LlamaCpp in process, or a guarantee")
 
-    def _account(self, response: dict[str, Any], out: list[OpenAICompletion], started: float) -> None:
-        usage = response.get("usage") or {}
-        n_in = int(usage.get("prompt_tokens") or 0)
-        n_out = int(usage.get("completion_tokens") or 0) or sum(len(c.tokens) for c in out)
+    def _account(self, response: dict[str, Any], usage: tuple[int, int], out: list[OpenAICompletion],
+                 started: float) -> None:
+        n_in = usage[0]
+        n_out = usage[1] or sum(len(c.tokens) for c in out)
         latency, model = time.perf_counter() - started, response.get("model") or self.model
         for i, c in enumerate(out):  # with n > 1 the prompt is counted once, on the first choice
             c.usage.input_tokens = n_in if i == 0 else 0
@@ -330,11 +353,14 @@ class OpenAICompatible(Backend):
                 continue
             if reply.status == 200:
                 try:
-                    return loads(reply.body)
+                    payload = loads(reply.body)
                 except ValueError:
-                    failure = _Failure(f"HTTP 200 with a body that is not JSON: {self._redact(repr(reply.body[:200]))}",
-                                       status=200, retryable=False)
-                    break
+                    payload = None
+                if isinstance(payload, dict):
+                    return payload
+                failure = _Failure(f"HTTP 200 with a body that is not a JSON object: "
+                                   f"{self._redact(repr(reply.body[:200]))}", status=200, retryable=False)
+                break
             failure = self._status_failure(reply.status, reply.body, reply.headers)
             if not failure.retryable:
                 break
