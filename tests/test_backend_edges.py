@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'plp-swarm[llama]')")
 
-from agents.backends.base import GenerationRequest, GenerationSettings  # noqa: E402
+from agents.backends.base import ChatMessage, GenerationRequest, GenerationSettings  # noqa: E402
 from agents.backends.llama_chunks import UTF8_TAIL_TOKENS, ChunkBuilder  # noqa: E402
-from agents.backends.llama_cpp import LlamaCpp  # noqa: E402
+from agents.backends.llama_cpp import LlamaCpp, fold_system_messages  # noqa: E402
 from agents.backends.llama_sampling import TokenDraw  # noqa: E402
 
 pytestmark = pytest.mark.llm
@@ -81,3 +81,29 @@ def test_token_chunks_over_emoji_concatenate_to_whole_characters(backend):
         assert c.usage.output_tokens == len(c.token_ids) == len(c.token_logprobs)
         text += c.text
     assert text.strip()
+
+
+SYSTEM_CHAT = [ChatMessage(role="system", content="Answer in French."), ChatMessage(role="user", content="Hi")]
+
+
+@pytest.mark.parametrize("chat_format", ["gemma", "mistral-instruct"])
+def test_a_template_without_a_system_role_keeps_the_system_message_in_the_user_turn(chat_format):
+    """Before: these templates dropped the system message silently (an Agent's `system=` vanished)."""
+    b = LlamaCpp(chat_format=chat_format)
+    try:
+        text = b.detokenize(b.prompt_tokens(GenerationRequest(messages=SYSTEM_CHAT)), special=True).decode()
+    finally:
+        b.close()
+    assert "Answer in French.\n\nHi" in text
+
+
+def test_a_template_with_a_system_role_renders_it_unchanged(backend):
+    text = backend.detokenize(backend.prompt_tokens(GenerationRequest(messages=SYSTEM_CHAT)), special=True).decode()
+    assert "<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\nHi<|im_end|>" in text
+
+
+def test_fold_system_messages_heads_the_next_user_turn():
+    msgs = [{"role": "system", "content": "A"}, {"role": "system", "content": "B"}, {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"}, {"role": "system", "content": "C"}]
+    assert fold_system_messages(msgs) == [{"role": "user", "content": "A\n\nB\n\nu"},
+                                          {"role": "assistant", "content": "a"}, {"role": "user", "content": "C"}]

@@ -95,7 +95,10 @@ only reshapes its own row, after the batch's vectorised log-softmax.
 
 Chat: `request.messages` are rendered with the GGUF's own chat template (or a named llama-cpp-python
 chat format), then `assistant_prefix` is appended and the whole string tokenized (special tokens
-parsed), which continues a partial assistant reply. Raw mode: `prompt + assistant_prefix`. The
+parsed), which continues a partial assistant reply. A template without a system role (Gemma's,
+"mistral-instruct", "vicuna", ...) would drop system messages silently or raise: there each system
+message's content is put at the head of the next user message, separated by a blank line (what
+such models are trained to read; probed once per loaded template). Raw mode: `prompt + assistant_prefix`. The
 model is loaded lazily, once. `tools`/`response_format` are ignored.
 """
 
@@ -203,6 +206,7 @@ class LlamaCpp(Backend):
         self._vocab = vocab_tables(llama_cpp, model)
         self._vocabulary = Vocabulary(self._vocab.pieces, np.flatnonzero(self._vocab.eog).tolist())
         self._formatter = chat_formatter(model, self.chat_format)
+        self._keeps_system = _keeps_system(self._formatter)
         self._bos = model.token_bos()
         self._model = model
         context = BatchContext(llama_cpp, model, n_ctx=self.n_ctx, n_seq_max=self.n_seq_max,
@@ -306,5 +310,37 @@ class LlamaCpp(Backend):
             if m.tool_call_id is not None:
                 d["tool_call_id"] = m.tool_call_id
             dicts.append(d)
+        if not self._keeps_system:
+            dicts = fold_system_messages(dicts)
         response = self._formatter(messages=dicts)
         return response.prompt, not getattr(response, "added_special", False)
+
+
+_SYSTEM_PROBE = "\x1fplp-swarm system probe\x1f"
+
+
+def _keeps_system(formatter: Any) -> bool:
+    """Whether the chat formatter renders a system message's content (some templates drop it, or raise)."""
+    try:
+        rendered = formatter(messages=[{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "x"}])
+    except Exception:  # noqa: BLE001 - a template that refuses the role (Jinja raise_exception)
+        return False
+    return _SYSTEM_PROBE in rendered.prompt
+
+
+def fold_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` without system messages: each one's content heads the next user message (a blank
+    line between), or becomes a user message of its own when no user message follows it."""
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for m in messages:
+        if m["role"] == "system":
+            pending.append(m["content"])
+        elif m["role"] == "user" and pending:
+            out.append({**m, "content": "\n\n".join([*pending, m["content"]])})
+            pending = []
+        else:
+            out.append(m)
+    if pending:
+        out.append({"role": "user", "content": "\n\n".join(pending)})
+    return out
