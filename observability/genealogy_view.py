@@ -86,11 +86,13 @@ def select(nodes: dict[int, Node], max_particles: int, focus: int | None = None)
             if n.death is not None:
                 by_cause[n.death.cause].append(n.id)
         queues = [list(reversed(ids)) for ids in by_cause.values()]
-        while queues and len(picked) < 2 * max_particles:
-            for queue in list(queues):
-                picked.append(queue.pop())
+        dead: list[int] = []
+        while queues and len(dead) < max_particles:  # one of each cause in turn, at most max_particles
+            for queue in list(queues)[: max_particles - len(dead)]:
+                dead.append(queue.pop())
                 if not queue:
                     queues.remove(queue)
+        picked += dead
     keep: set[int] = set()
     for pid in picked:
         while pid is not None and pid not in keep:

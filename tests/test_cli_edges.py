@@ -366,3 +366,22 @@ def test_malformed_defaults_are_named(files, defaults, culprit):
     (files / "odd.py").write_text(f"DEFAULTS = {defaults}\n\ndef program():\n    return 1\n")
     for command in ("run", "mcp"):
         assert culprit in one_line_error(swarm(command, "odd.py", cwd=files), command)
+
+
+def test_inspect_shows_at_most_k_dead_particles(tmp_path):
+    """--max-particles K: "at most K final and K dead"; with six causes of death a round of one per
+    cause ran past K (K=2 showed six dead)."""
+    (tmp_path / "six.py").write_text(textwrap.dedent('''
+        from swarm import Categorical, guarantee, sample
+
+        def program():
+            x = sample("x", Categorical([0, 1, 2, 3, 4, 5, 6, 7]))
+            for k in range(6):
+                guarantee(f"not_{k}", x != k)
+            return x
+    '''))
+    assert swarm("run", "six.py", "-n", "80", "--seed", "1", "--trace", "t.jsonl", cwd=tmp_path).returncode == 0
+    shown = swarm("inspect", "t.jsonl", "--max-particles", "2", cwd=tmp_path)
+    assert shown.returncode == 0 and "deaths: " in shown.stdout
+    assert 1 <= shown.stdout.count("✗ killed by") <= 2, shown.stdout
+    assert shown.stdout.count("★ final") <= 2
