@@ -205,9 +205,9 @@ def add_mcp_parser(sub: Any, fmt: Any) -> None:
                          "the answer marginal, log Z and ESS. Policy options as for `swarm run`.")
     mcp.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
     mcp.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
-    mcp.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default 100)")
+    mcp.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default: POLICY's, DEFAULTS' or 100)")
     mcp.add_argument("--seed", type=int, metavar="S", help="random seed (same seed and arguments, same answer)")
-    mcp.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
+    mcp.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default: POLICY's, DEFAULTS' or local)")
     mcp.add_argument("--name", metavar="TOOL", help="the tool's name (default: the program's)")
     mcp.set_defaults(func=cmd_mcp)
 
@@ -234,7 +234,7 @@ def add_serve_parser(sub: Any, fmt: Any) -> None:
                        "smollm2-135m-smc)")
     serve.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
     serve.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples per request")
-    serve.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
+    serve.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default: POLICY's, DEFAULTS' or local)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--workers", type=int, default=1, metavar="K", help="server processes sharing the port "
@@ -273,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
     run.add_argument("--particles", "-n", type=int, metavar="N",
                      help="population size: the policy's num_particles (Beam's width); an error for a "
-                     "policy without one (default 100)")
+                     "policy without one (default: POLICY's, DEFAULTS' or 100)")
     run.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same result)")
-    run.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default local)")
+    run.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default: POLICY's, DEFAULTS' or local)")
     run.add_argument("--trace", metavar="OUT.jsonl", help="write the run's global trace (JSON Lines) here")
     run.add_argument("--otlp", metavar="URL", help="also export OpenTelemetry spans over OTLP/HTTP to URL "
                      "(e.g. http://127.0.0.1:6006/v1/traces for Phoenix)")
