@@ -14,7 +14,6 @@ the cache and the backends: that module only re-exports them, deprecated.)
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -95,7 +94,7 @@ def completion_info(agent: "Agent", request: GenerationRequest, completion: Comp
         "token_logprobs": list(completion.token_logprobs),
         "base_token_logprobs": None if base is None else list(base),
         "log_prob": completion.log_prob if log_prob is None else log_prob,
-        "base_log_prob": None if base is None else math.fsum(base),
+        "base_log_prob": None if base is None else completion.base_log_prob,  # with a chunk's stopping event
         "prompt": request.prompt if messages is None else [_message_dict(m) for m in messages],
         "assistant_prefix": request.assistant_prefix,
         "completion": completion.text,

@@ -107,3 +107,17 @@ def test_fold_system_messages_heads_the_next_user_turn():
             {"role": "assistant", "content": "a"}, {"role": "system", "content": "C"}]
     assert fold_system_messages(msgs) == [{"role": "user", "content": "A\n\nB\n\nu"},
                                           {"role": "assistant", "content": "a"}, {"role": "user", "content": "C"}]
+
+
+def test_the_recorded_base_log_prob_includes_a_word_chunks_stopping_event(backend):
+    """Before: the sample event's info["base_log_prob"] summed the tokens only, while info["log_prob"]
+    and the weight of target="base" include the stop event's mass (log p of the word boundary)."""
+    from agents import Agent
+    from agents.clients import completion_info
+
+    request = GenerationRequest(prompt="Once upon a time", seed=1, settings=GenerationSettings(unit="word"))
+    c = asyncio.run(backend.complete(request))
+    assert c.finish_reason == "unit" and c.base_stop_log_prob < 0  # a boundary token was drawn: its mass < 1
+    info = completion_info(Agent(name="w", backend=backend), request, c, 0, backend.name)
+    assert info["base_log_prob"] == c.base_log_prob and info["log_prob"] == c.log_prob
+    assert info["base_log_prob"] < sum(c.base_token_logprobs)
