@@ -120,11 +120,30 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
             waiting[token] = (name, coroutines)             # never awaited it
         return pending
     try:
-        if proposal is None and (fused := fused_engine()) is not None:
-            return fused.sample(name, dist)
+        if proposal is None:
+            if (fused := fused_engine()) is not None:
+                return fused.sample(name, dist)
+        elif vector_run_size() is None:  # a vectorised run's distributions hold one row per particle
+            check_proposal_covers(dist, proposal)
         return apply_stack(Message("sample", name, dist, proposal)).value
     except InvalidDistributionError as exc:  # found while drawing/enumerating: name the site
         raise _at_site(name, exc) from exc
+
+
+def check_proposal_covers(dist: Distribution, proposal: Distribution) -> None:
+    """Raise `InvalidDistributionError` unless q > 0 wherever p > 0 (checked when both supports are
+    finite). Importance weights p/q are unbiased only then: a value the proposal never draws is
+    missing from every estimate, silently (p = 0.6 on a value q never proposes: the posterior
+    came out without it)."""
+    target, support = dist.support, proposal.support
+    if target is None or support is None:
+        return
+    for value in target:
+        if dist.log_prob(value) > -math.inf and proposal.log_prob(value) == -math.inf:
+            raise InvalidDistributionError(
+                f"the proposal {proposal.describe()} never draws {value!r}, which the target {dist.describe()} "
+                "can take: importance weights p/q would leave it out of every estimate; give a proposal whose "
+                "support covers the target's")
 
 
 async def _await_value(name: str, pending: Any, token: object = None) -> Any:
