@@ -121,3 +121,30 @@ def test_the_recorded_base_log_prob_includes_a_word_chunks_stopping_event(backen
     info = completion_info(Agent(name="w", backend=backend), request, c, 0, backend.name)
     assert info["base_log_prob"] == c.base_log_prob and info["log_prob"] == c.log_prob
     assert info["base_log_prob"] < sum(c.base_token_logprobs)
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 1e-45, 1e-300])
+def test_a_temperature_too_small_for_float32_is_the_greedy_limit_not_nan(backend, temperature):
+    """Before: below ~1e-37, ℓ/T overflowed float32 to ±inf, the log-softmax gave NaN, and the
+    backend drew garbage tokens with NaN log q. The limit T → 0 is the greedy point mass."""
+    import math
+
+    def complete(t: float):
+        return asyncio.run(backend.complete(GenerationRequest(
+            prompt="The capital of France is", seed=1, settings=GenerationSettings(max_tokens=6, temperature=t))))
+
+    tiny, greedy = complete(temperature), complete(0.0)
+    assert tiny.token_ids == greedy.token_ids
+    assert all(math.isfinite(x) for x in tiny.token_logprobs + tiny.base_token_logprobs)
+    assert tiny.log_prob == 0.0  # the top token holds all the mass: q = 1 exactly (its rivals get exp(-inf) = 0)
+
+
+def test_tempered_rows_are_finite_for_any_positive_temperature():
+    import numpy as np
+
+    from agents.backends.llama_sampling import batch_proposal
+
+    logits = np.array([[3.0, -2.0, 3.0, 0.5], [1.0, 2.0, -50.0, 0.0]], dtype=np.float32)
+    for t in (1e-45, 1e-30, 0.5, 1e30, 1e39):
+        for row in batch_proposal(logits, [t, t], [1.0, 1.0]):
+            assert not np.isnan(row.logq).any() and np.isclose(np.exp(row.logq.astype(np.float64)).sum(), 1.0)

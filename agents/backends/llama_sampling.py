@@ -192,7 +192,7 @@ def batch_proposal(logits: np.ndarray, temperatures: list[float], top_ps: list[f
     sampled = temps > 0.0
     tempered = np.flatnonzero(sampled & (temps != 1.0))
     if tempered.size:
-        logr, w = log_softmax_rows(logits[tempered] / temps[tempered, None].astype(np.float32))
+        logr, w = log_softmax_rows(_tempered(logits[tempered], temps[tempered]))
         for j, i in enumerate(tempered):
             rows[i].logq, rows[i].weights = logr[j], w[j]
     for p in np.unique(tops[sampled & (tops < 1.0)]):
@@ -201,6 +201,20 @@ def batch_proposal(logits: np.ndarray, temperatures: list[float], top_ps: list[f
         for j, i in enumerate(idx):
             rows[i].logq, rows[i].weights = logq[j], None
     return rows
+
+
+def _tempered(logits: np.ndarray, temps: np.ndarray) -> np.ndarray:
+    """ℓ/T per row in float32. Where that overflows float32 (T below ~1e-37: ±inf, then NaN in the
+    log-softmax) the row is scaled after subtracting its max, in float64: its top tokens get 0 and
+    the others a large negative number or -inf, the limit T → 0 (a point mass), never NaN."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        out = logits / temps[:, None].astype(np.float32)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        shifted = logits[bad].astype(np.float64) - logits[bad].max(axis=1, keepdims=True)
+        with np.errstate(over="ignore"):
+            out[bad] = (shifted / temps[bad, None]).astype(np.float32)
+    return out
 
 
 def _point_mass(size: int, at: int) -> np.ndarray:
