@@ -59,9 +59,19 @@ def check_otlp_url(url: str) -> None:
         raise UsageError(f"--otlp {url!r}: expected an http(s) URL such as http://127.0.0.1:6006/v1/traces")
 
 
+def check_not_the_trace(html: str | os.PathLike[str], trace: str | os.PathLike[str] | None) -> None:
+    """A usage error when the report would be written over the trace file it is made from."""
+    from observability.programs import UsageError
+
+    if trace is not None and Path(html).resolve() == Path(trace).resolve():
+        raise UsageError(f"--html {html}: that is the trace file; the report would overwrite it")
+
+
 def check_outputs(writer: Any, args: argparse.Namespace) -> None:
     """Fail before the run, not after it, when the trace file or the report cannot be written
     (a directory that is a file, no permission): raises `TraceFileError` or `ReportError`."""
+    if args.html:
+        check_not_the_trace(args.html, args.trace)
     if writer is not None:
         writer.open()
     if args.html:
@@ -173,6 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from observability.trace_file import read_trace_file
 
     html = args.html or str(Path(args.trace_file).with_suffix(".html"))
+    check_not_the_trace(html, args.trace_file)
     written = write_report(read_trace_file(args.trace_file, run_id=args.run), html, args.png_dir)
     for key, path in written.items():
         print(f"{'report' if key == 'html' else 'png'}: {path}")

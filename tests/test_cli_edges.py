@@ -385,3 +385,16 @@ def test_inspect_shows_at_most_k_dead_particles(tmp_path):
     assert shown.returncode == 0 and "deaths: " in shown.stdout
     assert 1 <= shown.stdout.count("✗ killed by") <= 2, shown.stdout
     assert shown.stdout.count("★ final") <= 2
+
+
+def test_the_report_is_never_written_over_its_trace_file(files):
+    """`swarm report t.jsonl --html t.jsonl` replaced the trace with the HTML page (and a trace
+    named t.html did so by default): the run's only record was lost."""
+    assert swarm("run", "coins.py", "--trace", "t.jsonl", cwd=files).returncode == 0
+    (files / "t.html").write_bytes((files / "t.jsonl").read_bytes())
+    before = (files / "t.jsonl").read_bytes()
+    for args in (["report", "t.jsonl", "--html", "t.jsonl"], ["report", "t.html"],
+                 ["run", "coins.py", "--trace", "t.jsonl", "--html", "./t.jsonl"]):
+        proc = swarm(*args, cwd=files)
+        assert proc.returncode == 2 and "that is the trace file; the report would overwrite it" in proc.stderr, args
+    assert (files / "t.jsonl").read_bytes() == before == (files / "t.html").read_bytes()
