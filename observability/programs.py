@@ -47,7 +47,7 @@ def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
         raise CLIError(f"{file}: no such file (expected FILE.py or FILE.py:function)")
     if _imports_agents(path):
         require_own_agents()  # a clear error when another `agents` package (openai-agents) shadows ours
-    module_name = path.stem if path.stem.isidentifier() else "swarm_program"
+    module_name = _module_name(path)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise CLIError(f"{file}: cannot be imported as a Python module")
@@ -65,6 +65,25 @@ def load_program(target: str) -> tuple[ModuleType, Callable[..., Any]]:
     wanted = f"function named {name!r}" if name else "function named 'program' or 'main'"
     raise CLIError(f"{file} has no {wanted}; its functions: {', '.join(found) or 'none'} "
                    f"(pick one with {file}:NAME)")
+
+
+def _module_name(path: Path) -> str:
+    """The name the program's module is registered under: the file's stem, unless that names
+    another module (json.py, logging.py, policies.py: registering it would replace the real one
+    for everything imported after it), then "swarm_program_<stem>"."""
+    if not path.stem.isidentifier():
+        return "swarm_program"
+    stem = path.stem
+    loaded = sys.modules.get(stem)
+    if loaded is not None:
+        taken = Path(getattr(loaded, "__file__", None) or "").resolve() != path.resolve()
+    else:
+        try:
+            spec = importlib.util.find_spec(stem)
+        except (ImportError, ValueError):
+            spec = None
+        taken = spec is not None and (spec.origin is None or Path(spec.origin).resolve() != path.resolve())
+    return f"swarm_program_{stem}" if taken else stem
 
 
 def _execute(loader: Any, module: ModuleType, path: Path, file: str) -> None:

@@ -398,3 +398,13 @@ def test_the_report_is_never_written_over_its_trace_file(files):
         proc = swarm(*args, cwd=files)
         assert proc.returncode == 2 and "that is the trace file; the report would overwrite it" in proc.stderr, args
     assert (files / "t.jsonl").read_bytes() == before == (files / "t.html").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["json", "logging", "policies", "swarm"])
+def test_a_program_file_named_like_a_module_the_cli_uses_runs(tmp_path, name):
+    """The program's module was registered under its file's stem, replacing the real module of that
+    name: json.py, logging.py or policies.py failed with an unexpected AttributeError."""
+    (tmp_path / f"{name}.py").write_text(COINS)
+    proc = swarm("run", f"{name}.py", "--trace", "t.jsonl", "--html", "r.html", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "answer marginal" in proc.stdout and (tmp_path / "r.html").exists()
