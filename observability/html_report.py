@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from observability.genealogy_view import genealogy_warnings
 from observability.global_trace import GlobalTrace
+from swarm.listeners import StepRecord
 from observability.progress import fmt_float
 from observability.trace_file import os_reason
 from swarm.errors import SwarmError
@@ -231,10 +232,20 @@ def _deaths(trace: GlobalTrace) -> list[list[object]]:
 
 
 def _steps(trace: GlobalTrace, limit: int = 200) -> list[list[object]]:
-    return [[s.step, f"{sum(1 for w in s.log_weights if w > -math.inf)}/{len(s.log_weights)}",
-             fmt_float(s.ess, 1), fmt_float(s.log_evidence), "yes" if s.resampled else "",
-             len(set(s.ancestors)) if s.ancestors else "", s.tokens, f"{(s.ended_at_ns - s.started_at_ns) / 1e6:.1f}"]
-            for s in trace.steps[:limit]]
+    """One row per step; beyond `limit` steps the first and the last `limit // 2`, with a row
+    counting those left out between them (the last steps were dropped)."""
+    def row(s: StepRecord) -> list[object]:
+        return [s.step, f"{sum(1 for w in s.log_weights if w > -math.inf)}/{len(s.log_weights)}",
+                fmt_float(s.ess, 1), fmt_float(s.log_evidence), "yes" if s.resampled else "",
+                len(set(s.ancestors)) if s.ancestors else "", s.tokens,
+                f"{(s.ended_at_ns - s.started_at_ns) / 1e6:.1f}"]
+
+    steps = trace.steps
+    if len(steps) <= limit:
+        return [row(s) for s in steps]
+    half = limit // 2
+    gap: list[object] = [f"… {len(steps) - 2 * half} steps not shown …", "", "", "", "", "", "", ""]
+    return [row(s) for s in steps[:half]] + [gap] + [row(s) for s in steps[-half:]]
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;

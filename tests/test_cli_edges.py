@@ -408,3 +408,21 @@ def test_a_program_file_named_like_a_module_the_cli_uses_runs(tmp_path, name):
     proc = swarm("run", f"{name}.py", "--trace", "t.jsonl", "--html", "r.html", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "answer marginal" in proc.stdout and (tmp_path / "r.html").exists()
+
+
+def test_the_report_s_step_table_keeps_the_last_steps_of_a_long_run(tmp_path):
+    """The table stopped at step 200 without a word: a longer run's last steps, where it ended,
+    were missing."""
+    (tmp_path / "long.py").write_text(textwrap.dedent('''
+        from swarm import Bernoulli, factor, sample
+
+        def program(steps=230):
+            for t in range(steps):
+                factor(f"f{t}", 0.01 * sample(f"x{t}", Bernoulli(0.5)))
+            return 0
+    '''))
+    assert swarm("run", "long.py", "-n", "3", "--html", "r.html", cwd=tmp_path, timeout=120).returncode == 0
+    html = (tmp_path / "r.html").read_text()
+    table = html[html.index("<h2>Steps</h2>"):]
+    assert "<td>231</td>" in table and "<td>1</td>" in table and "… 31 steps not shown …" in table
+    assert table.count("<tr>") == 1 + 200 + 1  # the header, 200 steps, the gap
