@@ -114,6 +114,33 @@ def test_a_short_word_takes_one_request_of_the_short_look_ahead():
     assert c.text == "Hello" and c.finish_reason == "unit" and c.usage.output_tokens == 3
 
 
+# ---- multi-byte characters: servers report "" for each token holding part of one --------------------
+def llama_cpp_reply(text: str, tokens: list[str], finish: str = "length") -> str:
+    """A /completions reply as llama.cpp's server sends it: each token's text decoded alone, so a
+    token holding part of a multi-byte character is reported as ""."""
+    return "body:" + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": {
+        "tokens": tokens, "token_logprobs": [-1.0] * len(tokens),
+        "top_logprobs": [{t: -1.0} for t in tokens]}}], "usage": {"prompt_tokens": 2, "completion_tokens": len(tokens)}})
+
+
+@pytest.mark.parametrize("unit,text,tokens,want_text,want_tokens,finish", [
+    ("text", "🎊🥳 hi", ["", "", "", "", "", " hi"], "🎊🥳 hi", ["", "", "", "", "🎊🥳", " hi"], "length"),
+    ("word", "🎊 hi there", ["", "", "", " hi", " there"], "🎊", ["", "", "🎊"], "unit"),
+    ("line", "🎊 hi", ["", "", "", " hi", "\n"], "🎊 hi\n", ["", "", "🎊", " hi", "\n"], "unit"),
+    ("text", "hi 🎊", ["hi", " ", "", "", "", " stop"], "hi 🎊", ["hi", " ", "", "", "🎊", ""], "stop"),
+])
+def test_tokens_reported_empty_inside_a_character_still_spell_the_text(unit, text, tokens, want_text, want_tokens,
+                                                                      finish):
+    """Before: the pieces were kept as reported, so "".join(tokens) != text; a word chunk cut after an
+    emoji-only word lost the emoji (its text was rebuilt from the pieces: " hi"), and a line's newline
+    was not put back."""
+    with FaultServer(script=[llama_cpp_reply(text, tokens, "stop" if tokens[-1] in ("\n", " stop") else "length")]) as srv:
+        c = run(OpenAICompatible(srv.base_url, "m", mode="completions", **FAST).complete(
+            prompt(log_q="required", unit=unit, stop=(" stop",) if tokens[-1] == " stop" else ())))
+    assert (c.text, c.tokens, c.finish_reason) == (want_text, want_tokens, finish)
+    assert "".join(c.tokens) == c.text and len(c.token_logprobs) == len(c.tokens)
+
+
 # ---- chat continuation: probed, rendered on the client, or refused -------------------------------
 def test_a_server_that_ignores_continue_final_message_is_refused_without_a_template():
     with FaultServer() as srv:

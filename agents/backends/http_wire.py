@@ -50,10 +50,13 @@ def align(toks: list[Tok], text: str, line: bool) -> tuple[list[str], str, bool]
 
     Tokens reported beyond `text` (a stop string the server trimmed) get trimmed pieces; for
     unit="line", a reported newline token is put back into the chunk (text up to the end of the
-    token holding the newline). Pieces that do not spell out the text (byte-level tokens) are kept
-    as they are."""
+    token holding the newline). Tokens that hold only part of a multi-byte character, which servers
+    report as "", are given the characters they spell (`spell_out`)."""
     pieces = [t for t, _, _ in toks]
     joined = "".join(pieces)
+    if not joined.startswith(text):
+        pieces = spell_out(pieces, text)
+        joined = "".join(pieces)
     if len(joined) <= len(text) or not joined.startswith(text):
         return pieces, text, False
     newline = line and "\n" in joined[len(text):]
@@ -69,6 +72,31 @@ def align(toks: list[Tok], text: str, line: bool) -> tuple[list[str], str, bool]
         out.append(piece[:max(0, len(text) - used)])
         used += len(out[-1])
     return out, text, newline
+
+
+def spell_out(pieces: list[str], text: str) -> list[str]:
+    """`pieces` with the characters of `text` that they miss filled in: a server reports "" for each
+    token that holds only some bytes of a multi-byte character (llama.cpp decodes each token alone,
+    dropping the partial bytes), so an emoji spread over three tokens comes as "", "", "". The
+    characters between two pieces that do spell the text go to the last "" before them (the token
+    that completed them; which of the run's tokens holds which byte is not reported). Pieces beyond
+    the text (a stop string the server trimmed) are left for `align` to trim. Returns `pieces`
+    unchanged when they do not spell the text even so."""
+    out, pos, last_empty = list(pieces), 0, None
+    for i, piece in enumerate(pieces):
+        if not piece:
+            last_empty = i
+            continue
+        if text.startswith(piece, pos):
+            j = pos
+        elif last_empty is not None and (j := text.find(piece, pos)) > pos:
+            out[last_empty] = text[pos:j]
+        else:
+            break
+        pos, last_empty = j + len(piece), None
+    if last_empty is not None and pos < len(text):
+        out[last_empty] = text[pos:]
+    return out if "".join(out).startswith(text) else pieces
 
 
 def cut_word_tokens(toks: list[Tok], pieces: list[str], in_word: bool = False) -> tuple[int | None, float]:
