@@ -166,11 +166,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # -- swarm inspect / report ------------------------------------------------------------------------
+def pick_run(path: str, run_id: str | None) -> Any:
+    """The run `run_id` of the trace file, else its last run; a note on stderr when the file holds
+    several and none was named (the others were passed over without a word)."""
+    from observability.trace_file import read_trace_file, read_trace_runs
+
+    if run_id is not None:
+        return read_trace_file(path, run_id=run_id)
+    runs = read_trace_runs(path)
+    if len(runs) > 1:
+        ids = [t.run.run_id if t.run else "?" for t in runs]
+        print(f"note: {path} holds {len(runs)} runs ({', '.join(ids)}); showing the last, --run RUN_ID picks another",
+              file=sys.stderr)
+    return runs[-1]
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from observability.genealogy_view import render
-    from observability.trace_file import read_trace_file
 
-    trace = read_trace_file(args.trace_file, run_id=args.run)
+    trace = pick_run(args.trace_file, args.run)
     try:
         render(trace, sys.stdout, tty=sys.stdout.isatty(), max_particles=args.max_particles, particle=args.particle)
     except KeyError as exc:
@@ -180,11 +194,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from observability.html_report import write_report
-    from observability.trace_file import read_trace_file
 
     html = args.html or str(Path(args.trace_file).with_suffix(".html"))
     check_not_the_trace(html, args.trace_file)
-    written = write_report(read_trace_file(args.trace_file, run_id=args.run), html, args.png_dir)
+    written = write_report(pick_run(args.trace_file, args.run), html, args.png_dir)
     for key, path in written.items():
         print(f"{'report' if key == 'html' else 'png'}: {path}")
     return 0

@@ -426,3 +426,24 @@ def test_the_report_s_step_table_keeps_the_last_steps_of_a_long_run(tmp_path):
     table = html[html.index("<h2>Steps</h2>"):]
     assert "<td>231</td>" in table and "<td>1</td>" in table and "… 31 steps not shown …" in table
     assert table.count("<tr>") == 1 + 200 + 1  # the header, 200 steps, the gap
+
+
+def test_a_file_of_several_runs_says_which_one_is_shown(tmp_path):
+    """A writer appends every run it sees; inspect and report showed the last without a word."""
+    import policies
+    from observability.trace_file import TraceFileWriter
+    from swarm import Bernoulli, sample
+
+    def coin():
+        return sample("x", Bernoulli(0.5))
+
+    writer = TraceFileWriter(tmp_path / "t.jsonl")
+    ids = [policies.SMC(num_particles=4, seed=s, listeners=[writer]).run(coin).run_id for s in (0, 1)]
+    writer.close()
+    for command in ("inspect", "report"):
+        proc = swarm(command, "t.jsonl", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"note: t.jsonl holds 2 runs ({ids[0]}, {ids[1]}); showing the last" in proc.stderr
+        named = swarm(command, "t.jsonl", "--run", ids[0], cwd=tmp_path)
+        assert named.returncode == 0 and "note:" not in named.stderr
+    assert f"run {ids[0]}:" in swarm("inspect", "t.jsonl", "--run", ids[0], cwd=tmp_path).stdout
