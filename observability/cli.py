@@ -37,6 +37,7 @@ from observability.programs import (  # noqa: E402,F401 - re-exported: the comma
 
 
 EXIT_INTERRUPTED = 130
+RUNTIME_HELP = "where particles run (default: POLICY's, DEFAULTS' or local)"
 """The exit status after Ctrl-C (128 + SIGINT, as a shell reports it)."""
 
 
@@ -117,7 +118,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         from observability.exporters import instrument
 
         check_otlp_url(args.otlp)
-
         inst = instrument("otlp", endpoint=args.otlp, project=Path(args.target.split(":")[0]).stem, register=False)
         listeners.append(inst.listener)
     policy = make_policy(args, module, listeners)
@@ -133,7 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"swarm run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:  # Ctrl-C: the run so far is in the trace file; report it, say where it is
-        kept = " and ".join(name for name, given in (("the trace file", args.trace), ("the report", args.html)) if given)
+        kept = " and ".join(name for name, given in (("the trace file", args.trace), ("the report", args.html))
+                            if given)
         kept = f" (the run so far is in {kept} below)" if kept else ""
         print(f"swarm run: interrupted{kept}", file=sys.stderr)
         status = EXIT_INTERRUPTED
@@ -229,9 +230,10 @@ def add_mcp_parser(sub: Any, fmt: Any) -> None:
                          "the answer marginal, log Z and ESS. Policy options as for `swarm run`.")
     mcp.add_argument("target", metavar="FILE.py[:program]", help="the Python file and, optionally, the function")
     mcp.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
-    mcp.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples (default: POLICY's, DEFAULTS' or 100)")
+    mcp.add_argument("--particles", "-n", type=int, metavar="N",
+                     help="particles / samples (default: POLICY's, DEFAULTS' or 100)")
     mcp.add_argument("--seed", type=int, metavar="S", help="random seed (same seed and arguments, same answer)")
-    mcp.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default: POLICY's, DEFAULTS' or local)")
+    mcp.add_argument("--runtime", choices=["local", "ray"], help=RUNTIME_HELP)
     mcp.add_argument("--name", metavar="TOOL", help="the tool's name (default: the program's)")
     mcp.set_defaults(func=cmd_mcp)
 
@@ -258,7 +260,7 @@ def add_serve_parser(sub: Any, fmt: Any) -> None:
                        "smollm2-135m-smc)")
     serve.add_argument("--policy", choices=list(POLICIES), help="inference policy (default: POLICY, DEFAULTS or smc)")
     serve.add_argument("--particles", "-n", type=int, metavar="N", help="particles / samples per request")
-    serve.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default: POLICY's, DEFAULTS' or local)")
+    serve.add_argument("--runtime", choices=["local", "ray"], help=RUNTIME_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--workers", type=int, default=1, metavar="K", help="server processes sharing the port "
@@ -299,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="population size: the policy's num_particles (Beam's width); an error for a "
                      "policy without one (default: POLICY's, DEFAULTS' or 100)")
     run.add_argument("--seed", type=int, metavar="S", help="random seed (same seed, same result)")
-    run.add_argument("--runtime", choices=["local", "ray"], help="where particles run (default: POLICY's, DEFAULTS' or local)")
+    run.add_argument("--runtime", choices=["local", "ray"], help=RUNTIME_HELP)
     run.add_argument("--trace", metavar="OUT.jsonl", help="write the run's global trace (JSON Lines) here")
     run.add_argument("--otlp", metavar="URL", help="also export OpenTelemetry spans over OTLP/HTTP to URL "
                      "(e.g. http://127.0.0.1:6006/v1/traces for Phoenix)")

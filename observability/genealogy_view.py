@@ -163,7 +163,8 @@ def summary(trace: GlobalTrace) -> list[str]:
         if fin.error:
             lines.append(f"run failed: {fin.error}")
         if trace.provisional and trace.steps:
-            lines.append(f"(◦: the population of step {trace.steps[-1].step}, the last one recorded before it failed)")
+            lines.append(f"(◦: the population of step {trace.steps[-1].step}, the last one recorded before "
+                         "it failed)")
     else:
         lines.append("the run has no run_finished record (still running, or the writer was killed); "
                      "◦: the last recorded population")

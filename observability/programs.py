@@ -180,10 +180,12 @@ def module_defaults(module: ModuleType) -> dict[str, Any]:
         return {}
     where = f"{getattr(module, '__file__', None) or module.__name__}: DEFAULTS"
     if not isinstance(defaults, dict):
-        raise CLIError(f"{where} must be a dict with keys among {', '.join(DEFAULT_KEYS)}, got {type(defaults).__name__}")
+        raise CLIError(f"{where} must be a dict with keys among {', '.join(DEFAULT_KEYS)}, "
+                       f"got {type(defaults).__name__}")
     unknown = sorted(str(k) for k in defaults if k not in DEFAULT_KEYS)
     if unknown:
-        raise CLIError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the keys are {', '.join(DEFAULT_KEYS)}")
+        raise CLIError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                       f"the keys are {', '.join(DEFAULT_KEYS)}")
     args = defaults.get("args")
     if args is not None and not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
         raise CLIError(f"{where}['args'] must be a dict of keyword arguments (name: value), got {type(args).__name__}")
