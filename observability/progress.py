@@ -85,6 +85,10 @@ class ProgressDisplay:
             self.step(event)
         elif isinstance(event, RunStart):
             self.start(event)
+        elif isinstance(event, RunEnd) and getattr(event.result, "status", None) == "waiting":
+            pending = getattr(event.result, "pending", None) or []
+            self.finish(f"run paused after {self._elapsed():.2f} s: waiting for a person "
+                        f"({len(pending)} question(s))")
         elif isinstance(event, RunEnd):
             d = event.result.diagnostics
             self.finished(event.result.log_evidence, event.result.ess, d.tokens, d.llm_calls)

@@ -447,3 +447,20 @@ def test_a_file_of_several_runs_says_which_one_is_shown(tmp_path):
         named = swarm(command, "t.jsonl", "--run", ids[0], cwd=tmp_path)
         assert named.returncode == 0 and "note:" not in named.stderr
     assert f"run {ids[0]}:" in swarm("inspect", "t.jsonl", "--run", ids[0], cwd=tmp_path).stdout
+
+
+def test_a_run_that_waits_for_a_person_is_not_shown_as_finished(tmp_path):
+    """The display's last line said "run finished in 0.07 s: log Z 0.0000" for a run that paused."""
+    (tmp_path / "ask.py").write_text(textwrap.dedent('''
+        from swarm import Bernoulli, ask_human, guarantee, sample
+
+        async def program():
+            x = sample("x", Bernoulli(0.5))
+            answer = await ask_human("keep", f"Keep {x}?", schema={"enum": ["yes", "no"]})
+            guarantee("kept", answer == "yes" or x == 1)
+            return x
+    '''))
+    proc = swarm("run", "ask.py", "-n", "10", "--seed", "0", "--checkpoint", "ck", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert re.search(r"^run paused after [\d.]+ s: waiting for a person \(2 question\(s\)\)$", proc.stdout, re.M)
+    assert "run finished" not in proc.stdout
