@@ -127,6 +127,21 @@ def test_backoff_is_exponential_capped_and_seeded():
     assert a._backoff(0, retry_after=5.0) == 1.0  # Retry-After is honoured up to backoff_max
 
 
+def test_retry_after_is_read_as_seconds_or_as_an_http_date():
+    """Before: an HTTP-date Retry-After (RFC 9110 allows both forms) was ignored, so a 429 was
+    retried after the short backoff instead of when the server asked."""
+    from agents.backends.openai_compat import retry_after_s
+
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:27:00 GMT", now=now) == 0.0  # already past
+    assert retry_after_s("2.5") == 2.5 and retry_after_s("-3") == 0.0
+    assert retry_after_s(None) is None and retry_after_s("soon") is None
+    b = OpenAICompatible("http://127.0.0.1:1/v1", "m", backoff_base=0.001, backoff_max=60.0)
+    failure = b._status_failure(429, b"{}", {"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"})
+    assert failure.retryable and failure.retry_after > 1e9 and b._backoff(0, failure.retry_after) == 60.0
+
+
 # ---- concurrency, n, loops ------------------------------------------------------------------------
 def test_concurrency_limit_is_honoured():
     with FaultServer(default="sleep:0.2") as srv:

@@ -44,6 +44,8 @@ on servers that honour it: see `agents.backends.http_batching`.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import json
 import logging
 import random
@@ -385,12 +387,8 @@ class OpenAICompatible(Backend):
         return _Failure(f"connection error ({self._redact(str(exc))})", status=None, retryable=True)
 
     def _status_failure(self, status: int, body: bytes, headers: dict[str, str]) -> _Failure:
-        try:
-            retry_after = float(headers["retry-after"])
-        except (KeyError, ValueError):
-            retry_after = None
         return _Failure(f"HTTP {status}: {self._redact(error_text(body))}", status=status,
-                        retryable=status == 429 or status >= 500, retry_after=retry_after)
+                        retryable=status == 429 or status >= 500, retry_after=retry_after_s(headers.get("retry-after")))
 
     def _redact(self, text: str) -> str:
         """The key masked as "***", also URL-quoted or JSON-escaped (then every registered secret)."""
@@ -439,6 +437,24 @@ def _chat_body(request: GenerationRequest, body: dict[str, Any], want: bool, top
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds ("30") or an HTTP date ("Wed, 21 Oct
+    2015 07:28:00 GMT", RFC 9110 §10.2.3; a date in the past is 0). None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 def _check(ok: bool, field: str, value: Any, rule: str) -> None:
     if not ok:
         raise ValueError(f"OpenAICompatible: {field}={value!r} {rule}")
