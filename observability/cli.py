@@ -130,6 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.total_steps = getattr(policy, "max_steps", None)
         result = progress.follow(policy.stream(program, **kwargs))  # the live display reads the run's events
     except SwarmError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"swarm run: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:  # Ctrl-C: the run so far is in the trace file; report it, say where it is

@@ -464,3 +464,14 @@ def test_a_run_that_waits_for_a_person_is_not_shown_as_finished(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert re.search(r"^run paused after [\d.]+ s: waiting for a person \(2 question\(s\)\)$", proc.stdout, re.M)
     assert "run finished" not in proc.stdout
+
+
+def test_debug_shows_the_traceback_of_a_run_that_fails(tmp_path):
+    """--debug printed nothing more when the run itself failed (cmd_run reports that error)."""
+    (tmp_path / "doomed.py").write_text("from swarm import guarantee\n\ndef program():\n"
+                                        "    guarantee('never', False)\n")
+    plain = swarm("run", "doomed.py", "-n", "3", cwd=tmp_path)
+    debug = swarm("run", "doomed.py", "-n", "3", "--debug", cwd=tmp_path)
+    assert plain.returncode == debug.returncode == 1
+    assert "Traceback" not in plain.stderr and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
