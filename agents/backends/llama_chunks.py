@@ -4,7 +4,7 @@
 says whether the chunk is complete; the engine decodes a kept token and offers the next draw. The
 units (see `agents.backends.llama_cpp`):
 
-- "token": one token.
+- "token": one token (with the tokens that finish its UTF-8 character, see below).
 - "line": tokens up to and including the first whose text contains "\\n".
 - "word": once the chunk holds a non-space character, the next drawn token in B ∪ E (whitespace-
   initial or end-of-generation) ends the chunk and is not kept; `stop_log_prob = log q(B ∪ E)` and

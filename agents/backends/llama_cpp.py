@@ -23,7 +23,9 @@ sums include it.
 Chunking (`settings.unit`), so SMC can resample between chunks; `Completion.log_prob` is the
 probability of the chunk under the chunking proposal:
 
-- "token": one token. log q(chunk) = log q(t₁).
+- "token": one token. log q(chunk) = log q(t₁). (A token holding only the first bytes of a UTF-8
+  character is followed by the tokens that finish it, at most 3; the same for `max_tokens`, so no
+  chunk ends inside a character: `agents.backends.llama_chunks`.)
 - "line": tokens up to and including the first token whose text contains "\\n" (deterministic given
   the tokens, so `stop_log_prob` = 0).
 - "word": let B be the tokens whose text begins with whitespace and E the end-of-generation tokens.
