@@ -107,6 +107,21 @@ def test_a_long_word_is_extended_by_doubling_requests_and_cut_at_its_boundary(lo
         assert c.tokens == [] and c.log_q_quality == "absent"
 
 
+@pytest.mark.parametrize("log_q", ["optional", "required"])
+def test_a_stop_string_spanning_two_look_ahead_requests_ends_the_word_as_llama_cpp_does(log_q):
+    """Before: "rcal" spans the first request (" Su", "pe", "rc") and the second ("al", ...); each
+    server saw only its own part, so the word ran on to " Supercalifragilistic" past the stop string,
+    with log q summed over tokens that `LlamaCpp` never draws (it stops at the token completing it)."""
+    with FaultServer(reply=continuing, tokenize=two_char_tokens) as srv:
+        b = OpenAICompatible(srv.base_url, "m", mode="completions", **FAST)
+        c = run(b.complete(prompt(PROMPT, seed=7, log_q=log_q, unit="word", max_tokens=64, stop=("rcal",))))
+    assert (c.text, c.finish_reason, c.stop_log_prob) == (" Supe", "stop", 0.0)
+    assert len(srv.requests) == 2 and c.usage.output_tokens == 3 + 6  # generated; the tokens kept stop at "al"
+    if log_q == "required":
+        assert c.tokens == [" Su", "pe", "", ""] and c.token_logprobs == [-0.5] * 4
+        assert c.base_token_logprobs == [-0.5] * 4 and c.base_stop_log_prob == 0.0
+
+
 def test_a_short_word_takes_one_request_of_the_short_look_ahead():
     with FaultServer(reply="Hello world again") as srv:
         c = run(OpenAICompatible(srv.base_url, "m", mode="completions", **FAST).complete(prompt(unit="word")))

@@ -12,7 +12,9 @@ fire on the word's own leading space), so the chunk is drawn by look-ahead: requ
 the chunk (doubling the look-ahead, `in_word` carried) until a boundary, a stop, an end of sequence
 or `max_tokens`. Every request draws the next positions from q given everything before them, so
 the chunk has exactly the distribution of one long request cut at its boundary. Its own seed per
-request (derived from the site's seed) keeps the requests' random streams apart.
+request (derived from the site's seed) keeps the requests' random streams apart. A stop string that
+spans two requests (no server sees it whole) is found in the joined text, and the chunk is cut
+there as `LlamaCpp` cuts it (`_cut_at_stop`).
 
 The surplus (the boundary token and what follows) is discarded, not carried into the next step:
 the next chunk must redraw that position from q (carrying it over would draw the next word's first
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 from agents.backends import http_continuation
 from agents.backends.base import Usage
 from agents.backends.http_reply import OpenAICompletion
+from agents.backends.llama_chunks import find_stop, trim_pieces
 
 if TYPE_CHECKING:
     from agents.backends.base import GenerationRequest
@@ -72,9 +75,29 @@ async def generate_word(backend: "OpenAICompatible", request: "GenerationRequest
         latency += part.latency_s
         budget -= part.usage.output_tokens or max(1, len(part.tokens))
         k, lookahead = k + 1, lookahead * 2
-        if part.finish_reason != "length" or budget <= 0 or not part.text:
+        cut = find_stop(text + part.text, [x for x in s.stop if x], len(text)) if k > 1 else None
+        if cut is not None or part.finish_reason != "length" or budget <= 0 or not part.text:
             break
-    return _merge(parts, Usage(input_tokens=prompt_tokens, output_tokens=generated), latency)
+    chunk = _merge(parts, Usage(input_tokens=prompt_tokens, output_tokens=generated), latency)
+    return chunk if cut is None else _cut_at_stop(chunk, cut, [x for x in s.stop if x])
+
+
+def _cut_at_stop(chunk: OpenAICompletion, cut: int, stops: list[str]) -> OpenAICompletion:
+    """The chunk ended by a stop string that spans two of its requests (each server saw only its
+    own part, so none stopped), as `LlamaCpp` ends it: the text cut before the stop string, the
+    tokens up to the one that completed it (their pieces trimmed to the text, their log-probs kept),
+    finish reason "stop", a deterministic stopping event."""
+    keep, seen = len(chunk.tokens), ""
+    for i, piece in enumerate(chunk.tokens):
+        before, seen = len(seen), seen + piece
+        if find_stop(seen, stops, before) is not None:
+            keep = i + 1
+            break
+    base = chunk.base_token_logprobs
+    return chunk.model_copy(update={
+        "text": chunk.text[:cut], "tokens": trim_pieces(chunk.tokens[:keep], cut),
+        "token_logprobs": chunk.token_logprobs[:keep], "base_token_logprobs": None if base is None else base[:keep],
+        "finish_reason": "stop", "stop_log_prob": 0.0, "base_stop_log_prob": None if base is None else 0.0})
 
 
 def _merge(parts: list[OpenAICompletion], usage: Usage, latency: float) -> OpenAICompletion:
