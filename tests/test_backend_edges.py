@@ -111,6 +111,8 @@ def test_fold_system_messages_heads_the_next_user_turn():
             {"role": "assistant", "content": "a"}, {"role": "system", "content": "C"}]
     assert fold_system_messages(msgs) == [{"role": "user", "content": "A\n\nB\n\nu"},
                                           {"role": "assistant", "content": "a"}, {"role": "user", "content": "C"}]
+    assert fold_system_messages([{"role": "system", "content": "S"}, {"role": "assistant", "content": "a"}]) == \
+        [{"role": "user", "content": "S"}, {"role": "assistant", "content": "a"}]  # order kept
 
 
 def test_the_recorded_base_log_prob_includes_a_word_chunks_stopping_event(backend):

@@ -332,17 +332,19 @@ def _keeps_system(formatter: Any) -> bool:
 
 def fold_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`messages` without system messages: each one's content heads the next user message (a blank
-    line between), or becomes a user message of its own when no user message follows it."""
+    line between), or becomes a user message of its own where another role comes next, or at the end."""
     out: list[dict[str, Any]] = []
     pending: list[str] = []
     for m in messages:
         if m["role"] == "system":
             pending.append(m["content"])
-        elif m["role"] == "user" and pending:
-            out.append({**m, "content": "\n\n".join([*pending, m["content"]])})
-            pending = []
-        else:
-            out.append(m)
+            continue
+        if m["role"] == "user" and pending:
+            m = {**m, "content": "\n\n".join([*pending, m["content"]])}
+        elif pending:
+            out.append({"role": "user", "content": "\n\n".join(pending)})
+        pending = []
+        out.append(m)
     if pending:
         out.append({"role": "user", "content": "\n\n".join(pending)})
     return out
