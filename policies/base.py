@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policies.sync_bridge import boxed
+from policies.sync_bridge import boxed, run_in_own_thread
 from swarm.coordinator import Coordinator, StepOutcome, check_lost_fraction
 from swarm.effects import new_run_scope, run_scope
 from swarm.event_tree import GlobalTrace
-from swarm.execution import Segment, SegmentRunner, SegmentTask, check_arguments
+from swarm.execution import Segment, SegmentRunner, SegmentTask, check_arguments, in_plain_program
 from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import Broadcaster, RunFinished, RunStarted, step_record
 from swarm.population import STATUS_CODES
@@ -235,6 +235,8 @@ class Policy(BaseModel, abc.ABC):
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(boxed(coroutine)).value  # policies.sync_bridge: why boxed
+        if in_plain_program():  # a run nested in a plain program: the loop is the outer run's
+            return run_in_own_thread(coroutine)
         coroutine.close()
         raise RuntimeError(f"{type(self).__name__}.{method}() was called inside a running event loop; "
                            f"use `await {type(self).__name__}.{method}_async(...)` there")

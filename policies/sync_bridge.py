@@ -1,5 +1,10 @@
 """Running a policy's coroutines from synchronous code (`Policy.run`, iterating `policy.stream`).
 
+Inside a plain (non-`async`) program's execution the thread's event loop is already running (it runs
+the outer run), so a nested `policy.run(...)` there runs on a new loop in a worker thread while the
+program waits (`run_in_own_thread`); the worker starts from the program's context without its
+execution state (`swarm.effects.execution_context`), so the nested run starts clean.
+
 What an `asyncio.run` or `asyncio.Runner.run` call returns is boxed, with a constant repr: on Python
 3.11 the runner formats its main task's repr when it restores the SIGINT handler (an enum lookup of
 the handler builds an error message that is then discarded), and that repr includes the task's
@@ -9,7 +14,11 @@ twice per run), and a stream event's repr holds a step's records.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable
+import asyncio
+import threading
+from typing import Any, Awaitable, Coroutine
+
+from swarm.effects import execution_context
 
 
 class Box:
@@ -26,3 +35,23 @@ class Box:
 
 async def boxed(awaitable: Awaitable[Any]) -> Box:
     return Box(await awaitable)
+
+
+def run_in_own_thread(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coroutine` to completion on a new event loop in a worker thread, blocking the caller;
+    return its value or raise its exception."""
+    outcome: dict[str, Any] = {}
+    context = execution_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(asyncio.run, boxed(coroutine)).value
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="plp-nested-run", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -168,8 +168,11 @@ def push_plain_handlers(handlers: list[Handler]) -> bool:
 
 def execution_context() -> contextvars.Context:
     """The context a new particle execution runs in: a copy of the current one (so context variables
-    the caller set, such as OpenTelemetry's current span, are visible to the program), without the
-    caller's handler stack or run scope (a policy run nested inside another program starts clean)."""
+    the caller set, such as OpenTelemetry's current span, are visible to the program), without any
+    of the caller's execution state: its handler stack, fused engine, unawaited samples, vectorised
+    run size and run scope. A policy run nested inside another program's execution thus starts
+    clean (before, an inner execution whose stack is not the fused one still saw the outer
+    particle's fused engine, and its samples went into the outer particle's trace)."""
     context = contextvars.copy_context()
     context.run(_clean)
     return context
@@ -177,6 +180,9 @@ def execution_context() -> contextvars.Context:
 
 def _clean() -> None:
     _STACK.set(_EMPTY_STACK)
+    _FUSED.set(None)
+    _UNAWAITED.set(None)
+    _VECTOR.set(None)
     _RUN_SCOPE.set(None)
 
 

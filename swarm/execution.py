@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Literal
 import greenlet
 
 from swarm.effects import (Handler, execution_context, mark_fused, push_plain_handlers, set_run_scope,
-                           track_unawaited_samples)
+                           track_unawaited_samples, unawaited_samples)
 from swarm.engine import SUSPENDED, Fused, Killed, Meter, Record, Replay, Suspend, Suspended, Weigh, check_awaited
 from swarm.errors import ParticleLost, ProgramArgumentsError, ProgramKindError, SwarmError, UnawaitedSampleError
 from swarm.handlers import scale, seed
@@ -242,6 +242,12 @@ def _installed(handlers: Iterable[Handler]):
         yield
 
 
+def in_plain_program() -> bool:
+    """Whether the caller runs inside a plain (non-`async`) program's execution: in an execution's
+    greenlet (not the thread's main one) that tracks no unawaited samples (an async one does)."""
+    return greenlet.getcurrent().parent is not None and unawaited_samples() is None
+
+
 def check_plain_result(name: str, result: Any) -> None:
     """Raise `ProgramKindError` if a plain program's return value shows it is not one: a generator
     (a program with explicit steps), an async generator, or an awaitable (an `async def` in disguise).
@@ -337,7 +343,7 @@ class Execution:
     def _drive(self, coro: Any) -> Any:
         """Step the program's coroutine; every object it yields (a future to wait for) goes out to
         the event loop through the parent greenlet, which sends back what to resume it with."""
-        parent = self.greenlet.parent
+        own = self.greenlet
         send: Any = None
         throw: BaseException | None = None
         while True:
@@ -346,7 +352,7 @@ class Execution:
             except StopIteration as stop:
                 return stop.value
             try:
-                send, throw = parent.switch((_AWAIT, yielded))
+                send, throw = own.parent.switch((_AWAIT, yielded))  # whoever advanced it (`_enter`)
             except greenlet.GreenletExit:  # closed while waiting: unwind the program's frames too
                 coro.close()
                 raise
@@ -362,7 +368,7 @@ class Execution:
         self.seeder.stream = self.stream = stream
         self.suspend.stop_at = stop_at
         started = time.time_ns()
-        switch = self.greenlet.switch
+        switch = self._enter().switch
         signal = switch()
         while type(signal) is tuple and signal[0] is _AWAIT:
             awaited = signal[1]
@@ -386,10 +392,22 @@ class Execution:
         self.seeder.stream = self.stream = stream
         self.suspend.stop_at = stop_at
         started = time.time_ns()
-        signal = self.greenlet.switch()
+        signal = self._enter().switch()
         if type(signal) is tuple and signal[0] is _AWAIT:  # pragma: no cover - only async programs await
             raise TypeError(f"{self.runner.name} awaited inside a plain program")
         return self._segment(signal, started)
+
+    def _enter(self) -> Any:
+        """The execution's greenlet, made a child of the greenlet about to switch into it, where its
+        awaits and its suspension switch back to. A greenlet's parent is otherwise the one that
+        created it: for a run started inside another run's program (`await policy.run_async(...)`
+        in a program or in a tool, an agent as a tool), that is the outer program's greenlet, not
+        the event loop's task that advances it, and the inner run's first await hung both runs."""
+        own = self.greenlet
+        current = greenlet.getcurrent()
+        if own.parent is not current:
+            own.parent = current
+        return own
 
     def stands_at(self, sync_count: int) -> bool:
         """Whether this execution is alive, suspended right after its `sync_count`-th sync point."""
