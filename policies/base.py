@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import math
 import secrets
 import time
 import uuid
@@ -28,7 +29,7 @@ from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import Broadcaster, RunFinished, RunStarted, step_record
 from swarm.population import STATUS_CODES
 from swarm.population import ess as population_ess
-from swarm.result import Diagnostics, Result
+from swarm.result import Diagnostics, Result, StepStats
 from swarm.runtimes import Runtime, make_runtime
 
 if TYPE_CHECKING:
@@ -88,7 +89,17 @@ class RunContext:
     def coordinator(self, runner: SegmentRunner, n: int) -> Coordinator:
         """A population of `n` executions of `runner`'s program, on this run's runtime and global trace."""
         return Coordinator(runner, self.runtime, n, policy=self.policy_name, tree=self.tree,
-                           max_lost_fraction=self.policy.max_lost_fraction, diagnostics=self.diagnostics)
+                           max_lost_fraction=self.policy.max_lost_fraction, diagnostics=self.diagnostics,
+                           on_extinct=self.report_extinct)
+
+    def report_extinct(self, outcome: StepOutcome) -> None:
+        """The step in which the last particle died, reported before the run raises
+        `NoSurvivingParticles`: ESS 0, log Ẑ = −∞, no survivors (its deaths are in its segments).
+        Before, the run ended without it, so the trace file, spans and `swarm inspect` missed the
+        step that ended the run ("deaths: 0" beside "'never' killed 10")."""
+        self.diagnostics.steps.append(StepStats(step=outcome.step, ess=0.0, log_evidence=-math.inf, resampled=False,
+                                                num_alive=0, unique_ancestors=None))
+        self.emit_step(outcome)
 
     async def advance(self, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
         """Run segments on the runtime and account for their tokens, calls, deaths and losses."""

@@ -63,8 +63,12 @@ class Coordinator:
 
     def __init__(self, runner: SegmentRunner, runtime: Any, n: int, *, policy: str = "",
                  max_lost_fraction: float = 0.1, tree: GlobalTrace | None = None,
-                 diagnostics: Diagnostics | None = None) -> None:
+                 diagnostics: Diagnostics | None = None,
+                 on_extinct: Callable[[StepOutcome], None] | None = None) -> None:
         self.runner = runner
+        self.on_extinct = on_extinct
+        """Called with the step in which the last particle died, before `NoSurvivingParticles` is
+        raised, so the step is reported (its deaths, to the listeners) like every other."""
         self.runtime = runtime
         self.policy = policy
         self.max_lost_fraction = max_lost_fraction
@@ -148,20 +152,24 @@ class Coordinator:
                               parents=pop.parents.copy(), log_w=pop.log_w.copy(), status=pop.status.copy(),
                               started_ns=started, lost=int(np.count_nonzero(codes == LOST)))
         self._check_lost(outcome, len(moved))
-        self._check_alive()
+        self.last = outcome
+        if self._extinct():
+            outcome.ess, outcome.log_evidence = 0.0, -math.inf
+            if self.on_extinct is not None:
+                self.on_extinct(outcome)
+            lost = int(np.sum(~pop.active))
+            raise self.diagnostics.no_survivors(self.policy, detail=f"{lost} lost" if lost else "")
         outcome.ess = self.ess()
         outcome.log_evidence = self.log_evidence()
-        self.last = outcome
         return outcome
 
     def _check_lost(self, outcome: StepOutcome, advanced: int) -> None:
         check_lost_fraction(outcome.segments, self.max_lost_fraction, self.policy, outcome.step)
 
-    def _check_alive(self) -> None:
+    def _extinct(self) -> bool:
+        """No active particle has a positive weight."""
         pop = self.population
-        if not ((pop.log_w > -math.inf) & pop.active).any():
-            lost = int(np.sum(~pop.active))
-            raise self.diagnostics.no_survivors(self.policy, detail=f"{lost} lost" if lost else "")
+        return not ((pop.log_w > -math.inf) & pop.active).any()
 
     # -- resampling -----------------------------------------------------------------------------
     def resample(self, scheme: str, rng: np.random.Generator) -> np.ndarray:

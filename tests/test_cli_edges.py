@@ -239,7 +239,8 @@ def test_inspect_and_report_of_a_run_that_failed_say_so(tmp_path):
     shown = swarm("inspect", "t.jsonl", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "log Z = -, ESS = -" in shown.stdout and "run failed: NoSurvivingParticles" in shown.stdout
-    assert "★ final" not in shown.stdout and shown.stdout.count("◦ last recorded") == 5
+    assert "★ final" not in shown.stdout and "deaths: 5 (guarantee 'never': 5)" in shown.stdout
+    assert shown.stdout.count("✗ killed by guarantee 'never'") == 5  # the step they died in is recorded
     html = (tmp_path / "r.html").read_text()
     assert "The run failed: NoSurvivingParticles" in html and "<td>log Z</td><td>-</td>" in html
 

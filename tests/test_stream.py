@@ -107,7 +107,8 @@ def test_a_runs_error_comes_out_of_the_stream_after_its_events():
     with pytest.raises(NoSurvivingParticles, match="'never' killed 10"):
         for event in policies.SMC(num_particles=10, seed=0).stream(impossible):
             seen.append(event)
-    assert [type(e) for e in seen] == [RunStart, StepStart, StepEnd] and seen[-1].step == 1
+    assert [type(e) for e in seen] == [RunStart, StepStart, StepEnd, StepStart, StepEnd]
+    assert (seen[-1].step, seen[-1].ess, seen[-1].log_evidence) == (2, 0.0, -math.inf)  # the step they died in
 
 
 def test_closing_the_stream_cancels_the_run():

@@ -20,7 +20,8 @@ from observability.trace_file import (
     read_trace_file,
     read_trace_runs,
 )
-from swarm import SwarmError
+import swarm
+from swarm import Bernoulli, SwarmError, factor, guarantee, sample
 from swarm.listeners import ParticleStep, RunFinished, RunStarted, StepRecord
 from swarm.trace import FactorEvent, SampleEvent
 from tests.exact_programs import BY_NAME
@@ -89,6 +90,30 @@ def test_deaths_name_the_guarantee_that_killed(tmp_path):
     assert all(d.cause.startswith("ok") and d.detail == f"guarantee {d.cause!r} failed" for d in deaths.values())
     dead_final = {p.id for p in result.particles if p.log_weight == -math.inf}
     assert dead_final <= set(deaths)
+
+
+@pytest.mark.parametrize("policy", [policies.SMC(num_particles=6, seed=0),
+                                    policies.SMC(num_particles=6, seed=0, ess_threshold=0.0)], ids=["SMC", "no-resampling"])
+def test_the_step_in_which_every_particle_dies_is_recorded(tmp_path, policy):
+    """Before: `NoSurvivingParticles` was raised before the step was reported, so the trace file
+    ended at step 1 and `deaths()` was empty while the error said 'never' killed 6."""
+    def doomed():
+        x = sample("x", Bernoulli(0.5))
+        factor("f", 0.0)
+        sample("y", Bernoulli(0.5))
+        guarantee("never", False)
+        return x
+
+    path = tmp_path / "t.jsonl"
+    writer = TraceFileWriter(path)
+    with pytest.raises(swarm.NoSurvivingParticles, match="'never' killed 6"):
+        policy.model_copy(update={"listeners": [writer]}).run(doomed)
+    trace = read_trace_file(path)
+    assert [s.step for s in trace.steps] == [1, 2] and trace.failed
+    last = trace.steps[-1]
+    assert (last.ess, last.log_evidence, last.resampled) == (0.0, -math.inf, False)
+    assert Counter(d.cause for d in trace.deaths().values()) == {"never": 6}
+    assert all(d.step == 2 for d in trace.deaths().values())
 
 
 def test_error_deaths_carry_the_exception(tmp_path):
@@ -248,16 +273,18 @@ def _all_die_at_step_two():
 
 
 def test_a_failed_run_has_no_log_z_and_only_a_provisional_population(tmp_path):
-    """Every particle dies at step 2: the run raises, its last recorded step (1) had a running
-    log Ẑ of 0 and a healthy population. That estimate used to be the run's log Z and that
-    population its "final" one, next to "run failed: no surviving particles"."""
+    """Every particle dies at step 2: the run raises; its step 1 had a running log Ẑ of 0 and a
+    healthy population. That estimate used to be the run's log Z and that population its "final"
+    one, next to "run failed: no surviving particles". Step 2, where they died, is recorded too
+    (log Ẑ −∞, every particle dead: `test_the_step_in_which_every_particle_dies_is_recorded`)."""
     writer = TraceFileWriter(tmp_path / "t.jsonl")
     with pytest.raises(SwarmError, match="no surviving particles"):
         policies.SMC(num_particles=6, seed=0, listeners=[writer]).run(_all_die_at_step_two)
     writer.close()
     trace = read_trace_file(tmp_path / "t.jsonl")
     assert trace.complete and trace.failed and trace.provisional
-    assert trace.log_evidence is None and trace.steps[-1].log_evidence == 0.0
+    assert trace.log_evidence is None and [s.log_evidence for s in trace.steps] == [0.0, -math.inf]
     assert len(trace.final_population()) == 6  # still shown, as the last recorded population
+    assert all(p.normalized_weight == 0.0 for p in trace.final_population())  # all dead
     ok = run_smc("api_example", tmp_path / "ok.jsonl", n=20)[1]
     assert not ok.failed and not ok.provisional and ok.log_evidence is not None
