@@ -295,6 +295,11 @@ class TemperedSMC(Policy):
         pop.log_w = pop.log_w + log_u
         self._check_alive(ctx, pop)
         stage_ess = ess(pop.log_w)
+        reweighted = StepOutcome(  # what the step reports: the population before resampling
+            step=stage, moved=np.zeros(0, dtype=np.int64), segments=[], increments=log_u, ids=pop.ids.copy(),
+            parents=pop.parents.copy(), log_w=pop.log_w.copy(),
+            status=np.array([STATUS_CODES[s.status] for s in pop.segments]), started_ns=started, ess=stage_ess,
+            log_evidence=logmeanexp(pop.log_w))
         ancestors = offspring = rate = None
         if new_beta < 1.0:
             ancestors = resample(self.resampling, normalized_weights(pop.log_w), ctx.step_rng(stage), pop.n)
@@ -304,11 +309,8 @@ class TemperedSMC(Policy):
         state["beta"] = new_beta
         state["stopped"] = state["stopped"] or ctx.out_of_budget() is not None
         self._record(ctx, state, pop, stage, log_increment, rate, ancestors, stage_ess)
-        ctx.emit_step(StepOutcome(
-            step=stage, moved=np.zeros(0, dtype=np.int64), segments=[], increments=log_u, ids=pop.ids,
-            parents=pop.parents, log_w=pop.log_w, status=np.array([STATUS_CODES[s.status] for s in pop.segments]),
-            started_ns=started, ess=ess(pop.log_w), log_evidence=logmeanexp(pop.log_w), ancestors=ancestors,
-            offspring_ids=offspring))
+        reweighted.ancestors, reweighted.offspring_ids = ancestors, offspring
+        ctx.emit_step(reweighted)  # `swarm.listeners.StepRecord`: ids and weights before the resampling
 
     def _choose_beta(self, stage: int, beta: float, pop: _Population, chains: _Chains, stopped: bool) -> float:
         if stopped or stage >= self.max_stages:

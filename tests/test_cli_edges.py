@@ -276,9 +276,10 @@ def test_the_genealogy_plot_labels_whole_steps_and_particles_readably(tmp_path, 
 
 
 def test_inspect_of_a_tempered_smc_run_shows_its_final_particles(tmp_path):
-    """TemperedSMC's step records give the population's ids after resampling where the contract says
-    before (policies/tempered_smc.py), so each offspring was read as its own parent: a cycle, no
-    root, and `swarm inspect` printed "genealogy (20 of 1200 particles shown)" over an empty tree."""
+    """TemperedSMC's step records gave the population's ids after resampling where the contract says
+    before, so each offspring was read as its own parent: a cycle, no root, and `swarm inspect`
+    printed "genealogy (20 of 1200 particles shown)" over an empty tree. The records now follow the
+    contract: every final particle's lineage reaches a first-step particle."""
     (tmp_path / "dice.py").write_text(textwrap.dedent('''
         import policies
         from swarm import Categorical, factor, sample
@@ -298,8 +299,9 @@ def test_inspect_of_a_tempered_smc_run_shows_its_final_particles(tmp_path):
     shown = swarm("inspect", "t.jsonl", "--max-particles", "3", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.count("★ final") >= 3, shown.stdout
-    if trace.inconsistent_steps():  # until the policy records the ids before resampling
-        assert "lineages are cut there" in shown.stdout
+    assert trace.inconsistent_steps() == [] and "lineages are cut there" not in shown.stdout
+    first = {ps.particle_id for ps in trace.steps[0].particles} | set(trace.steps[0].particle_ids)
+    assert all(trace.lineage(p.id)[0] in first for p in trace.final_population())
 
 
 @pytest.mark.parametrize("args", [["run", "coins.py", "--arg", "junk"], ["run", "coins.py", "--arg", "2x=1"],
