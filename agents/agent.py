@@ -109,6 +109,19 @@ class Agent(BaseModel):
                                  "docstring and type hints become the tool's description and argument schema)")
         return value
 
+    @field_validator("tools")
+    @classmethod
+    def _distinct_tool_names(cls, value: list[Tool]) -> list[Tool]:
+        """Two tools of one name: the model could only ever call the first."""
+        seen: dict[str, Tool] = {}
+        for item in value:
+            if item.name in seen:
+                raise ValueError(f"two tools are named {item.name!r} ({_origin(seen[item.name])} and {_origin(item)}): "
+                                 "the model could only call the first; rename one (@tool(name=...), or "
+                                 "mcp_tools(..., prefix=...) for a server's tools)")
+            seen[item.name] = item
+        return value
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
@@ -252,7 +265,8 @@ class Agent(BaseModel):
                 endpoint = tool_.endpoint if tool_ is not None else tool_name  # e.g. "mcp:calc/add"
                 interact(self.name, endpoint, arguments, kind="tool_call", name=call_site)
                 refusal = refusal_of(call_site, self.name, tool_, arguments) if tool_ is not None else None
-                result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments, refusal))
+                result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments, refusal,
+                                                                           tuple(t.name for t in self.tools)))
                 interact(endpoint, self.name, result, kind="tool_result", name=f"{call_site}/result")
                 messages.append(ChatMessage(role="tool", content=result, name=tool_name))
             turn_site = f"{site}/turn{round_ + 1}"
@@ -309,6 +323,14 @@ def _validated_settings(base: GenerationSettings, overrides: dict[str, Any]) -> 
         raise InvalidGenerationRequest(f"unknown generation setting {unknown[0]!r}; the settings are "
                                        f"{', '.join(GenerationSettings.model_fields)}")
     return GenerationSettings.model_validate({**base.model_dump(), **overrides})
+
+
+def _origin(tool_: Tool) -> str:
+    """Where a tool comes from: its server endpoint, or its function."""
+    if tool_.endpoint != tool_.name:
+        return tool_.endpoint
+    fn = getattr(tool_, "fn", None)
+    return f"function {getattr(fn, '__qualname__', tool_.name)}" if fn is not None else tool_.name
 
 
 def _only_one_prompt(prompt: Any, history: Any, messages: Any) -> None:

@@ -220,12 +220,15 @@ class ToolExecution(Distribution):
 
     is_async = True
 
-    def __init__(self, tool_: Tool | None, name: str, arguments: Any, refusal: str | None = None) -> None:
+    def __init__(self, tool_: Tool | None, name: str, arguments: Any, refusal: str | None = None,
+                 available: tuple[str, ...] = ()) -> None:
         self.tool = tool_
         self.name = name
         self.arguments = arguments
         self.refusal = refusal
         """A person refused the call: this text is its result and the tool is not run."""
+        self.available = available
+        """The agent's tool names, told to the model when it calls one that does not exist."""
 
     def describe(self) -> str:
         return f"Tool({self.tool.endpoint if self.tool is not None else self.name})"
@@ -236,7 +239,7 @@ class ToolExecution(Distribution):
     async def sample_async(self, rng: Any) -> Draw:
         started = time.time_ns()
         if self.tool is None:
-            result = f"error: no tool named {self.name!r}"
+            result = f"error: no tool named {self.name!r}; the tools are {', '.join(self.available) or 'none'}"
         elif self.refusal is not None:
             result = self.refusal
         else:

@@ -427,3 +427,40 @@ def test_a_request_replaced_is_what_model_copy_gives_and_leaves_the_original_alo
         assert type(fast) is type(slow) and fast == slow and fast.model_dump() == slow.model_dump()
         assert fast.model_fields_set == slow.model_fields_set and fast.model_dump_json() == slow.model_dump_json()
         assert request.model_dump() == before and fast is not request
+
+
+def test_two_tools_of_one_name_are_refused_naming_both():
+    """Before: the agent kept both and every call went to the first, silently."""
+    from pydantic import ValidationError
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    @tool(name="add")
+    def add_one(a: int) -> int:
+        """Add one."""
+        return a + 1
+
+    with pytest.raises(ValidationError, match=r"two tools are named 'add' \(function .*add and function .*add_one\): "
+                                              r"the model could only call the first; rename one"):
+        Agent(name="calc", tools=[add, add_one])
+
+
+def test_a_call_to_a_tool_that_does_not_exist_tells_the_model_which_do():
+    """The model's next turn can correct itself: the tool result lists the agent's tools."""
+    @tool
+    def lookup(word: str) -> str:
+        """Look a word up."""
+        return word.upper()
+
+    replies = iter(['<tool_call>{"name": "search", "arguments": {"q": "x"}}</tool_call>', "done"])
+    agent = Agent(name="a", backend=Scripted(lambda request: next(replies)), tools=[lookup])
+
+    async def program():
+        return await agent.ask("go", name="turn")
+
+    particle = policies.SMC(num_particles=1, seed=0).run(program).particles[0]
+    (result,) = [e for e in particle.trace.events if e.address == "turn/call0/result" and e.type == "sample"]
+    assert result.value == "error: no tool named 'search'; the tools are lookup"
