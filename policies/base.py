@@ -73,6 +73,8 @@ class RunContext:
         self.budget = policy.budget
         self.tree = GlobalTrace()
         self.runners: list[SegmentRunner] = []
+        self.cleanups: list[Callable[[], None]] = []
+        """What to do when the run ends, however it ends (`release`)."""
         self.args: tuple = ()
         self.kwargs: dict[str, Any] = {}
 
@@ -125,9 +127,14 @@ class RunContext:
         return np.random.default_rng([self.seed & (2**63 - 1), *key])
 
     async def release(self) -> None:
-        """Close the executions the runtime kept alive for this run's runners."""
-        for runner in self.runners:
-            await self.runtime.release(runner)
+        """Close the executions the runtime kept alive for this run's runners, then let go of what
+        the run held (`cleanups`, last taken first: e.g. its checkpoint directory's lock)."""
+        try:
+            for runner in self.runners:
+                await self.runtime.release(runner)
+        finally:
+            while self.cleanups:
+                self.cleanups.pop()()
 
     # -- listeners ---------------------------------------------------------------------------
     def emit_start(self, num_particles: int) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from swarm.checkpoint import (
     CHECKPOINT_DIR_KEY, RUN_ID_KEY, Checkpointer, CheckpointError, PopulationCheckpoint, RunHeader, StepFrame,
+    hold_directory,
 )
 from swarm.coordinator import Coordinator
 from swarm.effects import run_scope
@@ -80,6 +81,7 @@ class RunCheckpoints:
         return checkpoints
 
     def _use(self, checkpointer: Checkpointer, policy: Any, ctx: Any) -> None:
+        ctx.cleanups.append(hold_directory(checkpointer.directory))  # this run's alone until it ends
         if self.state is None:
             checkpointer.start_fresh(run_header(policy, ctx))
         self.checkpointer = checkpointer

@@ -51,13 +51,14 @@ from __future__ import annotations
 import copyreg
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import io
 import os
 import pickle
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -319,6 +320,34 @@ def read_checkpoint(path: str | os.PathLike[str]) -> PopulationCheckpoint:
 
 
 # -- a run's checkpoint directory ---------------------------------------------------------------
+LOCK_FILE = ".lock"
+
+
+def hold_directory(directory: str | os.PathLike[str]) -> Callable[[], None]:
+    """Take `directory` for one run and return the function that lets it go (closing the lock file;
+    the kernel lets it go too if the process dies). Two runs writing into one directory at once
+    (two resumes of one paused run, two runs given one `checkpoint=`) interleave their frames: the
+    log they leave cannot be resumed ("global trace log entry starts at node 0, the tree has 250
+    nodes"), and a fresh run deletes the other's log. The second one is refused instead, before it
+    writes anything. The lock is an advisory `flock` on `<directory>/.lock`, so it holds across
+    processes on one machine and between two runs in one process."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot prepare the directory: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise CheckpointError(path, "another run is writing into this directory right now (a second resume "
+                                        "of one paused run?); let it end, or give this run its own directory") from None
+        raise CheckpointError(path, f"cannot lock the directory: {exc.strerror or exc}") from exc
+    return lambda: os.close(fd)
+
+
 class Checkpointer:
     """The checkpoint directory of one run: appends a frame to `population.ckpt` every `every` steps."""
 

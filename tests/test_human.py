@@ -282,3 +282,27 @@ def test_questions_inside_plate_replicas(tmp_path, concurrent):
             assert sorted(map(repr, a.trace.events)) == sorted(map(repr, b.trace.events))
         else:
             assert a.trace.events == b.trace.events
+
+
+def test_two_resumes_of_one_paused_run_at_once_leave_one_run_and_an_intact_directory(tmp_path):
+    """Before: both resumes "finished", with different results, and the directory's log then failed
+    to load (a bare ValueError: "global trace log entry starts at node 0, the tree has 250 nodes").
+    The directory is now held by one run at a time: the second resume is refused before it writes,
+    and the directory still resumes to the first one's result."""
+    import asyncio
+
+    from swarm.checkpoint import CheckpointError
+
+    paused = policies.SMC(num_particles=20, seed=3, checkpoint=tmp_path).run(asked_program)
+    assert paused.status == "waiting"
+
+    async def both():
+        policy = policies.SMC(num_particles=20, seed=3)
+        return await asyncio.gather(*(policy.resume_async(tmp_path, asked_program, answers={"pick": "b"})
+                                      for _ in range(2)), return_exceptions=True)
+
+    first, second = asyncio.run(both())
+    assert first.status == "finished"
+    assert isinstance(second, CheckpointError) and "another run is writing into this directory" in str(second)
+    again = policies.SMC(num_particles=20, seed=3).resume(tmp_path, asked_program, answers={"pick": "b"})
+    assert again.log_evidence == first.log_evidence and again.values == first.values  # tolerance 0: same seed
