@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,8 @@ from swarm.human import ANSWERS_KEY, PAUSABLE_KEY, InvalidAnswerError, Question,
 from swarm.pause import PausedStep
 from swarm.result import Particle
 
-__all__ = ["Pausable", "allow_pausing", "install_answers", "pending_questions", "recorded_program", "mark_waiting"]
+__all__ = ["Pausable", "allow_pausing", "install_answers", "pending_questions", "recorded_program", "mark_waiting",
+           "cannot_wait"]
 
 
 def install_answers(answers: dict[str, Any]) -> None:
@@ -46,6 +48,18 @@ def allow_pausing(checkpoints: RunCheckpoints, answers: dict[str, Any]) -> None:
     install_answers(answers)
     run_scope()[PAUSABLE_KEY] = True
     checkpoints.answers = dict(answers)
+
+
+def cannot_wait(result: Any, policy: Any) -> str:
+    """Why a run that paused for a person cannot be an answer where nobody can give one (a served
+    chat request, an MCP tool call): its questions, and how to answer them up front. The temporary
+    directory the pause wrote is removed (a policy's own `checkpoint` directory is kept)."""
+    if getattr(policy, "checkpoint", None) is None and result.checkpoint:
+        shutil.rmtree(result.checkpoint, ignore_errors=True)
+    listing = "; ".join(f"{q.label()}: {q.question!r}" for q in result.pending)
+    example = result.pending[0].name if result.pending else "NAME"
+    return (f"the run waits for a person: {listing}; a served program cannot pause, give the answers up "
+            f"front in the module's POLICY, e.g. POLICY = {type(policy).__name__}(..., answers={{{example!r}: ...}})")
 
 
 def mark_waiting(particles: list[Particle], pending: list[Question]) -> list[Particle]:

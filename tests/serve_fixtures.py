@@ -122,3 +122,11 @@ class Unrenderable:
 async def unrenderable(messages) -> Unrenderable:
     """A TEST DOUBLE program whose reply fails to render (an internal error, logged)."""
     return Unrenderable()
+
+
+async def asks_a_person(messages) -> str:
+    """A TEST DOUBLE program that asks a person before it answers (`swarm.ask_human`)."""
+    from swarm import ask_human
+
+    fine = await ask_human("ok", "Is this fine?", schema=bool)
+    return "yes" if fine else "no"

@@ -232,3 +232,22 @@ def test_the_api_key_is_masked_in_logged_tracebacks():
         text = log.read_text()
     assert "ValueError: cannot render with key **********" in text and "request failed" in text
     assert KEY not in text and KEY[8:] not in text
+
+
+def test_a_program_that_asks_a_person_is_a_422_naming_the_question(tmp_path):
+    """Before: the run paused (nobody can answer inside a request) and the server answered it as a
+    finished run, content null with probability 1 and log Z 0, leaving a plp-swarm-paused-*
+    directory per request. Now a 422 names the question and how to answer it up front, streamed or
+    not, and the pause's temporary directory is removed."""
+    from pathlib import Path
+
+    with run_server(f"{TARGET}:asks_a_person", env={"TMPDIR": str(tmp_path)}) as (url, _, _):  # its temp dirs
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.UnprocessableEntityError) as plain:
+            client.chat.completions.create(model="serve_fixtures:asks_a_person", messages=HI)
+        assert plain.value.body["code"] == "waiting_for_a_person"
+        assert "the run waits for a person: 'ok' (id " in plain.value.message and "'Is this fine?'" in plain.value.message
+        assert "answers={'ok': ...}" in plain.value.message
+        with pytest.raises(openai.APIError, match="the run waits for a person"):
+            list(client.chat.completions.create(model="serve_fixtures:asks_a_person", messages=HI, stream=True))
+    assert not [p for p in Path(tmp_path).iterdir() if p.name.startswith("plp-swarm-paused-")]

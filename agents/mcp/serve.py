@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import shutil
 from typing import Any, Callable
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
+from policies.pausing import cannot_wait
 from swarm.errors import SwarmError
 
 TOP_VALUES = 10
@@ -61,18 +61,6 @@ def weighted_answer(result: Any, policy_name: str) -> WeightedAnswer:
                           num_particles=len(result.particles), policy=policy_name)
 
 
-def _cannot_wait(result: Any, policy: Any) -> str:
-    """The error for a run that paused for a person (nobody can answer inside a tool call): its
-    questions and how to answer them up front. Its temporary checkpoint is removed (a policy's own
-    `checkpoint` directory is kept)."""
-    if getattr(policy, "checkpoint", None) is None and result.checkpoint:
-        shutil.rmtree(result.checkpoint, ignore_errors=True)
-    listing = "; ".join(f"{q.label()}: {q.question!r}" for q in result.pending)
-    example = result.pending[0].name if result.pending else "NAME"
-    return (f"the run waits for a person: {listing}; a served program cannot pause, give the answers up "
-            f"front in the module's POLICY, e.g. POLICY = {type(policy).__name__}(..., answers={{{example!r}: ...}})")
-
-
 def program_server(program: Callable[..., Any], policy: Any, *, name: str | None = None,
                    description: str | None = None) -> MCPServer:
     """An MCP server whose one tool runs `program` under `policy` (see the module docstring)."""
@@ -90,7 +78,7 @@ def program_server(program: Callable[..., Any], policy: Any, *, name: str | None
         except SwarmError as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}") from exc
         if getattr(result, "status", "finished") == "waiting":
-            raise ToolError(_cannot_wait(result, policy))
+            raise ToolError(cannot_wait(result, policy))
         return weighted_answer(result, policy_name)
 
     run_program.__name__ = run_program.__qualname__ = tool_name

@@ -35,6 +35,7 @@ from agents.serving.protocol import (ChatCompletion, ChatCompletionRequest, Choi
                                      ResponseMessage, RunInfo, Usage, finite)
 from agents.serving.tracing import RequestSpan, RequestTracing
 from policies.base import Budget, Policy
+from policies.pausing import cannot_wait
 from policies.streaming import RunEnd, RunStream
 
 
@@ -196,6 +197,8 @@ class ChatService:
     def response(self, run: PreparedRun, end: RunEnd) -> ChatCompletion:
         """The answers (mode or draws) and the run's metadata."""
         result = end.result
+        if result.status == "waiting":  # nobody can answer a person's question inside a request
+            raise ServeError(422, cannot_wait(result, run.policy), code="waiting_for_a_person")
         weights = result.normalized_weights if result.particles else np.zeros(0)
         answers, distinct = choose(result, run.request.n, run.answer, weights=weights,  # draws: reproducible
                                    rng=lambda: draw_rng(result.seed))  # given the seed
