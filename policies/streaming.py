@@ -340,6 +340,9 @@ class RunStream:
                     await task
                 except BaseException:  # noqa: BLE001 - the run was cancelled on purpose
                     pass
+            elif not task.cancelled():
+                task.exception()  # retrieved: a run that failed after its consumer stopped reading is not
+                                  # logged as "Task exception was never retrieved"
 
     def __iter__(self) -> Iterator[StreamEvent]:
         try:

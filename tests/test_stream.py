@@ -195,3 +195,21 @@ def _two_step_program():
     x = sample("x", Bernoulli(0.5))
     factor("f", 0.3 * x)
     return int(x)
+
+
+def test_leaving_a_stream_whose_run_already_failed_logs_nothing(caplog):
+    """A plain program's run ends before its first event is read; a consumer that stops there (a
+    `break`, Ctrl-C in the CLI) left the run's exception unretrieved, and asyncio logged "Task
+    exception was never retrieved" with its traceback when the task was collected."""
+    import gc
+    import logging
+
+    def impossible():
+        guarantee("never", False)
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    for event in policies.SMC(num_particles=4, seed=0).stream(impossible):
+        assert isinstance(event, RunStart)
+        break
+    gc.collect()
+    assert "never retrieved" not in caplog.text
