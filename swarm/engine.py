@@ -54,20 +54,23 @@ def raise_async_in_plain_program(name: str, dist: Any) -> None:
         f"program `async def` and write `await sample({name!r}, ...)`")
 
 
-def check_awaited(waiting: dict[object, tuple[str, tuple[Any, ...]]]) -> None:
-    """Raise `UnawaitedSampleError` naming the sites whose sample the program never awaited
-    (`text = sample(...)` without `await`: the generation never ran and `text` is a coroutine);
-    `waiting` is the execution's `unawaited_samples()` when its program returned."""
+def check_awaited(waiting: dict[object, tuple[Any, ...]]) -> None:
+    """Raise `UnawaitedSampleError` naming the sites whose sample (or `ask_human`) the program never
+    awaited (`text = sample(...)` without `await`: the generation never ran and `text` is a
+    coroutine); `waiting` is the execution's `unawaited_samples()` when its program returned, each
+    entry (site, the coroutines to close[, the call: "sample" unless named])."""
     if waiting:
-        names = sorted({name for name, _ in waiting.values()})
-        for _, coroutines in waiting.values():
-            for coroutine in coroutines:  # never started: closing them is all (no "never awaited" warning)
-                coroutine.close()
+        entries = list(waiting.values())
         waiting.clear()
+        for entry in entries:
+            for coroutine in entry[1]:  # never started: closing them is all (no "never awaited" warning)
+                coroutine.close()
+        call = entries[0][2] if len(entries[0]) > 2 else "sample"
+        names = sorted({entry[0] for entry in entries if (entry[2] if len(entry) > 2 else "sample") == call})
+        what = "nobody was asked" if call == "ask_human" else "the generation never ran"
         raise UnawaitedSampleError(
-            f"sample {', '.join(map(repr, names))}: the awaitable `sample` returned was never awaited, so the "
-            f"generation never ran (the program got a coroutine object instead of its value); write "
-            f"`await sample({names[0]!r}, ...)`")
+            f"{call} {', '.join(map(repr, names))}: the awaitable `{call}` returned was never awaited, so {what} "
+            f"(the program got a coroutine object instead of its value); write `await {call}({names[0]!r}, ...)`")
 
 
 def _duplicate(name: str, kind: str) -> DuplicateSiteError:

@@ -290,7 +290,7 @@ def ask_human(name: str, question: str, schema: Any = None, *, sender: str = "pr
     token = object()
     pending = _answer(where, asked, sender, token)
     if waiting is not None:  # dropped when it starts; left there, the program never awaited it
-        waiting[token] = (where, (pending,))
+        waiting[token] = (where, (pending,), "ask_human")
     return pending
 
 

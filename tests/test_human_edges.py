@@ -104,7 +104,8 @@ def test_ask_human_in_a_plain_program_says_to_use_ask_human_sync(tmp_path):
 
 
 def test_ask_human_without_await_in_an_async_program_is_named():
-    with pytest.raises(UnawaitedSampleError, match="'keep'.*never awaited"):
+    with pytest.raises(UnawaitedSampleError, match=r"ask_human 'keep': the awaitable `ask_human` returned was never "
+                                                   r"awaited, so nobody was asked .*write `await ask_human\('keep', \.\.\.\)`"):
         policies.SMC(num_particles=10, seed=0, answers={"keep": "yes"}).run(_keep_forgot_await)
 
 
