@@ -143,7 +143,9 @@ def _resume_answers(state: PopulationCheckpoint, mine: dict[str, Any], given: di
     """The answers of the resumed run: the recorded ones, the policy's, then the given ones; checked
     against the pending questions (a bad one is refused naming its question, before anything runs)."""
     last = state.last
-    answers = {**(last.answers if last is not None else {}), **mine, **(given or {})}
+    recorded = last.answers if last is not None else {}
+    _unchanged(recorded, {**mine, **(given or {})}, where)
+    answers = {**recorded, **mine, **(given or {})}
     paused, particle_id = _paused_of(state)
     if paused is None:
         return checked_answers(answers, [])
@@ -154,6 +156,18 @@ def _resume_answers(state: PopulationCheckpoint, mine: dict[str, Any], given: di
         raise InvalidAnswerError(f"{where}: the run waits for an answer to {listing}; none of them is answered "
                                  "(answers={name or id: answer})")
     return answers
+
+
+def _unchanged(recorded: dict[str, Any], given: dict[str, Any], where: Path) -> None:
+    """Refuse an answer that differs from the one the run already recorded for the same question:
+    the steps after it were run with the recorded one (replay reads it from the trace), so the new
+    one could change nothing but would read as if it had (a finished run resumed with another answer
+    returned its old result, silently)."""
+    for key, value in given.items():
+        if key in recorded and recorded[key] != value:
+            raise InvalidAnswerError(f"{where}: {key!r} was answered {recorded[key]!r} in this run, which went on "
+                                     f"with that answer; it cannot become {value!r} on resume (start a new run "
+                                     f"with answers={{{key!r}: {value!r}}})")
 
 
 class Pausable:

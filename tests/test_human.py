@@ -306,3 +306,16 @@ def test_two_resumes_of_one_paused_run_at_once_leave_one_run_and_an_intact_direc
     assert isinstance(second, CheckpointError) and "another run is writing into this directory" in str(second)
     again = policies.SMC(num_particles=20, seed=3).resume(tmp_path, asked_program, answers={"pick": "b"})
     assert again.log_evidence == first.log_evidence and again.values == first.values  # tolerance 0: same seed
+
+
+def test_an_answer_the_run_recorded_cannot_be_changed_on_resume(tmp_path):
+    """Before: resuming the finished run with {"pick": "c"} returned the result of "b", silently.
+    The same answer again, or no answer, resumes as before (the control)."""
+    policies.SMC(num_particles=20, seed=3, checkpoint=tmp_path).run(asked_program)
+    answered = policies.SMC(num_particles=20, seed=3).resume(tmp_path, asked_program, answers={"pick": "b"})
+    with pytest.raises(swarm.InvalidAnswerError, match=r"'pick' was answered 'b' in this run, which went on with "
+                                                       r"that answer; it cannot become 'c' on resume"):
+        policies.SMC(num_particles=20, seed=3).resume(tmp_path, asked_program, answers={"pick": "c"})
+    for same in ({"pick": "b"}, None):
+        again = policies.SMC(num_particles=20, seed=3).resume(tmp_path, asked_program, answers=same)
+        assert again.log_evidence == answered.log_evidence  # tolerance 0: the recorded run, read back
