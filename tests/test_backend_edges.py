@@ -154,3 +154,23 @@ def test_tempered_rows_are_finite_for_any_positive_temperature():
     for t in (1e-45, 1e-30, 0.5, 1e30, 1e39):
         for row in batch_proposal(logits, [t, t], [1.0, 1.0]):
             assert not np.isnan(row.logq).any() and np.isclose(np.exp(row.logq.astype(np.float64)).sum(), 1.0)
+
+
+def test_a_prompt_longer_than_the_context_loses_the_particle_as_an_http_server_does(backend):
+    """Before: LlamaCpp raised a ValueError, which *killed* the particle (Φ = 0, as if the target
+    ruled it out), where an HTTP server's 400 for the same prompt *loses* it (missing data, left out
+    of Ẑ). Both are the backend's limit, not evidence: lost, and a run whose every particle is lost
+    stops with BackendUnavailable naming the cause."""
+    import policies
+    from agents import Agent
+    from swarm import BackendUnavailable, sample
+
+    agent = Agent(name="reader", backend=backend, hosting="local")
+
+    async def program(words: int) -> str:
+        return await sample("reply", agent.generate(raw_prompt="word " * words, max_tokens=2))
+
+    with pytest.raises(BackendUnavailable, match=r"prompt has \d+ tokens but n_ctx is 256"):
+        policies.SMC(num_particles=2, seed=0).run(program, 400)
+    short = policies.SMC(num_particles=2, seed=0).run(program, 5)  # the control: a prompt that fits
+    assert short.diagnostics.lost == 0 and all(isinstance(v, str) for v in short.values)

@@ -292,8 +292,9 @@ class LlamaCpp(Backend):
                 raise ValueError("LlamaCpp: empty prompt and the model has no BOS token to start from")
             tokens = [self._bos]
         if len(tokens) >= self.n_ctx:
-            raise ValueError(f"LlamaCpp: the prompt has {len(tokens)} tokens but n_ctx is {self.n_ctx}; "
-                             "shorten the conversation or raise n_ctx")
+            # the backend's limit, not the target's verdict: the particle is lost (as with an HTTP server's 400)
+            raise BackendError(f"LlamaCpp: the prompt has {len(tokens)} tokens but n_ctx is {self.n_ctx}; "
+                               "shorten the conversation or raise n_ctx", source="llama_cpp")
         return tokens
 
     def detokenize(self, tokens: list[int], special: bool = False) -> bytes:
