@@ -84,6 +84,15 @@ def run_server(*args: str, env: dict[str, str] | None = None,
         stop(proc)
 
 
+@contextlib.contextmanager
+def keyed_server(key_env: str, key: str) -> Iterator[tuple[str, Path]]:
+    """The served `program` behind an API key (the environment variable `key_env` holds `key`), at
+    most 4000 tokens a request; yields (base URL, log file). For a test module's one server."""
+    with run_server(str(REPO / "tests" / "serve_fixtures.py"), "--max-tokens", "4000", "--api-key-env", key_env,
+                    env={key_env: key}) as (url, _, log):
+        yield url, log
+
+
 def _wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float) -> str:
     """The server's URL once it accepts connections (its ready line, then a /health answer)."""
     import urllib.request

@@ -17,7 +17,7 @@ import pytest
 
 import policies
 from agents import ChatMessage
-from tests.serve_fixtures import REPO, program, run_server, satisfies_guarantee, swarm_command
+from tests.serve_fixtures import REPO, keyed_server, program, run_server, satisfies_guarantee, swarm_command
 
 pytestmark = pytest.mark.server
 
@@ -30,9 +30,8 @@ HI = [{"role": "user", "content": "Write a sentence."}]
 @pytest.fixture(scope="module")
 def server():
     """One server for the module: 12 particles, 4000 tokens per request at most, an API key."""
-    with run_server(TARGET, "--max-tokens", "4000", "--api-key-env", "SERVE_TEST_KEY",
-                    env={"SERVE_TEST_KEY": KEY}) as (url, proc, log):
-        yield url, log
+    with keyed_server("SERVE_TEST_KEY", KEY) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

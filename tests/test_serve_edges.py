@@ -14,7 +14,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.serve_fixtures import REPO, run_server
+from tests.serve_fixtures import REPO, keyed_server, run_server
 
 pytestmark = pytest.mark.server
 
@@ -28,9 +28,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def server():
     """One server for the module: 12 particles, an API key, the access log on (the default)."""
-    with run_server(TARGET, "--max-tokens", "4000", "--api-key-env", "SERVE_EDGES_KEY",
-                    env={"SERVE_EDGES_KEY": KEY}) as (url, proc, log):
-        yield url, log
+    with keyed_server("SERVE_EDGES_KEY", KEY) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

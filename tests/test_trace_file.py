@@ -21,7 +21,7 @@ from observability.trace_file import (
     read_trace_runs,
 )
 import swarm
-from swarm import Bernoulli, SwarmError, factor, guarantee, sample
+from swarm import SwarmError
 from swarm.listeners import ParticleStep, RunFinished, RunStarted, StepRecord
 from swarm.trace import FactorEvent, SampleEvent
 from tests.exact_programs import BY_NAME
@@ -97,17 +97,10 @@ def test_deaths_name_the_guarantee_that_killed(tmp_path):
 def test_the_step_in_which_every_particle_dies_is_recorded(tmp_path, policy):
     """Before: `NoSurvivingParticles` was raised before the step was reported, so the trace file
     ended at step 1 and `deaths()` was empty while the error said 'never' killed 6."""
-    def doomed():
-        x = sample("x", Bernoulli(0.5))
-        factor("f", 0.0)
-        sample("y", Bernoulli(0.5))
-        guarantee("never", False)
-        return x
-
     path = tmp_path / "t.jsonl"
     writer = TraceFileWriter(path)
     with pytest.raises(swarm.NoSurvivingParticles, match="'never' killed 6"):
-        policy.model_copy(update={"listeners": [writer]}).run(doomed)
+        policy.model_copy(update={"listeners": [writer]}).run(_all_die_at_step_two)
     trace = read_trace_file(path)
     assert [s.step for s in trace.steps] == [1, 2] and trace.failed
     last = trace.steps[-1]
