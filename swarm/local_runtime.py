@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 
 from swarm.execution import Segment, SegmentRunner, SegmentTask
@@ -31,6 +32,8 @@ class LocalRuntime(Runtime):
 
     async def run_segments(self, runner: SegmentRunner, tasks: list[SegmentTask]) -> list[Segment]:
         self._epoch += 1
+        if not runner.is_async:  # a plain program never awaits: give the loop a turn before each step, so
+            await asyncio.sleep(0)  # a stream's reader sees the steps as they end and Ctrl-C acts between them
         return await self.host(runner).advance(self._epoch, tasks)
 
     async def release(self, runner: SegmentRunner) -> None:

@@ -213,3 +213,29 @@ def test_leaving_a_stream_whose_run_already_failed_logs_nothing(caplog):
         break
     gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+def test_a_plain_programs_steps_are_streamed_as_they_end():
+    """A plain program never awaits, so its run never gave the event loop a turn: every event reached
+    the reader after the run had ended (the CLI's progress showed nothing until then). Now the loop
+    gets a turn before each step: an `async for` reader sees step k's end before step k + 1 runs.
+    A plain `for` runs the loop only while it waits for the next event, and the run goes on a step
+    in each of those turns, so it lags (here step 1 is read after 6 of 10 steps): it sees the first
+    steps before the run ends, no more is promised."""
+    ran: list[int] = []
+
+    def program():
+        for t in range(10):
+            ran.append(t)
+            factor(f"f{t}", 0.0)
+        return len(ran)
+
+    async def read() -> list[tuple[int, int]]:
+        return [(e.step, len(ran)) async for e in policies.SMC(num_particles=2, seed=0).stream(program)
+                if isinstance(e, StepEnd)]
+
+    seen = asyncio.run(read())
+    assert [ran_so_far for _, ran_so_far in seen[:10]] == [2 * step for step, _ in seen[:10]], seen
+    ran.clear()
+    seen = [(e.step, len(ran)) for e in policies.SMC(num_particles=2, seed=0).stream(program) if isinstance(e, StepEnd)]
+    assert seen[0][1] < 2 * 10, seen  # step 1's end read before the last step ran
