@@ -11,6 +11,7 @@ from pydantic import Field
 from policies.base import Policy, RunContext
 from policies.independent import particle_of
 from swarm.errors import EnumerationError
+from swarm.human import CannotPauseError, HumanAnswer
 from swarm.execution import SegmentTask
 from swarm.population import logsumexp
 from swarm.result import Result
@@ -43,6 +44,11 @@ class _FollowPath(Handler):
             msg.target_log_prob = None
             return
         dist = msg.fn
+        if isinstance(dist, HumanAnswer):
+            raise CannotPauseError(
+                f"Enumerate: site {msg.name!r} asks a person ({dist.question.question!r}); Enumerate enumerates the "
+                "program's paths and can neither ask nor pause: run it under SMC or Forward, which pause for the "
+                f"answer, or give it up front, e.g. SMC(..., answers={{{dist.question.name!r}: ...}})")
         if dist.is_async or dist.support is None:
             raise EnumerationError(
                 f"Enumerate: sample site {msg.name!r} draws from {dist.describe()}, which has no finite support; "
