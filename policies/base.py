@@ -24,6 +24,7 @@ from policies.sync_bridge import boxed, run_in_own_thread
 from swarm.coordinator import Coordinator, StepOutcome, check_lost_fraction
 from swarm.effects import new_run_scope, run_scope
 from swarm.event_tree import GlobalTrace
+from swarm.errors import BlockingRunError
 from swarm.execution import Segment, SegmentRunner, SegmentTask, check_arguments, in_plain_program
 from swarm.gc_tuning import relaxed_gc
 from swarm.listeners import Broadcaster, RunFinished, RunStarted, step_record
@@ -256,7 +257,7 @@ class Policy(BaseModel, abc.ABC):
         if in_plain_program():  # a run nested in a plain program: the loop is the outer run's
             return run_in_own_thread(coroutine)
         coroutine.close()
-        raise RuntimeError(f"{type(self).__name__}.{method}() was called inside a running event loop; "
+        raise BlockingRunError(f"{type(self).__name__}.{method}() was called inside a running event loop; "
                            f"use `await {type(self).__name__}.{method}_async(...)` there")
 
     def resume(self, directory: Any, program: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Litera
 from pydantic import BaseModel, ConfigDict
 
 from policies.sync_bridge import boxed
+from swarm.errors import BlockingRunError
 from swarm.listeners import RunFinished, RunListener, RunStarted, StepRecord
 from swarm.result import Result
 
@@ -350,7 +351,7 @@ class RunStream:
         except RuntimeError:
             pass
         else:
-            raise RuntimeError("iterating a policy stream with a plain `for` inside a running event loop; "
+            raise BlockingRunError("iterating a policy stream with a plain `for` inside a running event loop; "
                                "use `async for event in policy.stream(...)` there")
         agen = self.events()
 

@@ -8,6 +8,7 @@ from swarm.distributions import Bernoulli, Categorical, Delta, Distribution, Dra
 from swarm.errors import (
     AsyncInPlainProgramError,
     BackendUnavailable,
+    BlockingRunError,
     BudgetExhausted,
     DuplicateSiteError,
     EnumerationError,
@@ -48,6 +49,6 @@ __all__ = [
     "SwarmError", "AsyncInPlainProgramError", "UnawaitedSampleError", "ProgramArgumentsError", "ProgramKindError",
     "PrimitiveUsageError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
     "NondeterminismError", "NotVectorizable", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
-    "ParticleLost", "BackendUnavailable",
+    "ParticleLost", "BackendUnavailable", "BlockingRunError",
     "ask_human", "Question", "AwaitingHuman", "InvalidAnswerError", "CannotPauseError",
 ]

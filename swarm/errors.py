@@ -72,6 +72,13 @@ class PrimitiveUsageError(SwarmError, TypeError):
     it would kill only the particles that reach it and silently bias the population that is left."""
 
 
+class BlockingRunError(SwarmError, RuntimeError):
+    """A blocking `policy.run(...)` (or a plain `for` over `policy.stream(...)`) was called where an
+    event loop is running, in async code (an `async def` program or tool included): it would stop
+    every other task of that loop. `await policy.run_async(...)` is the way there. A SwarmError, so
+    inside a program it aborts the run rather than killing the particles that reach it."""
+
+
 class ProgramKindError(SwarmError, TypeError):
     """The program is of a kind the policy cannot run: a generator function (a program with explicit
     steps, which `policies.VectorizedSMC` runs), an async generator, or a plain `def` that returns an

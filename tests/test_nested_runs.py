@@ -17,6 +17,7 @@ import math
 import pytest
 
 import policies
+import swarm
 from agents import Agent, tool
 from agents.backends.scripted import Scripted
 from swarm import Bernoulli, Uniform, factor, sample
@@ -115,11 +116,12 @@ def test_an_agents_tool_can_be_a_run():
 
 
 def test_a_sync_run_inside_an_async_program_says_to_await():
-    """The control: from async code, a blocking `run` would stall every other particle's calls."""
+    """The control: from async code, a blocking `run` would stall every other particle's calls. The
+    error aborts the run (it was a RuntimeError that killed every particle: NoSurvivingParticles)."""
     async def outer() -> float:
         sample("x", Bernoulli(0.5))
         return policies.Enumerate().run(inner, 0.3).log_evidence
 
-    with pytest.raises(Exception, match=r"Enumerate\.run\(\) was called inside a running event loop; use "
+    with pytest.raises(swarm.BlockingRunError, match=r"Enumerate\.run\(\) was called inside a running event loop; use "
                                         r"`await Enumerate\.run_async\(\.\.\.\)` there"):
         policies.SMC(num_particles=2, seed=0).run(outer)
