@@ -256,6 +256,9 @@ def check_plain_result(name: str, result: Any) -> None:
         what = "a generator" if inspect.isgenerator(result) else "an async generator"
         if inspect.isgenerator(result):
             result.close()
+        if inspect.isgenerator(result) and result.gi_code.co_name == "<genexpr>":  # returned, not the program
+            raise ProgramKindError(f"{name} returned a generator expression, which cannot be a particle's value "
+                                   "(it is consumed once): return a list, e.g. list(...)")
         raise ProgramKindError(
             f"{name} is {what} function (it `yield`s): SMC and the other policies run plain and `async def` "
             "programs; a numeric program with explicit steps (`state = yield state`) runs under "

@@ -328,6 +328,11 @@ async def _async_generator_program():
     yield 1
 
 
+def _returns_a_generator_expression():
+    x = sample("x", Bernoulli(0.5))
+    return (int(x) for _ in range(2))
+
+
 def _returns_a_coroutine():
     async def later():
         return 1
@@ -338,7 +343,8 @@ def _returns_a_coroutine():
     (_generator_program, r"_generator_program is a generator function .*policies\.VectorizedSMC"),
     (_async_generator_program, r"_async_generator_program is an async generator function"),
     (_returns_a_coroutine, r"_returns_a_coroutine returned an awaitable: declare it `async def`"),
-], ids=["generator", "async-generator", "awaitable"])
+    (_returns_a_generator_expression, r"returned a generator expression, which cannot be a particle's value"),
+], ids=["generator", "async-generator", "awaitable", "generator-expression"])
 @pytest.mark.parametrize("policy", POLICIES, ids=POLICY_IDS)
 def test_a_program_of_the_wrong_kind_is_refused(program, culprit, policy):
     """Before, a generator program ran under SMC with an empty trace and every particle's value a
