@@ -51,13 +51,13 @@ def print_paths(trace_path: Path | None, report: dict | None) -> None:
 def check_otlp_url(url: str) -> None:
     """A usage error now for an --otlp value that is no http(s) URL (every export would fail, after
     the run, with the spans lost)."""
-    from urllib.parse import urlsplit
-
+    from observability.exporters import check_endpoint
     from observability.programs import UsageError
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"--otlp {url!r}: expected an http(s) URL such as http://127.0.0.1:6006/v1/traces")
+    try:
+        check_endpoint(url)
+    except ValueError:
+        raise UsageError(f"--otlp {url!r}: expected an http(s) URL such as http://127.0.0.1:6006/v1/traces") from None
 
 
 def check_not_the_trace(html: str | os.PathLike[str], trace: str | os.PathLike[str] | None) -> None:

@@ -186,9 +186,18 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
         if endpoint is None and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             endpoint = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
     endpoint = endpoint or DEFAULT_ENDPOINT
+    check_endpoint(endpoint)
     if urlparse(endpoint).path in ("", "/"):
         endpoint = endpoint.rstrip("/") + "/v1/traces"
     return endpoint
+
+
+def check_endpoint(url: str) -> None:
+    """A `ValueError` now for an OTLP endpoint that is no http(s) URL: every export would fail, after
+    the run, with a warning per batch and the spans lost."""
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
+        raise ValueError(f"OTLP endpoint {url!r}: expected an http(s) URL such as http://127.0.0.1:6006/v1/traces")
 
 
 def _choose(exporter: str | None) -> str:

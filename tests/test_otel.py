@@ -7,6 +7,8 @@ used by the Phoenix end-to-end test.
 
 from __future__ import annotations
 
+import re
+
 import math
 import time
 
@@ -377,6 +379,19 @@ def test_endpoint_resolution(monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://h:3/custom")
     assert resolve_endpoint() == "http://h:3/custom"
     assert resolve_endpoint("http://h:4/v1/traces") == "http://h:4/v1/traces"
+    assert resolve_endpoint("https://collector.example:4318") == "https://collector.example:4318/v1/traces"
+
+
+@pytest.mark.parametrize("bad", ["not a url", "localhost:4318", "ftp://h/v1/traces", "http://"])
+def test_an_endpoint_that_is_no_http_url_is_refused_when_instrumenting(bad, monkeypatch):
+    """Before: instrument() accepted it and every export failed after the run, one warning a batch,
+    the spans lost. From the environment too (a scheme-less OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    with pytest.raises(ValueError, match=rf"OTLP endpoint {re.escape(repr(bad))}: expected an http\(s\) URL"):
+        instrument("otlp", endpoint=bad)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", bad)
+    with pytest.raises(ValueError, match="OTLP endpoint"):
+        resolve_endpoint()
 
 
 def test_close_ends_unfinished_run():
