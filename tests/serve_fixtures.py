@@ -71,17 +71,25 @@ def swarm_command() -> list[str]:
 def run_server(*args: str, env: dict[str, str] | None = None,
                timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """`swarm serve ARGS --port 0`; yields (base URL ending in /v1, the process, its log file). The
-    log (stdout and stderr) is a file, so the server never blocks on a full pipe."""
+    log (stdout and stderr) is a file, so the server never blocks on a full pipe; it is removed when
+    the block ends, and kept (its path printed) when the block raised, to read what the server said."""
     log = Path(tempfile.mkstemp(prefix="swarm-serve-", suffix=".log")[1])
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with open(log, "w") as out:
         proc = subprocess.Popen([*swarm_command(), "serve", *args, "--port", "0"], stdout=out,
                                 stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+    failed = False
     try:
         url = _wait_ready(proc, log, timeout_s)
         yield url, proc, log
+    except BaseException:
+        failed = True
+        print(f"swarm serve's log is kept in {log}", file=sys.stderr)
+        raise
     finally:
         stop(proc)
+        if not failed:
+            log.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
