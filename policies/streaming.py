@@ -44,6 +44,7 @@ as a listener) it also turns the end record into a `RunSummary`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import threading
@@ -322,6 +323,15 @@ class RunStream:
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The run as an async generator; closing it early cancels the run."""
+        async with contextlib.aclosing(self._batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def _batches(self) -> AsyncIterator[list[StreamEvent]]:
+        """The run's events, each time all those that are ready (at least one): a plain `for` reads a
+        batch per turn of its loop, so it keeps up with the run (one event per turn fell behind by a
+        step per event read, and a plain program's steps reached it all at the end)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         listener = _StreamListener(queue.put_nowait, loop, self.text_of)
@@ -329,11 +339,18 @@ class RunStream:
         task = asyncio.ensure_future(policy.run_async(self.program, *self.args, **self.kwargs))
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
         try:
-            while (event := await queue.get()) is not _DONE:
-                yield event
+            done = False
+            while not done:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                if _DONE in batch:  # the run's end: what came after it is not the run's
+                    batch, done = batch[:batch.index(_DONE)], True
+                if batch:
+                    yield batch
             result = task.result()  # raises what the run raised
             translator = listener.translator
-            yield RunEnd(run_id=translator.run_id, result=result, output_tokens=translator.output_tokens)
+            yield [RunEnd(run_id=translator.run_id, result=result, output_tokens=translator.output_tokens)]
         finally:
             if not task.done():
                 task.cancel()
@@ -353,15 +370,15 @@ class RunStream:
         else:
             raise BlockingRunError("iterating a policy stream with a plain `for` inside a running event loop; "
                                "use `async for event in policy.stream(...)` there")
-        agen = self.events()
+        agen = self._batches()
 
         with asyncio.Runner() as runner:
             try:
                 while True:
                     try:
-                        event = runner.run(boxed(agen.__anext__())).value  # policies.sync_bridge: why boxed
+                        batch = runner.run(boxed(agen.__anext__())).value  # policies.sync_bridge: why boxed
                     except StopAsyncIteration:
                         return
-                    yield event
+                    yield from batch
             finally:
                 runner.run(agen.aclose())
