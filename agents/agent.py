@@ -31,6 +31,7 @@ from agents.generation import Generation, InvalidGenerationRequest
 from agents.ray_hosting import RayHosting
 from agents.structured import parse_output, response_format, schema_instructions
 from agents.tools import Tool, ToolExecution, parse_tool_calls, render_tool_calls, tools_prompt
+from swarm.errors import shown
 from swarm.primitives import auto_name, guarantee, interact, sample
 
 _POOL_KEYWORDS = {"replicas", "max_concurrency", "resources"}
@@ -187,7 +188,7 @@ class Agent(BaseModel):
     def conversation(self, prompt: str | None = None, history: list[ChatMessage] | None = None) -> list[ChatMessage]:
         if history is not None and not isinstance(history, (list, tuple)):
             raise InvalidGenerationRequest(f"history must be a list of ChatMessage (or of dicts with role and "
-                                           f"content), got {type(history).__name__} {_shown(history)}")
+                                           f"content), got {type(history).__name__} {shown(history)}")
         messages = []
         if system := self.system_prompt():
             messages.append(ChatMessage(role="system", content=system))
@@ -232,7 +233,7 @@ class Agent(BaseModel):
         `guarantee` named `<site>/valid_output` (recorded in its trace, not raised)."""
         if not isinstance(prompt, str):
             raise InvalidGenerationRequest(f"agent {self.name!r}: ask() needs a str prompt, got {type(prompt).__name__} "
-                                           f"{_shown(prompt)}")
+                                           f"{shown(prompt)}")
         site = name or auto_name(self.name)
         interact(sender, self.name, prompt, name=f"{site}/request")
         try:
@@ -348,12 +349,8 @@ def _described(exc: Exception) -> str:
     if not isinstance(exc, ValidationError):
         return str(exc)
     where = {"GenerationSettings": "settings.", "ChatMessage": "message ", "GenerationRequest": ""}.get(exc.title, "")
-    problems = [f"{where}{'.'.join(map(str, error['loc']))}={_shown(error.get('input'))}: {error['msg']}"
+    problems = [f"{where}{'.'.join(map(str, error['loc']))}={shown(error.get('input'))}: {error['msg']}"
                 for error in exc.errors()[:3]]
     more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
     return "; ".join(problems) + more
 
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

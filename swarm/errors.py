@@ -174,3 +174,9 @@ def redact_text(text: str) -> str:
     for redactor in _redactors:
         text = redactor(text)
     return text
+
+
+def shown(value: object, width: int = 60) -> str:
+    """`value` as an error message quotes it: its repr, cut to `width` characters with "..."."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from swarm.ancestor_rows import AncestorRows
-from swarm.errors import NoSurvivingParticles
+from swarm.errors import NoSurvivingParticles, shown
 from swarm.human import Question
 from swarm.population import ess as _ess
 from swarm.population import normalized_weights
@@ -154,11 +154,11 @@ def _term(fn: Callable[[Any], float], particle: Particle) -> float:
     """fn(value) of one particle as a float, for `Result.expectation`."""
     term = fn(particle.value)
     if not isinstance(term, (numbers.Real, np.number, np.bool_)) or isinstance(term, np.complexfloating):
-        raise TypeError(f"expectation: fn(value) of particle {particle.id} (value {_brief(particle.value)}) is "
-                        f"{_brief(term)}, not a real number{_hint(term)}")
+        raise TypeError(f"expectation: fn(value) of particle {particle.id} (value {shown(particle.value)}) is "
+                        f"{shown(term)}, not a real number{_hint(term)}")
     term = float(term)
     if term != term:
-        raise ValueError(f"expectation: fn(value) of particle {particle.id} (value {_brief(particle.value)}) is NaN")
+        raise ValueError(f"expectation: fn(value) of particle {particle.id} (value {shown(particle.value)}) is NaN")
     return term
 
 
@@ -166,11 +166,6 @@ def _hint(term: Any) -> str:
     if term is None:
         return " (a particle that returned nothing: use an fn that maps None to a number, or marginal())"
     return ""
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Result(BaseModel):
@@ -251,14 +246,14 @@ class Result(BaseModel):
 
     def summary(self) -> str:
         top = list(self.marginal().items())[:5]
-        shown = ", ".join(f"{k!r}: {v:.3f}" for k, v in top)
+        listing = ", ".join(f"{k!r}: {v:.3f}" for k, v in top)
         lost = f", {self.diagnostics.lost} lost" if self.diagnostics.lost else ""
         if self.status == "waiting":
             names = ", ".join(repr(q.name) for q in self.pending[:5])
             return (f"{self.policy}: waiting for a person: {len(self.pending)} question(s) ({names}); "
                     f"resume from {self.checkpoint}")
         return (f"{self.policy}: {len(self.particles)} particles{lost}, log Z = {self.log_evidence:.4f}, "
-                f"ESS = {self.ess:.1f} (lowest {self.min_ess:.1f}); marginal {{{shown}}}")
+                f"ESS = {self.ess:.1f} (lowest {self.min_ess:.1f}); marginal {{{listing}}}")
 
     def __repr__(self) -> str:
         return f"Result({self.summary()})"
