@@ -29,11 +29,11 @@ _STACK: contextvars.ContextVar[_Stack] = contextvars.ContextVar("swarm_handler_s
 _FUSED: contextvars.ContextVar[Any] = contextvars.ContextVar("swarm_fused_engine", default=None)
 """The fused engine of the current stack when it is exactly an execution's engine stack; every
 handler pushed on top resets it to None (see `fused_engine`)."""
-_UNAWAITED: contextvars.ContextVar[dict[object, tuple[Any, ...]] | None] = contextvars.ContextVar(
+_UNAWAITED: contextvars.ContextVar[dict[object, tuple[str, tuple[Any, ...], str]] | None] = contextvars.ContextVar(
     "swarm_unawaited", default=None)
-"""{token: (site, the coroutine `sample` returned and any it holds unstarted[, the call when it is not
-`sample`, e.g. "ask_human"])} for an async program's samples of asynchronous distributions not
-started yet (see `unawaited_samples`)."""
+"""{token: (site, the coroutine `sample` returned and any it holds unstarted, the call: "sample" or
+"ask_human")} for an async program's samples of asynchronous distributions not started yet (see
+`unawaited_samples`)."""
 _VECTOR: contextvars.ContextVar[int | None] = contextvars.ContextVar("swarm_vector_run", default=None)
 """The number of particles of the vectorised run (`swarm.vector_run`) this context executes, if any:
 its statements then take one value per particle (arrays) where a scalar run takes one."""
@@ -204,9 +204,9 @@ the program returns, raises `UnawaitedSampleError` for any left: a `sample` with
 None outside an execution."""
 
 
-def track_unawaited_samples() -> dict[object, tuple[Any, ...]]:
+def track_unawaited_samples() -> dict[object, tuple[str, tuple[Any, ...], str]]:
     """Start tracking the current execution's unawaited samples (its context is its own)."""
-    pending: dict[object, tuple[Any, ...]] = {}
+    pending: dict[object, tuple[str, tuple[Any, ...], str]] = {}
     _UNAWAITED.set(pending)
     return pending
 

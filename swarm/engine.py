@@ -54,19 +54,19 @@ def raise_async_in_plain_program(name: str, dist: Any) -> None:
         f"program `async def` and write `await sample({name!r}, ...)`")
 
 
-def check_awaited(waiting: dict[object, tuple[Any, ...]]) -> None:
+def check_awaited(waiting: dict[object, tuple[str, tuple[Any, ...], str]]) -> None:
     """Raise `UnawaitedSampleError` naming the sites whose sample (or `ask_human`) the program never
     awaited (`text = sample(...)` without `await`: the generation never ran and `text` is a
     coroutine); `waiting` is the execution's `unawaited_samples()` when its program returned, each
-    entry (site, the coroutines to close[, the call: "sample" unless named])."""
+    entry (site, the coroutines to close, the call: "sample" or "ask_human")."""
     if waiting:
         entries = list(waiting.values())
         waiting.clear()
-        for entry in entries:
-            for coroutine in entry[1]:  # never started: closing them is all (no "never awaited" warning)
+        for _, coroutines, _ in entries:
+            for coroutine in coroutines:  # never started: closing them is all (no "never awaited" warning)
                 coroutine.close()
-        call = entries[0][2] if len(entries[0]) > 2 else "sample"
-        names = sorted({entry[0] for entry in entries if (entry[2] if len(entry) > 2 else "sample") == call})
+        call = entries[0][2]
+        names = sorted({site for site, _, kind in entries if kind == call})
         what = "nobody was asked" if call == "ask_human" else "the generation never ran"
         raise UnawaitedSampleError(
             f"{call} {', '.join(map(repr, names))}: the awaitable `{call}` returned was never awaited, so {what} "

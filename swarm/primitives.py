@@ -117,7 +117,7 @@ def sample(name: str, dist: Distribution, *, proposal: Distribution | None = Non
             pending = _await_value(name, inner, token)
             coroutines = (pending, inner)
         if (waiting := unawaited_samples()) is not None:  # a program that returns before it starts
-            waiting[token] = (name, coroutines)             # never awaited it
+            waiting[token] = (name, coroutines, "sample")   # never awaited it
         return pending
     try:
         if proposal is None:
