@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from observability.global_trace import Death, GlobalTrace, _normalized
 from observability.progress import fmt_float
+from swarm.listeners import RunFinished
 
 
 @dataclass
@@ -162,7 +163,9 @@ def summary(trace: GlobalTrace) -> list[str]:
                      + (f", duration = {(fin.ended_at_ns - run.started_at_ns) / 1e9:.2f} s" if run else ""))
         if fin.error:
             lines.append(f"run failed: {fin.error}")
-        if trace.provisional and trace.steps:
+        if trace.waiting:
+            lines.append(waiting_line(fin) + "; ◦: the population it paused with, not a posterior yet")
+        elif trace.provisional and trace.steps:
             lines.append(f"(◦: the population of step {trace.steps[-1].step}, the last one recorded before "
                          "it failed)")
     else:
@@ -170,6 +173,17 @@ def summary(trace: GlobalTrace) -> list[str]:
                      "◦: the last recorded population")
     lines += [f"warning: {p}" for p in trace.problems + genealogy_warnings(trace)]
     return lines
+
+
+def waiting_line(fin: RunFinished) -> str:
+    """What a run that paused for a person waits on, and where to continue it."""
+    counts: dict[str, int] = {}
+    for question in fin.pending:
+        counts[question.get("name")] = counts.get(question.get("name"), 0) + 1
+    names = ", ".join(f"{name!r}" + (f" ×{k}" if k > 1 else "") for name, k in list(counts.items())[:5])
+    names += " …" if len(counts) > 5 else ""
+    where = f"; continue with: swarm resume {fin.checkpoint} --answer NAME=VALUE" if fin.checkpoint else ""
+    return f"run waits for a person: {len(fin.pending)} question(s) ({names}){where}"
 
 
 def genealogy_warnings(trace: GlobalTrace) -> list[str]:

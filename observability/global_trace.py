@@ -58,7 +58,13 @@ class GlobalTrace(BaseModel):
     @property
     def failed(self) -> bool:
         """True when the run ended by raising (its `run_finished` record carries the error)."""
-        return self.finished is not None and self.finished.error is not None
+        return self.finished is not None and self.finished.status == "failed"
+
+    @property
+    def waiting(self) -> bool:
+        """True when the run paused for a person's answer (`finished.pending`): its population is
+        the one before the paused step, not a final one (`provisional`)."""
+        return self.finished is not None and self.finished.status == "waiting"
 
     @property
     def log_evidence(self) -> float | None:
@@ -142,9 +148,9 @@ class GlobalTrace(BaseModel):
 
     @property
     def provisional(self) -> bool:
-        """True when `final_population()` is only the last recorded step's population (the run did
-        not finish, or failed), not a final one."""
-        return self.finished is None or not (self.finished.particle_ids or self.finished.error is None)
+        """True when `final_population()` is not a final one: the last recorded step's population
+        (the run did not finish, or failed), or the population a waiting run paused with."""
+        return self.finished is None or self.waiting or not (self.finished.particle_ids or self.finished.error is None)
 
     def final_marginal(self, top: int | None = None) -> dict[Hashable, float]:
         """The posterior over return values, Σᵢ w̄ᵢ 1(vᵢ = v), most likely first (as `Result.marginal`;

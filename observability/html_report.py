@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from observability.genealogy_view import genealogy_warnings
+from observability.genealogy_view import genealogy_warnings, waiting_line
 from observability.global_trace import GlobalTrace
 from swarm.listeners import StepRecord
 from observability.progress import fmt_float
@@ -267,7 +267,10 @@ def render_html(trace: GlobalTrace, images: dict[str, bytes]) -> str:
     warnings = list(trace.problems) + genealogy_warnings(trace)
     if trace.failed:
         warnings.insert(0, f"The run failed: {trace.finished.error}")
-    if trace.provisional and trace.steps:
+    if trace.waiting:
+        warnings.insert(0, waiting_line(trace.finished) + ". The final-population plots show the population it "
+                        "paused with, not a posterior.")
+    elif trace.provisional and trace.steps:
         warnings.append(f"The run has no final population: the plots of the final population show step "
                         f"{trace.steps[-1].step}'s, the last one recorded.")
     warn = "".join(f'<p class="warn">{html.escape(p)}</p>' for p in warnings)

@@ -86,15 +86,15 @@ class ProgressDisplay:
         elif isinstance(event, RunStart):
             self.start(event)
         elif isinstance(event, RunEnd) and getattr(event.result, "status", None) == "waiting":
-            pending = getattr(event.result, "pending", None) or []
-            self.finish(f"run paused after {self._elapsed():.2f} s: waiting for a person "
-                        f"({len(pending)} question(s))")
+            self.paused(len(getattr(event.result, "pending", None) or []))
         elif isinstance(event, RunEnd):
             d = event.result.diagnostics
             self.finished(event.result.log_evidence, event.result.ess, d.tokens, d.llm_calls)
         elif isinstance(event, RunSummary):
             if event.error:
                 self.failed(event.error)
+            elif event.status == "waiting":
+                self.paused(event.pending)
             else:
                 self.finished(event.log_evidence, event.ess, event.tokens, event.llm_calls)
 
@@ -129,6 +129,9 @@ class ProgressDisplay:
     def finished(self, log_evidence: float | None, ess: float | None, tokens: int, llm_calls: int) -> None:
         self.finish(f"run finished in {self._elapsed():.2f} s: log Z {fmt_float(log_evidence)}, "
                     f"ESS {fmt_float(ess, 1)}, {tokens} tokens, {llm_calls} LLM calls")
+
+    def paused(self, questions: int) -> None:
+        self.finish(f"run paused after {self._elapsed():.2f} s: waiting for a person ({questions} question(s))")
 
     def failed(self, error: BaseException | str) -> None:
         if isinstance(error, KeyboardInterrupt):

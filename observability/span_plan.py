@@ -132,7 +132,8 @@ class SpanPlanner:
         out: list[Owned] = [(None, s) for s in self._final_spans(run, record)]
         attrs = {"plp.log_evidence": record.log_evidence, "plp.ess": record.ess,
                  "plp.final_num_particles": record.num_particles, "plp.tokens": record.tokens,
-                 "plp.llm_calls": record.llm_calls, "plp.error": record.error,
+                 "plp.llm_calls": record.llm_calls, "plp.error": record.error, "plp.run.status": record.status,
+                 "plp.pending_questions": [q.get("name") for q in record.pending] or None,
                  **run_output(record, run.deaths, self.capture_content)}
         span = self._run_span(run, record.ended_at_ns, attrs)
         if record.error:

@@ -184,6 +184,9 @@ class RunContext:
             record.particle_ids = [p.id for p in result.particles]
             record.values = [p.value for p in result.particles]
             record.marginal = {repr(k): v for k, v in list(result.marginal().items())[:50]}
+            if result.status == "waiting":
+                record.status, record.checkpoint = "waiting", result.checkpoint
+                record.pending = [question.model_dump(mode="json") for question in result.pending]
         self.broadcaster.emit("on_run_end", record)
 
     def result(self, particles: list, log_evidence: float, **extra: Any) -> Result:

@@ -148,6 +148,10 @@ class RunSummary(_Event):
     ess: float | None
     tokens: int
     llm_calls: int
+    status: Literal["finished", "waiting", "failed"] = "finished"
+    """As `swarm.listeners.RunFinished.status`: "waiting" when the run paused for a person."""
+    pending: int = 0
+    """How many questions a waiting run waits on."""
 
 
 StreamEvent = Union[RunStart, StepStart, StepEnd, TextDelta, CommittedText, RunEnd]
@@ -192,7 +196,8 @@ class RecordTranslator:
 
     def end(self, record: RunFinished) -> RunSummary:
         return RunSummary(run_id=record.run_id, error=record.error, log_evidence=record.log_evidence, ess=record.ess,
-                          tokens=record.tokens, llm_calls=record.llm_calls)
+                          tokens=record.tokens, llm_calls=record.llm_calls, status=record.status,
+                          pending=len(record.pending))
 
     def step(self, record: StepRecord) -> list[_Event]:
         run_id = self.run_id or record.run_id

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from swarm.trace import Event
 from swarm.trusted import trusted
@@ -113,6 +113,23 @@ class RunFinished(BaseModel):
     ended_at_ns: int
     tokens: int = 0
     llm_calls: int = 0
+    status: Literal["finished", "waiting", "failed"] = "finished"
+    """How the run ended: "finished" (the population above is the final one), "failed" (`error` says
+    why), or "waiting": it paused for a person's answer, so the population above is the one before
+    the paused step and `log_evidence` the estimate up to there, not a posterior (`pending` holds
+    the questions, `checkpoint` the directory `swarm resume` continues from)."""
+    pending: list[dict[str, Any]] = Field(default_factory=list)
+    """A waiting run's questions (`swarm.human.Question` fields: name, question, particles, ...)."""
+    checkpoint: str | None = None
+    """The directory a waiting run was written to."""
+
+    @model_validator(mode="after")
+    def _failed_when_an_error_ended_it(self) -> "RunFinished":
+        """A record with an error ended a failed run (trace files written before `status` existed
+        carry only the error)."""
+        if self.error is not None and self.status == "finished":
+            self.status = "failed"
+        return self
 
 
 def step_record(run_id: str, outcome: Any, diagnostics: Any) -> StepRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -281,3 +282,50 @@ def test_a_failed_run_has_no_log_z_and_only_a_provisional_population(tmp_path):
     assert all(p.normalized_weight == 0.0 for p in trace.final_population())  # all dead
     ok = run_smc("api_example", tmp_path / "ok.jsonl", n=20)[1]
     assert not ok.failed and not ok.provisional and ok.log_evidence is not None
+
+
+# -- a run that paused for a person ------------------------------------------------------------------
+async def _asks_a_person():
+    x = swarm.sample("x", swarm.Categorical([0, 1, 2], probs=[0.5, 0.3, 0.2]))
+    swarm.factor("prefer_small", -0.5 * x)
+    return await swarm.ask_human("rate", f"Rate option {x}", schema=int)
+
+
+def test_a_run_waiting_for_a_person_is_recorded_as_waiting_not_as_finished(tmp_path):
+    """The run_finished record of a paused run says "waiting" with its questions and checkpoint; the
+    readers show its population as the one it paused with (◦), not a final one (★), and say how to
+    continue it; the OTel run span carries the status. A finished and a failed run say so too."""
+    from observability import instrument
+    from observability.genealogy_view import summary
+    from observability.html_report import render_html
+
+    from observability.progress import ProgressListener
+
+    path, directory, shown = tmp_path / "t.jsonl", tmp_path / "ckpt", io.StringIO()
+    writer, inst = TraceFileWriter(path), instrument("memory", register=False)
+    result = policies.SMC(num_particles=30, seed=3, checkpoint=directory,
+                          listeners=[writer, inst.listener, ProgressListener(shown, tty=False)]).run(_asks_a_person)
+    writer.close()
+    inst.shutdown()
+    assert result.status == "waiting"
+    assert "run paused after" in shown.getvalue() and "waiting for a person (3 question(s))" in shown.getvalue()
+    assert "run finished" not in shown.getvalue()
+    trace = read_trace_file(path)
+    assert trace.finished.status == "waiting" and trace.waiting and not trace.failed
+    assert trace.finished.checkpoint == str(directory)
+    assert sorted(q["question"] for q in trace.finished.pending) == sorted(q.question for q in result.pending)
+    assert trace.provisional  # the population before the paused step: no posterior yet
+    lines = "\n".join(summary(trace))
+    assert "run waits for a person: 3 question(s) ('rate' ×3)" in lines
+    assert f"swarm resume {directory} --answer NAME=VALUE" in lines
+    assert "run waits for a person" in render_html(trace, dict.fromkeys(
+        ["ess", "log_evidence", "weights", "marginal", "genealogy"], b""))
+    (run_span,) = [s for s in inst.memory_exporter.get_finished_spans() if s.name.startswith("plp.run")]
+    assert run_span.attributes["plp.run.status"] == "waiting"
+    assert list(run_span.attributes["plp.pending_questions"]) == ["rate"] * 3
+
+    # A finished run says so; a record written before `status` existed reads as failed by its error.
+    run_smc("chain3", tmp_path / "done.jsonl", n=20)
+    assert read_trace_file(tmp_path / "done.jsonl").finished.status == "finished"
+    old = RunFinished.model_validate({"run_id": "r", "policy": "SMC", "ended_at_ns": 1, "error": "ValueError: x"})
+    assert old.status == "failed"
