@@ -17,7 +17,8 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 
 from agents.backends.base import ChatMessage, GenerationRequest, GenerationSettings  # noqa: E402
 from agents.backends.llama_chunks import UTF8_TAIL_TOKENS, ChunkBuilder  # noqa: E402
-from agents.backends.llama_cpp import LlamaCpp, fold_system_messages  # noqa: E402
+from agents.backends.llama_cpp import LlamaCpp  # noqa: E402
+from agents.backends.system_role import fold_system_messages  # noqa: E402
 from agents.backends.llama_sampling import TokenDraw  # noqa: E402
 
 pytestmark = pytest.mark.llm

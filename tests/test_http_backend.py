@@ -192,6 +192,34 @@ def test_render_chat_matches_the_chatml_layout():
     assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
 
 
+GEMMA_LIKE = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+              "{{ raise_exception('System role not supported') }}{% endif %}<start_of_turn>"
+              "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n{{ message['content'] }}"
+              "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+"""Gemma's shape: no system role, and a system message raises."""
+DROPS_SYSTEM = ("{% for message in messages %}{% if message['role'] != 'system' %}[{{ message['role'] }}] "
+                "{{ message['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+"""A template that leaves system messages out without a word."""
+
+
+@pytest.mark.parametrize("template, expected", [
+    (GEMMA_LIKE, "<start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\n"),
+    (DROPS_SYSTEM, "[user] Be brief.\n\nhi\n[assistant] "),
+])
+def test_a_template_without_a_system_role_gets_system_messages_folded_into_the_user_turn(template, expected):
+    """Before: the Gemma-shaped template raised "System role not supported" for an Agent with
+    `system=`, and the other dropped the system message silently. As `LlamaCpp` does, the system
+    content now heads the next user message; a template with a system role renders it unchanged."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert render_chat(template, messages) == expected
+    with FaultServer() as srv:  # end to end: the client-rendered prompt the server receives
+        b = OpenAICompatible(srv.base_url, "m", chat_template=template, **FAST)
+        run(b.complete(GenerationRequest(messages=[ChatMessage(role="system", content="Be brief."),
+                                                   ChatMessage(role="user", content="hi")], assistant_prefix="Ok")))
+    assert srv.requests[-1]["body"]["prompt"] == expected + "Ok"
+    assert render_chat(CHATML, messages).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
 # ---- siblings: one request with n ------------------------------------------------------------------
 def test_identical_requests_sent_together_become_one_request_with_n():
     with FaultServer() as srv:

@@ -33,6 +33,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from agents.backends.base import BackendError, GenerationRequest
+from agents.backends.system_role import fold_system_messages, keeps_system
 from swarm.errors import SwarmError
 
 if TYPE_CHECKING:
@@ -93,8 +94,21 @@ async def probe(backend: "OpenAICompatible") -> bool:
 
 
 def render_chat(template: str, messages: list[dict[str, Any]]) -> str:
-    """`messages` rendered by a Jinja chat template, ready for the assistant's reply."""
+    """`messages` rendered by a Jinja chat template, ready for the assistant's reply. A template
+    without a system role (it drops a system message, or raises on it) gets each system message
+    folded into the next user message (`system_role.fold_system_messages`), as `LlamaCpp` does."""
+    if any(m["role"] == "system" for m in messages) and not _keeps_system(template):
+        messages = fold_system_messages(messages)
+    return _render(template, messages)
+
+
+def _render(template: str, messages: list[dict[str, Any]]) -> str:
     return _compiled(template).render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
+
+
+@functools.lru_cache(maxsize=8)
+def _keeps_system(template: str) -> bool:
+    return keeps_system(lambda messages: _render(template, messages))
 
 
 @functools.lru_cache(maxsize=8)

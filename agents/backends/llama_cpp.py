@@ -118,6 +118,7 @@ import numpy as np
 
 from agents.backends.base import Backend, BackendError, ChatMessage, Completion, GenerationRequest
 from agents.backends.embedded import embedded_model_path
+from agents.backends.system_role import fold_system_messages, keeps_system
 from agents.backends.llama_chunks import ChunkBuilder, LlamaCppCompletion
 from agents.backends.llama_context import BatchContext
 from agents.backends.llama_engine import DecodeEngine, Job
@@ -208,7 +209,7 @@ class LlamaCpp(Backend):
         self._vocab = vocab_tables(llama_cpp, model)
         self._vocabulary = Vocabulary(self._vocab.pieces, np.flatnonzero(self._vocab.eog).tolist())
         self._formatter = chat_formatter(model, self.chat_format)
-        self._keeps_system = _keeps_system(self._formatter)
+        self._keeps_system = keeps_system(lambda messages: self._formatter(messages=messages).prompt)
         self._bos = model.token_bos()
         self._model = model
         context = BatchContext(llama_cpp, model, n_ctx=self.n_ctx, n_seq_max=self.n_seq_max,
@@ -317,35 +318,3 @@ class LlamaCpp(Backend):
             dicts = fold_system_messages(dicts)
         response = self._formatter(messages=dicts)
         return response.prompt, not getattr(response, "added_special", False)
-
-
-_SYSTEM_PROBE = "\x1fplp-swarm system probe\x1f"
-
-
-def _keeps_system(formatter: Any) -> bool:
-    """Whether the chat formatter renders a system message's content (some templates drop it, or raise)."""
-    try:
-        rendered = formatter(messages=[{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "x"}])
-    except Exception:  # noqa: BLE001 - a template that refuses the role (Jinja raise_exception)
-        return False
-    return _SYSTEM_PROBE in rendered.prompt
-
-
-def fold_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`messages` without system messages: each one's content heads the next user message (a blank
-    line between), or becomes a user message of its own where another role comes next, or at the end."""
-    out: list[dict[str, Any]] = []
-    pending: list[str] = []
-    for m in messages:
-        if m["role"] == "system":
-            pending.append(m["content"])
-            continue
-        if m["role"] == "user" and pending:
-            m = {**m, "content": "\n\n".join([*pending, m["content"]])}
-        elif pending:
-            out.append({"role": "user", "content": "\n\n".join(pending)})
-        pending = []
-        out.append(m)
-    if pending:
-        out.append({"role": "user", "content": "\n\n".join(pending)})
-    return out
