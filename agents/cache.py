@@ -110,6 +110,25 @@ class ResponseCache:
             self._append(key, completion)
         return completion
 
+    async def journaled(self, identity: str, request: GenerationRequest,
+                        call: Callable[[], Awaitable[Completion]]) -> Completion:
+        """A run's call (`run_cache`): straight to `call()` when the run journals nothing; in a
+        checkpointed run, the completion read back from the journal (a resumed run repeats no
+        call), else `call()`, journaled as soon as it completes. No in-memory entry and no
+        coalescing: within a run no request is made twice (its seed is the particle's stream and
+        site, and replay reads recorded values from the global trace), so they would only cost."""
+        if self.journal is None:
+            return await call()
+        key = request_key(identity, request)
+        done = self._loaded.get(key)
+        if done is not None:
+            self.hits += 1
+            return done
+        self.misses += 1
+        completion = await call()
+        self._append(key, completion)
+        return completion
+
     def _remember(self, key: str, completion: Completion) -> None:
         self._done[key] = completion
         if len(self._done) > self.max_entries:

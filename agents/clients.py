@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agents.backends import default_backend
 from agents.backends.base import Backend, Completion, GenerationRequest
-from agents.cache import ResponseCache, request_key, run_cache
+from agents.cache import ResponseCache, run_cache
 from swarm.effects import run_scope
 
 if TYPE_CHECKING:
@@ -31,20 +31,16 @@ class Client(Protocol):
 
 
 class LocalClient:
-    """Calls a backend in this process, through the run's response cache when the run journals its
-    calls (a checkpointed run: a resumed run must find them). Otherwise straight to the backend:
-    within a run no request is made twice (its seed is the particle's stream and site, and replay
-    reads recorded values from the global trace), so a cache would only cost a key per call."""
+    """Calls a backend in this process, through the run's response journal when the run
+    checkpoints (a resumed run must find its calls), else straight to the backend
+    (`ResponseCache.journaled`)."""
 
     def __init__(self, backend: Backend, cache: ResponseCache) -> None:
         self.backend = backend
         self.cache = cache
 
     async def complete(self, request: GenerationRequest) -> Completion:
-        if self.cache.journal is None:
-            return await self.backend.complete(request)
-        key = request_key(self.backend.identity(), request)
-        return await self.cache.get_or_call(key, lambda: self.backend.complete(request))
+        return await self.cache.journaled(self.backend.identity(), request, lambda: self.backend.complete(request))
 
 
 def client_for(agent: "Agent") -> Client:

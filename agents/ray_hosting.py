@@ -50,8 +50,8 @@
   agent's name (or `RayHosting.name`); the fingerprint covers the backend's type and identity and
   the hosting settings. Agents with the same name and fingerprint share one pool (served by the
   backend of the agent that created it): give distinct roles distinct names.
-- Caching: requests go through the calling process's run cache (`agents.hosting.run_cache`), as
-  for a local agent, so the response journal of a checkpointed run records Ray-served calls too.
+- Journal: requests go through the calling process's run cache (`agents.cache.run_cache`), as for
+  a local agent, so the response journal of a checkpointed run records Ray-served calls too.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.agent_actor import AgentActor, AgentCall, trace_carrier
 from agents.backends.base import Completion, GenerationRequest
-from agents.cache import request_key, run_cache
+from agents.cache import run_cache
 from swarm.errors import SwarmError
 
 if TYPE_CHECKING:
@@ -341,8 +341,7 @@ class RayAgentClient:
         self.role = role or pool.role
 
     async def complete(self, request: GenerationRequest) -> Completion:
-        key = request_key(self.pool.identity, request)
-        return await run_cache().get_or_call(key, lambda: self.pool.call(request, self.role))
+        return await run_cache().journaled(self.pool.identity, request, lambda: self.pool.call(request, self.role))
 
 
 # -- the per-process registry -------------------------------------------------------------------
