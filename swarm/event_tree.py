@@ -119,8 +119,11 @@ class PayloadStore:
     def _message(self, message: Any) -> tuple[Any, Any]:
         """(a hashable key, the one stored copy) of a message dict."""
         if isinstance(message, dict):
-            key = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
-                               for k, v in message.items()))
+            try:  # hashable values (a chat message's strings): no sorting, a third of the cost
+                key = frozenset(message.items())
+            except TypeError:
+                key = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
+                                   for k, v in message.items()))
         else:
             key = repr(message)
         stored = self._messages.get(key)

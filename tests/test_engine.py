@@ -148,6 +148,12 @@ def test_prompts_are_stored_once_as_chains():
     assert chains[-1] == history and isinstance(chains[-1], MessageChain)
     assert chains[-1].prev is chains[-2]                          # the longer prompt points at the shorter
     assert len(store) == 41 + 1   # 41 distinct messages stored once, and the one long string they share
+    # A message with an unhashable value (an assistant turn's tool calls) is stored once too, and
+    # the same content in another key order is the same message.
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "add", "arguments": "{}"}]}
+    first = store.chain([system, call])
+    again = store.chain([dict(system), {"tool_calls": [dict(call["tool_calls"][0])], "content": "", "role": "assistant"}])
+    assert again is first and first == [system, call] and len(store) == 43
 
 
 def test_a_store_and_its_interned_events_pickle_and_keep_interning():
