@@ -21,7 +21,9 @@ again; the journal on disk keeps every one.
 
 `run_cache()` is the cache of the current run: one per policy run (process-wide outside runs),
 journaled into the run's checkpoint directory when the run checkpoints (`swarm.checkpoint`), so a
-resumed run repeats no call; local and Ray-hosted agents both call through it.
+resumed run repeats no call. Local and Ray-hosted agents both call through `journaled`, which
+within a run uses only the journal (recorded completions on resume, new ones appended) and neither
+the in-memory entries nor the coalescing above: no request recurs within a run.
 """
 
 from __future__ import annotations
