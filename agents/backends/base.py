@@ -39,9 +39,10 @@ class ChatMessage(BaseModel):
 
 
 class GenerationSettings(BaseModel):
-    """Sampling settings. Validation names the field at fault."""
+    """Sampling settings. Validation names the field at fault; an unknown one (a misspelt
+    `max_token=8`) is refused, not ignored (it would have sampled with the default)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_tokens: int = Field(128, gt=0)
     temperature: float = Field(1.0, ge=0.0)

@@ -1,0 +1,17 @@
+"""Probes of generation settings: a misspelt setting is refused naming it, never ignored."""
+
+import pytest
+from pydantic import ValidationError
+
+from agents import Agent, GenerationSettings
+
+
+def test_an_unknown_generation_setting_is_refused_naming_it():
+    with pytest.raises(ValidationError, match="max_token"):
+        GenerationSettings(max_token=8)  # a typo of max_tokens: it would sample 128 tokens
+    with pytest.raises(ValidationError, match="max_token"):
+        Agent(name="a", settings={"max_token": 8})
+
+
+def test_known_generation_settings_still_build_and_compare():
+    assert GenerationSettings(max_tokens=8, stop=["\n"]) == GenerationSettings(max_tokens=8, stop=("\n",))
