@@ -212,6 +212,8 @@ class Agent(BaseModel):
                 request = GenerationRequest(prompt=raw_prompt, assistant_prefix=prefix, settings=merged,
                                             constraint=constraint)
             else:
+                if messages is not None:
+                    _messages_alone(prompt, history)
                 chat = messages if messages is not None else self.conversation(prompt, history)
                 if not chat:
                     raise InvalidGenerationRequest("generate() needs something to answer: a prompt, a history, "
@@ -341,6 +343,15 @@ def _only_one_prompt(prompt: Any, history: Any, messages: Any) -> None:
     if given:
         raise InvalidGenerationRequest(f"generate() got raw_prompt and {', '.join(given)}: a raw completion takes "
                                        "its whole text from raw_prompt; give one or the other")
+
+
+def _messages_alone(prompt: Any, history: Any) -> None:
+    """`messages` is the whole chat: a `prompt` or `history` beside it would be dropped unread."""
+    given = [name for name, value in (("prompt", prompt), ("history", history)) if value is not None]
+    if given:
+        raise InvalidGenerationRequest(f"generate() got messages and {' and '.join(given)}: messages is the whole "
+                                       "chat (sent as given, without the agent's system prompt); put the prompt "
+                                       "in it as the last user message, or give prompt/history without messages")
 
 
 def _described(exc: Exception) -> str:
