@@ -102,7 +102,23 @@ class Tool(BaseModel):
             raise
         except Exception as exc:  # a tool failure is information for the agent, not a crash
             return f"error: {type(exc).__name__}: {exc}"
-        return result if isinstance(result, str) else json.dumps(to_jsonable_python(result, fallback=str))
+        return result_text(self.name, result)
+
+
+def result_text(name: str, result: Any) -> str:
+    """What the agent reads as tool `name`'s result: a string as it is, anything else as JSON
+    (unknown objects as their `str`); what JSON cannot hold (bytes that are not UTF-8) as its `repr`
+    in a JSON string. Never raises: the tool has run, and its particle must not die of the reply."""
+    if isinstance(result, str):
+        return result
+    try:
+        return json.dumps(to_jsonable_python(result, fallback=str))
+    except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError from bytes b"\xff"
+        pass
+    try:
+        return json.dumps(repr(result))
+    except Exception as exc:  # noqa: BLE001 - a __repr__ that raises
+        return f"error: the result of {name} ({type(result).__name__}) cannot be shown: {type(exc).__name__}: {exc}"
 
 
 def parse_arguments(arguments: Any) -> tuple[dict[str, Any], str | None]:
