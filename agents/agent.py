@@ -245,8 +245,8 @@ class Agent(BaseModel):
         text = await self._respond(site, messages)
         reply: Any = text
         if self.output_schema is not None:
-            reply = await self._structured(site, messages, text)
-        interact(self.name, sender, text, name=f"{site}/reply")
+            reply, text = await self._structured(site, messages, text)
+        interact(self.name, sender, text, name=f"{site}/reply")  # the reply accepted, after any retries
         return reply
 
     async def _generate_turn(self, site: str, messages: list[ChatMessage]) -> str:
@@ -275,12 +275,13 @@ class Agent(BaseModel):
             turn_site = f"{site}/turn{round_ + 1}"
         return text  # pragma: no cover - the loop always returns
 
-    async def _structured(self, site: str, messages: list[ChatMessage], text: str) -> Any:
+    async def _structured(self, site: str, messages: list[ChatMessage], text: str) -> tuple[Any, str]:
+        """(the validated object, the reply text it was read from), retrying an invalid reply."""
         assert self.output_schema is not None
         for attempt in range(self.max_output_retries + 1):
             obj, problem = parse_output(text, self.output_schema)
             if obj is not None:
-                return obj
+                return obj, text
             if attempt == self.max_output_retries:
                 break
             messages = [*messages, ChatMessage(role="assistant", content=text),
@@ -288,7 +289,7 @@ class Agent(BaseModel):
                                                          "Reply again with only the corrected JSON object.")]
             text = await self._generate_turn(f"{site}/retry{attempt + 1}", messages)
         guarantee(f"{site}/valid_output", False)  # kills the particle; the run goes on
-        return None  # pragma: no cover - guarantee(False) ends the particle
+        return None, text  # pragma: no cover - guarantee(False) ends the particle
 
 
 def native_tool_text(info: dict[str, Any], text: str) -> str:
