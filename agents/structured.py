@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
 
 def schema_instructions(schema: type[BaseModel]) -> str:
-    return ("Reply with a single JSON object and nothing else. It must match this JSON schema:\n"
+    what = "JSON value" if _is_root(schema) else "JSON object"
+    return (f"Reply with a single {what} and nothing else. It must match this JSON schema:\n"
             + json.dumps(schema.model_json_schema()))
 
 
@@ -18,10 +19,13 @@ def response_format(schema: type[BaseModel]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
 
 
-def extract_json(text: str) -> str | None:
-    """The first balanced {...} block of `text` (models often wrap JSON in prose or fences)."""
-    start = text.find("{")
-    while start != -1:
+def json_blocks(text: str, openings: str = "{") -> Iterator[str]:
+    """Every balanced block of `text` that opens with one of `openings` ("{", "[") and closes where
+    its brackets balance (brackets inside JSON strings skipped), in order of where it starts;
+    blocks may nest (`{"a": {...}}` yields the outer block, then the inner one)."""
+    for start, first in enumerate(text):
+        if first not in openings:
+            continue
         depth, in_string, escaped = 0, False, False
         for i in range(start, len(text)):
             ch = text[i]
@@ -32,23 +36,55 @@ def extract_json(text: str) -> str | None:
                 continue
             if ch == '"':
                 in_string = True
-            elif ch == "{":
+            elif ch in "{[":
                 depth += 1
-            elif ch == "}":
+            elif ch in "}]":
                 depth -= 1
                 if depth == 0:
-                    return text[start:i + 1]
-        start = text.find("{", start + 1)
-    return None
+                    yield text[start:i + 1]
+                    break
+
+
+def extract_json(text: str) -> str | None:
+    """The first balanced {...} block of `text` that is JSON, else the first balanced block (models
+    often wrap JSON in prose or fences, and prose may hold braces: "use the {verdict} field")."""
+    first = None
+    for block in json_blocks(text):
+        if _is_json(block):
+            return block
+        first = block if first is None else first
+    return first
 
 
 def parse_output(text: str, schema: type[BaseModel]) -> tuple[BaseModel | None, str | None]:
-    """(object, None) when `text` holds a valid object, else (None, the reason)."""
-    block = extract_json(text)
-    if block is None:
-        return None, "the reply contains no JSON object"
+    """(object, None) when `text` holds a valid object, else (None, the reason). The candidates are
+    the balanced {...} blocks of the text in order (also [...] blocks and the whole text for a
+    `RootModel` schema, whose JSON need not be an object); the first that validates is the object."""
+    root = _is_root(schema)
+    candidates = list(json_blocks(text, "{[" if root else "{"))
+    if root and _is_json(text.strip()):  # a bare string or number
+        candidates.append(text.strip())
+    problem = None
+    for block in candidates:
+        try:
+            return schema.model_validate_json(block), None
+        except ValidationError as exc:
+            if problem is None or (not _is_json(problem[0]) and _is_json(block)):  # a JSON block's complaint first
+                problem = (block, exc)
+    if problem is None:
+        return None, f"the reply contains no JSON {'value' if root else 'object'}"
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in problem[1].errors())
+    return None, f"the JSON does not match {schema.__name__}: {problems}"
+
+
+def _is_root(schema: type[BaseModel]) -> bool:
+    """A `RootModel[...]` schema: its JSON is the root value (a list, a string, ...), not an object."""
+    return isinstance(schema, type) and issubclass(schema, RootModel)
+
+
+def _is_json(text: str) -> bool:
     try:
-        return schema.model_validate_json(block), None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
-        return None, f"the JSON does not match {schema.__name__}: {problems}"
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
