@@ -30,7 +30,7 @@ from agents.backends.base import Backend, ChatMessage, GenerationRequest, Genera
 from agents.generation import Generation, InvalidGenerationRequest
 from agents.ray_hosting import RayHosting
 from agents.structured import parse_output, response_format, schema_instructions
-from agents.tools import Tool, ToolExecution, parse_tool_calls, render_tool_calls, tools_prompt
+from agents.tools import Tool, ToolExecution, parse_tool_calls, tools_prompt
 from swarm.errors import shown
 from swarm.primitives import auto_name, guarantee, interact, sample
 
@@ -290,12 +290,6 @@ class Agent(BaseModel):
             text = await self._generate_turn(f"{site}/retry{attempt + 1}", messages)
         guarantee(f"{site}/valid_output", False)  # kills the particle; the run goes on
         return None, text  # pragma: no cover - guarantee(False) ends the particle
-
-
-def native_tool_text(info: dict[str, Any], text: str) -> str:
-    """Append native tool calls (from a backend that supports them) to the text in protocol form."""
-    calls = info.get("tool_calls") or []
-    return (text + "\n" + render_tool_calls(calls)).strip() if calls else text
 
 
 _SETTINGS: dict[tuple, tuple[GenerationSettings, GenerationSettings]] = {}

@@ -21,6 +21,10 @@ With a constraint (`agents.constraints`), the completion was drawn from the prop
 over the constraint, and the site's target is the unconstrained one times the constraint's
 potential, so the weight gains the log-mass of the allowed tokens (docs/constraints.md); the
 correction and whether it is exact, estimated or unavailable are recorded in info["constraint"].
+
+Native tool calls (a backend that returns them apart from the text: an OpenAI-compatible server
+given the agent's tools) are appended to the drawn text in the `<tool_call>` protocol
+(`agents.tools`), so the agent runs them and a replay reads them back from the recorded value.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agents.backends.base import GenerationRequest
 from agents.clients import client_for, completion_info
+from agents.tools import with_native_calls
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
 from swarm.effects import NEEDS_LOG_Q, run_scope
@@ -95,7 +100,8 @@ class Generation(Distribution):
                 target = -math.inf if report.log_weight == -math.inf else target + report.log_potential
         elif report is not None and report.weights != "unavailable":
             target = log_prob + report.log_weight
-        return Draw(completion.text, log_prob, target, info)
+        text = with_native_calls(completion.text, info["tool_calls"]) if completion.tool_calls else completion.text
+        return Draw(text, log_prob, target, info)
 
     def _constraint_report(self, completion: Any, info: dict[str, Any]) -> Any:
         """The constraint's weight correction, recorded in the sample event's info (never dropped:

@@ -223,6 +223,12 @@ def render_tool_calls(calls: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def with_native_calls(text: str, calls: list[dict[str, Any]]) -> str:
+    """`text` with native tool calls (a backend's, as {"name", "arguments"} dicts) appended in the
+    text protocol, so one parser reads both kinds."""
+    return (text + "\n" + render_tool_calls(calls)).strip() if calls else text
+
+
 def tools_prompt(tools: list[Tool]) -> str:
     listing = "\n".join(t.describe() for t in tools)
     return ("You can call tools. To call one, reply with exactly one line\n"

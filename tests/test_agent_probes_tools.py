@@ -51,3 +51,33 @@ def test_a_tool_returning_bytes_does_not_kill_its_particle():
 
     r = policies.Importance(num_particles=1, seed=0).run(program)
     assert r.particles[0].status == "finished" and r.particles[0].value == "got \"b'\\\\xff\\\\x00'\""
+
+
+def test_a_native_tool_call_from_an_openai_compatible_server_is_run():
+    """A server that answers with message.tool_calls (and the text beside them) gets its call run,
+    the result fed back, and the call recorded in the reply's text protocol."""
+    from agents import OpenAICompatible
+    from tests.fault_server import FaultServer
+
+    ran = []
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        ran.append((a, b))
+        return a + b
+
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]
+    with FaultServer(tool_calls=calls) as server:
+        backend = OpenAICompatible(server.base_url, "fake-model", max_retries=0)
+        agent = Agent(name="a", backend=backend, tools=[add], max_tool_rounds=1)
+
+        async def program():
+            return await agent.ask("add 1 and 2")
+
+        particle = policies.Importance(num_particles=1, seed=0).run(program).particles[0]
+        sent = server.requests[-1]["body"]["messages"]
+    assert ran == [(1, 2)]  # the call was dropped: the agent replied with the text beside it
+    assert sent[-1] == {"role": "tool", "content": "3", "name": "add"}
+    assert '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>' in sent[-2]["content"]
+    assert particle.status == "finished"
