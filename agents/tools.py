@@ -26,6 +26,7 @@ completion reproduces the calls exactly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import re
@@ -181,21 +182,43 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
     `in_thread`: run a plain function in a worker thread (the default) or on the event loop."""
 
     caller_locals = dict(sys._getframe(1).f_locals)
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise TypeError(f"tool(name=...) must be a non-empty string, got {name!r}")
 
     def build(f: Callable[..., Any]) -> Tool:
+        if not callable(f):
+            raise TypeError(f"tool() needs a function, got {type(f).__name__} {f!r}")
+        called = name or _function_name(f)
         sig = _signature(f, caller_locals)
         fields: dict[str, Any] = {}
         for pname, param in sig.parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                raise TypeError(f"tool {f.__name__!r}: *args/**kwargs are not supported (parameter {pname!r})")
+                raise TypeError(f"tool {called!r}: *args/**kwargs are not supported (parameter {pname!r})")
             annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (annotation, default)
-        args_model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
-        return Tool(name=name or f.__name__, description=description or inspect.getdoc(f) or "", fn=f,
+        args_model = create_model(f"{called}_args", __config__=ConfigDict(extra="forbid"), **fields)
+        return Tool(name=called, description=description or _docstring(f), fn=f,
                     args_model=args_model, requires_approval=requires_approval, in_thread=in_thread)
 
     return build(fn) if fn is not None else build
+
+
+def _function_name(f: Callable[..., Any]) -> str:
+    """A tool's default name: the function's, or a `functools.partial`'s function's. A callable
+    object or a lambda has no name the model could call it by: it must be given one."""
+    inner = f.func if isinstance(f, functools.partial) else f
+    found = getattr(inner, "__name__", None)
+    if not isinstance(found, str) or not found.isidentifier():
+        raise TypeError(f"tool(): {type(f).__name__} {f!r} has no function name to call the tool by; "
+                        "give one: tool(fn, name=...)")
+    return found
+
+
+def _docstring(f: Callable[..., Any]) -> str:
+    """What the model is told the tool does: the docstring of the function (of a partial's function,
+    not `functools.partial`'s own)."""
+    return inspect.getdoc(f.func if isinstance(f, functools.partial) else f) or ""
 
 
 def parse_tool_calls(text: str) -> list[tuple[str, Any]]:

@@ -81,3 +81,30 @@ def test_a_native_tool_call_from_an_openai_compatible_server_is_run():
     assert sent[-1] == {"role": "tool", "content": "3", "name": "add"}
     assert '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>' in sent[-2]["content"]
     assert particle.status == "finished"
+
+
+def _add(a: int, b: int = 2) -> int:
+    """Add b to a."""
+    return a + b
+
+
+def test_a_partial_is_a_tool_named_and_described_after_its_function():
+    import functools
+
+    made = tool(functools.partial(_add, b=3))
+    assert (made.name, made.description) == ("_add", "Add b to a.")  # was AttributeError: no __name__
+    assert asyncio.run(made.call({"a": 1})) == "4"
+
+
+def test_a_callable_without_a_name_must_be_given_one():
+    import pytest
+
+    class Adder:
+        def __call__(self, a: int) -> int:
+            return a
+
+    with pytest.raises(TypeError, match="give one: tool\\(fn, name=...\\)"):
+        tool(Adder())  # was AttributeError: 'Adder' object has no attribute '__name__'
+    assert tool(Adder(), name="adder").name == "adder"
+    with pytest.raises(TypeError, match="must be a non-empty string, got ''"):
+        tool(_add, name="")  # was silently named "_add"
