@@ -102,7 +102,13 @@ class Agent(BaseModel):
     @field_validator("tools", mode="before")
     @classmethod
     def _tools_not_plain_functions(cls, value: Any) -> Any:
-        """A plain function among the tools gets a message saying how to make it one."""
+        """A plain function among the tools gets a message saying how to make it one; a single tool
+        given for the list, one saying to put it in a list."""
+        if isinstance(value, Tool) or (callable(value) and not isinstance(value, (list, tuple))):
+            name = value.name if isinstance(value, Tool) else getattr(value, "__name__", type(value).__name__)
+            how = "" if isinstance(value, Tool) else ", decorated with `@agents.tool`"
+            raise ValueError(f"tools must be a list of tools, got the single {type(value).__name__} {name!r}: "
+                             f"write tools=[{name}]{how}")
         for i, item in enumerate(value if isinstance(value, (list, tuple)) else []):
             if callable(item) and not isinstance(item, (Tool, dict, BaseModel)):
                 name = getattr(item, "__name__", type(item).__name__)

@@ -17,3 +17,19 @@ def test_messages_with_a_prompt_or_history_beside_them_is_refused_naming_it(extr
 def test_messages_alone_is_the_whole_chat():
     agent = Agent(name="a", system="sys", backend=Scripted(["ok"]))
     assert [m.content for m in agent.generate(messages=HI).request.messages] == ["hi"]
+
+
+def test_a_single_tool_given_for_the_list_says_to_put_it_in_one():
+    from pydantic import ValidationError
+
+    from agents import tool
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    with pytest.raises(ValidationError, match=r"tools must be a list of tools, got the single Tool 'add': "
+                                              r"write tools=\[add\]") as caught:
+        Agent(name="a", tools=add)  # was six errors about tuples ('name', 'add'), ('description', '') ...
+    assert caught.value.error_count() == 1
