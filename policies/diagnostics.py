@@ -195,8 +195,9 @@ def diagnose(result: Result, *, correct: Callable[[Any], bool] | None = None, ju
     - **dependence**: N_basins vs N, unique ancestors, the root-sharing correlation, and with `votes`
       ρ̂ over the vote indicators (correct(vote), or agreement with the modal vote) and K_eff;
       flagged when a correlation reaches `max_rho`.
-    - **composition**: failure rate of each guarantee/factor/error site in `diagnostics.deaths`;
-      flagged when one reaches `max_failure_rate`.
+    - **composition**: failure rate of each guarantee/factor/error site in `diagnostics.deaths`,
+      deaths / executions (for Beam and TreeSearch: every segment they ran); flagged when one
+      reaches `max_failure_rate`.
     """
     answer = (lambda v: v) if key is None else key
     parts = result.particles
@@ -206,7 +207,7 @@ def diagnose(result: Result, *, correct: Callable[[Any], bool] | None = None, ju
         _coverage(result, alive, executions, answer, correct, min_coverage, min_ess_fraction),
         _selection(result, alive, answer, correct, judge, min_youden),
         _dependence(result, answer, correct, votes, max_rho),
-        _composition(result, executions, max_failure_rate),
+        _composition(result, _attempts_at_sites(result, executions), max_failure_rate),
     ]
     primary = next((f.stage for f in findings if f.flagged), None)
     return Diagnosis(policy=result.policy, num_particles=len(parts), primary=primary, findings=findings)
@@ -333,6 +334,20 @@ def _dependence(result: Result, answer: Callable, correct: Any, votes: Any, max_
                              f"{k:.0f} votes are worth K_eff = {k_eff(k, rho):.2f} independent ones")
     f.flagged = bool(f.reasons)
     return f
+
+
+SEARCH_POLICIES = ("Beam", "TreeSearch")
+"""Policies whose `diagnostics.deaths` count every segment they ran (`extra["executions"]`), not
+only the particles they return."""
+
+
+def _attempts_at_sites(result: Result, executions: int) -> int:
+    """The executions `diagnostics.deaths` counts over: a search policy's every segment run (a beam
+    returns `width` particles after expanding hundreds of children, whose deaths are all counted:
+    dividing those by `width` gave failure rates above 100%), otherwise `executions`."""
+    if result.policy in SEARCH_POLICIES and result.extra.get("executions"):
+        return max(executions, int(result.extra["executions"]))
+    return executions
 
 
 def _composition(result: Result, executions: int, max_rate: float) -> Finding:
