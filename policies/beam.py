@@ -114,11 +114,15 @@ class Beam(Policy):
         return ranked[: self.width]
 
     def _record(self, ctx: RunContext, beam: list[_Element], step: int, started: int) -> None:
+        """The step's diagnostics and listener record, both with the beam's weights under p̃,
+        log π(s) + log w(s) (the result's particle weights): its ESS is 1/Σ w̄² of those. The
+        records used to carry the scores, so with objective="weight" a trace file or stream showed
+        another ESS than `diagnostics.steps` and the result."""
         log_p = np.array([joint_log_mass(e.seg.trace) for e in beam])
         bound = evidence_lower_bound([e.seg.trace for e in beam if e.seg.status == "finished"])
         ctx.diagnostics.steps.append(StepStats(step=step, ess=float(ess(log_p)), log_evidence=bound,
                                                resampled=True, num_alive=len(beam)))
-        ctx.emit_segments(step, [e.seg for e in beam], np.array([e.score for e in beam]), bound,
+        ctx.emit_segments(step, [e.seg for e in beam], log_p, bound,
                           ids=[e.stream for e in beam], parents=[e.parent for e in beam], increments=np.zeros(len(beam)))
 
     def _result(self, ctx: RunContext, beam: list[_Element], state: dict) -> Result:
