@@ -145,6 +145,24 @@ class _Chains:
         self.log_phi[i], self.sites[i] = _log_phi(seg), num_sample_sites(seg.trace)
 
 
+def zero_potential_site(trace: Trace) -> str:
+    """The address of the first target factor of log-potential −∞ in a trace (Φ(τ) = 0)."""
+    for e in trace.events:
+        if e.type == "factor" and not e.shaping and e.log_potential == -math.inf:
+            return e.address
+    return "<zero potential>"
+
+
+def _count_zero_potentials(ctx: RunContext, pop: "_Population", killed: np.ndarray) -> None:
+    """Count in `diagnostics.deaths` the live particles a step to β > 0 kills, those with Φ(τ) = 0
+    (a −∞ factor, which at β = 0 had scale 0), by the factor that zeroed Φ, as SMC counts them.
+    Before, they were not counted: a run they all died in raised "no particle was weighted"
+    without naming the factor, and a run that went on reported none of these deaths."""
+    for i in np.flatnonzero(killed):
+        site = zero_potential_site(pop.segments[i].trace)
+        ctx.diagnostics.deaths[site] = ctx.diagnostics.deaths.get(site, 0) + 1
+
+
 def _log_phi(seg: Segment) -> float:
     return target_log_potential(seg.trace) if seg.status == "finished" else -math.inf
 
@@ -292,6 +310,7 @@ class TemperedSMC(Policy):
         finite_phi = np.nan_to_num(chains.log_phi, neginf=0.0)
         log_u = np.where(np.isneginf(chains.log_phi), -math.inf, (new_beta - beta) * finite_phi)
         log_increment = logsumexp(normalize(pop.log_w) + log_u)
+        _count_zero_potentials(ctx, pop, np.isfinite(pop.log_w) & np.isneginf(log_u))
         pop.log_w = pop.log_w + log_u
         self._check_alive(ctx, pop)
         stage_ess = ess(pop.log_w)
