@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policies.sync_bridge import boxed, run_in_own_thread
+from policies.sync_bridge import boxed, in_plain_program_body, run_in_own_thread
 from swarm.coordinator import Coordinator, StepOutcome, check_lost_fraction
 from swarm.effects import new_run_scope, run_scope
 from swarm.event_tree import GlobalTrace
@@ -257,7 +257,7 @@ class Policy(BaseModel, abc.ABC):
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(boxed(coroutine)).value  # policies.sync_bridge: why boxed
-        if in_plain_program():  # a run nested in a plain program: the loop is the outer run's
+        if in_plain_program() or in_plain_program_body():  # nested in a plain program: the loop is the outer run's
             return run_in_own_thread(coroutine)
         coroutine.close()
         raise BlockingRunError(f"{type(self).__name__}.{method}() was called inside a running event loop; "

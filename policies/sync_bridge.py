@@ -15,8 +15,10 @@ twice per run), and a stream event's repr holds a step's records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
-from typing import Any, Awaitable, Coroutine
+from typing import Any, Awaitable, Coroutine, Iterator
 
 from swarm.effects import execution_context
 
@@ -37,11 +39,32 @@ async def boxed(awaitable: Awaitable[Any]) -> Box:
     return Box(await awaitable)
 
 
+_PLAIN_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar("plp_plain_program_body", default=False)
+
+
+@contextlib.contextmanager
+def plain_program_body() -> Iterator[None]:
+    """Mark code that runs a plain program's body on the thread of a running event loop outside any
+    particle execution (VectorizedSMC calls the program itself): a `policy.run(...)` there is a
+    nested run, to be run in its own thread (`in_plain_program_body`), not a blocking call."""
+    token = _PLAIN_BODY.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN_BODY.reset(token)
+
+
+def in_plain_program_body() -> bool:
+    """Whether the caller runs inside `plain_program_body`."""
+    return _PLAIN_BODY.get()
+
+
 def run_in_own_thread(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run `coroutine` to completion on a new event loop in a worker thread, blocking the caller;
     return its value or raise its exception."""
     outcome: dict[str, Any] = {}
     context = execution_context()
+    context.run(_PLAIN_BODY.set, False)  # the nested run starts outside any plain program
 
     def target() -> None:
         try:

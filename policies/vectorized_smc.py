@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from policies.base import Policy, RunContext
+from policies.sync_bridge import plain_program_body
 from swarm.coordinator import StepOutcome
 from swarm.errors import NoSurvivingParticles, NotVectorizable
 from swarm.population import FINISHED, RUNNING, Genealogy, count_distinct, ess, logmeanexp, normalized_weights
@@ -76,10 +77,11 @@ class VectorizedSMC(Policy):
             run.begin()
             try:
                 with run:
-                    value = ctx.program(*args, **kwargs)
-                    if inspect.isgenerator(value):
-                        value = run.drive(value)
-                    elif inspect.isawaitable(value):
+                    with plain_program_body():  # a plain body may nest a `policy.run(...)`
+                        value = ctx.program(*args, **kwargs)
+                        if inspect.isgenerator(value):
+                            value = run.drive(value)
+                    if inspect.isawaitable(value):
                         value = await value
                     elif inspect.isasyncgen(value):
                         raise NotVectorizable("the program is an async generator; a vectorised program with "
