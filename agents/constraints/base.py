@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from swarm.errors import SwarmError
 
+import codecs
 import math
 import weakref
 from typing import TYPE_CHECKING, Sequence
@@ -138,9 +139,15 @@ def safe_log(x: float) -> float:
     return math.log(x) if x > 0.0 else -math.inf
 
 
-def decode(data: bytes) -> str:
-    """The text of a byte string; an incomplete UTF-8 character at the end is left out."""
-    return data.decode("utf-8", errors="ignore")
+def decode(data: bytes, final: bool = False) -> str:
+    """The text of a byte string as the reply will read: decoded like the backend decodes its
+    tokens, an invalid byte as U+FFFD (dropping it let a potential judge a shorter text than the
+    reply). An incomplete UTF-8 character at the end is left out (the next token may finish it),
+    unless `final` (the reply ends there): then it is U+FFFD, as in the reply."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=final)
 
 
 def as_sequence(items: Sequence[str] | str) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from agents.constraints.base import Constraint, check_unit_interval, safe_log
+from agents.constraints.base import Constraint, check_unit_interval, decode, safe_log
 from agents.constraints.vocabulary import Vocabulary
 
 
@@ -72,12 +72,12 @@ def _check_values(c: Constraint, text: str) -> None:
 
 
 def _expected(c: Constraint, y: bytes, v: int, vocab: Vocabulary) -> float:
-    here = safe_log(c.prefix(y.decode("utf-8", "ignore")))
+    here = safe_log(c.prefix(decode(y)))
     if here == -math.inf:
         return -math.inf
     if vocab.eos_mask[v]:
-        return safe_log(c.complete(y.decode("utf-8", "ignore"))) - here
-    return safe_log(c.prefix((y + vocab.pieces[v]).decode("utf-8", "ignore"))) - here
+        return safe_log(c.complete(decode(y, final=True))) - here
+    return safe_log(c.prefix(decode(y + vocab.pieces[v]))) - here
 
 
 def _check_lift(c: Constraint, text: str, vocab: Vocabulary, tol: float) -> None:

@@ -86,7 +86,7 @@ class PotentialState(TokenState):
             return -math.inf
         vocab = self.bound.vocab
         end = bool(vocab.eos_mask[token])
-        text = decode(self.data if end else self.data + vocab.pieces[token])
+        text = decode(self.data, final=True) if end else decode(self.data + vocab.pieces[token])
         return safe_log(self.bound.value(text, end)) - self.log_here
 
     def log_phi_row(self) -> np.ndarray:
@@ -98,6 +98,10 @@ class PotentialState(TokenState):
                 values = np.asarray(self.bound.potential.prefix_row(decode(self.data), v.pieces, v.eos_mask), dtype=float)
                 if values.shape != (len(v),) or not np.all((values >= 0.0) & (values <= 1.0)):
                     raise ConstraintError(f"{self.bound.name}.prefix_row must return {len(v)} values in [0, 1]")
+                ended = decode(self.data, final=True)
+                if ended != decode(self.data):  # ending inside a character: the reply reads U+FFFD there
+                    values = values.copy()
+                    values[v.eos_mask] = self.bound.value(ended, end=True)
                 with np.errstate(divide="ignore"):
                     self._row = np.log(values) - self.log_here
         return self._row

@@ -1,0 +1,46 @@
+"""Probes of token-level constraints: a potential judges the text the reply will read."""
+
+import math
+
+import numpy as np
+
+from agents import constraints
+from agents.constraints import Vocabulary
+
+# a: text; \x80: a stray continuation byte (never valid UTF-8); \xe2\x82 + \xac: the euro sign in two tokens
+VOCAB = Vocabulary([b"a", b"\x80", b"\xe2\x82", b"\xac", b""], eos_ids=[4])
+A, STRAY, LEAD, TAIL, EOS = range(5)
+
+
+def test_a_stray_byte_counts_as_a_character_for_a_predicate():
+    """The backend decodes a stray byte as U+FFFD; the predicate saw the text without it, so a model
+    could write invalid bytes without end past a length limit (SmolLM2: "Here's a n" + 14 of them)."""
+    at_most_one = constraints.prefix(lambda text: len(text) <= 1)
+    guide = at_most_one.guide(VOCAB, prefix="a")
+    assert guide.log_phi(STRAY) == -math.inf  # was 0: "a\x80" read as "a"
+    assert guide.log_phi(LEAD) == 0.0  # an unfinished character: the next token may finish it
+
+
+def test_a_reply_ending_inside_a_character_is_judged_as_it_reads():
+    ascii_only = constraints.prefix(lambda text: text.isascii())
+    guide = ascii_only.guide(VOCAB)
+    guide.advance(A)
+    guide.advance(LEAD)
+    assert guide.log_phi(EOS) == -math.inf  # the reply would end "a\ufffd", not "a"
+    assert guide.log_phi(TAIL) == -math.inf and guide.log_phi(A) == -math.inf
+
+
+class Ascii(constraints.Potential):
+    """A soft potential, row-evaluated: Φ = 1 for ASCII text, 0.5 otherwise."""
+
+    def prefix(self, text):
+        return 1.0 if text.isascii() else 0.5
+
+    complete = prefix
+
+
+def test_the_contract_and_the_row_agree_on_undecodable_bytes():
+    constraints.assert_potential_contract(Ascii(), ["a", "a\u20ac"], vocab=VOCAB)
+    state = Ascii().bind(VOCAB).start(b"a\xe2\x82")
+    row = state.log_phi_row()
+    assert np.isclose(row[EOS], math.log(0.5)) and np.isclose(row[STRAY], math.log(0.5))
