@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, report_step, run_independent
+from policies.independent import particle_of, report_step, run_independent, unconsumed
 from swarm.errors import RejectionError
 from swarm.result import Result, hashable
 from swarm.trace import Trace
@@ -147,7 +147,7 @@ class AheadByK(Policy):
         while winner is None and used < self.max_samples:
             size = min(self.batch_size, self.max_samples - used)
             batch = await run_independent(ctx, runner, size, first_stream=used)
-            for seg in batch:
+            for position, seg in enumerate(batch):
                 used += 1
                 lost += seg.status == "lost"  # missing data: neither a vote nor a red flag
                 if seg.status != "finished" or seg.log_weight() == -math.inf:
@@ -159,6 +159,7 @@ class AheadByK(Policy):
                 margin = votes[a] - max((c for b, c in votes.items() if b != a), default=0)
                 if margin >= self.k:
                     winner = a
+                    unconsumed(ctx, batch[position + 1:])
                     break
             if winner is None and (ctx.out_of_budget() or len(batch) < size):
                 break

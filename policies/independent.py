@@ -32,6 +32,27 @@ async def run_independent(ctx: RunContext, runner: SegmentRunner, count: int, *,
     return segments
 
 
+def unconsumed(ctx: RunContext, segments: list[Segment]) -> None:
+    """Take back from the run's diagnostics the deaths and losses of executions that were drawn in a
+    batch but not consumed: a sequential stopping rule (Rejection, AheadByK) stopped before them.
+    Their tokens and calls were spent and stay counted; their deaths are not the run's, whose
+    `attempts` / `samples_used` end where the rule stopped (a batch of 100 reported 72 red flags of
+    42 draws used, and `diagnose` a failure rate of 171%)."""
+    d = ctx.diagnostics
+    for seg in segments:
+        if seg.status in ("dead", "failed") and seg.site:
+            _decrement(d.deaths, seg.site)
+        elif seg.status == "lost":
+            d.lost -= 1
+            _decrement(d.lost_causes, seg.site or "lost")
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    counts[key] -= 1
+    if not counts[key]:
+        del counts[key]
+
+
 def particle_of(ctx: RunContext, stream: int, seg: Segment, log_weight: float) -> Particle:
     """The particle of a complete execution, its events added to the run's global trace."""
     leaf = ctx.tree.extend(-1, seg.events, 0, stream)

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, report_step, run_independent
+from policies.independent import particle_of, report_step, run_independent, unconsumed
 from swarm.errors import RejectionError
 from swarm.execution import Segment
 from swarm.result import Result
@@ -75,6 +75,7 @@ class Rejection(Policy):
                     if seg.log_weight() == 0.0:
                         accepted.append((stream, seg))
                         if len(accepted) == self.num_particles:
+                            unconsumed(ctx, batch[stream - streams + 1:])
                             break
             streams += len(batch)
             if ctx.out_of_budget() or len(batch) < size:
