@@ -164,7 +164,7 @@ class AheadByK(Policy):
             if winner is None and (ctx.out_of_budget() or len(batch) < size):
                 break
         if not accepted:
-            raise ctx.diagnostics.no_survivors(ctx.policy_name, detail=f"0 of {used} draws accepted")
+            raise ctx.no_survivors(f"0 of {used} draws accepted")
         return self._result(ctx, votes, accepted, used, winner, margin, lost)
 
     def _result(self, ctx: RunContext, votes: dict, accepted: list, used: int, winner: Any,

@@ -123,6 +123,16 @@ class RunContext:
             self.diagnostics.stopped_by = reason
         return reason
 
+    def no_survivors(self, detail: str = "") -> Exception:
+        """The `NoSurvivingParticles` of this run, saying when a budget stopped the run before any
+        particle survived (a run stopped after one draw that failed reported only that draw's
+        death, as if the program could not succeed)."""
+        stopped = self.diagnostics.stopped_by
+        if stopped:
+            detail = f"{detail}; " if detail else ""
+            detail += f"the budget ({stopped}) stopped the run first"
+        return self.diagnostics.no_survivors(self.policy_name, detail=detail)
+
     def step_rng(self, *key: int) -> np.random.Generator:
         """A generator for the policy's own choices (resampling), addressed by the run seed and key."""
         return np.random.default_rng([self.seed & (2**63 - 1), *key])

@@ -94,7 +94,7 @@ async def weighted_independent(ctx: RunContext, runner: SegmentRunner, count: in
     log_z = log_evidence(segments, log_w)
     report_step(ctx, segments, log_w, log_z)
     if not np.any(log_w[active(segments)] > -np.inf):
-        raise ctx.diagnostics.no_survivors(ctx.policy_name)
+        raise ctx.no_survivors()
     return segments, log_w, log_z
 
 

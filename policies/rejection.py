@@ -82,7 +82,7 @@ class Rejection(Policy):
                 break
         k = len(accepted)
         if k == 0:
-            raise ctx.diagnostics.no_survivors(ctx.policy_name, detail=f"0 of {attempts} draws accepted")
+            raise ctx.no_survivors(f"0 of {attempts} draws accepted")
         stopped_at_k = k == self.num_particles and k >= 2
         z_hat = (k - 1) / (attempts - 1) if stopped_at_k else k / attempts
         log_z = math.log(z_hat) if z_hat > 0 else -math.inf
