@@ -15,3 +15,13 @@ def test_an_unknown_generation_setting_is_refused_naming_it():
 
 def test_known_generation_settings_still_build_and_compare():
     assert GenerationSettings(max_tokens=8, stop=["\n"]) == GenerationSettings(max_tokens=8, stop=("\n",))
+
+
+def test_an_infinite_temperature_is_refused():
+    with pytest.raises(ValidationError, match="temperature"):
+        GenerationSettings(temperature=float("inf"))  # sampled uniformly; JSON cannot carry it to a server
+
+
+def test_an_empty_stop_string_is_refused():
+    with pytest.raises(ValidationError, match="stop strings must be non-empty"):
+        GenerationSettings(stop=("\n", ""))  # was accepted and ignored by every backend

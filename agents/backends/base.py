@@ -45,13 +45,23 @@ class GenerationSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_tokens: int = Field(128, gt=0)
-    temperature: float = Field(1.0, ge=0.0)
-    """0 means greedy decoding (the proposal is then a point mass: log q = 0)."""
+    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    """0 means greedy decoding (the proposal is then a point mass: log q = 0). Finite: infinity
+    would sample uniformly over the vocabulary, and no JSON request can carry it."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
+    """Strings that end the generation (not included); each non-empty."""
     unit: Literal["text", "token", "word", "line"] = "text"
     """Stepwise generation: stop after one token / one word / one line, so SMC can resample between
     chunks. The recorded log-probability is that of the chunk under this chunking proposal."""
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """An empty stop string matches everywhere: backends ignored it (or a server refused it)."""
+        if "" in value:
+            raise ValueError("stop strings must be non-empty (an empty one would match before every token)")
+        return value
 
 
 class GenerationRequest(BaseModel):
