@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Hashable
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, report_step, run_independent, unconsumed
+from policies.independent import ConsumedDraws, particle_of, run_independent, unconsumed
 from swarm.errors import RejectionError
 from swarm.result import Result, hashable
 from swarm.trace import Trace
@@ -143,6 +142,7 @@ class AheadByK(Policy):
         runner = ctx.runner(args, kwargs)
         votes: dict[Hashable, int] = {}
         accepted: list[tuple[int, Any, Hashable]] = []  # (stream, segment, answer)
+        consumed = ConsumedDraws(ctx)
         used, lost, winner, margin = 0, 0, None, 0
         while winner is None and used < self.max_samples:
             size = min(self.batch_size, self.max_samples - used)
@@ -150,7 +150,9 @@ class AheadByK(Policy):
             for position, seg in enumerate(batch):
                 used += 1
                 lost += seg.status == "lost"  # missing data: neither a vote nor a red flag
-                if seg.status != "finished" or seg.log_weight() == -math.inf:
+                vote = seg.status == "finished" and seg.log_weight() > -math.inf
+                consumed.add(used - 1, seg, vote)
+                if not vote:
                     continue  # red-flagged: a failed guarantee, a −∞ factor or an error
                 _check_hard(seg.trace)
                 a = hashable(seg.value if self.answer is None else self.answer(seg.value))
@@ -164,11 +166,12 @@ class AheadByK(Policy):
             if winner is None and (ctx.out_of_budget() or len(batch) < size):
                 break
         if not accepted:
+            consumed.report(ctx, -math.inf)
             raise ctx.no_survivors(f"0 of {used} draws accepted")
-        return self._result(ctx, votes, accepted, used, winner, margin, lost)
+        return self._result(ctx, votes, accepted, used, winner, margin, lost, consumed)
 
     def _result(self, ctx: RunContext, votes: dict, accepted: list, used: int, winner: Any,
-                margin: int, lost: int = 0) -> Result:
+                margin: int, lost: int, consumed: ConsumedDraws) -> Result:
         if winner is None:
             counts = sorted(votes.values(), reverse=True)
             margin = counts[0] - (counts[1] if len(counts) > 1 else 0)
@@ -177,7 +180,7 @@ class AheadByK(Policy):
             p_used = self.p_estimate if self.p_estimate is not None else (votes[winner] + 1) / (len(accepted) + 2)
             bound, union = error_bound(p_used, self.k), union_error_bound(p_used, self.k)
         log_z = math.log(len(accepted) / (used - lost))
-        report_step(ctx, [s for _, s, _ in accepted], np.zeros(len(accepted)), log_z, ids=[i for i, _, _ in accepted])
+        consumed.report(ctx, log_z)
         particles = [particle_of(ctx, stream, seg, 0.0) for stream, seg, _ in accepted]
         return ctx.result(particles, log_z, extra={
             "winner": winner, "margin": margin, "samples_used": used, "votes": votes,

@@ -76,6 +76,30 @@ def log_evidence(segments: list[Segment], log_w: np.ndarray) -> float:
     return logmeanexp(log_w[mask]) if mask.any() else -math.inf
 
 
+class ConsumedDraws:
+    """The draws a sequential stopping rule (Rejection, AheadByK) consumed, in order, with log weight
+    0 if accepted and −∞ if not, for the step the listeners get: every consumed draw, so a trace
+    file counts the rejected ones as deaths (it reported only the accepted ones, and `swarm inspect`
+    showed "deaths: 0" beside 16 rejections in `diagnostics.deaths`). Kept only when a listener
+    wants steps: a million rejected draws are not held for nobody."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.keep = bool(ctx.broadcaster and ctx.broadcaster.wants_steps)
+        self.streams: list[int] = []
+        self.segments: list[Segment] = []
+        self.log_w: list[float] = []
+
+    def add(self, stream: int, seg: Segment, accepted: bool) -> None:
+        if self.keep:
+            self.streams.append(stream)
+            self.segments.append(seg)
+            self.log_w.append(0.0 if accepted else -math.inf)
+
+    def report(self, ctx: RunContext, log_z: float) -> None:
+        if self.keep:
+            report_step(ctx, self.segments, np.array(self.log_w, dtype=float), log_z, ids=self.streams)
+
+
 def report_step(ctx: RunContext, segments: list[Segment], log_w: np.ndarray, log_z: float,
                 ids: list[int] | None = None) -> None:
     """Report independent executions to the listeners as one step (step 0)."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from policies.base import Policy, RunContext
-from policies.independent import particle_of, report_step, run_independent, unconsumed
+from policies.independent import ConsumedDraws, particle_of, run_independent, unconsumed
 from swarm.errors import RejectionError
 from swarm.execution import Segment
 from swarm.result import Result
@@ -58,34 +57,44 @@ class Rejection(Policy):
         wanted = max(missing, int(1.5 * missing / rate) + 1)
         return max(1, min(wanted, self.batch_size, self.max_attempts - attempts))
 
+    @staticmethod
+    def _accepts(seg: Segment) -> bool:
+        """Whether a draw satisfies every constraint (a finished trace of weight 1; a soft one raises)."""
+        if seg.status != "finished":
+            return False
+        _check_hard(seg.trace)
+        return seg.log_weight() == 0.0
+
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
         runner = ctx.runner(args, kwargs)
         accepted: list[tuple[int, Segment]] = []
+        consumed = ConsumedDraws(ctx)
         attempts = streams = 0  # a lost draw is missing, not an attempt: it takes a stream only
         while len(accepted) < self.num_particles and attempts < self.max_attempts:
             size = self._next_batch(len(accepted), attempts)
             batch = await run_independent(ctx, runner, size, first_stream=streams)
             for stream, seg in enumerate(batch, start=streams):
+                ok = self._accepts(seg)
+                consumed.add(stream, seg, ok)
                 if seg.status == "lost":
                     continue
                 attempts += 1
-                if seg.status == "finished":
-                    _check_hard(seg.trace)
-                    if seg.log_weight() == 0.0:
-                        accepted.append((stream, seg))
-                        if len(accepted) == self.num_particles:
-                            unconsumed(ctx, batch[stream - streams + 1:])
-                            break
+                if ok:
+                    accepted.append((stream, seg))
+                    if len(accepted) == self.num_particles:
+                        unconsumed(ctx, batch[stream - streams + 1:])
+                        break
             streams += len(batch)
             if ctx.out_of_budget() or len(batch) < size:
                 break
         k = len(accepted)
         if k == 0:
+            consumed.report(ctx, -math.inf)
             raise ctx.no_survivors(f"0 of {attempts} draws accepted")
         stopped_at_k = k == self.num_particles and k >= 2
         z_hat = (k - 1) / (attempts - 1) if stopped_at_k else k / attempts
         log_z = math.log(z_hat) if z_hat > 0 else -math.inf
-        report_step(ctx, [s for _, s in accepted], np.zeros(k), log_z, ids=[i for i, _ in accepted])
+        consumed.report(ctx, log_z)
         particles = [particle_of(ctx, stream, seg, 0.0) for stream, seg in accepted]
         return ctx.result(particles, log_z, extra={"attempts": attempts, "accepted": k, "acceptance_rate": k / attempts})
