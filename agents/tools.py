@@ -189,6 +189,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
         if not callable(f):
             raise TypeError(f"tool() needs a function, got {type(f).__name__} {f!r}")
         called = name or _function_name(f)
+        _callable_as_a_tool(called, f)
         sig = _signature(f, caller_locals)
         fields: dict[str, Any] = {}
         for pname, param in sig.parameters.items():
@@ -213,6 +214,21 @@ def _function_name(f: Callable[..., Any]) -> str:
         raise TypeError(f"tool(): {type(f).__name__} {f!r} has no function name to call the tool by; "
                         "give one: tool(fn, name=...)")
     return found
+
+
+def _callable_as_a_tool(name: str, f: Callable[..., Any]) -> None:
+    """Refuse what would run but answer the model wrongly: a generator function (its result would be
+    "<generator object ...>") and a method decorated in its class (the model would have to pass `self`)."""
+    if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
+        raise TypeError(f"tool {name!r} is a generator function: a tool returns its result (collect what it "
+                        "yields into a list and return that)")
+    try:
+        params = [] if inspect.ismethod(f) else list(inspect.signature(f).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: _signature says so
+        params = []
+    if params[:1] == ["self"] and "." in getattr(f, "__qualname__", ""):
+        raise TypeError(f"tool {name!r}: its first parameter is 'self' (a method decorated in its class); make "
+                        f"the tool from the bound method of an instance: tool(instance.{getattr(f, '__name__', name)})")
 
 
 def _docstring(f: Callable[..., Any]) -> str:

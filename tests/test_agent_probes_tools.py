@@ -108,3 +108,35 @@ def test_a_callable_without_a_name_must_be_given_one():
     assert tool(Adder(), name="adder").name == "adder"
     with pytest.raises(TypeError, match="must be a non-empty string, got ''"):
         tool(_add, name="")  # was silently named "_add"
+
+
+def test_a_generator_function_is_refused_as_a_tool():
+    import pytest
+
+    def numbers(n: int):
+        yield from range(n)
+
+    async def stream(n: int):
+        yield n
+
+    with pytest.raises(TypeError, match="tool 'numbers' is a generator function"):
+        tool(numbers)  # the model was told "<generator object numbers at 0x...>"
+    with pytest.raises(TypeError, match="tool 'stream' is a generator function"):
+        tool(stream)
+
+
+def test_a_method_is_made_a_tool_from_its_bound_method():
+    import pytest
+
+    class Store:
+        def __init__(self) -> None:
+            self.items = {"a": 1}
+
+        def get(self, key: str) -> int:
+            """Look a key up."""
+            return self.items[key]
+
+    with pytest.raises(TypeError, match=r"first parameter is 'self'.*tool\(instance\.get\)"):
+        tool(Store.get)  # the model had to pass "self"
+    bound = tool(Store().get)
+    assert list(bound.args_model.model_fields) == ["key"] and asyncio.run(bound.call({"key": "a"})) == "1"
