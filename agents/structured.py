@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterator
 
 from pydantic import BaseModel, RootModel, ValidationError
@@ -15,8 +16,11 @@ def schema_instructions(schema: type[BaseModel]) -> str:
 
 
 def response_format(schema: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAI `response_format` for servers that constrain decoding to a schema."""
-    return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
+    """The OpenAI `response_format` for servers that constrain decoding to a schema. Its name is
+    the schema's, in the characters OpenAI allows (a-z, A-Z, 0-9, _ and -, at most 64): a generic
+    model's `Page[int]` was refused by the server, and its particle lost."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", schema.__name__).strip("_")[:64] or "output"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema.model_json_schema()}}
 
 
 def json_blocks(text: str, openings: str = "{") -> Iterator[str]:

@@ -47,3 +47,17 @@ def test_a_root_model_schema_reads_a_json_list():
     assert "single JSON value" in schema_instructions(Numbers)
     assert parse_output("none", Numbers) == (None, "the reply contains no JSON value")
     assert parse_output("7", RootModel[int]) == (RootModel[int](7), None)
+
+
+def test_a_generic_schema_is_named_as_openai_allows_in_response_format():
+    from typing import Generic, TypeVar
+
+    from agents.structured import response_format
+
+    T = TypeVar("T")
+
+    class Page(BaseModel, Generic[T]):
+        items: list[T]
+
+    assert response_format(Page[int])["json_schema"]["name"] == "Page_int"  # was "Page[int]": a 400
+    assert response_format(Numbers)["json_schema"]["name"] == "Numbers"
