@@ -10,7 +10,7 @@ from pydantic import Field
 
 from policies.base import Policy, RunContext
 from policies.independent import particle_of
-from swarm.errors import EnumerationError
+from swarm.errors import BackendUnavailable, EnumerationError
 from swarm.human import CannotPauseError, HumanAnswer
 from swarm.execution import SegmentTask
 from swarm.population import logsumexp
@@ -66,6 +66,8 @@ class Enumerate(Policy):
 
     The program is re-executed once per node of the path tree; a path ends early at a failed
     guarantee or −∞ factor. Shaping factors are excluded: the target is unchanged by them.
+    A path lost to an infrastructure failure is missing data (`_lost_mass`): the result is then
+    not exact, and more than `max_lost_fraction` of the proposal mass lost stops the run.
     """
 
     max_paths: int = Field(1_000_000, gt=0)
@@ -76,6 +78,7 @@ class Enumerate(Policy):
         runner = ctx.runner(args, kwargs)
         runner.extra_handlers = lambda: [_FollowPath(current["path"])]
         particles: list = []
+        lost: list[Any] = []
         stack: list[dict[str, tuple[Any, float]]] = [{}]
         executions = 0
         while stack:
@@ -91,13 +94,40 @@ class Enumerate(Policy):
                     stack.append({**current["path"], branch.address: (value, lp)})
                 continue
             ctx.diagnostics.account([seg])
+            if seg.status == "lost":
+                lost.append(seg)
             if seg.status != "finished":
                 continue
             log_joint = seg.trace.proposal_log_prob + seg.trace.log_weight
             if log_joint > -math.inf:
                 particles.append(particle_of(ctx, len(particles), seg, log_joint))
+        lost_mass = self._lost_mass(ctx, lost)
         if not particles:
             raise ctx.diagnostics.no_survivors(ctx.policy_name, detail="every path has zero mass")
         log_w = np.array([p.log_weight for p in particles])
-        return ctx.result(particles, logsumexp(log_w), exact=True,
-                          extra={"executions": executions})
+        log_z = logsumexp(log_w) - math.log1p(-lost_mass)
+        return ctx.result(particles, log_z, exact=not lost,
+                          extra={"executions": executions, "lost_mass": lost_mass})
+
+    def _lost_mass(self, ctx: RunContext, lost: list) -> float:
+        """π(lost) = Σ over the lost paths of the proposal mass of their prefix, checked against
+        `max_lost_fraction` (`BackendUnavailable` above it).
+
+        A lost path is missing data, as in every policy (docs/theory.md §3.4): the found paths are
+        taken as representative of the mass that was not lost, so
+
+            Z ≈ Σ_{finished τ} π(τ)Φ(τ) / (1 − π(lost)),
+
+        the quantity the sampling policies' Ẑ (a mean over the particles not lost) estimates, and
+        the result is no longer exact. It summed the found paths only and said exact=True: log Z
+        fell by −log(1 − π(lost)), silently."""
+        if not lost:
+            return 0.0
+        mass = min(1.0, math.fsum(math.exp(seg.trace.proposal_log_prob) for seg in lost))
+        if mass > self.max_lost_fraction:
+            last = lost[-1]
+            raise BackendUnavailable(
+                f"Enumerate: paths of proposal mass {mass:.4g} were lost to infrastructure failures "
+                f"(max_lost_fraction={self.max_lost_fraction:g}); the last at {last.site}: {last.error}",
+                site=last.site or "", last_error=last.error or "")
+        return mass
