@@ -94,7 +94,7 @@ class Tool(BaseModel):
             return f"error: invalid arguments for {self.name}: {problem}"
         try:
             if self.in_thread and not inspect.iscoroutinefunction(self.fn):
-                result = await asyncio.to_thread(self.fn, **kwargs)
+                result = await asyncio.to_thread(_run_in_thread, self.fn, kwargs)
             else:
                 result = self.fn(**kwargs)
             if inspect.isawaitable(result):
@@ -102,8 +102,26 @@ class Tool(BaseModel):
         except SwarmError:  # the framework's own (a lost backend, no sandbox): never evidence for the agent
             raise
         except Exception as exc:  # a tool failure is information for the agent, not a crash
+            exc = exc.stop if isinstance(exc, _StoppedInThread) else exc
             return f"error: {type(exc).__name__}: {exc}"
         return result_text(self.name, result)
+
+
+class _StoppedInThread(Exception):
+    """A `StopIteration` a plain tool raised in its worker thread (`next()` on an empty iterator),
+    carried out as an ordinary exception: asyncio cannot set a StopIteration on a future, so the
+    call's future never completed and the run hung."""
+
+    def __init__(self, stop: StopIteration) -> None:
+        super().__init__(str(stop))
+        self.stop = stop
+
+
+def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(**kwargs)
+    except StopIteration as exc:
+        raise _StoppedInThread(exc) from None
 
 
 def result_text(name: str, result: Any) -> str:

@@ -140,3 +140,17 @@ def test_a_method_is_made_a_tool_from_its_bound_method():
         tool(Store.get)  # the model had to pass "self"
     bound = tool(Store().get)
     assert list(bound.args_model.model_fields) == ["key"] and asyncio.run(bound.call({"key": "a"})) == "1"
+
+
+@tool
+def first_of(items: list[int]) -> int:
+    """The first item (next() on an empty list raises StopIteration)."""
+    return next(iter(items))
+
+
+def test_a_plain_tool_raising_stop_iteration_answers_instead_of_hanging():
+    async def call():
+        return await asyncio.wait_for(first_of.call({"items": []}), timeout=20)
+
+    assert asyncio.run(call()) == "error: StopIteration: "  # hung: asyncio cannot put it in a future
+    assert asyncio.run(first_of.call({"items": [7]})) == "7"
