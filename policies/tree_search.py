@@ -15,7 +15,7 @@ from policies.critics import bind_critic, evaluate_all
 from policies.mellowmax import backup as backup_value
 from policies.search import Objective, evidence_lower_bound, joint_log_mass, score, segment_log_prob, trace_key
 from swarm.execution import Segment, SegmentRunner, SegmentTask
-from swarm.population import logsumexp
+from swarm.population import ess, logsumexp
 from swarm.result import Particle, Result, StepStats
 
 __all__ = ["TreeSearch"]
@@ -205,11 +205,18 @@ class TreeSearch(Policy):
     # -- reporting ---------------------------------------------------------------------------------
     def _record(self, ctx: RunContext, simulation: int, leaf: _Node, children: list[_Node], state: dict,
                 started: int) -> None:
+        """A simulation's step: the children it expanded, weighed by their joint mass log π + log w
+        (the result's particle weights, as Beam's steps), in `diagnostics.steps` (ESS 1/Σ w̄² of
+        those, the live children) and in the listener record alike. The record carried the
+        children's values Q as log weights and the diagnostics the number of children as ESS and
+        of traces found as alive, so a stream and the diagnostics disagreed at most steps."""
         bound = evidence_lower_bound([n.seg.trace for n in state["finished"]])
-        ctx.diagnostics.steps.append(StepStats(step=simulation, ess=float(len(children)), log_evidence=bound,
-                                               resampled=False, num_alive=len(state["finished"])))
+        log_p = np.array([joint_log_mass(c.seg.trace) for c in children])
+        live = int(np.sum(log_p > -math.inf))
+        ctx.diagnostics.steps.append(StepStats(step=simulation, ess=float(ess(log_p)) if live else 0.0,
+                                               log_evidence=bound, resampled=False, num_alive=live))
         if children:
-            ctx.emit_segments(simulation, [c.seg for c in children], np.array([c.value for c in children]), bound,
+            ctx.emit_segments(simulation, [c.seg for c in children], log_p, bound,
                               ids=[c.stream for c in children], parents=[leaf.stream] * len(children),
                               increments=np.zeros(len(children)))
 
