@@ -97,23 +97,23 @@ class Tool(BaseModel):
                 result = await asyncio.to_thread(_run_in_thread, self.fn, kwargs)
             else:
                 result = self.fn(**kwargs)
+            if isinstance(result, _Stopped):
+                raise result.stop
             if inspect.isawaitable(result):
                 result = await result
         except SwarmError:  # the framework's own (a lost backend, no sandbox): never evidence for the agent
             raise
         except Exception as exc:  # a tool failure is information for the agent, not a crash
-            exc = exc.stop if isinstance(exc, _StoppedInThread) else exc
             return f"error: {type(exc).__name__}: {exc}"
         return result_text(self.name, result)
 
 
-class _StoppedInThread(Exception):
+class _Stopped:
     """A `StopIteration` a plain tool raised in its worker thread (`next()` on an empty iterator),
-    carried out as an ordinary exception: asyncio cannot set a StopIteration on a future, so the
-    call's future never completed and the run hung."""
+    returned rather than raised: asyncio cannot set a StopIteration on a future, so the call's
+    future never completed and the run hung."""
 
     def __init__(self, stop: StopIteration) -> None:
-        super().__init__(str(stop))
         self.stop = stop
 
 
@@ -121,7 +121,7 @@ def _run_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     try:
         return fn(**kwargs)
     except StopIteration as exc:
-        raise _StoppedInThread(exc) from None
+        return _Stopped(exc)
 
 
 def result_text(name: str, result: Any) -> str:
