@@ -120,13 +120,18 @@ class _Population:
         return self.ids
 
     def particles(self, ctx: RunContext) -> list[Particle]:
+        """The final particles. A finished trace of weight zero (Φ(τ) = 0: a −∞ factor, which the
+        run at β = 0 did not apply) is "dead" with no value, as SMC reports it; it was "finished"
+        with its value, so `[p for p in particles if p.status == "finished"]` held traces the
+        target excludes."""
         out = []
         for i, seg in enumerate(self.segments):
             trace = _at_full_scale(seg.trace)
             leaf = ctx.tree.extend(-1, trace.events, 0, int(self.ids[i]))
+            status = "dead" if seg.status == "finished" and self.log_w[i] == -math.inf else seg.status
             out.append(Particle.model_construct(
-                id=int(self.ids[i]), value=seg.value if seg.status == "finished" else None,
-                log_weight=float(self.log_w[i]), trace=trace, status=seg.status,
+                id=int(self.ids[i]), value=seg.value if status == "finished" else None,
+                log_weight=float(self.log_w[i]), trace=trace, status=status,
                 parent_id=None if self.parents[i] < 0 else int(self.parents[i]), leaf=leaf))
         return out
 
