@@ -103,9 +103,20 @@ class Tool(BaseModel):
                 result = await result
         except SwarmError:  # the framework's own (a lost backend, no sandbox): never evidence for the agent
             raise
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():  # the run stops this call: let it
+                raise
+            return f"error: CancelledError: {str(exc) or 'the tool cancelled its own work'}"  # it aborted the run
         except Exception as exc:  # a tool failure is information for the agent, not a crash
             return f"error: {type(exc).__name__}: {exc}"
         return result_text(self.name, result)
+
+
+def _being_cancelled() -> bool:
+    """Whether the task running a tool call has been asked to stop (a CancelledError that is not
+    the tool's own: an inner task or wait it cancelled)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class _Stopped:

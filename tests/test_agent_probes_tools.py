@@ -154,3 +154,45 @@ def test_a_plain_tool_raising_stop_iteration_answers_instead_of_hanging():
 
     assert asyncio.run(call()) == "error: StopIteration: "  # hung: asyncio cannot put it in a future
     assert asyncio.run(first_of.call({"items": [7]})) == "7"
+
+
+@tool
+async def gives_up() -> str:
+    """Cancels an inner wait of its own and lets the CancelledError out."""
+    inner = asyncio.ensure_future(asyncio.sleep(10))
+    inner.cancel()
+    return await inner
+
+
+@tool
+async def sleeps() -> str:
+    """Takes its time."""
+    await asyncio.sleep(10)
+    return "done"
+
+
+def test_a_tools_own_cancelled_error_is_its_result_not_the_end_of_the_run():
+    def reply(request):
+        last = request.messages[-1]
+        return f"got {last.content}" if last.role == "tool" else '<tool_call>{"name": "gives_up"}</tool_call>'
+
+    agent = Agent(name="a", backend=Scripted(reply), tools=[gives_up])
+
+    async def program():
+        return await agent.ask("go")
+
+    r = policies.SMC(num_particles=2, seed=0).run(program)  # raised a bare CancelledError out of run()
+    assert [p.value for p in r.particles] == ["got error: CancelledError: the tool cancelled its own work"] * 2
+
+
+def test_cancelling_a_tool_call_still_cancels_it():
+    import pytest
+
+    async def cancel_midway():
+        call = asyncio.ensure_future(sleeps.call({}))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        return await call
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancel_midway())
