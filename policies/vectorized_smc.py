@@ -107,10 +107,11 @@ class VectorizedSMC(Policy):
         status = "finished" if finished else "running"
         log_w = run.log_w.tolist()
         columns = run.final_columns()
-        particles = [Particle.from_engine(pid, v, lw, VectorTrace(columns, i), status if lw > -np.inf else "dead",
-                                          None if parent < 0 else parent)
+        particles = [Particle.from_engine(pid, v if lw > -np.inf else None, lw, VectorTrace(columns, i),
+                                          status if lw > -np.inf else "dead", None if parent < 0 else parent)
                      for i, (pid, v, lw, parent) in enumerate(zip(steps.ids.tolist(), values, log_w,
                                                                   steps.parents.tolist()))]
+        # a dead particle has no value, as in SMC (it kept the value its constraint vetoed)
         return ctx.result(particles, logmeanexp(run.log_w))
 
 

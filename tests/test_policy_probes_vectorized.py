@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import policies
-from swarm import Bernoulli, BlockingRunError, factor, sample
+from swarm import Bernoulli, BlockingRunError, factor, guarantee, sample
 
 
 def _coin(p):
@@ -50,3 +50,18 @@ def test_an_async_vectorised_program_still_must_await_a_nested_run():
 
     with pytest.raises(BlockingRunError, match="run_async"):
         policies.VectorizedSMC(num_particles=10, seed=0).run(program)
+
+
+def _vetoed_half():
+    x = sample("x", Bernoulli(0.5))
+    guarantee("g", x)
+    return x
+
+
+def test_a_dead_particle_has_no_value_as_in_smc():
+    """A particle killed by a guarantee is "dead" with value None in SMC; VectorizedSMC kept the
+    vetoed value, so `result.values` listed values the target excludes."""
+    result = policies.VectorizedSMC(num_particles=64, seed=0, ess_threshold=0.0).run(_vetoed_half)
+    dead = [p for p in result.particles if p.status == "dead"]
+    assert dead and all(p.value is None for p in dead)
+    assert all(p.value is True for p in result.particles if p.status == "finished")
