@@ -24,6 +24,7 @@ import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.errors import PydanticInvalidForJsonSchema, PydanticSchemaGenerationError
 
 from agents.approvals import refusal_of
 from agents.backends.base import Backend, ChatMessage, GenerationRequest, GenerationSettings
@@ -127,6 +128,19 @@ class Agent(BaseModel):
                                  "the model could only call the first; rename one (@tool(name=...), or "
                                  "mcp_tools(..., prefix=...) for a server's tools)")
             seen[item.name] = item
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema_with_json_schema(cls, value: type[BaseModel] | None) -> type[BaseModel] | None:
+        """The schema is shown to the model as JSON Schema: one without (a field of an arbitrary
+        type) failed every `ask`, killing each particle, instead of here."""
+        if value is not None:
+            try:
+                value.model_json_schema()
+            except (PydanticSchemaGenerationError, PydanticInvalidForJsonSchema) as exc:
+                raise ValueError(f"{value.__name__} has no JSON schema to show the model ({str(exc).splitlines()[0]}); "
+                                 "give its fields JSON types (str, int, float, bool, lists, dicts, models)") from None
         return value
 
     @field_validator("name")

@@ -34,7 +34,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, StrictBool, TypeAdapter, ValidationError, create_model
+from pydantic.errors import PydanticInvalidForJsonSchema, PydanticSchemaGenerationError
 from pydantic_core import to_jsonable_python
 
 from swarm.distributions import Distribution, Draw
@@ -227,7 +228,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
             annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (annotation, default)
-        args_model = create_model(f"{called}_args", __config__=ConfigDict(extra="forbid"), **fields)
+        args_model = _arguments_model(called, fields)
         return Tool(name=called, description=description or _docstring(f), fn=f,
                     args_model=args_model, requires_approval=requires_approval, in_thread=in_thread)
 
@@ -243,6 +244,30 @@ def _function_name(f: Callable[..., Any]) -> str:
         raise TypeError(f"tool(): {type(f).__name__} {f!r} has no function name to call the tool by; "
                         "give one: tool(fn, name=...)")
     return found
+
+
+def _arguments_model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
+    """The pydantic model of a tool's arguments, with its JSON schema (what the model is shown), or
+    a TypeError naming the tool and the parameter whose type has none."""
+    try:
+        model = create_model(f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields)
+        model.model_json_schema()
+    except (PydanticSchemaGenerationError, PydanticInvalidForJsonSchema) as exc:
+        culprit = next((p for p, (annotation, _) in fields.items() if not _has_json_schema(annotation)), None)
+        where = f"parameter {culprit!r} ({getattr(fields[culprit][0], '__name__', fields[culprit][0])!r})" \
+            if culprit else "a parameter"
+        raise TypeError(f"tool {name!r}: {where} has a type without a JSON schema, so the model cannot be shown "
+                        f"how to pass it; use str, int, float, bool, lists, dicts or a pydantic model "
+                        f"({type(exc).__name__})") from None
+    return model
+
+
+def _has_json_schema(annotation: Any) -> bool:
+    try:
+        TypeAdapter(annotation).json_schema()
+    except Exception:  # noqa: BLE001 - any failure: this is the parameter to name
+        return False
+    return True
 
 
 def _callable_as_a_tool(name: str, f: Callable[..., Any]) -> None:

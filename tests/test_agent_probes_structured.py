@@ -61,3 +61,18 @@ def test_a_generic_schema_is_named_as_openai_allows_in_response_format():
 
     assert response_format(Page[int])["json_schema"]["name"] == "Page_int"  # was "Page[int]": a 400
     assert response_format(Numbers)["json_schema"]["name"] == "Numbers"
+
+
+def test_an_output_schema_without_a_json_schema_is_refused_by_the_agent():
+    import pytest
+    from pydantic import ConfigDict, ValidationError
+
+    class Opaque:
+        pass
+
+    class Holder(BaseModel):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+        thing: Opaque
+
+    with pytest.raises(ValidationError, match=r"output_schema\n.*Holder has no JSON schema to show the model"):
+        Agent(name="a", output_schema=Holder)  # was accepted; every ask then killed its particle

@@ -196,3 +196,18 @@ def test_cancelling_a_tool_call_still_cancels_it():
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(cancel_midway())
+
+
+class Handle:
+    """A type pydantic has no JSON schema for."""
+
+
+def test_a_parameter_type_without_a_json_schema_is_named_at_decoration():
+    import pytest
+
+    def open_handle(h: Handle, mode: str = "r") -> str:
+        return mode
+
+    with pytest.raises(TypeError, match=r"tool 'open_handle': parameter 'h' \('Handle'\) has a type without a JSON "
+                                        r"schema"):
+        tool(open_handle)  # was pydantic's PydanticSchemaGenerationError naming neither the tool nor the parameter
