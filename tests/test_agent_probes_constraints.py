@@ -44,3 +44,24 @@ def test_the_contract_and_the_row_agree_on_undecodable_bytes():
     state = Ascii().bind(VOCAB).start(b"a\xe2\x82")
     row = state.log_phi_row()
     assert np.isclose(row[EOS], math.log(0.5)) and np.isclose(row[STRAY], math.log(0.5))
+
+
+def test_a_constraint_a_server_cannot_enforce_stops_the_run():
+    """On one branch only: as a plain ValueError it killed the particles that took it, and the run
+    returned the others' marginal as if the branch were impossible."""
+    import pytest
+
+    import policies
+    from agents import Agent, OpenAICompatible
+    from swarm import Bernoulli, sample
+
+    agent = Agent(name="a", backend=OpenAICompatible("http://127.0.0.1:9/v1", "m", constraints="llama.cpp"))
+
+    async def program():
+        x = sample("x", Bernoulli(0.5))
+        if x:
+            await sample("reply", agent.generate("hi", constraint=constraints.forbid_chars("e")))
+        return x
+
+    with pytest.raises(constraints.ConstraintError, match="cannot enforce the constraint forbid_chars"):
+        policies.SMC(num_particles=8, seed=0).run(program)

@@ -61,6 +61,7 @@ from agents.backends.http_batching import SiblingBatcher
 from agents.backends.http_pool import HttpPool, HttpTransportError
 from agents.backends.http_reply import OpenAICompletion, parse_choice
 from agents.backends.http_wire import error_text
+from agents.constraints.base import ConstraintError
 from agents.json_codec import dumps_exact, loads
 from agents.secrets import MASK, redact, register_secret
 
@@ -267,7 +268,9 @@ class OpenAICompatible(Backend):
         """The server's guided-decoding fields enforcing `request.constraint`; the weight correction
         is then unavailable (servers do not report the allowed mass), recorded as such. llama.cpp
         server: `grammar` (GBNF) and `json_schema`; vLLM: `guided_regex`, `guided_json`,
-        `guided_grammar`. Anything else (character sets, predicates, potentials) is refused."""
+        `guided_grammar`. Anything else (character sets, predicates, potentials) is refused with a
+        `ConstraintError`, a SwarmError, so the run stops: as a plain ValueError it killed only the
+        particles that asked, and a program whose other branch asked nothing returned a result."""
         c, where = request.constraint, self.constraints
         kind = getattr(c, "kind", None)
         spec = json.loads(c.source) if kind else None
@@ -277,7 +280,7 @@ class OpenAICompatible(Backend):
             return {"json_schema": spec}
         if where == "llama.cpp" and kind == "grammar" and "::=" in spec:
             return {"grammar": spec}
-        raise ValueError(f"{self!r} cannot enforce the constraint {c.describe()} "
+        raise ConstraintError(f"{self!r} cannot enforce the constraint {c.describe()} "
                          f"(constraints={where!r}: llama.cpp servers take GBNF grammars and JSON schemas, "
                          "vLLM regex, JSON schemas and grammars); use LlamaCpp in process, or a guarantee")
 
