@@ -33,3 +33,22 @@ def test_a_single_tool_given_for_the_list_says_to_put_it_in_one():
                                               r"write tools=\[add\]") as caught:
         Agent(name="a", tools=add)  # was six errors about tuples ('name', 'add'), ('description', '') ...
     assert caught.value.error_count() == 1
+
+
+def test_a_chat_sent_to_a_completions_endpoint_stops_the_run():
+    """A chat (what ask always sends) to OpenAICompatible(mode='completions'): a ValueError killed
+    only the particles that asked, so a branch that asked looked impossible."""
+    import policies
+    from agents import OpenAICompatible
+    from swarm import Bernoulli, sample
+
+    agent = Agent(name="a", backend=OpenAICompatible("http://127.0.0.1:9/v1", "m", mode="completions"))
+
+    async def program():
+        x = sample("x", Bernoulli(0.5))
+        if x:
+            await agent.ask("hi")
+        return x
+
+    with pytest.raises(InvalidGenerationRequest, match="mode='completions'\\) needs GenerationRequest.prompt"):
+        policies.SMC(num_particles=8, seed=0).run(program)

@@ -62,6 +62,7 @@ from agents.backends.http_pool import HttpPool, HttpTransportError
 from agents.backends.http_reply import OpenAICompletion, parse_choice
 from agents.backends.http_wire import error_text
 from agents.constraints.base import ConstraintError
+from agents.generation import InvalidGenerationRequest
 from agents.json_codec import dumps_exact, loads
 from agents.secrets import MASK, redact, register_secret
 
@@ -407,11 +408,13 @@ class OpenAICompatible(Backend):
 
 # ---- request bodies -----------------------------------------------------------------------------
 def _completions_body(request: GenerationRequest, body: dict[str, Any], want: bool, top_k: int) -> dict[str, Any]:
+    """The /completions body; a chat or tools request is refused with `InvalidGenerationRequest`
+    (a SwarmError: the run stops, where a ValueError killed only the particles that asked)."""
     if request.prompt is None:
-        raise ValueError("OpenAICompatible(mode='completions') needs GenerationRequest.prompt; got "
-                         "'messages' (use mode='chat', or render the chat template yourself)")
+        raise InvalidGenerationRequest("OpenAICompatible(mode='completions') needs GenerationRequest.prompt; got "
+                                       "'messages' (use mode='chat', or render the chat template yourself)")
     if request.tools:
-        raise ValueError("GenerationRequest.tools needs OpenAICompatible(mode='chat')")
+        raise InvalidGenerationRequest("GenerationRequest.tools needs OpenAICompatible(mode='chat')")
     body["prompt"] = request.prompt + request.assistant_prefix
     if want:
         body["logprobs"] = top_k
