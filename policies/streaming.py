@@ -191,6 +191,8 @@ class RecordTranslator:
 
     def start(self, record: RunStarted) -> list[_Event]:
         self.run_id = record.run_id
+        if record.config.get("rejuvenation_steps"):  # MCMC moves rewrite the reported traces (TemperedSMC)
+            self.commits = False
         return [RunStart(run_id=record.run_id, policy=record.policy, program=record.program,
                          num_particles=record.num_particles, runtime=record.runtime, at_ns=record.started_at_ns)]
 
@@ -204,6 +206,8 @@ class RecordTranslator:
         if not self._steps and record.step > 1:  # a resumed run: the texts before it are not in the records
             self.commits = False
         events: list[_Event] = [StepStart(run_id=run_id, step=record.step, at_ns=record.started_at_ns)]
+        if self.texts and not record.particles:  # a step that reports no particle (TemperedSMC's
+            self.texts, self.commits = {}, False   # stages, whose moves rewrite traces): texts are lost
         deaths = self._advance(record)
         ids, log_w = record.particle_ids, record.log_weights
         tracks_text = self.text_of is not None and bool(self.texts)  # no particle record, no text (VectorizedSMC)

@@ -298,6 +298,7 @@ class TemperedSMC(Policy):
         pop = _Population(list(await ctx.advance(runner, [SegmentTask(stream=i) for i in range(n)])))
         chains = _Chains(pop.segments)
         pop.log_w = np.array([log_correction(s.trace) if s.status == "finished" else -math.inf for s in pop.segments])
+        ctx.emit_segments(0, pop.segments, pop.log_w, logmeanexp(pop.log_w), ids=pop.ids.tolist())
         self._check_alive(ctx, pop)
         state = {"beta": 0.0, "executions": n, "stages": [], "genealogy": Genealogy(n), "stopped": False,
                  "runner": runner if self.move == "suffix" else mover, "plans": plans}
