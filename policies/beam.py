@@ -77,7 +77,7 @@ class Beam(Policy):
             step += 1
             started = time.time_ns()
             beam = await self._step(ctx, runner, beam, step, state)
-            self._record(ctx, beam, step, started)
+            self._record(ctx, beam, step, started, state.pop("dead"))
             if ctx.out_of_budget():
                 break
         return self._result(ctx, [e for e in beam if e is not None], state)
@@ -99,31 +99,38 @@ class Beam(Policy):
         segments = await ctx.advance(runner, tasks)
         state["executions"] += len(tasks)
         candidates = [e for e in beam if e is not None and e.seg.status != "running"]
+        state["dead"] = []
         for task, seg, parent in zip(tasks, segments, parents):
-            s = score(seg, self.objective)
-            if s > -math.inf:
-                candidates.append(_Element(seg, task.stream, None if parent is None else parent.stream, s,
-                                           trace_key(seg.trace)))
+            elem = _Element(seg, task.stream, None if parent is None else parent.stream, score(seg, self.objective), ())
+            if elem.score > -math.inf:
+                elem.key = trace_key(seg.trace)
+                candidates.append(elem)
+            else:
+                state["dead"].append(elem)
         unique: dict[tuple, _Element] = {}
         for elem in candidates:
             unique.setdefault(elem.key, elem)
         state["merged"] += len(candidates) - len(unique)
         if not unique:
+            self._record(ctx, [], step, 0, state.pop("dead"))
             raise ctx.diagnostics.no_survivors(ctx.policy_name)
         ranked = sorted(unique.values(), key=lambda e: -e.score)  # stable: ties keep the order found
         return ranked[: self.width]
 
-    def _record(self, ctx: RunContext, beam: list[_Element], step: int, started: int) -> None:
+    def _record(self, ctx: RunContext, beam: list[_Element], step: int, started: int, dead: list[_Element]) -> None:
         """The step's diagnostics and listener record, both with the beam's weights under p̃,
         log π(s) + log w(s) (the result's particle weights): its ESS is 1/Σ w̄² of those. The
-        records used to carry the scores, so with objective="weight" a trace file or stream showed
-        another ESS than `diagnostics.steps` and the result."""
+        record also holds the children that died in the step (weight 0), so listeners count their
+        deaths, and a step in which every child died is recorded before the run raises (ESS 0).
+        The records used to carry the scores, so with objective="weight" a trace file or stream
+        showed another ESS than `diagnostics.steps` and the result, and no death at all."""
         log_p = np.array([joint_log_mass(e.seg.trace) for e in beam])
         bound = evidence_lower_bound([e.seg.trace for e in beam if e.seg.status == "finished"])
-        ctx.diagnostics.steps.append(StepStats(step=step, ess=float(ess(log_p)), log_evidence=bound,
+        ctx.diagnostics.steps.append(StepStats(step=step, ess=float(ess(log_p)) if beam else 0.0, log_evidence=bound,
                                                resampled=True, num_alive=len(beam)))
-        ctx.emit_segments(step, [e.seg for e in beam], log_p, bound,
-                          ids=[e.stream for e in beam], parents=[e.parent for e in beam], increments=np.zeros(len(beam)))
+        shown = beam + dead
+        ctx.emit_segments(step, [e.seg for e in shown], np.concatenate([log_p, np.full(len(dead), -math.inf)]), bound,
+                          ids=[e.stream for e in shown], parents=[e.parent for e in shown], increments=np.zeros(len(shown)))
 
     def _result(self, ctx: RunContext, beam: list[_Element], state: dict) -> Result:
         particles = [Particle(id=e.stream, value=e.seg.value if e.seg.status == "finished" else None,
