@@ -149,9 +149,12 @@ class TreeSearch(Policy):
         segments = await ctx.advance(runner, tasks)
         state["executions"] += len(tasks)
         new: list[_Node] = []
+        state["dead_duplicates"] = []
         for task, seg in zip(tasks, segments):
             key = trace_key(seg.trace)
             if key in node.keys:
+                if seg.status != "running" and seg.status != "finished":  # its death is counted: show it
+                    state["dead_duplicates"].append(_Node(seg=seg, stream=task.stream, score=-math.inf))
                 continue
             child = _Node(seg=seg, stream=task.stream, score=score(seg, self.objective),
                           log_prior=segment_log_prob(seg, start))
@@ -207,7 +210,9 @@ class TreeSearch(Policy):
                 started: int) -> None:
         """A simulation's step: the children it expanded, weighed by their joint mass log π + log w
         (the result's particle weights, as Beam's steps), in `diagnostics.steps` (ESS 1/Σ w̄² of
-        those, the live children) and in the listener record alike. The record carried the
+        those, the live children) and in the listener record alike; the record also holds the
+        children that died as duplicates of another (merged, but counted in `diagnostics.deaths`,
+        so listeners count the same deaths). The record carried the
         children's values Q as log weights and the diagnostics the number of children as ESS and
         of traces found as alive, so a stream and the diagnostics disagreed at most steps."""
         bound = evidence_lower_bound([n.seg.trace for n in state["finished"]])
@@ -215,10 +220,12 @@ class TreeSearch(Policy):
         live = int(np.sum(log_p > -math.inf))
         ctx.diagnostics.steps.append(StepStats(step=simulation, ess=float(ess(log_p)) if live else 0.0,
                                                log_evidence=bound, resampled=False, num_alive=live))
-        if children:
-            ctx.emit_segments(simulation, [c.seg for c in children], log_p, bound,
-                              ids=[c.stream for c in children], parents=[leaf.stream] * len(children),
-                              increments=np.zeros(len(children)))
+        shown = children + state.pop("dead_duplicates", [])  # dead duplicates: merged, but their deaths count
+        if shown:
+            ctx.emit_segments(simulation, [c.seg for c in shown],
+                              np.concatenate([log_p, np.full(len(shown) - len(children), -math.inf)]), bound,
+                              ids=[c.stream for c in shown], parents=[leaf.stream] * len(shown),
+                              increments=np.zeros(len(shown)))
 
     def _result(self, ctx: RunContext, root: _Node, state: dict, simulations: int, critic: Any) -> Result:
         found = sorted(state["finished"], key=lambda n: -n.score)

@@ -37,3 +37,17 @@ def test_a_step_records_the_joint_masses_of_the_children():
     seen = {pid: lw for r in records for pid, lw in zip(r.particle_ids, r.log_weights)}
     assert finals and all(seen[pid] == pytest.approx(lw, rel=1e-12) for pid, lw in finals.items())
     assert all(lw <= 0.0 for lw in seen.values())  # log π + log w of a program with guarantees only
+
+
+def test_listeners_count_the_deaths_the_diagnostics_count():
+    """Children that die as duplicates of a sibling merge into one node, but each execution's death
+    is in `diagnostics.deaths`; the step records hold them too, so a stream counts the same deaths
+    (it counted 6 of 13 on this run)."""
+    events = list(policies.TreeSearch(seed=4, num_simulations=20).stream(no_two_heads))
+    result = events[-1].result
+    streamed: dict[str, int] = {}
+    for e in events:
+        if e.type == "step_end":
+            for site, n in e.deaths.items():
+                streamed[site] = streamed.get(site, 0) + n
+    assert streamed == result.diagnostics.deaths and sum(streamed.values()) > 0
