@@ -65,3 +65,14 @@ def test_a_constraint_a_server_cannot_enforce_stops_the_run():
 
     with pytest.raises(constraints.ConstraintError, match="cannot enforce the constraint forbid_chars"):
         policies.SMC(num_particles=8, seed=0).run(program)
+
+
+def test_a_predicate_that_answers_none_is_named_not_read_as_false():
+    import pytest
+
+    def forgot_return(text):
+        len(text) < 5  # noqa: B015 - the bug this guards against
+
+    with pytest.raises(constraints.ConstraintError, match="the predicate must return True or False, got NoneType"):
+        constraints.prefix(forgot_return).guide(VOCAB)  # was Φ = 0 everywhere: every particle died, no reason
+    assert constraints.prefix(lambda t: np.bool_(len(t) < 5)).prefix("abc") == 1.0

@@ -128,10 +128,20 @@ class PrefixPredicate(Potential):
         return f"prefix({self.name})"
 
     def prefix(self, text: str) -> float:
-        return 1.0 if self.fn(text) else 0.0
+        return 1.0 if self._asked(self.fn, text) else 0.0
 
     def complete(self, text: str) -> float:
-        return 1.0 if self.fn(text) and (self.complete_fn is None or self.complete_fn(text)) else 0.0
+        return 1.0 if self._asked(self.fn, text) and (self.complete_fn is None or
+                                                       self._asked(self.complete_fn, text)) else 0.0
+
+    def _asked(self, fn: Callable[[str], bool], text: str) -> bool:
+        """`fn(text)`, which must be a bool: a predicate that forgot its `return` answered None,
+        read as False, and every particle died with nothing to say why."""
+        answer = fn(text)
+        if not isinstance(answer, (bool, np.bool_)):
+            raise ConstraintError(f"{self.describe()}: the predicate must return True or False, got "
+                                  f"{type(answer).__name__} {answer!r} for {text[-40:]!r}")
+        return bool(answer)
 
 
 def _code_name(fn: Callable) -> str:
