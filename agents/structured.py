@@ -65,11 +65,8 @@ def parse_output(text: str, schema: type[BaseModel]) -> tuple[BaseModel | None, 
     the balanced {...} blocks of the text in order (also [...] blocks and the whole text for a
     `RootModel` schema, whose JSON need not be an object); the first that validates is the object."""
     root = _is_root(schema)
-    candidates = list(json_blocks(text, "{[" if root else "{"))
-    if root and _is_json(text.strip()):  # a bare string or number
-        candidates.append(text.strip())
     problem = None
-    for block in candidates:
+    for block in _candidates(text, root):  # lazily: most replies are read at their first block
         try:
             return schema.model_validate_json(block), None
         except ValidationError as exc:
@@ -79,6 +76,14 @@ def parse_output(text: str, schema: type[BaseModel]) -> tuple[BaseModel | None, 
         return None, f"the reply contains no JSON {'value' if root else 'object'}"
     problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in problem[1].errors())
     return None, f"the JSON does not match {schema.__name__}: {problems}"
+
+
+def _candidates(text: str, root: bool) -> Iterator[str]:
+    """The blocks `parse_output` tries, in order: {...} ([...] too for a root schema), then a root
+    schema's bare value (the whole text, when it is JSON: a string or a number)."""
+    yield from json_blocks(text, "{[" if root else "{")
+    if root and _is_json(text.strip()):
+        yield text.strip()
 
 
 def _is_root(schema: type[BaseModel]) -> bool:
