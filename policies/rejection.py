@@ -28,12 +28,32 @@ def _check_hard(trace: Trace) -> None:
                          "than its distribution (its weight is not 0 or 1)")
 
 
+def _log_z_hat(k: int, n: int, *, stopped_at_k: bool) -> float:
+    """log Ẑ from k acceptances in n draws (inverse binomial sampling when the run stopped at its
+    k-th acceptance, docs/theory.md):
+
+        Ẑ = (k − 1)/(n − 1)   stopped at the k-th acceptance, k ≥ 2  (unbiased; Haldane 1945),
+        Ẑ = 1[n = 1]          stopped at the first acceptance (k = 1): the only unbiased estimator,
+        Ẑ = k/n               stopped after n draws (max_attempts, a budget).
+
+    With k = 1 it used 1/n, whose expectation E[1/n] = −Z log Z/(1 − Z) is 2.5 Z at Z = 0.1.
+    """
+    if stopped_at_k and k == 1:
+        z_hat = 1.0 if n == 1 else 0.0
+    elif stopped_at_k:
+        z_hat = (k - 1) / (n - 1)
+    else:
+        z_hat = k / n
+    return math.log(z_hat) if z_hat > 0 else -math.inf
+
+
 class Rejection(Policy):
     """Draw from π until `num_particles` traces satisfy every constraint (at most `max_attempts` draws).
 
     Accepted traces are exact samples of p(τ) ∝ π(τ)·1[constraints]. The acceptance probability is
     Z, estimated without bias by (k−1)/(n−1) when stopped at the k-th acceptance after n draws
-    (inverse binomial sampling, k ≥ 2) and by k/n when `max_attempts` stopped it first.
+    (inverse binomial sampling, k ≥ 2; for num_particles=1 by 1[n = 1], the only unbiased
+    estimator, so log Ẑ is 0 or −∞) and by k/n when `max_attempts` stopped it first.
     Draws run in batches of `batch_size` but are consumed in order, so the stopping rule is exactly
     the sequential one.
     """
@@ -92,9 +112,7 @@ class Rejection(Policy):
         if k == 0:
             consumed.report(ctx, -math.inf)
             raise ctx.no_survivors(f"0 of {attempts} draws accepted")
-        stopped_at_k = k == self.num_particles and k >= 2
-        z_hat = (k - 1) / (attempts - 1) if stopped_at_k else k / attempts
-        log_z = math.log(z_hat) if z_hat > 0 else -math.inf
+        log_z = _log_z_hat(k, attempts, stopped_at_k=k == self.num_particles)
         consumed.report(ctx, log_z)
         particles = [particle_of(ctx, stream, seg, 0.0) for stream, seg in accepted]
         return ctx.result(particles, log_z, extra={"attempts": attempts, "accepted": k, "acceptance_rate": k / attempts})
