@@ -25,3 +25,14 @@ def test_an_infinite_temperature_is_refused():
 def test_an_empty_stop_string_is_refused():
     with pytest.raises(ValidationError, match="stop strings must be non-empty"):
         GenerationSettings(stop=("\n", ""))  # was accepted and ignored by every backend
+
+
+@pytest.mark.parametrize("kwargs, message", [({"n_ctx": "512"}, "n_ctx must be an int, got str '512'"),
+                                             ({"n_seq_max": 2.5}, "n_seq_max must be an int, got float 2.5"),
+                                             ({"seed": "x"}, "seed must be an int, got str 'x'"),
+                                             ({"chat_format": 3}, "chat_format must be a str")])
+def test_llama_cpp_arguments_of_the_wrong_type_are_named(kwargs, message):
+    from agents import LlamaCpp
+
+    with pytest.raises(TypeError, match=message):  # was "'<=' not supported between 'str' and 'int'", or accepted
+        LlamaCpp(**kwargs)

@@ -108,6 +108,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import numbers
 import os
 import pathlib
 import threading
@@ -164,6 +165,12 @@ class LlamaCpp(Backend):
     def __init__(self, model_path: str | os.PathLike[str] | None = None, n_ctx: int = 512, n_seq_max: int = 32,
                  n_threads: int | None = None, seed: int = 0, chat_format: str | None = None,
                  verbose: bool = False) -> None:
+        for field, value in (("n_ctx", n_ctx), ("n_seq_max", n_seq_max), ("seed", seed)) + \
+                ((("n_threads", n_threads),) if n_threads is not None else ()):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # "512": a bare TypeError; 2.5 passed
+                raise TypeError(f"LlamaCpp: {field} must be an int, got {type(value).__name__} {value!r}")
+        if chat_format is not None and not isinstance(chat_format, str):
+            raise TypeError(f"LlamaCpp: chat_format must be a str (a format name), got {type(chat_format).__name__}")
         path = pathlib.Path(model_path) if model_path is not None else embedded_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"LlamaCpp: model file not found: {path}")
