@@ -251,9 +251,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_parser(sub: Any, fmt: Any) -> None:
     serve = sub.add_parser("serve", formatter_class=fmt, help="serve a program under a policy as an OpenAI-compatible "
-                           "endpoint", description="Serve /v1/chat/completions and /v1/models: each request runs the "
-                           "program under the policy with the request's messages (its `messages` or `prompt` "
-                           "parameter) and answers with the posterior's answer; `stream=true` streams the run as "
+                           "endpoint", description="Serve /v1/chat/completions, /v1/responses and /v1/models: "
+                           "each request runs the program under the policy with the request's messages (its "
+                           "`messages` or `prompt` parameter) and answers with the posterior's answer; `stream=true` streams the run as "
                            "server-sent events. The program is found as `swarm run` finds it (POLICY and DEFAULTS "
                            "apply); --model embedded serves the built-in chat program over the embedded SmolLM2 "
                            "model. See docs/serving.md.")

@@ -3,6 +3,7 @@
     GET  /v1/models              the one served model
     GET  /v1/models/{model}      its card (another id: 404 model_not_found)
     POST /v1/chat/completions    a run of the program per request (JSON, or SSE with stream=true)
+    POST /v1/responses           the same, in OpenAI's Responses API (`agents.serving.responses_api`)
     GET  /health                 {"status": "ok"} (no API key needed)
 
 Why Starlette and sse-starlette (bench/serve_overhead.py measures both choices): FastAPI's request
@@ -30,6 +31,7 @@ from swarm.errors import SwarmError
 import asyncio
 import functools
 import hmac
+import json
 from typing import Any, Awaitable, Callable
 
 from sse_starlette import EventSourceResponse
@@ -42,7 +44,10 @@ from starlette.routing import Route
 from agents.secrets import Secret
 from agents.serving.chunks import stream_chunks
 from agents.serving.errors import ServeError, internal_error
-from agents.serving.service import ChatService
+from agents.serving.responses_api import (ResponsesRequest, parse_responses_request, response_object,
+                                          stream_response_events)
+from agents.serving.protocol import ChatCompletion
+from agents.serving.service import ChatService, PreparedRun
 
 PING_S = 15.0
 WATCH_AFTER_S = 1.0
@@ -86,23 +91,43 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
             return error_response(exc)
         return Response(card.model_dump_json(), media_type="application/json")
 
-    async def chat(request: Request) -> Response:
+    async def run_request(request: Request, parse: Callable[[bytes], Any] | None,
+                          stream: Callable[[PreparedRun], Any], body: Callable[[PreparedRun, ChatCompletion], str]
+                          ) -> Response:
+        """One run per request: validated by `parse` (None: a chat request), streamed as the events
+        `stream` makes, or answered with `body`."""
         if not authorized(request):
             return error_response(unauthorized)
         try:
-            run = service.prepare(await read_body(request), request.headers)
+            run = service.prepare(await read_body(request), request.headers, parse=parse)
         except ServeError as exc:
             return error_response(exc)
         headers = {TRACE_HEADER: run.span.trace_id}
         if run.request.stream:
-            return EventSourceResponse(stream_chunks(service, run), ping=PING_S, sep="\n", headers=headers)
+            return EventSourceResponse(stream(run), ping=PING_S, sep="\n", headers=headers)
         try:
             response = await _unless_disconnected(request, service.complete(run))
         except ServeError as exc:
             return error_response(exc, headers)
         except ClientDisconnected:
             return Response(status_code=499)  # nobody reads it: "client closed request", for the access log
-        return Response(response.model_dump_json(), media_type="application/json", headers=headers)
+        return Response(body(run, response), media_type="application/json", headers=headers)
+
+    async def chat(request: Request) -> Response:
+        return await run_request(request, None, lambda run: stream_chunks(service, run),
+                                 lambda run, response: response.model_dump_json())
+
+    async def responses(request: Request) -> Response:
+        """POST /v1/responses: the same run, read and answered in the Responses API's shapes."""
+        asked: list[ResponsesRequest] = []
+
+        def parse(body: bytes) -> Any:
+            responses_request, chat_request = parse_responses_request(body)
+            asked.append(responses_request)
+            return chat_request
+
+        return await run_request(request, parse, lambda run: stream_response_events(service, run, asked[0]),
+                                 lambda run, response: json.dumps(response_object(run, asked[0], "completed", response)))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": service.config.model_name})
@@ -117,6 +142,7 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
     routes = [Route("/v1/models", openai_errors(models), methods=["GET"]),
               Route("/v1/models/{model:path}", openai_errors(model), methods=["GET"]),
               Route("/v1/chat/completions", openai_errors(chat), methods=["POST"]),
+              Route("/v1/responses", openai_errors(responses), methods=["POST"]),
               Route("/health", health, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
 

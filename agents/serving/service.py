@@ -96,11 +96,13 @@ class ChatService:
                                f"{self.config.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
 
     # -- validation --------------------------------------------------------------------------------
-    def prepare(self, body: bytes, headers: Mapping[str, str]) -> PreparedRun:
-        """Validate a request body; the request span starts here (a rejected request is traced too)."""
+    def prepare(self, body: bytes, headers: Mapping[str, str],
+                parse: Callable[[bytes], ChatCompletionRequest] | None = None) -> PreparedRun:
+        """Validate a request body (a chat request; `parse` reads another API's body as the chat
+        request it means); the request span starts here (a rejected request is traced too)."""
         span = self.tracing.start(self.config.model_name, headers)
         try:
-            request = parse_request(body)
+            request = (parse or parse_request)(body)
             if request.model != self.config.model_name:
                 raise self._unknown_model(request.model)
             check_supported(request)
