@@ -62,6 +62,14 @@ class Agent(BaseModel):
     process (runtime="ray"), else local; `RayHosting(..., local_fallback=True)` is "auto" with a
     pool of your shape."""
 
+    def __init__(self, *args: Any, **data: Any) -> None:
+        """Keyword arguments only; a positional one (`Agent("writer")`) is named in the error (pydantic
+        said "BaseModel.__init__() takes 1 positional argument but 2 were given")."""
+        if args:
+            raise TypeError(f"Agent takes keyword arguments only, e.g. Agent(name={shown(args[0])}, system=...); "
+                            f"got {len(args)} positional")
+        super().__init__(**data)
+
     @model_validator(mode="before")
     @classmethod
     def _settings_given_as_keywords(cls, data: Any) -> Any:

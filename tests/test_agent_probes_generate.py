@@ -52,3 +52,8 @@ def test_a_chat_sent_to_a_completions_endpoint_stops_the_run():
 
     with pytest.raises(InvalidGenerationRequest, match="mode='completions'\\) needs GenerationRequest.prompt"):
         policies.SMC(num_particles=8, seed=0).run(program)
+
+
+def test_a_positional_agent_argument_says_to_use_keywords():
+    with pytest.raises(TypeError, match=r"Agent takes keyword arguments only, e.g. Agent\(name='writer', system=...\)"):
+        Agent("writer")  # was "BaseModel.__init__() takes 1 positional argument but 2 were given"
