@@ -4,7 +4,8 @@ Each particle is a node under the particle it was copied from at resampling (ini
 are roots). A node shows the steps it lived through, its log weight and normalised weight at its
 last step, and how it ended: finished with a value, in the final population (★), or killed (✗)
 by the factor, guarantee, zero-probability sample or error that decided its death. A run that did
-not finish, or failed, has no final population: its last recorded one is marked ◦.
+not finish, or failed, has no final population: its last recorded one is marked ◦ (◦ paused: the
+population a run that waits for a person paused with).
 
 A population of N particles over many steps is too big to print, so the tree keeps the lineages of
 the `max_particles` heaviest final particles and up to `max_particles` dead ones (taken in turn from
@@ -36,6 +37,8 @@ class Node:
     value: Any = None
     final: bool = False
     provisional: bool = False
+    paused: bool = False
+    """In the population a run paused with (it waits for a person's answer)."""
     """In the last recorded population of a run that did not finish (or failed), not a final one."""
     death: Death | None = None
     children: list[int] = field(default_factory=list)
@@ -55,7 +58,7 @@ def build_nodes(trace: GlobalTrace) -> dict[int, Node]:
     last_step = trace.steps[-1].step if trace.steps else None
     for fp in trace.final_population():
         node = nodes.setdefault(fp.id, Node(fp.id, first_step=last_step, last_step=last_step, status="finished"))
-        node.final, node.provisional, node.value = True, trace.provisional, fp.value
+        node.final, node.provisional, node.paused, node.value = True, trace.provisional, trace.waiting, fp.value
         node.log_weight, node.normalized_weight = fp.log_weight, fp.normalized_weight
     for pid, parent in trace.genealogy().items():
         node = nodes.setdefault(pid, Node(pid))
@@ -117,7 +120,7 @@ def label(node: Node) -> str:
     if node.status == "finished" or node.value is not None:
         text += f"  → {_short(node.value)}"
     if node.final:
-        text += "  ◦ last recorded" if node.provisional else "  ★ final"
+        text += ("  ◦ paused" if node.paused else "  ◦ last recorded") if node.provisional else "  ★ final"
     return text
 
 

@@ -296,7 +296,7 @@ def test_a_run_waiting_for_a_person_is_recorded_as_waiting_not_as_finished(tmp_p
     readers show its population as the one it paused with (◦), not a final one (★), and say how to
     continue it; the OTel run span carries the status. A finished and a failed run say so too."""
     from observability import instrument
-    from observability.genealogy_view import summary
+    from observability.genealogy_view import build_nodes, label, summary
     from observability.html_report import render_html
 
     from observability.progress import ProgressListener
@@ -318,6 +318,9 @@ def test_a_run_waiting_for_a_person_is_recorded_as_waiting_not_as_finished(tmp_p
     lines = "\n".join(summary(trace))
     assert "run waits for a person: 3 question(s) ('rate' ×3)" in lines
     assert f"swarm resume {directory} --answer NAME=VALUE" in lines
+    labels = [label(node) for node in build_nodes(trace).values()]
+    assert any("◦ paused" in t for t in labels)
+    assert all(text.endswith("◦ paused") for text in labels if "◦" in text or "★" in text)
     assert "run waits for a person" in render_html(trace, dict.fromkeys(
         ["ess", "log_evidence", "weights", "marginal", "genealogy"], b""))
     (run_span,) = [s for s in inst.memory_exporter.get_finished_spans() if s.name.startswith("plp.run")]
