@@ -96,7 +96,7 @@ class Agent(BaseModel):
         hosting = data.get("hosting", "auto")
         warnings.warn(f"Agent({', '.join(f'{k}=...' for k in sorted(given))}) is deprecated: describe the pool "
                       "with hosting=RayHosting(replicas=..., max_concurrency=..., num_cpus=..., num_gpus=..., "
-                      "resources=..., local_fallback=True for hosting='auto')", DeprecationWarning, stacklevel=3)
+                      "resources=..., local_fallback=True for hosting='auto')", DeprecationWarning, stacklevel=4)
         if isinstance(hosting, RayHosting):
             raise ValueError(f"{', '.join(sorted(given))}: give the pool's shape in hosting=RayHosting(...) only, "
                              "not also as Agent keywords")
