@@ -206,3 +206,25 @@ def test_a_plain_request_whose_client_leaves_is_cancelled():
 
     elapsed, left = asyncio.run(main())
     assert elapsed < 5.0 and left == [] and sent[0]["status"] == 499
+
+
+def test_a_responses_api_request_is_traced_as_one_under_its_route():
+    """/v1/responses: the request span is `swarm.responses <model>` with http.route /v1/responses,
+    over the same run span (it was named swarm.chat with the chat route)."""
+    from agents.serving.responses_api import parse_responses_request, response_object
+
+    inst = instrument("memory", register=False, background=False)
+    policy = policies.SMC(num_particles=6, listeners=[inst.listener])
+    service = ChatService(sentence_program, policy, ServeConfig(model_name="m"), tracing=RequestTracing(inst.provider))
+    body = json.dumps({"model": "m", "input": "Write a sentence.", "seed": 1}).encode()
+    asked = []
+    run = service.prepare(body, {}, parse=lambda b: asked.append(parse_responses_request(b)[0]) or
+                          parse_responses_request(b)[1], route="/v1/responses")
+    answer = response_object(run, asked[0], "completed", asyncio.run(service.complete(run)))
+    inst.force_flush()
+    spans = inst.memory_exporter.get_finished_spans()
+    (req,) = [s for s in spans if s.name == "swarm.responses m"]
+    (run_span,) = [s for s in spans if s.name == "plp.run SMC"]
+    assert req.attributes["http.route"] == "/v1/responses" and run_span.parent.span_id == req.context.span_id
+    assert answer["swarm"]["trace_id"] == format(req.context.trace_id, "032x") and answer["output"][0]["content"]
+    inst.shutdown()

@@ -99,7 +99,7 @@ def build_app(service: ChatService, *, api_key: Secret | None = None, lifespan: 
         if not authorized(request):
             return error_response(unauthorized)
         try:
-            run = service.prepare(await read_body(request), request.headers, parse=parse)
+            run = service.prepare(await read_body(request), request.headers, parse=parse, route=request.scope["path"])
         except ServeError as exc:
             return error_response(exc)
         headers = {TRACE_HEADER: run.span.trace_id}

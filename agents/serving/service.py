@@ -97,10 +97,11 @@ class ChatService:
 
     # -- validation --------------------------------------------------------------------------------
     def prepare(self, body: bytes, headers: Mapping[str, str],
-                parse: Callable[[bytes], ChatCompletionRequest] | None = None) -> PreparedRun:
-        """Validate a request body (a chat request; `parse` reads another API's body as the chat
-        request it means); the request span starts here (a rejected request is traced too)."""
-        span = self.tracing.start(self.config.model_name, headers)
+                parse: Callable[[bytes], ChatCompletionRequest] | None = None,
+                route: str = "/v1/chat/completions") -> PreparedRun:
+        """Validate a request body (a chat request; `parse` reads another API's body, at `route`,
+        as the chat request it means); the request span starts here (a rejected request is traced too)."""
+        span = self.tracing.start(self.config.model_name, headers, route)
         try:
             request = (parse or parse_request)(body)
             if request.model != self.config.model_name:

@@ -1,6 +1,7 @@
 """One OpenTelemetry trace per request: the request span, with the run's spans under it.
 
-    swarm.chat <model>      [CHAIN, SERVER]  the request: model, n, usage, run id, log Ẑ, ESS
+    swarm.chat <model>      [CHAIN, SERVER]  the request (swarm.responses <model> for /v1/responses):
+                                             model, n, usage, run id, log Ẑ, ESS
       plp.run SMC           [CHAIN]          built by observability.otel from the run's records
         plp.step 1 ...
 
@@ -86,13 +87,15 @@ class RequestTracing:
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="plp-serve-flush") if export else None
         self._propagator = TraceContextTextMapPropagator()
 
-    def start(self, model: str, headers: Mapping[str, str]) -> RequestSpan:
+    def start(self, model: str, headers: Mapping[str, str], route: str = "/v1/chat/completions") -> RequestSpan:
+        """The request span (`swarm.chat <model>`; `swarm.responses <model>` for /v1/responses)."""
         parent = self._propagator.extract({k.lower(): v for k, v in headers.items()})
         if self.tracer is None:
             return RequestSpan(self._id_only(trace.get_current_span(parent).get_span_context()), self)
-        span = self.tracer.start_span(f"swarm.chat {model}", context=parent, kind=SpanKind.SERVER,
+        name = "swarm.responses" if route == "/v1/responses" else "swarm.chat"
+        span = self.tracer.start_span(f"{name} {model}", context=parent, kind=SpanKind.SERVER,
                                       attributes=attributes({KIND: "CHAIN", "gen_ai.operation.name": "chat",
-                                                             "gen_ai.system": "plp-swarm", "http.route": "/v1/chat/completions"}))
+                                                             "gen_ai.system": "plp-swarm", "http.route": route}))
         return RequestSpan(span, self)
 
     def _id_only(self, caller: SpanContext) -> NonRecordingSpan:
