@@ -24,29 +24,42 @@ def response_format(schema: type[BaseModel]) -> dict[str, Any]:
 
 
 def json_blocks(text: str, openings: str = "{") -> Iterator[str]:
-    """Every balanced block of `text` that opens with one of `openings` ("{", "[") and closes where
-    its brackets balance (brackets inside JSON strings skipped), in order of where it starts;
-    blocks may nest (`{"a": {...}}` yields the outer block, then the inner one)."""
-    for start, first in enumerate(text):
-        if first not in openings:
+    """The balanced top-level blocks of `text` that open with one of `openings` ("{", "[") and close
+    where their brackets balance (brackets inside JSON strings skipped), in order. A block's inner
+    blocks are not candidates of their own (a schema echoed back, {"properties": {"answer": ...}},
+    is not an answer); an opening that never balances is skipped for the next one."""
+    start = 0
+    while start < len(text):
+        if text[start] not in openings:
+            start += 1
             continue
-        depth, in_string, escaped = 0, False, False
-        for i in range(start, len(text)):
-            ch = text[i]
-            if in_string:
-                escaped = (ch == "\\") and not escaped
-                if ch == '"' and not escaped:
-                    in_string = False
-                continue
-            if ch == '"':
-                in_string = True
-            elif ch in "{[":
-                depth += 1
-            elif ch in "}]":
-                depth -= 1
-                if depth == 0:
-                    yield text[start:i + 1]
-                    break
+        end = _balanced_end(text, start)
+        if end is None:
+            start += 1
+            continue
+        yield text[start:end]
+        start = end
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    """The index just past the bracket that balances the one at `start`, or None."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            escaped = (ch == "\\") and not escaped
+            if ch == '"' and not escaped:
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
 
 
 def extract_json(text: str) -> str | None:

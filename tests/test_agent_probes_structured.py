@@ -76,3 +76,14 @@ def test_an_output_schema_without_a_json_schema_is_refused_by_the_agent():
 
     with pytest.raises(ValidationError, match=r"output_schema\n.*Holder has no JSON schema to show the model"):
         Agent(name="a", output_schema=Holder)  # was accepted; every ask then killed its particle
+
+
+def test_an_object_nested_in_the_reply_is_not_read_as_the_answer():
+    """A reply that echoes the schema holds {"answer": ...} inside "properties": not an answer
+    (SmolLM2 wrote exactly this)."""
+    class Answer(BaseModel):
+        answer: str
+
+    echoed = '{"properties": {"answer": "answer"}}, {"title": "x"}'
+    obj, problem = parse_output(echoed, Answer)
+    assert obj is None and problem.startswith("the JSON does not match Answer: answer: Field required")
