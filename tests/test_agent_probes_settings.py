@@ -36,3 +36,23 @@ def test_llama_cpp_arguments_of_the_wrong_type_are_named(kwargs, message):
 
     with pytest.raises(TypeError, match=message):  # was "'<=' not supported between 'str' and 'int'", or accepted
         LlamaCpp(**kwargs)
+
+
+def test_an_unknown_chat_format_stops_the_run():
+    """On one branch: a ValueError killed only the particles that generated, and the run answered
+    the other branch's marginal ({False: 1.0}) as if nothing were wrong."""
+    import policies
+    from agents import Agent, LlamaCpp
+    from agents.backends.llama_model import UnknownChatFormat
+    from swarm import Bernoulli, sample
+
+    agent = Agent(name="a", backend=LlamaCpp(chat_format="no-such-format"), settings=GenerationSettings(max_tokens=2))
+
+    async def program():
+        x = sample("x", Bernoulli(0.5))
+        if x:
+            await sample("reply", agent.generate("hi"))
+        return x
+
+    with pytest.raises(UnknownChatFormat, match="unknown chat_format 'no-such-format'"):
+        policies.SMC(num_particles=4, seed=0).run(program)

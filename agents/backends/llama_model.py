@@ -15,9 +15,16 @@ import numpy as np
 
 from agents.backends.base import BackendError
 from agents.backends.llama_chunks import VocabTables
+from swarm.errors import SwarmError
 
 _WHITESPACE_BYTES = frozenset(b" \t\n\r\x0b\x0c")
 INSTALL_HINT = "pip install 'llama-cpp-python[server]' (or pip install 'plp-swarm[llama]')"
+
+
+class UnknownChatFormat(SwarmError, ValueError):
+    """`LlamaCpp(chat_format=...)` names no template of the model and no llama-cpp-python format. A
+    SwarmError, so the run stops at the first generation: as a ValueError it killed only the
+    particles that generated, and a program whose other branch did not returned its marginal."""
 
 
 def import_llama_cpp() -> Any:
@@ -82,6 +89,6 @@ def _registered_formatter(fmt: Any, name: str, metadata: dict[str, str]) -> Any:
     if "chat_formatter" not in cells:
         ggufs = sorted(k[len("tokenizer."):] if "." in k[len("tokenizer."):] else "chat_template.default"
                        for k in metadata if k.startswith("tokenizer.chat_template"))
-        raise ValueError(f"LlamaCpp: unknown chat_format {name!r}; the model's templates are "
+        raise UnknownChatFormat(f"LlamaCpp: unknown chat_format {name!r}; the model's templates are "
                          f"{ggufs or 'none'}, llama-cpp-python's formats are {sorted(handlers)}")
     return cells["chat_formatter"].cell_contents
