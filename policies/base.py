@@ -57,6 +57,17 @@ class Budget(BaseModel):
         return None
 
 
+def seeded_rng(seed: int, *key: int) -> np.random.Generator:
+    """A numpy generator addressed by a run seed (any int) and a key, distinct seeds giving distinct
+    streams: `default_rng([seed, *key])` for 0 ≤ seed < 2⁶³ (the streams runs always had), and for
+    any other seed its magnitude as entropy with the sign and the key as `spawn_key`, which numpy
+    assembles after a full pool of entropy words, so it meets no ordinary seed's stream. The seed
+    used to be masked to 63 bits: seeds −1 and 2⁶³−1, or 5 and 2⁶³+5, gave the same run."""
+    if 0 <= seed < 2**63:
+        return np.random.default_rng([seed, *key])
+    return np.random.default_rng(np.random.SeedSequence(abs(seed), spawn_key=(1 if seed < 0 else 2, *key)))
+
+
 class RunContext:
     """The per-run state a policy works with: the seed, the run's global trace, the runtime, the
     diagnostics, the budget, and the listeners it reports to."""
@@ -135,7 +146,7 @@ class RunContext:
 
     def step_rng(self, *key: int) -> np.random.Generator:
         """A generator for the policy's own choices (resampling), addressed by the run seed and key."""
-        return np.random.default_rng([self.seed & (2**63 - 1), *key])
+        return seeded_rng(self.seed, *key)
 
     async def release(self) -> None:
         """Close the executions the runtime kept alive for this run's runners, then let go of what

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from policies.base import Policy, RunContext
+from policies.base import Policy, RunContext, seeded_rng
 from policies.sync_bridge import plain_program_body
 from swarm.coordinator import StepOutcome
 from swarm.errors import NoSurvivingParticles, NotVectorizable
@@ -71,7 +71,7 @@ class VectorizedSMC(Policy):
         n = self.num_particles
         ctx.emit_start(n)
         steps = _Steps(self, ctx, n)
-        run = steps.run = VectorRun(n, np.random.default_rng([ctx.seed & (2**63 - 1), 0]), steps.on_sync)
+        run = steps.run = VectorRun(n, seeded_rng(ctx.seed, 0), steps.on_sync)
         value, finished = None, False
         while True:
             run.begin()
