@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, StrictBool, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, StrictBool, TypeAdapter, ValidationError, create_model, field_validator
 from pydantic.errors import PydanticInvalidForJsonSchema, PydanticSchemaGenerationError
 from pydantic_core import to_jsonable_python
 
@@ -57,6 +57,23 @@ class Tool(BaseModel):
     in_thread: StrictBool = True
     """Run a plain function in a worker thread (see the module docstring); an `async def` one always
     runs on the event loop."""
+
+    @field_validator("requires_approval")
+    @classmethod
+    def _rule_takes_tool_and_arguments(cls, rule: Any) -> Any:
+        """A rule that cannot be called as rule(tool, arguments) (`lambda args: ...`) is refused here,
+        not at the first call that needs it (which stopped the run, maybe hours in)."""
+        if callable(rule) and not isinstance(rule, bool):
+            try:
+                signature = inspect.signature(rule)
+            except (TypeError, ValueError):  # a builtin without a signature: it answers at call time
+                return rule
+            try:
+                signature.bind(None, None)
+            except TypeError:
+                raise ValueError(f"requires_approval={getattr(rule, '__name__', rule)!r} must take (tool, arguments), "
+                                 f"e.g. lambda tool, args: ...; its signature is {signature}") from None
+        return rule
 
     @property
     def endpoint(self) -> str:

@@ -211,3 +211,12 @@ def test_a_parameter_type_without_a_json_schema_is_named_at_decoration():
     with pytest.raises(TypeError, match=r"tool 'open_handle': parameter 'h' \('Handle'\) has a type without a JSON "
                                         r"schema"):
         tool(open_handle)  # was pydantic's PydanticSchemaGenerationError naming neither the tool nor the parameter
+
+
+def test_an_approval_rule_that_cannot_take_tool_and_arguments_is_refused_at_decoration():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"requires_approval='<lambda>' must take \(tool, arguments\)"):
+        tool(requires_approval=lambda args: args["x"] > 1)(_add)  # stopped the run at the first call instead
+    assert tool(requires_approval=lambda tool_, args: args["a"] > 1)(_add).name == "_add"
