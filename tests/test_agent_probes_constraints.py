@@ -76,3 +76,24 @@ def test_a_predicate_that_answers_none_is_named_not_read_as_false():
     with pytest.raises(constraints.ConstraintError, match="the predicate must return True or False, got NoneType"):
         constraints.prefix(forgot_return).guide(VOCAB)  # was Φ = 0 everywhere: every particle died, no reason
     assert constraints.prefix(lambda t: np.bool_(len(t) < 5)).prefix("abc") == 1.0
+
+
+def test_predicates_that_differ_only_in_bound_arguments_or_state_are_described_apart():
+    """The description is the response-cache key: two partials (or two callable objects) of one
+    function had one description whatever their arguments."""
+    import functools
+
+    def at_most(text, n):
+        return len(text) <= n
+
+    class AtMost:
+        def __init__(self, n):
+            self.n = n
+
+        def __call__(self, text):
+            return len(text) <= self.n
+
+    five, fifty = (constraints.prefix(functools.partial(at_most, n=n)).describe() for n in (5, 50))
+    assert five != fifty and "at_most" in five  # was "prefix(functools.partial#...)" for both
+    assert constraints.prefix(AtMost(5)).describe() != constraints.prefix(AtMost(50)).describe()
+    assert constraints.prefix(functools.partial(at_most, n=5)).describe() == five  # still stable

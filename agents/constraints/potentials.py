@@ -19,9 +19,10 @@ Contract (assert_potential_contract): values in [0, 1], and a prefix whose weigh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -146,13 +147,23 @@ class PrefixPredicate(Potential):
 
 def _code_name(fn: Callable) -> str:
     """A stable name for a function: its qualified name and a hash of its code, constants and
-    closure values (so the response cache tells two different predicates apart)."""
-    code = getattr(fn, "__code__", None)
+    closure values (so the response cache tells two different predicates apart); a
+    `functools.partial` adds its bound arguments, a callable object its `__call__` and attributes
+    (both hashed to one name whatever their arguments or state)."""
     h = hashlib.sha256()
+    extra: Any = ()
+    if isinstance(fn, functools.partial):
+        fn, extra = fn.func, (fn.args, sorted(fn.keywords.items()))
+    elif not hasattr(fn, "__code__") and hasattr(type(fn), "__call__"):
+        extra = sorted(getattr(fn, "__dict__", {}).items())
+        fn = type(fn).__call__
+    code = getattr(fn, "__code__", None)
     if code is not None:
         h.update(code.co_code + repr(code.co_consts).encode())
     cells = getattr(fn, "__closure__", None) or ()
     h.update(repr([c.cell_contents for c in cells]).encode())
+    if extra:  # a plain function's name is what it always was
+        h.update(repr(extra).encode())
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}#{h.hexdigest()[:12]}"
 
 
