@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-from agents.serving.errors import ServeError, from_run_error
+from agents.serving.errors import ServeError
 from agents.serving.protocol import ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, finite
-from agents.serving.service import ChatService, PreparedRun
-from policies.streaming import CommittedText, RunEnd, StepEnd, TextDelta
+from agents.serving.service import ChatService, PreparedRun, stream_run
+from policies.streaming import CommittedText, StepEnd, TextDelta
 
 DONE = "[DONE]"
 
@@ -44,11 +44,11 @@ class ChunkWriter:
         return ChatCompletionChunk(id=self.run.id, created=self.run.created, model=self.run.request.model,
                                    choices=choices, **extra).model_dump_json()
 
-    def first(self) -> str:
-        return self.chunk([ChunkChoice(index=0, delta=Delta(role="assistant", content=""))])
+    def opening(self) -> list[str]:
+        return [self.chunk([ChunkChoice(index=0, delta=Delta(role="assistant", content=""))])]
 
-    def on_event(self, event: Any) -> str | None:
-        """The chunk for a step (at its StepEnd), None for the other events."""
+    def on_event(self, event: Any) -> list[str]:
+        """The chunk for a step (at its StepEnd); nothing for the other events."""
         if isinstance(event, CommittedText) and self.committed:
             self._content += event.delta
         elif isinstance(event, TextDelta):
@@ -60,11 +60,14 @@ class ChunkWriter:
                         "text": self._preview}
             content, self._content, self._preview = self._content or None, "", None
             self.streamed += content or ""
-            return self.chunk([ChunkChoice(index=0, delta=Delta(content=content))], swarm=progress)
-        return None
+            return [self.chunk([ChunkChoice(index=0, delta=Delta(content=content))], swarm=progress)]
+        return []
 
-    def final(self, response: ChatCompletion) -> list[str]:
-        """The rest of each answer, then the usage chunk when asked for."""
+    def failure(self, error: ServeError) -> list[str]:
+        return [error.response().model_dump_json()]
+
+    def closing(self, response: ChatCompletion) -> list[str]:
+        """The rest of each answer, then the usage chunk when asked for, then [DONE]."""
         out = []
         last = len(response.choices) - 1
         for i, choice in enumerate(response.choices):
@@ -82,29 +85,9 @@ class ChunkWriter:
         options = self.run.request.stream_options
         if options is not None and options.include_usage:
             out.append(self.chunk([], usage=response.usage))
-        return out
+        return [*out, DONE]
 
 
-async def stream_chunks(service: ChatService, run: PreparedRun) -> AsyncIterator[str]:
+def stream_chunks(service: ChatService, run: PreparedRun) -> AsyncIterator[str]:
     """The SSE data strings of a streamed response (errors included, see the module docstring)."""
-    writer = ChunkWriter(run, service.config.stream_text == "committed")
-    yield writer.first()
-    try:
-        async for event in service.events(run):
-            if isinstance(event, RunEnd):
-                response = service.response(run, event)
-                for data in writer.final(response):
-                    yield data
-                service.finish_span(run, response)
-                yield DONE
-                return
-            data = writer.on_event(event)
-            if data is not None:
-                yield data
-    except Exception as exc:
-        error = from_run_error(exc)
-        run.span.end(exc, error.message)
-        yield error.response().model_dump_json()
-    except BaseException as exc:  # the client went away (the run is cancelled) or the server stops
-        run.span.end(exc, "cancelled")
-        raise
+    return stream_run(service, run, ChunkWriter(run, service.config.stream_text == "committed"))

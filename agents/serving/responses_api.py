@@ -33,10 +33,10 @@ from typing import Any, AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.serving.errors import ServeError, bad_request, from_run_error
+from agents.serving.errors import ServeError, bad_request
 from agents.serving.protocol import ChatCompletion, ChatCompletionRequest, SwarmOptions, finite
-from agents.serving.service import ChatService, PreparedRun
-from policies.streaming import CommittedText, RunEnd, StepEnd
+from agents.serving.service import ChatService, PreparedRun, stream_run
+from policies.streaming import CommittedText, StepEnd
 
 UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none", "auto"), "previous_response_id": (None,),
                "conversation": (None,), "background": (None, False), "reasoning": (None,), "include": (None, []),
@@ -228,27 +228,7 @@ class ResponseEvents:
                 self.event("response.failed", response=response_object(self.run, self.request, "failed", error=error))]
 
 
-async def stream_response_events(service: ChatService, run: PreparedRun,
-                                 request: ResponsesRequest) -> AsyncIterator[dict[str, str]]:
+def stream_response_events(service: ChatService, run: PreparedRun,
+                           request: ResponsesRequest) -> AsyncIterator[dict[str, str]]:
     """The server-sent events of a streamed response (see the module docstring)."""
-    writer = ResponseEvents(run, request, service.config.stream_text == "committed")
-    for sse in writer.opening():
-        yield sse
-    try:
-        async for event in service.events(run):
-            if isinstance(event, RunEnd):
-                completion = service.response(run, event)
-                for sse in writer.closing(completion):
-                    yield sse
-                service.finish_span(run, completion)
-                return
-            for sse in writer.on_event(event):
-                yield sse
-    except Exception as exc:
-        error = from_run_error(exc)
-        run.span.end(exc, error.message)
-        for sse in writer.failure(error):
-            yield sse
-    except BaseException as exc:  # the client went away (the run is cancelled) or the server stops
-        run.span.end(exc, "cancelled")
-        raise
+    return stream_run(service, run, ResponseEvents(run, request, service.config.stream_text == "committed"))

@@ -23,7 +23,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Literal, Mapping
+from typing import Any, AsyncIterator, Callable, Literal, Mapping, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -233,6 +233,43 @@ class ChatService:
         if self.tracing.capture_content:
             run.span.set({"output.value": response.choices[0].message.content})
         run.span.end()
+
+
+class StreamWriter(Protocol):
+    """How one API shapes a streamed run into server-sent events (`chunks.ChunkWriter` for chat
+    completions, `responses_api.ResponseEvents` for the Responses API)."""
+
+    def opening(self) -> list[Any]: ...
+    def on_event(self, event: Any) -> list[Any]: ...
+    def closing(self, response: ChatCompletion) -> list[Any]: ...
+    def failure(self, error: ServeError) -> list[Any]: ...
+
+
+async def stream_run(service: ChatService, run: PreparedRun, writer: StreamWriter) -> AsyncIterator[Any]:
+    """The server-sent events of a streamed run, as `writer` shapes them: its opening, the events of
+    each run event, then its closing with the answer, or its failure (an error after the stream
+    began cannot change the status line already sent)."""
+    for item in writer.opening():
+        yield item
+    try:
+        async for event in service.events(run):
+            if isinstance(event, RunEnd):
+                response = service.response(run, event)
+                closing = writer.closing(response)
+                service.finish_span(run, response)  # before the last event: a client that read it finds the span
+                for item in closing:
+                    yield item
+                return
+            for item in writer.on_event(event):
+                yield item
+    except Exception as exc:
+        error = from_run_error(exc)
+        run.span.end(exc, error.message)
+        for item in writer.failure(error):
+            yield item
+    except BaseException as exc:  # the client went away (the run is cancelled) or the server stops
+        run.span.end(exc, "cancelled")
+        raise
 
 
 def draw_rng(seed: int | None) -> np.random.Generator:
