@@ -130,6 +130,19 @@ class Tool(BaseModel):
         return result_text(self.name, result)
 
 
+def _plain(value: Any) -> Any:
+    """A value pydantic cannot serialise, as JSON can hold it: a numpy array or scalar (anything with
+    `tolist`) as its list or number (`str` gave "[1 2 3]" and "3", strings where numbers were meant),
+    anything else as its `str`."""
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        try:
+            return tolist()
+        except Exception:  # noqa: BLE001 - not numpy's: fall back to the text
+            pass
+    return str(value)
+
+
 def _being_cancelled() -> bool:
     """Whether the task running a tool call has been asked to stop (a CancelledError that is not
     the tool's own: an inner task or wait it cancelled)."""
@@ -160,7 +173,7 @@ def result_text(name: str, result: Any) -> str:
     if isinstance(result, str):
         return result
     try:
-        return json.dumps(to_jsonable_python(result, fallback=str))
+        return json.dumps(to_jsonable_python(result, fallback=_plain))
     except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError from bytes b"\xff"
         pass
     try:

@@ -220,3 +220,13 @@ def test_an_approval_rule_that_cannot_take_tool_and_arguments_is_refused_at_deco
     with pytest.raises(ValidationError, match=r"requires_approval='<lambda>' must take \(tool, arguments\)"):
         tool(requires_approval=lambda args: args["x"] > 1)(_add)  # stopped the run at the first call instead
     assert tool(requires_approval=lambda tool_, args: args["a"] > 1)(_add).name == "_add"
+
+
+def test_numpy_results_reach_the_model_as_json_numbers_and_lists():
+    import numpy as np
+
+    from agents.tools import result_text
+
+    assert result_text("t", np.int64(3)) == "3"  # was '"3"': a string where a number was meant
+    assert result_text("t", np.bool_(True)) == "true"
+    assert result_text("t", {"m": np.array([[1, 2], [3, 4]])}) == '{"m": [[1, 2], [3, 4]]}'  # was "[[1 2]\\n [3 4]]"
