@@ -133,11 +133,21 @@ class TwistedSMC(SMC):
             prefixes = [Trace([*task.prefix_events(), *seg.events]) for seg, task in running]
             values = await evaluate_all(critic.fn, prefixes, "TwistedSMC critic")
             for (seg, _), value in zip(running, values):
+                if value == -math.inf:
+                    seg.site = critic_kill_site(seg.site)
                 seg.twist = seg.twist + value if value > -math.inf else -math.inf
             critic.calls += len(running)
             critic.account(ctx)
 
         return add_twist
+
+
+def critic_kill_site(site: str | None) -> str:
+    """What a particle the critic killed (V̂ = −inf at its prefix) is counted under: the critic at
+    the sync point, not the statement there. It was the statement's address, so a run whose
+    critic saw no viable completion (e.g. the program raises further on) read "'f' killed 2000",
+    naming a factor of log-potential 0."""
+    return f"TwistedSMC critic (V = -inf) at {site!r}"
 
 
 class _RunCritic:
