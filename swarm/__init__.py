@@ -11,6 +11,7 @@ from swarm.errors import (
     BlockingRunError,
     BudgetExhausted,
     DuplicateSiteError,
+    EmptyPosteriorError,
     EnumerationError,
     InvalidDistributionError,
     InvalidPotentialError,
@@ -49,6 +50,6 @@ __all__ = [
     "SwarmError", "AsyncInPlainProgramError", "UnawaitedSampleError", "ProgramArgumentsError", "ProgramKindError",
     "PrimitiveUsageError", "InvalidPotentialError", "InvalidDistributionError", "DuplicateSiteError",
     "NondeterminismError", "NotVectorizable", "EnumerationError", "RejectionError", "NoSurvivingParticles", "BudgetExhausted",
-    "ParticleLost", "BackendUnavailable", "BlockingRunError",
+    "ParticleLost", "BackendUnavailable", "BlockingRunError", "EmptyPosteriorError",
     "ask_human", "Question", "AwaitingHuman", "InvalidAnswerError", "CannotPauseError",
 ]

@@ -125,6 +125,12 @@ class NoSurvivingParticles(SwarmError):
         super().__init__(msg)
 
 
+class EmptyPosteriorError(SwarmError, ValueError):
+    """A result without a particle of positive weight has no posterior to read an estimate from
+    (`Result.expectation`, `Result.map`): a search that completed no trace, a population every
+    particle of which died."""
+
+
 class ParticleLost(SwarmError):
     """Raised inside a particle by infrastructure that failed for good (an LLM backend after its
     retries, a crashed or hung tool server): the particle is *lost*, not killed.

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from swarm.ancestor_rows import AncestorRows
-from swarm.errors import NoSurvivingParticles, shown
+from swarm.errors import EmptyPosteriorError, NoSurvivingParticles, shown
 from swarm.human import Question
 from swarm.population import ess as _ess
 from swarm.population import normalized_weights
@@ -237,12 +237,22 @@ class Result(BaseModel):
         """The self-normalised estimate Σᵢ w̄ᵢ fn(vᵢ) (docs/theory.md §1.5). Every fn(vᵢ) of positive
         weight must be a real number, not NaN (±inf is allowed: the estimate is then ±inf); a value
         that is not is named rather than turned into a NaN estimate or a bare TypeError."""
+        self._check_posterior("an expectation")
         w = self.normalized_weights
         return float(math.fsum(wi * _term(fn, p) for p, wi in zip(self.particles, w) if wi > 0))
 
     def map(self) -> Particle:
         """The particle of largest weight."""
+        self._check_posterior("a MAP particle")
         return self.particles[int(np.argmax(self.log_weights))]
+
+    def _check_posterior(self, what: str) -> None:
+        """`EmptyPosteriorError` unless some particle has positive weight (the estimate would be a
+        silent 0.0, or numpy's "argmax of an empty sequence")."""
+        if not self.particles or not np.any(self.log_weights > -np.inf):
+            dead = f" (all {len(self.particles)} have weight 0)" if self.particles else ""
+            raise EmptyPosteriorError(f"{self.policy}: the result has no particle of positive weight{dead}, so no "
+                                      f"posterior to take {what} of; log Z = {self.log_evidence:g}")
 
     def summary(self) -> str:
         top = list(self.marginal().items())[:5]

@@ -86,3 +86,20 @@ def test_expectation_names_the_particle_whose_term_is_not_a_real_number(fn, erro
     string that parses ("3") was silently used as 3.0, and a NaN term made the estimate NaN."""
     with pytest.raises(error, match=message):
         _two_values(lambda: 3, lambda: 5).expectation(fn)
+
+
+def test_a_result_without_a_positive_weight_has_no_expectation_or_map():
+    """Before: a search that completed no trace (TreeSearch with one simulation) returned a result
+    whose expectation of 1 was a silent 0.0 and whose map() raised numpy's "argmax of an empty
+    sequence". Both name the problem now."""
+    from swarm import EmptyPosteriorError
+    from tests.exact_programs import BY_NAME
+
+    prog = BY_NAME["no_two_heads"]
+    empty = policies.TreeSearch(num_simulations=1, seed=0).run(prog.program, *prog.args, **prog.kwargs)
+    assert empty.particles == [] and empty.marginal() == {}
+    for read in (lambda r: r.expectation(lambda v: 1.0), lambda r: r.map()):
+        with pytest.raises(EmptyPosteriorError, match="TreeSearch: the result has no particle of positive weight"):
+            read(empty)
+
+    assert _two_values(lambda: 1.0, lambda: 0.0).expectation(lambda v: v) == pytest.approx(0.3, abs=1e-12)
