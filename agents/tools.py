@@ -126,8 +126,16 @@ class Tool(BaseModel):
                 raise
             return f"error: CancelledError: {str(exc) or 'the tool cancelled its own work'}"  # it aborted the run
         except Exception as exc:  # a tool failure is information for the agent, not a crash
-            return f"error: {type(exc).__name__}: {exc}"
+            return f"error: {type(exc).__name__}: {_message(exc)}"
         return result_text(self.name, result)
+
+
+def _message(exc: BaseException) -> str:
+    """An exception's message, also when its `__str__` raises (then its arguments' repr)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not kill the particle the tool answers
+        return repr(getattr(exc, "args", ()))
 
 
 def _plain(value: Any) -> Any:

@@ -230,3 +230,18 @@ def test_numpy_results_reach_the_model_as_json_numbers_and_lists():
     assert result_text("t", np.int64(3)) == "3"  # was '"3"': a string where a number was meant
     assert result_text("t", np.bool_(True)) == "true"
     assert result_text("t", {"m": np.array([[1, 2], [3, 4]])}) == '{"m": [[1, 2], [3, 4]]}'  # was "[[1 2]\\n [3 4]]"
+
+
+class BrokenMessage(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+@tool
+def fails_oddly() -> str:
+    """Raises an exception whose message cannot be written."""
+    raise BrokenMessage("disk full")
+
+
+def test_an_exception_whose_message_raises_still_comes_back_as_the_result():
+    assert asyncio.run(fails_oddly.call({})) == "error: BrokenMessage: ('disk full',)"  # str(exc) killed the particle
