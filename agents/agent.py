@@ -220,7 +220,7 @@ class Agent(BaseModel):
         messages = []
         if system := self.system_prompt():
             messages.append(ChatMessage(role="system", content=system))
-        messages += list(history or [])
+        messages += [_history_message(i, len(messages) + i, m) for i, m in enumerate(history or [])]
         if prompt is not None:
             messages.append(ChatMessage(role="user", content=prompt))
         return messages
@@ -366,6 +366,19 @@ def _only_one_prompt(prompt: Any, history: Any, messages: Any) -> None:
     if given:
         raise InvalidGenerationRequest(f"generate() got raw_prompt and {', '.join(given)}: a raw completion takes "
                                        "its whole text from raw_prompt; give one or the other")
+
+
+def _history_message(index: int, position: int, message: Any) -> ChatMessage:
+    """`history[index]` (at `position` in the chat) as a ChatMessage, or an error naming both: by its
+    place in the chat alone ("messages.2") it read as shifted by the agent's system prompt."""
+    if isinstance(message, ChatMessage):
+        return message
+    try:
+        return ChatMessage.model_validate(message)
+    except ValidationError as exc:
+        problems = "; ".join(f"messages.{'.'.join(map(str, (position, *e['loc'])))}={shown(e.get('input'))}: {e['msg']}"
+                             for e in exc.errors()[:3])
+        raise InvalidGenerationRequest(f"history[{index}]: {problems}") from None
 
 
 def _messages_alone(prompt: Any, history: Any) -> None:

@@ -57,3 +57,10 @@ def test_a_chat_sent_to_a_completions_endpoint_stops_the_run():
 def test_a_positional_agent_argument_says_to_use_keywords():
     with pytest.raises(TypeError, match=r"Agent takes keyword arguments only, e.g. Agent\(name='writer', system=...\)"):
         Agent("writer")  # was "BaseModel.__init__() takes 1 positional argument but 2 were given"
+
+
+def test_a_bad_history_message_is_named_by_its_place_in_the_history():
+    agent = Agent(name="a", system="You answer.", backend=Scripted(["ok"]))
+    history = [{"role": "user", "content": "fine"}, {"role": "bot", "content": "hi"}]
+    with pytest.raises(InvalidGenerationRequest, match=r"agent 'a': history\[1\]: messages\.2\.role='bot'"):
+        agent.generate("next", history=history)  # was "messages.2.role" alone, shifted by the system prompt
