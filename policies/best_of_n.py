@@ -9,7 +9,8 @@ import numpy as np
 from pydantic import Field
 
 from policies.base import Policy, RunContext
-from policies.independent import particles_of, weighted_independent
+from policies.independent import particles_of, weigh_independent
+from policies.pausable_draws import PausableDraws
 from swarm.execution import Segment
 from swarm.result import Result
 
@@ -19,7 +20,7 @@ def best_index(scores: np.ndarray) -> int:
     return int(np.argmax(scores))
 
 
-class BestOfN(Policy):
+class BestOfN(PausableDraws, Policy):
     """Best-of-N selection over N independent executions τ₁…τ_N ~ π.
 
     **Claim.** It returns the draw with the largest score,
@@ -43,7 +44,8 @@ class BestOfN(Policy):
     - ``extra["best_index"]``: i*, its index in `result.particles`;
     - ``extra["best_score"]``: s(τ_{i*}); ``extra["objective"]``: which score was used.
 
-    A budget may stop the run early; the selection is then over the draws made.
+    A budget may stop the run early; the selection is then over the draws made. Draws that ask a
+    person wait as in `Importance`; the selection is made once every draw has finished.
     """
 
     num_particles: int = Field(16, gt=0)
@@ -55,8 +57,10 @@ class BestOfN(Policy):
 
     async def _run(self, ctx: RunContext, args: tuple, kwargs: dict) -> Result:
         ctx.emit_start(self.num_particles)
-        runner = ctx.runner(args, kwargs)
-        segments, log_w, log_z = await weighted_independent(ctx, runner, self.num_particles, batch_size=self.batch_size)
+        draws = await self.draws(ctx, args, kwargs)
+        if isinstance(draws, Result):  # some wait for a person
+            return draws
+        segments, log_w, log_z = weigh_independent(ctx, draws)
         scores = np.array([self._score(s, lw) for s, lw in zip(segments, log_w)])
         i_star = best_index(scores)
         particles = particles_of(ctx, segments, log_w)

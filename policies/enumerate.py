@@ -47,7 +47,7 @@ class _FollowPath(Handler):
         if isinstance(dist, HumanAnswer):
             raise CannotPauseError(
                 f"Enumerate: site {msg.name!r} asks a person ({dist.question.question!r}); Enumerate enumerates the "
-                "program's paths and can neither ask nor pause: run it under SMC or Forward, which pause for the "
+                "program's paths and can neither ask nor pause: run it under SMC, Forward, Importance or BestOfN, which pause for the "
                 f"answer, or give it up front, e.g. SMC(..., answers={{{dist.question.name!r}: ...}})")
         if dist.is_async or dist.support is None:
             raise EnumerationError(

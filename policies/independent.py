@@ -113,7 +113,11 @@ async def weighted_independent(ctx: RunContext, runner: SegmentRunner, count: in
     executions not lost).
 
     Raises NoSurvivingParticles (naming what killed them) when every weight is zero."""
-    segments = await run_independent(ctx, runner, count, batch_size=batch_size)
+    return weigh_independent(ctx, await run_independent(ctx, runner, count, batch_size=batch_size))
+
+
+def weigh_independent(ctx: RunContext, segments: list[Segment]) -> tuple[list[Segment], np.ndarray, float]:
+    """The second half of `weighted_independent`, for draws made already (`PausableDraws.draws`)."""
     log_w = log_weights(segments)
     log_z = log_evidence(segments, log_w)
     report_step(ctx, segments, log_w, log_z)

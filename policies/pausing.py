@@ -4,7 +4,8 @@
     r.pending                                                           # [Question(name="review", ...)]
     r = policies.SMC(num_particles=200).resume(r.checkpoint, answers={"review": "yes"})
 
-A policy that can pause (`SMC`, `Forward`: the `Pausable` mixin and an `answers` field) tells its
+A policy that can pause (`SMC`; `Forward`, `Importance` and `BestOfN` through
+`policies.pausable_draws`: the `Pausable` mixin and an `answers` field) tells its
 executions so and hands them its answers through the run scope (`allow_pausing`). When some wait
 for an answer it writes the run to its checkpoint directory (or a new temporary one) and returns a
 `Result` with `status="waiting"`, the `pending` questions and that `checkpoint` directory.

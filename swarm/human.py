@@ -17,7 +17,7 @@ come from?
 - the recorded trace, on replay: a question asked again by a resampled offspring or a resumed
   particle reads its recorded answer (a person is never asked the same thing twice);
 - nowhere: the execution raises `AwaitingHuman`, a control signal (a `BaseException`, so the
-  program's own `except Exception` cannot swallow it). A run that can pause (SMC, Forward) marks the
+  program's own `except Exception` cannot swallow it). A run that can pause (SMC, Forward, Importance, BestOfN) marks the
   particle "waiting", finishes the step for the others, checkpoints and returns a `Result` whose
   `status` is "waiting"; in any other run the engine stops it with a `CannotPauseError` naming the
   question (raised where the program cannot catch it).
@@ -142,7 +142,7 @@ class AwaitingHuman(BaseException):
         q = self.question
         return CannotPauseError(
             f"{q.kind} {q.label()} at site {self.address!r} has no answer and this run cannot pause for one "
-            "(SMC and Forward can: they return a Result with status 'waiting'); give the answer up front, e.g. "
+            "(SMC, Forward, Importance and BestOfN can: they return a Result with status 'waiting'); give the answer up front, e.g. "
             f"SMC(..., answers={{{q.name!r}: ...}})")
 
 

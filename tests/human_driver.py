@@ -1,5 +1,5 @@
 """A driver process for the pause-and-resume tests: a program that asks people questions, run or
-resumed under SMC or Forward in a process of its own that exits afterwards.
+resumed under SMC, Forward, Importance or BestOfN in a process of its own that exits afterwards.
 
     python -m tests.human_driver run POLICY DIR                # prints the waiting Result as JSON, exits
     python -m tests.human_driver resume POLICY DIR ANSWERS OUT # resumes (program found from the
@@ -45,6 +45,10 @@ ARGS = (3,)
 def make_policy(name: str, checkpoint: str | None = None) -> policies.Policy:
     if name == "smc":
         return policies.SMC(num_particles=120, seed=5, ess_threshold=0.8, checkpoint=checkpoint)
+    if name == "importance":
+        return policies.Importance(num_particles=60, seed=5, checkpoint=checkpoint)
+    if name == "best_of_n":
+        return policies.BestOfN(num_particles=30, seed=5, objective="joint", checkpoint=checkpoint)
     return policies.Forward(num_particles=60, seed=5, checkpoint=checkpoint)
 
 
@@ -56,7 +60,8 @@ def summary(result) -> dict:
             "traces": [p.trace.events for p in result.particles],
             "steps": [s.model_dump() for s in d.steps], "genealogy": d.genealogy, "deaths": d.deaths,
             "lost": d.lost, "tokens": d.tokens, "llm_calls": d.llm_calls,
-            "pending": [q.model_dump() for q in result.pending]}
+            "pending": [q.model_dump() for q in result.pending],
+            "extra": {k: (v.id if k == "best" else v) for k, v in result.extra.items()}}
 
 
 if __name__ == "__main__":

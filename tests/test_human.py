@@ -3,7 +3,7 @@
 The claims: a run whose particles ask a question nobody answered stops, is written to disk and
 returns `status="waiting"` with each distinct question once; a *new process* resumes it with the
 answers and finishes with exactly the result of one uninterrupted run given the same answers up
-front (SMC and Forward); the answer is data (a point mass: the weights are those of the exact
+front (SMC, Forward, Importance, BestOfN); the answer is data (a point mass: the weights are those of the exact
 posterior given it); a question is asked once per particle history (replay reads the recorded
 answer); bad answers are refused naming their question, before anything runs."""
 
@@ -47,7 +47,7 @@ def uninterrupted(policy_name: str) -> dict:
 
 
 # -- pause in one process, resume in another --------------------------------------------------------
-@pytest.mark.parametrize("policy_name", ["smc", "forward"])
+@pytest.mark.parametrize("policy_name", ["smc", "forward", "importance", "best_of_n"])
 def test_a_paused_run_resumed_in_new_processes_equals_the_uninterrupted_run(tmp_path, policy_name):
     directory = tmp_path / "run"
     first = driver("run", policy_name, str(directory))
@@ -221,7 +221,7 @@ def test_a_policy_that_cannot_pause_says_so_and_user_code_cannot_swallow_the_pau
         return answer
 
     with pytest.raises(CannotPauseError, match=r"question 'q' \(id [0-9a-f]+\) at site 'q' has no answer"):
-        policies.Importance(num_particles=5, seed=0).run(swallowing)
+        policies.Rejection(num_particles=5, seed=0).run(swallowing)
     with pytest.raises(CannotPauseError, match="cannot pause"):  # called directly, outside any policy
         asyncio.run(asked_program())
     with pytest.raises(CannotPauseError, match=r"Enumerate: site 'pick' asks a person \('Which letter\?'\); "
