@@ -31,7 +31,7 @@ from agents.backends.base import Backend, ChatMessage, GenerationRequest, Genera
 from agents.generation import Generation, InvalidGenerationRequest
 from agents.ray_hosting import RayHosting
 from agents.structured import parse_output, response_format, schema_instructions
-from agents.tools import Tool, ToolExecution, parse_tool_calls, tools_prompt
+from agents.tools import Tool, ToolExecution, tool_call_blocks, tools_prompt
 from swarm.errors import shown
 from swarm.primitives import auto_name, guarantee, interact, sample
 
@@ -286,20 +286,20 @@ class Agent(BaseModel):
         turn_site = site
         for round_ in range(self.max_tool_rounds + 1):
             text = await self._generate_turn(turn_site, messages)
-            calls = parse_tool_calls(text) if self.tools else []
+            calls = tool_call_blocks(text) if self.tools else []
             if not calls or round_ == self.max_tool_rounds:
                 return text
             messages.append(ChatMessage(role="assistant", content=text))
-            for i, (tool_name, arguments) in enumerate(calls):
+            for i, (tool_name, arguments, problem) in enumerate(calls):
                 call_site = f"{turn_site}/call{i}"
-                tool_ = next((t for t in self.tools if t.name == tool_name), None)
-                endpoint = tool_.endpoint if tool_ is not None else tool_name  # e.g. "mcp:calc/add"
+                tool_ = next((t for t in self.tools if t.name == tool_name), None) if problem is None else None
+                endpoint = tool_.endpoint if tool_ is not None else tool_name or "(malformed tool call)"
                 interact(self.name, endpoint, arguments, kind="tool_call", name=call_site)
                 refusal = refusal_of(call_site, self.name, tool_, arguments) if tool_ is not None else None
                 result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments, refusal,
-                                                                           tuple(t.name for t in self.tools)))
+                                                                           tuple(t.name for t in self.tools), problem))
                 interact(endpoint, self.name, result, kind="tool_result", name=f"{call_site}/result")
-                messages.append(ChatMessage(role="tool", content=result, name=tool_name))
+                messages.append(ChatMessage(role="tool", content=result, name=tool_name or None))
             turn_site = f"{site}/turn{round_ + 1}"
         return text  # pragma: no cover - the loop always returns
 

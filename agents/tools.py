@@ -41,8 +41,6 @@ from pydantic_core import to_jsonable_python
 from swarm.distributions import Distribution, Draw
 from swarm.errors import SwarmError
 
-TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
-
 
 class Tool(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -329,17 +327,32 @@ def _docstring(f: Callable[..., Any]) -> str:
     return inspect.getdoc(f.func if isinstance(f, functools.partial) else f) or ""
 
 
-def parse_tool_calls(text: str) -> list[tuple[str, Any]]:
-    """[(tool name, arguments)] for every well-formed <tool_call> block in `text`."""
-    calls = []
-    for match in TOOL_CALL.finditer(text):
+TOOL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def tool_call_blocks(text: str) -> list[tuple[str, Any, str | None]]:
+    """(tool name, arguments, None) for every well-formed <tool_call> block of `text`, in order, and
+    ("", the block's text, why it is not a call) for every other one: the agent answers those with
+    the reason, where they used to be skipped and the attempted call returned as the reply."""
+    blocks: list[tuple[str, Any, str | None]] = []
+    for match in TOOL_BLOCK.finditer(text):
+        body = match.group(1).strip()
         try:
-            payload = json.loads(match.group(1))
-        except json.JSONDecodeError:
+            payload = json.loads(body)
+        except json.JSONDecodeError as exc:
+            blocks.append(("", body, f"the tool call is not JSON ({exc}); write "
+                                     '<tool_call>{"name": TOOL_NAME, "arguments": {...}}</tool_call>'))
             continue
         if isinstance(payload, dict) and isinstance(payload.get("name"), str):
-            calls.append((payload["name"], payload.get("arguments", {})))
-    return calls
+            blocks.append((payload["name"], payload.get("arguments", {}), None))
+        else:
+            blocks.append(("", body, 'the tool call must be a JSON object {"name": TOOL_NAME, "arguments": {...}}'))
+    return blocks
+
+
+def parse_tool_calls(text: str) -> list[tuple[str, Any]]:
+    """[(tool name, arguments)] for every well-formed <tool_call> block in `text`."""
+    return [(name, arguments) for name, arguments, problem in tool_call_blocks(text) if problem is None]
 
 
 def render_tool_calls(calls: list[dict[str, Any]]) -> str:
@@ -374,7 +387,7 @@ class ToolExecution(Distribution):
     is_async = True
 
     def __init__(self, tool_: Tool | None, name: str, arguments: Any, refusal: str | None = None,
-                 available: tuple[str, ...] = ()) -> None:
+                 available: tuple[str, ...] = (), problem: str | None = None) -> None:
         self.tool = tool_
         self.name = name
         self.arguments = arguments
@@ -382,16 +395,20 @@ class ToolExecution(Distribution):
         """A person refused the call: this text is its result and the tool is not run."""
         self.available = available
         """The agent's tool names, told to the model when it calls one that does not exist."""
+        self.problem = problem
+        """Why the block the model wrote is not a tool call (not JSON, no name): its result."""
 
     def describe(self) -> str:
-        return f"Tool({self.tool.endpoint if self.tool is not None else self.name})"
+        return f"Tool({self.tool.endpoint if self.tool is not None else self.name or '(malformed tool call)'})"
 
     def log_prob(self, value: Any) -> float:
         return 0.0
 
     async def sample_async(self, rng: Any) -> Draw:
         started = time.time_ns()
-        if self.tool is None:
+        if self.problem is not None:
+            result = f"error: {self.problem}"
+        elif self.tool is None:
             result = f"error: no tool named {self.name!r}; the tools are {', '.join(self.available) or 'none'}"
         elif self.refusal is not None:
             result = self.refusal

@@ -245,3 +245,25 @@ def fails_oddly() -> str:
 
 def test_an_exception_whose_message_raises_still_comes_back_as_the_result():
     assert asyncio.run(fails_oddly.call({})) == "error: BrokenMessage: ('disk full',)"  # str(exc) killed the particle
+
+
+def test_a_malformed_tool_call_is_answered_with_why_not_returned_as_the_reply():
+    """A <tool_call> block that is not JSON (single quotes, as small models write) was skipped: the
+    attempted call came back as the agent's final reply and no tool ran."""
+    def reply(request):
+        last = request.messages[-1]
+        if last.role == "tool":
+            return '<tool_call>{"name": "_adder", "arguments": {"a": 1, "b": 2}}</tool_call>' \
+                if last.content.startswith("error") else f"sum {last.content}"
+        return "<tool_call>{'name': '_adder', 'arguments': {'a': 1, 'b': 2}}</tool_call>"
+
+    adder = tool(_add, name="_adder")
+    agent = Agent(name="a", backend=Scripted(reply), tools=[adder])
+
+    async def program():
+        return await agent.ask("add")
+
+    particle = policies.Importance(num_particles=1, seed=0).run(program).particles[0]
+    results = [e.value for e in particle.trace.events if e.type == "sample" and e.address.endswith("/result")]
+    assert particle.value == "sum 3"
+    assert results[0].startswith("error: the tool call is not JSON") and results[1] == "3"
