@@ -20,6 +20,7 @@ a trace rebuilds it, so resampled particles never share it.
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any, Literal
 
@@ -289,7 +290,11 @@ class Agent(BaseModel):
             calls = tool_call_blocks(text) if self.tools else []
             if not calls or round_ == self.max_tool_rounds:
                 return text
-            messages.append(ChatMessage(role="assistant", content=text))
+            ids = [f"call_{round_}_{i}" for i in range(len(calls))]
+            messages.append(ChatMessage(role="assistant", content=text, tool_calls=[
+                _openai_call(ids[i], name, arguments) for i, (name, arguments, problem) in enumerate(calls)
+                if problem is None] or None))
+            answers, complaints = [], []
             for i, (tool_name, arguments, problem) in enumerate(calls):
                 call_site = f"{turn_site}/call{i}"
                 tool_ = next((t for t in self.tools if t.name == tool_name), None) if problem is None else None
@@ -299,7 +304,11 @@ class Agent(BaseModel):
                 result = await sample(f"{call_site}/result", ToolExecution(tool_, tool_name, arguments, refusal,
                                                                            tuple(t.name for t in self.tools), problem))
                 interact(endpoint, self.name, result, kind="tool_result", name=f"{call_site}/result")
-                messages.append(ChatMessage(role="tool", content=result, name=tool_name or None))
+                if problem is None:
+                    answers.append(ChatMessage(role="tool", content=result, name=tool_name, tool_call_id=ids[i]))
+                else:  # not a call: no id to answer, so the complaint is the user's
+                    complaints.append(ChatMessage(role="user", content=result))
+            messages += answers + complaints  # every call answered before anything else (OpenAI's rule)
             turn_site = f"{site}/turn{round_ + 1}"
         return text  # pragma: no cover - the loop always returns
 
@@ -321,6 +330,14 @@ class Agent(BaseModel):
 
 
 _SETTINGS: dict[tuple, tuple[GenerationSettings, GenerationSettings]] = {}
+
+
+def _openai_call(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    """A tool call as the assistant message's OpenAI `tool_calls` entry, which the tool message
+    answers by `tool_call_id`: servers that validate chats (llama-cpp-python's, OpenAI's) refused a
+    tool message without one, and the particle was lost at its agent's first tool round."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
 
 
 def _merged_settings(base: GenerationSettings, overrides: dict[str, Any]) -> GenerationSettings:

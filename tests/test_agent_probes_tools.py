@@ -78,8 +78,10 @@ def test_a_native_tool_call_from_an_openai_compatible_server_is_run():
         particle = policies.Importance(num_particles=1, seed=0).run(program).particles[0]
         sent = server.requests[-1]["body"]["messages"]
     assert ran == [(1, 2)]  # the call was dropped: the agent replied with the text beside it
-    assert sent[-1] == {"role": "tool", "content": "3", "name": "add"}
+    assert sent[-1] == {"role": "tool", "content": "3", "name": "add", "tool_call_id": "call_0_0"}
     assert '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>' in sent[-2]["content"]
+    assert sent[-2]["tool_calls"] == [{"id": "call_0_0", "type": "function",
+                                       "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]
     assert particle.status == "finished"
 
 
@@ -253,8 +255,9 @@ def test_a_malformed_tool_call_is_answered_with_why_not_returned_as_the_reply():
     def reply(request):
         last = request.messages[-1]
         if last.role == "tool":
-            return '<tool_call>{"name": "_adder", "arguments": {"a": 1, "b": 2}}</tool_call>' \
-                if last.content.startswith("error") else f"sum {last.content}"
+            return f"sum {last.content}"
+        if last.content.startswith("error"):  # the complaint about a block that is not a call: the user's
+            return '<tool_call>{"name": "_adder", "arguments": {"a": 1, "b": 2}}</tool_call>'
         return "<tool_call>{'name': '_adder', 'arguments': {'a': 1, 'b': 2}}</tool_call>"
 
     adder = tool(_add, name="_adder")
@@ -267,3 +270,29 @@ def test_a_malformed_tool_call_is_answered_with_why_not_returned_as_the_reply():
     results = [e.value for e in particle.trace.events if e.type == "sample" and e.address.endswith("/result")]
     assert particle.value == "sum 3"
     assert results[0].startswith("error: the tool call is not JSON") and results[1] == "3"
+
+
+def test_every_call_is_answered_by_its_id_before_a_complaint_about_a_block_that_is_not_one():
+    """llama-cpp-python's server (and OpenAI's) refuse a tool message without a tool_call_id naming
+    a call of the assistant message before it: the particle was lost at the first tool round."""
+    seen = []
+
+    def reply(request):
+        seen.append(request.messages)
+        if len(seen) == 1:
+            return ('<tool_call>{"name": "_adder", "arguments": {"a": 1}}</tool_call>'
+                    "<tool_call>not json</tool_call>"
+                    '<tool_call>{"name": "_adder", "arguments": {"a": 2, "b": 5}}</tool_call>')
+        return "done"
+
+    agent = Agent(name="a", backend=Scripted(reply), tools=[tool(_add, name="_adder")])
+
+    async def program():
+        return await agent.ask("add")
+
+    assert policies.Importance(num_particles=1, seed=0).run(program).particles[0].value == "done"
+    assistant, *rest = seen[1][-4:]
+    assert [c["id"] for c in assistant.tool_calls] == ["call_0_0", "call_0_2"]
+    assert [(m.role, m.tool_call_id, m.content) for m in rest] == [
+        ("tool", "call_0_0", "3"), ("tool", "call_0_2", "7"), ("user", None, rest[2].content)]
+    assert rest[2].content.startswith("error: the tool call is not JSON")
