@@ -64,3 +64,13 @@ def test_a_bad_history_message_is_named_by_its_place_in_the_history():
     history = [{"role": "user", "content": "fine"}, {"role": "bot", "content": "hi"}]
     with pytest.raises(InvalidGenerationRequest, match=r"agent 'a': history\[1\]: messages\.2\.role='bot'"):
         agent.generate("next", history=history)  # was "messages.2.role" alone, shifted by the system prompt
+
+
+def test_an_openai_history_with_a_tool_calling_assistant_message_is_read():
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+    messages = Agent(name="a", backend=Scripted(["ok"])).generate("next", history=history).request.messages
+    assert messages[1].content == "" and messages[1].tool_calls == [call]  # was "content=None: a valid string"
+    with pytest.raises(InvalidGenerationRequest, match="content=None"):
+        Agent(name="a", backend=Scripted(["ok"])).generate("next", history=[{"role": "user", "content": None}])

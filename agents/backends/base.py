@@ -37,6 +37,16 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _assistant_calls_without_text(cls, data: Any) -> Any:
+        """An OpenAI-format assistant message that only calls tools has `content: null`: it is the
+        empty text (a history copied from an OpenAI chat was refused, "content=None")."""
+        if isinstance(data, dict) and data.get("content", "") is None and data.get("role") == "assistant" \
+                and data.get("tool_calls"):
+            data = {**data, "content": ""}
+        return data
+
 
 class GenerationSettings(BaseModel):
     """Sampling settings. Validation names the field at fault; an unknown one (a misspelt
