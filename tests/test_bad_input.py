@@ -664,10 +664,15 @@ def test_a_policy_that_does_not_checkpoint_says_which_ones_resume(tmp_path):
         return sample("x", Bernoulli(0.5))
 
     policies.SMC(num_particles=4, seed=0, checkpoint=tmp_path).run(program)
-    for policy in (policies.Importance(num_particles=4, seed=0), policies.Enumerate()):
+    for policy in (policies.SelfConsistency(num_particles=4, seed=0), policies.Enumerate()):
         with pytest.raises(TypeError, match=rf"{type(policy).__name__} does not checkpoint, so it cannot resume a "
-                                            r"run; the policies that do \(with checkpoint=DIR\): Forward, SMC, TwistedSMC"):
+                                            r"run; the policies that do \(with checkpoint=DIR\): BestOfN, Forward, "
+                                            r"Importance, SMC, TwistedSMC"):
             policy.resume(tmp_path, program)
+    from swarm.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="written by SMC, cannot be resumed by Importance"):
+        policies.Importance(num_particles=4, seed=0).resume(tmp_path, program)  # it resumes its own paused runs
     assert policies.SMC(num_particles=4, seed=0).resume(tmp_path, program).particles  # the control
 
 
