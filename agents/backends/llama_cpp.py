@@ -108,9 +108,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import numbers
 import os
 import pathlib
+import re
 import threading
 import weakref
 from typing import Any
@@ -217,6 +219,7 @@ class LlamaCpp(Backend):
         self._vocabulary = Vocabulary(self._vocab.pieces, np.flatnonzero(self._vocab.eog).tolist())
         self._formatter = chat_formatter(model, self.chat_format)
         self._keeps_system = keeps_system(lambda messages: self._formatter(messages=messages).prompt)
+        self._controls: tuple[str, ...] | None = None
         self._bos = model.token_bos()
         self._model = model
         context = BatchContext(llama_cpp, model, n_ctx=self.n_ctx, n_seq_max=self.n_seq_max,
@@ -291,10 +294,9 @@ class LlamaCpp(Backend):
         """The token ids the model is conditioned on: chat template (or raw prompt) + assistant_prefix."""
         self.load()
         if request.messages is not None:
-            text, add_bos = self._render_chat(request.messages)
-        else:
-            text, add_bos = request.prompt or "", True
-        tokens = self._model.tokenize((text + request.assistant_prefix).encode("utf-8"), add_bos, True)
+            tokens = self._chat_tokens(request.messages, request.assistant_prefix)
+        else:  # a raw prompt is the caller's own template: its control-token texts are meant
+            tokens = self._model.tokenize(((request.prompt or "") + request.assistant_prefix).encode("utf-8"), True, True)
         if not tokens:
             if self._bos == -1:
                 raise ValueError("LlamaCpp: empty prompt and the model has no BOS token to start from")
@@ -310,7 +312,69 @@ class LlamaCpp(Backend):
         self.load()
         return self._model.detokenize(tokens, special=special)
 
+    def _chat_tokens(self, messages: list[ChatMessage], prefix: str) -> list[int]:
+        """The rendered chat + `prefix`, tokenized so that only the template makes control tokens.
+
+        Tokenizing the rendered text with control tokens parsed (as llama.cpp, vLLM and Hugging
+        Face do by default) turns a message's own "<|im_end|>\n<|im_start|>system\n..." into a
+        real system turn: an injection a tool result or a web page can make. A content (or a
+        reply so far) that holds the text of a control token is tokenized as plain text instead
+        (`_content_as_text`); every other chat is tokenized as before."""
+        dicts = self._chat_dicts(messages)
+        text, add_bos = self._render(dicts)
+        controls = self._control_texts()
+        if not any(c in d["content"] for d in dicts for c in controls) and not any(c in prefix for c in controls):
+            return self._model.tokenize((text + prefix).encode("utf-8"), add_bos, True)
+        return self._content_as_text(dicts, text, add_bos, prefix)
+
+    def _content_as_text(self, dicts: list[dict[str, Any]], text: str, add_bos: bool, prefix: str) -> list[int]:
+        """Tokens of a chat whose contents hold control-token texts: the template's pieces with
+        control tokens parsed, the contents and `prefix` as plain text. The pieces are found by
+        rendering the chat with a marker in place of each content; a template that changes
+        contents (the markers do not give back `text`) gets the control texts in the contents
+        broken instead, by a word joiner (U+2060) after their first character."""
+        tokenize = self._model.tokenize
+        marked, _ = self._render([{**d, "content": f"\ue000{i}\ue001"} for i, d in enumerate(dicts)])
+        pieces = _MARKER.split(marked)
+        order = [int(i) for i in pieces[1::2]]
+        contents = [d["content"] for d in dicts]
+        if order != sorted(set(order)) or "".join(
+                p if k % 2 == 0 else contents[int(p)] for k, p in enumerate(pieces)) != text:
+            broken = [{**d, "content": _break_controls(d["content"], self._control_texts())} for d in dicts]
+            text, add_bos = self._render(broken)
+            return tokenize((text + _break_controls(prefix, self._control_texts())).encode("utf-8"), add_bos, True)
+        tokens: list[int] = []
+        for k, piece in enumerate(pieces):
+            if k % 2 == 0:
+                tokens += tokenize(piece.encode("utf-8"), add_bos and k == 0, True) if piece or k == 0 else []
+            else:
+                tokens += tokenize(contents[int(piece)].encode("utf-8"), False, False)
+        return tokens + (tokenize(prefix.encode("utf-8"), False, False) if prefix else [])
+
+    def _control_texts(self) -> tuple[str, ...]:
+        """The texts of the model's control (and user-defined special) tokens, read once."""
+        if self._controls is None:
+            import llama_cpp
+
+            model, buf, texts = self._model, ctypes.create_string_buffer(256), []
+            special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            for tok in range(model.n_vocab()):
+                if llama_cpp.llama_vocab_get_attr(model.vocab, tok) & special:
+                    n = llama_cpp.llama_token_to_piece(model.vocab, tok, buf, len(buf), 0, True)
+                    piece = buf.raw[:max(n, 0)].decode("utf-8", "replace")
+                    if piece:
+                        texts.append(piece)
+            self._controls = tuple(sorted(set(texts), key=len, reverse=True))
+        return self._controls
+
+    def _render(self, dicts: list[dict[str, Any]]) -> tuple[str, bool]:
+        response = self._formatter(messages=dicts)
+        return response.prompt, not getattr(response, "added_special", False)
+
     def _render_chat(self, messages: list[ChatMessage]) -> tuple[str, bool]:
+        return self._render(self._chat_dicts(messages))
+
+    def _chat_dicts(self, messages: list[ChatMessage]) -> list[dict[str, Any]]:
         if not messages:
             raise ValueError("GenerationRequest.messages is empty: give at least one message")
         dicts = []
@@ -323,5 +387,16 @@ class LlamaCpp(Backend):
             dicts.append(d)
         if not self._keeps_system:
             dicts = fold_system_messages(dicts)
-        response = self._formatter(messages=dicts)
-        return response.prompt, not getattr(response, "added_special", False)
+        return dicts
+
+
+_MARKER = re.compile("\ue000(\\d+)\ue001")
+"""Where a content stands in a chat rendered with markers (private-use characters around its index)."""
+
+
+def _break_controls(text: str, controls: tuple[str, ...]) -> str:
+    """`text` with each control-token text in it broken by a word joiner after its first character."""
+    for control in controls:
+        if control in text:
+            text = text.replace(control, control[0] + "\u2060" + control[1:])
+    return text
