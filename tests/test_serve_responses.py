@@ -75,6 +75,8 @@ def test_what_the_responses_api_cannot_serve_is_a_400_naming_it(client):
         ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "not supported"),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens", "greater than 0"),
         ({"input": "hi", "swarm": {"arguments": {"colour": 1}}}, "swarm.arguments.colour", "unknown program argument"),
+        ({"input": "hi", "messages": [{"role": "user", "content": "other"}]}, "messages", "gives 'input'"),
+        ({"input": "hi", "n": 2}, "n", "a chat-completions field"),
     ]
     for fields, param, words in cases:
         with pytest.raises(openai.BadRequestError) as bad:

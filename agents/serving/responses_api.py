@@ -45,6 +45,10 @@ UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none", "auto"), "prev
 """Responses fields rejected unless they hold one of these (harmless) values: each would change what
 the answer means (a tool loop, a stored conversation, a structured format)."""
 
+CHAT_ONLY = {"messages": "'input' (and 'instructions')", "n": "one answer (send n requests)",
+             "max_tokens": "'max_output_tokens'", "max_completion_tokens": "'max_output_tokens'"}
+"""Chat-completions fields that mean something else, or nothing, in a Responses request."""
+
 ROLES = ("user", "system", "developer", "assistant")
 TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -80,11 +84,15 @@ def parse_responses_request(body: bytes) -> tuple[ResponsesRequest, ChatCompleti
         if extra.get(field) not in harmless:
             raise bad_request(f"{field} is not supported by swarm serve (the answer is the program's, chosen from "
                               "its posterior)", param=field, code="unsupported_parameter")
+    for field in extra:
+        if field in CHAT_ONLY:
+            raise bad_request(f"{field} is a chat-completions field; a Responses request gives {CHAT_ONLY[field]}",
+                              param=field, code="invalid_request")
     messages = conversation(request)
-    chat = {"model": request.model, "messages": messages, "stream": request.stream, "seed": request.seed,
+    chat = {**{k: v for k, v in extra.items() if k not in UNSUPPORTED and k not in ChatCompletionRequest.model_fields},
+            "model": request.model, "messages": messages, "stream": request.stream, "seed": request.seed,
             "temperature": request.temperature, "top_p": request.top_p,
-            "max_completion_tokens": request.max_output_tokens, "swarm": request.swarm.model_dump(),
-            **{k: v for k, v in extra.items() if k not in UNSUPPORTED}}
+            "max_completion_tokens": request.max_output_tokens, "swarm": request.swarm.model_dump()}
     return request, ChatCompletionRequest.model_validate(chat, strict=False)
 
 
