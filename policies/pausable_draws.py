@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from policies.base import RunContext
 from policies.checkpointing import RunCheckpoints
-from policies.independent import log_evidence, log_weights, particle_of, run_independent
+from policies.independent import log_evidence, particle_of, run_independent
 from policies.pausing import Pausable, allow_pausing, mark_waiting
 from swarm.checkpoint import PopulationCheckpoint
 from swarm.execution import Segment, SegmentRunner
@@ -64,7 +64,7 @@ class PausableDraws(Pausable, BaseModel):
         """The log weights and log Ẑ of a waiting result: each execution's log weight so far (a
         waiting one's up to its question) and their mean over those not lost, an estimate up to the
         pause, not a posterior."""
-        log_w = log_weights(segments)
+        log_w = np.array([s.target_log_weight if s.status == "waiting" else s.log_weight() for s in segments])
         return log_w, log_evidence(segments, log_w)
 
     async def _continue_waiting(self, ctx: RunContext, runner: SegmentRunner) -> PausedStep:

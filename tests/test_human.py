@@ -322,3 +322,21 @@ def test_an_answer_the_run_recorded_cannot_be_changed_on_resume(tmp_path):
     for same in ({"pick": "b"}, None):
         again = policies.SMC(num_particles=20, seed=3).resume(tmp_path, asked_program, answers=same)
         assert again.log_evidence == answered.log_evidence  # tolerance 0: the recorded run, read back
+
+
+def test_a_waiting_importance_result_weighs_each_draw_by_its_weight_so_far(tmp_path):
+    """The waiting result of Importance: finished draws carry their log weight, waiting ones theirs
+    up to the question (not −∞), and log Ẑ is their mean: an estimate up to the pause."""
+    async def prog():
+        x = sample("x", Categorical([0, 1], probs=[0.5, 0.5]))
+        factor("f", -1.0 * x)
+        if x == 1:
+            await ask_human("ok", "OK?")
+        return x
+
+    waiting = policies.Importance(num_particles=40, seed=2, checkpoint=tmp_path).run(prog)
+    assert waiting.status == "waiting"
+    by_value = {p.value if p.status != "waiting" else "waiting": p.log_weight for p in waiting.particles}
+    assert by_value == {0: 0.0, "waiting": -1.0}
+    expected = math.log(sum(math.exp(p.log_weight) for p in waiting.particles) / 40)
+    assert waiting.log_evidence == pytest.approx(expected, abs=1e-12)
