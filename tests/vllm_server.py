@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -51,8 +52,9 @@ def start_vllm_server(*, timeout_s: float = STARTUP_TIMEOUT_S, extra_args: tuple
     cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(vllm_model()),
            "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048",
            "--enable-prefix-caching", "--max-num-seqs", "64", *extra_args]
+    rpc_dir = tempfile.mkdtemp(prefix="vllm_rpc_")  # its ZeroMQ sockets, removed with it (vLLM leaves them in /tmp)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_RPC_BASE_PATH": rpc_dir}
     started = time.monotonic()
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                start_new_session=True)
@@ -69,6 +71,7 @@ def start_vllm_server(*, timeout_s: float = STARTUP_TIMEOUT_S, extra_args: tuple
         log_file.close()
         with contextlib.suppress(OSError):
             log_path.unlink()
+        shutil.rmtree(rpc_dir, ignore_errors=True)
 
 
 def _stop_group(process: subprocess.Popen) -> None:
