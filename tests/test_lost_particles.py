@@ -131,4 +131,6 @@ def test_minus_inf_critic_value_kills_the_particle_in_twisted_smc():
     result = policies.TwistedSMC(num_particles=300, seed=4, critic=critic).run(program)
     assert not np.isnan(result.log_weights).any()
     assert all(p.status == "dead" for p in result.particles if p.value is None or p.value[0])
-    assert result.diagnostics.deaths.get("step1", 0) > 0
+    # the death is the critic's verdict at that sync point, named so (not the factor's, whose value is 0)
+    assert result.diagnostics.deaths.get("TwistedSMC critic (V = -inf) at 'step1'", 0) > 0
+    assert "step1" not in result.diagnostics.deaths
