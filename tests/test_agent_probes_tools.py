@@ -41,17 +41,23 @@ def test_a_result_that_is_not_json_comes_back_as_text_not_a_crash():
     assert asyncio.run(unshowable.call({})).startswith("error: the result of unshowable (Unshowable) cannot be shown")
 
 
-def test_a_tool_returning_bytes_does_not_kill_its_particle():
+def asked_to_call(one_tool, policy):
+    """The result of `policy` running an agent whose TEST DOUBLE model calls `one_tool` (no
+    arguments) once and then replies "got <the tool's result>"."""
     def reply(request):
         last = request.messages[-1]
-        return f"got {last.content}" if last.role == "tool" else '<tool_call>{"name": "raw_bytes"}</tool_call>'
+        return f"got {last.content}" if last.role == "tool" else f'<tool_call>{{"name": "{one_tool.name}"}}</tool_call>'
 
-    agent = Agent(name="a", backend=Scripted(reply), tools=[raw_bytes])
+    agent = Agent(name="a", backend=Scripted(reply), tools=[one_tool])
 
     async def program():
         return await agent.ask("go")
 
-    r = policies.Importance(num_particles=1, seed=0).run(program)
+    return policy.run(program)
+
+
+def test_a_tool_returning_bytes_does_not_kill_its_particle():
+    r = asked_to_call(raw_bytes, policies.Importance(num_particles=1, seed=0))
     assert r.particles[0].status == "finished" and r.particles[0].value == "got \"b'\\\\xff\\\\x00'\""
 
 
@@ -176,16 +182,7 @@ async def sleeps() -> str:
 
 
 def test_a_tools_own_cancelled_error_is_its_result_not_the_end_of_the_run():
-    def reply(request):
-        last = request.messages[-1]
-        return f"got {last.content}" if last.role == "tool" else '<tool_call>{"name": "gives_up"}</tool_call>'
-
-    agent = Agent(name="a", backend=Scripted(reply), tools=[gives_up])
-
-    async def program():
-        return await agent.ask("go")
-
-    r = policies.SMC(num_particles=2, seed=0).run(program)  # raised a bare CancelledError out of run()
+    r = asked_to_call(gives_up, policies.SMC(num_particles=2, seed=0))  # raised a bare CancelledError out of run()
     assert [p.value for p in r.particles] == ["got error: CancelledError: the tool cancelled its own work"] * 2
 
 
