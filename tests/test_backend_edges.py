@@ -192,10 +192,11 @@ def test_a_message_that_spells_control_tokens_cannot_open_a_turn_of_its_own(back
         assert evil in backend.detokenize(tokens, special=True).decode()  # the text is all there, as text
     plain = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi"),
              ChatMessage(role="assistant", content="Hello!"), ChatMessage(role="user", content="2+2?")]
-    text, add_bos = backend._render_chat(plain)
+    dicts = backend._chat_dicts(plain)
+    text, add_bos = backend._render(dicts)
     whole = backend._model.tokenize((text + "It is").encode(), add_bos, True)
     assert backend.prompt_tokens(GenerationRequest(messages=plain, assistant_prefix="It is")) == whole
-    dicts = backend._chat_dicts(plain)  # the piecewise tokenization agrees with the whole one
+    # the piecewise tokenization agrees with the whole one
     assert backend._content_as_text(dicts, text, add_bos, "It is") == whole
 
 

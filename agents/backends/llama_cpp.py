@@ -371,9 +371,6 @@ class LlamaCpp(Backend):
         response = self._formatter(messages=dicts)
         return response.prompt, not getattr(response, "added_special", False)
 
-    def _render_chat(self, messages: list[ChatMessage]) -> tuple[str, bool]:
-        return self._render(self._chat_dicts(messages))
-
     def _chat_dicts(self, messages: list[ChatMessage]) -> list[dict[str, Any]]:
         if not messages:
             raise ValueError("GenerationRequest.messages is empty: give at least one message")
